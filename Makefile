@@ -1,0 +1,40 @@
+# One command for the main job, one for the tests; each sets itself up in .venv on first use.
+#   make reproduce   regenerate every figure and figures/results.json
+#   make test        run the test suite
+# On a machine with a GPU, choose the torch build first:  make TORCH="torch" test
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The real Omniglot data sits beside the checkout in ../shared/data; point LINMAML_DATA elsewhere to override.
+export LINMAML_DATA ?= $(abspath ../shared/data)
+export PYTHONHASHSEED := 0
+
+.PHONY: setup test test-fast verify reproduce bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+verify: setup
+	$(VENV)/bin/linmaml verify
+
+reproduce: setup
+	$(VENV)/bin/linmaml reproduce
+
+bench: setup
+	$(VENV)/bin/linmaml bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

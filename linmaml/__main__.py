@@ -1,0 +1,5 @@
+import sys
+
+from linmaml.cli import main
+
+sys.exit(main())

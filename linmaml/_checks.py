@@ -1,0 +1,89 @@
+"""Argument checks shared by the whole package.
+
+Every public function validates its input with these helpers so that bad input fails early with a
+``ValueError`` (or ``TypeError``) whose message starts with the argument's name and says what was
+expected. The CLI turns these exceptions into a one-line message with exit status 2.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Iterable, Sequence
+
+import numpy as np
+
+LOSSES = ("squared", "logistic")
+
+
+def finite_number(value, name: str, *, positive: bool = False, nonnegative: bool = False) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite real number (of the given sign)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        # numpy 0-d arrays and torch scalars are accepted through float() below.
+        try:
+            if getattr(value, "ndim", None) == 0 or getattr(value, "shape", None) == ():
+                value = float(value)
+            else:
+                raise TypeError
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected a real number, got {type(value).__name__}") from None
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {value}")
+    if nonnegative and value < 0:
+        raise ValueError(f"{name}: expected a non-negative number, got {value}")
+    return value
+
+
+def integer(value, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer within [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected an integer <= {maximum}, got {value}")
+    return value
+
+
+def learning_rates(lr, steps: int, name: str = "lr") -> list[float]:
+    """One finite learning rate per inner step: a number broadcast to all steps, or a sequence."""
+    if isinstance(lr, (Sequence, np.ndarray)) and not isinstance(lr, str):
+        rates = [finite_number(r, f"{name}[{i}]") for i, r in enumerate(lr)]
+        if len(rates) != steps:
+            raise ValueError(f"{name}: expected {steps} per-step learning rates, got {len(rates)}")
+        return rates
+    return [finite_number(lr, name)] * steps
+
+
+def loss_name(loss, name: str = "loss") -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"{name}: expected one of {', '.join(LOSSES)}, got {loss!r}")
+    return loss
+
+
+def real_matrix(value, name: str, *, ndim: int = 2) -> np.ndarray:
+    """A finite float64 array with ``ndim`` dimensions (a copy is not made when not needed)."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real array, got {type(value).__name__}") from None
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: contains non-finite values")
+    return array
+
+
+def layer_indices(layers: Iterable[int] | None, depth: int, name: str = "adapt_layers") -> tuple[int, ...]:
+    """Sorted distinct 0-based layer indices; None means every layer."""
+    if layers is None:
+        return tuple(range(depth))
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise TypeError(f"{name}: expected an iterable of layer indices, got {layers!r}")
+    out = set()
+    for j in layers:
+        out.add(integer(j, name, minimum=0, maximum=depth - 1))
+    return tuple(sorted(out))

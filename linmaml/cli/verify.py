@@ -1,0 +1,27 @@
+"""``linmaml verify``: run the verification table and print it (or one JSON object)."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(subparsers):
+    p = subparsers.add_parser("verify", help="check every closed-form identity on random instances")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random instances (default 0)")
+    p.add_argument("--only", metavar="TEXT", help="run only identities whose name contains TEXT")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from linmaml.verification import format_table, run_all
+
+    progress = None if args.json else (lambda name: print(f"  checking {name} ...", file=sys.stderr, flush=True))
+    report = run_all(seed=args.seed, only=args.only, progress=progress)
+    if args.only and not report["identities"]:
+        raise ValueError(f"--only: no identity name contains {args.only!r}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+    return 0 if report["passed"] else 1

@@ -1,0 +1,205 @@
+"""Task families: one definition shared by the closed forms (numpy) and the simulator (torch).
+
+Conventions (DESIGN.md): inputs X have shape (n, d_in), targets Y have shape (n, d_out); a task's
+true map W_τ has shape (d_out, d_in) and acts as Y = X W_τᵀ (+ noise). A task is the tuple
+``(Xs, Ys, Xq, Yq)`` of support and query sets. ``vec`` is column-major, so the task covariance Ω
+is the covariance of ``vec W_τ = W_τ.reshape(-1, order="F")``.
+
+Families
+--------
+:class:`RegressionFamily`
+    x ~ N(0, Σ), vec W_τ ~ N(vec M, Ω), y = W_τ x + ε with ε ~ N(0, σ² I).
+:class:`ClassificationFamily`
+    x ~ N(0, Σ), w_τ ~ N(μ, Ω) (d_out = 1), y = 1[w_τᵀ x > 0] with each label flipped with
+    probability ``flip``. The logistic loss is the mean binary cross-entropy on the logits.
+
+Sampling is seeded: ``family.sample(n_tasks, seed)`` gives a :class:`TaskBatch` of stacked numpy
+arrays, the same numbers every time for the same seed; ``batch.torch()`` is its torch view.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from linmaml import _checks
+
+
+def _matrix_param(value, shape, name: str) -> np.ndarray:
+    """A scalar broadcast to ``shape``, or an array of exactly that shape."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 0:
+        array = np.full(shape, float(array))
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name}: expected a number or an array of shape {tuple(shape)}, got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: contains non-finite values")
+    return array
+
+
+def _covariance(value, size: int, name: str) -> np.ndarray:
+    """A scalar variance c gives c·I; otherwise a symmetric positive semi-definite (size, size) matrix."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 0:
+        _checks.finite_number(float(array), name, nonnegative=True)
+        return float(array) * np.eye(size)
+    if array.shape != (size, size):
+        raise ValueError(f"{name}: expected a number or a ({size}, {size}) matrix, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: contains non-finite values")
+    if not np.allclose(array, array.T, atol=1e-12 * max(1.0, np.abs(array).max())):
+        raise ValueError(f"{name}: expected a symmetric matrix")
+    if np.linalg.eigvalsh(array).min() < -1e-10 * max(1.0, np.abs(array).max()):
+        raise ValueError(f"{name}: expected a positive semi-definite matrix")
+    return array
+
+
+def _psd_factor(cov: np.ndarray) -> np.ndarray:
+    """F with F Fᵀ = cov (eigen-decomposition, so singular covariances are fine)."""
+    vals, vecs = np.linalg.eigh(cov)
+    return vecs * np.sqrt(np.clip(vals, 0.0, None))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TaskBatch:
+    """Stacked tasks. Shapes: Xs (T, n_s, d_in), Ys (T, n_s, d_out), Xq (T, n_q, d_in),
+    Yq (T, n_q, d_out), W (T, d_out, d_in) the true task maps."""
+
+    Xs: np.ndarray
+    Ys: np.ndarray
+    Xq: np.ndarray
+    Yq: np.ndarray
+    W: np.ndarray
+
+    def __len__(self) -> int:
+        return self.Xs.shape[0]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Iterate over tasks as ``(Xs, Ys, Xq, Yq)`` tuples (the closed forms' task format)."""
+        for t in range(len(self)):
+            yield self.Xs[t], self.Ys[t], self.Xq[t], self.Yq[t]
+
+    def tasks(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        return list(self)
+
+    def torch(self, dtype=None, device=None) -> "TaskBatch":
+        """The same numbers as torch tensors (float64 unless ``dtype`` says otherwise)."""
+        import torch
+
+        dtype = torch.float64 if dtype is None else dtype
+        convert = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+        return TaskBatch(*(convert(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RegressionFamily:
+    """Linear regression tasks y = W_τ x + ε (see the module docstring).
+
+    ``task_mean`` is M, a number or a (d_out, d_in) array; ``task_cov`` is Ω, a variance (Ω = c·I)
+    or a (d_out·d_in)² matrix over column-major vec W_τ; ``x_cov`` is Σ, a variance or a
+    (d_in, d_in) matrix; ``noise_std`` is σ.
+    """
+
+    d_in: int
+    d_out: int = 1
+    task_mean: object = 0.0
+    task_cov: object = 1.0
+    x_cov: object = 1.0
+    noise_std: float = 0.0
+    n_support: int = 10
+    n_query: int = 10
+
+    def __post_init__(self):
+        _checks.integer(self.d_in, "d_in", minimum=1)
+        _checks.integer(self.d_out, "d_out", minimum=1)
+        _checks.integer(self.n_support, "n_support", minimum=1)
+        _checks.integer(self.n_query, "n_query", minimum=1)
+        _checks.finite_number(self.noise_std, "noise_std", nonnegative=True)
+        # Normalise the parameters to arrays once; the dataclass is frozen, hence object.__setattr__.
+        object.__setattr__(self, "task_mean", _matrix_param(self.task_mean, (self.d_out, self.d_in), "task_mean"))
+        object.__setattr__(self, "task_cov", _covariance(self.task_cov, self.d_out * self.d_in, "task_cov"))
+        object.__setattr__(self, "x_cov", _covariance(self.x_cov, self.d_in, "x_cov"))
+
+    def sample_weights(self, n_tasks: int, rng: np.random.Generator) -> np.ndarray:
+        """(n_tasks, d_out, d_in) task maps W_τ."""
+        z = rng.standard_normal((n_tasks, self.d_out * self.d_in))
+        vec = self.task_mean.reshape(-1, order="F") + z @ _psd_factor(self.task_cov).T
+        return vec.reshape(n_tasks, self.d_in, self.d_out).transpose(0, 2, 1)  # undo column-major vec
+
+    def sample_inputs(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        z = rng.standard_normal(shape + (self.d_in,))
+        return z @ _psd_factor(self.x_cov).T
+
+    def targets(self, X: np.ndarray, W: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Y = X Wᵀ + σ·noise, batched over the leading task axis."""
+        Y = X @ np.swapaxes(W, -1, -2)
+        if self.noise_std > 0:
+            Y = Y + self.noise_std * rng.standard_normal(Y.shape)
+        return Y
+
+    def sample(self, n_tasks: int, seed=0) -> TaskBatch:
+        """Draw ``n_tasks`` tasks; ``seed`` is an int or a ``numpy.random.Generator``."""
+        _checks.integer(n_tasks, "n_tasks", minimum=1)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        W = self.sample_weights(n_tasks, rng)
+        Xs = self.sample_inputs((n_tasks, self.n_support), rng)
+        Xq = self.sample_inputs((n_tasks, self.n_query), rng)
+        return TaskBatch(Xs, self.targets(Xs, W, rng), Xq, self.targets(Xq, W, rng), W)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassificationFamily:
+    """Binary classification tasks with a linear decision rule: y = 1[w_τᵀ x > 0] (d_out = 1).
+
+    ``task_mean`` is μ (a number or a length-d_in vector), ``task_cov`` is Ω (a variance or a
+    (d_in, d_in) matrix), ``x_cov`` is Σ, and ``flip`` the probability that a label is flipped.
+    Labels are float arrays of shape (n, 1) with values in {0, 1}.
+    """
+
+    d_in: int
+    task_mean: object = 0.0
+    task_cov: object = 1.0
+    x_cov: object = 1.0
+    flip: float = 0.0
+    n_support: int = 10
+    n_query: int = 10
+
+    def __post_init__(self):
+        _checks.integer(self.d_in, "d_in", minimum=1)
+        _checks.integer(self.n_support, "n_support", minimum=1)
+        _checks.integer(self.n_query, "n_query", minimum=1)
+        flip = _checks.finite_number(self.flip, "flip", nonnegative=True)
+        if flip > 0.5:
+            raise ValueError(f"flip: expected a probability in [0, 0.5], got {flip}")
+        mean = np.asarray(self.task_mean, dtype=np.float64)
+        mean = mean.reshape(1, -1) if mean.ndim == 1 else mean
+        object.__setattr__(self, "task_mean", _matrix_param(mean, (1, self.d_in), "task_mean"))
+        object.__setattr__(self, "task_cov", _covariance(self.task_cov, self.d_in, "task_cov"))
+        object.__setattr__(self, "x_cov", _covariance(self.x_cov, self.d_in, "x_cov"))
+
+    @property
+    def d_out(self) -> int:
+        return 1
+
+    def sample_weights(self, n_tasks: int, rng: np.random.Generator) -> np.ndarray:
+        z = rng.standard_normal((n_tasks, self.d_in))
+        return (self.task_mean + z @ _psd_factor(self.task_cov).T)[:, None, :]
+
+    def sample_inputs(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        return rng.standard_normal(shape + (self.d_in,)) @ _psd_factor(self.x_cov).T
+
+    def targets(self, X: np.ndarray, W: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        Y = (X @ np.swapaxes(W, -1, -2) > 0).astype(np.float64)
+        if self.flip > 0:
+            flips = rng.random(Y.shape) < self.flip
+            Y = np.where(flips, 1.0 - Y, Y)
+        return Y
+
+    def sample(self, n_tasks: int, seed=0) -> TaskBatch:
+        _checks.integer(n_tasks, "n_tasks", minimum=1)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        W = self.sample_weights(n_tasks, rng)
+        Xs = self.sample_inputs((n_tasks, self.n_support), rng)
+        Xq = self.sample_inputs((n_tasks, self.n_query), rng)
+        return TaskBatch(Xs, self.targets(Xs, W, rng), Xq, self.targets(Xq, W, rng), W)

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from linmaml import _checks
+from linmaml import _validate
 
 
 def _matrix_param(value, shape, name: str) -> np.ndarray:
@@ -42,7 +42,7 @@ def _covariance(value, size: int, name: str) -> np.ndarray:
     """A scalar variance c gives c·I; otherwise a symmetric positive semi-definite (size, size) matrix."""
     array = np.asarray(value, dtype=np.float64)
     if array.ndim == 0:
-        _checks.finite_number(float(array), name, nonnegative=True)
+        _validate.finite_number(float(array), name, nonnegative=True)
         return float(array) * np.eye(size)
     if array.shape != (size, size):
         raise ValueError(f"{name}: expected a number or a ({size}, {size}) matrix, got shape {array.shape}")
@@ -111,11 +111,11 @@ class RegressionFamily:
     n_query: int = 10
 
     def __post_init__(self):
-        _checks.integer(self.d_in, "d_in", minimum=1)
-        _checks.integer(self.d_out, "d_out", minimum=1)
-        _checks.integer(self.n_support, "n_support", minimum=1)
-        _checks.integer(self.n_query, "n_query", minimum=1)
-        _checks.finite_number(self.noise_std, "noise_std", nonnegative=True)
+        _validate.integer(self.d_in, "d_in", minimum=1)
+        _validate.integer(self.d_out, "d_out", minimum=1)
+        _validate.integer(self.n_support, "n_support", minimum=1)
+        _validate.integer(self.n_query, "n_query", minimum=1)
+        _validate.finite_number(self.noise_std, "noise_std", nonnegative=True)
         # Normalise the parameters to arrays once; the dataclass is frozen, hence object.__setattr__.
         object.__setattr__(self, "task_mean", _matrix_param(self.task_mean, (self.d_out, self.d_in), "task_mean"))
         object.__setattr__(self, "task_cov", _covariance(self.task_cov, self.d_out * self.d_in, "task_cov"))
@@ -140,7 +140,7 @@ class RegressionFamily:
 
     def sample(self, n_tasks: int, seed=0) -> TaskBatch:
         """Draw ``n_tasks`` tasks; ``seed`` is an int or a ``numpy.random.Generator``."""
-        _checks.integer(n_tasks, "n_tasks", minimum=1)
+        _validate.integer(n_tasks, "n_tasks", minimum=1)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         W = self.sample_weights(n_tasks, rng)
         Xs = self.sample_inputs((n_tasks, self.n_support), rng)
@@ -166,10 +166,10 @@ class ClassificationFamily:
     n_query: int = 10
 
     def __post_init__(self):
-        _checks.integer(self.d_in, "d_in", minimum=1)
-        _checks.integer(self.n_support, "n_support", minimum=1)
-        _checks.integer(self.n_query, "n_query", minimum=1)
-        flip = _checks.finite_number(self.flip, "flip", nonnegative=True)
+        _validate.integer(self.d_in, "d_in", minimum=1)
+        _validate.integer(self.n_support, "n_support", minimum=1)
+        _validate.integer(self.n_query, "n_query", minimum=1)
+        flip = _validate.finite_number(self.flip, "flip", nonnegative=True)
         if flip > 0.5:
             raise ValueError(f"flip: expected a probability in [0, 0.5], got {flip}")
         mean = np.asarray(self.task_mean, dtype=np.float64)
@@ -197,7 +197,7 @@ class ClassificationFamily:
         return Y
 
     def sample(self, n_tasks: int, seed=0) -> TaskBatch:
-        _checks.integer(n_tasks, "n_tasks", minimum=1)
+        _validate.integer(n_tasks, "n_tasks", minimum=1)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         W = self.sample_weights(n_tasks, rng)
         Xs = self.sample_inputs((n_tasks, self.n_support), rng)

@@ -5,25 +5,23 @@ random instances, computes the two sides independently and returns a :class:`Che
 number of instances and the largest relative error (or, for statistical rows, the largest error in
 the row's own unit, which the name and ``note`` state, e.g. "Monte Carlo standard errors").
 
-Rows live next to the code they check (``linmaml/closedform/checks.py``, ``linmaml/meta/checks.py``,
-``linmaml/simulator/checks.py``) and register themselves with :func:`identity`. ``all_identities``
-imports those modules, so adding an identity is adding one decorated function.
+Rows live in ``linmaml/checks/``, one module per part of the toolkit (``closedform.py``,
+``gaussian.py``, ``symbolic.py``, ``simulator.py``, ``meta.py``), and register themselves with
+:func:`identity`. ``all_identities`` imports every module there, so adding an identity is adding one
+decorated function.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 import time
 from typing import Callable
 
 import numpy as np
 
-#: Modules whose import registers rows. Order is the order of the printed table.
-ROW_MODULES = (
-    "linmaml.closedform.checks",
-    "linmaml.simulator.checks",
-    "linmaml.meta.checks",
-)
+#: Row modules in the order of the printed table; any other module in linmaml/checks/ follows.
+ROW_ORDER = ("closedform", "gaussian", "symbolic", "simulator", "meta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +65,7 @@ def identity(name: str, tolerance: float):
     def register(check):
         if name in _REGISTRY:
             raise ValueError(f"identity {name!r} is registered twice")
-        group = check.__module__.rsplit(".", 2)[-2] if "." in check.__module__ else check.__module__
+        group = check.__module__.rsplit(".", 1)[-1]
         doc = (check.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[name] = Identity(name, tolerance, check, group, doc)
         return check
@@ -76,14 +74,14 @@ def identity(name: str, tolerance: float):
 
 
 def all_identities() -> list[Identity]:
-    for module in ROW_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            # A row module that does not exist yet is fine; a broken import inside one is not.
-            if error.name != module:
-                raise
-    return list(_REGISTRY.values())
+    import linmaml.checks
+
+    found = [m.name for m in pkgutil.iter_modules(linmaml.checks.__path__)]
+    order = [m for m in ROW_ORDER if m in found] + sorted(set(found) - set(ROW_ORDER))
+    for module in order:
+        importlib.import_module(f"linmaml.checks.{module}")
+    rank = {m: i for i, m in enumerate(order)}
+    return sorted(_REGISTRY.values(), key=lambda ident: rank.get(ident.group, len(order)))
 
 
 def run_all(seed: int = 0, only: str | None = None, progress: Callable[[str], None] | None = None) -> dict:

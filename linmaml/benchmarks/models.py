@@ -1,0 +1,80 @@
+"""CNN backbones for the few-shot benchmarks.
+
+The standard MAML backbone (Finn et al. 2017; Vinyals et al. 2016): ``blocks`` blocks of
+
+    conv 3×3 (padding 1) → BatchNorm → ReLU → 2×2 max-pool      (pool="max")
+    conv 3×3 (stride 2, padding 1) → BatchNorm → ReLU            (pool="stride")
+
+followed by a linear head on the flattened features. 64 filters is the usual width for Omniglot,
+32 for CIFAR-FS and mini-ImageNet; the paper's "too shallow to adapt" models use 1 or 2 blocks.
+
+BatchNorm policy (explicit, as DESIGN.md asks): every BatchNorm normalises with the statistics of
+the batch it sees — the support set inside the inner loop, the query set when the query loss is
+computed — and keeps no running statistics (``track_running_stats=False``). This is what MAML does,
+makes the model a pure function of (parameters, input) for ``torch.func.functional_call`` and
+``vmap``, and means evaluation uses the same rule as training. Its affine scale and shift are
+ordinary parameters that adapt with the rest.
+
+Parameter names are stable and say what they are: ``features.block{i}.conv.weight``,
+``features.block{i}.norm.weight``, ``head.weight`` … so ``adapt="head"`` and ANIL find the head.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from linmaml import _validate
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, pool: str):
+        super().__init__()
+        stride = 2 if pool == "stride" else 1
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.norm = nn.BatchNorm2d(out_channels, track_running_stats=False)
+        self.pool = nn.MaxPool2d(2) if pool == "max" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.norm(self.conv(x))))
+
+
+def feature_size(image_size: int, blocks: int, pool: str) -> int:
+    """Spatial side length after ``blocks`` blocks (max-pool floors, stride-2 conv rounds up)."""
+    side = image_size
+    for _ in range(blocks):
+        side = side // 2 if pool == "max" else (side + 1) // 2
+    return side
+
+
+class ConvNet(nn.Module):
+    """``blocks`` conv blocks and a linear head.
+
+    Input (batch, in_channels, image_size, image_size); output logits (batch, ways).
+    ``features`` maps the input to (batch, filters·side²) and ``head`` is the last ``nn.Linear``.
+    """
+
+    def __init__(self, in_channels: int = 1, ways: int = 5, blocks: int = 4, filters: int = 64,
+                 image_size: int = 28, pool: str = "max"):
+        super().__init__()
+        _validate.integer(in_channels, "in_channels", minimum=1)
+        _validate.integer(ways, "ways", minimum=2)
+        _validate.integer(blocks, "blocks", minimum=1)
+        _validate.integer(filters, "filters", minimum=1)
+        _validate.integer(image_size, "image_size", minimum=1)
+        if pool not in ("max", "stride"):
+            raise ValueError(f"pool: expected 'max' or 'stride', got {pool!r}")
+        side = feature_size(image_size, blocks, pool)
+        if side < 1:
+            raise ValueError(f"blocks: {blocks} blocks of 2× down-sampling do not fit a {image_size}-pixel image")
+        self.features = nn.Sequential()
+        channels = in_channels
+        for i in range(blocks):
+            self.features.add_module(f"block{i}", ConvBlock(channels, filters, pool))
+            channels = filters
+        self.features.add_module("flatten", nn.Flatten())
+        self.head = nn.Linear(filters * side * side, ways)
+        self.config = dict(in_channels=in_channels, ways=ways, blocks=blocks, filters=filters,
+                           image_size=image_size, pool=pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -1,0 +1,84 @@
+"""The inner loop as a pure function: (params, transform params, x, y) -> adapted params.
+
+Everything a step needs arrives as an argument and nothing is mutated, so the loop can be batched
+over the tasks of a meta-batch with ``torch.func.vmap`` and differentiated by the outer autograd.
+Gradients are taken with ``torch.func.grad``, which composes with both: the outer ``backward()``
+differentiates through it (second-order MAML) unless ``first_order`` asks for the inner gradients
+to be treated as constants.
+
+One step k (rate αₖ, transform T with parameters φ):
+
+    Gₖ = ∇_θ ℓ(θₖ₋₁; x, y)
+    φₖ = φₖ₋₁ − αₖ ∇_φ ℓ(θₖ₋₁)         only with adapt_transform, for k ≥ 2 (see below)
+    θₖ = θₖ₋₁ − αₖ T(Gₖ; φₖ)
+
+With ``adapt_transform`` the transform adapts from the second step on: θₖ₋₁ = θₖ₋₂ − αₖ₋₁ T(Gₖ₋₁; φₖ₋₁)
+depends on φₖ₋₁, so ∇_φ ℓ(θₖ₋₁) = −αₖ₋₁ J_T(φₖ₋₁)ᵀ Gₖ, a vector-Jacobian product of the previous
+step's transform with the current gradient (Gₖ₋₁ held fixed: it does not depend on φₖ₋₁). The
+transform is updated first and the updated one transforms Gₖ.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from linmaml.meta.transforms import Transform
+
+Params = dict[str, torch.Tensor]
+
+
+def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor],
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               params: Mapping[str, torch.Tensor],
+               transform: Transform,
+               transform_params: Mapping[str, torch.Tensor],
+               x: torch.Tensor,
+               y: torch.Tensor,
+               lrs: Sequence[float],
+               *,
+               first_order: bool = False,
+               adapt_transform: bool = False,
+               buffers: Mapping[str, torch.Tensor] | None = None) -> tuple[Params, Params]:
+    """Adapt ``params`` with ``len(lrs)`` transformed gradient steps on the support set (x, y).
+
+    ``forward(params, buffers, x)`` returns the model's output with the adapted parameters
+    ``params`` (a dict name -> tensor; any other parameters are the forward's own business) and the
+    module state ``buffers`` (e.g. BatchNorm running statistics, default none), ``loss_fn(output, y)``
+    a scalar. The buffers are an argument rather than captured by ``forward`` because a train-mode
+    BatchNorm updates its running statistics in place, which ``torch.func.grad`` allows only on its
+    inputs; they are updated as by an ordinary forward pass. ``transform.update(grads, transform_params)`` maps gradients to updates. Returns the
+    adapted parameters and the (possibly adapted) transform parameters, both differentiable with
+    respect to the inputs; ``first_order`` detaches every inner gradient.
+    """
+
+    buffers = {} if buffers is None else buffers
+
+    def support_loss(p, state):
+        return loss_fn(forward(p, state, x), y)
+
+    grad_fn = torch.func.grad(support_loss, argnums=0)
+    params = dict(params)
+    tparams = dict(transform_params)
+    adapt_transform = adapt_transform and bool(tparams)
+    pullback, previous_lr = None, None
+    for lr in lrs:
+        if first_order:
+            # torch.func.grad ignores an enclosing no_grad for its own level, so this still
+            # differentiates the support loss, but records nothing for the outer autograd.
+            with torch.no_grad():
+                grads = grad_fn(params, buffers)
+        else:
+            grads = grad_fn(params, buffers)
+        if pullback is not None:
+            (jt_g,) = pullback(grads)
+            # ∇_φ ℓ(θₖ₋₁) = −αₖ₋₁ J_Tᵀ Gₖ ; then φ ← φ − αₖ ∇_φ ℓ
+            tparams = {n: tparams[n] + (lr * previous_lr) * (jt_g[n].detach() if first_order else jt_g[n])
+                       for n in tparams}
+        if adapt_transform:
+            updates, pullback = torch.func.vjp(lambda tp, g=grads: transform.update(g, tp), tparams)
+            previous_lr = lr
+        else:
+            updates = transform.update(grads, tparams)
+        params = {n: params[n] - lr * updates[n] for n in params}
+    return params, tparams

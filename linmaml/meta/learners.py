@@ -1,0 +1,192 @@
+"""MAML and ANIL learners for any torch model: functional adaptation, no module cloning.
+
+A learner is an ``nn.Module`` that holds the model and the transform (meta-optimizer), so
+``learner.parameters()`` are everything meta-training updates. ``learner.adapt`` returns the
+adapted parameters as a dict keyed by the model's own parameter names, and ``learner(x, params=fast)``
+evaluates the model with them through ``torch.func.functional_call``. The learner keeps no state
+between calls: the adaptation lives only in the returned dict, and the loss of the query set,
+backpropagated, reaches the model's and the transform's parameters.
+
+    learner = meta.MAML(model, lr=0.1, steps=5, transform=meta.KFO())
+    fast = learner.adapt(x_support, y_support, loss_fn)
+    loss_fn(learner(x_query, params=fast), y_query).backward()
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from linmaml import _validate
+from linmaml.meta.inner_loop import inner_loop
+from linmaml.meta.transforms import Transform, as_transform
+
+__all__ = ["MAML", "ANIL", "head_parameter_names", "adapted_parameter_names"]
+
+
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Names (as ``model.named_parameters()`` gives them) of the parameters of the model's head.
+
+    The head is the *last* ``nn.Linear`` (subclasses included) in ``model.named_modules()``, i.e. in
+    registration order, depth first. For ``nn.Sequential`` models, and for any model that registers
+    its output layer last, that is the output layer. Only parameters that require gradients count.
+    """
+    heads = [m for _, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise ValueError("adapt: 'head' means the parameters of the model's last nn.Linear, but the model has "
+                         "no nn.Linear; pass a list of parameter names instead")
+    # A tied parameter appears in named_parameters() once, under its first name: map by identity.
+    canonical = {id(p): name for name, p in model.named_parameters()}
+    names = [canonical[id(p)] for p in heads[-1].parameters(recurse=False) if p.requires_grad]
+    if not names:
+        raise ValueError("adapt: the model's last nn.Linear has no parameters that require gradients")
+    return names
+
+
+def adapted_parameter_names(model: nn.Module, adapt) -> list[str]:
+    """Resolve ``adapt`` ("all", "head" or a list of parameter names) to parameter names, model order.
+
+    "all" is every parameter that requires gradients (frozen ones stay frozen); a list may name any
+    parameter of the model, frozen or not.
+    """
+    params = dict(model.named_parameters())
+    if isinstance(adapt, str):
+        if adapt == "all":
+            names = [n for n, p in params.items() if p.requires_grad]
+            if not names:
+                raise ValueError("adapt: the model has no parameters that require gradients")
+            return names
+        if adapt == "head":
+            return head_parameter_names(model)
+        raise ValueError(f"adapt: expected 'all', 'head' or a list of parameter names, got {adapt!r}")
+    if not isinstance(adapt, Sequence):
+        raise TypeError(f"adapt: expected 'all', 'head' or a list of parameter names, got {type(adapt).__name__}")
+    if not adapt:
+        raise ValueError("adapt: expected at least one parameter name, got an empty list")
+    for name in adapt:
+        if not isinstance(name, str):
+            raise TypeError(f"adapt: expected parameter names (str), got {name!r}")
+        if name not in params:
+            raise ValueError(f"adapt: the model has no parameter named {name!r}; its parameters are "
+                             f"{', '.join(params) or 'none'}")
+    chosen = set(adapt)
+    return [n for n in params if n in chosen]
+
+
+class _Learner(nn.Module):
+    """Shared set-up: inner learning rates, number of steps, transform and flags."""
+
+    def __init__(self, lr, steps, transform, first_order, adapt_transform):
+        super().__init__()
+        self.steps = _validate.integer(steps, "steps", minimum=1)
+        self.lrs = _validate.learning_rates(lr, self.steps, "lr")
+        for flag, name in ((first_order, "first_order"), (adapt_transform, "adapt_transform")):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name}: expected True or False, got {flag!r}")
+        self.first_order = first_order
+        self.adapt_transform = adapt_transform
+        self.transform = as_transform(transform)
+
+    def step_rates(self, steps: int | None = None) -> list[float]:
+        """The inner learning rate of each step. ``steps`` overrides the number of steps (test time);
+        with per-step rates, a longer run repeats the last rate and a shorter one uses the first."""
+        if steps is None:
+            return list(self.lrs)
+        steps = _validate.integer(steps, "steps", minimum=1)
+        return [self.lrs[min(k, len(self.lrs) - 1)] for k in range(steps)]
+
+    def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps):
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable (output, target) -> scalar, got {type(loss_fn).__name__}")
+        rates = self.step_rates(steps)
+        base = dict(module.named_parameters())
+
+        def forward(fast, buffers, inputs):
+            return functional_call(module, ({**base, **fast}, buffers), (inputs,))
+
+        fast, _ = inner_loop(forward, loss_fn, {n: base[n] for n in names}, self.transform,
+                             dict(self.transform.named_parameters()), x, y, rates,
+                             first_order=self.first_order, adapt_transform=self.adapt_transform,
+                             buffers=dict(module.named_buffers()))
+        return {n: fast.get(n, p) for n, p in base.items()}
+
+
+class MAML(_Learner):
+    """Model-agnostic meta-learning (Finn et al. 2017) with a gradient transform.
+
+    Parameters
+    ----------
+    model: any ``nn.Module``; ``model(x)`` is its output.
+    lr: inner learning rate, a number or one number per step.
+    steps: inner steps (≥ 1) at training time; ``adapt(..., steps=k)`` overrides it.
+    transform: a :mod:`linmaml.meta.transforms` meta-optimizer (default ``Identity()``: plain MAML).
+        It is built here for the adapted parameters' shapes.
+    first_order: detach the inner gradients (first-order MAML); default second order.
+    adapt: "all" (every parameter requiring gradients), "head" (those of the last ``nn.Linear``, see
+        :func:`head_parameter_names`) or a list of parameter names.
+    adapt_transform: also adapt the transform's parameters in the inner loop, from the second step
+        on, with the same step size (see :mod:`linmaml.meta.inner_loop`).
+    """
+
+    def __init__(self, model: nn.Module, lr=0.1, steps: int = 5, transform: Transform | None = None,
+                 first_order: bool = False, adapt="all", adapt_transform: bool = False):
+        super().__init__(lr, steps, transform, first_order, adapt_transform)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.adapted_names = adapted_parameter_names(model, adapt)
+        params = dict(model.named_parameters())
+        self.transform.build({n: params[n] for n in self.adapted_names})
+
+    def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor,
+              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+              steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Adapted parameters for one task: a dict with every name of ``model.named_parameters()``
+        (the adapted ones replaced, the others the model's own tensors), differentiable with respect
+        to the model's and the transform's parameters."""
+        return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps)
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The model's output on ``x``, with the parameters ``params`` (e.g. from ``adapt``) if given."""
+        if params is None:
+            return self.model(x)
+        return functional_call(self.model, params, (x,))
+
+
+class ANIL(_Learner):
+    """Almost No Inner Loop (Raghu et al. 2020): only the head adapts, on features computed once.
+
+    ``features`` maps inputs to representations and ``head`` maps those to outputs; the model is
+    ``head(features(x))``. ``adapt`` evaluates the features of the support set once per task and runs
+    the inner loop on the head alone, so it equals ``MAML(nn.Sequential(features, head),
+    adapt="head")`` when ``head`` is an ``nn.Linear``. ``adapt`` returns a dict keyed by
+    ``head.named_parameters()`` names; the other arguments are as for :class:`MAML`.
+    """
+
+    def __init__(self, features: nn.Module, head: nn.Module, lr=0.1, steps: int = 5,
+                 transform: Transform | None = None, first_order: bool = False, adapt_transform: bool = False):
+        super().__init__(lr, steps, transform, first_order, adapt_transform)
+        for value, name in ((features, "features"), (head, "head")):
+            if not isinstance(value, nn.Module):
+                raise TypeError(f"{name}: expected a torch.nn.Module, got {type(value).__name__}")
+        self.features = features
+        self.head = head
+        params = dict(head.named_parameters())
+        self.adapted_names = [n for n, p in params.items() if p.requires_grad]
+        if not self.adapted_names:
+            raise ValueError("head: expected a module with parameters that require gradients")
+        self.transform.build({n: params[n] for n in self.adapted_names})
+
+    def adapt(self, x_support, y_support, loss_fn, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Adapted head parameters for one task (dict keyed by ``head.named_parameters()`` names)."""
+        return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
+                                    loss_fn, steps)
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``head(features(x))``, with the head's parameters ``params`` if given."""
+        z = self.features(x)
+        if params is None:
+            return self.head(z)
+        return functional_call(self.head, params, (z,))

@@ -9,6 +9,10 @@ Numeric, float64, no autograd:
 
 Conventions (DESIGN.md): weights [W1, …, WL] with W1 applied first and Wj of shape (d_j, d_{j−1});
 X (n, d_0), Y (n, d_L); column-major vec; layer indices are 0-based.
+
+Note: the package attribute ``preconditioner`` is the *function*; it hides the submodule of the same
+name, so ``from linmaml.closedform import preconditioner`` gives the function. Reach the module's
+other names directly: ``from linmaml.closedform.preconditioner import balanced_weights``.
 """
 from linmaml.closedform.deep_linear import (
     adapt,

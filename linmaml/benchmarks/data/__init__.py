@@ -1,0 +1,80 @@
+"""Few-shot benchmark data: Omniglot, CIFAR-FS and mini-ImageNet, read with Pillow and numpy.
+
+Every benchmark is read from ``<data root>/<benchmark folder>/`` (:mod:`.paths`: the ``data_root``
+argument, else ``$LINMAML_DATA``, else ``~/.cache/linmaml``), verified (:mod:`.integrity`: checksums
+where known, always counts and shapes; problems raise :class:`DatasetError`, a ``ValueError`` with a
+one-line message naming the file), and handed out as :class:`FewShotSplit` objects — images grouped
+by class, the form :mod:`linmaml.benchmarks.episodes` samples tasks from.
+
+Typical use::
+
+    from linmaml.benchmarks.data import load_splits
+    splits = load_splits("omniglot", ("train", "val"))          # dict of FewShotSplit
+    splits["train"].num_classes, splits["train"].image_shape     # 4400, (1, 28, 28)
+
+Per benchmark (all in float32 [0, 1] once sampled, channels first):
+
+=============  =========================  ==================  ==========================
+benchmark      folder under the root      image shape         classes train/val/test
+=============  =========================  ==================  ==========================
+omniglot       ``omniglot/``              (1, 28, 28), ink=1  (1100/100/423 chars) × 4 rotations
+cifar-fs       ``cifar-fs/``              (3, 32, 32)         64 / 16 / 20
+mini-imagenet  ``mini-imagenet/``         (3, 84, 84)         64 / 16 / 20
+=============  =========================  ==================  ==========================
+"""
+from __future__ import annotations
+
+from linmaml.benchmarks.data.cifar_fs import CifarFS, check_cifar_fs, load_cifar_fs
+from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
+from linmaml.benchmarks.data.integrity import DatasetError, file_digest, verify_file
+from linmaml.benchmarks.data.mini_imagenet import check_mini_imagenet, load_mini_imagenet
+from linmaml.benchmarks.data.omniglot import Omniglot, check_omniglot, load_omniglot
+from linmaml.benchmarks.data.paths import default_data_root, resolve_data_root, user_cache_dir
+
+#: Benchmark names accepted by :func:`load_splits` and the CLI.
+BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
+
+__all__ = ["BENCHMARKS", "SPLITS", "CifarFS", "DatasetError", "FewShotSplit", "Omniglot", "check_dataset",
+           "check_cifar_fs", "check_mini_imagenet", "check_omniglot", "default_data_root", "file_digest",
+           "load_cifar_fs", "load_mini_imagenet", "load_omniglot", "load_splits", "resolve_data_root",
+           "user_cache_dir", "verify_file"]
+
+
+def load_splits(benchmark: str, splits=SPLITS, data_root=None, *, verify: bool = True,
+                **options) -> dict[str, FewShotSplit]:
+    """Load several splits of one benchmark, reading the underlying files once.
+
+    ``splits``: names among ``"train"``, ``"val"``, ``"test"`` (a single name is accepted too).
+    ``options`` go to the benchmark's preprocessing — Omniglot: ``size=28``, ``resize="box"``
+    (or ``"area"``), ``rotations=(0, 90, 180, 270)`` (degrees; ``(0,)`` for none). Returns
+    ``{split: FewShotSplit}`` in the order asked.
+    """
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark: expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+    if isinstance(splits, str):
+        splits = (splits,)
+    splits = tuple(splits)
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"splits: expected names among {', '.join(SPLITS)}, got {split!r}")
+    allowed = {"omniglot": {"size", "resize", "rotations"}}.get(benchmark, set())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(f"{unknown[0]}: not an option of {benchmark} (options: {', '.join(sorted(allowed)) or 'none'})")
+    if benchmark == "omniglot":
+        rotations = options.pop("rotations", None)
+        data = Omniglot.load(data_root, verify=verify, **options)
+        kwargs = {} if rotations is None else {"rotations": rotations}
+        return {split: data.split(split, **kwargs) for split in splits}
+    if benchmark == "cifar-fs":
+        data = CifarFS.load(data_root, verify=verify)
+        return {split: data.split(split) for split in splits}
+    return {split: load_mini_imagenet(split, data_root, verify=verify) for split in splits}
+
+
+def check_dataset(benchmark: str, data_root=None) -> dict:
+    """Verify one benchmark's files and return what was found (counts, checksums); DatasetError if not."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark: expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+    return {"omniglot": check_omniglot, "cifar-fs": check_cifar_fs,
+            "mini-imagenet": check_mini_imagenet}[benchmark](data_root)

@@ -1,0 +1,100 @@
+"""Downloading the official Omniglot zips, verified by md5 before they appear under their name.
+
+Each file is streamed into a temporary file beside its target (``linmaml._io.atomic_path``), hashed
+on the way, and renamed over the target only when the md5 matches; on any error (network, wrong
+checksum, interruption) the temporary file is removed and an existing good file is left untouched.
+Nothing is ever half-written. The loaders read the zips in place, so nothing is extracted.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from linmaml._io import atomic_path
+from linmaml.benchmarks.data import omniglot
+from linmaml.benchmarks.data.integrity import DatasetError, file_digest
+from linmaml.benchmarks.data.paths import benchmark_dir
+
+#: Where the official zips live; ``url_base`` replaces it (e.g. a mirror, or a test server).
+OMNIGLOT_URL_BASE = "https://github.com/brendenlake/omniglot/raw/master/python"
+_CHUNK = 1 << 16
+
+
+def download_file(url: str, target, md5: str, *, timeout: float = 60.0, progress=None) -> str:
+    """Fetch ``url`` to ``target`` atomically and check its md5; return the digest.
+
+    ``progress(bytes_so_far, total_or_None)`` is called as data arrives. A wrong checksum raises
+    :class:`DatasetError` naming the file and the expected md5; network failures raise
+    ``DatasetError`` naming the URL. ``target``'s folder is created if needed.
+    """
+    target = Path(target)
+    digest = hashlib.md5()
+    with atomic_path(target) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+                total = response.headers.get("Content-Length")
+                total = int(total) if total and total.isdigit() else None
+                done = 0
+                while True:
+                    block = response.read(_CHUNK)
+                    if not block:
+                        break
+                    out.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(done, total)
+                out.flush()
+        except urllib.error.HTTPError as error:
+            raise DatasetError(f"{url}: download failed (HTTP {error.code} {error.reason})") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            if isinstance(error, (PermissionError, FileNotFoundError)) and error.filename:
+                raise
+            reason = getattr(error, "reason", error)
+            raise DatasetError(f"{url}: download failed ({reason})") from None
+        if total is not None and done != total:
+            raise DatasetError(f"{url}: download truncated ({done:,} of {total:,} bytes)")
+        actual = digest.hexdigest()
+        if actual != md5:
+            raise DatasetError(f"{target.name}: md5 {actual} of the download from {url} does not match the "
+                               f"expected {md5}; nothing was written")
+    return actual
+
+
+def download_omniglot(data_root=None, *, url_base: str | None = None, force: bool = False,
+                      timeout: float = 60.0, log=None) -> dict:
+    """Fetch ``images_background.zip`` and ``images_evaluation.zip`` into ``<data root>/omniglot/``.
+
+    A zip already there with the right md5 is kept (unless ``force``); one with a wrong md5 is
+    replaced. A set already present as ``.npz`` or as the official folder is left alone (unless
+    ``force``), so pointing this at a complete (perhaps shared, read-only) copy writes nothing. ``log(line)`` receives progress lines (default: stderr). Returns
+    ``{set name: {"path", "md5", "downloaded"}}``.
+    """
+    log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
+    base = (url_base or OMNIGLOT_URL_BASE).rstrip("/")
+    folder = benchmark_dir(omniglot.FOLDER, data_root)
+    report = {}
+    for spec in omniglot.SETS.values():
+        target = folder / spec.zip_name
+        other = [p for p in (folder / spec.npz_name, folder / spec.folder_name) if p.exists()]
+        if not force and other:
+            # the set is already there in another format: do not touch that folder (it may be a shared copy)
+            log(f"{other[0]}: the {spec.name} set is present; nothing to download (--force fetches the zip anyway)")
+            report[spec.name] = {"path": str(other[0]), "md5": None, "downloaded": False}
+            continue
+        if not force and target.is_file() and file_digest(target, "md5") == spec.zip_md5:
+            log(f"{target}: present, md5 ok")
+            report[spec.name] = {"path": str(target), "md5": spec.zip_md5, "downloaded": False}
+            continue
+        url = f"{base}/{spec.zip_name}"
+        log(f"downloading {url} -> {target}")
+        digest = download_file(url, target, spec.zip_md5, timeout=timeout)
+        log(f"{target}: {target.stat().st_size:,} bytes, md5 ok")
+        report[spec.name] = {"path": str(target), "md5": digest, "downloaded": True}
+    return report
+
+

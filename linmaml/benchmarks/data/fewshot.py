@@ -1,0 +1,125 @@
+"""The common form of every benchmark split: images grouped by class, ready for episode sampling.
+
+A :class:`FewShotSplit` holds one split (``"train"``, ``"val"`` or ``"test"``) of one benchmark. It
+owns only its own images: a split physically cannot hand out another split's pictures.
+
+Layout conventions (shared by all benchmarks):
+
+- ``pixels`` has shape ``(S, E, C, H, W)``: ``S`` *source* classes (Omniglot characters, CIFAR-100
+  fine labels, ImageNet synsets) of ``E`` examples each, channels first. dtype float32 (values used
+  as they are; Omniglot: ink = 1.0, background = 0.0) or uint8 (scaled by 1/255 on the way out).
+- A *class* of the split is a source class plus a rotation: ``sources[c]`` indexes axis 0 of
+  ``pixels`` and ``quarter_turns[c]`` in {0, 1, 2, 3} rotates all its images by that many quarter
+  turns counter-clockwise (``numpy.rot90`` over the last two axes). Without rotations, classes and
+  sources coincide. The rotation is a fixed property of the class, stored per class, never drawn
+  inside a sampler.
+- ``source_ids[c]`` is the dataset-wide identity of the source (Omniglot ``char_id`` 1..1623, the
+  CIFAR-100 fine-label index, the position of a synset in sorted order ...), so the class sets of
+  different splits can be compared: they are disjoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FewShotSplit:
+    """One split of a few-shot benchmark (see the module docstring for the conventions).
+
+    Attributes:
+        benchmark: ``"omniglot"``, ``"cifar-fs"`` or ``"mini-imagenet"``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        pixels: ``(S, E, C, H, W)`` float32 or uint8 images of the split's source classes.
+        sources: ``(num_classes,)`` int64, index into ``pixels`` axis 0 for each class.
+        quarter_turns: ``(num_classes,)`` int64 in 0..3, the fixed rotation of each class.
+        source_ids: ``(num_classes,)`` int64, dataset-wide id of each class's source.
+        class_names: ``num_classes`` readable names, e.g. ``"Greek/character03@rot90"``.
+    """
+
+    benchmark: str
+    split: str
+    pixels: np.ndarray
+    sources: np.ndarray
+    quarter_turns: np.ndarray
+    source_ids: np.ndarray
+    class_names: tuple
+
+    def __post_init__(self):
+        if self.pixels.ndim != 5:
+            raise ValueError(f"pixels: expected shape (S, E, C, H, W), got {self.pixels.shape}")
+        if self.pixels.dtype not in (np.float32, np.uint8):
+            raise ValueError(f"pixels: expected float32 or uint8, got {self.pixels.dtype}")
+        n = len(self.sources)
+        for name in ("quarter_turns", "source_ids"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name}: expected {n} entries (one per class), got {len(getattr(self, name))}")
+        if len(self.class_names) != n:
+            raise ValueError(f"class_names: expected {n} names, got {len(self.class_names)}")
+        if n and (self.sources.min() < 0 or self.sources.max() >= self.pixels.shape[0]):
+            raise ValueError("sources: index out of range of pixels")
+        if n and (self.quarter_turns.min() < 0 or self.quarter_turns.max() > 3):
+            raise ValueError("quarter_turns: expected values in 0..3")
+        if self.quarter_turns.any() and self.pixels.shape[-1] != self.pixels.shape[-2]:
+            raise ValueError("quarter_turns: rotations need square images")
+
+    @property
+    def name(self) -> str:
+        """``"<benchmark>/<split>"``, used in messages."""
+        return f"{self.benchmark}/{self.split}"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.sources)
+
+    @property
+    def examples_per_class(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def image_shape(self) -> tuple:
+        """``(C, H, W)`` of one image."""
+        return tuple(self.pixels.shape[2:])
+
+    def images(self, classes, examples) -> np.ndarray:
+        """Images of the given classes as float32 ``(n, m, C, H, W)``.
+
+        ``classes``: ``(n,)`` class indices in ``0..num_classes-1``; ``examples``: ``(n, m)`` example
+        indices in ``0..examples_per_class-1`` (row ``i`` for class ``classes[i]``). Each class is
+        rotated by its own ``quarter_turns``.
+        """
+        classes = np.asarray(classes, dtype=np.int64)
+        examples = np.asarray(examples, dtype=np.int64)
+        if classes.ndim != 1 or examples.ndim != 2 or len(examples) != len(classes):
+            raise ValueError(f"examples: expected shape ({len(classes)}, m) for classes of shape "
+                             f"{classes.shape}, got {examples.shape}")
+        if classes.size and (classes.min() < 0 or classes.max() >= self.num_classes):
+            raise ValueError(f"classes: expected indices in 0..{self.num_classes - 1} of {self.name}")
+        if examples.size and (examples.min() < 0 or examples.max() >= self.examples_per_class):
+            raise ValueError(f"examples: expected indices in 0..{self.examples_per_class - 1} of {self.name}")
+        out = self.pixels[self.sources[classes][:, None], examples]
+        if out.dtype == np.uint8:
+            out = out.astype(np.float32) * np.float32(1 / 255)
+        else:
+            out = out.astype(np.float32, copy=True)
+        turns = self.quarter_turns[classes]
+        for k in (1, 2, 3):
+            rows = np.flatnonzero(turns == k)
+            if rows.size:
+                out[rows] = np.rot90(out[rows], k, axes=(-2, -1))
+        return out
+
+    def class_images(self, index: int) -> np.ndarray:
+        """All ``E`` images of class ``index`` as float32 ``(E, C, H, W)``."""
+        examples = np.arange(self.examples_per_class)[None, :]
+        return self.images([index], examples)[0]
+
+    def describe(self) -> dict:
+        """A small JSON-ready summary: counts, shapes, number of source classes."""
+        return {"benchmark": self.benchmark, "split": self.split, "classes": self.num_classes,
+                "source_classes": int(len(np.unique(self.source_ids))),
+                "examples_per_class": self.examples_per_class, "image_shape": list(self.image_shape),
+                "rotations": sorted({int(k) * 90 for k in np.unique(self.quarter_turns)})}

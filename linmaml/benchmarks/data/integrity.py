@@ -1,0 +1,52 @@
+"""Dataset integrity: one exception type and checksum helpers.
+
+Every reader verifies what it reads before a single image reaches training: file checksums where
+they are known (the Omniglot ``.npz`` files and official zips, the CIFAR-100 pickles), and always
+the counts (classes, images per class) and array shapes. Anything wrong raises :class:`DatasetError`
+with a one-line message that names the file or folder and says what was expected, so the CLI can
+print it as is (exit status 2).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, incomplete, truncated or altered. The message is one line.
+
+    A ``ValueError`` so that code (and the CLI) treating bad input uniformly keeps working.
+    """
+
+
+def file_digest(path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (read in 1 MiB chunks; ``algorithm`` as in :mod:`hashlib`)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path, expected: str, algorithm: str = "sha256", *, hint: str = "") -> str:
+    """Check that ``path`` exists and its ``algorithm`` digest equals ``expected``; return the digest.
+
+    Raises :class:`DatasetError` naming the file, the expected and the actual digest (and the
+    size, which makes a truncated download obvious). ``hint`` (e.g. how to get a fresh copy) is
+    appended to the message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found{_tail(hint)}")
+    actual = file_digest(path, algorithm)
+    if actual != expected.lower():
+        raise DatasetError(f"{path}: {algorithm} {actual} does not match the expected {expected} "
+                           f"({os.path.getsize(path):,} bytes; the file is truncated or altered){_tail(hint)}")
+    return actual
+
+
+def _tail(hint: str) -> str:
+    return f"; {hint}" if hint else ""

@@ -1,0 +1,212 @@
+"""N-way K-shot episodes drawn from one split's own classes, seeded and reproducible.
+
+A task (episode) takes ``ways`` distinct classes of a :class:`~linmaml.benchmarks.data.FewShotSplit`
+at random, relabels them ``0..ways-1`` in the order drawn, and draws for each class ``shots +
+query`` distinct examples: the first ``shots`` form the support set, the other ``query`` the query
+set (``query`` is its own parameter, 15 by default, the usual protocol). Classes come only from the
+split the sampler was given, so meta-training never sees a test class.
+
+Reproducibility: task ``i`` of a sampler is a pure function of ``(seed, stream, i)`` (its generator is
+``numpy.random.default_rng([seed, stream, i])``), so training iteration ``t`` with meta-batch ``M``
+uses tasks ``t·M .. t·M+M-1`` whatever ran before — resuming, or splitting a meta-batch across
+processes, gives the same tasks. Training samplers use stream 0 and the fixed evaluation tasks
+(:func:`evaluation_tasks`, 600 by default) stream 1, so the two never coincide for the same seed.
+
+Output layout (numpy; :meth:`Episode.to_torch` converts):
+
+- ``x_support`` ``(N·K, C, H, W)`` float32, ``y_support`` ``(N·K,)`` int64 in ``0..N-1``,
+- ``x_query`` ``(N·Q, C, H, W)`` float32, ``y_query`` ``(N·Q,)`` int64,
+
+grouped by class (rows ``i·K .. i·K+K-1`` have label ``i``). :class:`EpisodeBatch` stacks ``M``
+tasks along a new leading axis: ``(M, N·K, C, H, W)`` and so on.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from linmaml._validate import integer
+from linmaml.benchmarks.data.fewshot import FewShotSplit
+
+#: Generator streams: training tasks and the fixed evaluation tasks never share a generator.
+TRAIN_STREAM = 0
+EVAL_STREAM = 1
+#: The usual protocol: 15 query examples per class, 600 evaluation tasks.
+DEFAULT_QUERY = 15
+DEFAULT_EVAL_TASKS = 600
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Episode:
+    """One N-way K-shot task with Q queries per class (shapes in the module docstring).
+
+    ``classes`` ``(N,)``: the split's class index behind each label; ``support_examples`` ``(N, K)``
+    and ``query_examples`` ``(N, Q)``: the example indices within each class (for audits and tests).
+    """
+
+    x_support: np.ndarray
+    y_support: np.ndarray
+    x_query: np.ndarray
+    y_query: np.ndarray
+    classes: np.ndarray
+    support_examples: np.ndarray
+    query_examples: np.ndarray
+
+    def to_torch(self, device=None, dtype=None):
+        """``(x_support, y_support, x_query, y_query)`` as torch tensors (the task convention)."""
+        return _to_torch((self.x_support, self.y_support, self.x_query, self.y_query), device, dtype)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EpisodeBatch:
+    """``M`` tasks stacked: ``x_support (M, N·K, C, H, W)``, ``y_support (M, N·K)``, ``x_query
+    (M, N·Q, C, H, W)``, ``y_query (M, N·Q)``; ``classes (M, N)``; ``indices (M,)`` the task numbers."""
+
+    x_support: np.ndarray
+    y_support: np.ndarray
+    x_query: np.ndarray
+    y_query: np.ndarray
+    classes: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def to_torch(self, device=None, dtype=None):
+        """``(x_support, y_support, x_query, y_query)`` as torch tensors with the leading task axis."""
+        return _to_torch((self.x_support, self.y_support, self.x_query, self.y_query), device, dtype)
+
+
+def _to_torch(arrays, device, dtype):
+    import torch
+
+    xs, ys, xq, yq = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    if dtype is not None:
+        xs, xq = xs.to(dtype), xq.to(dtype)
+    if device is not None:
+        xs, ys, xq, yq = (t.to(device, non_blocking=True) for t in (xs, ys, xq, yq))
+    return xs, ys, xq, yq
+
+
+def check_task_shape(split: FewShotSplit, ways, shots, query) -> tuple[int, int, int]:
+    """Validate ``ways``, ``shots``, ``query`` against ``split``; return them as ints.
+
+    ``ValueError`` naming the argument when there are more ways than the split has classes, or when
+    ``shots + query`` exceeds the examples a class holds.
+    """
+    if not isinstance(split, FewShotSplit):
+        raise TypeError(f"split: expected a FewShotSplit, got {type(split).__name__}")
+    ways = integer(ways, "ways", minimum=2)
+    shots = integer(shots, "shots", minimum=1)
+    query = integer(query, "query", minimum=1)
+    if ways > split.num_classes:
+        raise ValueError(f"ways: expected at most {split.num_classes} (the classes of {split.name}), got {ways}")
+    if shots + query > split.examples_per_class:
+        raise ValueError(f"shots: shots + query = {shots} + {query} exceeds the {split.examples_per_class} "
+                         f"examples each class of {split.name} holds")
+    return ways, shots, query
+
+
+def draw_task(split: FewShotSplit, ways: int, shots: int, query: int, rng: np.random.Generator) -> Episode:
+    """Draw one task from ``split`` with generator ``rng`` (arguments already validated)."""
+    classes = rng.choice(split.num_classes, size=ways, replace=False)
+    # a random ordering of each class's examples; its first shots + query are the task's
+    picks = np.argsort(rng.random((ways, split.examples_per_class)), axis=1)[:, :shots + query]
+    images = split.images(classes, picks)
+    rest = images.shape[2:]
+    labels = np.arange(ways, dtype=np.int64)
+    return Episode(images[:, :shots].reshape((ways * shots,) + rest), np.repeat(labels, shots),
+                   images[:, shots:].reshape((ways * query,) + rest), np.repeat(labels, query),
+                   classes.astype(np.int64), picks[:, :shots].copy(), picks[:, shots:].copy())
+
+
+def stack(episodes, indices) -> EpisodeBatch:
+    """Stack tasks of equal shape into an :class:`EpisodeBatch`."""
+    episodes = list(episodes)
+    if not episodes:
+        raise ValueError("episodes: expected at least one task")
+    return EpisodeBatch(np.stack([e.x_support for e in episodes]), np.stack([e.y_support for e in episodes]),
+                        np.stack([e.x_query for e in episodes]), np.stack([e.y_query for e in episodes]),
+                        np.stack([e.classes for e in episodes]), np.asarray(indices, dtype=np.int64))
+
+
+class EpisodeSampler:
+    """Tasks of one shape from one split; task ``i`` depends only on ``(seed, stream, i)``.
+
+    ``EpisodeSampler(split, ways, shots, query=15, seed=0)``; :meth:`task` gives one task,
+    :meth:`tasks` any list of them stacked, :meth:`meta_batch` the ``M`` tasks of a training
+    iteration. Raises ``ValueError`` (naming the argument) for impossible shapes.
+    """
+
+    def __init__(self, split: FewShotSplit, ways: int, shots: int, query: int = DEFAULT_QUERY, *,
+                 seed: int = 0, stream: int = TRAIN_STREAM):
+        self.ways, self.shots, self.query = check_task_shape(split, ways, shots, query)
+        self.split = split
+        self.seed = integer(seed, "seed", minimum=0)
+        self.stream = integer(stream, "stream", minimum=0)
+
+    def task(self, index: int) -> Episode:
+        """Task number ``index`` (>= 0)."""
+        index = integer(index, "index", minimum=0)
+        rng = np.random.default_rng([self.seed, self.stream, index])
+        return draw_task(self.split, self.ways, self.shots, self.query, rng)
+
+    def tasks(self, indices) -> EpisodeBatch:
+        """The tasks with the given numbers, stacked."""
+        indices = [integer(i, "indices", minimum=0) for i in np.asarray(indices).ravel().tolist()]
+        return stack((self.task(i) for i in indices), indices)
+
+    def meta_batch(self, iteration: int, size: int, *, rank: int = 0, world_size: int = 1) -> EpisodeBatch:
+        """The tasks of training iteration ``iteration`` with meta-batch ``size``: numbers
+        ``iteration·size .. iteration·size+size-1``. With ``world_size`` processes, process ``rank``
+        gets its contiguous share of them (``size`` must divide evenly)."""
+        iteration = integer(iteration, "iteration", minimum=0)
+        size = integer(size, "size", minimum=1)
+        world_size = integer(world_size, "world_size", minimum=1)
+        rank = integer(rank, "rank", minimum=0, maximum=world_size - 1)
+        if size % world_size:
+            raise ValueError(f"size: the meta-batch {size} does not split evenly over {world_size} processes")
+        share = size // world_size
+        start = iteration * size + rank * share
+        return self.tasks(range(start, start + share))
+
+
+class EvaluationTasks:
+    """A fixed, numbered set of tasks (default 600) so that accuracies compare across runs.
+
+    A sequence: ``len(tasks)``, ``tasks[i]`` (an :class:`Episode`), iteration, and
+    :meth:`batches` for stacked groups. Tasks are made on demand (cheap) and always identical for
+    the same split, shape, count and seed.
+    """
+
+    def __init__(self, split: FewShotSplit, ways: int, shots: int, query: int = DEFAULT_QUERY, *,
+                 count: int = DEFAULT_EVAL_TASKS, seed: int = 0):
+        self.count = integer(count, "count", minimum=1)
+        self.sampler = EpisodeSampler(split, ways, shots, query, seed=seed, stream=EVAL_STREAM)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> Episode:
+        index = integer(index, "index")
+        if index < 0:
+            index += self.count
+        if not 0 <= index < self.count:
+            raise IndexError(f"index: expected 0..{self.count - 1}, got {index}")
+        return self.sampler.task(index)
+
+    def __iter__(self):
+        return (self.sampler.task(i) for i in range(self.count))
+
+    def batches(self, size: int):
+        """Iterate over :class:`EpisodeBatch` groups of ``size`` tasks (the last may be smaller)."""
+        size = integer(size, "size", minimum=1)
+        for start in range(0, self.count, size):
+            yield self.sampler.tasks(range(start, min(start + size, self.count)))
+
+
+def evaluation_tasks(split: FewShotSplit, ways: int, shots: int, query: int = DEFAULT_QUERY, *,
+                     count: int = DEFAULT_EVAL_TASKS, seed: int = 0) -> EvaluationTasks:
+    """The fixed evaluation tasks of ``split`` (see :class:`EvaluationTasks`)."""
+    return EvaluationTasks(split, ways, shots, query, count=count, seed=seed)

@@ -1,0 +1,97 @@
+"""``linmaml data``: verify the few-shot datasets (``check``) and fetch Omniglot (``download``).
+
+    linmaml data check omniglot [--data-root DIR] [--json]
+    linmaml data download omniglot [--root DIR] [--url-base URL] [--force]
+
+The data root defaults to ``$LINMAML_DATA``, then ``~/.cache/linmaml``; each benchmark lives in a
+folder under it (``omniglot/``, ``cifar-fs/``, ``mini-imagenet/``). A missing, incomplete or
+corrupt dataset is one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import json
+
+BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
+DOWNLOADABLE = ("omniglot",)
+
+
+def register(subparsers):
+    p = subparsers.add_parser("data", help="verify or download the few-shot datasets",
+                              description=__doc__.split("\n")[0])
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
+    actions.required = True
+
+    check = actions.add_parser("check", aliases=["info"], help="verify a dataset and print what was found")
+    check.add_argument("benchmark", choices=BENCHMARKS)
+    _data_root_option(check)
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.set_defaults(func=run_check)
+
+    download = actions.add_parser("download", help="fetch the official files and verify their md5")
+    download.add_argument("benchmark", choices=DOWNLOADABLE,
+                          help="only omniglot can be fetched; CIFAR-100 and mini-ImageNet are placed by hand")
+    _data_root_option(download)
+    download.add_argument("--url-base", metavar="URL",
+                          help="where the zips are (default: the official brendenlake/omniglot repository)")
+    download.add_argument("--force", action="store_true", help="download even if a verified copy is present")
+    download.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                          help="network timeout in seconds (default 60)")
+    download.set_defaults(func=run_download)
+    p.set_defaults(func=lambda args: p.error("expected an action: check or download"))
+
+
+def _data_root_option(parser):
+    parser.add_argument("--data-root", "--root", dest="data_root", metavar="DIR",
+                        help="data root (default: $LINMAML_DATA, else ~/.cache/linmaml)")
+
+
+def run(args) -> int:
+    return args.func(args)
+
+
+def run_check(args) -> int:
+    from linmaml.benchmarks.data import check_dataset
+
+    report = check_dataset(args.benchmark, args.data_root)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_format(report))
+    return 0
+
+
+def run_download(args) -> int:
+    from linmaml.benchmarks.data.download import download_omniglot
+
+    if not (args.timeout > 0):
+        raise ValueError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    report = download_omniglot(args.data_root, url_base=args.url_base, force=args.force, timeout=args.timeout)
+    for name, entry in report.items():
+        if entry["downloaded"]:
+            print(f"{name}: {entry['path']} (downloaded, md5 {entry['md5']} verified)")
+        else:
+            print(f"{name}: {entry['path']} (already present)")
+    return 0
+
+
+def _format(report: dict) -> str:
+    lines = [f"{report['benchmark']}: OK"]
+    if "sets" in report:  # omniglot
+        lines.append(f"  folder {report['folder']}")
+        for name, s in report["sets"].items():
+            digest = s["checksum"]
+            check = f"{digest['algorithm']} {digest['digest']} verified" if digest else "counts verified (no checksum for this format)"
+            lines.append(f"  {name}: {s['format']} {s['path']}")
+            lines.append(f"    {s['alphabets']} alphabets, {s['characters']} characters, {s['images']:,} images, "
+                         f"ink fraction {s['ink_fraction']}; {check}")
+        lines.append(f"  {report['images']:,} images in all")
+    else:
+        if "path" in report:
+            lines.append(f"  {report['format']} {report['path']}")
+        for name, digest in report.get("checksums", {}).items():
+            lines.append(f"  {name}: md5 {digest['digest']} verified")
+    for split, s in report.get("splits", {}).items():
+        detail = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s.items() if k not in ("path",))
+        lines.append(f"  split {split}: {detail}")
+    lines.append(f"  checked in {report['seconds']} s")
+    return "\n".join(lines)

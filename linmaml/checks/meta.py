@@ -1,0 +1,426 @@
+"""Verification rows for the model-agnostic library ``linmaml.meta`` (torch, float64).
+
+Each row builds torch models from random instances, runs ``meta.MAML`` / ``meta.ANIL`` and compares
+with a computation that shares none of the inner-loop code: the numpy closed forms
+(``linmaml.closedform.deep_linear``), a shallow model with an explicit KFO or Meta-SGD, a plain
+gradient-descent loop written with ``torch.autograd.grad``. All rows start with "meta:"
+(``linmaml verify --only meta:``). The helpers here (``closedform_parity`` and friends) are also
+called by ``tests/meta`` over the full grids.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from linmaml import meta
+from linmaml.closedform import deep_linear as dl
+from linmaml.verification import CheckResult, identity
+
+LOSSES = ("squared", "logistic")
+DTYPE = torch.float64
+
+
+# --------------------------------------------------------------------------------------------------
+# Models, losses and random instances
+
+
+def loss_function(loss: str):
+    """The DESIGN.md losses on torch outputs F (n, d_L): squared 1/(2n)‖F − Y‖², logistic mean BCE."""
+    if loss == "squared":
+        return lambda F, Y: ((F - Y) ** 2).sum() / (2 * F.shape[0])
+    if loss == "logistic":
+        return lambda F, Y: nn.functional.binary_cross_entropy_with_logits(F, Y)
+    raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
+
+
+def deep_linear_model(weights) -> nn.Sequential:
+    """nn.Sequential of bias-free nn.Linear whose weights are [W1, …, WL] (W1 applied first)."""
+    layers = []
+    for W in weights:
+        linear = nn.Linear(W.shape[1], W.shape[0], bias=False, dtype=DTYPE)
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(W, dtype=DTYPE))
+        layers.append(linear)
+    return nn.Sequential(*layers)
+
+
+def random_widths(rng: np.random.Generator, depth: int, loss: str) -> list[int]:
+    widths = [int(w) for w in rng.integers(1, 5, size=depth + 1)]
+    if loss == "logistic":
+        widths[-1] = 1
+    return widths
+
+
+def random_weights(rng: np.random.Generator, widths: list[int]) -> list[np.ndarray]:
+    # Variance 1/d_in keeps the end-to-end map of order one at every depth.
+    return [rng.standard_normal((widths[j + 1], widths[j])) / np.sqrt(widths[j]) for j in range(len(widths) - 1)]
+
+
+def random_data(rng: np.random.Generator, n: int, d_in: int, d_out: int, loss: str):
+    X = rng.standard_normal((n, d_in))
+    Y = rng.standard_normal((n, d_out)) if loss == "squared" else (rng.random((n, 1)) < 0.5).astype(np.float64)
+    return X, Y
+
+
+def random_tasks(rng: np.random.Generator, count: int, d_in: int, d_out: int, loss: str):
+    tasks = []
+    for _ in range(count):
+        Xs, Ys = random_data(rng, int(rng.integers(2, 7)), d_in, d_out, loss)
+        Xq, Yq = random_data(rng, int(rng.integers(2, 7)), d_in, d_out, loss)
+        tasks.append((Xs, Ys, Xq, Yq))
+    return tasks
+
+
+def random_rates(rng: np.random.Generator, steps: int):
+    """A number or (a third of the time) a per-step list, each in [0.05, 0.3]."""
+    if rng.random() < 1 / 3:
+        return [float(r) for r in rng.uniform(0.05, 0.3, size=steps)]
+    return float(rng.uniform(0.05, 0.3))
+
+
+def as_torch(*arrays):
+    return tuple(torch.as_tensor(a, dtype=DTYPE) for a in arrays)
+
+
+def relative_error(a, b) -> float:
+    """‖a − b‖ / ‖b‖ over lists of tensors or arrays (Frobenius norms); ‖a − b‖ when b = 0."""
+    a = [torch.as_tensor(x, dtype=DTYPE).detach() for x in a]
+    b = [torch.as_tensor(y, dtype=DTYPE).detach() for y in b]
+    num = float(torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(a, b))))
+    den = float(torch.sqrt(sum((y**2).sum() for y in b)))
+    return num / den if den > 0 else num
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. MAML through meta.MAML equals the closed forms
+
+
+def closedform_parity(rng: np.random.Generator, depth: int, steps: int, loss: str,
+                      first_order: bool = False, n_tasks: int = 3) -> dict[str, float]:
+    """Relative errors of meta.MAML against closedform on one random deep linear instance:
+    adapted weights (first task), MAML loss and meta-gradient (mean over ``n_tasks`` tasks). The
+    adapted layers are all of them or, half of the time, a random non-empty subset."""
+    widths = random_widths(rng, depth, loss)
+    weights = random_weights(rng, widths)
+    tasks = random_tasks(rng, n_tasks, widths[0], widths[-1], loss)
+    lr = random_rates(rng, steps)
+    layers = None
+    if rng.random() < 0.5:
+        layers = sorted(int(j) for j in rng.choice(depth, size=int(rng.integers(1, depth + 1)), replace=False))
+    adapt = "all" if layers is None else [f"{j}.weight" for j in layers]
+
+    model = deep_linear_model(weights)
+    learner = meta.MAML(model, lr=lr, steps=steps, first_order=first_order, adapt=adapt)
+    loss_fn = loss_function(loss)
+    names = [f"{j}.weight" for j in range(depth)]
+
+    Xs, Ys, _, _ = as_torch(*tasks[0])
+    fast = learner.adapt(Xs, Ys, loss_fn)
+    expected = dl.adapt(weights, tasks[0][0], tasks[0][1], lr, steps, loss, layers)
+    adapt_error = relative_error([fast[n] for n in names], expected)
+
+    total = 0.0
+    for task in tasks:
+        Xs, Ys, Xq, Yq = as_torch(*task)
+        total = total + loss_fn(learner(Xq, params=learner.adapt(Xs, Ys, loss_fn)), Yq)
+    meta_loss = total / len(tasks)
+    grads = torch.autograd.grad(meta_loss, [model.get_parameter(n) for n in names])
+    loss_error = relative_error([meta_loss], [np.float64(dl.maml_loss(weights, tasks, lr, steps, loss, layers))])
+    grad_error = relative_error(grads, dl.maml_grad(weights, tasks, lr, steps, loss, layers, first_order))
+    return {"adapt": adapt_error, "loss": loss_error, "grad": grad_error}
+
+
+@identity("meta: MAML = closed form (adapted weights, MAML loss, meta-gradient)", 1e-10)
+def check_closedform(rng):
+    """meta.MAML on nn.Sequential of bias-free nn.Linear vs closedform.adapt/maml_loss/maml_grad:
+    depths 1–4 × steps 1–5 × both losses, second order (and first order for a quarter)."""
+    worst, count = 0.0, 0
+    for depth in range(1, 5):
+        for steps in range(1, 6):
+            for loss in LOSSES:
+                errors = closedform_parity(rng, depth, steps, loss, first_order=bool(rng.random() < 0.25))
+                worst = max(worst, *errors.values())
+                count += 1
+    return CheckResult(count, worst, "relative error, max over adapted weights, loss and meta-gradient")
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Depth as a meta-optimizer; Meta-SGD as a reparameterisation
+
+
+def psd_factor(S: torch.Tensor) -> torch.Tensor:
+    """A square F with FᵀF = S for a symmetric PSD S (symmetric square root, eigenvalues clipped at 0)."""
+    values, vectors = torch.linalg.eigh(S)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def depth_as_kfo(rng: np.random.Generator, steps: int, loss: str) -> float:
+    """Relative error between A·W_k·B (deep model x ↦ A W B x, A and B frozen, W adapted) and W'_k
+    (shallow model x ↦ W' x adapted with KFO(psd=True), LᵀL = AAᵀ, RᵀR = BᵀB, W'_0 = A W_0 B).
+
+    One step moves W by −α AᵀGBᵀ, where G is the gradient w.r.t. the end-to-end map, so the end-to-end
+    map moves by −α (AAᵀ) G (BᵀB): KFO with exactly those preconditioners, at every step since G is
+    a function of the end-to-end map alone. When A is square L = Aᵀ (and R = B when B is square);
+    otherwise L, R are the symmetric square roots of AAᵀ and BᵀB. Returns the worst step's error.
+    """
+    d_in, p, m = (int(v) for v in rng.integers(1, 5, size=3))
+    d_out = 1 if loss == "logistic" else int(rng.integers(1, 5))
+    if rng.random() < 0.5:  # square outer factors: the factors are A and B themselves
+        m, p = d_out, d_in
+    B = torch.as_tensor(rng.standard_normal((p, d_in)) / np.sqrt(d_in), dtype=DTYPE)
+    W = torch.as_tensor(rng.standard_normal((m, p)) / np.sqrt(p), dtype=DTYPE)
+    A = torch.as_tensor(rng.standard_normal((d_out, m)) / np.sqrt(m), dtype=DTYPE)
+    X, Y = as_torch(*random_data(rng, int(rng.integers(2, 8)), d_in, d_out, loss))
+    lr = random_rates(rng, steps)
+    loss_fn = loss_function(loss)
+
+    deep = deep_linear_model([B.numpy(), W.numpy(), A.numpy()])
+    for frozen in (deep[0], deep[2]):
+        frozen.weight.requires_grad_(False)
+    shallow = deep_linear_model([(A @ W @ B).numpy()])
+    kfo = meta.KFO(psd=True)
+    deep_learner = meta.MAML(deep, lr=lr, steps=steps, adapt="all")
+    shallow_learner = meta.MAML(shallow, lr=lr, steps=steps, transform=kfo)
+    L = A.T if m == d_out else psd_factor(A @ A.T)
+    R = B if p == d_in else psd_factor(B.T @ B)
+    with torch.no_grad():
+        kfo.factors[meta.parameter_key("0.weight")]["L0"].copy_(L)
+        kfo.factors[meta.parameter_key("0.weight")]["R0"].copy_(R)
+
+    worst = 0.0
+    for k in range(1, steps + 1):
+        W_k = deep_learner.adapt(X, Y, loss_fn, steps=k)["1.weight"]
+        W_shallow = shallow_learner.adapt(X, Y, loss_fn, steps=k)["0.weight"]
+        worst = max(worst, relative_error([A @ W_k @ B], [W_shallow]))
+    return worst
+
+
+@identity("meta: depth = KFO (A·W·B, W adapted, equals KFO with LᵀL = AAᵀ, RᵀR = BᵀB)", 1e-12)
+def check_depth_as_kfo(rng):
+    """k-step adaptation (k = 1…5) of the middle factor of A·W·B equals KFO(psd=True) on W' = A W B."""
+    worst, count = 0.0, 0
+    for steps in range(1, 6):
+        for loss in LOSSES:
+            for _ in range(2):
+                worst = max(worst, depth_as_kfo(rng, steps, loss))
+                count += 1
+    return CheckResult(count, worst, "relative error of the end-to-end map after each of k steps")
+
+
+class ScaledMLP(nn.Module):
+    """x ↦ (√s₂ ⊙ V₂) tanh((√s₁ ⊙ V₁) x + √t₁ ⊙ c₁) + √t₂ ⊙ c₂, with parameters V, c and fixed
+    positive per-element step sizes s, t (buffers) — the Meta-SGD reparameterisation."""
+
+    def __init__(self, weights, biases, scales, bias_scales):
+        super().__init__()
+        for j, (W, b, s, t) in enumerate(zip(weights, biases, scales, bias_scales), start=1):
+            self.register_parameter(f"V{j}", nn.Parameter(W / s.sqrt()))
+            self.register_parameter(f"c{j}", nn.Parameter(b / t.sqrt()))
+            self.register_buffer(f"root_s{j}", s.sqrt())
+            self.register_buffer(f"root_t{j}", t.sqrt())
+
+    def layer(self, j):
+        return (getattr(self, f"root_s{j}") * getattr(self, f"V{j}"),
+                getattr(self, f"root_t{j}") * getattr(self, f"c{j}"))
+
+    def forward(self, x):
+        W1, b1 = self.layer(1)
+        W2, b2 = self.layer(2)
+        return torch.tanh(x @ W1.T + b1) @ W2.T + b2
+
+
+def metasgd_as_reparameterisation(rng: np.random.Generator, steps: int, loss: str) -> float:
+    """Relative error between Meta-SGD (step sizes s, lr α) on a tanh MLP and plain MAML (lr α) on the
+    same MLP with each parameter written as √s ⊙ V: ∇_V = √s ⊙ ∇_W, so √s ⊙ V moves by −α s ⊙ ∇_W."""
+    d_in, hidden = (int(v) for v in rng.integers(1, 5, size=2))
+    d_out = 1 if loss == "logistic" else int(rng.integers(1, 5))
+    shapes = [(hidden, d_in), (d_out, hidden)]
+    weights = [torch.as_tensor(rng.standard_normal(s) / np.sqrt(s[1]), dtype=DTYPE) for s in shapes]
+    biases = [torch.as_tensor(rng.standard_normal(s[0]), dtype=DTYPE) for s in shapes]
+    scales = [torch.as_tensor(rng.uniform(0.2, 2.0, size=s), dtype=DTYPE) for s in shapes]
+    bias_scales = [torch.as_tensor(rng.uniform(0.2, 2.0, size=s[0]), dtype=DTYPE) for s in shapes]
+    X, Y = as_torch(*random_data(rng, int(rng.integers(2, 8)), d_in, d_out, loss))
+    lr = random_rates(rng, steps)
+    loss_fn = loss_function(loss)
+
+    plain = nn.Sequential(nn.Linear(d_in, hidden, dtype=DTYPE), nn.Tanh(), nn.Linear(hidden, d_out, dtype=DTYPE))
+    with torch.no_grad():
+        for j, linear in enumerate((plain[0], plain[2])):
+            linear.weight.copy_(weights[j])
+            linear.bias.copy_(biases[j])
+    metasgd = meta.MetaSGD()
+    learner = meta.MAML(plain, lr=lr, steps=steps, transform=metasgd)
+    with torch.no_grad():
+        for j, name in enumerate(("0", "2")):
+            metasgd.scales[meta.parameter_key(f"{name}.weight")].copy_(scales[j])
+            metasgd.scales[meta.parameter_key(f"{name}.bias")].copy_(bias_scales[j])
+    reparam = ScaledMLP(weights, biases, scales, bias_scales)
+    reference = meta.MAML(reparam, lr=lr, steps=steps)
+
+    fast = learner.adapt(X, Y, loss_fn)
+    fast_v = reference.adapt(X, Y, loss_fn)
+    ours = [fast["0.weight"], fast["0.bias"], fast["2.weight"], fast["2.bias"]]
+    theirs = []
+    for j in (1, 2):
+        theirs += [reparam.get_buffer(f"root_s{j}") * fast_v[f"V{j}"], reparam.get_buffer(f"root_t{j}") * fast_v[f"c{j}"]]
+    return relative_error(ours, theirs)
+
+
+@identity("meta: Meta-SGD(s) = MAML on the reparameterisation √s ⊙ V", 1e-12)
+def check_metasgd_reparameterisation(rng):
+    """Meta-SGD with per-element step sizes s equals plain MAML on weights written as √s ⊙ V."""
+    worst, count = 0.0, 0
+    for steps in range(1, 6):
+        for loss in LOSSES:
+            worst = max(worst, metasgd_as_reparameterisation(rng, steps, loss))
+            count += 1
+    return CheckResult(count, worst, "relative error of the adapted weights and biases")
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. ANIL = head-only MAML; first-order MAML = query gradient at the adapted weights
+
+
+def random_mlp(rng: np.random.Generator, d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    model = nn.Sequential(nn.Linear(d_in, hidden, dtype=DTYPE), nn.Tanh(), nn.Linear(hidden, d_out, dtype=DTYPE))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.as_tensor(rng.standard_normal(tuple(p.shape)), dtype=DTYPE) / np.sqrt(max(p.shape[-1], 1)))
+    return model
+
+
+def randomise(transform: meta.Transform, rng: np.random.Generator, scale: float = 0.3) -> None:
+    """Move every parameter of a built transform away from its identity initialisation."""
+    with torch.no_grad():
+        for p in transform.parameters():
+            p.add_(scale * torch.as_tensor(rng.standard_normal(tuple(p.shape)), dtype=p.dtype))
+
+
+def anil_vs_head_maml(rng: np.random.Generator, steps: int, loss: str) -> float:
+    """Relative error between ANIL(features, head) and MAML(model, adapt="head") on the same modules,
+    with KFO transforms holding equal random factors: adapted head and every meta-gradient."""
+    d_in, hidden = (int(v) for v in rng.integers(1, 5, size=2))
+    d_out = 1 if loss == "logistic" else int(rng.integers(1, 5))
+    model = random_mlp(rng, d_in, hidden, d_out)
+    lr = random_rates(rng, steps)
+    loss_fn = loss_function(loss)
+    kfo_maml, kfo_anil = meta.KFO(), meta.KFO()
+    maml = meta.MAML(model, lr=lr, steps=steps, transform=kfo_maml, adapt="head")
+    anil = meta.ANIL(model[:2], model[2], lr=lr, steps=steps, transform=kfo_anil)
+    randomise(kfo_maml, rng)
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            for factor in ("L0", "R0"):
+                kfo_anil.factors[name][factor].copy_(kfo_maml.factors[f"2/{name}"][factor])
+
+    tasks = random_tasks(rng, 2, d_in, d_out, loss)
+    results = []
+    for learner in (maml, anil):
+        total = 0.0
+        for task in tasks:
+            Xs, Ys, Xq, Yq = as_torch(*task)
+            fast = learner.adapt(Xs, Ys, loss_fn)
+            total = total + loss_fn(learner(Xq, params=fast), Yq)
+        head = [fast["2.weight"], fast["2.bias"]] if learner is maml else [fast["weight"], fast["bias"]]
+        grads = torch.autograd.grad(total, list(model.parameters()) + list(learner.transform.parameters()))
+        results.append(head + list(grads))
+    return relative_error(results[1], results[0])
+
+
+@identity("meta: ANIL = MAML with adapt='head' (adapted head, meta-gradients)", 1e-12)
+def check_anil(rng):
+    """ANIL on (features, head) equals MAML adapting the last nn.Linear of features→head."""
+    worst, count = 0.0, 0
+    for steps in range(1, 6):
+        for loss in LOSSES:
+            worst = max(worst, anil_vs_head_maml(rng, steps, loss))
+            count += 1
+    return CheckResult(count, worst, "relative error over the adapted head and all meta-gradients")
+
+
+def plain_adaptation(model: nn.Module, X, Y, loss_fn, rates) -> dict[str, torch.Tensor]:
+    """Plain gradient descent written directly with torch.autograd.grad, returning detached weights."""
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    for lr in rates:
+        out = torch.func.functional_call(model, params, (X,))
+        grads = torch.autograd.grad(loss_fn(out, Y), list(params.values()))
+        params = {n: (p - lr * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)}
+    return params
+
+
+def fomaml_gradient(rng: np.random.Generator, steps: int, loss: str) -> float:
+    """Relative error between first-order MAML's meta-gradient and ∇L_q at plainly adapted weights."""
+    d_in, hidden = (int(v) for v in rng.integers(1, 5, size=2))
+    d_out = 1 if loss == "logistic" else int(rng.integers(1, 5))
+    model = random_mlp(rng, d_in, hidden, d_out)
+    lr = random_rates(rng, steps)
+    rates = lr if isinstance(lr, list) else [lr] * steps
+    loss_fn = loss_function(loss)
+    learner = meta.MAML(model, lr=lr, steps=steps, first_order=True)
+    Xs, Ys, Xq, Yq = as_torch(*random_tasks(rng, 1, d_in, d_out, loss)[0])
+    query = loss_fn(learner(Xq, params=learner.adapt(Xs, Ys, loss_fn)), Yq)
+    meta_grad = torch.autograd.grad(query, list(model.parameters()))
+    adapted = plain_adaptation(model, Xs, Ys, loss_fn, rates)
+    expected = torch.autograd.grad(loss_fn(torch.func.functional_call(model, adapted, (Xq,)), Yq),
+                                   list(adapted.values()))
+    return relative_error(meta_grad, expected)
+
+
+@identity("meta: first-order MAML meta-gradient = query gradient at the adapted weights", 1e-12)
+def check_fomaml(rng):
+    """first_order=True: the meta-gradient is ∇L_q(θ_k), θ_k from a separate plain GD loop."""
+    worst, count = 0.0, 0
+    for steps in range(1, 6):
+        for loss in LOSSES:
+            worst = max(worst, fomaml_gradient(rng, steps, loss))
+            count += 1
+    return CheckResult(count, worst, "relative error of the meta-gradient")
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Every transform at its initialisation is plain MAML
+
+
+def conv_model(rng: np.random.Generator) -> nn.Sequential:
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, dtype=DTYPE), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 2 * 2, 2, dtype=DTYPE))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.5 * torch.as_tensor(rng.standard_normal(tuple(p.shape)), dtype=DTYPE))
+    return model
+
+
+def initial_transforms() -> dict[str, meta.Transform]:
+    return {"KFO": meta.KFO(), "KFO(psd=False)": meta.KFO(psd=False), "KFO(hidden_layers=2)": meta.KFO(hidden_layers=2),
+            "MetaSGD": meta.MetaSGD(), "MetaCurvature": meta.MetaCurvature(),
+            "Chain(KFO, MetaSGD)": meta.Chain(meta.KFO(), meta.MetaSGD())}
+
+
+def transforms_at_init(rng: np.random.Generator, steps: int) -> float:
+    """Largest relative difference between MAML with a freshly built transform and plain MAML."""
+    worst = 0.0
+    for kind in ("mlp", "conv"):
+        if kind == "mlp":
+            model = random_mlp(rng, 3, 4, 2)
+            X = torch.as_tensor(rng.standard_normal((5, 3)), dtype=DTYPE)
+        else:
+            model = conv_model(rng)
+            X = torch.as_tensor(rng.standard_normal((5, 2, 4, 4)), dtype=DTYPE)
+        Y = torch.as_tensor(rng.standard_normal((5, 2)), dtype=DTYPE)
+        loss_fn = loss_function("squared")
+        plain = meta.MAML(model, lr=0.2, steps=steps).adapt(X, Y, loss_fn)
+        for transform in initial_transforms().values():
+            fast = meta.MAML(model, lr=0.2, steps=steps, transform=transform).adapt(X, Y, loss_fn)
+            worst = max(worst, relative_error(list(fast.values()), list(plain.values())))
+    return worst
+
+
+@identity("meta: KFO, Meta-SGD, Meta-Curvature at initialisation = MAML", 1e-15)
+def check_transforms_at_init(rng):
+    """Freshly built transforms (KFO linear/psd/non-linear, Meta-SGD, Meta-Curvature, a chain) adapt
+    an MLP and a conv net exactly as plain MAML does (expected: bit for bit)."""
+    worst, count = 0.0, 0
+    for steps in (1, 3):
+        worst = max(worst, transforms_at_init(rng, steps))
+        count += 2 * len(initial_transforms())
+    return CheckResult(count, worst, "relative error of every adapted parameter")

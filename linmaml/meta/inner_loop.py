@@ -2,6 +2,9 @@
 
 Everything a step needs arrives as an argument and nothing is mutated, so the loop can be batched
 over the tasks of a meta-batch with ``torch.func.vmap`` and differentiated by the outer autograd.
+(The one exception is module state: a train-mode BatchNorm updates its running statistics in the
+buffers it is given, as any forward pass does; under ``vmap`` such a layer needs
+``track_running_stats=False``, a torch.func restriction.)
 Gradients are taken with ``torch.func.grad``, which composes with both: the outer ``backward()``
 differentiates through it (second-order MAML) unless ``first_order`` asks for the inner gradients
 to be treated as constants.

@@ -139,7 +139,8 @@ def check_closedform(rng):
     for depth in range(1, 5):
         for steps in range(1, 6):
             for loss in LOSSES:
-                errors = closedform_parity(rng, depth, steps, loss, first_order=bool(rng.random() < 0.25))
+                first_order = bool(rng.random() < 0.25)
+                errors = closedform_parity(rng, depth, steps, loss, first_order=first_order, n_tasks=2)
                 worst = max(worst, *errors.values())
                 count += 1
     return CheckResult(count, worst, "relative error, max over adapted weights, loss and meta-gradient")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy.special import stdtrit
 
 from linmaml import _validate
 from linmaml.simulator.models import LinearChain, accuracy, task_loss
@@ -31,7 +31,7 @@ def mean_ci(values, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.
     n = values.shape[axis]
     if n < 2:
         raise ValueError(f"values: expected at least 2 samples along axis {axis}, got {n}")
-    quantile = stats.t.ppf(0.5 + level / 2, df=n - 1)
+    quantile = stdtrit(n - 1, 0.5 + level / 2)
     return values.mean(axis=axis), quantile * values.std(axis=axis, ddof=1) / np.sqrt(n)
 
 
@@ -110,5 +110,5 @@ def ratio_of_means_ci(numerator, denominator, level: float = 0.95) -> tuple[floa
     ratio = a.mean() / b.mean()
     cov = np.cov(a, b, ddof=1)
     variance = cov[0, 0] - 2 * ratio * cov[0, 1] + ratio**2 * cov[1, 1]
-    quantile = stats.t.ppf(0.5 + level / 2, df=n - 1)
+    quantile = stdtrit(n - 1, 0.5 + level / 2)
     return float(ratio), float(quantile * np.sqrt(max(variance, 0.0)) / (abs(b.mean()) * np.sqrt(n)))

@@ -186,20 +186,22 @@ def implicit_preconditioner(weights: Sequence[torch.Tensor], adapt_layers: Seque
     Weights without a task axis give P of shape ``(d_L·d_0, d_L·d_0)``; stacked weights
     ``(S, d_j, d_{j−1})`` (e.g. a trajectory) give ``(S, d_L·d_0, d_L·d_0)``.
     """
-    weights = [torch.as_tensor(W, dtype=DTYPE).detach() for W in weights]
+    weights = [torch.as_tensor(W, dtype=DTYPE) for W in weights]
     layers = _validate.layer_indices(adapt_layers, len(weights))
     if len({W.ndim for W in weights}) != 1 or weights[0].ndim not in (2, 3):
         raise ValueError("weights: expected all 2-d matrices, or all stacked 3-d with the same leading axis")
-
-    def one(*full):
-        def vec_end_to_end(*adapted):
-            current = list(full)
-            for j, W in zip(layers, adapted):
-                current[j] = W
-            return vec(end_to_end(current))
-
-        jac = torch.func.jacrev(vec_end_to_end, argnums=tuple(range(len(layers))))(*[full[j] for j in layers])
-        J = torch.cat([block.reshape(block.shape[0], -1) for block in jac], dim=1)
-        return J @ J.T
-
-    return one(*weights) if weights[0].ndim == 2 else torch.func.vmap(one)(*weights)
+    single = weights[0].ndim == 2
+    stacked = [(W.unsqueeze(0) if single else W).detach().clone() for W in weights]
+    for j in layers:
+        stacked[j].requires_grad_(True)
+    with torch.enable_grad():
+        flat = vec(end_to_end(stacked))  # (S, d_L·d_0)
+        # One backward pass per entry of vec W_e gives that row of J for every stacked point at once
+        # (the points do not interact, so the gradient of the sum over them separates).
+        rows = []
+        for i in range(flat.shape[1]):
+            grads = torch.autograd.grad(flat[:, i].sum(), [stacked[j] for j in layers], retain_graph=True)
+            rows.append(torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1))
+    J = torch.stack(rows, dim=1)  # (S, d_L·d_0, number of adapted parameters)
+    P = (J @ J.mT).detach()
+    return P[0] if single else P

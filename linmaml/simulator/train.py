@@ -171,7 +171,7 @@ def meta_train(chain: LinearChain, family, *, lr, steps: int = 1, meta_steps: in
     init_seq, task_seq = np.random.SeedSequence(_validate.integer(seed, "seed", minimum=0)).spawn(2)
     start = chain.init(np.random.default_rng(init_seq), init_scale) if init is None else chain.check_weights(init, "init")
     params = [W.detach().clone().requires_grad_(True) for W in start]
-    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(params, lr=meta_lr)
+    opt = _Adam(params, meta_lr) if optimizer == "adam" else _SGD(params, meta_lr)
     task_rng = np.random.default_rng(task_seq)
 
     began = time.perf_counter()
@@ -181,9 +181,8 @@ def meta_train(chain: LinearChain, family, *, lr, steps: int = 1, meta_steps: in
         batch = family.sample(meta_batch, task_rng)
         with torch.enable_grad():
             value = maml_objective(params, batch, rates, steps, chain.loss, chain.adapt_layers, first_order=first_order)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-        opt.step()
+            grads = torch.autograd.grad(value, params)
+        opt.step(grads)
         losses[step] = float(value.detach())
         history.append([W.detach().clone() for W in params])
     stacked = [torch.stack([h[j] for h in history]) for j in range(chain.depth)]
@@ -196,3 +195,39 @@ def meta_train(chain: LinearChain, family, *, lr, steps: int = 1, meta_steps: in
                     optimizer=optimizer, first_order=first_order, init_scale=init_scale, seed=seed,
                     sizes=list(chain.sizes), loss=chain.loss, adapt_layers=list(chain.adapt_layers))
     return Trajectory(chain, [s.numpy() for s in stacked], losses, eigs, settings, time.perf_counter() - began)
+
+
+class _SGD:
+    """Plain gradient descent on a list of leaf tensors."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float):
+        self.params, self.lr = params, lr
+
+    @torch.no_grad()
+    def step(self, grads) -> None:
+        for p, g in zip(self.params, grads):
+            p -= self.lr * g
+
+
+class _Adam:
+    """Adam (Kingma & Ba) with the usual defaults β = (0.9, 0.999), ε = 1e-8, bias-corrected.
+
+    Written out rather than torch.optim.Adam, whose first construction imports torch's compiler
+    stack (seconds of start-up on a small machine for a few lines of arithmetic).
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            m_hat = m / (1 - b1**self.t)
+            v_hat = v / (1 - b2**self.t)
+            p -= self.lr * m_hat / (v_hat.sqrt() + self.eps)

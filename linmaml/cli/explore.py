@@ -20,21 +20,21 @@ def register(subparsers):
         "explore", help="interactive MAML loss surface of f(x) = w2·w1·x with sliders and clickable runs",
         description="Interactive MAML loss surface of the scalar depth-2 model: sliders for the inner "
                     "learning rate, inner steps, task mean and spread; click to meta-train from a point.")
-    p.add_argument("--lr", type=float, default=d["lr"], help=f"inner learning rate α ≥ 0 (default {d['lr']})")
-    p.add_argument("--steps", type=int, default=d["steps"], help=f"inner steps k ≥ 0 (default {d['steps']})")
-    p.add_argument("--task-mean", type=float, default=d["task_mean"],
+    p.add_argument("--lr", type=float, metavar="A", default=d["lr"], help=f"inner learning rate α ≥ 0 (default {d['lr']})")
+    p.add_argument("--steps", type=int, metavar="K", default=d["steps"], help=f"inner steps k ≥ 0 (default {d['steps']})")
+    p.add_argument("--task-mean", type=float, metavar="M", default=d["task_mean"],
                    help=f"mean m of the task slope a ~ N(m, s²) (default {d['task_mean']})")
-    p.add_argument("--task-std", type=float, default=d["task_std"],
+    p.add_argument("--task-std", type=float, metavar="S", default=d["task_std"],
                    help=f"spread s ≥ 0 of the task slope (default {d['task_std']})")
-    p.add_argument("--x-var", type=float, default=d["x_var"], help=f"input variance V > 0 (default {d['x_var']})")
-    p.add_argument("--grid", type=int, default=d["grid"], help=f"grid points per axis ≥ 2 (default {d['grid']})")
-    p.add_argument("--range", dest="half_width", type=float, default=d["range"],
+    p.add_argument("--x-var", type=float, metavar="V", default=d["x_var"], help=f"input variance V > 0 (default {d['x_var']})")
+    p.add_argument("--grid", type=int, metavar="N", default=d["grid"], help=f"grid points per axis ≥ 2 (default {d['grid']})")
+    p.add_argument("--range", dest="half_width", type=float, metavar="R", default=d["range"],
                    help=f"the surface covers [-R, R]² (default {d['range']})")
-    p.add_argument("--meta-lr", type=float, default=d["meta_lr"],
+    p.add_argument("--meta-lr", type=float, metavar="B", default=d["meta_lr"],
                    help=f"meta learning rate of each run (default {d['meta_lr']})")
-    p.add_argument("--meta-steps", type=int, default=d["meta_steps"],
+    p.add_argument("--meta-steps", type=int, metavar="T", default=d["meta_steps"],
                    help=f"meta-steps of each run (default {d['meta_steps']})")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the sampled tasks (default 0)")
+    p.add_argument("--seed", type=int, metavar="SEED", default=d["seed"], help="seed of the sampled tasks (default 0)")
     p.add_argument("--start", type=float, nargs=2, metavar=("W1", "W2"),
                    help="meta-train from (W1, W2) before showing (as if clicked there)")
     p.add_argument("--save", metavar="PATH",
@@ -61,6 +61,17 @@ def _explorer_arguments(args) -> dict:
                 seed=args.seed)
 
 
+def _check_save_format(path: str) -> None:
+    """Reject an unknown file format before any work (matplotlib would only fail when saving)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise ValueError(f"--save: expected a file name ending in one of .{', .'.join(sorted(formats))}, "
+                         f"got {path!r}")
+
+
 def run(args) -> int:
     from linmaml.plots.explorer import SurfaceExplorer
 
@@ -75,6 +86,7 @@ def run(args) -> int:
         import matplotlib
 
         matplotlib.use("Agg", force=True)
+        _check_save_format(args.save)
     elif _interactive_backend() is None:
         import matplotlib
 

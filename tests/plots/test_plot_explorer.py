@@ -225,7 +225,7 @@ def test_cli_save_snapshot(tmp_path, capsys):
 @pytest.mark.parametrize("args, name", [
     (["--grid", "1"], "grid"), (["--steps", "-1"], "steps"), (["--task-std", "-1"], "task_std"),
     (["--x-var", "0"], "x_var"), (["--lr", "nan"], "lr"), (["--range", "-2"], "range"),
-    (["--start", "1", "inf"], "--start W2"),
+    (["--start", "1", "inf"], "--start W2"), (["--meta-lr", "0"], "meta_lr"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, name):
     target = tmp_path / "x.png"
@@ -252,3 +252,31 @@ def test_click_where_the_inner_loop_overflows(make_explorer):
     assert explorer.trajectory.diverged[0] and explorer.trajectory.stopped[0] == 0
     assert "diverged" in explorer.status.get_text()
     np.testing.assert_allclose(np.array(explorer.end_marker.get_data())[:, 0], explorer.start)
+
+
+def test_cli_rejects_unknown_snapshot_format(tmp_path, capsys):
+    status = main(["explore", "--save", str(tmp_path / "snap.xyz")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("linmaml explore: error: --save: expected a file name ending in")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_interactive_path_builds_and_shows(monkeypatch):
+    # No display here: pretend one exists and record what would be shown instead of opening a window.
+    import linmaml.cli.explore as explore_cli
+
+    shown = []
+    monkeypatch.setattr(explore_cli, "_interactive_backend", lambda: "qtagg")
+    monkeypatch.setattr(SurfaceExplorer, "show", lambda self: shown.append(self))
+    status = main(["explore", "--grid", "20", "--range", "2.5", "--steps", "2", "--lr", "0.07",
+                   "--start", "0.5", "-1.0", "--meta-steps", "3"])
+    assert status == 0 and len(shown) == 1
+    explorer = shown[0]
+    try:
+        assert explorer.grid == 20 and explorer.half_width == 2.5
+        assert (explorer.setting.steps, explorer.setting.lr) == (2, 0.07)
+        ref = ref_meta_train((0.5, -1.0), settings_of(explorer), 0.2, 3)
+        line = np.c_[explorer.trajectory_line.get_xdata(), explorer.trajectory_line.get_ydata()]
+        np.testing.assert_allclose(line, ref, rtol=1e-7, atol=1e-9)
+    finally:
+        plt.close(explorer.figure)

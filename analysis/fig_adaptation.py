@@ -164,7 +164,7 @@ def _ideal_step(reg: dict, inner_lr: float) -> dict:
 
     One step W' = M − c·G from the task mean leaves the error Δ(I − cS) + c·εᵀX/n with S = XᵀX/n,
     E S = vI, E S² = v²(n+d+1)/n·I, so the expected query loss is
-    ½[ωv·d(1 − 2cv + c²v²(n+d+1)/n) + c²σ²v·d/n] + ½σ² (times d_out), minimised at
+    ½[ωv·d(1 − 2cv + c²v²(n+d+1)/n) + c²σ²v²·d/n] + ½σ² (times d_out), minimised at
     c* = ωn / (ωv(n+d+1) + σ²).
     """
     d, n, v, w, s2 = reg["d_in"], reg["n_support"], reg["x_var"], reg["task_var"], reg["noise_std"] ** 2
@@ -172,7 +172,7 @@ def _ideal_step(reg: dict, inner_lr: float) -> dict:
 
     def loss(c):
         return reg["d_out"] * 0.5 * (w * v * d * (1 - 2 * c * v + c * c * v * v * (n + d + 1) / n)
-                                     + c * c * s2 * v * d / n + s2)
+                                     + c * c * s2 * v * v * d / n + s2)
 
     return {"alpha_P_optimal": c_star, "query_loss_at_optimum": loss(c_star),
             "query_loss_shallow_at_mean": loss(inner_lr), "query_loss_no_adaptation": loss(0.0)}

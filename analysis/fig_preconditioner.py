@@ -50,26 +50,26 @@ def _optimum(f: dict) -> dict:
 
     Σ = vI, Ω = ωI, noise σ: one step W' = M − c·G leaves the error Δ(I − cS) + c·εᵀX/n with
     S = XᵀX/n (E S = vI, E S² = v²(n+d+1)/n·I, Wishart), so the expected query loss is
-    ½[ωv·d(1 − 2cv + c²v²(n+d+1)/n) + c²σ²v·d/n] + ½σ² per output, minimised at
+    ½[ωv·d(1 − 2cv + c²v²(n+d+1)/n) + c²σ²v²·d/n] + ½σ² per output, minimised at
     c* = ωn / (ωv(n+d+1) + σ²); α·P = c*·I is c*·v·Σ⁻¹.
     """
     d, n, v, w, s2 = f["d_in"], f["n_support"], f["x_var"], f["task_var"], f["noise_std"] ** 2
 
     def loss(c):
-        return f["d_out"] * 0.5 * (w * v * d * (1 - 2 * c * v + c * c * v * v * (n + d + 1) / n) + c * c * s2 * v * d / n + s2)
+        return f["d_out"] * 0.5 * (w * v * d * (1 - 2 * c * v + c * c * v * v * (n + d + 1) / n) + c * c * s2 * v * v * d / n + s2)
 
     c_star = w * n / (w * v * (n + d + 1) + s2)
     return {"c_star": c_star, "loss_at_c_star": loss(c_star), "loss": loss}
 
 
-def _gaussian_cross_check(fam, settings: dict):
-    """c* again from linmaml.closedform.gaussian (the shallow model's optimal inner lr at W = M,
-    where its α·P = α·I), if that module is available; None otherwise."""
-    try:
-        from linmaml.closedform import gaussian
-    except ImportError:
-        return None
-    return float(gaussian.optimal_inner_lr(np.asarray(fam.task_mean), fam, 1))
+def _gaussian_cross_check(fam, c_star: float):
+    """c* and the loss there again, from linmaml.closedform.gaussian: the shallow model at W = M has
+    α·P = α·I, so its optimal inner lr is c* and its expected loss at lr c* is the optimum's."""
+    from linmaml.closedform import gaussian
+
+    M = np.asarray(fam.task_mean)
+    return {"c_star": float(gaussian.optimal_inner_lr(M, fam, 1)),
+            "loss_at_c_star": float(gaussian.expected_post_adaptation_loss(M, fam, c_star, 1))}
 
 
 def compute(quick: bool = False) -> dict:
@@ -85,10 +85,10 @@ def compute(quick: bool = False) -> dict:
     numbers = {"c_star": c_star, "optimal_one_step_query_loss": optimum["loss_at_c_star"],
                "shallow_one_step_query_loss_at_mean": optimum["loss"](alpha),
                "no_adaptation_query_loss": optimum["loss"](0.0), "models": {}}
-    gaussian_c = _gaussian_cross_check(fam, cfg)
-    numbers["c_star_closedform_gaussian"] = gaussian_c
-    if gaussian_c is not None:
-        numbers["c_star_rel_diff_vs_gaussian"] = abs(gaussian_c - c_star) / c_star
+    gaussian = _gaussian_cross_check(fam, c_star)
+    numbers["closedform_gaussian"] = gaussian
+    numbers["c_star_rel_diff_vs_gaussian"] = abs(gaussian["c_star"] - c_star) / c_star
+    numbers["loss_rel_diff_vs_gaussian"] = abs(gaussian["loss_at_c_star"] - optimum["loss_at_c_star"]) / optimum["loss_at_c_star"]
     arrays = {}
     for label, widths in cfg["deep_widths"].items():
         chain = deep(f["d_in"], f["d_out"], widths)

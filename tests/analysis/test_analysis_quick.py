@@ -131,6 +131,7 @@ def test_preconditioner_optimum_checked_by_monte_carlo(quick_runs):
     _, record, _ = quick_runs(ANALYSIS / "fig_preconditioner.py")
     cfg, num = record["settings"], record["numbers"]
     c_star = num["c_star"]
+    assert num["c_star_rel_diff_vs_gaussian"] < 1e-12 and num["loss_rel_diff_vs_gaussian"] < 1e-12
     losses = _one_step_losses_from_mean(cfg["family"], [c_star - 0.15, c_star, c_star + 0.15, cfg["inner_lr"]], 20000, 1)
     mean, se = losses.mean(axis=1), losses.std(axis=1, ddof=1) / math.sqrt(losses.shape[1])
     assert abs(mean[1] - num["optimal_one_step_query_loss"]) < 4 * se[1]

@@ -65,7 +65,9 @@ def run_download(args) -> int:
 
     if not (args.timeout > 0):
         raise ValueError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
-    report = download_omniglot(args.data_root, url_base=args.url_base, force=args.force, timeout=args.timeout)
+    # progress goes to stdout: stderr carries only the one-line error, if any
+    report = download_omniglot(args.data_root, url_base=args.url_base, force=args.force, timeout=args.timeout,
+                               log=lambda line: print(line, flush=True))
     for name, entry in report.items():
         if entry["downloaded"]:
             print(f"{name}: {entry['path']} (downloaded, md5 {entry['md5']} verified)")

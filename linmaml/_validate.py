@@ -50,6 +50,8 @@ def integer(value, name: str, *, minimum: int | None = None, maximum: int | None
 
 def learning_rates(lr, steps: int, name: str = "lr") -> list[float]:
     """One finite learning rate per inner step: a number broadcast to all steps, or a sequence."""
+    if isinstance(lr, np.ndarray) and lr.ndim == 0:
+        lr = lr.item()
     if isinstance(lr, (Sequence, np.ndarray)) and not isinstance(lr, str):
         rates = [finite_number(r, f"{name}[{i}]") for i, r in enumerate(lr)]
         if len(rates) != steps:

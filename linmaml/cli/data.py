@@ -16,6 +16,7 @@ DOWNLOADABLE = ("omniglot",)
 
 
 def register(subparsers):
+    """Add ``data check`` (alias ``data info``) and ``data download``."""
     p = subparsers.add_parser("data", help="verify or download the few-shot datasets",
                               description=__doc__.split("\n")[0])
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
@@ -46,10 +47,12 @@ def _data_root_option(parser):
 
 
 def run(args) -> int:
+    """Dispatch to the chosen action."""
     return args.func(args)
 
 
 def run_check(args) -> int:
+    """Verify one benchmark and print the report (text or JSON)."""
     from linmaml.benchmarks.data import check_dataset
 
     report = check_dataset(args.benchmark, args.data_root)
@@ -61,6 +64,7 @@ def run_check(args) -> int:
 
 
 def run_download(args) -> int:
+    """Fetch the official Omniglot zips into ``<root>/omniglot/``, md5-verified."""
     from linmaml.benchmarks.data.download import download_omniglot
 
     if not (args.timeout > 0):

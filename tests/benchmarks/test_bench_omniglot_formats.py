@@ -163,7 +163,7 @@ def test_npz_layout(tmp_path, monkeypatch):
         omniglot.read_set("npz", path, "background")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     monkeypatch.setitem(omniglot.SETS, "background", dataclasses.replace(
-        omniglot.SETS["background"], alphabets=2, characters=4, npz_sha256=sha))
+        omniglot.SETS["background"], alphabets=2, characters=4, npz_sha256=sha, npz_size=path.stat().st_size))
     assert omniglot.read_set("npz", path, "background").checksum == ("sha256", sha)
     # a truncated copy: verify names the file and the expected checksum; without verify it is unreadable
     short = tmp_path / "short" / "omniglot_background.npz"

@@ -31,6 +31,7 @@ def str_keys(mapping, where: str) -> dict:
 
 
 def require(mapping: dict, keys, where: str) -> None:
+    """DatasetError naming ``where`` and the absent keys unless ``mapping`` has all ``keys``."""
     missing = [k for k in keys if k not in mapping]
     if missing:
         raise DatasetError(f"{where}: lacks the entries {', '.join(missing)}")

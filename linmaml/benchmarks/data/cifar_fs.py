@@ -29,7 +29,7 @@ import numpy as np
 
 from linmaml.benchmarks.data._pickles import load_pickle, require, str_keys
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
-from linmaml.benchmarks.data.integrity import DatasetError, file_digest
+from linmaml.benchmarks.data.integrity import DatasetError, verify_file
 from linmaml.benchmarks.data.paths import resolve_data_root
 
 FOLDER = "cifar-fs"
@@ -55,6 +55,7 @@ class Cifar100Spec:
 
     @property
     def images_per_class(self) -> int:
+        """CIFAR-FS uses train + test images of every class."""
         return self.train_per_class + self.test_per_class
 
 
@@ -86,7 +87,7 @@ def _read_members(fmt: str, path: Path, verify: bool) -> tuple[dict, dict]:
     checksums, out = {}, {}
     if fmt == "tarball":
         if verify:
-            checksums[path.name] = _check_md5(path, SPEC.tarball_md5)
+            checksums[path.name] = verify_file(path, SPEC.tarball_md5, "md5", hint=HOW_TO_GET)
         try:
             with tarfile.open(path, "r:gz") as archive:
                 for name, _ in SPEC.file_md5:
@@ -107,18 +108,10 @@ def _read_members(fmt: str, path: Path, verify: bool) -> tuple[dict, dict]:
         if not file.is_file():
             raise DatasetError(f"cifar-fs: {file} is missing; {HOW_TO_GET}")
         if verify:
-            checksums[name] = _check_md5(file, md5)
+            checksums[name] = verify_file(file, md5, "md5", hint=HOW_TO_GET)
         with open(file, "rb") as handle:
             out[name] = str_keys(load_pickle(handle, str(file)), str(file))
     return out, checksums
-
-
-def _check_md5(path: Path, expected: str) -> str:
-    actual = file_digest(path, "md5")
-    if actual != expected:
-        raise DatasetError(f"{path}: md5 {actual} does not match the expected {expected} "
-                           f"({path.stat().st_size:,} bytes: the file is truncated or altered); {HOW_TO_GET}")
-    return actual
 
 
 class CifarFS:

@@ -73,10 +73,12 @@ class FewShotSplit:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (source classes × rotations)."""
         return len(self.sources)
 
     @property
     def examples_per_class(self) -> int:
+        """Images per class (the same for every class of a split)."""
         return self.pixels.shape[1]
 
     @property

@@ -31,20 +31,28 @@ def file_digest(path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def verify_file(path, expected: str, algorithm: str = "sha256", *, hint: str = "") -> str:
-    """Check that ``path`` exists and its ``algorithm`` digest equals ``expected``; return the digest.
+def verify_file(path, expected: str, algorithm: str = "sha256", *, size: int | None = None, hint: str = "") -> str:
+    """Check that ``path`` exists, has ``size`` bytes (if given) and the ``algorithm`` digest
+    ``expected``; return the digest.
 
-    Raises :class:`DatasetError` naming the file, the expected and the actual digest (and the
-    size, which makes a truncated download obvious). ``hint`` (e.g. how to get a fresh copy) is
-    appended to the message.
+    Raises :class:`DatasetError` naming the file and what was expected (the size, which makes a
+    truncated download obvious, and the checksum). ``hint`` (e.g. how to get a fresh copy) is appended
+    to the message.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: file not found{_tail(hint)}")
-    actual = file_digest(path, algorithm)
+    try:
+        actual_size = os.path.getsize(path)
+        if size is not None and actual_size != size:
+            raise DatasetError(f"{path}: {actual_size:,} bytes, expected {size:,} with {algorithm} {expected} "
+                               f"(the file is {'truncated' if actual_size < size else 'altered'}){_tail(hint)}")
+        actual = file_digest(path, algorithm)
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot be read ({error.strerror or error}){_tail(hint)}") from None
     if actual != expected.lower():
         raise DatasetError(f"{path}: {algorithm} {actual} does not match the expected {expected} "
-                           f"({os.path.getsize(path):,} bytes; the file is truncated or altered){_tail(hint)}")
+                           f"({actual_size:,} bytes: the file is truncated or altered){_tail(hint)}")
     return actual
 
 

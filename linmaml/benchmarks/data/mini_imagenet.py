@@ -44,6 +44,8 @@ HOW_TO_GET = ("put the pickle cache (mini-imagenet-cache-{train,val,test}.pkl) o
 
 @dataclasses.dataclass(frozen=True)
 class MiniImageNetSpec:
+    """What the standard split holds: classes per split, images per class."""
+
     classes: tuple = (("train", 64), ("val", 16), ("test", 20))
     images_per_class: int = 600
 
@@ -52,6 +54,7 @@ SPEC = MiniImageNetSpec()
 
 
 def pickle_name(split: str) -> str:
+    """File name of a split's pickle in the cache format."""
     return f"mini-imagenet-cache-{split}.pkl"
 
 

@@ -40,7 +40,7 @@ from PIL import Image
 
 from linmaml._validate import integer
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
-from linmaml.benchmarks.data.integrity import DatasetError, file_digest
+from linmaml.benchmarks.data.integrity import DatasetError, verify_file
 from linmaml.benchmarks.data.paths import benchmark_dir
 from linmaml.benchmarks.data.resize import METHODS, resize_stack
 
@@ -54,6 +54,7 @@ SPLIT_SIZES = {"train": 1100, "val": 100, "test": 423}
 #: Rotations (degrees, counter-clockwise) that make new classes unless told otherwise.
 DEFAULT_ROTATIONS = (0, 90, 180, 270)
 
+FRESH_COPY = "replace it with a fresh copy (`linmaml data download omniglot` fetches the official zips)"
 HOW_TO_GET = ("get it with `linmaml data download omniglot --root DIR` (official zips) or copy the two "
               "omniglot_*.npz files there, and point --data-root or LINMAML_DATA at DIR")
 
@@ -67,31 +68,36 @@ class SetSpec:
     characters: int
     first_char_id: int
     npz_sha256: str
+    npz_size: int | None
     zip_md5: str
 
     @property
     def images(self) -> int:
+        """Total drawings of the set."""
         return self.characters * DRAWERS
 
     @property
     def npz_name(self) -> str:
+        """File name of the compact npz copy."""
         return f"omniglot_{self.name}.npz"
 
     @property
     def folder_name(self) -> str:
+        """Name of the official folder."""
         return f"images_{self.name}"
 
     @property
     def zip_name(self) -> str:
+        """File name of the official zip."""
         return f"images_{self.name}.zip"
 
 
 SETS = {
     "background": SetSpec("background", 30, 964, 1,
-                          "251acf82f14614e799c0ee9c2893478d2692ce58bd4ba8e5f4b8416f4ea6ee7b",
+                          "251acf82f14614e799c0ee9c2893478d2692ce58bd4ba8e5f4b8416f4ea6ee7b", 3_002_657,
                           "68d2efa1b9178cc56df9314c21c6e718"),
     "evaluation": SetSpec("evaluation", 20, 659, 965,
-                          "3d1dd2b330ca6b0615077fc5af16b858413cebb15f9891a105f8bfe75a3cd4ec",
+                          "3d1dd2b330ca6b0615077fc5af16b858413cebb15f9891a105f8bfe75a3cd4ec", 2_193_091,
                           "6b91aef0f799c5bb55b94e3f2daec811"),
 }
 FORMATS = ("npz", "folder", "zip")
@@ -172,11 +178,11 @@ def read_set(fmt: str, path, name: str, *, verify: bool = True) -> OmniglotSet:
     checksum = None
     if fmt == "npz":
         if verify:
-            checksum = ("sha256", _check_digest(path, spec.npz_sha256, "sha256"))
+            checksum = ("sha256", verify_file(path, spec.npz_sha256, "sha256", size=spec.npz_size, hint=FRESH_COPY))
         omniset = _read_npz(path, name)
     elif fmt == "zip":
         if verify:
-            checksum = ("md5", _check_digest(path, spec.zip_md5, "md5"))
+            checksum = ("md5", verify_file(path, spec.zip_md5, "md5", hint=FRESH_COPY))
         omniset = _read_zip(path, name)
     else:
         omniset = _read_folder(path, name)
@@ -207,18 +213,6 @@ def verify_counts(omniset: OmniglotSet) -> None:
     if not np.array_equal(ids, expected):
         raise DatasetError(f"{where}: expected character ids {expected[0]}..{expected[-1]} once each, "
                            f"found {len(np.unique(ids))} distinct ids in {ids.min()}..{ids.max()}")
-
-
-def _check_digest(path: Path, expected: str, algorithm: str) -> str:
-    try:
-        actual = file_digest(path, algorithm)
-    except OSError as error:
-        raise DatasetError(f"{path}: cannot be read ({error.strerror or error})") from None
-    if actual != expected:
-        raise DatasetError(f"{path}: {algorithm} {actual} does not match the expected {expected} "
-                           f"({path.stat().st_size:,} bytes: the file is truncated or altered); "
-                           f"replace it with a fresh copy")
-    return actual
 
 
 def _read_npz(path: Path, name: str) -> OmniglotSet:

@@ -26,8 +26,17 @@ def adaptation_panel(ax, curves: Sequence[dict], key: str = "loss", *, colors=No
     scale = 100.0 if percent else 1.0
     for i, curve in enumerate(curves):
         color = colors[i] if colors is not None else f"C{i}"
-        band(ax, curve["steps"], scale * np.asarray(curve[f"{key}_mean"]), scale * np.asarray(curve[f"{key}_ci"]),
-             label=curve["name"], color=color, marker="o", markersize=3)
+        mean, half = scale * np.asarray(curve[f"{key}_mean"]), scale * np.asarray(curve[f"{key}_ci"])
+        if logy:
+            # A band reaching zero or below has no place on a log axis: cut it at half the curve's
+            # smallest mean (the line itself is exact; only the band's lower edge is clipped).
+            floor = 0.5 * mean[mean > 0].min() if np.any(mean > 0) else 1e-12
+            lower = np.maximum(mean - half, floor)
+            half = np.vstack([mean - lower, half])
+            (line,) = ax.plot(curve["steps"], mean, label=curve["name"], color=color, marker="o", markersize=3)
+            ax.fill_between(curve["steps"], lower, mean + half[1], color=line.get_color(), alpha=0.25, linewidth=0)
+            continue
+        band(ax, curve["steps"], mean, half, label=curve["name"], color=color, marker="o", markersize=3)
     if mark_step is not None:
         ax.axvline(mark_step, color="gray", lw=0.8, ls=":")
     if logy:

@@ -47,7 +47,7 @@ def quick_runs(tmp_path_factory):
 
 
 def test_there_are_analysis_scripts():
-    assert {"fig_adaptation.py", "fig_preconditioner.py"} <= {s.name for s in SCRIPTS}
+    assert {"fig_adaptation.py", "fig_preconditioner.py", "fig_remedies.py"} <= {s.name for s in SCRIPTS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
@@ -145,3 +145,34 @@ def test_preconditioner_optimum_checked_by_monte_carlo(quick_runs):
         eig = np.array(m["alpha_P_eigenvalues_final"])
         assert len(eig) == cfg["family"]["d_in"] * cfg["family"]["d_out"] and np.all(np.diff(eig) >= 0)
         assert m["final_mean_eigenvalue_over_c_star"] == pytest.approx(eig.mean() / c_star)
+
+
+def test_remedies_one_step_losses_recomputed_by_hand(quick_runs):
+    """One inner step written out in numpy from the reported parameters: plain W − αG, KFO
+    W − α(LᵀL)G(RᵀR), LinNet and Deep through the closed-form deep-linear adapt."""
+    _, record, _ = quick_runs(ANALYSIS / "fig_remedies.py")
+    cfg, num = record["settings"], record["numbers"]
+    f, alpha, n = cfg["family"], cfg["inner_lr"], cfg["test_tasks"]
+    fam = RegressionFamily(f["d_in"], f["d_out"], task_mean=f["task_mean"], task_cov=f["task_var"], x_cov=f["x_var"],
+                           noise_std=f["noise_std"], n_support=f["n_support"], n_query=f["n_query"])
+    p = num["final_parameters"]
+    losses = {k: np.zeros(n) for k in p}
+    for t, (Xs, Ys, Xq, Yq) in enumerate(fam.sample(n, cfg["test_seed"])):
+        def query(W):
+            return 0.5 * np.sum((Xq @ W.T - Yq) ** 2) / len(Xq)
+
+        for kind in ("plain", "kfo"):
+            W = np.array(p[kind]["W"])
+            G = (Xs @ W.T - Ys).T @ Xs / len(Xs)
+            if kind == "kfo":
+                G = np.array(p[kind]["LtL"]) @ G @ np.array(p[kind]["RtR"])
+            losses[kind][t] = query(W - alpha * G)
+        for kind in ("linnet", "deep"):
+            chain = [np.array(W) for W in p[kind]["chain"]]
+            losses[kind][t] = query(cf.end_to_end(cf.adapt(chain, Xs, Ys, alpha, 1)))
+    for kind, values in losses.items():
+        reported = num["one_step_query_loss"][kind]
+        assert reported["mean"] == pytest.approx(values.mean(), rel=1e-9)
+        assert reported["ci95"] == pytest.approx(_t975(n) * values.std(ddof=1) / math.sqrt(n), rel=1e-7)
+    for kind in ("plain", "kfo", "linnet"):
+        assert num["one_step_over_deep"][kind]["ratio"] == pytest.approx(losses[kind].mean() / losses["deep"].mean(), rel=1e-9)

@@ -26,8 +26,12 @@ ENV_ANALYSIS = "LINMAML_ANALYSIS"
 
 
 def register(subparsers):
-    p = subparsers.add_parser("reproduce", help="regenerate every figure and figures/results.json (the main job)",
-                              description=__doc__.split("\n")[0])
+    p = subparsers.add_parser(
+        "reproduce", help="regenerate every figure and figures/results.json (the main job)",
+        description="Regenerate every figure (analysis/fig_*.py) and figures/results.json; files are replaced "
+                    "only after every script has succeeded.",
+        epilog=f"The analysis scripts are found beside the linmaml package (a source checkout); "
+               f"${ENV_ANALYSIS} points to another folder of fig_*.py scripts.")
     p.add_argument("--out", type=pathlib.Path, metavar="DIR",
                    help="output folder (default: figures/ of the source tree)")
     p.add_argument("--only", action="append", metavar="NAME",

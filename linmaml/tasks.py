@@ -19,6 +19,7 @@ arrays, the same numbers every time for the same seed; ``batch.torch()`` is its 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -61,6 +62,8 @@ def _psd_factor(cov: np.ndarray) -> np.ndarray:
     return vecs * np.sqrt(np.clip(vals, 0.0, None))
 
 
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TaskBatch:
     """Stacked tasks. Shapes: Xs (T, n_s, d_in), Ys (T, n_s, d_out), Xq (T, n_q, d_in),
@@ -92,8 +95,39 @@ class TaskBatch:
         return TaskBatch(*(convert(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
 
+class _GaussianFamily:
+    """What both families share: Gaussian inputs, seeded sampling of whole task batches.
+
+    Subclasses are frozen dataclasses with ``d_in``, ``x_cov``, ``task_cov``, ``n_support`` and
+    ``n_query`` and define ``sample_weights(n_tasks, rng)`` and ``targets(X, W, rng)``.
+    """
+
+    # Square roots of the covariances, computed once per family (training loops sample thousands
+    # of times); cached_property writes to the instance dict, which a frozen dataclass allows.
+    @functools.cached_property
+    def _task_factor(self) -> np.ndarray:
+        return _psd_factor(self.task_cov)
+
+    @functools.cached_property
+    def _x_factor(self) -> np.ndarray:
+        return _psd_factor(self.x_cov)
+
+    def sample_inputs(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        """Inputs x ~ N(0, Σ) of shape ``shape + (d_in,)``."""
+        return rng.standard_normal(shape + (self.d_in,)) @ self._x_factor.T
+
+    def sample(self, n_tasks: int, seed=0) -> TaskBatch:
+        """Draw ``n_tasks`` tasks; ``seed`` is an int or a ``numpy.random.Generator``."""
+        _validate.integer(n_tasks, "n_tasks", minimum=1)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        W = self.sample_weights(n_tasks, rng)
+        Xs = self.sample_inputs((n_tasks, self.n_support), rng)
+        Xq = self.sample_inputs((n_tasks, self.n_query), rng)
+        return TaskBatch(Xs, self.targets(Xs, W, rng), Xq, self.targets(Xq, W, rng), W)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class RegressionFamily:
+class RegressionFamily(_GaussianFamily):
     """Linear regression tasks y = W_τ x + ε (see the module docstring).
 
     ``task_mean`` is M, a number or a (d_out, d_in) array; ``task_cov`` is Ω, a variance (Ω = c·I)
@@ -124,12 +158,9 @@ class RegressionFamily:
     def sample_weights(self, n_tasks: int, rng: np.random.Generator) -> np.ndarray:
         """(n_tasks, d_out, d_in) task maps W_τ."""
         z = rng.standard_normal((n_tasks, self.d_out * self.d_in))
-        vec = self.task_mean.reshape(-1, order="F") + z @ _psd_factor(self.task_cov).T
+        vec = self.task_mean.reshape(-1, order="F") + z @ self._task_factor.T
         return vec.reshape(n_tasks, self.d_in, self.d_out).transpose(0, 2, 1)  # undo column-major vec
 
-    def sample_inputs(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        z = rng.standard_normal(shape + (self.d_in,))
-        return z @ _psd_factor(self.x_cov).T
 
     def targets(self, X: np.ndarray, W: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Y = X Wᵀ + σ·noise, batched over the leading task axis."""
@@ -138,18 +169,10 @@ class RegressionFamily:
             Y = Y + self.noise_std * rng.standard_normal(Y.shape)
         return Y
 
-    def sample(self, n_tasks: int, seed=0) -> TaskBatch:
-        """Draw ``n_tasks`` tasks; ``seed`` is an int or a ``numpy.random.Generator``."""
-        _validate.integer(n_tasks, "n_tasks", minimum=1)
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        W = self.sample_weights(n_tasks, rng)
-        Xs = self.sample_inputs((n_tasks, self.n_support), rng)
-        Xq = self.sample_inputs((n_tasks, self.n_query), rng)
-        return TaskBatch(Xs, self.targets(Xs, W, rng), Xq, self.targets(Xq, W, rng), W)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ClassificationFamily:
+class ClassificationFamily(_GaussianFamily):
     """Binary classification tasks with a linear decision rule: y = 1[w_τᵀ x > 0] (d_out = 1).
 
     ``task_mean`` is μ (a number or a length-d_in vector), ``task_cov`` is Ω (a variance or a
@@ -182,12 +205,11 @@ class ClassificationFamily:
     def d_out(self) -> int:
         return 1
 
+
     def sample_weights(self, n_tasks: int, rng: np.random.Generator) -> np.ndarray:
         z = rng.standard_normal((n_tasks, self.d_in))
-        return (self.task_mean + z @ _psd_factor(self.task_cov).T)[:, None, :]
+        return (self.task_mean + z @ self._task_factor.T)[:, None, :]
 
-    def sample_inputs(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        return rng.standard_normal(shape + (self.d_in,)) @ _psd_factor(self.x_cov).T
 
     def targets(self, X: np.ndarray, W: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         Y = (X @ np.swapaxes(W, -1, -2) > 0).astype(np.float64)
@@ -196,10 +218,3 @@ class ClassificationFamily:
             Y = np.where(flips, 1.0 - Y, Y)
         return Y
 
-    def sample(self, n_tasks: int, seed=0) -> TaskBatch:
-        _validate.integer(n_tasks, "n_tasks", minimum=1)
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        W = self.sample_weights(n_tasks, rng)
-        Xs = self.sample_inputs((n_tasks, self.n_support), rng)
-        Xq = self.sample_inputs((n_tasks, self.n_query), rng)
-        return TaskBatch(Xs, self.targets(Xs, W, rng), Xq, self.targets(Xq, W, rng), W)

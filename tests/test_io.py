@@ -30,3 +30,15 @@ def test_nan_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(ValueError):
         atomic_write_json(target, {"x": float("nan")})
     assert not target.exists()
+
+
+def test_written_files_get_the_umask_mode_not_mkstemp_private_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        target = atomic_write_text(tmp_path / "r.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644

@@ -1,0 +1,51 @@
+"""``linmaml evaluate``: mean accuracy with a 95% confidence interval on the fixed test tasks."""
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers):
+    p = subparsers.add_parser("evaluate", help="score a training checkpoint on the fixed meta-test tasks",
+                              description="Adapt on each fixed test task's support set and score its query set;"
+                                          " prints mean accuracy ± 95% CI (1.96·s/√n over tasks).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt written by linmaml train, or its --out folder"
+                                                            " (then best.pt)")
+    p.add_argument("--tasks", type=int, default=600, help="number of fixed test tasks (default 600)")
+    p.add_argument("--steps", type=int, default=None, help="inner steps at test time (default: the run's --test-steps)")
+    p.add_argument("--query", type=int, default=15, help="query examples per class (default 15)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
+    p.add_argument("--task-seed", type=int, default=0, help="seed of the fixed task set (default 0)")
+    p.add_argument("--data-root", metavar="DIR", default=None,
+                   help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from linmaml import _validate
+    from linmaml.benchmarks.evaluate import evaluate_checkpoint
+
+    if args.threads is not None:
+        torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1))
+    try:
+        result = evaluate_checkpoint(args.checkpoint, tasks=args.tasks, steps=args.steps, query=args.query,
+                                     split=args.split, task_seed=args.task_seed, data_root=args.data_root,
+                                     device=args.device)
+    except ValueError as error:
+        message = str(error)
+        head = message.split(":", 1)[0]
+        if head in ("tasks", "steps", "query", "task_seed"):
+            raise ValueError("--" + head.replace("_", "-") + message[len(head):]) from error
+        raise
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        s = result["settings"]
+        print(f"accuracy {result['accuracy']:.4f} ± {result['ci95']:.4f} (95% CI over {result['tasks']} {s['split']}"
+              f" tasks, {s['ways']}-way {s['shots']}-shot, {s['steps']} inner steps; checkpoint {result['checkpoint']},"
+              f" iteration {result['iteration']})")
+    return 0

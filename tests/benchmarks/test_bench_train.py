@@ -1,0 +1,203 @@
+"""Meta-training loop: meta-gradient, exact resume, folder rules, non-finite stop/skip (tiny synthetic data)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from linmaml.benchmarks import checkpoint
+from linmaml.benchmarks.data import FewShotSplit
+from linmaml.benchmarks.learners import build_learner
+from linmaml.benchmarks.train import (TrainConfig, iteration_seed, meta_gradient, resume_config, train)
+
+
+def synthetic_splits(size=12, classes=(12, 8), examples=8, seed=0):
+    """Train/val splits built through the data package's API: each class is a fixed random pattern
+    plus per-example noise, so tasks are learnable and tiny."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    offset = 0
+    for name, count in zip(("train", "val"), classes):
+        prototypes = rng.random((count, 1, 1, size, size)).astype(np.float32)
+        pixels = np.clip(prototypes + 0.3 * rng.standard_normal((count, examples, 1, size, size)), 0, 1)
+        out[name] = FewShotSplit("omniglot", name, pixels.astype(np.float32), np.arange(count),
+                                 np.zeros(count, np.int64), offset + np.arange(count),
+                                 tuple(f"c{offset + i}" for i in range(count)))
+        offset += count
+    return out
+
+
+TINY = dict(ways=3, shots=1, query=2, test_query=3, layers=1, hidden=4, meta_batch=3, iterations=6, val_every=3,
+            val_tasks=4, checkpoint_every=2, seed=5)
+
+
+def run(tmp, **kw):
+    options = {**TINY, **kw.pop("options", {})}
+    return train(options, tmp, splits=synthetic_splits(), progress=False, device="cpu", **kw)
+
+
+def weights(path):
+    return checkpoint.load(path)
+
+
+def test_meta_gradient_equals_autograd_of_the_mean_query_loss():
+    torch.manual_seed(0)
+    learner = build_learner(image_shape=(1, 12, 12), ways=3, layers=2, hidden=4, inner_lr=0.3, steps=2).double()
+    xs, ys = torch.rand(4, 3, 1, 12, 12, dtype=torch.float64), torch.arange(3).repeat(4, 1)
+    xq, yq = torch.rand(4, 6, 1, 12, 12, dtype=torch.float64), torch.arange(3).repeat_interleave(2).repeat(4, 1)
+    loss_sum, _ = meta_gradient(learner, (xs, ys, xq, yq), scale=0.25)
+    got = [p.grad.clone() for p in learner.parameters()]
+    # Independent: two explicit SGD steps with create_graph, one graph for the whole batch.
+    names, params = zip(*learner.model.named_parameters())
+    total = 0.0
+    for i in range(4):
+        fast = list(params)
+        for _ in range(2):
+            loss = F.cross_entropy(functional_call(learner.model, dict(zip(names, fast)), (xs[i],)), ys[i])
+            grads = torch.autograd.grad(loss, fast, create_graph=True)
+            fast = [w - 0.3 * g for w, g in zip(fast, grads)]
+        total = total + F.cross_entropy(functional_call(learner.model, dict(zip(names, fast)), (xq[i],)), yq[i])
+    want = torch.autograd.grad(total / 4, params)
+    assert abs(loss_sum - float(total.detach())) < 1e-10
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_iteration_seed_is_a_pure_function_and_spreads():
+    seeds = {iteration_seed(0, t) for t in range(1000)}
+    assert len(seeds) == 1000 and iteration_seed(3, 7) == iteration_seed(3, 7) != iteration_seed(4, 7)
+    assert all(0 <= s < 2 ** 63 for s in seeds)
+
+
+def test_a_run_writes_its_folder(tmp_path):
+    result = run(tmp_path)
+    assert result.status == "done" and result.exit_code == 0 and result.iteration == 6
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["best.pt", "config.json", "last.prev.pt", "last.pt", "metrics.jsonl"]  # lock released
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == list(range(1, 7))
+    vals = [r for r in lines if "val_accuracy" in r]
+    assert [r["iteration"] for r in vals] == [3, 6]
+    best = max(vals, key=lambda r: r["val_accuracy"])
+    assert checkpoint.load(tmp_path / "best.pt")["iteration"] == best["iteration"]
+    assert result.best["val_accuracy"] == best["val_accuracy"]
+    last = checkpoint.load(tmp_path / "last.pt")
+    assert last["iteration"] == 6 and "optimizer" in last
+
+
+def test_resume_reproduces_an_uninterrupted_run_bitwise(tmp_path):
+    torch.set_num_threads(1)
+    run(tmp_path / "full")
+    first = run(tmp_path / "part", options={"iterations": 3})
+    assert first.iteration == 3
+    resumed = train({"iterations": 6}, tmp_path / "part", resume=True, splits=synthetic_splits(), progress=False,
+                    device="cpu")
+    assert resumed.status == "done"
+    a, b = weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "part" / "last.pt")
+    for name in a["learner"]:
+        assert torch.equal(a["learner"][name], b["learner"][name]), name
+    for key, state in a["optimizer"]["state"].items():
+        for field in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(state[field], b["optimizer"]["state"][key][field])
+    # The metrics of the two runs agree line for line except wall times.
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "elapsed"} for x in p.read_text().splitlines()]
+    assert strip(tmp_path / "full" / "metrics.jsonl") == strip(tmp_path / "part" / "metrics.jsonl")
+
+
+def test_resume_refuses_changed_settings_and_resuming_nothing_starts_fresh(tmp_path):
+    run(tmp_path, options={"iterations": 2})
+    with pytest.raises(ValueError, match=r"^inner_lr: the run being resumed used 0.4"):
+        train({"inner_lr": 0.1, "iterations": 4}, tmp_path, resume=True, splits=synthetic_splits(), progress=False)
+    cfg = resume_config(checkpoint.load(tmp_path / "last.pt")["config"], {"iterations": 9, "val_tasks": 5})
+    assert cfg.iterations == 9 and cfg.val_tasks == 5 and cfg.hidden == 4
+    messages = []
+    fresh = train(TINY, tmp_path / "new", resume=True, splits=synthetic_splits(), progress=False,
+                  stream=type("S", (), {"write": lambda self, t: messages.append(t), "flush": lambda self: None})())
+    assert fresh.status == "done" and any("no checkpoint" in m for m in messages)
+
+
+def test_an_old_run_in_the_folder_needs_resume_or_overwrite(tmp_path):
+    run(tmp_path, options={"iterations": 2})
+    with pytest.raises(FileExistsError, match="--resume .* or --overwrite"):
+        run(tmp_path)
+    result = run(tmp_path, overwrite=True, options={"iterations": 1})
+    assert result.status == "done"
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and checkpoint.load(tmp_path / "last.pt")["iteration"] == 1
+
+
+def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    torch.set_num_threads(1)
+    run(tmp_path / "full")
+    run(tmp_path / "part", options={"iterations": 4})  # checkpoints at 2, 3 (validation), 4
+    last = tmp_path / "part" / "last.pt"
+    raw = bytearray(last.read_bytes())
+    raw[-20] ^= 0xFF
+    last.write_bytes(bytes(raw))
+    out = []
+    stream = type("S", (), {"write": lambda self, t: out.append(t), "flush": lambda self: None})()
+    train({"iterations": 6}, tmp_path / "part", resume=True, splits=synthetic_splits(), progress=False, stream=stream)
+    assert any(str(last) in m and "sha256" in m for m in out)
+    a, b = weights(tmp_path / "full" / "last.pt"), weights(last)
+    assert all(torch.equal(a["learner"][k], b["learner"][k]) for k in a["learner"])
+
+
+def test_nonfinite_stop_names_iteration_and_parameter_and_keeps_a_good_checkpoint(tmp_path):
+    torch.manual_seed(TINY["seed"])
+    initial = build_learner(image_shape=(1, 12, 12), ways=3, layers=1, hidden=4, pool="stride").state_dict()
+    result = run(tmp_path, options={"inner_lr": 1e30})
+    assert result.status == "nonfinite" and result.exit_code == 3
+    assert result.message.startswith("iteration 1: ") and "model.features.block0.conv.weight" in result.message
+    last = checkpoint.load(tmp_path / "last.pt")
+    assert last["iteration"] == 0
+    for name, value in initial.items():
+        assert torch.equal(last["learner"][name], value)
+
+
+def test_nonfinite_skip_counts_the_skipped_steps(tmp_path):
+    result = run(tmp_path, options={"inner_lr": 1e30, "on_nonfinite": "skip", "iterations": 4, "val_every": 10})
+    assert result.status == "done" and result.skipped == 4
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in lines] == [1, 2, 3, 4] and all(r["step_skipped"] for r in lines)
+    assert all(r["loss"] is None for r in lines)  # non-finite losses are written as null, never NaN
+
+
+def test_skip_mode_only_skips_the_bad_steps(tmp_path):
+    # A finite run with skip mode takes every step: same weights as stop mode.
+    torch.set_num_threads(1)
+    run(tmp_path / "a", options={"on_nonfinite": "skip"})
+    run(tmp_path / "b")
+    a, b = weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a["learner"][k], b["learner"][k]) for k in a["learner"])
+
+
+@pytest.mark.parametrize("algo, transform, linnet", [("fomaml", "none", 0), ("anil", "kfo", 0), ("maml", "metasgd", 2),
+                                                     ("anil", "none", 2), ("maml", "metacurvature", 0)])
+def test_every_learner_trains_and_evaluates(tmp_path, algo, transform, linnet):
+    result = run(tmp_path, options={"algo": algo, "transform": transform, "linnet": linnet, "iterations": 2,
+                                    "val_every": 2})
+    assert result.status == "done" and 0 <= result.best["val_accuracy"] <= 1
+    state = checkpoint.load(tmp_path / "last.pt")["learner"]
+    if transform != "none":
+        assert any(k.startswith("transform.") for k in state)
+    if linnet:
+        assert sum(".linear." in k or k.startswith("head.1.") for k in state) == linnet
+
+
+@pytest.mark.parametrize("bad, match", [({"ways": 1}, "^ways: "), ({"meta_batch": 0}, "^meta_batch: "),
+                                        ({"outer_lr": 0.0}, "^outer_lr: "), ({"inner_lr": float("nan")}, "^inner_lr: "),
+                                        ({"algo": "reptile"}, "^algo: "), ({"val_tasks": 1}, "^val_tasks: "),
+                                        ({"ways": 13}, "^ways: expected at most 12"),
+                                        ({"shots": 5, "query": 4}, "^shots: shots \\+ query"),
+                                        ({"linnet_width": 2}, "^linnet_width: ")])
+def test_bad_settings_raise_value_errors_naming_the_setting(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        run(tmp_path, options=bad)
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_unknown_setting_is_a_type_error(tmp_path):
+    with pytest.raises(TypeError, match="^learning_rate: not a training setting"):
+        run(tmp_path, options={"learning_rate": 1})

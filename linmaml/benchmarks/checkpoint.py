@@ -129,13 +129,15 @@ def load_latest(out_dir, report: Callable[[str], None] | None = None) -> dict | 
         if not path.exists():
             continue
         try:
-            found.append(load(path))
+            found.append((load(path), path))
         except CorruptCheckpoint as error:
             errors.append(str(error))
-            if report is not None:
-                report(f"{error}; falling back to the previous checkpoint")
     if found:
-        return max(found, key=lambda payload: int(payload.get("iteration", -1)))
+        payload, path = max(found, key=lambda item: int(item[0].get("iteration", -1)))
+        if report is not None:
+            for error in errors:
+                report(f"{error}; using {path.name} (iteration {payload.get('iteration')}) instead")
+        return payload
     if errors:
         raise CorruptCheckpoint(f"{errors[0]} (and no older valid checkpoint in {out_dir})")
     return None

@@ -325,6 +325,11 @@ def _trim_metrics(path: Path, iteration: int) -> None:
 
 def _prepare_folder(out_dir: Path, resume: bool, overwrite: bool, report) -> dict | None:
     """Checks on the output folder (rank 0, lock held): returns the checkpoint to resume or None."""
+    # Temporary files of a killed writer (linmaml._io names them ".<target>.<random>"): we hold the
+    # lock, so no live process is writing them.
+    for name in RUN_FILES:
+        for stale in out_dir.glob(f".{name}.*"):
+            stale.unlink(missing_ok=True)
     if resume:
         payload = checkpoint.load_latest(out_dir, report=report)
         if payload is None:

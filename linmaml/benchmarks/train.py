@@ -344,7 +344,7 @@ def _prepare_folder(out_dir: Path, resume: bool, overwrite: bool, report) -> dic
 
 def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, overwrite: bool = False,
           device: str = "auto", data_root=None, splits: Mapping | None = None, progress: bool = True,
-          stream=None, threads: int | None = None) -> TrainResult:
+          stream=None, threads: int | None = None, on_iteration=None) -> TrainResult:
     """Meta-train and write the run into ``out_dir`` (see the module docstring).
 
     ``options``: a :class:`TrainConfig` or a dict of its fields (missing ones take the defaults, or
@@ -352,7 +352,8 @@ def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, over
     FewShotSplit}`` instead of reading the benchmark from ``data_root``. Under torchrun the
     meta-batch is split across processes (:mod:`linmaml.benchmarks.distributed`); rank 0 writes.
     Bad settings raise ``ValueError``/``TypeError``; a folder owned by another run or holding an
-    old run (without ``resume``/``overwrite``) raises ``FileExistsError``.
+    old run (without ``resume``/``overwrite``) raises ``FileExistsError``. ``on_iteration(record)``,
+    if given, is called on rank 0 with each iteration's metrics record (a dict) after it is logged.
     """
     stream = sys.stderr if stream is None else stream
     given = options.to_dict() if isinstance(options, TrainConfig) else dict(options)
@@ -384,7 +385,8 @@ def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, over
             raise ValueError(f"meta_batch: {config.meta_batch} tasks cannot be shared by {ctx.world_size} processes")
         with _Signals() as signals:
             return _run(config, payload, out_dir, ctx, lock, signals, overwrite=overwrite, data_root=data_root,
-                        splits=splits, progress=progress and ctx.is_writer, stream=stream)
+                        splits=splits, progress=progress and ctx.is_writer, stream=stream,
+                        on_iteration=on_iteration if ctx.is_writer else None)
     finally:
         if lock is not None:
             lock.release()
@@ -392,7 +394,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, over
 
 
 def _run(config: TrainConfig, payload, out_dir: Path, ctx, lock, signals, *, overwrite, data_root, splits,
-         progress, stream) -> TrainResult:
+         progress, stream, on_iteration) -> TrainResult:
     if splits is None:
         from linmaml.benchmarks.data import load_splits
 
@@ -547,6 +549,8 @@ def _run(config: TrainConfig, payload, out_dir: Path, ctx, lock, signals, *, ove
             record["elapsed"] = round(elapsed_before + time.perf_counter() - started, 3)
             state["elapsed"] = record["elapsed"]
             log(record)
+            if on_iteration is not None:
+                on_iteration(record)
             if t % config.checkpoint_every == 0 or t == config.iterations or t % config.val_every == 0:
                 if not save_last(t):
                     result = TrainResult("lost-lock", t, EXIT_LOST_LOCK,

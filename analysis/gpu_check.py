@@ -1,0 +1,168 @@
+"""A short prepared check for a machine with a GPU (a few minutes; CI never runs it).
+
+1. **Agreement**: one meta-step of second-order MAML (4-block CNN, meta-batch 8, real Omniglot
+   tasks) on CPU and on CUDA from the same weights: relative error of every meta-gradient and of
+   the weights after one Adam step, in float64 (tolerance 1e-9) and float32 (tolerance 1e-3;
+   TF32 switched off so that float32 means float32).
+2. **Training**: a 200-iteration run of ``linmaml train``'s defaults (5-way 1-shot MAML) on CUDA,
+   then the test accuracy (mean ± 95% CI) of its best checkpoint on the fixed test tasks; it
+   "trains" when that accuracy clears 0.6 (chance is 0.2).
+3. **Throughput**: median seconds per training iteration (validation iterations excluded) and
+   iterations per second.
+
+Prints a compact summary and writes the numbers as JSON to ``--out``. Exit status 0 when every
+check passes, 1 when one fails, 2 when there is no CUDA device (or bad arguments).
+
+    python analysis/gpu_check.py --out gpu_check.json [--data-root DIR] [--iterations 200]
+
+The Omniglot files are looked for in ``--data-root``, then ``$LINMAML_DATA``, then ``<repo>/data``
+and ``<repo>/../shared/data``. ``--device cpu`` runs the same steps on the CPU only (CPU against
+CPU), to try the script on a machine without a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
+TRAINS_THRESHOLD = 0.6
+
+
+def find_data_root(given: str | None) -> Path:
+    candidates = [Path(given)] if given else []
+    if os.environ.get("LINMAML_DATA", "").strip():
+        candidates.append(Path(os.environ["LINMAML_DATA"]))
+    candidates += [REPO / "data", REPO.parent / "shared" / "data"]
+    for root in candidates:
+        if (root / "omniglot").is_dir():
+            return root
+    raise FileNotFoundError("data-root: no omniglot/ folder in " + ", ".join(map(str, candidates))
+                            + " (copy the two omniglot_*.npz files into <root>/omniglot/ and pass --data-root)")
+
+
+def relative_error(a, b) -> float:
+    """‖a − b‖ / max(‖b‖, tiny), computed in float64 on the CPU."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / max(float(b.norm()), 1e-30))
+
+
+def agreement(splits, device, dtype_name: str) -> dict:
+    """One meta-step from the same weights on CPU and on ``device``; the largest relative errors."""
+    import torch
+
+    from linmaml.benchmarks import episodes
+    from linmaml.benchmarks.train import TrainConfig, build_from_config, meta_gradient
+
+    dtype = getattr(torch, dtype_name)
+    config = TrainConfig(meta_batch=8)
+    sampler = episodes.EpisodeSampler(splits["train"], config.ways, config.shots, config.query, seed=0)
+    batch = sampler.tasks(range(8))
+    results = {}
+    for where in ("cpu", device):
+        torch.manual_seed(0)
+        learner = build_from_config(config, splits["train"].image_shape).to(device=where, dtype=dtype)
+        optimizer = torch.optim.Adam(learner.parameters(), lr=config.outer_lr)
+        loss, _ = meta_gradient(learner, batch.to_torch(where, dtype), 1.0 / 8)
+        grads = {n: p.grad.detach().cpu().clone() for n, p in learner.named_parameters()}
+        optimizer.step()
+        weights = {n: p.detach().cpu().clone() for n, p in learner.named_parameters()}
+        results[where] = (loss / 8, grads, weights)
+    (loss_cpu, g_cpu, w_cpu), (loss_dev, g_dev, w_dev) = results["cpu"], results[device]
+    grad_errors = {n: relative_error(g_dev[n], g_cpu[n]) for n in g_cpu}
+    weight_errors = {n: relative_error(w_dev[n], w_cpu[n]) for n in w_cpu}
+    worst = max(grad_errors, key=grad_errors.get)
+    out = {"meta_loss_cpu": loss_cpu, "meta_loss_device": loss_dev,
+           "max_rel_error_gradient": grad_errors[worst], "worst_parameter": worst,
+           "max_rel_error_weights_after_step": max(weight_errors.values()),
+           "tolerance": TOLERANCE[dtype_name]}
+    out["passed"] = bool(max(out["max_rel_error_gradient"], out["max_rel_error_weights_after_step"],
+                             abs(loss_dev - loss_cpu) / abs(loss_cpu)) <= TOLERANCE[dtype_name])
+    return out
+
+
+def training(splits, test_split, device: str, iterations: int, workdir: Path) -> dict:
+    """A default-settings run of ``iterations`` iterations, its throughput and its test accuracy."""
+    from linmaml.benchmarks.evaluate import evaluate_checkpoint
+    from linmaml.benchmarks.train import train
+
+    start = time.perf_counter()
+    result = train({"iterations": iterations, "val_every": max(1, iterations // 2), "val_tasks": 100},
+                   workdir / "run", splits=splits, device=device, progress=True)
+    seconds = time.perf_counter() - start
+    lines = [json.loads(x) for x in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [b["elapsed"] - a["elapsed"] for a, b in zip(lines, lines[1:]) if "val_accuracy" not in b]
+    per_iteration = statistics.median(steps)
+    test = evaluate_checkpoint(workdir / "run", tasks=200, splits={"test": test_split}, device=device)
+    return {"status": result.status, "iterations": result.iteration, "wall_seconds": seconds,
+            "train_accuracy_last_20": statistics.mean(r["accuracy"] for r in lines[-20:]),
+            "best_validation": result.best,
+            "test_accuracy": test["accuracy"], "test_ci95": test["ci95"], "test_tasks": test["tasks"],
+            "seconds_per_iteration": per_iteration, "iterations_per_second": 1.0 / per_iteration,
+            "passed": bool(result.status == "done" and test["accuracy"] >= TRAINS_THRESHOLD),
+            "threshold": TRAINS_THRESHOLD}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="where to write the JSON summary")
+    parser.add_argument("--data-root", default=None, help="folder holding omniglot/")
+    parser.add_argument("--iterations", type=int, default=200, help="training iterations (default 200)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cuda (default); cpu runs the same steps on the CPU alone, as a dry run")
+    args = parser.parse_args(argv)
+    if args.iterations < 2:
+        parser.exit(2, "gpu_check: error: --iterations: expected an integer >= 2\n")
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: error: no CUDA device visible to torch " + torch.__version__
+              + " (a CPU build of torch, or no GPU); run it on a machine with a GPU", file=sys.stderr)
+        return 2
+    try:
+        root = find_data_root(args.data_root)
+    except FileNotFoundError as error:
+        print(f"gpu_check: error: {error}", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    from linmaml.benchmarks.data import load_splits
+
+    started = time.perf_counter()
+    splits = load_splits("omniglot", ("train", "val", "test"), root)
+    report = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu (dry run)",
+              "torch": torch.__version__, "cuda": torch.version.cuda, "data_root": str(root),
+              "agreement": {dt: agreement(splits, args.device, dt) for dt in ("float64", "float32")}}
+    with tempfile.TemporaryDirectory(prefix="linmaml-gpu-check-") as workdir:
+        report["training"] = training({"train": splits["train"], "val": splits["val"]}, splits["test"], args.device,
+                                      args.iterations, Path(workdir))
+    report["seconds"] = time.perf_counter() - started
+    report["passed"] = bool(all(a["passed"] for a in report["agreement"].values()) and report["training"]["passed"])
+
+    from linmaml import _io
+
+    _io.atomic_write_json(args.out, report)
+    a, t = report["agreement"], report["training"]
+    print(f"gpu_check on {report['device']} (torch {report['torch']}, CUDA {report['cuda']})")
+    for dt, r in a.items():
+        print(f"  meta-step CPU vs {args.device} {dt}: gradient rel. error {r['max_rel_error_gradient']:.2e}"
+              f" ({r['worst_parameter']}), weights {r['max_rel_error_weights_after_step']:.2e}"
+              f" (tolerance {r['tolerance']:.0e}) {'ok' if r['passed'] else 'FAILED'}")
+    print(f"  training {t['iterations']} iterations: test accuracy {t['test_accuracy']:.4f} ± {t['test_ci95']:.4f}"
+          f" ({t['test_tasks']} tasks; needs >= {t['threshold']}) {'ok' if t['passed'] else 'FAILED'}")
+    print(f"  throughput: {t['seconds_per_iteration']:.3f} s/iteration = {t['iterations_per_second']:.2f} it/s"
+          f" (meta-batch 32, 4-block CNN, 64 filters)")
+    print(f"  {'PASSED' if report['passed'] else 'FAILED'} in {report['seconds']:.0f} s; JSON: {args.out}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -65,3 +65,34 @@ __all__ = [
 #     from linmaml.closedform.gaussian import wishart_moment
 #     __all__ += ["wishart_moment"]
 # (Keep sympy-heavy modules importable on their own if package import time matters.)
+
+from linmaml.closedform.gaussian import (
+    TaskMixture,
+    erm_fixed_point,
+    expected_post_adaptation_loss,
+    maml_fixed_point,
+    optimal_inner_lr,
+    wishart_moment,
+)
+from linmaml.closedform.scalar import (
+    quadrature_nodes,
+    scalar_maml_grad,
+    scalar_maml_loss,
+    surface_grid,
+    symmetric_grid,
+)
+
+__all__ += [
+    "TaskMixture",
+    "erm_fixed_point",
+    "expected_post_adaptation_loss",
+    "maml_fixed_point",
+    "optimal_inner_lr",
+    "wishart_moment",
+    "quadrature_nodes",
+    "scalar_maml_grad",
+    "scalar_maml_loss",
+    "surface_grid",
+    "symmetric_grid",
+]
+# linmaml.closedform.symbolic needs sympy (slow to import): `from linmaml.closedform import symbolic`.

@@ -97,7 +97,7 @@ def _check_problem(lr, steps, mean, std, x_var):
 
 def _flat_weights(ws, name: str = "ws") -> tuple[list[np.ndarray], tuple[int, ...]]:
     """Broadcast the L layer weights to one shape; return them flattened (contiguous) and the shape."""
-    if isinstance(ws, np.ndarray) and ws.ndim == 0 or not isinstance(ws, (Sequence, np.ndarray)) \
+    if (isinstance(ws, np.ndarray) and ws.ndim == 0) or not isinstance(ws, (Sequence, np.ndarray)) \
             or isinstance(ws, (str, bytes)):
         raise TypeError(f"{name}: expected a sequence of L layer weights (numbers or arrays), got {type(ws).__name__}")
     if len(ws) == 0:
@@ -142,7 +142,7 @@ def _scaling(depth: int, c: float) -> tuple[float, float]:
     """
     if depth >= 2 and c > 0.0:
         log_scale = depth / (depth - 1) * math.log10(c)  # log10 λ^{2L}
-        if abs(log_scale) < 100:
+        if abs(log_scale) < 30:
             return c ** (1.0 / (2 * depth - 2)), 1.0
     return 1.0, c
 

@@ -246,3 +246,14 @@ def test_surface_bad_input(kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=f"^{name}"):
         surface_grid(**args)
+
+
+@pytest.mark.parametrize("lr", [1e-17, 1e-14, 0.3])
+def test_tiny_and_ordinary_rates_agree_with_the_direct_loop(lr):
+    # α·V below ~1e-15 (depth 2) skips the internal rescaling of the inner loop; both paths are exact.
+    ws, m, v = [0.9, -1.3], 0.7, 1.0
+    expected = direct_task_loss(ws, m, lr, 4, v)
+    assert scalar_maml_loss(ws, lr, 4, m, 0.0, v) == pytest.approx(expected, rel=1e-14)
+    h = 1e-6
+    fd = (direct_task_loss([ws[0] + h, ws[1]], m, lr, 4, v) - direct_task_loss([ws[0] - h, ws[1]], m, lr, 4, v)) / (2 * h)
+    assert scalar_maml_grad(ws, lr, 4, m, 0.0, v)[0] == pytest.approx(fd, rel=1e-7)

@@ -4,7 +4,7 @@
    tasks) on CPU and on CUDA from the same weights: relative error of every meta-gradient and of
    the weights after one Adam step, in float64 (tolerance 1e-9) and float32 (tolerance 1e-3;
    TF32 switched off so that float32 means float32).
-2. **Training**: a 200-iteration run of ``linmaml train``'s defaults (5-way 1-shot MAML) on CUDA,
+2. **Training**: a 200-iteration run with ``linmaml train``'s defaults (5-way 1-shot MAML) on CUDA,
    then the test accuracy (mean ± 95% CI) of its best checkpoint on the fixed test tasks; it
    "trains" when that accuracy clears 0.6 (chance is 0.2).
 3. **Throughput**: median seconds per training iteration (validation iterations excluded) and
@@ -90,7 +90,7 @@ def agreement(splits, device, dtype_name: str) -> dict:
 def training(splits, test_split, device: str, iterations: int, workdir: Path) -> dict:
     """A default-settings run of ``iterations`` iterations, its throughput and its test accuracy."""
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
-    from linmaml.benchmarks.train import train
+    from linmaml.benchmarks.train import TrainConfig, train
 
     start = time.perf_counter()
     result = train({"iterations": iterations, "val_every": max(1, iterations // 2), "val_tasks": 100},
@@ -106,7 +106,8 @@ def training(splits, test_split, device: str, iterations: int, workdir: Path) ->
             "test_accuracy": test["accuracy"], "test_ci95": test["ci95"], "test_tasks": test["tasks"],
             "seconds_per_iteration": per_iteration, "iterations_per_second": 1.0 / per_iteration,
             "passed": bool(result.status == "done" and test["accuracy"] >= TRAINS_THRESHOLD),
-            "threshold": TRAINS_THRESHOLD}
+            "threshold": TRAINS_THRESHOLD, "meta_batch": TrainConfig().meta_batch, "layers": TrainConfig().layers,
+            "hidden": TrainConfig().hidden}
 
 
 def main(argv=None) -> int:
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
     print(f"  training {t['iterations']} iterations: test accuracy {t['test_accuracy']:.4f} ± {t['test_ci95']:.4f}"
           f" ({t['test_tasks']} tasks; needs >= {t['threshold']}) {'ok' if t['passed'] else 'FAILED'}")
     print(f"  throughput: {t['seconds_per_iteration']:.3f} s/iteration = {t['iterations_per_second']:.2f} it/s"
-          f" (meta-batch 32, 4-block CNN, 64 filters)")
+          f" (linmaml train's defaults: meta-batch {t['meta_batch']}, {t['layers']}-block CNN, {t['hidden']} filters)")
     print(f"  {'PASSED' if report['passed'] else 'FAILED'} in {report['seconds']:.0f} s; JSON: {args.out}")
     return 0 if report["passed"] else 1
 

@@ -62,18 +62,20 @@ EXIT_LOST_LOCK = 4
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run. Defaults: 5-way 1-shot second-order MAML on Omniglot with
-    the 4-block CNN, 1 inner step of 0.4 in training and 3 at test, meta-batch 32, Adam 1e-3.
+    the 4-block CNN, 1 inner step of 0.4 in training and 3 at test, meta-batch 16, Adam 1e-3,
+    4,000 iterations (chosen to reach 95% test accuracy on Omniglot within an hour of CPU).
     ``hidden=None`` and ``pool=None`` take the benchmark's usual values (64 filters and stride-2
     convolutions for Omniglot; 32 filters and max-pooling otherwise).
 
-    ``query`` is the number of query examples per class in *training* tasks; validation and test
-    tasks always use ``test_query`` (15, the usual protocol).
+    ``query`` is the number of query examples per class in *training* tasks (default 5: the query
+    set is most of a task's cost, and on Omniglot 5 per class learns about as well per iteration as
+    15 at a third of the time); validation and test tasks use ``test_query`` (15, the usual protocol).
     """
 
     benchmark: str = "omniglot"
     ways: int = 5
     shots: int = 1
-    query: int = 15
+    query: int = 5
     test_query: int = 15
     algo: str = "maml"
     transform: str = "none"
@@ -86,8 +88,8 @@ class TrainConfig:
     test_steps: int = 3
     inner_lr: float = 0.4
     outer_lr: float = 1e-3
-    meta_batch: int = 32
-    iterations: int = 2000
+    meta_batch: int = 16
+    iterations: int = 4000
     val_every: int = 250
     val_tasks: int = 200
     checkpoint_every: int = 50
@@ -413,7 +415,7 @@ def _run(config: TrainConfig, payload, out_dir: Path, ctx, lock, signals, *, ove
     torch.manual_seed(config.seed)
     learner = build_from_config(config, image_shape).to(device=dev, dtype=dtype)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.outer_lr)
-    state = {"iteration": 0, "skipped": 0, "elapsed": 0.0, "best": None, "last_validation": 0}
+    state = {"iteration": 0, "skipped": 0, "elapsed": 0.0, "best": None}
     if payload is not None:
         if tuple(payload["image_shape"]) != image_shape:
             raise ValueError(f"benchmark: the checkpoint's images are {tuple(payload['image_shape'])}, the data's"
@@ -465,7 +467,6 @@ def _run(config: TrainConfig, payload, out_dir: Path, ctx, lock, signals, *, ove
         reduced = distributed.all_reduce_sum(full, ctx).numpy()
         accuracy, ci95 = mean_ci95(reduced[:len(val_tasks)])
         record = {"val_accuracy": accuracy, "val_ci95": ci95, "val_loss": float(np.mean(reduced[len(val_tasks):]))}
-        state["last_validation"] = iteration
         improved = state["best"] is None or accuracy > state["best"]["val_accuracy"]
         if improved:
             state["best"] = {"iteration": iteration, **record}
@@ -492,9 +493,6 @@ def _run(config: TrainConfig, payload, out_dir: Path, ctx, lock, signals, *, ove
     elapsed_before = state["elapsed"]
     result = None
     try:
-        if start_iteration and start_iteration % config.val_every == 0 and state["last_validation"] < start_iteration:
-            # A validation that did not happen (the run was extended past its old end): its own line.
-            log({"iteration": start_iteration, **validate(start_iteration)})
         learner.train()
         M = config.meta_batch
         share = distributed.share(M, ctx.world_size, ctx.rank)

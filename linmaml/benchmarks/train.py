@@ -229,6 +229,7 @@ class TrainResult:
     skipped: int = 0
     seconds: float = 0.0
     out_dir: str = ""
+    writer: bool = True  # False on the ranks > 0 of a distributed run, which print nothing
 
 
 class _Signals:
@@ -569,4 +570,5 @@ def _run(config: TrainConfig, payload, out_dir: Path, ctx, lock, signals, *, ove
     result.skipped = state["skipped"]
     result.seconds = time.perf_counter() - started
     result.out_dir = str(out_dir)
+    result.writer = writer
     return result

@@ -90,6 +90,8 @@ def run(args) -> int:
         if head in fields or head in ("threads", "device", "data_root"):
             raise ValueError(_flag(head) + message[len(head):]) from error
         raise
+    if not result.writer:  # another process of a torchrun job reports
+        return result.exit_code
     if result.status == "done":
         best = result.best
         summary = f"linmaml train: {result.message} in {result.seconds:.1f} s"

@@ -300,20 +300,39 @@ def scalar_maml_loss(ws, lr, steps, mean, std, x_var):
 
 def _depth2_one_step(w1: np.ndarray, w2: np.ndarray, c: float, mean: float, std: float,
                      x_var: float) -> np.ndarray:
-    """J for depth 2 and one step by the Gaussian moments of e = p − a (module docstring)."""
+    """J for depth 2 and one step by the Gaussian moments of e = p − a (module docstring).
+
+    In place on a few (points,) buffers: this is the whole cost of a one-step surface."""
+    var = std * std
     with np.errstate(over="ignore", invalid="ignore"):
         p = w1 * w2
-        u = 1.0 - c * (w1 * w1 + w2 * w2)
-        v = (c * c) * p
+        u = w1 * w1
+        u += w2 * w2
+        u *= -c
+        u += 1.0                                  # u = 1 − c·q
         mu = p - mean
-        var = std * std
-        first = u * mu + v * (mu * mu + var)     # E[u e + v e²]
-        slope = u + 2.0 * v * mu                 # d(u e + v e²)/de at e = μ
-        out = first * first + slope * slope * var + 2.0 * var * var * v * v
-        out *= 0.5 * x_var
+        v = p
+        v *= c * c                                # v = c²·p (p is not needed any more)
+        first = mu * mu
+        first += var
+        first *= v
+        first += u * mu                           # E[u e + v e²] = u μ + v (μ² + s²)
+        slope = v * mu
+        slope *= 2.0
+        slope += u                                # u + 2 v μ
+        first *= first
+        slope *= slope
+        slope *= var
+        first += slope
+        v *= v
+        v *= 2.0 * var * var
+        first += v
+        first *= 0.5 * x_var
     # The inputs are finite, so a NaN is an overflow (∞ − ∞ or 0·∞ on the way to a huge value).
-    out[np.isnan(out)] = np.inf
-    return out
+    overflow = np.isnan(first)
+    if overflow.any():
+        first[overflow] = np.inf
+    return first
 
 
 def scalar_maml_grad(ws, lr, steps, mean, std, x_var):

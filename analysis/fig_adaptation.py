@@ -19,11 +19,8 @@ Run: ``python analysis/fig_adaptation.py [--out DIR] [--quick]``; writes adaptat
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
-import time
 
-import numpy as np
 
 NAME = "adaptation"
 
@@ -184,7 +181,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from linmaml._io import atomic_path
+    from linmaml.plots.figure import save_figure
     from linmaml.plots.curves import adaptation_panel
 
     num, cfg = result["numbers"], result["settings"]
@@ -213,33 +210,21 @@ def draw(result: dict, path: pathlib.Path) -> None:
                  f"meta-iterations; mean and {int(100 * cfg['ci_level'])}% CI over {cfg['test_tasks']} held-out tasks",
                  fontsize=11)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
     """Compute, draw ``<out_dir>/adaptation.png`` and write ``<out_dir>/adaptation.json``; return the JSON's dict."""
-    from linmaml._io import atomic_write_json
+    from linmaml.plots.figure import run_figure
 
-    out_dir = pathlib.Path(out_dir)
-    began = time.perf_counter()
-    result = compute(quick)
-    draw(result, out_dir / f"{NAME}.png")
-    record = {key: value for key, value in result.items() if not key.startswith("_")}
-    record["seconds"] = round(time.perf_counter() - began, 3)
-    atomic_write_json(out_dir / f"{NAME}.json", record)
-    return record
+    return run_figure(NAME, compute, draw, out_dir, quick)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parents[1] / "figures")
-    parser.add_argument("--quick", action="store_true", help="short meta-training, fewer test tasks (a few seconds)")
-    args = parser.parse_args(argv)
-    record = run(args.out, quick=args.quick)
+    from linmaml.plots.figure import figure_main
+
+    record = figure_main(NAME, __doc__, run, argv, quick_help="short meta-training, fewer test tasks (a few seconds)")
     crit = record["numbers"]["criteria"]
-    print(f"wrote {args.out / (NAME + '.png')} and {NAME}.json in {record['seconds']} s")
     for key, value in crit.items():
         print(f"  {key}: {value['value']:.3f} ± {value['ci95']:.3f} (required {value['required']}: "
               f"{'met' if value['met'] else 'NOT met'})")

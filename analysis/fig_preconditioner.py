@@ -13,9 +13,7 @@ Run: ``python analysis/fig_preconditioner.py [--out DIR] [--quick]``; writes pre
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
-import time
 
 import numpy as np
 
@@ -128,7 +126,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from linmaml._io import atomic_path
+    from linmaml.plots.figure import save_figure
     from linmaml.plots.curves import eigenvalue_panel, running_mean
 
     num, cfg, arr = result["numbers"], result["settings"], result["_arrays"]
@@ -171,32 +169,20 @@ def draw(result: dict, path: pathlib.Path) -> None:
     fig.suptitle(f"The upper layers learn the step size and direction: x ~ N(0, {f['x_var']}·I_{f['d_in']}), "
                  f"n = {f['n_support']} support points, σ = {f['noise_std']}, inner lr α = {alpha}", fontsize=11)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
     """Compute, draw ``<out_dir>/preconditioner.png`` and write ``<out_dir>/preconditioner.json``."""
-    from linmaml._io import atomic_write_json
+    from linmaml.plots.figure import run_figure
 
-    out_dir = pathlib.Path(out_dir)
-    began = time.perf_counter()
-    result = compute(quick)
-    draw(result, out_dir / f"{NAME}.png")
-    record = {key: value for key, value in result.items() if not key.startswith("_")}
-    record["seconds"] = round(time.perf_counter() - began, 3)
-    atomic_write_json(out_dir / f"{NAME}.json", record)
-    return record
+    return run_figure(NAME, compute, draw, out_dir, quick)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parents[1] / "figures")
-    parser.add_argument("--quick", action="store_true", help="short meta-training (a few seconds)")
-    args = parser.parse_args(argv)
-    record = run(args.out, quick=args.quick)
-    print(f"wrote {args.out / (NAME + '.png')} and {NAME}.json in {record['seconds']} s")
+    from linmaml.plots.figure import figure_main
+
+    record = figure_main(NAME, __doc__, run, argv, quick_help="short meta-training (a few seconds)")
     for label, m in record["numbers"]["models"].items():
         print(f"  Deep {label}: final eigenvalues of α·P {np.round(m['alpha_P_eigenvalues_final'], 3).tolist()} "
               f"vs c* = {record['numbers']['c_star']:.3f}")

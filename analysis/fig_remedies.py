@@ -13,7 +13,6 @@ Run: ``python analysis/fig_remedies.py [--out DIR] [--quick]``; writes remedies.
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import time
 
@@ -148,7 +147,6 @@ def _parameters(kind: str, learner) -> dict:
 
 
 def compute(quick: bool = False) -> dict:
-    import torch
 
     from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves, ratio_of_means_ci, shallow
 
@@ -229,7 +227,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from linmaml._io import atomic_path
+    from linmaml.plots.figure import save_figure
     from linmaml.plots.curves import adaptation_panel, running_mean
 
     num, cfg = result["numbers"], result["settings"]
@@ -267,32 +265,20 @@ def draw(result: dict, path: pathlib.Path) -> None:
     fig.suptitle(f"Remedies for the shallow model: KFO and LinNet (inner lr α = {cfg['inner_lr']}, "
                  f"{cfg['meta_iterations']} meta-iterations each, {cfg['test_tasks']} held-out tasks)", fontsize=11)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
     """Compute, draw ``<out_dir>/remedies.png`` and write ``<out_dir>/remedies.json``; return the JSON's dict."""
-    from linmaml._io import atomic_write_json
+    from linmaml.plots.figure import run_figure
 
-    out_dir = pathlib.Path(out_dir)
-    began = time.perf_counter()
-    result = compute(quick)
-    draw(result, out_dir / f"{NAME}.png")
-    record = {key: value for key, value in result.items() if not key.startswith("_")}
-    record["seconds"] = round(time.perf_counter() - began, 3)
-    atomic_write_json(out_dir / f"{NAME}.json", record)
-    return record
+    return run_figure(NAME, compute, draw, out_dir, quick)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parents[1] / "figures")
-    parser.add_argument("--quick", action="store_true", help="short meta-training, fewer test tasks (a few seconds)")
-    args = parser.parse_args(argv)
-    record = run(args.out, quick=args.quick)
-    print(f"wrote {args.out / (NAME + '.png')} and {NAME}.json in {record['seconds']} s")
+    from linmaml.plots.figure import figure_main
+
+    record = figure_main(NAME, __doc__, run, argv, quick_help="short meta-training, fewer test tasks (a few seconds)")
     for key, value in record["numbers"]["criteria"].items():
         print(f"  {key}: {value['value']:.3f} ± {value['ci95']:.3f} (required {value['required']}: "
               f"{'met' if value['met'] else 'NOT met'})")

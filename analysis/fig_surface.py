@@ -16,9 +16,7 @@ Run: ``python analysis/fig_surface.py [--out DIR] [--quick]``; writes surface.pn
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
-import time
 
 import numpy as np
 
@@ -107,7 +105,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from linmaml._io import atomic_path
+    from linmaml.plots.figure import save_figure
     from linmaml.plots import surface as S
 
     arr, num, cfg = result["_arrays"], result["numbers"], result["settings"]
@@ -150,32 +148,20 @@ def draw(result: dict, path: pathlib.Path) -> None:
     fig.suptitle(f"MAML with a small inner learning rate: α={cfg['inner_lr']}, k={cfg['inner_steps']}, "
                  f"V={cfg['x_var']}, a ~ N({cfg['task_mean']}, {cfg['task_std']}²)", fontsize=11)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
     """Compute, draw ``<out_dir>/surface.png`` and write ``<out_dir>/surface.json``; return the JSON's dict."""
-    from linmaml._io import atomic_write_json
+    from linmaml.plots.figure import run_figure
 
-    out_dir = pathlib.Path(out_dir)
-    began = time.perf_counter()
-    result = compute(quick)
-    draw(result, out_dir / f"{NAME}.png")
-    record = {key: value for key, value in result.items() if not key.startswith("_")}
-    record["seconds"] = round(time.perf_counter() - began, 3)
-    atomic_write_json(out_dir / f"{NAME}.json", record)
-    return record
+    return run_figure(NAME, compute, draw, out_dir, quick)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parents[1] / "figures")
-    parser.add_argument("--quick", action="store_true", help="small grids and short runs (a few seconds)")
-    args = parser.parse_args(argv)
-    record = run(args.out, quick=args.quick)
-    print(f"wrote {args.out / (NAME + '.png')} and {NAME}.json in {record['seconds']} s")
+    from linmaml.plots.figure import figure_main
+
+    figure_main(NAME, __doc__, run, argv, quick_help="small grids and short runs (a few seconds)")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ def finite_number(value, name: str, *, positive: bool = False, nonnegative: bool
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         # numpy 0-d arrays and torch scalars are accepted through float() below.
         try:
+            if np.iscomplexobj(value):
+                raise TypeError  # float() would silently drop the imaginary part
             if getattr(value, "ndim", None) == 0 or getattr(value, "shape", None) == ():
                 value = float(value)
             else:
@@ -57,7 +59,11 @@ def learning_rates(lr, steps: int, name: str = "lr") -> list[float]:
         if len(rates) != steps:
             raise ValueError(f"{name}: expected {steps} per-step learning rates, got {len(rates)}")
         return rates
-    return [finite_number(lr, name)] * steps
+    rate = finite_number(lr, name)
+    try:
+        return [rate] * steps
+    except (OverflowError, MemoryError):
+        raise ValueError(f"steps: {steps} inner steps do not fit in memory") from None
 
 
 def loss_name(loss, name: str = "loss") -> str:
@@ -69,6 +75,8 @@ def loss_name(loss, name: str = "loss") -> str:
 def real_matrix(value, name: str, *, ndim: int = 2) -> np.ndarray:
     """A finite float64 array with ``ndim`` dimensions (a copy is not made when not needed)."""
     try:
+        if np.iscomplexobj(value):
+            raise TypeError  # casting would silently drop the imaginary part
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a real array, got {type(value).__name__}") from None

@@ -32,6 +32,15 @@ activations (h_j = h_{j−1} W_jᵀ and its directional derivative Rh_j = Rh_{j�
 back-propagated signals δ_{j−1} = δ_j W_j and Rδ_{j−1} = Rδ_j W_j + δ_j V_j), which costs
 O(n·d²) per layer instead of forming the d×d products.
 
+Overflow policy
+---------------
+Every result is finite or the call raises ``ValueError``; NaN or ∞ never comes back. When the
+network already overflows float64 at the given weights (outputs, loss or gradients on the data),
+the message names ``weights``; when it is finite there but the k inner steps push it out of the
+float64 range (a diverging inner loop: too large a learning rate, or too many steps), the message
+names ``lr`` and says that the inner loop diverged. Computations run with numpy's floating-point
+warnings silenced, since the check on the result replaces them.
+
 Every internal function broadcasts over leading task axes (X of shape (T, n, d_0), weights of shape
 (d_j, d_{j−1}) shared or (T, d_j, d_{j−1}) per task), so ``maml_loss``/``maml_grad`` process
 tasks of equal shape as one batch with ``np.matmul`` instead of a Python loop.
@@ -287,6 +296,31 @@ def _maml_batch(weights: list[np.ndarray], batch: tuple[np.ndarray, ...], rates:
     return total, summed
 
 
+def _all_finite(*arrays) -> bool:
+    return all(bool(np.all(np.isfinite(a))) for a in arrays)
+
+
+def _overflow_error(weights: list[np.ndarray], data, loss: str, rates: Sequence[float] = (),
+                    layers: Sequence[int] = ()) -> ValueError:
+    """The error for a non-finite result (module docstring, "Overflow policy").
+
+    ``data`` is a list of (X, Y) pairs (any leading task axes); ``rates``/``layers`` describe the
+    inner loop that ran. Blames ``weights`` if the network overflows on the data at the initial
+    weights, else ``lr`` if the inner loop moved them.
+    """
+    with np.errstate(all="ignore"):
+        for X, Y in data:
+            hs = _activations(weights, X)
+            grads = _backprop(weights, hs, _output_grad(hs[-1], Y, loss), range(len(weights)))
+            if not _all_finite(_losses(hs[-1], Y, loss), *grads.values()):
+                return ValueError("weights: the network's loss or gradients overflow float64 on this data at these "
+                                  "weights; expected smaller weights (or inputs)")
+    if layers and any(rate != 0 for rate in rates):
+        return ValueError(f"lr: the inner loop diverged: its {len(rates)} steps leave the float64 range; expected a "
+                          f"smaller learning rate or fewer steps")
+    return ValueError("weights: the result overflows float64 at these weights; expected smaller weights (or inputs)")
+
+
 # --------------------------------------------------------------------------------------------------
 # Public API
 
@@ -295,8 +329,11 @@ def end_to_end(weights) -> np.ndarray:
     """The end-to-end map W_e = W_L ⋯ W_1, shape (d_L, d_0)."""
     weights = check_weights(weights)
     W_e = weights[0]
-    for W in weights[1:]:
-        W_e = W @ W_e
+    with np.errstate(all="ignore"):
+        for W in weights[1:]:
+            W_e = W @ W_e
+    if not _all_finite(W_e):
+        raise ValueError("weights: the end-to-end product W_L ⋯ W_1 overflows float64; expected smaller weights")
     return W_e
 
 
@@ -309,7 +346,11 @@ def task_loss(weights, X, Y, loss: str = "squared") -> float:
     weights = check_weights(weights)
     loss = _check_loss(loss, weights)
     X, Y = _check_data(X, Y, weights, loss, "X", "Y")
-    return float(_losses(_activations(weights, X)[-1], Y, loss))
+    with np.errstate(all="ignore"):
+        value = float(_losses(_activations(weights, X)[-1], Y, loss))
+    if not np.isfinite(value):
+        raise _overflow_error(weights, [(X, Y)], loss)
+    return value
 
 
 def end_to_end_grad(weights, X, Y, loss: str = "squared") -> np.ndarray:
@@ -317,8 +358,12 @@ def end_to_end_grad(weights, X, Y, loss: str = "squared") -> np.ndarray:
     weights = check_weights(weights)
     loss = _check_loss(loss, weights)
     X, Y = _check_data(X, Y, weights, loss, "X", "Y")
-    F = _activations(weights, X)[-1]
-    return _t(_output_grad(F, Y, loss)) @ X
+    with np.errstate(all="ignore"):
+        F = _activations(weights, X)[-1]
+        G = _t(_output_grad(F, Y, loss)) @ X
+    if not _all_finite(F, G):
+        raise _overflow_error(weights, [(X, Y)], loss)
+    return G
 
 
 def layer_grads(weights, X, Y, loss: str = "squared", adapt_layers=None) -> list[np.ndarray]:
@@ -331,8 +376,11 @@ def layer_grads(weights, X, Y, loss: str = "squared", adapt_layers=None) -> list
     loss = _check_loss(loss, weights)
     X, Y = _check_data(X, Y, weights, loss, "X", "Y")
     layers = _validate.layer_indices(adapt_layers, len(weights))
-    hs = _activations(weights, X)
-    grads = _backprop(weights, hs, _output_grad(hs[-1], Y, loss), layers)
+    with np.errstate(all="ignore"):
+        hs = _activations(weights, X)
+        grads = _backprop(weights, hs, _output_grad(hs[-1], Y, loss), layers)
+    if not _all_finite(hs[-1], *grads.values()):
+        raise _overflow_error(weights, [(X, Y)], loss)
     return [grads[j] if j in grads else np.zeros_like(W) for j, W in enumerate(weights)]
 
 
@@ -357,8 +405,15 @@ def hessian_vector_product(weights, X, Y, direction, loss: str = "squared") -> l
             if V.shape != W.shape:
                 raise ValueError(f"direction[{j}]: expected shape {W.shape}, got {V.shape}")
         checked.append(V)
-    hs = _activations(weights, X)
-    return _hvp(weights, hs, _output_grad(hs[-1], Y, loss), loss, checked)
+    with np.errstate(all="ignore"):
+        hs = _activations(weights, X)
+        out = _hvp(weights, hs, _output_grad(hs[-1], Y, loss), loss, checked)
+    if not _all_finite(*out):
+        error = _overflow_error(weights, [(X, Y)], loss)
+        if str(error).startswith("weights: the network"):
+            raise error
+        raise ValueError("direction: the Hessian-vector product overflows float64; expected a smaller direction")
+    return out
 
 
 def adapt(weights, X, Y, lr, steps: int, loss: str = "squared", adapt_layers=None) -> list[np.ndarray]:
@@ -373,7 +428,10 @@ def adapt(weights, X, Y, lr, steps: int, loss: str = "squared", adapt_layers=Non
     loss = _check_loss(loss, weights)
     X, Y = _check_data(X, Y, weights, loss, "X", "Y")
     layers = _validate.layer_indices(adapt_layers, len(weights))
-    adapted, _ = _adapt(weights, X, Y, rates, loss, layers)
+    with np.errstate(all="ignore"):
+        adapted, _ = _adapt(weights, X, Y, rates, loss, layers)
+    if not _all_finite(*adapted):
+        raise _overflow_error(weights, [(X, Y)], loss, rates, layers)
     return [np.array(W, dtype=np.float64, copy=True) for W in adapted]
 
 
@@ -419,11 +477,16 @@ def _maml(weights, tasks, lr, steps, loss, adapt_layers, first_order, want_grad)
     batches, count = _tasks_as_batches(tasks, weights, loss)
     total = 0.0
     grads = [np.zeros_like(W) for W in weights] if want_grad else None
-    for batch in batches:
-        value, batch_grads = _maml_batch(weights, batch, rates, loss, layers, bool(first_order), want_grad)
-        total += value
+    with np.errstate(all="ignore"):
+        for batch in batches:
+            value, batch_grads = _maml_batch(weights, batch, rates, loss, layers, bool(first_order), want_grad)
+            total += value
+            if want_grad:
+                grads = [g + b for g, b in zip(grads, batch_grads)]
         if want_grad:
-            grads = [g + b for g, b in zip(grads, batch_grads)]
-    if want_grad:
-        grads = [g / count for g in grads]
-    return total / count, grads
+            grads = [g / count for g in grads]
+        total = total / count
+    if not (np.isfinite(total) and (grads is None or _all_finite(*grads))):
+        data = [pair for Xs, Ys, Xq, Yq in batches for pair in ((Xs, Ys), (Xq, Yq))]
+        raise _overflow_error(weights, data, loss, rates, layers)
+    return total, grads

@@ -26,6 +26,8 @@ The key facts
   W* = (Σ_c π_c M_c B_c)(Σ_c π_c B_c)⁺.
 
 Every function accepts a :class:`~linmaml.tasks.RegressionFamily` or a :class:`TaskMixture` of them.
+Results are finite or the call raises ``ValueError`` naming the argument that takes them out of the
+float64 range (``lr`` when the adapted loss overflows but the plain one does not).
 """
 from __future__ import annotations
 
@@ -56,7 +58,11 @@ def wishart_moment(Sigma, A, n) -> np.ndarray:
         raise ValueError(f"Sigma: expected a square matrix, got shape {Sigma.shape}")
     if A.shape != (d, d):
         raise ValueError(f"A: expected shape {(d, d)} to match Sigma, got {A.shape}")
-    return Sigma @ A @ Sigma + (Sigma @ A.T @ Sigma + np.trace(A @ Sigma) * Sigma) / n
+    with np.errstate(all="ignore"):
+        moment = Sigma @ A @ Sigma + (Sigma @ A.T @ Sigma + np.trace(A @ Sigma) * Sigma) / n
+    if not np.all(np.isfinite(moment)):
+        raise ValueError("Sigma: E[Σ̂AΣ̂] overflows float64 for this Sigma and A; expected smaller entries")
+    return moment
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -130,13 +136,14 @@ def _partial_trace_omega(family: RegressionFamily) -> np.ndarray:
 def _curvature(family: RegressionFamily, lr: float, steps: int, population: bool) -> tuple[np.ndarray, float]:
     """(B, noise) with E[query loss] = ½·[tr(B S) + noise + d_out σ²] for this component."""
     Sigma = family.x_cov
+    lr = np.float64(lr)  # overflow becomes inf (checked by the callers), not Python's OverflowError
     if steps == 0:
         return Sigma, 0.0
     if population:
         step = np.linalg.matrix_power(np.eye(family.d_in) - lr * Sigma, steps)
         return step @ Sigma @ step.T, 0.0
     n = family.n_support
-    B = Sigma - 2 * lr * Sigma @ Sigma + lr ** 2 * wishart_moment(Sigma, Sigma, n)
+    B = Sigma - 2 * lr * Sigma @ Sigma + lr * (lr * wishart_moment(Sigma, Sigma, n))
     noise = lr ** 2 * family.noise_std ** 2 * family.d_out * np.trace(Sigma @ Sigma) / n
     return B, noise
 
@@ -167,12 +174,24 @@ def expected_post_adaptation_loss(W, family, lr, steps: int = 1, population: boo
     W = _check_weights(W, mixture)
     lr = _validate.finite_number(lr, "lr", nonnegative=True)
     steps, population = _steps_and_level(steps, population)
+    total = _expected_loss(W, mixture, lr, steps, population)
+    if not np.isfinite(total):
+        if steps > 0 and lr > 0 and np.isfinite(_expected_loss(W, mixture, 0.0, 0, population)):
+            raise ValueError(f"lr: the expected loss after {steps} inner step(s) overflows float64; expected a smaller "
+                             f"learning rate")
+        raise ValueError("W: the expected loss overflows float64 for this W and family; expected a smaller W (or "
+                         "smaller family scales)")
+    return total
+
+
+def _expected_loss(W, mixture: TaskMixture, lr: float, steps: int, population: bool) -> float:
     total = 0.0
-    for weight, comp in zip(mixture.weights, mixture.components):
-        B, noise = _curvature(comp, lr, steps, population)
-        D = W - comp.task_mean
-        S = D.T @ D + _partial_trace_omega(comp)
-        total += weight * 0.5 * (np.sum(B * S) + noise + comp.d_out * comp.noise_std ** 2)
+    with np.errstate(all="ignore"):
+        for weight, comp in zip(mixture.weights, mixture.components):
+            B, noise = _curvature(comp, lr, steps, population)
+            D = W - comp.task_mean
+            S = D.T @ D + _partial_trace_omega(comp)
+            total += weight * 0.5 * (np.sum(B * S) + noise + comp.d_out * comp.noise_std ** 2)
     return float(total)
 
 
@@ -201,7 +220,10 @@ def optimal_inner_lr(W, family, steps: int = 1, population: bool | None = None) 
     for weight, comp in zip(mixture.weights, mixture.components):
         Sigma = comp.x_cov
         D = W - comp.task_mean
-        S = D.T @ D + _partial_trace_omega(comp)
+        with np.errstate(all="ignore"):
+            S = D.T @ D + _partial_trace_omega(comp)
+        if not np.all(np.isfinite(S)):
+            raise ValueError("W: E[(W − W_τ)ᵀ(W − W_τ)] overflows float64; expected a smaller W")
         if steps == 1 and not population:
             Sigma2 = Sigma @ Sigma
             c1 += weight * np.sum(S * Sigma2)
@@ -212,15 +234,22 @@ def optimal_inner_lr(W, family, steps: int = 1, population: bool | None = None) 
             g = np.einsum("ji,jk,ki->i", U, S, U)
             scales.append(lam)
             coefficients.append(weight * lam * g)
-    if steps == 1 and not population:
-        if len(mixture.components) == 1 and _is_isotropic(mixture.components[0].x_cov):
-            comp = mixture.components[0]
-            lam = comp.x_cov[0, 0]
-            e = np.trace((W - comp.task_mean).T @ (W - comp.task_mean)) + np.trace(comp.task_cov)
-            denominator = lam * (comp.n_support + comp.d_in + 1) * e + comp.noise_std ** 2 * comp.d_out * comp.d_in
-            return float(comp.n_support * e / denominator) if denominator > 0 else 0.0
-        return float(c1 / c2) if c2 > 0 else 0.0
-    return _convex_power_sum_minimiser(np.concatenate(scales), np.concatenate(coefficients), steps)
+    with np.errstate(all="ignore"):
+        if steps == 1 and not population:
+            if len(mixture.components) == 1 and _is_isotropic(mixture.components[0].x_cov):
+                comp = mixture.components[0]
+                lam = comp.x_cov[0, 0]
+                e = np.trace((W - comp.task_mean).T @ (W - comp.task_mean)) + np.trace(comp.task_cov)
+                denominator = lam * (comp.n_support + comp.d_in + 1) * e + comp.noise_std ** 2 * comp.d_out * comp.d_in
+                best = float(comp.n_support * e / denominator) if denominator > 0 else 0.0
+            else:
+                best = float(c1 / c2) if c2 > 0 else 0.0
+        else:
+            best = _convex_power_sum_minimiser(np.concatenate(scales), np.concatenate(coefficients), steps)
+    if not np.isfinite(best):
+        raise ValueError("family: the expected loss's coefficients overflow float64 for this family and W; expected "
+                         "smaller covariances (or a smaller W)")
+    return best
 
 
 def _is_isotropic(Sigma: np.ndarray) -> bool:
@@ -269,11 +298,21 @@ def erm_fixed_point(family) -> np.ndarray:
 def _quadratic_minimiser(mixture: TaskMixture, lr: float, steps: int, population: bool) -> np.ndarray:
     B_total = np.zeros((mixture.d_in, mixture.d_in))
     C_total = np.zeros((mixture.d_out, mixture.d_in))
-    for weight, comp in zip(mixture.weights, mixture.components):
-        B, _ = _curvature(comp, lr, steps, population)
-        B_total += weight * B
-        C_total += weight * comp.task_mean @ B
+    with np.errstate(all="ignore"):
+        for weight, comp in zip(mixture.weights, mixture.components):
+            B, _ = _curvature(comp, lr, steps, population)
+            B_total += weight * B
+            C_total += weight * comp.task_mean @ B
+    if not (np.all(np.isfinite(B_total)) and np.all(np.isfinite(C_total))):
+        if steps > 0 and lr > 0:
+            raise ValueError(f"lr: the curvature after {steps} inner step(s) overflows float64; expected a smaller "
+                             f"learning rate")
+        raise ValueError("family: the curvature overflows float64; expected smaller covariances or task means")
     # B is symmetric PSD; pinvh thresholds its negligible eigenvalues (rank-deficient curvature).
     from scipy.linalg import pinvh
 
-    return C_total @ pinvh(0.5 * (B_total + B_total.T))
+    with np.errstate(all="ignore"):
+        out = C_total @ pinvh(0.5 * B_total + 0.5 * B_total.T)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("family: the fixed point overflows float64; expected smaller covariances or task means")
+    return out

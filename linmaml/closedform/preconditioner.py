@@ -24,8 +24,12 @@ diagonal in the basis V ⊗ U of the singular vectors of W_e = U S Vᵀ, so its 
 Σ_j μ^{(j−1)/L} ν^{(L−j)/L} over pairs of eigenvalues μ of W_eᵀW_e and ν of W_eW_eᵀ (0⁰ = 1).
 
 Layer indices (``layer``, ``adapt_layers``) are 0-based, as everywhere in ``closedform``.
+Results are finite or the call raises ``ValueError`` naming the argument that overflows float64
+(as in :mod:`~linmaml.closedform.deep_linear`).
 """
 from __future__ import annotations
+
+from typing import Iterable
 
 import numpy as np
 
@@ -48,12 +52,31 @@ __all__ = [
 
 def vec(A) -> np.ndarray:
     """Column-major vectorisation: the columns of A stacked, shape (rows·cols,)."""
-    return np.asarray(A, dtype=np.float64).reshape(-1, order="F")
+    A = _real_array(A, "A")
+    if A.ndim != 2:
+        raise ValueError(f"A: expected a 2-d matrix, got shape {A.shape}")
+    return A.reshape(-1, order="F")
+
+
+def _real_array(value, name: str) -> np.ndarray:
+    try:
+        if np.iscomplexobj(value):
+            raise TypeError
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real array, got {type(value).__name__}") from None
 
 
 def unvec(v, shape) -> np.ndarray:
     """Inverse of :func:`vec`: a vector of length rows·cols back to a (rows, cols) matrix."""
-    return np.asarray(v, dtype=np.float64).reshape(tuple(shape), order="F")
+    v = _real_array(v, "v")
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+        raise TypeError(f"shape: expected (rows, cols), got {shape!r}")
+    shape = tuple(_validate.integer(n, "shape", minimum=0) for n in shape)
+    if len(shape) != 2 or v.ndim != 1 or v.size != shape[0] * shape[1]:
+        raise ValueError(f"shape: expected (rows, cols) with rows·cols = {v.size} entries of a 1-d v, got {shape} "
+                         f"for v of shape {v.shape}")
+    return v.reshape(shape, order="F")
 
 
 def _outer_factors(weights: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -69,6 +92,15 @@ def _outer_factors(weights: list[np.ndarray]) -> tuple[list[np.ndarray], list[np
         above.append(above[-1] @ weights[j])
     above.reverse()
     return above, below
+
+
+def _finite_or_raise(result: np.ndarray, message: str) -> np.ndarray:
+    if not np.all(np.isfinite(result)):
+        raise ValueError(message)
+    return result
+
+
+_WEIGHTS_OVERFLOW = "weights: the products of layers overflow float64; expected smaller weights"
 
 
 def _selected_layers(weights, layer, adapt_layers) -> tuple[int, ...]:
@@ -88,12 +120,13 @@ def preconditioner(weights, layer=None, adapt_layers=None) -> np.ndarray:
     """
     weights = check_weights(weights)
     layers = _selected_layers(weights, layer, adapt_layers)
-    above, below = _outer_factors(weights)
     size = weights[0].shape[1] * weights[-1].shape[0]
     P = np.zeros((size, size))
-    for j in layers:
-        P += np.kron(below[j].T @ below[j], above[j] @ above[j].T)
-    return P
+    with np.errstate(all="ignore"):
+        above, below = _outer_factors(weights)
+        for j in layers:
+            P += np.kron(below[j].T @ below[j], above[j] @ above[j].T)
+    return _finite_or_raise(P, _WEIGHTS_OVERFLOW)
 
 
 def _check_G(G, weights: list[np.ndarray], name: str = "G") -> np.ndarray:
@@ -109,10 +142,16 @@ def apply_preconditioner(weights, G, adapt_layers=None) -> np.ndarray:
     weights = check_weights(weights)
     G = _check_G(G, weights)
     layers = _validate.layer_indices(adapt_layers, len(weights))
-    above, below = _outer_factors(weights)
     out = np.zeros_like(G)
-    for j in layers:
-        out += above[j] @ (above[j].T @ G @ below[j].T) @ below[j]
+    with np.errstate(all="ignore"):
+        above, below = _outer_factors(weights)
+        for j in layers:
+            out += above[j] @ (above[j].T @ G @ below[j].T) @ below[j]
+    if not np.all(np.isfinite(out)):
+        with np.errstate(all="ignore"):
+            factors_finite = all(np.all(np.isfinite(m)) for j in layers for m in (above[j] @ above[j].T, below[j].T @ below[j]))
+        raise ValueError(_WEIGHTS_OVERFLOW if not factors_finite else
+                         "G: the preconditioned gradient overflows float64; expected a smaller G")
     return out
 
 
@@ -135,13 +174,26 @@ def depth2_step(weights, G, lr, adapt_layers=None) -> np.ndarray:
     """
     W1, W2, G, lr, layers = _depth2(weights, G, lr, adapt_layers)
     step = np.zeros_like(G)
-    if 0 in layers:
-        step -= lr * (W2 @ (W2.T @ G))
-    if 1 in layers:
-        step -= lr * ((G @ W1.T) @ W1)
-    if len(layers) == 2:
-        step += lr**2 * (G @ W1.T) @ (W2.T @ G)
+    with np.errstate(all="ignore"):
+        if 0 in layers:
+            step -= lr * (W2 @ (W2.T @ G))
+        if 1 in layers:
+            step -= lr * ((G @ W1.T) @ W1)
+        if len(layers) == 2:
+            step += lr * (lr * (G @ W1.T) @ (W2.T @ G))
+    if not np.all(np.isfinite(step)):
+        raise _depth2_overflow(W1, W2, G)
     return step
+
+
+def _depth2_overflow(W1, W2, G) -> ValueError:
+    """Blame G (and the weights) if the α-free terms overflow already, else the learning rate."""
+    with np.errstate(all="ignore"):
+        terms = (W2 @ (W2.T @ G), (G @ W1.T) @ W1, (G @ W1.T) @ (W2.T @ G))
+    if not all(np.all(np.isfinite(t)) for t in terms):
+        return ValueError("G: the terms W_2W_2ᵀG, GW_1ᵀW_1 and GW_1ᵀW_2ᵀG overflow float64 at these weights; "
+                          "expected a smaller G (or smaller weights)")
+    return ValueError("lr: the step overflows float64; expected a smaller learning rate")
 
 
 def second_order_remainder(weights, G, lr, adapt_layers=None) -> np.ndarray:
@@ -149,7 +201,11 @@ def second_order_remainder(weights, G, lr, adapt_layers=None) -> np.ndarray:
     W1, W2, G, lr, layers = _depth2(weights, G, lr, adapt_layers)
     if len(layers) < 2:
         return np.zeros_like(G)
-    return lr**2 * (G @ W1.T) @ (W2.T @ G)
+    with np.errstate(all="ignore"):
+        remainder = lr * (lr * (G @ W1.T) @ (W2.T @ G))
+    if not np.all(np.isfinite(remainder)):
+        raise _depth2_overflow(W1, W2, G)
+    return remainder
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,7 +232,7 @@ def _psd_eigh(A: np.ndarray, name: str, threshold: float | None):
     scale = max(1.0, float(np.max(np.abs(A)))) if A.size else 1.0
     if not np.allclose(A, A.T, rtol=0.0, atol=1e-10 * scale):
         raise ValueError(f"{name}: expected a symmetric matrix")
-    vals, vecs = np.linalg.eigh(0.5 * (A + A.T))
+    vals, vecs = np.linalg.eigh(0.5 * A + 0.5 * A.T)  # halves first: A + Aᵀ can overflow
     tol = default_threshold(vals, A.shape[0])
     if vals.size and vals.min() < -max(tol, threshold or 0.0):
         raise ValueError(f"{name}: expected a positive semi-definite matrix, smallest eigenvalue {vals.min():.3e}")
@@ -208,7 +264,10 @@ def fractional_power(A, p, threshold=None) -> np.ndarray:
     vals, vecs = _psd_eigh(A, "A", _check_threshold(threshold))
     if p == 0:
         return np.eye(A.shape[0])
-    return (vecs * _powers(vals, p)) @ vecs.T
+    with np.errstate(all="ignore"):
+        out = (vecs * _powers(vals, p)) @ vecs.T
+    return _finite_or_raise(out, f"p: [A]^p overflows float64 for p = {p}; expected a smaller |p| (or a better "
+                                 f"conditioned A)")
 
 
 def _check_end_to_end(W_e, depth):
@@ -227,6 +286,7 @@ def balanced_preconditioner(W_e, depth: int, threshold=None) -> np.ndarray:
     """
     W_e, L = _check_end_to_end(W_e, depth)
     threshold = _check_threshold(threshold)
+    _check_squares(W_e)
     right_vals, right_vecs = _psd_eigh(W_e.T @ W_e, "W_e", threshold)
     left_vals, left_vecs = _psd_eigh(W_e @ W_e.T, "W_e", threshold)
     size = W_e.shape[0] * W_e.shape[1]
@@ -235,7 +295,17 @@ def balanced_preconditioner(W_e, depth: int, threshold=None) -> np.ndarray:
         right = (right_vecs * _powers(right_vals, (j - 1) / L)) @ right_vecs.T
         left = (left_vecs * _powers(left_vals, (L - j) / L)) @ left_vecs.T
         P += np.kron(right, left)
-    return P
+    return _finite_or_raise(P, "W_e: the balanced preconditioner overflows float64; expected a smaller W_e")
+
+
+def _check_squares(W_e: np.ndarray) -> None:
+    """The closed forms work with σ² (the eigenvalues of W_eᵀW_e): refuse W_e whose σ² overflow."""
+    with np.errstate(all="ignore"):
+        top = float(np.linalg.norm(W_e, 2))
+        square = top * top
+    if not np.isfinite(square):
+        raise ValueError(f"W_e: its largest singular value {top:.3g} overflows float64 when squared; expected a "
+                         f"smaller W_e")
 
 
 def balanced_preconditioner_eigenvalues(W_e, depth: int, threshold=None) -> np.ndarray:
@@ -248,6 +318,7 @@ def balanced_preconditioner_eigenvalues(W_e, depth: int, threshold=None) -> np.n
     """
     W_e, L = _check_end_to_end(W_e, depth)
     threshold = _check_threshold(threshold)
+    _check_squares(W_e)
     d_out, d_in = W_e.shape
     squares = np.linalg.svd(W_e, compute_uv=False) ** 2
     cut = default_threshold(squares, max(d_out, d_in)) if threshold is None else threshold
@@ -257,7 +328,8 @@ def balanced_preconditioner_eigenvalues(W_e, depth: int, threshold=None) -> np.n
     total = np.zeros((d_in, d_out))
     for j in range(1, L + 1):
         total += np.outer(_powers(mu, (j - 1) / L), _powers(nu, (L - j) / L))
-    return np.sort(total.ravel())
+    return np.sort(_finite_or_raise(total, "W_e: the balanced preconditioner overflows float64; expected a smaller "
+                                           "W_e").ravel())
 
 
 def balanced_weights(W_e, hidden_widths, rng=None, threshold=None) -> list[np.ndarray]:
@@ -283,13 +355,17 @@ def balanced_weights(W_e, hidden_widths, rng=None, threshold=None) -> list[np.nd
     threshold = _check_threshold(threshold)
     if not widths:
         return [W_e.copy()]
+    _check_squares(W_e)
     L = len(widths) + 1
     U, s, Vt = np.linalg.svd(W_e, full_matrices=False)
     cut = default_threshold(s**2, max(W_e.shape)) if threshold is None else threshold
     r = int(np.sum(s**2 > cut))
     if min(widths) < r:
         raise ValueError(f"hidden_widths: expected every hidden width >= {r}, the rank of W_e, got {widths}")
-    generator = None if rng is None else np.random.default_rng(rng)
+    try:
+        generator = None if rng is None else np.random.default_rng(rng)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"rng: expected None, a non-negative integer seed or a numpy Generator, got {rng!r}") from None
     frames = []
     for d in widths:
         if generator is None:

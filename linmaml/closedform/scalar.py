@@ -55,6 +55,11 @@ from linmaml import _validate
 
 #: Elements per (points × nodes) work array: ~256 KiB, so the handful of arrays fits in L2.
 _CHUNK_ELEMENTS = 32768
+#: Most Gauss–Hermite nodes an evaluation may need (depth 2 reaches it after 13 steps); beyond, the
+#: rule alone takes many seconds and the nodes' work grows by a factor 2L − 1 per step.
+MAX_NODES = 2**20
+#: Most grid points per axis of :func:`surface_grid` (25 million points).
+MAX_GRID = 5000
 
 
 def quadrature_nodes(depth: int, steps: int) -> int:
@@ -90,6 +95,10 @@ def _task_rule(mean: float, std: float, depth: int, steps: int) -> tuple[np.ndar
     """Task weights a_n and probabilities π_n with E_a[F(a)] = Σ π_n F(a_n) for deg F ≤ D."""
     if std == 0.0:
         return np.array([mean]), np.array([1.0])
+    # log of the node count L(2L − 1)^{k−1} + 1, so that a huge k costs no giant integer
+    if steps > 0 and math.log(depth) + (steps - 1) * math.log(2 * depth - 1) > math.log(MAX_NODES - 1):
+        raise ValueError(f"steps: depth {depth} with {steps} inner steps needs more than {MAX_NODES} quadrature nodes "
+                         f"(the integrand has degree 2L(2L − 1)^(k − 1)); expected fewer steps or a shallower chain")
     z, w = _standard_normal_rule(quadrature_nodes(depth, steps))
     return mean + std * z, w
 
@@ -166,7 +175,7 @@ def _loss_flat(weights: list[np.ndarray], a: np.ndarray, pi: np.ndarray, c: floa
     out = np.empty(n_points)
     cp = _chunk_points(n_nodes)
     bounds = [(start, min(start + cp, n_points)) for start in range(0, n_points, cp)]
-    workers = min(_workers(n_points * n_nodes), len(bounds))
+    workers = max(1, min(_workers(n_points * n_nodes), len(bounds)))  # no points: one idle worker
 
     def run(part):
         # Overflow gives inf (documented), not a warning; errstate is per thread, hence set here.
@@ -182,6 +191,8 @@ def _loss_flat(weights: list[np.ndarray], a: np.ndarray, pi: np.ndarray, c: floa
             list(pool.map(run, [bounds[w::workers] for w in range(workers)]))
     with np.errstate(over="ignore"):
         out *= 0.5 * x_var / scale ** (2 * depth)
+    # The inputs are finite, so a NaN is an overflow of the inner loop (∞ − ∞ or 0·∞ on the way).
+    out[np.isnan(out)] = np.inf
     return out
 
 
@@ -290,7 +301,9 @@ def scalar_maml_loss(ws, lr, steps, mean, std, x_var):
     lr, steps, mean, std, x_var = _check_problem(lr, steps, mean, std, x_var)
     c = lr * x_var
     steps = steps if c != 0.0 else 0  # with α·V = 0 the inner loop does not move
-    if len(weights) == 2 and steps == 1:
+    if x_var == 0.0:  # no input variance: every loss is 0 (even where (p − a)² would overflow)
+        loss = np.zeros(shape)
+    elif len(weights) == 2 and steps == 1:
         loss = _depth2_one_step(weights[0], weights[1], c, mean, std, x_var).reshape(shape)
     else:
         a, pi = _task_rule(mean, std, len(weights), steps)
@@ -339,7 +352,9 @@ def scalar_maml_grad(ws, lr, steps, mean, std, x_var):
     """Exact gradient of :func:`scalar_maml_loss` with respect to every initial layer weight.
 
     Same arguments as :func:`scalar_maml_loss`. Returns a list of L arrays of the broadcast shape S
-    (floats when S = ()): ∂J/∂w_j, computed per quadrature node by an adjoint (reverse) pass through
+    (floats when S = ()), all finite: where a gradient overflows float64 (the objective is then ∞
+    or astronomically large) it raises ``ValueError`` naming ``lr`` (the inner loop diverged) or
+    ``ws`` (the weights overflow even without adaptation). ∂J/∂w_j is computed per quadrature node by an adjoint (reverse) pass through
     the k inner steps, written out by hand: with e = p − a and P_{−j} = ∏_{i≠j} w_i, one step maps
     an adjoint w̄′ of the adapted weights to
 
@@ -379,8 +394,29 @@ def scalar_maml_grad(ws, lr, steps, mean, std, x_var):
                 adjoint = [b - c * (p * s * total + e * h) for b, p, s, h in zip(adjoint, pre, suf, pair)]
             for j in range(depth):
                 grads[j][start:stop] = adjoint[j] @ pi
+    if x_var == 0.0:  # every loss is 0, so is every gradient (even where the products overflow)
+        grads = [np.zeros(n_points) for _ in range(depth)]
+    bad = ~np.all(np.isfinite(np.stack(grads)), axis=0) if grads else np.zeros(0, dtype=bool)
+    if bad.any():
+        raise _gradient_overflow(weights, bad, steps, mean, std, x_var)
     out = [g.reshape(shape) for g in grads]
     return [float(g) for g in out] if shape == () else out
+
+
+def _gradient_overflow(weights, bad, steps, mean, std, x_var) -> ValueError:
+    """The error for gradients that overflow at the points ``bad``: ``ws`` if the plain (unadapted)
+    gradient V·(p − E a)·∏_{i≠j} w_i overflows there too, else ``lr``."""
+    points = [w[bad] for w in weights]
+    first = ", ".join(f"{w[0]:.3g}" for w in points)
+    with np.errstate(all="ignore"):
+        pre, suf = _exclusive_products(points)
+        e = _product(points) - mean
+        plain = [x_var * e * p * q for p, q in zip(pre, suf)]
+    count = f"{int(bad.sum())} of {bad.size} point(s), the first at ws = ({first})"
+    if steps == 0 or not all(np.all(np.isfinite(g)) for g in plain):
+        return ValueError(f"ws: the gradient overflows float64 at {count}; expected smaller weights")
+    return ValueError(f"lr: the inner loop diverged: the gradient after {steps} inner steps overflows float64 at "
+                      f"{count}; expected a smaller learning rate or fewer steps")
 
 
 def _product(W):
@@ -416,16 +452,21 @@ def symmetric_grid(points: int, half_width: float) -> np.ndarray:
     """``points`` evenly spaced values on [−half_width, half_width], exactly antisymmetric (g[::-1] = −g)."""
     points = _validate.integer(points, "grid", minimum=2)
     half_width = _validate.finite_number(half_width, "range", positive=True)
-    g = np.linspace(-half_width, half_width, points)
+    if np.isfinite(2.0 * half_width):
+        g = np.linspace(-half_width, half_width, points)
+    else:  # the span 2·half_width overflows float64
+        g = half_width * np.linspace(-1.0, 1.0, points)
     # linspace's rounding is not symmetric; averaging with the mirror makes it so (≤ 1 ulp change).
-    return 0.5 * (g - g[::-1])
+    # Halving first is exact and cannot overflow.
+    return 0.5 * g - 0.5 * g[::-1]
 
 
 def surface_grid(depth, lr, steps, mean, std, x_var, grid, range):  # noqa: A002 (mirrors the CLI flag)
     """The exact population MAML objective on a grid: what ``linmaml surface`` prints.
 
     Parameters: ``depth`` 1 or 2; ``lr``, ``steps``, ``mean``, ``std``, ``x_var`` as in
-    :func:`scalar_maml_loss`; ``grid`` points per axis (≥ 2) evenly spaced over [−range, range].
+    :func:`scalar_maml_loss`; ``grid`` points per axis (2 … :data:`MAX_GRID`) evenly spaced over
+    [−range, range].
 
     Returns
     -------
@@ -438,6 +479,7 @@ def surface_grid(depth, lr, steps, mean, std, x_var, grid, range):  # noqa: A002
     """
     depth = _validate.integer(depth, "depth", minimum=1, maximum=2)
     lr, steps, mean, std, x_var = _check_problem(lr, steps, mean, std, x_var)
+    _validate.integer(grid, "grid", maximum=MAX_GRID)
     axis = symmetric_grid(grid, range)
     if depth == 1:
         return {"w": axis, "loss": scalar_maml_loss([axis], lr, steps, mean, std, x_var)}

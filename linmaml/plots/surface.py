@@ -77,10 +77,30 @@ def objective(ws, setting: TaskSetting) -> np.ndarray:
 
 
 def objective_grad(ws, setting: TaskSetting) -> list[np.ndarray]:
-    """Its exact gradient: one array per weight, each of the broadcast shape of ``ws``."""
-    grads = scalar.scalar_maml_grad(list(ws), setting.lr, setting.steps, setting.mean, setting.std,
-                                    setting.x_var)
+    """Its exact gradient: one array per weight, each of the broadcast shape of ``ws``.
+
+    NaN marks the points where the gradient overflows float64 (``scalar_maml_grad`` refuses those;
+    here they are marked instead, so that :func:`meta_train` can stop just those runs).
+    """
     shape = np.broadcast_shapes(*(np.shape(w) for w in ws))
+    try:
+        grads = scalar.scalar_maml_grad(list(ws), setting.lr, setting.steps, setting.mean, setting.std,
+                                        setting.x_var)
+    except ValueError as error:
+        if not str(error).startswith(("lr:", "ws:")):
+            raise
+        # Overflow at some points: evaluate point by point and mark the ones that overflow.
+        flat = [np.broadcast_to(np.asarray(w, dtype=np.float64), shape).reshape(-1) for w in ws]
+        grads = [np.full(flat[0].shape, np.nan) for _ in ws]
+        for i in range(flat[0].size):
+            try:
+                point = scalar.scalar_maml_grad([w[i] for w in flat], setting.lr, setting.steps, setting.mean,
+                                                setting.std, setting.x_var)
+            except ValueError:
+                continue
+            for g, value in zip(grads, point):
+                g[i] = value
+        grads = [g.reshape(shape) for g in grads]
     return [np.broadcast_to(np.asarray(g, dtype=np.float64), shape) for g in grads]
 
 
@@ -172,8 +192,9 @@ def meta_train(starts, setting: TaskSetting, *, meta_lr: float, meta_steps: int,
                 stopped[alive] = t
             if t == meta_steps or not alive.any():
                 break
-            grads = np.stack(objective_grad(list(current.T), setting), axis=1)
-            candidate = current - meta_lr * grads
+            candidate = current.copy()  # only the live runs move (a frozen one may overflow)
+            grads = np.stack(objective_grad(list(current[alive].T), setting), axis=1)
+            candidate[alive] = current[alive] - meta_lr * grads
             alive &= np.all(np.isfinite(candidate), axis=1)
             current = np.where(alive[:, None], candidate, current)
     return Trajectory(weights=weights, losses=losses, stopped=stopped, meta_lr=meta_lr)
@@ -198,7 +219,8 @@ def inner_path(ws, task_slope: float, setting: TaskSetting) -> np.ndarray:
 
 def task_loss(ws, task_slope: float, x_var: float) -> float:
     """½·V·(w_eff − a)²: the population loss of one task y = a·x at weights ``ws``."""
-    return 0.5 * x_var * (float(np.prod(np.asarray(ws, dtype=np.float64))) - task_slope) ** 2
+    with np.errstate(over="ignore"):  # a float64 square overflows to inf (a Python float would raise)
+        return float(0.5 * x_var * (np.prod(np.asarray(ws, dtype=np.float64)) - np.float64(task_slope)) ** 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,13 +100,24 @@ class _Learner(nn.Module):
     def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps):
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable (output, target) -> scalar, got {type(loss_fn).__name__}")
+        for value, name in ((x, "x_support"), (y, "y_support")):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
         rates = self.step_rates(steps)
         base = dict(module.named_parameters())
+
+        def scalar_loss(output, target):
+            # torch.func.grad needs a scalar; say which argument is at fault (shapes only: no sync).
+            value = loss_fn(output, target)
+            if not isinstance(value, torch.Tensor) or value.ndim != 0:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"loss_fn: expected a scalar tensor (e.g. a mean over examples), got {shape}")
+            return value
 
         def forward(fast, buffers, inputs):
             return functional_call(module, ({**base, **fast}, buffers), (inputs,))
 
-        fast, _ = inner_loop(forward, loss_fn, {n: base[n] for n in names}, self.transform,
+        fast, _ = inner_loop(forward, scalar_loss, {n: base[n] for n in names}, self.transform,
                              dict(self.transform.named_parameters()), x, y, rates,
                              first_order=self.first_order, adapt_transform=self.adapt_transform,
                              buffers=dict(module.named_buffers()))
@@ -181,6 +192,8 @@ class ANIL(_Learner):
 
     def adapt(self, x_support, y_support, loss_fn, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Adapted head parameters for one task (dict keyed by ``head.named_parameters()`` names)."""
+        if not isinstance(x_support, torch.Tensor):
+            raise TypeError(f"x_support: expected a torch.Tensor, got {type(x_support).__name__}")
         return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
                                     loss_fn, steps)
 

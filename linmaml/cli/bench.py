@@ -1,0 +1,82 @@
+"""``linmaml bench``: the performance benchmark (``analysis/bench.py``), printed as a table.
+
+    linmaml bench [--quick] [--only CASE ...] [--out DIR] [--device cpu|cuda] [--threads N]
+
+Times each case against its reference in the same process (closed-form surfaces, the deep-linear
+meta-gradient, meta-training iterations of MAML, KFO and ANIL), checks that they agree, prints the
+table and writes ``DIR/bench.json`` (``bench_cuda.json`` for ``--device cuda``) atomically. The
+script lives beside the package (``analysis/``, or ``$LINMAML_ANALYSIS``), like the figures of
+``linmaml reproduce``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import sys
+
+CASES = ("surface", "deep_linear", "maml", "kfo", "anil")
+SCRIPT = "bench.py"
+
+
+def register(subparsers):
+    p = subparsers.add_parser("bench", help="performance benchmark: each case against its reference, one table",
+                              description="Time the closed forms and the meta-training step against their "
+                                          "references in one process; print the table and write bench.json.")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes (seconds): checks that every case runs and agrees, not the timings")
+    p.add_argument("--only", action="append", metavar="CASE",
+                   help=f"run only this case (repeatable): {', '.join(CASES)}")
+    p.add_argument("--out", type=pathlib.Path, metavar="DIR", help="output folder (default: figures/ of the source tree)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the meta-training cases on the GPU")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default 2; 1 with --quick, whose tiny operations only wait on each other)")
+    p.set_defaults(func=run)
+
+
+def _script() -> pathlib.Path:
+    if os.environ.get("LINMAML_ANALYSIS"):
+        folder = pathlib.Path(os.environ["LINMAML_ANALYSIS"]).expanduser()
+    else:
+        import linmaml
+
+        folder = pathlib.Path(linmaml.__file__).resolve().parent.parent / "analysis"
+    script = folder / SCRIPT
+    if not script.is_file():
+        raise FileNotFoundError(f"benchmark script not found: expected {script} (a source checkout, or "
+                                f"LINMAML_ANALYSIS=<folder with {SCRIPT}>)")
+    return script
+
+
+def _load(script: pathlib.Path):
+    spec = importlib.util.spec_from_file_location("linmaml_analysis_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(args) -> int:
+    for case in args.only or ():
+        if case not in CASES:
+            raise ValueError(f"--only: expected one of {', '.join(CASES)}, got {case!r}")
+    if args.device not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu or cuda, got {args.device!r}")
+    threads = args.threads if args.threads is not None else (1 if args.quick else 2)
+    if threads < 1:
+        raise ValueError(f"--threads: expected a positive integer, got {threads}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device: cuda requested, but torch sees no GPU on this machine")
+    script = _script()
+    out = args.out if args.out is not None else script.resolve().parents[1] / "figures"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out: {out} is not a folder")
+    bench = _load(script)
+    record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads)
+    print(bench.table(record))
+    print(f"wrote {out / ('bench.json' if args.device == 'cpu' else f'bench_{args.device}.json')} "
+          f"in {record['seconds']} s")
+    return 0

@@ -1,0 +1,131 @@
+"""analysis/bench.py in quick mode: every case runs, writes bench.json, and its agreement checks hold
+(each case compares two independent computations: closed form vs torch autograd, the benchmark's
+plain loop vs meta.batched and linmaml train's step). Timings are not checked here, only that they
+were taken. Plus the measurement helpers on known inputs and the `linmaml bench` command."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from linmaml.cli import main
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "analysis" / "bench.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load()
+
+
+@pytest.fixture(scope="module")
+def quick_run(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    record = bench.run(out, quick=True, threads=1, log=lambda text: None)
+    return record, out
+
+
+def _timing_ok(t, reps):
+    assert len(t["samples"]) == reps and all(s > 0 for s in t["samples"])
+    assert t["min"] <= t["q1"] <= t["median"] <= t["q3"] <= t["max"]
+    assert math.isfinite(t["ratio"]) and t["ratio"] > 0
+
+
+def test_quick_run_writes_every_case(quick_run, bench):
+    record, out = quick_run
+    on_disk = json.loads((out / "bench.json").read_text())
+    assert on_disk["figure"] == "bench" and on_disk["quick"] is True
+    assert set(on_disk["cases"]) == set(bench.CASES)
+    assert on_disk["numbers"] == json.loads(json.dumps(record["numbers"]))
+    assert bench.table(record).count("\n") >= 10
+
+
+def test_surface_agrees_with_torch_simulator(quick_run):
+    record, _ = quick_run
+    surface = record["cases"]["surface"]
+    assert set(surface["steps"]) == {"1", "3", "5"}
+    for entry in surface["steps"].values():
+        assert entry["agreement_max_relative"] < 1e-10
+        _timing_ok(entry["closed_form"], record["settings"]["reps"])
+        assert entry["reference_subsample_points"] > 0 and entry["closed_form_peak_mib"] > 0
+    assert surface["targets"]["met_agreement"]
+
+
+def test_deep_linear_agrees_with_torch_simulator(quick_run):
+    record, _ = quick_run
+    entry = record["cases"]["deep_linear"]
+    assert entry["agreement_max_relative"] <= 1e-10
+    before, after = entry["support_loss_mean_before_after"]
+    assert after < before  # the inner rate is stable
+    _timing_ok(entry["closed_form"], record["settings"]["reps"])
+
+
+@pytest.mark.parametrize("case", ["maml", "kfo", "anil"])
+def test_meta_iteration_variants_agree(quick_run, case):
+    record, _ = quick_run
+    entry = record["cases"][case]
+    assert {"reference", "train_step", "batched"} <= set(entry["variants"])
+    for name, t in entry["variants"].items():
+        _timing_ok(t, record["settings"]["reps"])
+    # float64: every variant equals the plain loop up to rounding
+    assert set(entry["agreement_float64_max_relative"]) == set(entry["variants"]) - {"reference"}
+    assert all(v <= 1e-10 for v in entry["agreement_float64_max_relative"].values())
+    # float32: every variant about as close to the float64 value as the plain loop itself
+    errors = entry["float32_error_vs_float64_max_relative"]
+    assert all(v <= max(1e-5, 10 * errors["reference"]) for v in errors.values())
+    assert entry["targets"]["met_agreement"]
+
+
+def test_ratios_are_medians_of_per_round_ratios(bench):
+    timings = {"ref": {"samples": [2.0, 4.0, 9.0]}, "fast": {"samples": [1.0, 1.0, 3.0]}}
+    bench.ratios(timings, "ref")
+    assert timings["fast"]["ratio"] == pytest.approx(3.0)  # per round 2, 4, 3
+    assert timings["fast"]["ratio_of_medians"] == pytest.approx(4.0)
+    assert timings["ref"]["ratio"] == pytest.approx(1.0)
+    bench.ratios(timings, "ref", scale={"ref": 10.0})
+    assert timings["fast"]["ratio"] == pytest.approx(30.0)
+
+
+def test_interleaved_counts_calls(bench):
+    calls = {"a": 0, "b": 0}
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+        return fn
+
+    out = bench.interleaved({"a": make("a"), "b": make("b")}, reps=5, warm_each=True)
+    assert calls == {"a": 11, "b": 11}  # warm-up + 5 × (untimed + timed)
+    assert len(out["a"]["samples"]) == 5
+
+
+def test_relative_error_floor(bench):
+    ref = [np.array([3.0, 4.0]), np.array([1e-20])]
+    assert bench._relative_error(ref, [np.array([3.0, 4.5]), np.array([1e-20])]) == pytest.approx(0.1)
+    # a structurally-zero tensor is measured against the whole gradient (norm 5), not its own norm
+    assert bench._relative_error(ref, [np.array([3.0, 4.0]), np.array([5e-3])]) == pytest.approx(1.0)
+
+
+def test_memory_probe_in_a_fresh_process(bench):
+    probe = bench.memory_probe_subprocess("deep_linear", "closed_form", bench.QUICK["deep_linear"], threads=1)
+    assert "error" not in probe, probe
+    assert probe["peak_mib"] >= probe["resident_before_step_mib"] > 0
+
+
+def test_cli_bench_quick_and_bad_input(tmp_path, capsys):
+    assert main(["bench", "--quick", "--only", "deep_linear", "--out", str(tmp_path)]) == 0
+    assert "deep_linear" in capsys.readouterr().out
+    assert json.loads((tmp_path / "bench.json").read_text())["cases"].keys() == {"deep_linear"}
+    assert main(["bench", "--quick", "--only", "nope", "--out", str(tmp_path)]) == 2
+    assert "--only" in capsys.readouterr().err

@@ -77,10 +77,15 @@ def quadrature_nodes(depth: int, steps: int) -> int:
 @functools.lru_cache(maxsize=64)
 def _standard_normal_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes z and weights (summing to 1) of the n-point Gauss rule for z ~ N(0, 1)."""
+    z = w = None
     if n <= 400:
-        # Companion-matrix eigenvalues plus a Newton polish: accurate to ~1e-15 at these sizes.
-        z, w = np.polynomial.hermite_e.hermegauss(n)
-    else:
+        # Companion-matrix eigenvalues plus a Newton polish: accurate to ~1e-15 at these sizes,
+        # unless its weight scaling overflows (from about 370 nodes): then NaN, and scipy's rule.
+        with np.errstate(all="ignore"):
+            z, w = np.polynomial.hermite_e.hermegauss(n)
+        if not np.all(np.isfinite(w)):
+            z = w = None
+    if z is None:
         from scipy.special import roots_hermitenorm  # O(n) asymptotic rule for large n
 
         z, w = roots_hermitenorm(n)

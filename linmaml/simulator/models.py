@@ -161,8 +161,11 @@ def task_loss(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor,
     if loss == "squared":
         return 0.5 * (out - Y).pow(2).sum(dim=(-2, -1)) / X.shape[-2]
     if loss == "logistic":
-        # softplus(z) − y·z is the binary cross-entropy on logits, stable for large |z|.
-        return (torch.nn.functional.softplus(out) - Y * out).mean(dim=(-2, -1))
+        # softplus(z) − y·z is the binary cross-entropy on logits, stable for large |z|. Its linear
+        # branch starts at z = 40, where σ(z) = 1 in float64: with the default 20 the gradient
+        # would be 1 instead of σ(z) = 1 − 2e-9. (logaddexp(0, z) has a NaN second derivative
+        # for z below about −750.)
+        return (torch.nn.functional.softplus(out, threshold=40.0) - Y * out).mean(dim=(-2, -1))
     raise ValueError(f"loss: expected one of squared, logistic, got {loss!r}")
 
 
@@ -191,6 +194,10 @@ def implicit_preconditioner(weights: Sequence[torch.Tensor], adapt_layers: Seque
     if len({W.ndim for W in weights}) != 1 or weights[0].ndim not in (2, 3):
         raise ValueError("weights: expected all 2-d matrices, or all stacked 3-d with the same leading axis")
     single = weights[0].ndim == 2
+    if not layers:  # nothing adapts: one step does not move W_e
+        size = weights[0].shape[-1] * weights[-1].shape[-2]
+        zeros = torch.zeros(size, size, dtype=DTYPE)
+        return zeros if single else zeros.expand(weights[0].shape[0], size, size).clone()
     stacked = [(W.unsqueeze(0) if single else W).detach().clone() for W in weights]
     for j in layers:
         stacked[j].requires_grad_(True)

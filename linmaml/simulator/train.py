@@ -62,6 +62,9 @@ def adapt(weights: Sequence[torch.Tensor], Xs, Ys, lr, steps: int, loss: str = "
     path = [list(current)]
     with torch.enable_grad():
         for rate in rates:
+            if not layers:  # nothing adapts: every step leaves the weights as they are
+                path.append(list(current))
+                continue
             if not track or not any(current[j].requires_grad for j in layers):
                 # Evaluation (or weights without gradients): fresh leaves to differentiate against.
                 for j in layers:

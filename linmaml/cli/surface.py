@@ -29,6 +29,11 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
+#: Most grid points per axis (as :data:`linmaml.closedform.scalar.MAX_GRID`; not imported here so
+#: that ``--help`` stays fast).
+MAX_GRID = 5000
+
+
 def _settings(args) -> dict:
     """The arguments checked, with errors naming the command-line option."""
     if args.depth not in (1, 2):
@@ -40,7 +45,7 @@ def _settings(args) -> dict:
         "mean": _validate.finite_number(args.task_mean, "--task-mean"),
         "std": _validate.finite_number(args.task_std, "--task-std", nonnegative=True),
         "x_var": _validate.finite_number(args.x_var, "--x-var", nonnegative=True),
-        "grid": _validate.integer(args.grid, "--grid", minimum=2),
+        "grid": _validate.integer(args.grid, "--grid", minimum=2, maximum=MAX_GRID),
         "range": _validate.finite_number(args.range, "--range", positive=True),
     }
 
@@ -49,7 +54,12 @@ def run(args) -> int:
     from linmaml.closedform.scalar import surface_grid
 
     settings = _settings(args)
-    surface = surface_grid(**settings)
+    try:
+        surface = surface_grid(**settings)
+    except ValueError as error:  # the library names its argument (steps: …); the user typed --steps
+        if str(error).startswith("steps:"):
+            raise ValueError("--" + str(error)) from error
+        raise
     loss = surface["loss"]
     overflowed = int(np.count_nonzero(~np.isfinite(loss)))
     if args.json:

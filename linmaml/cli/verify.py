@@ -16,6 +16,8 @@ def register(subparsers):
 def run(args) -> int:
     from linmaml.verification import format_table, run_all
 
+    if args.seed < 0:  # checked before any identity runs (numpy would refuse it halfway through)
+        raise ValueError(f"--seed: expected an integer >= 0, got {args.seed}")
     progress = None if args.json else (lambda name: print(f"  checking {name} ...", file=sys.stderr, flush=True))
     report = run_all(seed=args.seed, only=args.only, progress=progress)
     if args.only and not report["identities"]:

@@ -1,7 +1,6 @@
 """linmaml.closedform.symbolic against independent computations: hand-derived closed forms, sympy.stats
 expectations of the nested inner loop, numeric evaluation of hand-written matrix formulas, and
 deep_linear.adapt."""
-import time
 
 import numpy as np
 import pytest
@@ -83,11 +82,9 @@ def test_latex_output():
     assert r"\mathbb{E}" in recursion.latex() and "w^{(2)}_{1}" in recursion.latex()
 
 
-def test_expansion_out_of_reach_is_refused_quickly():
-    start = time.perf_counter()
+def test_expansion_out_of_reach_is_refused():
     with pytest.raises(ValueError, match="^depth, steps"):
         symbolic.scalar_objective(2, 4)
-    assert time.perf_counter() - start < 20
     with pytest.raises(ValueError, match="max_work=10"):
         symbolic.scalar_objective(2, 2, max_work=10)
 

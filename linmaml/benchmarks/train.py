@@ -368,7 +368,10 @@ def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, over
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"out: {out_dir} is not a folder")
     ctx = distributed.setup(device)
-    lock = None
+    # A folder this call creates is removed again if the run fails before writing anything into
+    # it (bad data root, say), so bad input leaves no trace.
+    created = ctx.is_writer and not out_dir.exists()
+    lock, failed = None, False
     try:
         payload, error = None, None
         if ctx.is_writer:
@@ -390,10 +393,27 @@ def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, over
             return _run(config, payload, out_dir, ctx, lock, signals, overwrite=overwrite, data_root=data_root,
                         splits=splits, progress=progress and ctx.is_writer, stream=stream,
                         on_iteration=on_iteration if ctx.is_writer else None)
+    except BaseException:
+        failed = True
+        raise
     finally:
         if lock is not None:
             lock.release()
+        if failed and created:
+            _remove_if_unused(out_dir)
         distributed.teardown(ctx)
+
+
+def _remove_if_unused(out_dir: Path) -> None:
+    """Remove a run folder that holds nothing but (at most) its lock file."""
+    try:
+        entries = list(out_dir.iterdir())
+        if all(entry.name == checkpoint.LOCK for entry in entries):
+            for entry in entries:
+                entry.unlink()
+            out_dir.rmdir()
+    except OSError:
+        pass  # best effort: never mask the error that made the run fail
 
 
 def _run(config: TrainConfig, payload, out_dir: Path, ctx, lock, signals, *, overwrite, data_root, splits,

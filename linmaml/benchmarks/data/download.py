@@ -8,6 +8,7 @@ Nothing is ever half-written. The loaders read the zips in place, so nothing is 
 from __future__ import annotations
 
 import hashlib
+import os
 import http.client
 import sys
 import urllib.error
@@ -91,6 +92,7 @@ def download_omniglot(data_root=None, *, url_base: str | None = None, force: boo
             report[spec.name] = {"path": str(target), "md5": spec.zip_md5, "downloaded": False}
             continue
         url = f"{base}/{spec.zip_name}"
+        _writable_folder(folder)  # fail before announcing a download that could not land
         log(f"downloading {url} -> {target}")
         digest = download_file(url, target, spec.zip_md5, timeout=timeout)
         log(f"{target}: {target.stat().st_size:,} bytes, md5 ok")
@@ -98,3 +100,11 @@ def download_omniglot(data_root=None, *, url_base: str | None = None, force: boo
     return report
 
 
+def _writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed; raise (naming the root) if files cannot be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PermissionError(f"root: cannot create {folder}: {error.strerror or error}") from None
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"root: {folder} is not writable")

@@ -80,10 +80,17 @@ def score_tasks(learner, tasks, indices=None, *, steps: int | None = None, devic
 
 
 def summarize(accuracies, losses) -> dict:
-    """The JSON-ready summary of per-task scores: accuracy, ci95, loss, loss_ci95, tasks."""
+    """The JSON-ready summary of per-task scores: accuracy, ci95, loss, loss_ci95, tasks, nonfinite_tasks.
+
+    A task whose adapted query loss is not finite (the inner loop diverged) is counted in
+    ``nonfinite_tasks``; the mean loss and its interval are then ``None`` rather than a NaN that
+    would make the JSON invalid and the number meaningless. Its accuracy still counts as scored.
+    """
     accuracy, ci95 = mean_ci95(accuracies)
-    loss, loss_ci95 = mean_ci95(losses)
-    return {"accuracy": accuracy, "ci95": ci95, "loss": loss, "loss_ci95": loss_ci95, "tasks": int(len(accuracies))}
+    nonfinite = int(np.count_nonzero(~np.isfinite(np.asarray(losses, dtype=np.float64))))
+    loss, loss_ci95 = mean_ci95(losses) if nonfinite == 0 else (None, None)
+    return {"accuracy": accuracy, "ci95": ci95, "loss": loss, "loss_ci95": loss_ci95, "tasks": int(len(accuracies)),
+            "nonfinite_tasks": nonfinite}
 
 
 def checkpoint_file(path) -> Path:

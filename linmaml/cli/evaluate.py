@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register(subparsers):
@@ -41,6 +42,9 @@ def run(args) -> int:
         if head in ("tasks", "steps", "query", "task_seed"):
             raise ValueError("--" + head.replace("_", "-") + message[len(head):]) from error
         raise
+    if result.get("nonfinite_tasks"):
+        print(f"linmaml evaluate: warning: the adapted query loss is not finite on {result['nonfinite_tasks']} of "
+              f"{result['tasks']} tasks (the inner loop diverged); try fewer --steps", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

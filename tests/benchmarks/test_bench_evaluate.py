@@ -95,3 +95,20 @@ def test_evaluate_bad_input(trained, tmp_path):
     checkpoint.save(other, {"weights": torch.zeros(2)})
     with pytest.raises(ValueError, match="not written by linmaml train"):
         evaluate_checkpoint(other, splits=splits)
+
+
+def test_summary_counts_diverged_tasks_and_keeps_the_json_valid():
+    import json
+
+    import numpy as np
+
+    from linmaml.benchmarks.evaluate import summarize
+
+    accuracies = np.array([0.2, 0.4, 1.0])
+    clean = summarize(accuracies, np.array([1.0, 2.0, 3.0]))
+    assert clean["nonfinite_tasks"] == 0 and abs(clean["loss"] - 2.0) < 1e-12
+    diverged = summarize(accuracies, np.array([1.0, np.inf, np.nan]))
+    assert diverged["nonfinite_tasks"] == 2
+    assert diverged["loss"] is None and diverged["loss_ci95"] is None
+    assert abs(diverged["accuracy"] - accuracies.mean()) < 1e-12  # accuracy is still scored on every task
+    json.loads(json.dumps(diverged, allow_nan=False))

@@ -4,7 +4,10 @@ Everything a step needs arrives as an argument and nothing is mutated, so the lo
 over the tasks of a meta-batch with ``torch.func.vmap`` and differentiated by the outer autograd.
 (The one exception is module state: a train-mode BatchNorm updates its running statistics in the
 buffers it is given, as any forward pass does; under ``vmap`` such a layer needs
-``track_running_stats=False``, a torch.func restriction.)
+``track_running_stats=False``, a torch.func restriction. Beware too that under ``vmap`` torch's
+second derivatives of batch, instance and layer norm are silently wrong (pytorch/functorch#534):
+batch the tasks through :mod:`linmaml.meta.batched`, which computes those layers from their
+formulas, rather than vmapping this function directly.)
 Gradients are taken with ``torch.func.grad``, which composes with both: the outer ``backward()``
 differentiates through it (second-order MAML) unless ``first_order`` asks for the inner gradients
 to be treated as constants.

@@ -10,10 +10,14 @@ script lives beside the package (``analysis/``, or ``$LINMAML_ANALYSIS``), like 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pathlib
 import sys
+import tempfile
+
+from linmaml import _validate
 
 CASES = ("surface", "deep_linear", "maml", "kfo", "anil")
 SCRIPT = "bench.py"
@@ -56,6 +60,44 @@ def _load(script: pathlib.Path):
     return module
 
 
+def _writable_folder(out: pathlib.Path) -> list[pathlib.Path]:
+    """Create ``out`` if needed and prove a file can be written there, before minutes of timing.
+
+    Returns the folders this call created (deepest first), so a failed run can remove them again.
+    A probe file is written and removed because ``os.access`` says yes to root even where the
+    write would fail (read-only mounts) and cannot see every filesystem's refusals.
+    """
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out: {out} is not a folder")
+    created, folder = [], out
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".bench-probe-", dir=out)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as error:
+        _remove_empty(created)
+        # Keep the specific kinds the CLI reports as one line; anything else (read-only
+        # filesystem, quota) is reported as a permission problem.
+        kind = type(error) if isinstance(error, (NotADirectoryError, FileNotFoundError, PermissionError)) \
+            else PermissionError
+        raise kind(f"--out: cannot write into {out}: {error.strerror or error}") from None
+    return created
+
+
+def _remove_empty(folders: list[pathlib.Path]) -> None:
+    """Remove the folders this command created, deepest first, as long as they are still empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def run(args) -> int:
     for case in args.only or ():
         if case not in CASES:
@@ -63,19 +105,23 @@ def run(args) -> int:
     if args.device not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected cpu or cuda, got {args.device!r}")
     threads = args.threads if args.threads is not None else (1 if args.quick else 2)
-    if threads < 1:
-        raise ValueError(f"--threads: expected a positive integer, got {threads}")
+    threads = _validate.integer(threads, "--threads", minimum=1)
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError("--device: cuda requested, but torch sees no GPU on this machine")
     script = _script()
-    out = args.out if args.out is not None else script.resolve().parents[1] / "figures"
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out: {out} is not a folder")
-    bench = _load(script)
-    record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads)
+    out = args.out.expanduser() if args.out is not None else script.resolve().parents[1] / "figures"
+    # Every check on the input comes before the benchmark: a full run takes minutes, and an
+    # output folder that cannot be written must not be discovered only at its end.
+    created = _writable_folder(out)
+    try:
+        bench = _load(script)
+        record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads)
+    except BaseException:
+        _remove_empty(created)  # a failed run leaves no empty folder behind
+        raise
     print(bench.table(record))
     print(f"wrote {out / ('bench.json' if args.device == 'cpu' else f'bench_{args.device}.json')} "
           f"in {record['seconds']} s")

@@ -37,6 +37,16 @@ def run(out_dir, quick=False):
     return record
 '''
 
+# The benchmark script's stand-in: reaching its run() means the timings would have started, which a
+# rejected command must never do (AssertionError is not a user error, so it escapes main and fails
+# the row loudly).
+BENCH_STAND_IN = '''
+def run(out_dir, quick=False, only=None, device="cpu", threads=2):
+    raise AssertionError("the benchmark ran: a bad argument was not caught before the timings")
+def table(record):
+    return ""
+'''
+
 # (arguments, text the one line must contain). Placeholders: {sandbox} an empty folder, {file} a
 # regular file, {unwritable} a path under that file, {missing} a path that does not exist.
 # Snapshots cover the whole sandbox, so "nothing written" holds for every row.
@@ -115,6 +125,12 @@ if HAS_BENCH:  # being built beside this suite; its own tests cover the rest
         (["bench", "--only", "bogus", "--out", "{sandbox}/bench"], "--only: expected one of"),
         (["bench", "--threads", "x", "--out", "{sandbox}/bench"], "--threads: invalid int value"),
         (["bench", "--bogus"], "unrecognized arguments: --bogus"),
+        (["bench", "--threads", "0", "--out", "{sandbox}/bench"], "--threads: expected an integer >= 1, got 0"),
+        (["bench", "--threads", "-2", "--quick", "--out", "{sandbox}/bench"], "--threads: expected an integer >= 1"),
+        (["bench", "--out", "{unwritable}"], "--out: cannot write into"),
+        (["bench", "--out", "{unwritable}/deeper"], "Not a directory"),
+        (["bench", "--out", "{file}"], "--out: "),
+        (["bench", "--out", "/proc/linmaml-reliability"], "/proc/linmaml-reliability"),
     ]
 
 
@@ -132,6 +148,7 @@ def sandbox(tmp_path, monkeypatch):
     analysis = tmp_path / "analysis"
     analysis.mkdir()
     (analysis / "fig_alpha.py").write_text(STAND_IN)
+    (analysis / "bench.py").write_text(BENCH_STAND_IN)
     monkeypatch.setenv("LINMAML_ANALYSIS", str(analysis))
     box = tmp_path / "box"
     box.mkdir()
@@ -169,6 +186,17 @@ def test_the_table_covers_every_subcommand():
     covered = {(r.values[0] if hasattr(r, "values") else r[0])[0] for r in TABLE}
     expected = set(COMMANDS) if HAS_BENCH else set(COMMANDS) - {"bench"}
     assert expected <= covered, sorted(expected - covered)
+
+
+def test_bench_stand_in_is_reached_when_the_output_folder_is_fine(sandbox, capsys):
+    """The control for the bench rows: with a writable --out the stand-in's timings do start (so the
+    rows above prove the check comes first), and the folder the call created is removed again when
+    the run fails, leaving no empty folder behind."""
+    target = sandbox / "new" / "bench"
+    with pytest.raises(AssertionError, match="the benchmark ran"):
+        main(["bench", "--quick", "--out", str(target)])
+    assert not (sandbox / "new").exists()
+    assert capsys.readouterr().err == ""
 
 
 def test_surface_grid_limit_matches_the_library():

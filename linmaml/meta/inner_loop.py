@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
+from linmaml import _validate
 from linmaml.meta.transforms import Transform
 
 Params = dict[str, torch.Tensor]
@@ -56,8 +58,15 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
     inputs; they are updated as by an ordinary forward pass. ``transform.update(grads, transform_params)`` maps gradients to updates. Returns the
     adapted parameters and the (possibly adapted) transform parameters, both differentiable with
     respect to the inputs; ``first_order`` detaches every inner gradient.
-    """
 
+    ``lrs`` holds one finite real number per step (a list, tuple or 1-d NumPy array; negative rates
+    are gradient ascent and allowed). An empty sequence takes no step and returns the parameters
+    unchanged: the 0-step adaptation. Torch tensors are refused: reading their value would
+    synchronise with the device, and using them as numbers would silently detach a learned rate
+    (learn step sizes with a transform such as ``MetaSGD``). Bad rates raise ``ValueError`` /
+    ``TypeError`` naming ``lrs`` before any gradient is taken.
+    """
+    lrs = step_rates(lrs)
     buffers = {} if buffers is None else buffers
 
     def support_loss(p, state):
@@ -88,3 +97,29 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
             updates = transform.update(grads, tparams)
         params = {n: params[n] - lr * updates[n] for n in params}
     return params, tparams
+
+
+def step_rates(lrs, name: str = "lrs") -> list[float]:
+    """``lrs`` as a list of Python floats (one per inner step, possibly none), or raise naming it.
+
+    Checked once per call on the host: the rates are hyperparameters, plain numbers, so the check
+    costs nothing on the device and ``torch.compile`` sees them as constants.
+    """
+    if isinstance(lrs, torch.Tensor):
+        raise TypeError(f"{name}: expected a sequence of numbers, got a torch.Tensor (its values would be read "
+                        f"back from the device and detached; learn step sizes with a transform such as MetaSGD)")
+    if isinstance(lrs, np.ndarray):
+        if lrs.ndim != 1:
+            raise ValueError(f"{name}: expected a 1-d sequence of per-step learning rates, got shape {lrs.shape}")
+    elif isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence):
+        raise TypeError(f"{name}: expected a sequence of per-step learning rates (one number per inner step), "
+                        f"got {type(lrs).__name__}")
+    rates = []
+    for k, rate in enumerate(lrs):
+        if isinstance(rate, torch.Tensor):
+            raise TypeError(f"{name}[{k}]: expected a number, got a torch.Tensor (learn step sizes with a "
+                            f"transform such as MetaSGD)")
+        if isinstance(rate, (bool, np.bool_)):  # finite_number would read np.True_ as 1.0
+            raise TypeError(f"{name}[{k}]: expected a number, got {type(rate).__name__} {rate!r}")
+        rates.append(_validate.finite_number(rate, f"{name}[{k}]"))
+    return rates

@@ -5,7 +5,17 @@ The standard MAML backbone (Finn et al. 2017; Vinyals et al. 2016): ``blocks`` b
     conv 3×3 (padding 1) → BatchNorm → ReLU → 2×2 max-pool      (pool="max")
     conv 3×3 (stride 2, padding 1) → BatchNorm → ReLU            (pool="stride")
 
-followed by a linear head on the flattened features. 64 filters is the usual width for Omniglot,
+followed by a linear head on the flattened features. The max-pool is computed *before* the ReLU:
+both are non-decreasing, so max(relu(·)) = relu(max(·)) element for element, and the gradients agree
+too (where a window's maximum is ≤ 0 both give it zero gradient; elsewhere both route it to the same
+first maximal element) — the same function and derivatives of every order, with the ReLU and its
+backward on a quarter of the elements (``tests/benchmarks/test_bench_models.py`` checks this against
+the textbook order in float64).
+
+Memory layout: the network accepts any layout. Inputs in channels-last layout (channel innermost,
+:func:`to_channels_last`) keep every activation channels-last, which the CPU's convolution,
+BatchNorm and pooling kernels run about twice as fast for these sizes (``analysis/bench.py``); the
+training step and evaluation convert their episodes once. 64 filters is the usual width for Omniglot,
 32 for CIFAR-FS and mini-ImageNet; the paper's "too shallow to adapt" models use 1 or 2 blocks.
 
 BatchNorm policy (explicit, as DESIGN.md asks): every BatchNorm normalises with the statistics of
@@ -35,7 +45,28 @@ class ConvBlock(nn.Module):
         self.pool = nn.MaxPool2d(2) if pool == "max" else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.relu(self.norm(self.conv(x))))
+        # Pool, then ReLU: equal to ReLU then pool (module docstring), on a quarter of the elements.
+        return torch.relu(self.pool(self.norm(self.conv(x))))
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x (…, C, H, W)`` with the same values laid out channel-innermost (strides ``(…, 1, W·C, C)``).
+
+    Any number of leading axes (a meta-batch ``(M, n, C, H, W)`` too: each image of it is then
+    channels-last, so per-task slices and their reshapes feed the convolutions in that layout).
+    ``torch.channels_last`` itself takes 4-d tensors only and leaves a one-channel image as it is,
+    since its strides already pass as channels-last; here C = 1 is re-strided too, which is what
+    makes the first convolution choose the channels-last kernel. Returns ``x`` itself when it
+    already has that layout.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim < 3:
+        raise ValueError(f"x: expected a tensor (…, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    if x.stride(-3) == 1 and x.movedim(-3, -1).is_contiguous():
+        return x
+    # Copy into fresh channel-innermost storage: ``.contiguous()`` on the permuted view would be a
+    # no-op for C = 1 (a size-1 axis's stride does not count for contiguity).
+    out = torch.empty(x.movedim(-3, -1).shape, dtype=x.dtype, device=x.device).movedim(-1, -3)
+    return out.copy_(x)
 
 
 def feature_size(image_size: int, blocks: int, pool: str) -> int:

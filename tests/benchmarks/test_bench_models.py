@@ -3,7 +3,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from linmaml.benchmarks.models import ConvNet, feature_size
+import torch.nn.functional as F
+
+from linmaml.benchmarks.models import ConvNet, feature_size, to_channels_last
 
 
 @pytest.mark.parametrize("pool", ["max", "stride"])
@@ -52,3 +54,53 @@ def test_parameter_names_and_functional_call():
 def test_bad_configuration_names_the_argument(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
         ConvNet(**kwargs)
+
+
+def _textbook(net: ConvNet) -> torch.nn.Module:
+    """The same network written the textbook way, conv → BatchNorm → ReLU → pool, sharing ``net``'s
+    parameters (the ConvNet pools before its ReLU)."""
+    layers = []
+    for block in list(net.features)[:-1]:
+        layers += [block.conv, block.norm, torch.nn.ReLU(), block.pool]
+    return torch.nn.Sequential(*layers, torch.nn.Flatten(), net.head)
+
+
+@pytest.mark.parametrize("pool", ["max", "stride"])
+def test_pool_before_relu_is_the_textbook_network_to_second_order(pool):
+    """Outputs, gradients and a second-order MAML meta-gradient equal the textbook order in float64,
+    also on images with flat regions, whose pooling windows hold exact ties."""
+    torch.manual_seed(4)
+    net = ConvNet(in_channels=1, ways=3, blocks=3, filters=6, image_size=16, pool=pool).double()
+    plain = _textbook(net)
+    x = torch.rand(6, 1, 16, 16, dtype=torch.float64)
+    x[:3, :, :8] = 0.0  # constant regions: identical patches, tied maxima, windows all ≤ 0 after BN
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    params = dict(net.named_parameters())
+
+    def meta_grad(model):
+        loss = F.cross_entropy(model(x[:3]), y[:3])
+        g = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        fast = {n: p - 0.3 * gi for (n, p), gi in zip(params.items(), g)}
+        names = {id(p): n for n, p in params.items()}
+        query = functional_call(model, {n: fast[names[id(p)]] for n, p in model.named_parameters()}, (x[3:],))
+        return torch.autograd.grad(F.cross_entropy(query, y[3:]), list(params.values()))
+
+    assert torch.equal(net(x), plain(x))
+    for a, b in zip(meta_grad(net), meta_grad(plain)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_to_channels_last_keeps_values_and_gives_the_layout():
+    x = torch.randn(2, 5, 3, 7, 6)
+    y = to_channels_last(x)
+    assert torch.equal(x, y) and y.stride(-3) == 1 and y.stride(-1) == 3 and y.stride(-2) == 18
+    assert to_channels_last(y) is y
+    one = to_channels_last(torch.randn(4, 1, 8, 8))  # one channel is re-strided too
+    assert one.stride() == (64, 1, 8, 1)
+    assert one[0:2].stride() == (64, 1, 8, 1)
+    torch.manual_seed(0)
+    net = ConvNet(in_channels=1, ways=3, blocks=2, filters=4, image_size=8).double()
+    z = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    assert torch.allclose(net(to_channels_last(z)), net(z), rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="^x:"):
+        to_channels_last(torch.zeros(3, 4))

@@ -204,22 +204,39 @@ class MetaGradient:
     ``tasks_per_chunk``: tasks computed together. 1 runs the learner's inner loop one task at a
     time (plain autograd, no vmap); k > 1 vmaps chunks of k tasks (:func:`task_losses`); None takes
     the whole meta-batch at once. Each chunk is backpropagated before the next is computed, so memory
-    holds one chunk's graph. ``compile=True`` runs each chunk through ``torch.compile`` (built once,
-    on first use; it recompiles for a new shape, e.g. a last chunk shorter than the others): on the
-    CPU it fuses the normalisation, activation and pooling passes. ``steps`` overrides the learner's
-    number of inner steps. The gradient equals a loop over tasks up to floating-point rounding.
+    holds one chunk's graph.
+
+    ``query_per_task=True`` splits each chunk in two (for chunks of more than one task): the inner
+    loops of its k tasks run as one vmapped computation — the support sets are small, so batching
+    them is what saves time — while the query sets, most of a task's work, are scored one task at a
+    time, which keeps their activations in cache on a CPU. By the chain rule the meta-gradient is
+    then assembled exactly: each task's query loss is differentiated with respect to its adapted
+    parameters φᵢ (held as leaves; parameters the learner does not adapt, e.g. ANIL's features,
+    receive their query gradient directly), and one backward pass pulls the stacked ∂ℓᵢ/∂φᵢ through
+    the chunk's vmapped inner loops: ∇θ = Σᵢ (∂φᵢ/∂θ)ᵀ ∂ℓᵢ/∂φᵢ (+ direct terms). Needs a learner
+    with ``adapted_names`` (every :mod:`linmaml.meta` learner has them).
+
+    ``compile=True`` runs each chunk (with ``query_per_task``: the vmapped inner loops and the
+    per-task query loss) through ``torch.compile`` (built once, on first use; it recompiles for a new
+    shape, e.g. a last chunk shorter than the others). ``steps`` overrides the learner's number of
+    inner steps. The gradient equals a loop over tasks up to floating-point rounding.
     """
 
     def __init__(self, learner, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy, *,
-                 tasks_per_chunk: int | None = 1, compile: bool = False, steps: int | None = None):  # noqa: A002
+                 tasks_per_chunk: int | None = 1, query_per_task: bool = False, compile: bool = False,  # noqa: A002
+                 steps: int | None = None):
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable (output, target) -> scalar, got {type(loss_fn).__name__}")
         if tasks_per_chunk is not None:
             tasks_per_chunk = _validate.integer(tasks_per_chunk, "tasks_per_chunk", minimum=1)
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile: expected True or False, got {compile!r}")
+        for flag, name in ((compile, "compile"), (query_per_task, "query_per_task")):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name}: expected True or False, got {flag!r}")
+        if query_per_task and not hasattr(learner, "adapted_names"):
+            raise TypeError(f"learner: query_per_task needs a learner with adapted_names (a linmaml.meta learner), "
+                            f"got {type(learner).__name__}")
         self.learner, self.loss_fn, self.steps = learner, loss_fn, steps
-        self.tasks_per_chunk, self.compile = tasks_per_chunk, compile
+        self.tasks_per_chunk, self.query_per_task, self.compile = tasks_per_chunk, query_per_task, compile
         self._functions: dict[tuple[bool, bool], Callable] = {}
 
     def _function(self, batched: bool, classification: bool) -> Callable:
@@ -247,10 +264,64 @@ class MetaGradient:
         total_accuracy = torch.zeros((), dtype=torch.float64, device=x_support.device)
         for start in range(0, tasks, size):
             part = slice(start, start + size)
-            run = self._function(batched=min(size, tasks - start) > 1, classification=classification)
-            loss, accuracy = run(x_support[part], y_support[part], x_query[part], y_query[part])
-            (loss * scale).backward()
+            batched = min(size, tasks - start) > 1
+            if batched and self.query_per_task:
+                loss, accuracy = self._split_chunk(x_support[part], y_support[part], x_query[part], y_query[part],
+                                                   scale, classification)
+            else:
+                run = self._function(batched=batched, classification=classification)
+                loss, accuracy = run(x_support[part], y_support[part], x_query[part], y_query[part])
+                (loss * scale).backward()
             total_loss += loss.detach()
             if accuracy is not None:
                 total_accuracy += accuracy
         return float(total_loss), float(total_accuracy)
+
+    def _split_functions(self) -> tuple[Callable, Callable]:
+        """(vmapped inner loops of a chunk -> stacked adapted parameters, one task's query scoring)."""
+        if "split" not in self._functions:
+            learner, loss_fn, steps = self.learner, self.loss_fn, self.steps
+            names = list(learner.adapted_names)
+
+            def adapt_one(x_s, y_s):
+                fast = learner.adapt(x_s, y_s, loss_fn, steps=steps)
+                return {n: fast[n] for n in names}
+
+            def adapt_chunk(x_s, y_s):
+                with explicit_normalization():
+                    return torch.func.vmap(adapt_one)(x_s, y_s)
+
+            def query(fast, x_q, y_q):
+                out = learner(x_q, params=fast)
+                return loss_fn(out, y_q), out.detach()
+
+            if self.compile:
+                adapt_chunk, query = torch.compile(adapt_chunk, dynamic=False), torch.compile(query, dynamic=False)
+            self._functions["split"] = (adapt_chunk, query)
+        return self._functions["split"]
+
+    def _split_chunk(self, x_s, y_s, x_q, y_q, scale: float, classification: bool):
+        """One chunk with ``query_per_task`` (class docstring); backpropagates it, returns the sums
+        of its query losses and accuracies (tensors; accuracy None for non-integer labels)."""
+        adapt_chunk, query = self._split_functions()
+        stacked = adapt_chunk(x_s, y_s)                       # name -> (k, …), graph back to θ
+        names = list(stacked)
+        upstream = {n: torch.empty_like(v) for n, v in stacked.items()}
+        loss_sum = torch.zeros((), dtype=torch.float64, device=x_s.device)
+        accuracy_sum = torch.zeros((), dtype=torch.float64, device=x_s.device) if classification else None
+        for i in range(x_s.shape[0]):
+            leaves = {n: stacked[n][i].detach().requires_grad_() for n in names}
+            loss, out = query(leaves, x_q[i], y_q[i])
+            # Direct terms (parameters used outside the inner loop) accumulate into .grad here;
+            # the adapted parameters' gradient stops at the leaves and is collected below.
+            (loss * scale).backward()
+            for n in names:
+                g = leaves[n].grad
+                upstream[n][i] = 0 if g is None else g
+            loss_sum += loss.detach()
+            if classification:
+                accuracy_sum += (out.argmax(dim=-1) == y_q[i]).to(torch.float64).mean()
+        wanted = [n for n in names if stacked[n].requires_grad]
+        if wanted:
+            torch.autograd.backward([stacked[n] for n in wanted], [upstream[n] for n in wanted])
+        return loss_sum, accuracy_sum

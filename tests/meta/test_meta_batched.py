@@ -180,6 +180,68 @@ def test_meta_gradient_step_accumulates_scaled_sum(chunk):
     assert accuracy_sum == pytest.approx(float(accuracies.sum()), abs=1e-12)
 
 
+def _learner(kind, model):
+    if kind == "maml":
+        return meta.MAML(model, lr=0.3, steps=2)
+    if kind == "kfo":
+        return meta.MAML(model, lr=0.3, steps=2, transform=meta.KFO())
+    if kind == "metasgd":
+        return meta.MAML(model, lr=0.3, steps=1, transform=meta.MetaSGD())
+    if kind == "first_order":
+        return meta.MAML(model, lr=0.3, steps=2, first_order=True)
+    return meta.ANIL(model.features, model.head, lr=0.3, steps=2)
+
+
+@pytest.mark.parametrize("kind", ["maml", "kfo", "metasgd", "anil", "first_order"])
+@pytest.mark.parametrize("chunk", [2, None])
+def test_query_per_task_equals_the_loop(kind, chunk):
+    """Vmapped inner loops + one query at a time + one pull-back through the chunk's inner loops
+    (the chain rule assembled by hand) against the loop of autograd.grad over whole tasks."""
+    model = _convnet(torch.float64, seed=7)
+    learner = _learner(kind, model)
+    xs, ys, xq, yq = batch = _episodes(torch.float64, tasks=5, seed=7)  # 5 tasks: chunk 2 leaves a single one
+    params = [p for p in learner.parameters() if p.requires_grad]
+    losses, accuracies = [], []
+    for m in range(xs.shape[0]):
+        logits = learner(xq[m], params=learner.adapt(xs[m], ys[m], F.cross_entropy))
+        losses.append(F.cross_entropy(logits, yq[m]))
+        accuracies.append(float((logits.argmax(1) == yq[m]).double().mean()))
+    ref = torch.autograd.grad(0.25 * torch.stack(losses).sum(), params, allow_unused=True)
+    step = batched.MetaGradient(learner, F.cross_entropy, tasks_per_chunk=chunk, query_per_task=True)
+    loss_sum, accuracy_sum = step(*batch, scale=0.25)
+    pairs = [(r, p.grad) for r, p in zip(ref, params) if r is not None or p.grad is not None]
+    assert pairs and all(r is not None and g is not None for r, g in pairs)
+    assert _relative_error([r for r, _ in pairs], [g for _, g in pairs]) < 1e-11
+    assert loss_sum == pytest.approx(float(torch.stack(losses).sum().detach()), rel=1e-12)
+    assert accuracy_sum == pytest.approx(sum(accuracies), abs=1e-12)
+
+
+def test_query_per_task_regression_and_channels_last_images():
+    """Real-valued targets (no accuracy) and channels-last episodes give the loop's gradient too."""
+    from linmaml.benchmarks.models import to_channels_last
+
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    xs, xq = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 7, 3, dtype=torch.float64)
+    ys, yq = xs.sum(-1, keepdim=True), xq.sum(-1, keepdim=True)
+    learner = meta.MAML(model, lr=0.1, steps=3)
+    loop = torch.stack([F.mse_loss(learner(xq[m], params=learner.adapt(xs[m], ys[m], F.mse_loss)), yq[m])
+                        for m in range(4)]).sum()
+    ref = torch.autograd.grad(loop, list(model.parameters()))
+    loss_sum, accuracy_sum = batched.MetaGradient(learner, F.mse_loss, tasks_per_chunk=4, query_per_task=True)(
+        xs, ys, xq, yq)
+    assert _relative_error(ref, [p.grad for p in model.parameters()]) < 1e-11
+    assert loss_sum == pytest.approx(float(loop.detach()), rel=1e-12) and accuracy_sum == 0.0
+
+    net = _convnet(torch.float64, seed=9)
+    learner = meta.MAML(net, lr=0.3, steps=1)
+    xs, ys, xq, yq = _episodes(torch.float64, seed=9)
+    _, ref = _loop_meta_gradient(net, 0.3, 1, (xs, ys, xq, yq))
+    step = batched.MetaGradient(learner, F.cross_entropy, tasks_per_chunk=None, query_per_task=True)
+    step(to_channels_last(xs), ys, to_channels_last(xq), yq, scale=1.0 / TASKS)
+    assert _relative_error(ref, [p.grad for p in net.parameters()]) < 1e-11
+
+
 def test_regression_targets_have_no_accuracy():
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
@@ -213,5 +275,9 @@ def test_bad_input():
         batched.MetaGradient(learner, tasks_per_chunk=0)
     with pytest.raises(TypeError, match="^compile"):
         batched.MetaGradient(learner, compile="yes")
+    with pytest.raises(TypeError, match="^query_per_task"):
+        batched.MetaGradient(learner, query_per_task=1)
+    with pytest.raises(TypeError, match="^learner: query_per_task"):
+        batched.MetaGradient(object(), query_per_task=True)
     with pytest.raises(ValueError, match="^scale"):
         batched.MetaGradient(learner)(xs, ys, xq, yq, scale=float("nan"))

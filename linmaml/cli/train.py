@@ -32,6 +32,7 @@ _CONFIG_OPTIONS = {
     "val_tasks": (int, "fixed validation tasks (default 200)"),
     "checkpoint_every": (int, "write last.pt every C iterations (default 50)"),
     "seed": (int, "seed of the initial weights and the training tasks (default 0)"),
+    "tasks_per_chunk": (int, "tasks whose inner loops run together with --batching split or vmap (default 8)"),
 }
 _CHOICE_OPTIONS = {
     "benchmark": (("omniglot", "cifar-fs", "mini-imagenet"), "the few-shot benchmark (default omniglot)"),
@@ -41,6 +42,9 @@ _CHOICE_OPTIONS = {
     "dtype": (("float32", "float64"), "parameter dtype (default float32)"),
     "on_nonfinite": (("stop", "skip"), "on a non-finite meta-loss or gradient: stop (exit 3) or skip the step"
                                       " (default stop)"),
+    "batching": (("loop", "split", "vmap"), "how a meta-batch is computed: one task at a time; inner loops "
+                                            "vmapped in chunks, queries one at a time (default: fastest on a "
+                                            "CPU); whole chunks vmapped (try on a GPU). Same gradients"),
 }
 
 
@@ -55,6 +59,8 @@ def register(subparsers):
                    "iterations": "I", "val_every": "V", "val_tasks": "N", "checkpoint_every": "C"}.get(name)
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, metavar=metavar,
                        help=help_text)
+    p.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="run the meta-step through torch.compile (slower on a small CPU; try on a GPU)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder of the run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",

@@ -10,7 +10,8 @@ from torch.func import functional_call
 from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.learners import build_learner
-from linmaml.benchmarks.train import (TrainConfig, iteration_seed, meta_gradient, resume_config, train)
+from linmaml.benchmarks.train import (TrainConfig, iteration_seed, make_meta_step, meta_gradient, resume_config,
+                                      train)
 
 
 def synthetic_splits(size=12, classes=(12, 8), examples=8, seed=0):
@@ -63,6 +64,33 @@ def test_meta_gradient_equals_autograd_of_the_mean_query_loss():
     assert abs(loss_sum - float(total.detach())) < 1e-10
     for g, w in zip(got, want):
         assert torch.allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batching, chunk", [("loop", 8), ("split", 2), ("split", 8), ("vmap", 3)])
+@pytest.mark.parametrize("algo, transform", [("maml", "none"), ("anil", "kfo")])
+def test_every_batching_gives_the_loop_meta_gradient(batching, chunk, algo, transform):
+    """`linmaml train`'s step in each --batching mode (channels-last episodes, chunks that do not
+    divide the meta-batch) against meta_gradient's plain loop over tasks, float64."""
+    def setup():
+        torch.manual_seed(1)
+        return build_learner(image_shape=(1, 12, 12), ways=3, layers=2, hidden=4, inner_lr=0.3, steps=2, algo=algo,
+                             transform=transform).double()
+
+    g = torch.Generator().manual_seed(2)
+    xs, ys = torch.rand(5, 3, 1, 12, 12, generator=g, dtype=torch.float64), torch.arange(3).repeat(5, 1)
+    xq, yq = torch.rand(5, 6, 1, 12, 12, generator=g, dtype=torch.float64), torch.arange(3).repeat_interleave(2).repeat(5, 1)
+    reference = setup()
+    want_loss, want_accuracy = meta_gradient(reference, (xs, ys, xq, yq), scale=0.2)
+    learner = setup()
+    step = make_meta_step(learner, TrainConfig(batching=batching, tasks_per_chunk=chunk, dtype="float64"))
+    loss, accuracy = step((xs, ys, xq, yq), 0.2)
+    assert loss == pytest.approx(want_loss, rel=1e-12) and accuracy == pytest.approx(want_accuracy, abs=1e-12)
+    for (name, want), got in zip(reference.named_parameters(), learner.parameters()):
+        if want.grad is None:
+            assert got.grad is None or not got.grad.any(), name
+            continue
+        scale = max(float(want.grad.norm()), 1e-3)
+        assert float((got.grad - want.grad).norm()) / scale < 1e-11, name
 
 
 def test_iteration_seed_is_a_pure_function_and_spreads():
@@ -191,11 +219,18 @@ def test_every_learner_trains_and_evaluates(tmp_path, algo, transform, linnet):
                                         ({"algo": "reptile"}, "^algo: "), ({"val_tasks": 1}, "^val_tasks: "),
                                         ({"ways": 13}, "^ways: expected at most 12"),
                                         ({"shots": 5, "query": 4}, "^shots: shots \\+ query"),
-                                        ({"linnet_width": 2}, "^linnet_width: ")])
+                                        ({"linnet_width": 2}, "^linnet_width: "),
+                                        ({"batching": "threads"}, "^batching: "),
+                                        ({"tasks_per_chunk": 0}, "^tasks_per_chunk: ")])
 def test_bad_settings_raise_value_errors_naming_the_setting(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         run(tmp_path, options=bad)
     assert not (tmp_path / "run.lock").exists()
+
+
+def test_compile_must_be_a_bool(tmp_path):
+    with pytest.raises(TypeError, match="^compile: "):
+        run(tmp_path, options={"compile": "yes"})
 
 
 def test_unknown_setting_is_a_type_error(tmp_path):

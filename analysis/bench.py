@@ -17,10 +17,13 @@ Cases
                  True)`` and backpropagated (query loss / M) before the next.
 ``kfo``, ``anil`` the same meta-iteration with the KFO meta-optimizer, and with ANIL.
 
-Meta-iteration variants: ``reference`` (above), ``train_step`` (``benchmarks.train.meta_gradient``,
-what ``linmaml train`` runs per iteration), ``batched`` (``meta.batched.MetaGradient`` with the
-whole meta-batch in one vmapped computation) and ``compiled`` (``MetaGradient`` one task at a time
-through ``torch.compile``; full mode only: compiling takes minutes here). All start from identical
+Meta-iteration variants: ``reference`` (above, on the episodes in torch's default layout);
+``reference_channels_last`` (the same loop on channels-last episodes: what the layout alone gives);
+``train_step`` (``benchmarks.train.make_meta_step`` with the defaults: what ``linmaml train`` runs per
+iteration); ``split`` (``linmaml train --batching split``: inner loops of 4 tasks vmapped, queries one
+task at a time); ``batched`` (``meta.batched.MetaGradient`` with the whole meta-batch in one vmapped
+computation) and ``compiled`` (``linmaml train --compile``; full mode only: compiling takes minutes).
+All start from identical
 weights and data. Their meta-gradients are compared in float64 on the first
 ``agreement_tasks`` tasks (exact up to rounding, ~1e-13); float32 results are compared with that
 float64 value too, next to the reference's own float32 error (float32 rounding moves a
@@ -34,8 +37,10 @@ Method
   time) of the same round, robust to the load drifting on a shared machine; ``ratio_of_medians``
   is also given.
 * Memory: numpy code: the ``tracemalloc`` peak of one call (numpy reports its buffers to
-  tracemalloc). Torch on the CPU: a fresh subprocess per variant builds the same setup, runs one
-  warm-up iteration (and any compilation), resets the resident-set high-water mark
+  tracemalloc). Torch on the CPU: a fresh subprocess per variant loads torch.func (whose code any
+  variant may pull in on first use), builds the same setup, runs one warm-up iteration (and any
+  compilation), returns freed memory to the system (``malloc_trim``), resets the resident-set
+  high-water mark
   (``/proc/self/clear_refs``), runs one more iteration and reads ``VmHWM``: the peak resident
   memory of a process doing that step, in MiB, beside its resident size before the step. CUDA:
   ``torch.cuda.max_memory_allocated`` around one iteration.
@@ -421,39 +426,42 @@ def meta_variants(learner, case: str, s: dict, compiled: bool, device: str, only
     """name -> step(batch, scale) for every variant that is available (``only``: just that one)."""
     import torch.nn.functional as F
 
+    from linmaml.benchmarks import train
+    from linmaml.benchmarks.models import to_channels_last
     from linmaml.meta.batched import MetaGradient
 
     wanted = (lambda name: only is None or name == only)
     variants = {}
     if wanted("reference"):
         variants["reference"] = lambda batch, scale: reference_meta_gradient(learner, batch, scale)
-    try:
-        from linmaml.benchmarks import train
-    except ImportError:  # no training loop: the library's steps are timed alone
-        train = None
-    if train is not None and wanted("train_step"):
-        if hasattr(train, "make_meta_step"):  # the training loop's own step, with its default settings
-            step_fn = train.make_meta_step(learner, train.TrainConfig())
-            variants["train_step"] = lambda batch, scale: step_fn(batch, scale)
-        else:
-            variants["train_step"] = lambda batch, scale: train.meta_gradient(learner, batch, scale)
+    if wanted("reference_channels_last"):
+        # The same plain loop given channels-last episodes (converted inside the timing, as the
+        # training step does): how much of the step's gain is the memory layout alone.
+        def plain_channels_last(batch, scale):
+            xs, ys, xq, yq = batch
+            reference_meta_gradient(learner, (to_channels_last(xs), ys, to_channels_last(xq), yq), scale)
+        variants["reference_channels_last"] = plain_channels_last
+    if wanted("train_step"):
+        variants["train_step"] = train.make_meta_step(learner, train.TrainConfig())
+    if wanted("split"):
+        variants["split"] = train.make_meta_step(learner, train.TrainConfig(batching="split"))
     if case in s["batched_cases"] and wanted("batched"):
         whole = MetaGradient(learner, F.cross_entropy, tasks_per_chunk=None)
         variants["batched"] = lambda batch, scale: whole(*batch, scale=scale)
     if compiled and wanted("compiled"):
-        # CPU: one task at a time keeps activations in cache (the whole batch does not fit); a GPU
-        # wants the whole meta-batch in one computation.
-        chunk = 1 if device == "cpu" else None
-        step = MetaGradient(learner, F.cross_entropy, tasks_per_chunk=chunk, compile=True)
-        variants["compiled"] = lambda batch, scale: step(*batch, scale=scale)
+        variants["compiled"] = train.make_meta_step(learner, train.TrainConfig(compile=True))
     return variants
 
 
 VARIANT_WHAT = {
-    "reference": "plain loop in the benchmark: functional_call + autograd.grad(create_graph=True), backward per task",
-    "train_step": "the step of `linmaml train` (benchmarks.train), default settings",
-    "batched": "meta.batched.MetaGradient, whole meta-batch in one vmapped computation",
-    "compiled": "meta.batched.MetaGradient with compile=True (CPU: one task at a time; GPU: whole meta-batch)",
+    "reference": "plain loop in the benchmark: functional_call + autograd.grad(create_graph=True), backward per "
+                 "task, on the episodes as given (torch's default layout)",
+    "reference_channels_last": "the same plain loop on channels-last episodes (the layout alone)",
+    "train_step": "the step of `linmaml train` with its defaults: channels-last episodes, one task at a time",
+    "split": "`linmaml train --batching split`: channels-last episodes, the inner loops of 4 tasks vmapped "
+             "together, queries one task at a time",
+    "batched": "meta.batched.MetaGradient, whole meta-batch in one vmapped computation (default layout)",
+    "compiled": "the step of `linmaml train --compile` (the same, through torch.compile)",
 }
 
 
@@ -594,12 +602,26 @@ def memory_probe_subprocess(case: str, variant: str, settings: dict, threads: in
     return json.loads(lines[-1])
 
 
+def _release_free_memory() -> None:
+    """Hand memory freed after the warm-up back to the system (glibc ``malloc_trim``), so that the
+    resident size before the measured iteration is live memory, not the allocator's free lists."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def memory_probe(case: str, variant: str, settings: dict, threads: int) -> dict:
     """In this (fresh) process: set up ``case``, run ``variant`` once (warm-up, compilation), reset
     the resident high-water mark, run it once more and report the peak (MiB)."""
     import torch
 
     torch.set_num_threads(threads)
+    # Load the code torch.func brings in on first use (tens of MiB of modules) in every probe alike,
+    # so that the peaks compare the memory of the computations rather than which libraries ran.
+    torch.func.vmap(torch.func.grad(lambda v: (v * v).sum()))(torch.ones(2, 3))
     baseline = _proc_status_kib("VmRSS")["VmRSS"]
     if case == "deep_linear":
         functions, _, _ = _deep_linear_functions(settings)
@@ -613,6 +635,7 @@ def memory_probe(case: str, variant: str, settings: dict, threads: int) -> dict:
             _run_variant(learner, step, batch, 1.0 / M)
     run()
     gc.collect()
+    _release_free_memory()
     exact = True
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -623,7 +646,8 @@ def memory_probe(case: str, variant: str, settings: dict, threads: int) -> dict:
     run()
     peak = _proc_status_kib("VmHWM")["VmHWM"]
     return {"peak_mib": peak / 1024, "resident_before_step_mib": before / 1024, "after_imports_mib": baseline / 1024,
-            "method": "VmHWM of a fresh process during one iteration after a warm-up iteration"
+            "method": "VmHWM of a fresh process during one iteration after a warm-up iteration (torch.func "
+                      "loaded and freed memory trimmed before it)"
                       + ("" if exact else " (high-water mark not resettable here: includes the warm-up)")}
 
 

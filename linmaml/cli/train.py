@@ -32,7 +32,7 @@ _CONFIG_OPTIONS = {
     "val_tasks": (int, "fixed validation tasks (default 200)"),
     "checkpoint_every": (int, "write last.pt every C iterations (default 50)"),
     "seed": (int, "seed of the initial weights and the training tasks (default 0)"),
-    "tasks_per_chunk": (int, "tasks whose inner loops run together with --batching split or vmap (default 8)"),
+    "tasks_per_chunk": (int, "tasks computed together with --batching split or vmap (default 4)"),
 }
 _CHOICE_OPTIONS = {
     "benchmark": (("omniglot", "cifar-fs", "mini-imagenet"), "the few-shot benchmark (default omniglot)"),
@@ -42,9 +42,9 @@ _CHOICE_OPTIONS = {
     "dtype": (("float32", "float64"), "parameter dtype (default float32)"),
     "on_nonfinite": (("stop", "skip"), "on a non-finite meta-loss or gradient: stop (exit 3) or skip the step"
                                       " (default stop)"),
-    "batching": (("loop", "split", "vmap"), "how a meta-batch is computed: one task at a time; inner loops "
-                                            "vmapped in chunks, queries one at a time (default: fastest on a "
-                                            "CPU); whole chunks vmapped (try on a GPU). Same gradients"),
+    "batching": (("loop", "split", "vmap"), "how a meta-batch is computed: one task at a time (default); inner "
+                                            "loops vmapped in chunks, queries one at a time; whole chunks vmapped "
+                                            "(try on a GPU). The same gradients up to rounding"),
 }
 
 

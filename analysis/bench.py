@@ -17,11 +17,13 @@ Cases
                  True)`` and backpropagated (query loss / M) before the next.
 ``kfo``, ``anil`` the same meta-iteration with the KFO meta-optimizer, and with ANIL.
 
-Meta-iteration variants: ``reference`` (above, on the episodes in torch's default layout);
-``reference_channels_last`` (the same loop on channels-last episodes: what the layout alone gives);
+Meta-iteration variants: ``reference`` (above, on the textbook CNN — conv, BatchNorm, ReLU,
+max-pool — with the episodes in torch's default layout); ``reference_convnet`` (the same loop on
+linmaml's ConvNet, which pools before its ReLU: the model's own gain); ``reference_channels_last``
+(that loop on channels-last episodes: the layout's gain);
 ``train_step`` (``benchmarks.train.make_meta_step`` with the defaults: what ``linmaml train`` runs per
-iteration); ``split`` (``linmaml train --batching split``: inner loops of 4 tasks vmapped, queries one
-task at a time); ``batched`` (``meta.batched.MetaGradient`` with the whole meta-batch in one vmapped
+iteration — inner loops of 4 tasks vmapped, queries one task at a time); ``loop`` (``linmaml train
+--batching loop``: one task at a time); ``batched`` (``meta.batched.MetaGradient`` with the whole meta-batch in one vmapped
 computation) and ``compiled`` (``linmaml train --compile``; full mode only: compiling takes minutes).
 All start from identical
 weights and data. Their meta-gradients are compared in float64 on the first
@@ -394,30 +396,58 @@ def meta_setup(s: dict, case: str, dtype_name: str = "float32", device: str = "c
     return learner, batch
 
 
-def reference_meta_gradient(learner, batch, scale: float) -> None:
+def textbook_twin(learner, s: dict):
+    """The bench's CNN (settings ``s``) written the textbook way — conv → BatchNorm → ReLU → 2×2
+    max-pool per block, as the standard MAML backbone is usually coded — with the same parameter
+    names, for the plain reference. Its own parameters are never used: the reference calls it through
+    ``functional_call`` with the learner's tensors, so the gradients reach the learner. (linmaml's
+    :class:`~linmaml.benchmarks.models.ConvNet` pools before its ReLU: the same function.)"""
+    import types
+
+    import torch
+
+    from linmaml.benchmarks.models import ConvNet
+
+    def textbook_forward(block, x):
+        return block.pool(torch.relu(block.norm(block.conv(x))))
+
+    net = ConvNet(in_channels=1, ways=s["ways"], blocks=s["layers"], filters=s["hidden"], image_size=s["image"])
+    for block in list(net.features)[:-1]:
+        block.forward = types.MethodType(textbook_forward, block)
+    return net.to(next(learner.parameters()).dtype)
+
+
+def reference_meta_gradient(learner, batch, scale: float, network=None) -> None:
     """The plain reference: a Python loop over tasks; per task, the inner steps with
     ``functional_call`` and ``autograd.grad(create_graph=True)`` (the learner's transform maps the
     gradients to updates: the identity for MAML, KFO's Kronecker factors for KFO), the query loss,
-    and ``(scale · loss).backward()`` before the next task."""
+    and ``(scale · loss).backward()`` before the next task. ``network``: the module evaluated with
+    the learner's parameters (default the learner's own; :func:`textbook_twin` for the textbook CNN)."""
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
 
     anil = hasattr(learner, "features")
-    module = learner.head if anil else learner.model
+    own = learner.head if anil else learner.model
     names = list(learner.adapted_names)
-    base = dict(module.named_parameters())
+    base = dict(own.named_parameters())
+    if network is None:
+        module, features = own, (learner.features if anil else None)
+    else:
+        module = network.head if anil else network
+        feature_params = dict(learner.features.named_parameters()) if anil else {}
+        features = (lambda x: functional_call(network.features, feature_params, (x,))) if anil else None
     transform_params = dict(learner.transform.named_parameters())
     xs, ys, xq, yq = batch
     for m in range(xs.shape[0]):
-        support = learner.features(xs[m]) if anil else xs[m]
+        support = features(xs[m]) if anil else xs[m]
         fast = {n: base[n] for n in names}
         for lr in learner.lrs:
             loss = F.cross_entropy(functional_call(module, {**base, **fast}, (support,)), ys[m])
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
             updates = learner.transform.update(dict(zip(names, grads)), transform_params)
             fast = {n: fast[n] - lr * updates[n] for n in names}
-        query = learner.features(xq[m]) if anil else xq[m]
+        query = features(xq[m]) if anil else xq[m]
         loss = F.cross_entropy(functional_call(module, {**base, **fast}, (query,)), yq[m])
         (scale * loss).backward()
 
@@ -433,18 +463,21 @@ def meta_variants(learner, case: str, s: dict, compiled: bool, device: str, only
     wanted = (lambda name: only is None or name == only)
     variants = {}
     if wanted("reference"):
-        variants["reference"] = lambda batch, scale: reference_meta_gradient(learner, batch, scale)
+        twin = textbook_twin(learner, s).to(device)
+        variants["reference"] = lambda batch, scale: reference_meta_gradient(learner, batch, scale, twin)
+    if wanted("reference_convnet"):
+        variants["reference_convnet"] = lambda batch, scale: reference_meta_gradient(learner, batch, scale)
     if wanted("reference_channels_last"):
-        # The same plain loop given channels-last episodes (converted inside the timing, as the
-        # training step does): how much of the step's gain is the memory layout alone.
+        # The plain loop on linmaml's ConvNet given channels-last episodes (converted inside the
+        # timing, as the training step does): the memory layout's share of the gain.
         def plain_channels_last(batch, scale):
             xs, ys, xq, yq = batch
             reference_meta_gradient(learner, (to_channels_last(xs), ys, to_channels_last(xq), yq), scale)
         variants["reference_channels_last"] = plain_channels_last
     if wanted("train_step"):
         variants["train_step"] = train.make_meta_step(learner, train.TrainConfig())
-    if wanted("split"):
-        variants["split"] = train.make_meta_step(learner, train.TrainConfig(batching="split"))
+    if wanted("loop"):
+        variants["loop"] = train.make_meta_step(learner, train.TrainConfig(batching="loop"))
     if case in s["batched_cases"] and wanted("batched"):
         whole = MetaGradient(learner, F.cross_entropy, tasks_per_chunk=None)
         variants["batched"] = lambda batch, scale: whole(*batch, scale=scale)
@@ -455,11 +488,12 @@ def meta_variants(learner, case: str, s: dict, compiled: bool, device: str, only
 
 VARIANT_WHAT = {
     "reference": "plain loop in the benchmark: functional_call + autograd.grad(create_graph=True), backward per "
-                 "task, on the episodes as given (torch's default layout)",
-    "reference_channels_last": "the same plain loop on channels-last episodes (the layout alone)",
-    "train_step": "the step of `linmaml train` with its defaults: channels-last episodes, one task at a time",
-    "split": "`linmaml train --batching split`: channels-last episodes, the inner loops of 4 tasks vmapped "
-             "together, queries one task at a time",
+                 "task, on the textbook CNN (conv, BatchNorm, ReLU, max-pool), episodes as given",
+    "reference_convnet": "the same plain loop on linmaml's ConvNet (max-pool before ReLU), episodes as given",
+    "reference_channels_last": "the same plain loop on linmaml's ConvNet with channels-last episodes",
+    "train_step": "the step of `linmaml train` with its defaults: channels-last episodes, the inner loops of 4 "
+                  "tasks vmapped together, queries one task at a time (--batching split)",
+    "loop": "`linmaml train --batching loop`: channels-last episodes, one task at a time",
     "batched": "meta.batched.MetaGradient, whole meta-batch in one vmapped computation (default layout)",
     "compiled": "the step of `linmaml train --compile` (the same, through torch.compile)",
 }

@@ -1,23 +1,30 @@
 """A short prepared check for a machine with a GPU (a few minutes; CI never runs it).
 
 1. **Agreement**: one meta-step of second-order MAML (4-block CNN, meta-batch 8, real Omniglot
-   tasks) on CPU and on CUDA from the same weights: relative error of every meta-gradient and of
-   the weights after one Adam step, in float64 (tolerance 1e-9) and float32 (tolerance 1e-3;
-   TF32 switched off so that float32 means float32).
+   tasks) from the same weights: the plain per-task loop on the CPU against ``linmaml train``'s
+   step on CUDA with each ``--batching`` (split: the default; vmap: the whole chunk vmapped, a GPU's
+   choice): relative error of every meta-gradient and of the weights after one Adam step, in
+   float64 (tolerance 1e-9) and float32 (tolerance 1e-3; TF32 switched off so that float32 means
+   float32).
 2. **Training**: a 200-iteration run with ``linmaml train``'s defaults (5-way 1-shot MAML) on CUDA,
    then the test accuracy (mean ± 95% CI) of its best checkpoint on the fixed test tasks; it
    "trains" when that accuracy clears 0.6 (chance is 0.2).
 3. **Throughput**: median seconds per training iteration (validation iterations excluded) and
    iterations per second.
+4. **Meta-iteration benchmark** (issue 6): ``analysis/bench.py``'s MAML, KFO and ANIL cases on CUDA
+   at full size (28×28, 5-way 1-shot, 15 queries, meta-batch 32, 4-block 64-filter CNN): every
+   variant against the plain reference on the same GPU, iterations per second, peak GPU memory, and
+   float64 agreement. TF32 is allowed here (timings only) and switched off again afterwards.
 
 Prints a compact summary and writes the numbers as JSON to ``--out``. Exit status 0 when every
 check passes, 1 when one fails, 2 when there is no CUDA device (or bad arguments).
 
     python analysis/gpu_check.py --out gpu_check.json [--data-root DIR] [--iterations 200]
+                                 [--bench-reps 5] [--no-bench]
 
 The Omniglot files are looked for in ``--data-root``, then ``$LINMAML_DATA``, then ``<repo>/data``
 and ``<repo>/../shared/data``. ``--device cpu`` runs the same steps on the CPU only (CPU against
-CPU), to try the script on a machine without a GPU.
+CPU; the benchmark at its quick sizes), to try the script on a machine without a GPU.
 """
 from __future__ import annotations
 
@@ -58,33 +65,61 @@ def agreement(splits, device, dtype_name: str) -> dict:
     import torch
 
     from linmaml.benchmarks import episodes
-    from linmaml.benchmarks.train import TrainConfig, build_from_config, meta_gradient
+    from linmaml.benchmarks.train import TrainConfig, build_from_config, make_meta_step, meta_gradient
 
     dtype = getattr(torch, dtype_name)
     config = TrainConfig(meta_batch=8)
     sampler = episodes.EpisodeSampler(splits["train"], config.ways, config.shots, config.query, seed=0)
     batch = sampler.tasks(range(8))
-    results = {}
-    for where in ("cpu", device):
+
+    def one_step(where, step_for):
         torch.manual_seed(0)
         learner = build_from_config(config, splits["train"].image_shape).to(device=where, dtype=dtype)
         optimizer = torch.optim.Adam(learner.parameters(), lr=config.outer_lr)
-        loss, _ = meta_gradient(learner, batch.to_torch(where, dtype), 1.0 / 8)
+        loss, _ = step_for(learner)(batch.to_torch(where, dtype), 1.0 / 8)
         grads = {n: p.grad.detach().cpu().clone() for n, p in learner.named_parameters()}
         optimizer.step()
         weights = {n: p.detach().cpu().clone() for n, p in learner.named_parameters()}
-        results[where] = (loss / 8, grads, weights)
-    (loss_cpu, g_cpu, w_cpu), (loss_dev, g_dev, w_dev) = results["cpu"], results[device]
-    grad_errors = {n: relative_error(g_dev[n], g_cpu[n]) for n in g_cpu}
-    weight_errors = {n: relative_error(w_dev[n], w_cpu[n]) for n in w_cpu}
-    worst = max(grad_errors, key=grad_errors.get)
-    out = {"meta_loss_cpu": loss_cpu, "meta_loss_device": loss_dev,
-           "max_rel_error_gradient": grad_errors[worst], "worst_parameter": worst,
-           "max_rel_error_weights_after_step": max(weight_errors.values()),
-           "tolerance": TOLERANCE[dtype_name]}
-    out["passed"] = bool(max(out["max_rel_error_gradient"], out["max_rel_error_weights_after_step"],
-                             abs(loss_dev - loss_cpu) / abs(loss_cpu)) <= TOLERANCE[dtype_name])
+        return loss / 8, grads, weights
+
+    loss_cpu, g_cpu, w_cpu = one_step("cpu", lambda learner: (lambda b, s: meta_gradient(learner, b, s)))
+    out = {"meta_loss_cpu": loss_cpu, "tolerance": TOLERANCE[dtype_name], "steps": {}}
+    for batching in ("split", "vmap"):
+        settings = TrainConfig(meta_batch=8, batching=batching)
+        loss_dev, g_dev, w_dev = one_step(device, lambda learner: make_meta_step(learner, settings))
+        grad_errors = {n: relative_error(g_dev[n], g_cpu[n]) for n in g_cpu}
+        weight_errors = {n: relative_error(w_dev[n], w_cpu[n]) for n in w_cpu}
+        worst = max(grad_errors, key=grad_errors.get)
+        r = {"meta_loss_device": loss_dev, "max_rel_error_gradient": grad_errors[worst], "worst_parameter": worst,
+             "max_rel_error_weights_after_step": max(weight_errors.values())}
+        r["passed"] = bool(max(r["max_rel_error_gradient"], r["max_rel_error_weights_after_step"],
+                               abs(loss_dev - loss_cpu) / abs(loss_cpu)) <= TOLERANCE[dtype_name])
+        out["steps"][batching] = r
+    out["passed"] = all(r["passed"] for r in out["steps"].values())
     return out
+
+
+def meta_benchmark(device: str, reps: int) -> dict:
+    """``analysis/bench.py``'s meta-iteration cases on ``device`` (TF32 allowed while timing)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("linmaml_analysis_bench", Path(__file__).with_name("bench.py"))
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    settings = dict(bench.FULL["meta"] if device == "cuda" else bench.QUICK["meta"])
+    settings.update(compiled=False, memory=device == "cuda", batched_cases=["maml", "kfo", "anil"])
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        cases = {case: bench.bench_meta(case, settings, reps, device, settings["memory"], print)
+                 for case in ("maml", "kfo", "anil")}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+    return {"settings": settings, "tf32": True, "cases": cases,
+            "agreement_ok": all(v["targets"]["met_agreement"] for v in cases.values())}
 
 
 def training(splits, test_split, device: str, iterations: int, workdir: Path) -> dict:
@@ -117,9 +152,13 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=200, help="training iterations (default 200)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="cuda (default); cpu runs the same steps on the CPU alone, as a dry run")
+    parser.add_argument("--bench-reps", type=int, default=5, help="repetitions of each timed variant (default 5)")
+    parser.add_argument("--no-bench", action="store_true", help="skip the meta-iteration benchmark (step 4)")
     args = parser.parse_args(argv)
     if args.iterations < 2:
         parser.exit(2, "gpu_check: error: --iterations: expected an integer >= 2\n")
+    if args.bench_reps < 1:
+        parser.exit(2, "gpu_check: error: --bench-reps: expected an integer >= 1\n")
 
     import torch
 
@@ -145,22 +184,30 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="linmaml-gpu-check-") as workdir:
         report["training"] = training({"train": splits["train"], "val": splits["val"]}, splits["test"], args.device,
                                       args.iterations, Path(workdir))
+    if not args.no_bench:
+        report["meta_benchmark"] = meta_benchmark(args.device, args.bench_reps)
     report["seconds"] = time.perf_counter() - started
-    report["passed"] = bool(all(a["passed"] for a in report["agreement"].values()) and report["training"]["passed"])
+    report["passed"] = bool(all(a["passed"] for a in report["agreement"].values()) and report["training"]["passed"]
+                            and report.get("meta_benchmark", {}).get("agreement_ok", True))
 
     from linmaml import _io
 
     _io.atomic_write_json(args.out, report)
     a, t = report["agreement"], report["training"]
     print(f"gpu_check on {report['device']} (torch {report['torch']}, CUDA {report['cuda']})")
-    for dt, r in a.items():
-        print(f"  meta-step CPU vs {args.device} {dt}: gradient rel. error {r['max_rel_error_gradient']:.2e}"
-              f" ({r['worst_parameter']}), weights {r['max_rel_error_weights_after_step']:.2e}"
-              f" (tolerance {r['tolerance']:.0e}) {'ok' if r['passed'] else 'FAILED'}")
+    for dt, per_step in a.items():
+        for batching, r in per_step["steps"].items():
+            print(f"  meta-step CPU loop vs {args.device} --batching {batching}, {dt}: gradient rel. error"
+                  f" {r['max_rel_error_gradient']:.2e} ({r['worst_parameter']}), weights"
+                  f" {r['max_rel_error_weights_after_step']:.2e} (tolerance {per_step['tolerance']:.0e})"
+                  f" {'ok' if r['passed'] else 'FAILED'}")
     print(f"  training {t['iterations']} iterations: test accuracy {t['test_accuracy']:.4f} ± {t['test_ci95']:.4f}"
           f" ({t['test_tasks']} tasks; needs >= {t['threshold']}) {'ok' if t['passed'] else 'FAILED'}")
     print(f"  throughput: {t['seconds_per_iteration']:.3f} s/iteration = {t['iterations_per_second']:.2f} it/s"
           f" (linmaml train's defaults: meta-batch {t['meta_batch']}, {t['layers']}-block CNN, {t['hidden']} filters)")
+    for case, result in report.get("meta_benchmark", {}).get("cases", {}).items():
+        cells = ", ".join(f"{name} {v['median']:.3f} s ({v['ratio']:.2f}x)" for name, v in result["variants"].items())
+        print(f"  meta-iteration {case} on {args.device} (TF32): {cells}")
     print(f"  {'PASSED' if report['passed'] else 'FAILED'} in {report['seconds']:.0f} s; JSON: {args.out}")
     return 0 if report["passed"] else 1
 

@@ -237,7 +237,7 @@ class MetaGradient:
                             f"got {type(learner).__name__}")
         self.learner, self.loss_fn, self.steps = learner, loss_fn, steps
         self.tasks_per_chunk, self.query_per_task, self.compile = tasks_per_chunk, query_per_task, compile
-        self._functions: dict[tuple[bool, bool], Callable] = {}
+        self._functions: dict = {}  # (batched, classification) or "split" -> the built (maybe compiled) function
 
     def _function(self, batched: bool, classification: bool) -> Callable:
         key = (batched, classification)

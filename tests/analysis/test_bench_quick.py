@@ -51,6 +51,25 @@ def test_quick_run_writes_every_case(quick_run, bench):
     assert bench.table(record).count("\n") >= 10
 
 
+def test_only_keeps_the_other_cases_of_the_previous_run(quick_run, bench, tmp_path):
+    """--only re-measures its cases and keeps the rest of bench.json, saying so; a file of the
+    other mode (quick vs full) is not mixed in."""
+    record, out = quick_run
+    folder = tmp_path / "merge"
+    folder.mkdir()
+    (folder / "bench.json").write_text((out / "bench.json").read_text())
+    merged = bench.run(folder, quick=True, only=["deep_linear"], threads=1, log=lambda text: None)
+    assert set(merged["cases"]) == set(bench.CASES)
+    assert merged["cases_kept_from_previous_run"]["cases"] == sorted(set(bench.CASES) - {"deep_linear"})
+    assert merged["cases"]["surface"] == json.loads((out / "bench.json").read_text())["cases"]["surface"]
+    assert json.loads((folder / "bench.json").read_text())["cases"].keys() == merged["cases"].keys()
+    full_mode = json.loads((out / "bench.json").read_text())
+    full_mode["quick"] = False
+    (folder / "bench.json").write_text(json.dumps(full_mode))
+    alone = bench.run(folder, quick=True, only=["deep_linear"], threads=1, log=lambda text: None)
+    assert set(alone["cases"]) == {"deep_linear"} and "cases_kept_from_previous_run" not in alone
+
+
 def test_surface_agrees_with_torch_simulator(quick_run):
     record, _ = quick_run
     surface = record["cases"]["surface"]
@@ -75,7 +94,8 @@ def test_deep_linear_agrees_with_torch_simulator(quick_run):
 def test_meta_iteration_variants_agree(quick_run, case):
     record, _ = quick_run
     entry = record["cases"][case]
-    assert {"reference", "train_step", "batched"} <= set(entry["variants"])
+    assert {"reference", "reference_convnet", "reference_channels_last", "train_step", "loop",
+            "batched"} <= set(entry["variants"])
     for name, t in entry["variants"].items():
         _timing_ok(t, record["settings"]["reps"])
     # float64: every variant equals the plain loop up to rounding

@@ -30,7 +30,8 @@ def register(subparsers):
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (seconds): checks that every case runs and agrees, not the timings")
     p.add_argument("--only", action="append", metavar="CASE",
-                   help=f"run only this case (repeatable): {', '.join(CASES)}")
+                   help=f"run only this case (repeatable): {', '.join(CASES)}; the other cases of an existing "
+                        "bench.json of the same mode are kept, and the file says so")
     p.add_argument("--out", type=pathlib.Path, metavar="DIR", help="output folder (default: figures/ of the source tree)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the meta-training cases on the GPU")
     p.add_argument("--threads", type=int, default=None,

@@ -17,19 +17,19 @@ Cases
                  True)`` and backpropagated (query loss / M) before the next.
 ``kfo``, ``anil`` the same meta-iteration with the KFO meta-optimizer, and with ANIL.
 
-Meta-iteration variants: ``reference`` (above, on the textbook CNN — conv, BatchNorm, ReLU,
-max-pool — with the episodes in torch's default layout); ``reference_convnet`` (the same loop on
-linmaml's ConvNet, which pools before its ReLU: the model's own gain); ``reference_channels_last``
-(that loop on channels-last episodes: the layout's gain);
-``train_step`` (``benchmarks.train.make_meta_step`` with the defaults: what ``linmaml train`` runs per
-iteration — inner loops of 4 tasks vmapped, queries one task at a time); ``loop`` (``linmaml train
---batching loop``: one task at a time); ``batched`` (``meta.batched.MetaGradient`` with the whole meta-batch in one vmapped
-computation) and ``compiled`` (``linmaml train --compile``; full mode only: compiling takes minutes).
-All start from identical
-weights and data. Their meta-gradients are compared in float64 on the first
-``agreement_tasks`` tasks (exact up to rounding, ~1e-13); float32 results are compared with that
-float64 value too, next to the reference's own float32 error (float32 rounding moves a
-second-order meta-gradient by ~1e-4 relative, so two correct float32 computations differ that much).
+Meta-iteration variants: ``reference`` (above, on the textbook CNN — conv, BatchNorm, ReLU, max-pool
+— with the episodes in torch's default layout); ``reference_convnet`` (the same loop on linmaml's
+ConvNet, which pools before its ReLU and folds its first BatchNorm into the convolution: the model's
+own gain); ``reference_channels_last`` (that loop on channels-last episodes: the layout's gain);
+``train_step`` (``benchmarks.train.make_meta_step`` with the defaults: what ``linmaml train`` runs
+per iteration — inner loops of 4 tasks vmapped, queries one task at a time); ``loop`` (``linmaml
+train --batching loop``: one task at a time); ``batched`` (``meta.batched.MetaGradient`` with the
+whole meta-batch in one vmapped computation) and ``compiled`` (``linmaml train --compile``; full
+mode only: compiling takes minutes). All start from identical weights and data. Their meta-gradients
+are compared in float64 on the first ``agreement_tasks`` tasks (exact up to rounding, ~1e-13);
+float32 results are compared with that float64 value too, next to the reference's own float32 error
+(float32 rounding moves a second-order meta-gradient by ~1e-4 relative, so two correct float32
+computations differ that much).
 
 Method
 ------
@@ -492,7 +492,8 @@ def meta_variants(learner, case: str, s: dict, compiled: bool, device: str, only
 VARIANT_WHAT = {
     "reference": "plain loop in the benchmark: functional_call + autograd.grad(create_graph=True), backward per "
                  "task, on the textbook CNN (conv, BatchNorm, ReLU, max-pool), episodes as given",
-    "reference_convnet": "the same plain loop on linmaml's ConvNet (max-pool before ReLU), episodes as given",
+    "reference_convnet": "the same plain loop on linmaml's ConvNet (max-pool before ReLU, first BatchNorm folded "
+                         "into its convolution), episodes as given",
     "reference_channels_last": "the same plain loop on linmaml's ConvNet with channels-last episodes",
     "train_step": "the step of `linmaml train` with its defaults: channels-last episodes, the inner loops of 4 "
                   "tasks vmapped together, queries one task at a time (--batching split)",

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from linmaml.benchmarks.models import to_channels_last
-
 from linmaml import _validate
+from linmaml.benchmarks.models import to_channels_last
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -75,7 +74,7 @@ def score_tasks(learner, tasks, indices=None, *, steps: int | None = None, devic
         if should_stop is not None and should_stop():
             break
         xs, ys, xq, yq = tasks[i].to_torch(device, dtype)
-        if xs.ndim == 4:  # images: channels-last runs the CNN about twice as fast (models.to_channels_last)
+        if xs.ndim == 4:  # images: the CNN runs faster channels-last (models.to_channels_last)
             xs, xq = to_channels_last(xs), to_channels_last(xq)
         accuracy, loss = score_task(learner, xs, ys, xq, yq, steps)
         accuracies.append(accuracy)

@@ -128,8 +128,8 @@ class TrainConfig:
         choice("batching", BATCHING)
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile: expected True or False, got {self.compile!r}")
-        for name, minimum in (("tasks_per_chunk", 1), ("ways", 2), ("shots", 1), ("query", 1), ("test_query", 1), ("linnet", 0),
-                              ("layers", 1), ("steps", 1), ("test_steps", 1), ("meta_batch", 1),
+        for name, minimum in (("ways", 2), ("shots", 1), ("query", 1), ("test_query", 1), ("linnet", 0),
+                              ("tasks_per_chunk", 1), ("layers", 1), ("steps", 1), ("test_steps", 1), ("meta_batch", 1),
                               ("iterations", 1), ("val_every", 1), ("val_tasks", 2), ("checkpoint_every", 1),
                               ("seed", 0)):
             _validate.integer(getattr(self, name), name, minimum=minimum)
@@ -216,7 +216,7 @@ def make_meta_step(learner, config: TrainConfig):
     memory than a plain loop over tasks, hence the default; "loop" needs the least memory; "vmap"
     (and ``compile``) are for a GPU. ``linmaml bench`` measures them side by side.
     Image episodes are first laid out channels-last (:func:`models.to_channels_last`), which the
-    CNN runs about twice as fast as the default layout, with the same values.
+    CNN runs faster than the default layout (about 1.3× for a meta-iteration here), with the same values.
     """
     if config.batching == "loop" and not config.compile:
         step = (lambda xs, ys, xq, yq, scale: meta_gradient(learner, (xs, ys, xq, yq), scale))

@@ -66,7 +66,7 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
     (learn step sizes with a transform such as ``MetaSGD``). Bad rates raise ``ValueError`` /
     ``TypeError`` naming ``lrs`` before any gradient is taken.
     """
-    lrs = step_rates(lrs)
+    lrs = check_rates(lrs)
     buffers = {} if buffers is None else buffers
 
     def support_loss(p, state):
@@ -99,7 +99,7 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
     return params, tparams
 
 
-def step_rates(lrs, name: str = "lrs") -> list[float]:
+def check_rates(lrs, name: str = "lrs") -> list[float]:
     """``lrs`` as a list of Python floats (one per inner step, possibly none), or raise naming it.
 
     Checked once per call on the host: the rates are hyperparameters, plain numbers, so the check

@@ -78,7 +78,8 @@ def test_every_batching_gives_the_loop_meta_gradient(batching, chunk, algo, tran
 
     g = torch.Generator().manual_seed(2)
     xs, ys = torch.rand(5, 3, 1, 12, 12, generator=g, dtype=torch.float64), torch.arange(3).repeat(5, 1)
-    xq, yq = torch.rand(5, 6, 1, 12, 12, generator=g, dtype=torch.float64), torch.arange(3).repeat_interleave(2).repeat(5, 1)
+    xq = torch.rand(5, 6, 1, 12, 12, generator=g, dtype=torch.float64)
+    yq = torch.arange(3).repeat_interleave(2).repeat(5, 1)
     reference = setup()
     want_loss, want_accuracy = meta_gradient(reference, (xs, ys, xq, yq), scale=0.2)
     learner = setup()

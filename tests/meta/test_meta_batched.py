@@ -103,15 +103,21 @@ def test_task_losses_per_task_and_accuracy():
         assert float(accuracies[m]) == pytest.approx(float((logits.argmax(1) == yq[m]).double().mean()), abs=1e-12)
 
 
+def _learner(kind, model):
+    if kind == "maml":
+        return meta.MAML(model, lr=0.3, steps=2)
+    if kind == "kfo":
+        return meta.MAML(model, lr=0.3, steps=2, transform=meta.KFO())
+    if kind == "metasgd":
+        return meta.MAML(model, lr=0.3, steps=1, transform=meta.MetaSGD())
+    if kind == "first_order":
+        return meta.MAML(model, lr=0.3, steps=2, first_order=True)
+    return meta.ANIL(model.features, model.head, lr=0.3, steps=2)
+
+
 @pytest.mark.parametrize("kind", ["kfo", "anil", "first_order"])
 def test_other_learners_equal_their_own_loop(kind):
-    model = _convnet(torch.float64, seed=2)
-    if kind == "kfo":
-        learner = meta.MAML(model, lr=0.3, steps=2, transform=meta.KFO())
-    elif kind == "first_order":
-        learner = meta.MAML(model, lr=0.3, steps=2, first_order=True)
-    else:
-        learner = meta.ANIL(model.features, model.head, lr=0.3, steps=2)
+    learner = _learner(kind, _convnet(torch.float64, seed=2))
     batch = _episodes(torch.float64, seed=2)
     xs, ys, xq, yq = batch
     params = [p for p in learner.parameters() if p.requires_grad]
@@ -178,18 +184,6 @@ def test_meta_gradient_step_accumulates_scaled_sum(chunk):
     assert loss_sum == pytest.approx(TASKS * float(ref_value.detach()), rel=1e-12)
     _, accuracies = batched.task_losses(learner, *batch, F.cross_entropy)
     assert accuracy_sum == pytest.approx(float(accuracies.sum()), abs=1e-12)
-
-
-def _learner(kind, model):
-    if kind == "maml":
-        return meta.MAML(model, lr=0.3, steps=2)
-    if kind == "kfo":
-        return meta.MAML(model, lr=0.3, steps=2, transform=meta.KFO())
-    if kind == "metasgd":
-        return meta.MAML(model, lr=0.3, steps=1, transform=meta.MetaSGD())
-    if kind == "first_order":
-        return meta.MAML(model, lr=0.3, steps=2, first_order=True)
-    return meta.ANIL(model.features, model.head, lr=0.3, steps=2)
 
 
 @pytest.mark.parametrize("kind", ["maml", "kfo", "metasgd", "anil", "first_order"])

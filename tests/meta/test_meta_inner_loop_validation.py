@@ -107,9 +107,9 @@ def test_no_rates_is_the_zero_step_adaptation(empty):
 def test_rates_are_plain_floats_inside_the_loop():
     """The checked rates, not the caller's objects, drive the loop (NumPy scalars times tensors
     can change dtype or return NumPy arrays)."""
-    from linmaml.meta.inner_loop import step_rates
+    from linmaml.meta.inner_loop import check_rates
 
-    rates = step_rates([np.float32(0.5), 2, np.array(-1.0)])
+    rates = check_rates([np.float32(0.5), 2, np.array(-1.0)])
     assert rates == [0.5, 2.0, -1.0] and all(type(r) is float for r in rates)
 
 

@@ -76,7 +76,7 @@ def identity(name: str, tolerance: float):
 def all_identities() -> list[Identity]:
     import linmaml.checks
 
-    found = [m.name for m in pkgutil.iter_modules(linmaml.checks.__path__)]
+    found = [m.name for m in pkgutil.iter_modules(linmaml.checks.__path__) if not m.name.startswith("_")]
     order = [m for m in ROW_ORDER if m in found] + sorted(set(found) - set(ROW_ORDER))
     for module in order:
         importlib.import_module(f"linmaml.checks.{module}")

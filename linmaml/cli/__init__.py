@@ -12,7 +12,8 @@ import importlib
 import sys
 
 #: Subcommand modules, in the order ``linmaml --help`` lists them.
-COMMANDS = ("verify", "derive", "surface", "reproduce", "explore", "data", "train", "evaluate", "bench")
+COMMANDS = ("verify", "derive", "surface", "reproduce", "explore", "data", "train", "evaluate", "analyze", "plot",
+            "bench")
 
 #: Exceptions that mean "the input was wrong", reported without a traceback.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError,

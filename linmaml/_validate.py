@@ -2,7 +2,8 @@
 
 Every public function validates its input with these helpers so that bad input fails early with a
 ``ValueError`` (or ``TypeError``) whose message starts with the argument's name and says what was
-expected. The CLI turns these exceptions into a one-line message with exit status 2.
+expected: :class:`linmaml.errors.ArgumentError` / :class:`~linmaml.errors.ArgumentTypeError`, which
+also carry the name as ``.argument``. The CLI turns these exceptions into a one-line message with exit status 2.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numbers
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 LOSSES = ("squared", "logistic")
 
@@ -27,26 +30,26 @@ def finite_number(value, name: str, *, positive: bool = False, nonnegative: bool
             else:
                 raise TypeError
         except (TypeError, ValueError):
-            raise TypeError(f"{name}: expected a real number, got {type(value).__name__}") from None
+            raise ArgumentTypeError(name, f"expected a real number, got {type(value).__name__}") from None
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
+        raise ArgumentError(name, f"expected a finite number, got {value}")
     if positive and value <= 0:
-        raise ValueError(f"{name}: expected a positive number, got {value}")
+        raise ArgumentError(name, f"expected a positive number, got {value}")
     if nonnegative and value < 0:
-        raise ValueError(f"{name}: expected a non-negative number, got {value}")
+        raise ArgumentError(name, f"expected a non-negative number, got {value}")
     return value
 
 
 def integer(value, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """Return ``value`` as an int, or raise if it is not an integer within [minimum, maximum]."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(name, f"expected an integer, got {type(value).__name__} {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+        raise ArgumentError(name, f"expected an integer >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name}: expected an integer <= {maximum}, got {value}")
+        raise ArgumentError(name, f"expected an integer <= {maximum}, got {value}")
     return value
 
 
@@ -57,18 +60,18 @@ def learning_rates(lr, steps: int, name: str = "lr") -> list[float]:
     if isinstance(lr, (Sequence, np.ndarray)) and not isinstance(lr, str):
         rates = [finite_number(r, f"{name}[{i}]") for i, r in enumerate(lr)]
         if len(rates) != steps:
-            raise ValueError(f"{name}: expected {steps} per-step learning rates, got {len(rates)}")
+            raise ArgumentError(name, f"expected {steps} per-step learning rates, got {len(rates)}")
         return rates
     rate = finite_number(lr, name)
     try:
         return [rate] * steps
     except (OverflowError, MemoryError):
-        raise ValueError(f"steps: {steps} inner steps do not fit in memory") from None
+        raise ArgumentError("steps", f"{steps} inner steps do not fit in memory") from None
 
 
 def loss_name(loss, name: str = "loss") -> str:
     if loss not in LOSSES:
-        raise ValueError(f"{name}: expected one of {', '.join(LOSSES)}, got {loss!r}")
+        raise ArgumentError(name, f"expected one of {', '.join(LOSSES)}, got {loss!r}")
     return loss
 
 
@@ -79,11 +82,11 @@ def real_matrix(value, name: str, *, ndim: int = 2) -> np.ndarray:
             raise TypeError  # casting would silently drop the imaginary part
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a real array, got {type(value).__name__}") from None
+        raise ArgumentTypeError(name, f"expected a real array, got {type(value).__name__}") from None
     if array.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {array.shape}")
+        raise ArgumentError(name, f"expected a {ndim}-d array, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name}: contains non-finite values")
+        raise ArgumentError(name, "contains non-finite values")
     return array
 
 
@@ -92,7 +95,7 @@ def layer_indices(layers: Iterable[int] | None, depth: int, name: str = "adapt_l
     if layers is None:
         return tuple(range(depth))
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
-        raise TypeError(f"{name}: expected an iterable of layer indices, got {layers!r}")
+        raise ArgumentTypeError(name, f"expected an iterable of layer indices, got {layers!r}")
     out = set()
     for j in layers:
         out.add(integer(j, name, minimum=0, maximum=depth - 1))

@@ -1,0 +1,73 @@
+"""Exceptions that carry the name of the argument that was wrong.
+
+``ArgumentError`` (a ``ValueError``) and ``ArgumentTypeError`` (a ``TypeError``) hold the argument's
+name in ``.argument`` and what was wrong with it in ``.detail``; their message is
+``"<argument>: <detail>"``, so code that catches ``ValueError``/``TypeError`` and prints the message
+keeps working. The command line maps ``.argument`` to its flag (``lr`` → ``--lr``) with
+:func:`renamed` instead of parsing messages.
+
+Some modules still raise plain ``ValueError("name: …")``; :func:`argument_of` reads the name from
+such a message as a stop-gap (the one place that does), until they raise these classes.
+"""
+from __future__ import annotations
+
+import re
+
+__all__ = ["ArgumentError", "ArgumentTypeError", "argument_of", "renamed"]
+
+
+class _CarriesArgument:
+    """Mixin: ``argument`` (the name, e.g. ``"lr"`` or ``"--lr"``) and ``detail`` (the rest)."""
+
+    def __init__(self, argument: str, detail: str):
+        self.argument = str(argument)
+        self.detail = str(detail)
+        super().__init__(f"{self.argument}: {self.detail}")
+
+    def __reduce__(self):  # picklable (multiprocessing, distributed workers) despite two arguments
+        return type(self), (self.argument, self.detail)
+
+
+class ArgumentError(_CarriesArgument, ValueError):
+    """A value out of range or otherwise impossible; ``str(e) == f"{e.argument}: {e.detail}"``."""
+
+
+class ArgumentTypeError(_CarriesArgument, TypeError):
+    """A value of the wrong type; ``str(e) == f"{e.argument}: {e.detail}"``."""
+
+
+# A legacy message "name: detail": a name made of identifier characters, brackets, dots, commas,
+# dashes and spaces between names (e.g. "depth, steps"), never a sentence.
+_LEGACY = re.compile(r"^(-{0,2}[A-Za-z_][\w.\[\]-]*(?:, -{0,2}[A-Za-z_][\w.\[\]-]*)*): (.*)$", re.S)
+
+
+def argument_of(error: BaseException) -> tuple[str | None, str]:
+    """``(argument, detail)`` of ``error``: from the attributes, else from a legacy ``"name: …"`` message.
+
+    ``(None, message)`` when the error names no argument.
+    """
+    if isinstance(error, _CarriesArgument):
+        return error.argument, error.detail
+    message = str(error)
+    match = _LEGACY.match(message)
+    if match and isinstance(error, (ValueError, TypeError)):
+        return match.group(1), match.group(2)
+    return None, message
+
+
+def renamed(error: BaseException, names: dict[str, str]) -> BaseException:
+    """``error`` with its argument renamed through ``names`` (e.g. ``{"lr": "--lr"}``), same class family.
+
+    Returns ``error`` itself when it names no argument or one not in ``names``. The result is an
+    :class:`ArgumentError` for a ``ValueError`` and an :class:`ArgumentTypeError` for a ``TypeError``.
+    """
+    argument, detail = argument_of(error)
+    if argument is None:
+        return error
+    # "lr[2]" is the third entry of lr: rename the base, keep the index
+    base, _, rest = argument.partition("[")
+    if base not in names:
+        return error
+    new = names[base] + (f"[{rest}" if rest else "")
+    cls = ArgumentTypeError if isinstance(error, TypeError) else ArgumentError
+    return cls(new, detail)

@@ -2,8 +2,13 @@
 
 Both formats are Python pickles (CIFAR-100's were written by Python 2), so they are read with
 ``encoding="latin1"`` — the encoding numpy documents for Python 2 pickles of arrays — and dictionary
-keys are normalised to ``str``. Unpickling runs code named in the file: read only archives you got
-from their publishers.
+keys are normalised to ``str``.
+
+A pickle names the functions that rebuild its objects, and ``pickle.load`` calls them: a crafted file
+runs any code it likes. These files are therefore read with :class:`DataUnpickler`, which admits
+only what numpy needs to rebuild arrays, dtypes and scalars (see :data:`ALLOWED`); dicts, lists,
+tuples, strings, bytes and numbers need no such name. Anything else is refused by its name
+(``refused to load os.system from <file>``) before it is called.
 """
 from __future__ import annotations
 
@@ -13,10 +18,49 @@ import zipfile
 from linmaml.benchmarks.data.integrity import DatasetError
 
 
+#: The only globals a data pickle may name: numpy's array, dtype and scalar rebuilders (under the
+#: numpy 1.x ``numpy.core`` and numpy 2.x ``numpy._core`` module names), and ``_codecs.encode``,
+#: which Python 3 pickles of protocol < 3 use to spell ``bytes``. None of them runs code from the
+#: file: they build arrays from raw bytes and a dtype.
+ALLOWED = frozenset(
+    [(f"{core}.multiarray", name) for core in ("numpy.core", "numpy._core") for name in ("_reconstruct", "scalar")]
+    + [(f"{core}.numeric", "_frombuffer") for core in ("numpy.core", "numpy._core")]
+    + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+)
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside :data:`ALLOWED`; ``.name`` is ``module.name``."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"refused to load {name}")
+
+
+class DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain data and numpy arrays (see the module docstring)."""
+
+    def find_class(self, module, name):
+        if (module, name) not in ALLOWED:
+            raise RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):  # no external references either
+        raise pickle.UnpicklingError("persistent references are not data")
+
+
 def load_pickle(handle, where: str):
-    """Unpickle one object from an open binary file; DatasetError naming ``where`` if it is broken."""
+    """Unpickle one object from an open binary file without running code from it.
+
+    DatasetError naming ``where``: ``refused to load <module>.<name> from <where>`` when the file
+    names anything but numpy's array rebuilders, and "not a readable pickle" when it is broken.
+    """
     try:
-        return pickle.load(handle, encoding="latin1")
+        return DataUnpickler(handle, encoding="latin1").load()
+    except RefusedGlobal as error:
+        raise DatasetError(f"refused to load {error.name} from {where}: data pickles may hold only numpy "
+                           f"arrays, dicts, lists, strings and numbers; the file is not the published "
+                           f"data (or was altered)") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
             IndexError, KeyError, zipfile.BadZipFile, OSError) as error:
         raise DatasetError(f"{where}: not a readable pickle ({type(error).__name__}: {error}); "

@@ -13,7 +13,9 @@ Where the data is read from (the split is defined by the files themselves), the 
 
 Integrity: the counts (64 / 16 / 20 classes of 600 images, 84×84×3), every index used once, and for
 the CSV layout that no class appears in two splits. No checksum of these community-made files is
-published, so none is checked.
+published, so none is checked; instead the pickle is read without running code from it
+(:class:`linmaml.benchmarks.data._pickles.DataUnpickler`): only numpy arrays, dicts, lists, strings
+and numbers are accepted, and a file naming anything else is refused by that name.
 
 ``source_ids``: the numeric part of a WordNet id (``n01532829`` → 1532829); other class names get a
 stable 60-bit number from their sha1, so that the class sets of different splits stay comparable.

@@ -271,7 +271,7 @@ def test_bad_input():
         batched.MetaGradient(learner, compile="yes")
     with pytest.raises(TypeError, match="^query_per_task"):
         batched.MetaGradient(learner, query_per_task=1)
-    with pytest.raises(TypeError, match="^learner: query_per_task"):
-        batched.MetaGradient(object(), query_per_task=True)
+    with pytest.raises(TypeError, match="^learner: strategy 'split'"):
+        batched.MetaGradient(object(), tasks_per_chunk=2, query_per_task=True)
     with pytest.raises(ValueError, match="^scale"):
         batched.MetaGradient(learner)(xs, ys, xq, yq, scale=float("nan"))

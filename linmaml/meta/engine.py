@@ -1,0 +1,339 @@
+"""The meta-learning engine: adapt a learner on each task, score the query set, meta-gradient of a meta-batch.
+
+This is the one place in linmaml that runs "adapt on the support set, then score the query set"
+(training, validation, evaluation and the benchmarks all come here). A meta-batch is M tasks
+stacked along a leading axis: ``x_support (M, n_s, …)``, ``y_support (M, n_s, …)``, ``x_query
+(M, n_q, …)``, ``y_query (M, n_q, …)``. The learner is any :mod:`linmaml.meta` learner
+(``learner.adapt(x, y, loss_fn, steps)``, ``learner(x, params=fast)``, ``learner.adapted_names``).
+
+    engine = Engine(learner, F.cross_entropy, strategy="split", tasks_per_chunk=4)
+    loss_sum, accuracy_sum = engine.meta_gradient(x_s, y_s, x_q, y_q, scale=1 / M)  # into .grad
+    losses, accuracies = engine.task_losses(x_s, y_s, x_q, y_q)   # (M,), differentiable
+    losses, accuracies = engine.score(x_s, y_s, x_q, y_q, steps=3)  # (M,), no outer graph
+
+One setting, ``strategy``, says how the tasks are computed; it never changes the result beyond
+floating-point rounding (tests/meta/test_meta_engine.py checks every strategy against a per-task
+autograd loop written in the test):
+
+=========  =========================================================================================
+strategy   computation
+=========  =========================================================================================
+loop       one task at a time: plain autograd, least memory
+split      the inner loops of ``tasks_per_chunk`` tasks as one vmapped computation (support sets are
+           small, so batching them saves time), the query sets (most of the work) one task at a time,
+           which keeps their activations in cache on a CPU. The meta-gradient is assembled by the
+           chain rule: each query loss is differentiated with respect to its adapted parameters φᵢ
+           (held as leaves; parameters the learner does not adapt, e.g. ANIL's features, get their
+           direct gradient at once), then one backward pass pulls the stacked ∂ℓᵢ/∂φᵢ through the
+           chunk's vmapped inner loops: ∇θ = Σᵢ (∂φᵢ/∂θ)ᵀ ∂ℓᵢ/∂φᵢ (+ direct terms).
+vmap       chunks of ``tasks_per_chunk`` tasks wholly vmapped (adaptation and query): a GPU's choice
+=========  =========================================================================================
+
+``tasks_per_chunk=None`` takes the whole meta-batch as one chunk; a chunk of one task always runs
+as "loop" (vmap of one task only costs). Each chunk is backpropagated before the next is computed,
+so memory holds one chunk's graph. ``compile=True`` runs the training computations through
+``torch.compile`` (built once per shape and step count).
+
+Scoring without the outer graph (:meth:`Engine.score`): the adaptation runs under
+``torch.no_grad()``. ``torch.func.grad`` (the inner loop's gradient) ignores an enclosing
+``no_grad`` for its own level, so the adapted parameters are exactly those of training, but nothing
+is recorded for an outer backward pass: first-order memory at any order, and the learner is never
+modified (no flipping of ``learner.first_order``).
+
+Normalisation layers under vmap (why :func:`explicit_normalization` exists)
+--------------------------------------------------------------------------
+torch's batching rules for the backward of ``batch_norm``, ``instance_norm`` and ``layer_norm`` give
+wrong *second* derivatives (torch 2.13; pytorch/functorch#534): vmapping the inner loop of a model
+with BatchNorm returns first-order-correct but second-order-wrong meta-gradients, silently. Every
+vmapped computation of the engine therefore evaluates these three functions by their textbook
+formulas, ``(x − mean)/sqrt(var + eps)·weight + bias`` with the biased variance over the same axes,
+whose derivatives of every order vmap handles correctly. Only batch statistics are replaced
+(``training=True`` without running statistics, ``use_input_stats``); a layer that updates running
+statistics cannot run under vmap anyway, and torch says so.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
+
+__all__ = ["Engine", "STRATEGIES", "explicit_normalization"]
+
+#: The ways to compute a meta-batch's tasks (module docstring).
+STRATEGIES = ("loop", "split", "vmap")
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation by formula (vmap-safe to every order)
+
+
+def _normalize(x: torch.Tensor, dims: list[int], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with (x − mean)/sqrt(var + eps) = x·scale + shift, statistics over ``dims``."""
+    var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
+    scale = torch.rsqrt(var + eps)
+    return scale, -mean * scale
+
+
+def _affine(x, scale, shift, weight, bias, shape):
+    if weight is not None:
+        weight = weight.reshape(shape)
+        scale, shift = scale * weight, shift * weight
+    if bias is not None:
+        shift = shift + bias.reshape(shape)
+    return torch.addcmul(shift, x, scale)
+
+
+def _channel_shape(x: torch.Tensor) -> list[int]:
+    return [1, -1] + [1] * (x.ndim - 2)
+
+
+class _ExplicitNormalization(TorchFunctionMode):
+    _BATCH = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    _INSTANCE = ("input", "running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps")
+    _LAYER = ("input", "normalized_shape", "weight", "bias", "eps")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            a = {**dict(zip(self._BATCH, args)), **kwargs}
+            if a.get("training", False) and a.get("running_mean") is None and a.get("running_var") is None:
+                x = a["input"]
+                scale, shift = _normalize(x, [0, *range(2, x.ndim)], a.get("eps", 1e-5))
+                return _affine(x, scale, shift, a.get("weight"), a.get("bias"), _channel_shape(x))
+        elif func is F.instance_norm:
+            a = {**dict(zip(self._INSTANCE, args)), **kwargs}
+            if a.get("use_input_stats", True) and a.get("running_mean") is None and a.get("running_var") is None:
+                x = a["input"]
+                scale, shift = _normalize(x, list(range(2, x.ndim)), a.get("eps", 1e-5))
+                return _affine(x, scale, shift, a.get("weight"), a.get("bias"), _channel_shape(x))
+        elif func is F.layer_norm:
+            a = {**dict(zip(self._LAYER, args)), **kwargs}
+            x, shape = a["input"], a["normalized_shape"]
+            k = 1 if isinstance(shape, int) else len(tuple(shape))
+            scale, shift = _normalize(x, list(range(x.ndim - k, x.ndim)), a.get("eps", 1e-5))
+            return _affine(x, scale, shift, a.get("weight"), a.get("bias"), tuple(x.shape[x.ndim - k:]))
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def explicit_normalization():
+    """Inside, ``F.batch_norm`` (batch statistics), ``F.instance_norm`` and ``F.layer_norm`` are
+    computed by their formulas (module docstring): same values up to rounding, and second
+    derivatives that stay correct under ``torch.func.vmap``."""
+    with _ExplicitNormalization():
+        yield
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def check_batch(x_support, y_support, x_query, y_query) -> int:
+    """The number of tasks M of a stacked meta-batch, or raise naming the bad tensor."""
+    tensors = {"x_support": x_support, "y_support": y_support, "x_query": x_query, "y_query": y_query}
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise ArgumentTypeError(name, f"expected a tensor with a leading task axis, got {type(t).__name__}")
+        if t.ndim < 1 or t.shape[0] < 1:
+            raise ArgumentError(name, f"expected a leading task axis of length >= 1, got shape {tuple(t.shape)}")
+    tasks = x_support.shape[0]
+    for name, t in tensors.items():
+        if t.shape[0] != tasks:
+            raise ArgumentError(name, f"expected {tasks} tasks on axis 0 (as x_support), got shape {tuple(t.shape)}")
+    for x, y, split in ((x_support, y_support, "support"), (x_query, y_query, "query")):
+        if y.ndim < 2 or x.ndim < 2 or x.shape[1] != y.shape[1]:
+            raise ArgumentError(f"y_{split}", f"expected one target per example, (M, n, …) beside x_{split} "
+                                f"{tuple(x.shape)}, got {tuple(y.shape)}")
+    return tasks
+
+
+def _is_classification(y_query: torch.Tensor) -> bool:
+    """Integer labels are classification (accuracy is scored); float targets are regression."""
+    return not (y_query.dtype.is_floating_point or y_query.dtype.is_complex)
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine
+
+
+class Engine:
+    """Adaptation, query scoring and meta-gradients of a learner over stacked meta-batches.
+
+    ``Engine(learner, loss_fn=F.cross_entropy, *, strategy="loop", tasks_per_chunk=4, compile=False)``;
+    ``loss_fn(output, target)`` is a scalar per task. See the module docstring for the strategies.
+    Every method takes an optional ``steps`` (inner steps; default the learner's own).
+    """
+
+    def __init__(self, learner, loss_fn: LossFn = F.cross_entropy, *, strategy: str = "loop",
+                 tasks_per_chunk: int | None = 4, compile: bool = False):  # noqa: A002
+        if not callable(loss_fn):
+            raise ArgumentTypeError("loss_fn", f"expected a callable (output, target) -> scalar, got "
+                                    f"{type(loss_fn).__name__}")
+        if strategy not in STRATEGIES:
+            raise ArgumentError("strategy", f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        if tasks_per_chunk is not None:
+            tasks_per_chunk = _validate.integer(tasks_per_chunk, "tasks_per_chunk", minimum=1)
+        if not isinstance(compile, bool):
+            raise ArgumentTypeError("compile", f"expected True or False, got {compile!r}")
+        if strategy == "split" and not hasattr(learner, "adapted_names"):
+            raise ArgumentTypeError("learner", f"strategy 'split' needs a learner with adapted_names (a "
+                                    f"linmaml.meta learner), got {type(learner).__name__}")
+        self.learner, self.loss_fn = learner, loss_fn
+        self.strategy, self.tasks_per_chunk, self.compile = strategy, tasks_per_chunk, compile
+        self._built: dict = {}  # (kind, steps, classification, compiled) -> function
+
+    # -- the per-task pieces: written once, composed by every strategy -----------------------------
+
+    def _adapt(self, steps):
+        """(x_s, y_s) of one task -> the adapted parameters (only the adapted names)."""
+        learner, loss_fn = self.learner, self.loss_fn
+        names = getattr(learner, "adapted_names", None)
+
+        def adapt(x_s, y_s):
+            fast = learner.adapt(x_s, y_s, loss_fn, steps=steps)
+            return fast if names is None else {n: fast[n] for n in names}
+
+        return adapt
+
+    def _query(self, classification: bool):
+        """(adapted parameters, x_q, y_q) of one task -> (query loss, query accuracy (float64; 0 for
+        regression))."""
+        learner, loss_fn = self.learner, self.loss_fn
+
+        def query(fast, x_q, y_q):
+            out = learner(x_q, params=fast)
+            loss = loss_fn(out, y_q)
+            if classification:
+                accuracy = (out.detach().argmax(dim=-1) == y_q).to(torch.float64).mean()
+            else:
+                accuracy = torch.zeros((), dtype=torch.float64, device=loss.device)
+            return loss, accuracy
+
+        return query
+
+    def _function(self, kind: str, steps, classification: bool, compiled: bool):
+        """The built function of ``kind`` ("task", "vmap", "adapt_chunk", "query"), cached."""
+        key = (kind, steps, classification, compiled)
+        if key not in self._built:
+            adapt, query = self._adapt(steps), self._query(classification)
+
+            def task(x_s, y_s, x_q, y_q):
+                return query(adapt(x_s, y_s), x_q, y_q)
+
+            def vmapped(x_s, y_s, x_q, y_q):
+                with explicit_normalization():
+                    return torch.func.vmap(task)(x_s, y_s, x_q, y_q)
+
+            def adapt_chunk(x_s, y_s):
+                with explicit_normalization():
+                    return torch.func.vmap(adapt)(x_s, y_s)
+
+            function = {"task": task, "vmap": vmapped, "adapt_chunk": adapt_chunk, "query": query}[kind]
+            self._built[key] = torch.compile(function, dynamic=False) if compiled else function
+        return self._built[key]
+
+    def _chunks(self, tasks: int) -> list[slice]:
+        size = 1 if self.strategy == "loop" else (tasks if self.tasks_per_chunk is None else self.tasks_per_chunk)
+        return [slice(start, min(start + size, tasks)) for start in range(0, tasks, size)]
+
+    def _chunk_losses(self, batch, steps, classification, compiled):
+        """Per-task (losses (k,), accuracies (k,)) of one chunk, differentiable (graph kept)."""
+        x_s, y_s, x_q, y_q = batch
+        if x_s.shape[0] == 1:
+            loss, accuracy = self._function("task", steps, classification, compiled)(x_s[0], y_s[0], x_q[0], y_q[0])
+            return loss.unsqueeze(0), accuracy.unsqueeze(0)
+        if self.strategy == "vmap":
+            return self._function("vmap", steps, classification, compiled)(x_s, y_s, x_q, y_q)
+        stacked = self._function("adapt_chunk", steps, classification, compiled)(x_s, y_s)
+        query = self._function("query", steps, classification, compiled)
+        out = [query({n: v[i] for n, v in stacked.items()}, x_q[i], y_q[i]) for i in range(x_s.shape[0])]
+        return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+    def _prepare(self, x_support, y_support, x_query, y_query, steps):
+        tasks = check_batch(x_support, y_support, x_query, y_query)
+        if steps is not None:
+            steps = _validate.integer(steps, "steps", minimum=1)
+        return tasks, steps, _is_classification(y_query)
+
+    # -- public methods ----------------------------------------------------------------------------
+
+    def task_losses(self, x_support, y_support, x_query, y_query, *, steps: int | None = None):
+        """``(losses (M,), accuracies (M,) float64 or None)``: every task's query loss after adaptation,
+        differentiable with respect to every parameter of the learner (second order through the inner
+        loop unless the learner is first order); accuracies only for integer labels. The whole
+        meta-batch's graph is kept: for training, :meth:`meta_gradient` backpropagates chunk by chunk."""
+        tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
+        parts = [self._chunk_losses((x_support[c], y_support[c], x_query[c], y_query[c]), steps, classification,
+                                    self.compile) for c in self._chunks(tasks)]
+        losses, accuracies = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return losses, (accuracies if classification else None)
+
+    def score(self, x_support, y_support, x_query, y_query, *, steps: int | None = None):
+        """``(losses (M,), accuracies (M,) float64 or None)``, detached: the adapted learner's query
+        scores without building any graph for an outer backward pass (module docstring). The learner
+        is not modified; its mode (train/eval) is the caller's."""
+        tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
+        losses, accuracies = [], []
+        with torch.no_grad():
+            for c in self._chunks(tasks):
+                loss, accuracy = self._chunk_losses((x_support[c], y_support[c], x_query[c], y_query[c]), steps,
+                                                    classification, compiled=False)
+                losses.append(loss)
+                accuracies.append(accuracy)
+        return torch.cat(losses), (torch.cat(accuracies) if classification else None)
+
+    def meta_gradient(self, x_support, y_support, x_query, y_query, scale: float = 1.0, *,
+                      steps: int | None = None) -> tuple[float, float]:
+        """Accumulate ``scale · Σ_i ∇ query-loss_i`` into the learner's ``.grad``, chunk by chunk.
+
+        Returns ``(Σ_i loss_i, Σ_i accuracy_i)`` as floats (unscaled sums; accuracy 0 for regression
+        targets). The sums stay on the device until the end: no host synchronisation per task.
+        """
+        tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
+        scale = _validate.finite_number(scale, "scale")
+        loss_sum = torch.zeros((), dtype=torch.float64, device=x_support.device)
+        accuracy_sum = torch.zeros((), dtype=torch.float64, device=x_support.device)
+        for c in self._chunks(tasks):
+            batch = (x_support[c], y_support[c], x_query[c], y_query[c])
+            if self.strategy == "split" and batch[0].shape[0] > 1:
+                loss, accuracy = self._split_backward(batch, steps, classification, scale)
+            else:
+                losses, accuracies = self._chunk_losses(batch, steps, classification, self.compile)
+                loss, accuracy = losses.sum(), accuracies.sum()
+                (loss * scale).backward()
+            loss_sum += loss.detach()
+            accuracy_sum += accuracy
+        return float(loss_sum), float(accuracy_sum)
+
+    def _split_backward(self, batch, steps, classification, scale):
+        """One "split" chunk backpropagated with each query graph freed as soon as it is used
+        (module docstring); returns the sums of its query losses and accuracies (tensors)."""
+        x_s, y_s, x_q, y_q = batch
+        stacked = self._function("adapt_chunk", steps, classification, self.compile)(x_s, y_s)  # (k, …) per name
+        query = self._function("query", steps, classification, self.compile)
+        upstream = {n: torch.zeros_like(v) for n, v in stacked.items()}
+        loss_sum = torch.zeros((), dtype=torch.float64, device=x_s.device)
+        accuracy_sum = torch.zeros((), dtype=torch.float64, device=x_s.device)
+        for i in range(x_s.shape[0]):
+            leaves = {n: v[i].detach().requires_grad_() for n, v in stacked.items()}
+            loss, accuracy = query(leaves, x_q[i], y_q[i])
+            # Direct terms (parameters used outside the inner loop) accumulate into .grad here; the
+            # adapted parameters' gradient stops at the leaves and is pulled back below.
+            (loss * scale).backward()
+            for n, leaf in leaves.items():
+                if leaf.grad is not None:
+                    upstream[n][i] = leaf.grad
+            loss_sum += loss.detach()
+            accuracy_sum += accuracy
+        wanted = [n for n, v in stacked.items() if v.requires_grad]
+        if wanted:
+            torch.autograd.backward([stacked[n] for n in wanted], [upstream[n] for n in wanted])
+        return loss_sum, accuracy_sum

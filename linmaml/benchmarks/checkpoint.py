@@ -13,7 +13,9 @@ kept as ``last.prev.pt``; :func:`load_latest` falls back to it (and reports whic
 
 The run lock (:class:`RunLock`) is an ``fcntl.flock`` on ``<out>/run.lock``, which the kernel
 releases when the process dies, so a lock left by a killed run (a dead pid) is stale by
-construction and simply taken over. The file records pid and host for the refusal message.
+construction and simply taken over. The file records pid and host for the refusal message. The lock
+is opened without following symlinks (:func:`linmaml._io.open_nofollow`): a ``run.lock`` planted as a
+link to another file is refused, and that file is left untouched.
 """
 from __future__ import annotations
 
@@ -161,7 +163,8 @@ class RunLock:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):
-            handle = open(self.path, "a+")
+            # never through a symlink planted as run.lock, never into a FIFO or device (OSError naming it)
+            handle = _io.open_nofollow(self.path, "r+")
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -140,3 +140,37 @@ def test_still_owned_turns_false_when_taken_over(tmp_path):
     first.release()
     assert (tmp_path / "run.lock").exists()  # the old owner does not delete the new owner's lock
     second.release()
+
+
+def test_lock_refuses_a_planted_symlink_and_leaves_its_target_alone(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    os.symlink(victim, out / checkpoint.LOCK)
+    with pytest.raises(OSError, match="symbolic link") as info:
+        checkpoint.RunLock(out).acquire()
+    assert str(out / checkpoint.LOCK) in str(info.value)
+    assert victim.read_text() == "precious\n"
+    os.mkfifo(tmp_path / "fifo")
+    (out / checkpoint.LOCK).unlink()
+    os.symlink(tmp_path / "fifo", out / checkpoint.LOCK)
+    with pytest.raises(OSError, match="symbolic link"):
+        checkpoint.RunLock(out).acquire(overwrite=True)
+
+
+def test_checkpoints_replace_planted_symlinks_instead_of_writing_through(tmp_path):
+    victims = {name: tmp_path / f"victim-{name}" for name in (checkpoint.LAST, checkpoint.BEST)}
+    for victim in victims.values():
+        victim.write_text("precious\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, victim in victims.items():
+        os.symlink(victim, out / name)
+    checkpoint.save_last(out, _payload(1))
+    checkpoint.save_last(out, _payload(2))
+    checkpoint.save(out / checkpoint.BEST, _payload(2))
+    assert all(v.read_text() == "precious\n" for v in victims.values())
+    assert checkpoint.load(out / checkpoint.LAST)["iteration"] == 2
+    assert checkpoint.load(out / checkpoint.BEST)["iteration"] == 2
+    assert not (out / checkpoint.LAST).is_symlink() and not (out / checkpoint.BEST).is_symlink()

@@ -15,7 +15,7 @@ Curves: mean query loss (and accuracy) after 0…10 inner steps over held-out ta
 Student-t bands. Numbers (one-step ratio and accuracy gap with confidence intervals, final weights)
 go to adaptation.json.
 
-Run: ``python analysis/fig_adaptation.py [--out DIR] [--quick]``; writes adaptation.png and adaptation.json.
+Run: ``python -m linmaml.analysis.fig_adaptation [--out DIR] [--quick]``; writes adaptation.png and adaptation.json.
 """
 from __future__ import annotations
 
@@ -55,16 +55,9 @@ MIN_ACCURACY_GAP_POINTS = 10.0
 
 def families(settings: dict):
     """The regression and classification task families the settings describe."""
-    from linmaml.tasks import ClassificationFamily, RegressionFamily
+    from linmaml.analysis._common import classification_family, regression_family
 
-    r, c = settings["regression"], settings["classification"]
-    regression = RegressionFamily(r["d_in"], r["d_out"], task_mean=r["task_mean"], task_cov=r["task_var"],
-                                  x_cov=r["x_var"], noise_std=r["noise_std"], n_support=r["n_support"],
-                                  n_query=r["n_query"])
-    classification = ClassificationFamily(c["d_in"], task_mean=c["task_mean"], task_cov=c["task_var"],
-                                          x_cov=c["x_var"], flip=c["flip"], n_support=c["n_support"],
-                                          n_query=c["n_query"])
-    return regression, classification
+    return regression_family(settings["regression"]), classification_family(settings["classification"])
 
 
 def models(settings: dict):

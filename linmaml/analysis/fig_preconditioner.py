@@ -9,7 +9,7 @@ preconditioner from the task mean is c*·Σ⁻¹ = c*·I with c* = ωn / (ωv(n+
 model is stuck with — depth learns the step size (the level) and the direction (the eigenvalues
 collapse onto one value: the isotropic Σ⁻¹ shape).
 
-Run: ``python analysis/fig_preconditioner.py [--out DIR] [--quick]``; writes preconditioner.png/.json.
+Run: ``python -m linmaml.analysis.fig_preconditioner [--out DIR] [--quick]``; writes preconditioner.png/.json.
 """
 from __future__ import annotations
 
@@ -36,11 +36,9 @@ QUICK = {"meta_iterations": 40}
 
 
 def family(settings: dict):
-    from linmaml.tasks import RegressionFamily
+    from linmaml.analysis._common import regression_family
 
-    f = settings["family"]
-    return RegressionFamily(f["d_in"], f["d_out"], task_mean=f["task_mean"], task_cov=f["task_var"], x_cov=f["x_var"],
-                            noise_std=f["noise_std"], n_support=f["n_support"], n_query=f["n_query"])
+    return regression_family(settings["family"])
 
 
 def _optimum(f: dict) -> dict:

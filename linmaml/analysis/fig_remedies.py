@@ -7,9 +7,10 @@ model. Plain MAML on the Shallow model can only take the step α·G and stays ne
 KFO learns U(G) = (LᵀL) G (RᵀR) and LinNet (x ↦ A₂A₁Wx, A₁, A₂ scalars here) learns an implicit
 preconditioner, and both reach the one-step query loss of the Deep model, whose upper layer does
 the same job (DESIGN.md). The shallow learners run through :mod:`linmaml.meta` (model-agnostic,
-vmapped over the tasks of a meta-batch); the Deep reference through :mod:`linmaml.simulator`.
+vmapped over the tasks of a meta-batch by ``linmaml.meta.batched.task_losses``); the Deep
+reference through :mod:`linmaml.simulator`.
 
-Run: ``python analysis/fig_remedies.py [--out DIR] [--quick]``; writes remedies.png and remedies.json.
+Run: ``python -m linmaml.analysis.fig_remedies [--out DIR] [--quick]``; writes remedies.png and remedies.json.
 """
 from __future__ import annotations
 
@@ -48,16 +49,9 @@ LABELS = {"plain": "Shallow, MAML", "kfo": "Shallow, MAML+KFO", "linnet": "Shall
 
 
 def family(settings: dict):
-    from linmaml.tasks import RegressionFamily
+    from linmaml.analysis._common import regression_family
 
-    f = settings["family"]
-    return RegressionFamily(f["d_in"], f["d_out"], task_mean=f["task_mean"], task_cov=f["task_var"], x_cov=f["x_var"],
-                            noise_std=f["noise_std"], n_support=f["n_support"], n_query=f["n_query"])
-
-
-def squared_loss(output, target):
-    """1/(2n)·‖output − target‖²_F for one task (output, target of shape (n, d_out))."""
-    return 0.5 * ((output - target) ** 2).sum() / target.shape[-2]
+    return regression_family(settings["family"])
 
 
 def _learner(kind: str, cfg: dict, start):
@@ -78,41 +72,6 @@ def _learner(kind: str, cfg: dict, start):
     if kind == "linnet":
         return meta.MAML(meta.LinNet(linear, **cfg["linnet"]), lr=cfg["inner_lr"], steps=cfg["inner_steps_meta_training"])
     raise ValueError(f"kind: expected plain, kfo or linnet, got {kind!r}")
-
-
-def _train_meta_learner(learner, fam, cfg: dict) -> np.ndarray:
-    """MAML meta-training with torch.optim.Adam, tasks vmapped; returns the meta-loss per iteration."""
-    import torch
-
-    def query_loss(xs, ys, xq, yq):
-        return squared_loss(learner(xq, params=learner.adapt(xs, ys, squared_loss)), yq)
-
-    batched = torch.func.vmap(query_loss)
-    opt = torch.optim.Adam(learner.parameters(), lr=cfg["meta_lr"])
-    rng = np.random.default_rng(np.random.SeedSequence(cfg["seed"]).spawn(2)[1])
-    losses = np.empty(cfg["meta_iterations"])
-    for it in range(cfg["meta_iterations"]):
-        b = fam.sample(cfg["meta_batch"], rng).torch()
-        value = batched(b.Xs, b.Ys, b.Xq, b.Yq).mean()
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        losses[it] = float(value.detach())
-    return losses
-
-
-def _meta_learner_curves(learner, tasks, max_steps: int) -> np.ndarray:
-    """Per-task query loss after 0…max_steps inner steps (same α), shape (K+1, T)."""
-    import torch
-
-    T = tasks.torch()
-    rows = [torch.func.vmap(lambda xq, yq: squared_loss(learner(xq), yq))(T.Xq, T.Yq)]
-    for k in range(1, max_steps + 1):
-        def after_k(xs, ys, xq, yq, k=k):
-            return squared_loss(learner(xq, params=learner.adapt(xs, ys, squared_loss, steps=k)), yq)
-
-        rows.append(torch.func.vmap(after_k)(T.Xs, T.Ys, T.Xq, T.Yq))
-    return torch.stack(rows).detach().numpy()
 
 
 def _effective_step(kind: str, learner, alpha: float) -> list[float]:
@@ -147,7 +106,7 @@ def _parameters(kind: str, learner) -> dict:
 
 
 def compute(quick: bool = False) -> dict:
-
+    from linmaml.analysis._common import meta_learner_curves, squared_loss, train_meta_learner
     from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves, ratio_of_means_ci, shallow
 
     size = QUICK if quick else FULL
@@ -162,8 +121,9 @@ def compute(quick: bool = False) -> dict:
     for kind in ("plain", "kfo", "linnet"):
         began = time.perf_counter()
         learner = _learner(kind, cfg, start)
-        meta_losses[kind] = _train_meta_learner(learner, fam, cfg)
-        per_task[kind] = _meta_learner_curves(learner, tasks, cfg["eval_inner_steps"])
+        meta_losses[kind] = train_meta_learner(learner, fam, squared_loss, meta_iterations=cfg["meta_iterations"],
+                                               meta_batch=cfg["meta_batch"], meta_lr=cfg["meta_lr"], seed=cfg["seed"])
+        per_task[kind] = meta_learner_curves(learner, tasks, squared_loss, cfg["eval_inner_steps"])["loss"]
         steps_eig[kind] = _effective_step(kind, learner, alpha)
         params[kind] = _parameters(kind, learner)
         seconds[kind] = round(time.perf_counter() - began, 3)

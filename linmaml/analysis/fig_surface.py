@@ -12,7 +12,7 @@ preconditioner): near w1 ≈ 0, w2² ≈ 1/(αV) one inner step lands on the tas
 meta-training finds those points. Panels: (a) the deep surface with trajectories, (b) the shallow
 objective with its trajectories' iterates, (c) the MAML loss along meta-training for both.
 
-Run: ``python analysis/fig_surface.py [--out DIR] [--quick]``; writes surface.png and surface.json.
+Run: ``python -m linmaml.analysis.fig_surface [--out DIR] [--quick]``; writes surface.png and surface.json.
 """
 from __future__ import annotations
 

@@ -2,85 +2,77 @@
 
     linmaml reproduce [--out DIR] [--only NAME ...] [--quick] [--list]
 
-Runs each analysis script ``analysis/fig_<name>.py`` of the source tree (the folder beside the
-``linmaml`` package; ``$LINMAML_ANALYSIS`` points elsewhere) through its ``run(out_dir, quick)``.
-Every script writes into a private staging folder inside DIR; only when all of them have succeeded
-are their files moved into DIR and ``results.json`` (one entry per figure: settings and numbers)
-rewritten atomically, so an interrupted or failed run leaves the previous results as they were.
-With ``--only``, the new entries are merged into the existing ``results.json``.
+The figures are the modules ``fig_*`` of the installed package :mod:`linmaml.analysis`, found with
+``pkgutil`` (no file paths: an installed wheel runs from any folder); each has a ``NAME`` and a
+``run(out_dir, quick)``. Every figure writes into a private staging folder inside DIR; only when all
+of them have succeeded are their files moved into DIR and ``results.json`` (one entry per figure:
+settings and numbers) rewritten atomically, so an interrupted or failed run leaves the previous
+results as they were. With ``--only``, the new entries are merged into the existing ``results.json``.
+
+Re-running on unchanged code leaves DIR byte for byte as it was: a figure whose new JSON equals the
+old one (every float within a relative 1e-6, the ``seconds`` it took ignored) keeps its old PNG, JSON
+and ``results.json`` entry, so ``make reproduce`` does not dirty a git checkout for nothing.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import json
+import math
 import os
 import pathlib
+import pkgutil
 import shutil
 import sys
 import tempfile
 import time
 
 RESULTS = "results.json"
-ENV_ANALYSIS = "LINMAML_ANALYSIS"
+#: The package whose ``fig_*`` modules are the figures (a module attribute so tests can point it at
+#: stand-ins).
+FIGURE_PACKAGE = "linmaml.analysis"
+#: Floats that agree within this relative tolerance count as unchanged (rounding across machines).
+SAME_RTOL = 1e-6
 
 
 def register(subparsers):
     p = subparsers.add_parser(
         "reproduce", help="regenerate every figure and figures/results.json (the main job)",
-        description="Regenerate every figure (analysis/fig_*.py) and figures/results.json; files are replaced "
-                    "only after every script has succeeded.",
-        epilog=f"The analysis scripts are found beside the linmaml package (a source checkout); "
-               f"${ENV_ANALYSIS} points to another folder of fig_*.py scripts.")
+        description="Regenerate every figure (the fig_* modules of linmaml.analysis) and figures/results.json; "
+                    "files are replaced only after every figure has succeeded, and only where something changed.",
+        epilog="Default --out: figures/ of the source checkout when linmaml runs from one, else ./figures.")
     p.add_argument("--out", type=pathlib.Path, metavar="DIR",
-                   help="output folder (default: figures/ of the source tree)")
+                   help="output folder (default: figures/ of the source tree, else ./figures)")
     p.add_argument("--only", action="append", metavar="NAME",
                    help="run only this figure (repeatable); its entry is merged into DIR/results.json")
-    p.add_argument("--quick", action="store_true", help="each script's quick mode (seconds; for smoke tests)")
-    p.add_argument("--list", action="store_true", help="list the figures and their scripts, run nothing")
+    p.add_argument("--quick", action="store_true", help="each figure's quick mode (seconds; for smoke tests)")
+    p.add_argument("--list", action="store_true", help="list the figures and their modules, run nothing")
     p.set_defaults(func=run)
 
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
     name: str
-    script: pathlib.Path
+    module_name: str
     module: object
 
 
-def analysis_dir() -> pathlib.Path:
-    """The folder of analysis scripts: ``$LINMAML_ANALYSIS``, else ``analysis/`` beside the package."""
-    if os.environ.get(ENV_ANALYSIS):
-        folder = pathlib.Path(os.environ[ENV_ANALYSIS]).expanduser()
-        where = f"${ENV_ANALYSIS}"
-    else:
-        import linmaml
-
-        folder = pathlib.Path(linmaml.__file__).resolve().parent.parent / "analysis"
-        where = "beside the linmaml package"
-    if not folder.is_dir() or not any(folder.glob("fig_*.py")):
-        raise FileNotFoundError(
-            f"analysis scripts not found: expected {folder}/fig_*.py ({where}); reproduce needs the source "
-            f"tree (git checkout with `pip install -e .`) or {ENV_ANALYSIS}=<folder with fig_*.py>")
-    return folder
-
-
-def discover(folder: pathlib.Path) -> list[Figure]:
-    """Load every ``fig_*.py`` in ``folder`` (sorted by file name) and check its interface."""
+def discover(package: str = FIGURE_PACKAGE) -> list[Figure]:
+    """Import every ``fig_*`` module of ``package`` (sorted by module name) and check its interface."""
+    pkg = importlib.import_module(package)
     figures, seen = [], {}
-    for script in sorted(folder.glob("fig_*.py")):
-        spec = importlib.util.spec_from_file_location(f"linmaml_analysis_{script.stem}", script)
-        module = importlib.util.module_from_spec(spec)
-        # Registered like an import, so dataclasses and pickling inside the script can find it.
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if not info.name.startswith("fig_") or info.ispkg:
+            continue
+        module_name = f"{package}.{info.name}"
+        module = importlib.import_module(module_name)
         name = getattr(module, "NAME", None)
         if not isinstance(name, str) or not name or not callable(getattr(module, "run", None)):
-            raise ValueError(f"{script.name}: expected a module-level NAME string and a run(out_dir, quick) function")
+            raise ValueError(f"{module_name}: expected a module-level NAME string and a run(out_dir, quick) function")
         if name in seen:
-            raise ValueError(f"{script.name}: figure name {name!r} is also used by {seen[name].name}")
-        seen[name] = script
-        figures.append(Figure(name, script, module))
+            raise ValueError(f"{module_name}: figure name {name!r} is also used by {seen[name]}")
+        seen[name] = module_name
+        figures.append(Figure(name, module_name, module))
     return figures
 
 
@@ -95,8 +87,10 @@ def select(figures: list[Figure], only: list[str] | None) -> list[Figure]:
     return [f for f in figures if f.name in set(only)]
 
 
-def _output_folder(out: pathlib.Path | None, folder: pathlib.Path) -> pathlib.Path:
-    out = (folder.parent / "figures") if out is None else pathlib.Path(out).expanduser()
+def _output_folder(out: pathlib.Path | None) -> pathlib.Path:
+    from linmaml.plots.figure import default_out
+
+    out = default_out() if out is None else pathlib.Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out: {out} exists and is not a folder")
     return out
@@ -114,6 +108,33 @@ def _read_results(path: pathlib.Path) -> dict:
     return data
 
 
+def same_numbers(a, b, rtol: float = SAME_RTOL) -> bool:
+    """Whether two JSON values agree: same structure and strings, floats within ``rtol`` (relative to
+    the larger magnitude; exact zeros must match exactly), ``seconds`` keys ignored at every level."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) - {"seconds"}
+        return keys == set(b) - {"seconds"} and all(same_numbers(a[k], b[k], rtol) for k in keys)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_numbers(x, y, rtol) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b or math.isclose(a, b, rel_tol=rtol, abs_tol=0.0)
+    return a == b
+
+
+def _unchanged(name: str, stage: pathlib.Path, out: pathlib.Path) -> bool:
+    """The staged ``name.json`` has the same numbers as the one already in ``out``."""
+    old = out / f"{name}.json"
+    if not old.is_file() or not (out / f"{name}.png").is_file():
+        return False
+    try:
+        return same_numbers(json.loads(old.read_text(encoding="utf-8")),
+                            json.loads((stage / f"{name}.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False
+
+
 def reproduce(out: pathlib.Path, figures: list[Figure], *, quick: bool = False, merge: bool = False,
               progress=None) -> dict:
     """Run ``figures`` into ``out`` transactionally; returns the results written to ``out/results.json``."""
@@ -122,13 +143,14 @@ def reproduce(out: pathlib.Path, figures: list[Figure], *, quick: bool = False, 
     say = progress or (lambda message: None)
     results_path = out / RESULTS
     results = _read_results(results_path) if merge else {"generated_by": "linmaml reproduce", "figures": {}}
+    previous = _read_results(results_path) if results_path.exists() and not merge else results
     out.mkdir(parents=True, exist_ok=True)
     stage = pathlib.Path(tempfile.mkdtemp(prefix=".reproduce-", dir=out))
     began = time.perf_counter()
     try:
-        entries = {}
+        entries, kept = {}, set()
         for i, figure in enumerate(figures, 1):
-            say(f"[{i}/{len(figures)}] {figure.name} ({figure.script.name}{', quick' if quick else ''}) ...")
+            say(f"[{i}/{len(figures)}] {figure.name} ({figure.module_name}{', quick' if quick else ''}) ...")
             start = time.perf_counter()
             try:
                 record = figure.module.run(stage, quick)
@@ -139,42 +161,49 @@ def reproduce(out: pathlib.Path, figures: list[Figure], *, quick: bool = False, 
             _check_record(figure, record, stage)
             entry = dict(record)
             entry["seconds"] = round(seconds, 3)
-            entry["script"] = f"analysis/{figure.script.name}"
+            entry["module"] = figure.module_name
             entry["files"] = sorted(p.name for p in stage.iterdir() if p.is_file() and p.name.startswith(figure.name + "."))
+            old_entry = previous["figures"].get(figure.name)
+            if _unchanged(figure.name, stage, out) and old_entry is not None and same_numbers(old_entry, entry):
+                kept.add(figure.name)
+                entry = old_entry
+                for path in stage.glob(f"{figure.name}.*"):
+                    path.unlink()
             entries[figure.name] = entry
-            say(f"      done in {seconds:.1f} s")
-        # Every script succeeded: publish. Each move is atomic; results.json goes last, so it
+            say(f"      done in {seconds:.1f} s{' (unchanged: previous files kept)' if figure.name in kept else ''}")
+        # Every figure succeeded: publish. Each move is atomic; results.json goes last, so it
         # never names files that are not there yet.
         for path in sorted(stage.iterdir()):
             if path.is_file():
                 os.replace(path, out / path.name)
         results["figures"].update(entries)
         results["figures"] = dict(sorted(results["figures"].items()))
-        atomic_write_json(results_path, results)
+        if not (results_path.exists() and _read_results(results_path) == results):
+            atomic_write_json(results_path, results)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    say(f"wrote {len(figures)} figure(s) and {results_path} in {time.perf_counter() - began:.1f} s")
+    say(f"wrote {len(figures) - len(kept)} figure(s) ({len(kept)} unchanged) and {results_path} "
+        f"in {time.perf_counter() - began:.1f} s")
     return results
 
 
 def _check_record(figure: Figure, record, stage: pathlib.Path) -> None:
     if not isinstance(record, dict) or record.get("figure") != figure.name or not {"settings", "numbers"} <= set(record):
-        raise ValueError(f"{figure.script.name}: run() must return {{'figure': {figure.name!r}, 'settings': ..., "
+        raise ValueError(f"{figure.module_name}: run() must return {{'figure': {figure.name!r}, 'settings': ..., "
                          f"'numbers': ...}}")
     missing = [f"{figure.name}{ext}" for ext in (".png", ".json") if not (stage / f"{figure.name}{ext}").is_file()]
     if missing:
-        raise ValueError(f"{figure.script.name}: run() did not write {', '.join(missing)}")
+        raise ValueError(f"{figure.module_name}: run() did not write {', '.join(missing)}")
 
 
 def run(args) -> int:
-    folder = analysis_dir()
-    figures = discover(folder)
+    figures = discover(FIGURE_PACKAGE)
     if args.list:
         for f in figures:
-            print(f"{f.name:<16} {f.script}")
+            print(f"{f.name:<16} {f.module_name}")
         return 0
     chosen = select(figures, args.only)
-    out = _output_folder(args.out, folder)
+    out = _output_folder(args.out)
     reproduce(out, chosen, quick=args.quick, merge=bool(args.only),
               progress=lambda message: print(message, file=sys.stderr, flush=True))
     return 0

@@ -1,6 +1,6 @@
-"""What every figure script in ``analysis/`` shares: atomic saving, the ``run`` contract, ``main``.
+"""What every figure module of :mod:`linmaml.analysis` shares: atomic saving, the ``run`` contract, ``main``.
 
-A figure script defines ``NAME``, ``compute(quick) -> dict`` and ``draw(result, path)``; then
+A figure module defines ``NAME``, ``compute(quick) -> dict`` and ``draw(result, path)``; then
 
     def run(out_dir, quick=False):
         return run_figure(NAME, compute, draw, out_dir, quick)
@@ -18,17 +18,30 @@ from typing import Callable
 
 from linmaml._io import atomic_path, atomic_write_json
 
-#: Where figure scripts write by default: the repository's figures/ folder.
-DEFAULT_OUT = pathlib.Path(__file__).resolve().parents[2] / "figures"
+def default_out() -> pathlib.Path:
+    """Where figures go by default: ``figures/`` of the source checkout linmaml runs from (an
+    editable install), else ``./figures`` (an installed wheel has no checkout to write into)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "figures").is_dir():
+        return root / "figures"
+    return pathlib.Path.cwd() / "figures"
+
+
+#: PNG metadata: no "Software" line with matplotlib's version, so the same picture gives the same
+#: bytes on any installation (PNG output carries no timestamp).
+PNG_METADATA = {"Software": None}
 
 
 def save_figure(fig, path, dpi: int = 110) -> None:
-    """Save a matplotlib figure atomically (the format follows the suffix) and close it."""
+    """Save a matplotlib figure atomically (the format follows the suffix) and close it; PNGs are
+    byte-reproducible (no version or time stamp)."""
     import matplotlib.pyplot as plt
 
+    path = pathlib.Path(path)
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi)
+            metadata = PNG_METADATA if path.suffix.lower() == ".png" else None
+            fig.savefig(tmp, dpi=dpi, metadata=metadata)
     finally:
         plt.close(fig)
 
@@ -46,11 +59,14 @@ def run_figure(name: str, compute: Callable[[bool], dict], draw: Callable[[dict,
 
 
 def figure_main(name: str, doc: str, run: Callable, argv=None, quick_help: str = "a fast, small version") -> dict:
-    """The command line of a figure script: ``--out DIR`` and ``--quick``; returns the record."""
+    """The command line of a figure module: ``--out DIR`` and ``--quick``; returns the record."""
     parser = argparse.ArgumentParser(description=(doc or name).strip().splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, help="output folder (default: figures/)")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="output folder (default: figures/ of the source checkout, else ./figures)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = default_out()
     record = run(args.out, quick=args.quick)
     print(f"wrote {args.out / (name + '.png')} and {name}.json in {record['seconds']} s")
     return record

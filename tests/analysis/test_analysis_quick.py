@@ -1,13 +1,13 @@
-"""Every analysis/fig_*.py in quick mode: the shared interface (NAME, run(out_dir, quick) writing
+"""Every figure module (linmaml.analysis.fig_*) in quick mode: the shared interface (NAME, run(out_dir, quick) writing
 NAME.png and NAME.json atomically and returning the JSON's dict), and, for the simulator figures,
 their numbers against independent recomputations (numpy closed forms, direct CI formulas, Monte
 Carlo estimates with their standard errors)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
-import pathlib
+import pkgutil
 
 import matplotlib
 
@@ -20,15 +20,13 @@ from scipy import stats  # noqa: E402
 from linmaml.closedform import deep_linear as cf  # noqa: E402
 from linmaml.tasks import ClassificationFamily, RegressionFamily  # noqa: E402
 
-ANALYSIS = pathlib.Path(__file__).resolve().parents[2] / "analysis"
-SCRIPTS = sorted(ANALYSIS.glob("fig_*.py"))
+import linmaml.analysis  # noqa: E402
+
+SCRIPTS = sorted(m.name for m in pkgutil.iter_modules(linmaml.analysis.__path__) if m.name.startswith("fig_"))
 
 
-def _load(script: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(f"quick_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _load(script: str):
+    return importlib.import_module(f"linmaml.analysis.{script}")
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +35,20 @@ def quick_runs(tmp_path_factory):
     cache = {}
 
     def get(script):
-        if script.stem not in cache:
-            out = tmp_path_factory.mktemp(script.stem)
+        if script not in cache:
+            out = tmp_path_factory.mktemp(script)
             module = _load(script)
-            cache[script.stem] = (module, module.run(out, quick=True), out)
-        return cache[script.stem]
+            cache[script] = (module, module.run(out, quick=True), out)
+        return cache[script]
 
     return get
 
 
 def test_there_are_analysis_scripts():
-    assert {"fig_adaptation.py", "fig_preconditioner.py", "fig_remedies.py"} <= {s.name for s in SCRIPTS}
+    assert {"fig_adaptation", "fig_preconditioner", "fig_remedies", "fig_surface"} <= set(SCRIPTS)
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_mode_follows_the_interface(script, quick_runs):
     module, record, out = quick_runs(script)
     name = module.NAME
@@ -70,7 +68,7 @@ def _t975(n):
 
 
 def test_adaptation_numbers_recomputed_with_the_closed_forms(quick_runs):
-    _, record, _ = quick_runs(ANALYSIS / "fig_adaptation.py")
+    _, record, _ = quick_runs("fig_adaptation")
     cfg, num = record["settings"], record["numbers"]
     r, c = cfg["regression"], cfg["classification"]
     families = {
@@ -128,7 +126,7 @@ def _one_step_losses_from_mean(f: dict, c_values, n_tasks: int, seed: int):
 
 
 def test_preconditioner_optimum_checked_by_monte_carlo(quick_runs):
-    _, record, _ = quick_runs(ANALYSIS / "fig_preconditioner.py")
+    _, record, _ = quick_runs("fig_preconditioner")
     cfg, num = record["settings"], record["numbers"]
     c_star = num["c_star"]
     assert num["c_star_rel_diff_vs_gaussian"] < 1e-12 and num["loss_rel_diff_vs_gaussian"] < 1e-12
@@ -150,7 +148,7 @@ def test_preconditioner_optimum_checked_by_monte_carlo(quick_runs):
 def test_remedies_one_step_losses_recomputed_by_hand(quick_runs):
     """One inner step written out in numpy from the reported parameters: plain W − αG, KFO
     W − α(LᵀL)G(RᵀR), LinNet and Deep through the closed-form deep-linear adapt."""
-    _, record, _ = quick_runs(ANALYSIS / "fig_remedies.py")
+    _, record, _ = quick_runs("fig_remedies")
     cfg, num = record["settings"], record["numbers"]
     f, alpha, n = cfg["family"], cfg["inner_lr"], cfg["test_tasks"]
     fam = RegressionFamily(f["d_in"], f["d_out"], task_mean=f["task_mean"], task_cov=f["task_var"], x_cov=f["x_var"],

@@ -1,22 +1,16 @@
 """Figure 2 at its DEFAULT settings shows the paper's effect (issue 3): after one inner step on
 held-out tasks, Deep's mean query loss ≤ 0.25× Shallow's and LogR+LinNet's accuracy ≥ 10 points
 above LogR's — with the upper end of the 95% interval inside the bound, not just the mean."""
-import importlib.util
-import pathlib
-
 import matplotlib
 
 matplotlib.use("Agg")
 import pytest  # noqa: E402
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "analysis" / "fig_adaptation.py"
-
 
 @pytest.mark.slow
 def test_default_settings_show_fast_adaptation_needs_depth(tmp_path):
-    spec = importlib.util.spec_from_file_location("claims_fig_adaptation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from linmaml.analysis import fig_adaptation as module
+
     record = module.run(tmp_path, quick=False)
     settings, crit = record["settings"], record["numbers"]["criteria"]
     assert settings["test_tasks"] >= 1000 and settings["eval_inner_steps"] == 10

@@ -1,4 +1,4 @@
-"""Figure 1 (analysis/fig_surface.py) in quick mode: files, JSON, and the numbers it reports.
+"""Figure 1 (linmaml.analysis.fig_surface) in quick mode: files, JSON, and the numbers it reports.
 
 The reported numbers are checked against independent computations: the shallow model's closed-form
 optimum ½V(1−αV)^{2k}s², and adaptive quadrature over the task slope (scipy.integrate.quad) of the
@@ -6,10 +6,9 @@ post-adaptation loss at the reported end points and grid minimum.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
-import pathlib
 import time
 
 import matplotlib
@@ -19,14 +18,8 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import integrate  # noqa: E402
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "analysis" / "fig_surface.py"
-
-
 def load_script():
-    spec = importlib.util.spec_from_file_location("fig_surface_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("linmaml.analysis.fig_surface")
 
 
 def ref_objective(ws, lr, steps, mean, std, x_var):

@@ -1,18 +1,25 @@
-"""``linmaml reproduce``: discovery, --only merging, one-line errors with exit status 2, and the
-transaction (a failed or interrupted run leaves the previous results exactly as they were).
+"""``linmaml reproduce``: discovery, --only merging, one-line errors with exit status 2, the
+transaction (a failed or interrupted run leaves the previous results exactly as they were), and
+re-runs that change nothing leaving every file byte for byte as it was.
 
-Most tests drive the command with small stand-in scripts in a temporary analysis folder
-($LINMAML_ANALYSIS), so they take milliseconds; one runs a real figure in quick mode.
+Most tests drive the command with small stand-in figure modules in a temporary package (pointed to
+by ``reproduce.FIGURE_PACKAGE``), so they take milliseconds; one runs a real figure in quick mode.
 """
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
 import pathlib
+import sys
 import textwrap
 
 import pytest
 
 from linmaml.cli import main
+from linmaml.cli import reproduce as reproduce_cli
+
+_PACKAGES = itertools.count()
 
 STAND_IN = textwrap.dedent('''
     import json, pathlib
@@ -29,15 +36,24 @@ STAND_IN = textwrap.dedent('''
 
 def _script(folder: pathlib.Path, name: str, value=1, body="pass"):
     (folder / f"fig_{name}.py").write_text(STAND_IN.format(name=name, value=value, body=body))
+    # A rewritten module must be imported afresh by the next run (as a new process would).
+    sys.modules.pop(f"{folder.name}.fig_{name}", None)
+    importlib.invalidate_caches()
 
 
 @pytest.fixture
 def analysis(tmp_path, monkeypatch):
-    folder = tmp_path / "analysis"
-    folder.mkdir()
+    """A stand-in figure package with fig_alpha and fig_beta (a fresh package name per test)."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # a rewrite within one second must be seen
+    name = f"standin_figures_{next(_PACKAGES)}"
+    folder = tmp_path / "pkgs" / name
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    (folder / "not_a_figure.py").write_text("raise RuntimeError('only fig_* modules are imported')\n")
     _script(folder, "alpha", 1)
     _script(folder, "beta", 2)
-    monkeypatch.setenv("LINMAML_ANALYSIS", str(folder))
+    monkeypatch.syspath_prepend(str(folder.parent))
+    monkeypatch.setattr(reproduce_cli, "FIGURE_PACKAGE", name)
     return folder
 
 
@@ -111,14 +127,43 @@ def test_unreadable_results_are_not_overwritten_by_a_merge(analysis, tmp_path, c
 def test_script_breaking_the_interface_is_reported(analysis, tmp_path, capsys):
     (analysis / "fig_broken.py").write_text("NAME = 'broken'\n")
     assert main(["reproduce", "--out", str(tmp_path / "o")]) == 2
-    assert "fig_broken.py" in capsys.readouterr().err
+    assert "fig_broken" in capsys.readouterr().err
 
 
-def test_missing_analysis_folder_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LINMAML_ANALYSIS", str(tmp_path / "nowhere"))
-    assert main(["reproduce", "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert "analysis scripts not found" in err and len(err.strip().splitlines()) == 1
+def test_rerun_with_the_same_numbers_leaves_every_file_untouched(analysis, tmp_path):
+    out = tmp_path / "figures"
+    assert main(["reproduce", "--out", str(out)]) == 0
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    assert main(["reproduce", "--out", str(out)]) == 0  # the "seconds" differ, nothing else
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    _script(analysis, "beta", 2.0000000001)  # within the relative 1e-6: still the same numbers
+    assert main(["reproduce", "--out", str(out)]) == 0
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    _script(analysis, "beta", 2.001)  # a real change is written
+    assert main(["reproduce", "--out", str(out)]) == 0
+    assert json.loads((out / "beta.json").read_text())["numbers"] == {"value": 2.001}
+    assert json.loads((out / "results.json").read_text())["figures"]["beta"]["numbers"] == {"value": 2.001}
+    assert (out / "alpha.json").stat().st_mtime_ns == before["alpha.json"][1]
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ({"x": 1.0, "seconds": 3}, {"x": 1.0 + 1e-9, "seconds": 4}, True),
+    ({"x": 1.0}, {"x": 1.00001}, False),
+    ({"x": [0.0, 1]}, {"x": [1e-300, 1]}, False),
+    ({"x": "a"}, {"x": "b"}, False),
+    ({"x": True}, {"x": 1}, False),
+    ({"x": 1}, {"x": 1, "y": 2}, False),
+    ([1, 2], [1, 2, 3], False),
+])
+def test_same_numbers(a, b, same):
+    assert reproduce_cli.same_numbers(a, b) is same
+
+
+def test_figures_are_found_in_the_installed_package_not_by_path():
+    figures = reproduce_cli.discover()
+    names = [f.name for f in figures]
+    assert {"surface", "adaptation", "preconditioner", "remedies"} <= set(names)
+    assert all(f.module_name.startswith("linmaml.analysis.fig_") for f in figures)
 
 
 def test_list_names_the_figures(analysis, capsys):
@@ -128,12 +173,12 @@ def test_list_names_the_figures(analysis, capsys):
 
 
 def test_real_figure_in_quick_mode(tmp_path, monkeypatch):
-    """The real analysis folder is found beside the package and a real script runs through it."""
-    monkeypatch.delenv("LINMAML_ANALYSIS", raising=False)
+    """A real figure module of linmaml.analysis runs through the command, from another folder."""
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "figures"
     assert main(["reproduce", "--out", str(out), "--only", "preconditioner", "--quick"]) == 0
     results = json.loads((out / "results.json").read_text())
     entry = results["figures"]["preconditioner"]
-    assert entry["script"] == "analysis/fig_preconditioner.py" and entry["settings"]["quick"] is True
+    assert entry["module"] == "linmaml.analysis.fig_preconditioner" and entry["settings"]["quick"] is True
     assert json.loads((out / "preconditioner.json").read_text())["numbers"] == entry["numbers"]
     assert sorted(p.name for p in out.iterdir()) == ["preconditioner.json", "preconditioner.png", "results.json"]

@@ -1,0 +1,167 @@
+"""meta.engine: every strategy against a per-task loop written here with torch.autograd.grad
+(create_graph=True) and functional_call (no torch.func, no vmap, not the engine's own code), float64.
+
+The transform (KFO, Meta-SGD) is applied through its public ``update`` — its own correctness is
+tests/meta/test_meta_transforms.py's business; here the inner loop, the per-task query scoring and
+the assembly of the meta-gradient are written out independently.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from linmaml import meta
+from linmaml.benchmarks.models import ConvNet
+from linmaml.meta.engine import Engine
+
+TASKS, WAYS = 5, 3
+STRATEGIES = [("loop", 4), ("split", 2), ("split", None), ("vmap", 3), ("vmap", None)]
+
+
+def _randomize_transform(learner, seed):
+    """Move the transform off the identity so that its parameters matter in the check."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in learner.transform.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def _mlp(out=WAYS):
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, out))
+
+
+CASES = {
+    # name: (make learner, loss, regression targets?)
+    "maml-2-steps-convnet": (lambda: meta.MAML(ConvNet(1, WAYS, blocks=2, filters=3, image_size=8), lr=0.3, steps=2),
+                             F.cross_entropy, False),
+    "kfo": (lambda: meta.MAML(_mlp(), lr=0.2, steps=2, transform=meta.KFO()), F.cross_entropy, False),
+    "metasgd": (lambda: meta.MAML(_mlp(), lr=0.2, steps=2, transform=meta.MetaSGD()), F.cross_entropy, False),
+    "anil": (lambda: meta.ANIL(nn.Sequential(nn.Linear(4, 6), nn.Tanh()), nn.Linear(6, WAYS), lr=0.3, steps=2),
+             F.cross_entropy, False),
+    "first-order": (lambda: meta.MAML(_mlp(), lr=0.3, steps=2, first_order=True), F.cross_entropy, False),
+    "regression": (lambda: meta.MAML(_mlp(out=2), lr=0.1, steps=2), F.mse_loss, True),
+}
+
+
+def _make(case):
+    make, loss_fn, regression = CASES[case]
+    torch.manual_seed(0)
+    learner = make().double()
+    if hasattr(learner, "transform"):
+        _randomize_transform(learner, 1)
+    g = torch.Generator().manual_seed(2)
+    shape = (1, 8, 8) if case.endswith("convnet") else (4,)
+    xs = torch.randn(TASKS, 2 * WAYS, *shape, generator=g, dtype=torch.float64)
+    xq = torch.randn(TASKS, 4 * WAYS, *shape, generator=g, dtype=torch.float64)
+    if regression:
+        ys = torch.randn(TASKS, 2 * WAYS, 2, generator=g, dtype=torch.float64)
+        yq = torch.randn(TASKS, 4 * WAYS, 2, generator=g, dtype=torch.float64)
+    else:
+        ys = torch.arange(WAYS).repeat(2).repeat(TASKS, 1)
+        yq = torch.arange(WAYS).repeat(4).repeat(TASKS, 1)
+    return learner, loss_fn, (xs, ys, xq, yq)
+
+
+def _reference(learner, loss_fn, batch, scale):
+    """Per task: the learner's steps written out with autograd.grad, the query loss; returns
+    (Σ losses, Σ accuracies, per-task losses, gradients of scale·Σ losses w.r.t. learner.parameters())."""
+    xs, ys, xq, yq = batch
+    anil = isinstance(learner, meta.ANIL)
+    module = learner.head if anil else learner.model
+    base = dict(module.named_parameters())
+    names = list(learner.adapted_names)
+    tparams = dict(learner.transform.named_parameters())
+    losses, accuracies = [], []
+    for i in range(xs.shape[0]):
+        x_s = learner.features(xs[i]) if anil else xs[i]
+        x_q = learner.features(xq[i]) if anil else xq[i]
+        fast = {n: base[n] for n in names}
+        for lr in learner.lrs:
+            loss = loss_fn(functional_call(module, {**base, **fast}, (x_s,)), ys[i])
+            grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=not learner.first_order)
+            grads = {n: g for n, g in zip(names, grads)}
+            updates = learner.transform.update(grads, tparams)
+            fast = {n: fast[n] - lr * updates[n] for n in names}
+        out = functional_call(module, {**base, **fast}, (x_q,))
+        losses.append(loss_fn(out, yq[i]))
+        if not yq.dtype.is_floating_point:
+            accuracies.append(float((out.argmax(-1) == yq[i]).double().mean()))
+    total = torch.stack(losses).sum()
+    params = [p for p in learner.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(scale * total, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    return float(total.detach()), sum(accuracies), torch.stack(losses).detach(), grads
+
+
+def _relative_error(reference, candidate):
+    """max over tensors of ‖Δ‖ / max(‖g_t‖, 1e-3‖g‖) (conv biases before BatchNorm have ~0 gradient)."""
+    total = torch.cat([r.flatten() for r in reference]).norm()
+    return max(float((r - c).norm() / torch.maximum(r.norm(), 1e-3 * total)) for r, c in zip(reference, candidate))
+
+
+@pytest.mark.parametrize("strategy, chunk", STRATEGIES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_meta_gradient_of_every_strategy_equals_the_written_out_loop(case, strategy, chunk):
+    learner, loss_fn, batch = _make(case)
+    want_loss, want_accuracy, _, want = _reference(learner, loss_fn, batch, 0.2)
+    engine = Engine(learner, loss_fn, strategy=strategy, tasks_per_chunk=chunk)
+    loss, accuracy = engine.meta_gradient(*batch, scale=0.2)
+    got = [torch.zeros_like(p) if p.grad is None else p.grad for p in learner.parameters() if p.requires_grad]
+    assert abs(loss - want_loss) <= 1e-10 * max(1.0, abs(want_loss))
+    assert abs(accuracy - want_accuracy) <= 1e-12
+    assert _relative_error(want, got) <= 1e-10
+
+
+@pytest.mark.parametrize("strategy, chunk", STRATEGIES)
+@pytest.mark.parametrize("case", ["maml-2-steps-convnet", "anil", "regression"])
+def test_task_losses_are_differentiable_and_score_builds_no_graph(case, strategy, chunk):
+    learner, loss_fn, batch = _make(case)
+    _, _, want_losses, want = _reference(learner, loss_fn, batch, 1.0)
+    engine = Engine(learner, loss_fn, strategy=strategy, tasks_per_chunk=chunk)
+    losses, _ = engine.task_losses(*batch)
+    assert torch.allclose(losses.detach(), want_losses, rtol=1e-12, atol=0)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    got = torch.autograd.grad(losses.sum(), params, allow_unused=True)
+    assert _relative_error(want, [torch.zeros_like(p) if g is None else g for p, g in zip(params, got)]) <= 1e-10
+    # score: same values, detached, the learner untouched (second order stays second order).
+    first_order = learner.first_order
+    scored, accuracies = engine.score(*batch)
+    assert not scored.requires_grad and learner.first_order == first_order
+    assert torch.allclose(scored, want_losses, rtol=1e-12, atol=0)
+    assert (accuracies is None) == (case == "regression")
+
+
+def test_score_with_more_steps_equals_the_loop_with_more_steps():
+    learner, loss_fn, batch = _make("kfo")
+    # Test-time steps: the loop's last rate repeats (MAML.step_rates), here 2 -> 4 steps of 0.2.
+    learner.lrs = [0.2] * 4
+    _, want_accuracy, want_losses, _ = _reference(learner, loss_fn, batch, 1.0)
+    learner.lrs = [0.2, 0.2]
+    for strategy, chunk in STRATEGIES:
+        losses, accuracies = Engine(learner, loss_fn, strategy=strategy, tasks_per_chunk=chunk).score(*batch, steps=4)
+        assert torch.allclose(losses, want_losses, rtol=1e-12, atol=0), strategy
+        assert abs(float(accuracies.sum()) - want_accuracy) <= 1e-12
+
+
+def test_bad_input_names_the_argument():
+    learner, loss_fn, (xs, ys, xq, yq) = _make("kfo")
+    with pytest.raises(ValueError, match="^strategy"):
+        Engine(learner, strategy="chunks")
+    with pytest.raises(ValueError, match="^tasks_per_chunk"):
+        Engine(learner, tasks_per_chunk=0)
+    with pytest.raises(TypeError, match="^compile"):
+        Engine(learner, compile=1)
+    with pytest.raises(TypeError, match="^loss_fn"):
+        Engine(learner, "mse")
+    with pytest.raises(TypeError, match="^learner"):
+        Engine(object(), strategy="split")
+    engine = Engine(learner, loss_fn)
+    with pytest.raises(ValueError, match="^y_query"):
+        engine.score(xs, ys, xq, yq[:2])
+    with pytest.raises(ValueError, match="^steps"):
+        engine.score(xs, ys, xq, yq, steps=0)
+    with pytest.raises(ValueError, match="^scale"):
+        engine.meta_gradient(xs, ys, xq, yq, scale=float("inf"))

@@ -5,6 +5,16 @@ random instances, computes the two sides independently and returns a :class:`Che
 number of instances and the largest relative error (or, for statistical rows, the largest error in
 the row's own unit, which the name and ``note`` state, e.g. "Monte Carlo standard errors").
 
+Relative error has one meaning across the table, :data:`linmaml.checks._common.RELATIVE_ERROR`
+(‖a − b‖_F / ‖b‖_F, b the reference side), printed in the table's header and in the JSON report.
+
+What a row checks is written in its docstring: every fully qualified name ``linmaml.…`` there
+(e.g. "checks linmaml.closedform.deep_linear.maml_grad") is collected into :attr:`Identity.checks`
+and shown by ``linmaml verify --json``. A row whose two sides share the code under test (true by
+construction, e.g. a transform at its identity initialisation) is a *smoke* row: its name starts
+with "smoke:", it is run and must hold like any other, but the table labels it as plumbing, not as
+an identity.
+
 Rows live in ``linmaml/checks/``, one module per part of the toolkit (``closedform.py``,
 ``gaussian.py``, ``symbolic.py``, ``simulator.py``, ``meta.py``), and register themselves with
 :func:`identity`. ``all_identities`` imports every module there, so adding an identity is adding one
@@ -15,13 +25,24 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import re
 import time
 from typing import Callable
 
 import numpy as np
 
+from linmaml.checks._common import RELATIVE_ERROR
+
 #: Row modules in the order of the printed table; any other module in linmaml/checks/ follows.
 ROW_ORDER = ("closedform", "gaussian", "symbolic", "simulator", "meta")
+#: Rows whose name starts with this are smoke checks (true by construction), not identities.
+SMOKE_PREFIX = "smoke:"
+_QUALIFIED_NAME = re.compile(r"\blinmaml(?:\.\w+)+")
+
+
+def checked_names(doc: str) -> tuple[str, ...]:
+    """The fully qualified names ``linmaml.…`` in a row's docstring, in order, without repeats."""
+    return tuple(dict.fromkeys(_QUALIFIED_NAME.findall(doc or "")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +59,13 @@ class Identity:
     check: Callable[[np.random.Generator], CheckResult]
     group: str
     description: str
+    #: Fully qualified names of the functions this row checks (from its docstring).
+    checks: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """"smoke" for rows true by construction (name starts with "smoke:"), else "identity"."""
+        return "smoke" if self.name.startswith(SMOKE_PREFIX) else "identity"
 
     def run(self, seed: int = 0) -> dict:
         start = time.perf_counter()
@@ -45,7 +73,9 @@ class Identity:
         error = float(result.max_rel_error)
         return {
             "name": self.name,
+            "kind": self.kind,
             "group": self.group,
+            "checks": list(self.checks),
             "instances": int(result.instances),
             "max_rel_error": error,
             "tolerance": self.tolerance,
@@ -60,14 +90,15 @@ _REGISTRY: dict[str, Identity] = {}
 
 
 def identity(name: str, tolerance: float):
-    """Decorator: register ``check(rng) -> CheckResult`` as a row of the table."""
+    """Decorator: register ``check(rng) -> CheckResult`` as a row of the table. The docstring's
+    first line describes the row; the ``linmaml.…`` names in it say what the row checks."""
 
     def register(check):
         if name in _REGISTRY:
             raise ValueError(f"identity {name!r} is registered twice")
         group = check.__module__.rsplit(".", 1)[-1]
         doc = (check.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = Identity(name, tolerance, check, group, doc)
+        _REGISTRY[name] = Identity(name, tolerance, check, group, doc, checked_names(check.__doc__))
         return check
 
     return register
@@ -93,18 +124,23 @@ def run_all(seed: int = 0, only: str | None = None, progress: Callable[[str], No
         if progress:
             progress(ident.name)
         rows.append(ident.run(seed))
-    return {"identities": rows, "passed": all(r["passed"] for r in rows) and bool(rows)}
+    return {"relative_error": RELATIVE_ERROR, "identities": rows,
+            "passed": all(r["passed"] for r in rows) and bool(rows)}
 
 
 def format_table(report: dict) -> str:
+    """The printed table: a header line with the relative-error definition, one line per row (kind
+    "smoke" marked), and a summary line."""
     rows = report["identities"]
     width = max([len(r["name"]) for r in rows] + [8])
-    lines = [f"{'identity':<{width}}  {'n':>5}  {'max error':>10}  {'tolerance':>9}  result"]
+    lines = [report.get("relative_error", RELATIVE_ERROR) + "; statistical rows: standard errors",
+             f"{'row':<{width}}  {'kind':<8}  {'n':>5}  {'max error':>10}  {'tolerance':>9}  result"]
     for r in rows:
         mark = "pass" if r["passed"] else "FAIL"
-        lines.append(
-            f"{r['name']:<{width}}  {r['instances']:>5}  {r['max_rel_error']:>10.2e}  {r['tolerance']:>9.1e}  {mark}"
-        )
+        kind = r.get("kind", "identity")
+        lines.append(f"{r['name']:<{width}}  {kind:<8}  {r['instances']:>5}  {r['max_rel_error']:>10.2e}  "
+                     f"{r['tolerance']:>9.1e}  {mark}")
     passed = sum(r["passed"] for r in rows)
-    lines.append(f"{passed} of {len(rows)} identities hold")
+    smoke = sum(r.get("kind") == "smoke" for r in rows)
+    lines.append(f"{passed} of {len(rows)} rows hold ({len(rows) - smoke} identities, {smoke} smoke checks)")
     return "\n".join(lines)

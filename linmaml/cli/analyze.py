@@ -1,0 +1,53 @@
+"""``linmaml analyze``: where a trained network adapts, layer by layer (:mod:`linmaml.benchmarks.analyze`)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "analyze", help="per-layer inner-loop updates, CKA, adaptation ablation and preconditioner spectrum of a run",
+        description="On the fixed test tasks of linmaml evaluate: each parameter's relative inner-loop update "
+                    "|dθ|/|θ|, each block's linear CKA between query features before and after adaptation, the "
+                    "accuracy (95% CI) when only some layers adapt, and the spectrum of the preconditioner the "
+                    "network applies to its bottom layer's step.")
+    p.add_argument("run", metavar="RUN", help="a run folder of linmaml train (its best.pt, else last.pt) or a .pt")
+    p.add_argument("--tasks", type=int, default=600, help="number of fixed test tasks (default 600)")
+    p.add_argument("--steps", type=int, default=None, help="inner steps (default: the run's --test-steps)")
+    p.add_argument("--spectrum-tasks", type=int, default=20, metavar="N",
+                   help="tasks whose support sets give the preconditioner spectrum (default 20; 0 skips it)")
+    p.add_argument("--data-root", metavar="DIR", default=None,
+                   help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
+    p.add_argument("--threads", type=int, default=None, metavar="T", help="CPU threads for torch")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write DIR/analyze.{png,json}")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from linmaml import _io, _validate
+    from linmaml.benchmarks import analyze
+
+    if args.threads is not None:
+        torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1))
+    for value, name, minimum in ((args.tasks, "--tasks", 2), (args.spectrum_tasks, "--spectrum-tasks", 0)):
+        _validate.integer(value, name, minimum=minimum)
+    if args.steps is not None:
+        _validate.integer(args.steps, "--steps", minimum=1)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise NotADirectoryError(f"--out: {args.out} is not a folder")
+    result = analyze.analyze_run(args.run, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
+                                 data_root=args.data_root, stream=sys.stderr)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        analyze.draw(result, args.out / "analyze.png")
+        _io.atomic_write_json(args.out / "analyze.json", result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(analyze.format_table(result))
+    return 0

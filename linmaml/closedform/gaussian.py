@@ -148,40 +148,87 @@ def _curvature(family: RegressionFamily, lr: float, steps: int, population: bool
     return B, noise
 
 
-def _check_weights(W, mixture: TaskMixture) -> np.ndarray:
-    W = _validate.real_matrix(W, "W")
+def _check_weights(W, mixture: TaskMixture, name: str = "weights") -> np.ndarray:
+    W = _validate.real_matrix(W, name)
     if W.shape != (mixture.d_out, mixture.d_in):
-        raise ValueError(f"W: expected shape {(mixture.d_out, mixture.d_in)} (d_out, d_in), got {W.shape}")
+        raise ValueError(f"{name}: expected shape {(mixture.d_out, mixture.d_in)} (d_out, d_in), got {W.shape}")
     return W
 
 
-def expected_post_adaptation_loss(W, family, lr, steps: int = 1, population: bool | None = None) -> float:
-    """The exact expected query loss of the shallow model W (d_out, d_in) after MAML's inner loop.
+def expected_post_adaptation_loss(weights, family, lr, steps: int = 1, population: bool | None = None) -> float:
+    """The exact expected query loss of a linear model after MAML's inner loop.
 
-    The expectation is over tasks, support sets, support noise and query points. ``steps`` inner
-    steps of gradient descent with rate ``lr`` on the support loss 1/(2n)·‖X Wᵀ − Y‖²:
+    ``weights`` is one matrix W (d_out, d_in) (the shallow model) or a list [W1, …, WL] of layers (W1
+    applied first, Wj of shape (d_j, d_{j−1})); a one-element list is the shallow model. The
+    expectation is over tasks, support sets, support noise and query points. ``steps`` inner steps of
+    gradient descent with rate ``lr`` (any finite real: negative rates, as in Bernacchia 2021, are
+    allowed; this is the rate used when the model is *evaluated*, i.e. lr_test) on the support loss
+    1/(2n)·‖X Wᵀ − Y‖²:
 
-    * ``steps`` = 0: the plain expected loss ½·[tr(Σ S) + d_out σ²];
-    * ``steps`` = 1 (default, ``population`` None or False): exact for n support points, including
-      the Wishart fluctuation of Σ̂ and the support noise (see the module docstring);
-    * ``steps`` ≥ 2, or ``population=True``: **population level**, i.e. each inner step uses the
-      expected support loss (Σ̂ → Σ, no noise in the gradient). ``population=False`` with
-      ``steps`` ≥ 2 raises, since the finite-n expectation needs higher Wishart moments.
+    * ``steps`` = 0: the plain expected loss ½·[tr(Σ S) + d_out σ²] of the end-to-end map;
+    * shallow, ``steps`` = 1 (default, ``population`` None or False): exact for n support points,
+      including the Wishart fluctuation of Σ̂ and the support noise (see the module docstring);
+    * shallow, ``steps`` ≥ 2, or ``population=True``: **population level**, i.e. each inner step uses
+      the expected support loss (Σ̂ → Σ, no noise in the gradient). ``population=False`` with
+      ``steps`` ≥ 2 raises, since the finite-n expectation needs higher Wishart moments;
+    * deep (two or more layers): one step with the population gradient on every layer, exact for any
+      depth, Σ and full Ω (:mod:`linmaml.closedform.gaussian_deep`, Isserlis). ``population`` None or
+      True; ``population=False`` (finite n) and ``steps`` ≥ 2 raise ``ValueError``: not implemented
+      (they need Wishart moments of order 2L jointly with D).
 
     For a :class:`TaskMixture` the result is the probability-weighted sum over components.
+    :func:`expected_post_adaptation_loss_and_grad` also returns the gradient with respect to the weights.
     """
+    return expected_post_adaptation_loss_and_grad(weights, family, lr, steps, population, _grad=False)[0]
+
+
+def expected_post_adaptation_loss_and_grad(weights, family, lr, steps: int = 1, population: bool | None = None,
+                                           *, _grad: bool = True):
+    """(value, gradient) of :func:`expected_post_adaptation_loss` (same arguments and conventions).
+
+    The gradient has the shape of ``weights``: one (d_out, d_in) array for a matrix, a list of arrays
+    for a list of layers. Shallow: the exact ∂/∂W = Σ_c π_c (W − M_c) B_c. Deep: the complex-step
+    derivative of the exact polynomial expectation (exact to rounding; see gaussian_deep).
+    """
+    from linmaml.closedform import gaussian_deep
+
     mixture = _mixture(family)
-    W = _check_weights(W, mixture)
-    lr = _validate.finite_number(lr, "lr", nonnegative=True)
+    lr = _validate.finite_number(lr, "lr")
+    if gaussian_deep.is_layer_list(weights) and len(weights) >= 2:
+        layers = gaussian_deep.check_layers(weights, mixture.d_in, mixture.d_out)
+        steps = _validate.integer(steps, "steps", minimum=0)
+        if population is not None and not isinstance(population, (bool, np.bool_)):
+            raise TypeError(f"population: expected True, False or None, got {population!r}")
+        if population is False:
+            raise ValueError("population: finite-n expectations are not implemented for deep models (they need "
+                             "Wishart moments of order 2L jointly with the task); pass population=True")
+        if steps > 1:
+            raise ValueError("steps: deep models are covered for 0 or 1 inner step (the adapted map has degree "
+                             "L^k in the task after k steps)")
+        rate = lr if steps == 1 else 0.0
+        if not _grad:
+            return gaussian_deep.deep_expected_loss(layers, mixture, rate), None
+        return gaussian_deep.deep_expected_loss_and_grad(layers, mixture, rate)
+    single = gaussian_deep.is_layer_list(weights)
+    W = _check_weights(weights[0] if single else weights, mixture)
     steps, population = _steps_and_level(steps, population)
     total = _expected_loss(W, mixture, lr, steps, population)
     if not np.isfinite(total):
-        if steps > 0 and lr > 0 and np.isfinite(_expected_loss(W, mixture, 0.0, 0, population)):
-            raise ValueError(f"lr: the expected loss after {steps} inner step(s) overflows float64; expected a smaller "
-                             f"learning rate")
-        raise ValueError("W: the expected loss overflows float64 for this W and family; expected a smaller W (or "
-                         "smaller family scales)")
-    return total
+        if steps > 0 and lr != 0 and np.isfinite(_expected_loss(W, mixture, 0.0, 0, population)):
+            raise ValueError(f"lr: the expected loss after {steps} inner step(s) overflows float64; expected a "
+                             f"smaller learning rate")
+        raise ValueError("weights: the expected loss overflows float64 for these weights and family; expected "
+                         "smaller weights (or smaller family scales)")
+    if not _grad:
+        return total, None
+    grad = np.zeros_like(W)
+    with np.errstate(all="ignore"):
+        for weight, comp in zip(mixture.weights, mixture.components):
+            B, _ = _curvature(comp, lr, steps, population)
+            grad += weight * (W - comp.task_mean) @ (0.5 * (B + B.T))
+    if not np.all(np.isfinite(grad)):
+        raise ValueError("weights: the gradient overflows float64; expected smaller weights")
+    return total, [grad] if single else grad
 
 
 def _expected_loss(W, mixture: TaskMixture, lr: float, steps: int, population: bool) -> float:
@@ -211,7 +258,7 @@ def optimal_inner_lr(W, family, steps: int = 1, population: bool | None = None) 
     bracketing to machine precision. Returns 0.0 when the loss does not depend on α.
     """
     mixture = _mixture(family)
-    W = _check_weights(W, mixture)
+    W = _check_weights(W, mixture, "W")
     steps, population = _steps_and_level(steps, population)
     if steps == 0:
         raise ValueError("steps: expected at least 1 inner step (with 0 steps the learning rate has no effect)")
@@ -278,13 +325,15 @@ def _convex_power_sum_minimiser(scales: np.ndarray, coefficients: np.ndarray, st
 def maml_fixed_point(family, lr, steps: int = 1, population: bool | None = None) -> np.ndarray:
     """The minimiser W* (d_out, d_in) of the MAML objective :func:`expected_post_adaptation_loss`.
 
+    ``lr`` is the meta-*training* rate (any finite real; B_c ⪰ 0 for negative rates too).
+
     The objective is ½·Σ_c π_c tr((W − M_c) B_c (W − M_c)ᵀ) + const with B_c ⪰ 0 (module docstring;
     the same finite-n / population convention as there), so W*·B = C with B = Σ π_c B_c and
     C = Σ π_c M_c B_c. Returns C B⁺, the minimiser of least Frobenius norm when B is singular. For a
     single family this is its task mean M.
     """
     mixture = _mixture(family)
-    lr = _validate.finite_number(lr, "lr", nonnegative=True)
+    lr = _validate.finite_number(lr, "lr")
     steps, population = _steps_and_level(steps, population)
     return _quadratic_minimiser(mixture, lr, steps, population)
 
@@ -304,7 +353,7 @@ def _quadratic_minimiser(mixture: TaskMixture, lr: float, steps: int, population
             B_total += weight * B
             C_total += weight * comp.task_mean @ B
     if not (np.all(np.isfinite(B_total)) and np.all(np.isfinite(C_total))):
-        if steps > 0 and lr > 0:
+        if steps > 0 and lr != 0:
             raise ValueError(f"lr: the curvature after {steps} inner step(s) overflows float64; expected a smaller "
                              f"learning rate")
         raise ValueError("family: the curvature overflows float64; expected smaller covariances or task means")
@@ -316,3 +365,15 @@ def _quadratic_minimiser(mixture: TaskMixture, lr: float, steps: int, population
     if not np.all(np.isfinite(out)):
         raise ValueError("family: the fixed point overflows float64; expected smaller covariances or task means")
     return out
+
+
+# Deep models, training/test rates and the optimal matrix map live in their own modules (imported
+# last: they use the helpers above).
+from linmaml.closedform.gaussian_lr import (  # noqa: E402
+    best_scalar_lr,
+    expected_one_step_map_loss,
+    maml_trained_init,
+    meta_test_loss,
+    negative_lr_table,
+    optimal_one_step_map,
+)

@@ -1,11 +1,15 @@
 """Verification rows for the model-agnostic library ``linmaml.meta`` (torch, float64).
 
-Each row builds torch models from random instances, runs ``meta.MAML`` / ``meta.ANIL`` and compares
-with a computation that shares none of the inner-loop code: the numpy closed forms
-(``linmaml.closedform.deep_linear``), a shallow model with an explicit KFO or Meta-SGD, a plain
-gradient-descent loop written with ``torch.autograd.grad``. All rows start with "meta:"
-(``linmaml verify --only meta:``). The helpers here (``closedform_parity`` and friends) are also
-called by ``tests/meta`` over the full grids.
+Each row builds torch models from random instances (:mod:`linmaml.checks._common`), runs
+``meta.MAML`` / ``meta.ANIL`` and compares with a computation that shares none of the inner-loop
+code: the numpy closed forms (``linmaml.closedform.deep_linear``), a shallow model with an explicit
+KFO or Meta-SGD, or a hand-written loop — the forward pass written with torch functions, the inner
+gradient from ``torch.autograd.grad`` or written out, and the transform's update written as an
+explicit Kronecker-product matrix — that calls nothing in ``linmaml.meta``. Meta-gradients of the
+hand-written side come from torch autograd through that loop. Errors are
+``_common.relative_error`` (‖a − b‖_F / ‖b‖_F, b the reference side). All rows start with "meta:",
+except the smoke rows (true by construction), which start with "smoke: meta". The helpers here
+(``closedform_parity`` and friends) are also called by ``tests/meta`` over the full grids.
 """
 from __future__ import annotations
 
@@ -14,11 +18,21 @@ import torch
 from torch import nn
 
 from linmaml import meta
+from linmaml.checks._common import (  # noqa: F401  (random_widths, random_weights: used by tests/meta)
+    LOSSES,
+    random_data,
+    random_rates,
+    random_tasks,
+    random_weights,
+    random_widths,
+    relative_error,
+)
 from linmaml.closedform import deep_linear as dl
 from linmaml.verification import CheckResult, identity
 
-LOSSES = ("squared", "logistic")
 DTYPE = torch.float64
+#: Inner learning rates of these rows: [0.05, 0.3] (a number or, a third of the time, one per step).
+RATES = (0.05, 0.3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -34,6 +48,13 @@ def loss_function(loss: str):
     raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
 
 
+def output_gradient(loss: str, F: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """∂loss/∂F written out (no autograd): (F − Y)/n (squared), (σ(F) − Y)/(n·d) (logistic, mean BCE)."""
+    if loss == "squared":
+        return (F - Y) / F.shape[0]
+    return (torch.sigmoid(F) - Y) / F.numel()
+
+
 def deep_linear_model(weights) -> nn.Sequential:
     """nn.Sequential of bias-free nn.Linear whose weights are [W1, …, WL] (W1 applied first)."""
     layers = []
@@ -45,51 +66,18 @@ def deep_linear_model(weights) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def random_widths(rng: np.random.Generator, depth: int, loss: str) -> list[int]:
-    widths = [int(w) for w in rng.integers(1, 5, size=depth + 1)]
-    if loss == "logistic":
-        widths[-1] = 1
-    return widths
-
-
-def random_weights(rng: np.random.Generator, widths: list[int]) -> list[np.ndarray]:
-    # Variance 1/d_in keeps the end-to-end map of order one at every depth.
-    return [rng.standard_normal((widths[j + 1], widths[j])) / np.sqrt(widths[j]) for j in range(len(widths) - 1)]
-
-
-def random_data(rng: np.random.Generator, n: int, d_in: int, d_out: int, loss: str):
-    X = rng.standard_normal((n, d_in))
-    Y = rng.standard_normal((n, d_out)) if loss == "squared" else (rng.random((n, 1)) < 0.5).astype(np.float64)
-    return X, Y
-
-
-def random_tasks(rng: np.random.Generator, count: int, d_in: int, d_out: int, loss: str):
-    tasks = []
-    for _ in range(count):
-        Xs, Ys = random_data(rng, int(rng.integers(2, 7)), d_in, d_out, loss)
-        Xq, Yq = random_data(rng, int(rng.integers(2, 7)), d_in, d_out, loss)
-        tasks.append((Xs, Ys, Xq, Yq))
-    return tasks
-
-
-def random_rates(rng: np.random.Generator, steps: int):
-    """A number or (a third of the time) a per-step list, each in [0.05, 0.3]."""
-    if rng.random() < 1 / 3:
-        return [float(r) for r in rng.uniform(0.05, 0.3, size=steps)]
-    return float(rng.uniform(0.05, 0.3))
-
-
 def as_torch(*arrays):
     return tuple(torch.as_tensor(a, dtype=DTYPE) for a in arrays)
 
 
-def relative_error(a, b) -> float:
-    """‖a − b‖ / ‖b‖ over lists of tensors or arrays (Frobenius norms); ‖a − b‖ when b = 0."""
-    a = [torch.as_tensor(x, dtype=DTYPE).detach() for x in a]
-    b = [torch.as_tensor(y, dtype=DTYPE).detach() for y in b]
-    num = float(torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(a, b))))
-    den = float(torch.sqrt(sum((y**2).sum() for y in b)))
-    return num / den if den > 0 else num
+def _sizes(rng: np.random.Generator, loss: str) -> tuple[int, int, int]:
+    """(d_in, hidden, d_out) in {1, …, 4}, d_out = 1 for the logistic loss."""
+    d_in, hidden = (int(v) for v in rng.integers(1, 5, size=2))
+    return d_in, hidden, 1 if loss == "logistic" else int(rng.integers(1, 5))
+
+
+def _per_step(rates, steps: int) -> list[float]:
+    return rates if isinstance(rates, list) else [rates] * steps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,7 +92,7 @@ def closedform_parity(rng: np.random.Generator, depth: int, steps: int, loss: st
     widths = random_widths(rng, depth, loss)
     weights = random_weights(rng, widths)
     tasks = random_tasks(rng, n_tasks, widths[0], widths[-1], loss)
-    lr = random_rates(rng, steps)
+    lr = random_rates(rng, steps, *RATES)
     layers = None
     if rng.random() < 0.5:
         layers = sorted(int(j) for j in rng.choice(depth, size=int(rng.integers(1, depth + 1)), replace=False))
@@ -133,8 +121,9 @@ def closedform_parity(rng: np.random.Generator, depth: int, steps: int, loss: st
 
 @identity("meta: MAML = closed form (adapted weights, MAML loss, meta-gradient)", 1e-10)
 def check_closedform(rng):
-    """meta.MAML on nn.Sequential of bias-free nn.Linear vs closedform.adapt/maml_loss/maml_grad:
-    depths 1–4 × steps 1–5 × both losses, second order (and first order for a quarter)."""
+    """linmaml.meta.MAML (checks linmaml.meta.MAML.adapt and linmaml.meta.inner_loop) on nn.Sequential
+    of bias-free nn.Linear vs the numpy closed forms linmaml.closedform.deep_linear.adapt, maml_loss and
+    maml_grad: depths 1–4 × steps 1–5 × both losses, second order (and first order for a quarter)."""
     worst, count = 0.0, 0
     for depth in range(1, 5):
         for steps in range(1, 6):
@@ -173,7 +162,7 @@ def depth_as_kfo(rng: np.random.Generator, steps: int, loss: str) -> float:
     W = torch.as_tensor(rng.standard_normal((m, p)) / np.sqrt(p), dtype=DTYPE)
     A = torch.as_tensor(rng.standard_normal((d_out, m)) / np.sqrt(m), dtype=DTYPE)
     X, Y = as_torch(*random_data(rng, int(rng.integers(2, 8)), d_in, d_out, loss))
-    lr = random_rates(rng, steps)
+    lr = random_rates(rng, steps, *RATES)
     loss_fn = loss_function(loss)
 
     deep = deep_linear_model([B.numpy(), W.numpy(), A.numpy()])
@@ -199,7 +188,9 @@ def depth_as_kfo(rng: np.random.Generator, steps: int, loss: str) -> float:
 
 @identity("meta: depth = KFO (A·W·B, W adapted, equals KFO with LᵀL = AAᵀ, RᵀR = BᵀB)", 1e-12)
 def check_depth_as_kfo(rng):
-    """k-step adaptation (k = 1…5) of the middle factor of A·W·B equals KFO(psd=True) on W' = A W B."""
+    """k-step adaptation (k = 1…5) of the middle factor of A·W·B equals KFO(psd=True) on W' = A W B
+    (checks linmaml.meta.KFO against depth: the deep side never calls KFO, the shallow side never
+    differentiates through A and B; both run the inner loop, which the closed-form row checks)."""
     worst, count = 0.0, 0
     for steps in range(1, 6):
         for loss in LOSSES:
@@ -234,15 +225,14 @@ class ScaledMLP(nn.Module):
 def metasgd_as_reparameterisation(rng: np.random.Generator, steps: int, loss: str) -> float:
     """Relative error between Meta-SGD (step sizes s, lr α) on a tanh MLP and plain MAML (lr α) on the
     same MLP with each parameter written as √s ⊙ V: ∇_V = √s ⊙ ∇_W, so √s ⊙ V moves by −α s ⊙ ∇_W."""
-    d_in, hidden = (int(v) for v in rng.integers(1, 5, size=2))
-    d_out = 1 if loss == "logistic" else int(rng.integers(1, 5))
+    d_in, hidden, d_out = _sizes(rng, loss)
     shapes = [(hidden, d_in), (d_out, hidden)]
     weights = [torch.as_tensor(rng.standard_normal(s) / np.sqrt(s[1]), dtype=DTYPE) for s in shapes]
     biases = [torch.as_tensor(rng.standard_normal(s[0]), dtype=DTYPE) for s in shapes]
     scales = [torch.as_tensor(rng.uniform(0.2, 2.0, size=s), dtype=DTYPE) for s in shapes]
     bias_scales = [torch.as_tensor(rng.uniform(0.2, 2.0, size=s[0]), dtype=DTYPE) for s in shapes]
     X, Y = as_torch(*random_data(rng, int(rng.integers(2, 8)), d_in, d_out, loss))
-    lr = random_rates(rng, steps)
+    lr = random_rates(rng, steps, *RATES)
     loss_fn = loss_function(loss)
 
     plain = nn.Sequential(nn.Linear(d_in, hidden, dtype=DTYPE), nn.Tanh(), nn.Linear(hidden, d_out, dtype=DTYPE))
@@ -270,7 +260,8 @@ def metasgd_as_reparameterisation(rng: np.random.Generator, steps: int, loss: st
 
 @identity("meta: Meta-SGD(s) = MAML on the reparameterisation √s ⊙ V", 1e-12)
 def check_metasgd_reparameterisation(rng):
-    """Meta-SGD with per-element step sizes s equals plain MAML on weights written as √s ⊙ V."""
+    """Meta-SGD with per-element step sizes s (checks linmaml.meta.MetaSGD) equals plain MAML on
+    weights written as √s ⊙ V (the reparameterised side never calls MetaSGD)."""
     worst, count = 0.0, 0
     for steps in range(1, 6):
         for loss in LOSSES:
@@ -301,10 +292,9 @@ def randomise(transform: meta.Transform, rng: np.random.Generator, scale: float 
 def anil_vs_head_maml(rng: np.random.Generator, steps: int, loss: str) -> float:
     """Relative error between ANIL(features, head) and MAML(model, adapt="head") on the same modules,
     with KFO transforms holding equal random factors: adapted head and every meta-gradient."""
-    d_in, hidden = (int(v) for v in rng.integers(1, 5, size=2))
-    d_out = 1 if loss == "logistic" else int(rng.integers(1, 5))
+    d_in, hidden, d_out = _sizes(rng, loss)
     model = random_mlp(rng, d_in, hidden, d_out)
-    lr = random_rates(rng, steps)
+    lr = random_rates(rng, steps, *RATES)
     loss_fn = loss_function(loss)
     kfo_maml, kfo_anil = meta.KFO(), meta.KFO()
     maml = meta.MAML(model, lr=lr, steps=steps, transform=kfo_maml, adapt="head")
@@ -329,13 +319,77 @@ def anil_vs_head_maml(rng: np.random.Generator, steps: int, loss: str) -> float:
     return relative_error(results[1], results[0])
 
 
-@identity("meta: ANIL = MAML with adapt='head' (adapted head, meta-gradients)", 1e-12)
+@identity("smoke: meta ANIL = MAML with adapt='head' (adapted head, meta-gradients)", 1e-12)
 def check_anil(rng):
-    """ANIL on (features, head) equals MAML adapting the last nn.Linear of features→head."""
+    """ANIL on (features, head) (linmaml.meta.ANIL) equals MAML adapting the last nn.Linear of
+    features→head (linmaml.meta.MAML). Smoke: both run the same inner loop; the identity row for ANIL
+    is the hand-written head-only loop below."""
     worst, count = 0.0, 0
     for steps in range(1, 6):
         for loss in LOSSES:
             worst = max(worst, anil_vs_head_maml(rng, steps, loss))
+            count += 1
+    return CheckResult(count, worst, "relative error over the adapted head and all meta-gradients")
+
+
+def kron_update(G: torch.Tensor, left: torch.Tensor, right: torch.Tensor, channels: int = 0) -> torch.Tensor:
+    """left · G · right for a matrix G (or for each of ``channels`` stacked matrices G[o]), written as
+    the explicit Kronecker matrix on the row-major vec: vec_r(A G B) = (A ⊗ Bᵀ) vec_r(G) (with
+    I_channels ⊗ in front for a stack). Deliberately the slow, literal form of the transforms' maps."""
+    K = torch.kron(left.contiguous(), right.T.contiguous())  # kron needs contiguous inputs
+    if channels:
+        K = torch.kron(torch.eye(channels, dtype=K.dtype), K)
+    return (K @ G.reshape(-1)).reshape(G.shape)
+
+
+def anil_vs_hand_loop(rng: np.random.Generator, steps: int, loss: str) -> float:
+    """Relative error between ANIL(features, head) with a random KFO and a hand-written head-only loop:
+    features tanh(X W1ᵀ + b1) computed once per task, the head's gradient written out (no autograd),
+    updated by the explicit Kronecker matrix of psd KFO (:func:`kron_update`); meta-gradients
+    by torch autograd through that loop. Compared: last task's adapted head and every meta-gradient
+    (feature and head parameters, KFO factors)."""
+    d_in, hidden, d_out = _sizes(rng, loss)
+    model = random_mlp(rng, d_in, hidden, d_out)
+    lr = random_rates(rng, steps, *RATES)
+    loss_fn = loss_function(loss)
+    kfo = meta.KFO()
+    anil = meta.ANIL(model[:2], model[2], lr=lr, steps=steps, transform=kfo)
+    randomise(kfo, rng)
+    tasks = [as_torch(*task) for task in random_tasks(rng, 2, d_in, d_out, loss)]
+
+    total = 0.0
+    for Xs, Ys, Xq, Yq in tasks:
+        fast = anil.adapt(Xs, Ys, loss_fn)
+        total = total + loss_fn(anil(Xq, params=fast), Yq)
+    ours = [fast["weight"], fast["bias"]] + list(torch.autograd.grad(total, list(model.parameters()) +
+                                                                     list(kfo.parameters())))
+
+    W1, b1, W2, b2 = (p.detach().clone().requires_grad_(True) for p in model.parameters())
+    factors = {n: p.detach().clone().requires_grad_(True) for n, p in kfo.named_parameters()}
+    gram = {n: f.T @ f for n, f in factors.items()}  # psd KFO: LᵀL and RᵀR
+    reference_total = 0.0
+    for Xs, Ys, Xq, Yq in tasks:
+        Z = torch.tanh(Xs @ W1.T + b1)  # the features, once per task
+        W, b = W2, b2
+        for rate in _per_step(lr, steps):
+            dF = output_gradient(loss, Z @ W.T + b, Ys)
+            W = W - rate * kron_update(dF.T @ Z, gram["factors.weight.L0"], gram["factors.weight.R0"])
+            b = b - rate * kron_update(dF.sum(0).reshape(-1, 1), gram["factors.bias.L0"],
+                                       gram["factors.bias.R0"]).reshape(-1)
+        reference_total = reference_total + loss_fn(torch.tanh(Xq @ W1.T + b1) @ W.T + b, Yq)
+    reference = [W, b] + list(torch.autograd.grad(reference_total, [W1, b1, W2, b2] + list(factors.values())))
+    return relative_error(ours, reference)
+
+
+@identity("meta: ANIL = hand-written head-only loop (adapted head, meta-gradients)", 1e-12)
+def check_anil_hand_loop(rng):
+    """linmaml.meta.ANIL with a random linmaml.meta.KFO vs a head-only loop written by hand: features
+    computed once, head gradient written out, KFO as an explicit Kronecker matrix, no linmaml.meta
+    call on the reference side; k = 1…5 steps, both losses, two tasks per instance."""
+    worst, count = 0.0, 0
+    for steps in range(1, 6):
+        for loss in LOSSES:
+            worst = max(worst, anil_vs_hand_loop(rng, steps, loss))
             count += 1
     return CheckResult(count, worst, "relative error over the adapted head and all meta-gradients")
 
@@ -352,10 +406,9 @@ def plain_adaptation(model: nn.Module, X, Y, loss_fn, rates) -> dict[str, torch.
 
 def fomaml_gradient(rng: np.random.Generator, steps: int, loss: str) -> float:
     """Relative error between first-order MAML's meta-gradient and ∇L_q at plainly adapted weights."""
-    d_in, hidden = (int(v) for v in rng.integers(1, 5, size=2))
-    d_out = 1 if loss == "logistic" else int(rng.integers(1, 5))
+    d_in, hidden, d_out = _sizes(rng, loss)
     model = random_mlp(rng, d_in, hidden, d_out)
-    lr = random_rates(rng, steps)
+    lr = random_rates(rng, steps, *RATES)
     rates = lr if isinstance(lr, list) else [lr] * steps
     loss_fn = loss_function(loss)
     learner = meta.MAML(model, lr=lr, steps=steps, first_order=True)
@@ -370,7 +423,8 @@ def fomaml_gradient(rng: np.random.Generator, steps: int, loss: str) -> float:
 
 @identity("meta: first-order MAML meta-gradient = query gradient at the adapted weights", 1e-12)
 def check_fomaml(rng):
-    """first_order=True: the meta-gradient is ∇L_q(θ_k), θ_k from a separate plain GD loop."""
+    """first_order=True (checks linmaml.meta.MAML with first_order): the meta-gradient is ∇L_q(θ_k),
+    θ_k from a plain gradient-descent loop written with torch.autograd.grad (no ``adapt``)."""
     worst, count = 0.0, 0
     for steps in range(1, 6):
         for loss in LOSSES:
@@ -416,10 +470,12 @@ def transforms_at_init(rng: np.random.Generator, steps: int) -> float:
     return worst
 
 
-@identity("meta: KFO, Meta-SGD, Meta-Curvature at initialisation = MAML", 1e-15)
+@identity("smoke: meta KFO, Meta-SGD, Meta-Curvature at initialisation = MAML", 1e-15)
 def check_transforms_at_init(rng):
-    """Freshly built transforms (KFO linear/psd/non-linear, Meta-SGD, Meta-Curvature, a chain) adapt
-    an MLP and a conv net exactly as plain MAML does (expected: bit for bit)."""
+    """Freshly built transforms (linmaml.meta.KFO linear/psd/non-linear, linmaml.meta.MetaSGD,
+    linmaml.meta.MetaCurvature, linmaml.meta.Chain) adapt an MLP and a conv net exactly as plain MAML
+    does (expected: bit for bit). Smoke: true by construction (every transform starts as the
+    identity), so it checks initialisation, not the transforms' updates."""
     worst, count = 0.0, 0
     for steps in (1, 3):
         worst = max(worst, transforms_at_init(rng, steps))

@@ -1,0 +1,110 @@
+"""``linmaml analyze`` end to end: a 60-iteration run trained here on the real Omniglot, --json, --out,
+the "all layers adapt" accuracy against ``linmaml evaluate`` on the same tasks, and bad run folders
+(exit 2, one line)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from linmaml.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _data_root() -> Path:
+    candidates = [Path(os.environ["LINMAML_DATA"])] if os.environ.get("LINMAML_DATA", "").strip() else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for root in candidates:
+        if (root / "omniglot").is_dir():
+            return root
+    if os.environ.get("CI"):
+        pytest.fail("real Omniglot not found: set LINMAML_DATA or provide ../shared/data/omniglot")
+    pytest.skip("real Omniglot not found")
+
+
+@pytest.fixture(scope="module")
+def run60(tmp_path_factory):
+    """A 60-iteration MAML run (2 blocks of 8 filters) on the real Omniglot."""
+    from linmaml.benchmarks.train import train
+
+    root = _data_root()
+    out = tmp_path_factory.mktemp("analyze") / "run"
+    result = train({"layers": 2, "hidden": 8, "iterations": 60, "val_every": 30, "val_tasks": 10,
+                    "meta_batch": 8}, out, data_root=root, progress=False, threads=1)
+    assert result.status == "done"
+    return out, root
+
+
+def test_analyze_json_end_to_end(run60, capsys, tmp_path):
+    run, root = run60
+    figures = tmp_path / "fig"
+    status = main(["analyze", str(run), "--tasks", "20", "--json", "--threads", "1", "--data-root", str(root),
+                   "--spectrum-tasks", "3", "--out", str(figures)])
+    captured = capsys.readouterr()
+    assert status == 0
+    result = json.loads(captured.out)  # exactly one JSON object on stdout
+    assert "eta" in captured.err  # progress on stderr
+    names = [row["name"] for row in result["layers"]]
+    assert names[0] == "features.block0.conv.weight" and names[-1] == "head.bias"
+    for row in result["layers"]:
+        assert {"name", "relative_update", "cka"} <= set(row)
+        assert row["cka"] is None or 0.0 <= row["cka"] <= 1.0 + 1e-9
+    head = next(row for row in result["layers"] if row["name"] == "head.weight")
+    assert head["relative_update"] > 0
+    labels = [row["label"] for row in result["ablation"]]
+    assert labels == ["all", "head", "all but head", "features.block0", "features.block1", "none"]
+    for row in result["ablation"]:
+        assert {"adapted", "accuracy", "ci95"} <= set(row) and 0 <= row["accuracy"] <= 100 and row["ci95"] >= 0
+    assert len(result["preconditioner"]["eigenvalues"]) == 25 and result["preconditioner"]["tasks"] == 3
+    assert sorted(p.name for p in figures.iterdir()) == ["analyze.json", "analyze.png"]
+    assert json.loads((figures / "analyze.json").read_text())["ablation"] == result["ablation"]
+
+    # "all layers adapt" is what linmaml evaluate scores (its own loop), on the same 20 tasks.
+    from linmaml.benchmarks.evaluate import evaluate_checkpoint
+
+    reference = evaluate_checkpoint(run, tasks=20, data_root=root)
+    assert result["ablation"][0]["accuracy"] == pytest.approx(100 * reference["accuracy"], abs=1e-6)
+    assert result["ablation"][0]["ci95"] == pytest.approx(100 * reference["ci95"], abs=1e-6)
+
+
+def test_analyze_table(run60, capsys):
+    run, root = run60
+    assert main(["analyze", str(run / "best.pt"), "--tasks", "4", "--steps", "1", "--spectrum-tasks", "0",
+                 "--data-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "head.weight" in out and "all but head" in out and "preconditioner" not in out
+
+
+def _expect_one_line_error(argv, capsys, *words):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("linmaml analyze: error:")
+    for word in words:
+        assert word in err
+    return err
+
+
+def test_bad_run_folders_exit_2_with_one_line(tmp_path, capsys):
+    _expect_one_line_error(["analyze", str(tmp_path / "missing")], capsys, "does not exist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect_one_line_error(["analyze", str(empty)], capsys, "no checkpoint")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "best.pt").write_bytes(b"LINMAML-CHECKPOINT 1 sha256=00 bytes=3\nabc")
+    _expect_one_line_error(["analyze", str(corrupt)], capsys, "best.pt")
+    other = tmp_path / "other.pt"
+    other.write_text("not a checkpoint")
+    _expect_one_line_error(["analyze", str(other)], capsys, "other.pt")
+
+
+def test_bad_arguments_exit_2_naming_them(run60, capsys, tmp_path):
+    run, _ = run60
+    _expect_one_line_error(["analyze", str(run), "--tasks", "1"], capsys, "--tasks")
+    _expect_one_line_error(["analyze", str(run), "--steps", "0"], capsys, "--steps")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _expect_one_line_error(["analyze", str(run), "--out", str(blocker)], capsys, "--out")

@@ -8,9 +8,11 @@ buffers it is given, as any forward pass does; under ``vmap`` such a layer needs
 second derivatives of batch, instance and layer norm are silently wrong (pytorch/functorch#534):
 batch the tasks through :mod:`linmaml.meta.batched`, which computes those layers from their
 formulas, rather than vmapping this function directly.)
-Gradients are taken with ``torch.func.grad``, which composes with both: the outer ``backward()``
-differentiates through it (second-order MAML) unless ``first_order`` asks for the inner gradients
-to be treated as constants.
+The outer ``backward()`` differentiates through the inner gradients (second-order MAML) unless
+``first_order`` asks for them to be treated as constants. They are taken with ``torch.autograd.grad``
+(``create_graph`` for second order) when the loop runs on its own, the path of a plain per-task loop
+and the fastest one, and with ``torch.func.grad``, which composes with ``vmap``, when it runs inside a
+function transform or ``torch.compile`` (:func:`run_steps`); both compute the same numbers.
 
 One step k (rate αₖ, transform T with parameters φ):
 
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 
 from linmaml import _validate
-from linmaml.meta.transforms import Transform
+from linmaml.meta.transforms import Identity, Transform
 
 Params = dict[str, torch.Tensor]
 
@@ -55,9 +57,10 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
     module state ``buffers`` (e.g. BatchNorm running statistics, default none), ``loss_fn(output, y)``
     a scalar. The buffers are an argument rather than captured by ``forward`` because a train-mode
     BatchNorm updates its running statistics in place, which ``torch.func.grad`` allows only on its
-    inputs; they are updated as by an ordinary forward pass. ``transform.update(grads, transform_params)`` maps gradients to updates. Returns the
-    adapted parameters and the (possibly adapted) transform parameters, both differentiable with
-    respect to the inputs; ``first_order`` detaches every inner gradient.
+    inputs; they are updated as by an ordinary forward pass. ``transform.update(grads,
+    transform_params)`` maps gradients to updates. Returns the adapted parameters and the (possibly
+    adapted) transform parameters, both differentiable with respect to the inputs; ``first_order``
+    detaches every inner gradient.
 
     ``lrs`` holds one finite real number per step (a list, tuple or 1-d NumPy array; negative rates
     are gradient ascent and allowed). An empty sequence takes no step and returns the parameters
@@ -66,25 +69,43 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
     (learn step sizes with a transform such as ``MetaSGD``). Bad rates raise ``ValueError`` /
     ``TypeError`` naming ``lrs`` before any gradient is taken.
     """
-    lrs = check_rates(lrs)
+    return run_steps(forward, loss_fn, params, transform, transform_params, x, y, check_rates(lrs),
+                     first_order=first_order, adapt_transform=adapt_transform, buffers=buffers)
+
+
+def under_function_transform() -> bool:
+    """True inside ``torch.func`` transforms (vmap, grad, jvp …) or while ``torch.compile`` traces.
+
+    There the inner gradients must come from ``torch.func.grad``, which composes with the enclosing
+    transform; elsewhere plain ``torch.autograd.grad`` computes the same numbers with less overhead.
+    """
+    return torch._C._functorch.peek_interpreter_stack() is not None or torch.compiler.is_compiling()
+
+
+def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: list[float], *,
+              first_order: bool, adapt_transform: bool, buffers=None) -> tuple[Params, Params]:
+    """:func:`inner_loop` with ``lrs`` already checked (a list of floats): what the learners call.
+
+    Two code paths compute the same steps (tested equal in float64): under a function transform
+    (:func:`under_function_transform`) the gradients come from ``torch.func.grad``; otherwise from
+    ``torch.autograd.grad`` directly, which skips functorch's per-call wrapping. On that path first
+    order builds no graph the outer backward would carry: each inner gradient is taken at detached
+    copies of the parameters and inputs (its value is all first order uses), so only the updates
+    θₖ = θₖ₋₁ − αₖ T(Gₖ) stay on the outer graph. Without grad mode (``torch.no_grad``) the steps
+    are taken the same way: there is no outer graph to build.
+    """
     buffers = {} if buffers is None else buffers
-
-    def support_loss(p, state):
-        return loss_fn(forward(p, state, x), y)
-
-    grad_fn = torch.func.grad(support_loss, argnums=0)
     params = dict(params)
     tparams = dict(transform_params)
     adapt_transform = adapt_transform and bool(tparams)
+    if under_function_transform():
+        grad_fn = _functorch_gradients(forward, loss_fn, x, y, buffers, first_order)
+    else:
+        grad_fn = _autograd_gradients(forward, loss_fn, x, y, buffers,
+                                      graph=torch.is_grad_enabled() and not first_order)
     pullback, previous_lr = None, None
     for lr in lrs:
-        if first_order:
-            # torch.func.grad ignores an enclosing no_grad for its own level, so this still
-            # differentiates the support loss, but records nothing for the outer autograd.
-            with torch.no_grad():
-                grads = grad_fn(params, buffers)
-        else:
-            grads = grad_fn(params, buffers)
+        grads = grad_fn(params)
         if pullback is not None:
             (jt_g,) = pullback(grads)
             # ∇_φ ℓ(θₖ₋₁) = −αₖ₋₁ J_Tᵀ Gₖ ; then φ ← φ − αₖ ∇_φ ℓ
@@ -93,10 +114,54 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
         if adapt_transform:
             updates, pullback = torch.func.vjp(lambda tp, g=grads: transform.update(g, tp), tparams)
             previous_lr = lr
+        elif type(transform) is Identity:  # noqa: E721 -- exactly plain MAML: U(G) = G, skip the call
+            updates = grads
         else:
             updates = transform.update(grads, tparams)
-        params = {n: params[n] - lr * updates[n] for n in params}
+        # One autograd node per tensor (θ − α·U fused) rather than two: the loop is overhead-bound.
+        params = {n: torch.sub(params[n], updates[n], alpha=lr) for n in params}
     return params, tparams
+
+
+def _functorch_gradients(forward, loss_fn, x, y, buffers, first_order):
+    """params -> ∇ support loss by ``torch.func.grad`` (composes with vmap and the outer autograd)."""
+
+    def support_loss(p, state):
+        return loss_fn(forward(p, state, x), y)
+
+    grad_fn = torch.func.grad(support_loss, argnums=0)
+    if not first_order:
+        return lambda params: grad_fn(params, buffers)
+
+    def constant_gradients(params):
+        # torch.func.grad ignores an enclosing no_grad for its own level, so this still
+        # differentiates the support loss, but records nothing for the outer autograd.
+        with torch.no_grad():
+            return grad_fn(params, buffers)
+
+    return constant_gradients
+
+
+def _autograd_gradients(forward, loss_fn, x, y, buffers, graph: bool):
+    """params -> ∇ support loss by ``torch.autograd.grad``; ``graph``: differentiable (second order).
+
+    A parameter that does not require gradients (a frozen one named in ``adapt``, or any under
+    first order) is replaced by a detached leaf that does: its gradient is still wanted, and the
+    leaf is a constant as the parameter was. Unused parameters get zero gradients, as
+    ``torch.func.grad`` gives them.
+    """
+    if not graph:  # the gradients are constants: nothing may reach the outer graph through x or y
+        x, y = (v.detach() if isinstance(v, torch.Tensor) else v for v in (x, y))
+
+    def gradients(params):
+        with torch.enable_grad():
+            inputs = {n: (p if graph and p.requires_grad else p.detach().requires_grad_()) for n, p in params.items()}
+            loss = loss_fn(forward(inputs, buffers, x), y)
+            grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=graph, allow_unused=True,
+                                        materialize_grads=True)
+        return dict(zip(inputs, grads))
+
+    return gradients
 
 
 def check_rates(lrs, name: str = "lrs") -> list[float]:

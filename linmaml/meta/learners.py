@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from linmaml import _validate
-from linmaml.meta.inner_loop import inner_loop
+from linmaml.meta.inner_loop import run_steps, under_function_transform
 from linmaml.meta.transforms import Transform, as_transform
 
 __all__ = ["MAML", "ANIL", "head_parameter_names", "adapted_parameter_names"]
@@ -75,8 +75,57 @@ def adapted_parameter_names(model: nn.Module, adapt) -> list[str]:
     return [n for n in params if n in chosen]
 
 
+def parameter_slots(module: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """name -> every (submodule, attribute) holding that parameter, keyed as ``module.named_parameters()``.
+
+    A tied parameter appears once under its first name, with all of its places, so that replacing it
+    replaces it everywhere (as ``functional_call`` does by default).
+    """
+    canonical: dict[int, str] = {}
+    slots: dict[str, list[tuple[nn.Module, str]]] = {}
+    for prefix, owner in module.named_modules(remove_duplicate=False):
+        for attr, p in owner._parameters.items():
+            if p is not None:
+                name = canonical.setdefault(id(p), f"{prefix}.{attr}" if prefix else attr)
+                slots.setdefault(name, []).append((owner, attr))
+    return slots
+
+
+def call_with(module: nn.Module, slots, params, args: tuple):
+    """``module(*args)`` with the tensors ``params`` (name -> tensor, names of ``slots``) in place of
+    its parameters, which are put back afterwards, also on error.
+
+    What ``torch.func.functional_call`` does (it swaps the same ``_parameters`` entries), without its
+    general machinery (pytrees, buffers, name parsing): the per-task loop calls this a few times per
+    task, where that machinery costs more than a small model's arithmetic.
+    """
+    saved = []
+    try:
+        for name, tensor in params.items():
+            for owner, attr in slots[name]:
+                saved.append((owner, attr, owner._parameters[attr]))
+                owner._parameters[attr] = tensor
+        return module(*args)
+    finally:
+        for owner, attr, original in reversed(saved):
+            owner._parameters[attr] = original
+
+
+def _apply(module: nn.Module, params, x):
+    """``module(x)`` with the parameters ``params``: the quick swap outside function transforms, and
+    ``functional_call`` (names of buffers allowed) inside them or for names it alone knows."""
+    if not under_function_transform():
+        slots = parameter_slots(module)
+        if all(n in slots for n in params):
+            return call_with(module, slots, params, (x,))
+    return functional_call(module, params, (x,))
+
+
 class _Learner(nn.Module):
-    """Shared set-up: inner learning rates, number of steps, transform and flags."""
+    """Shared set-up: inner learning rates, number of steps, transform and flags.
+
+    The rates are checked once here, so the per-task calls do not check them again.
+    """
 
     def __init__(self, lr, steps, transform, first_order, adapt_transform):
         super().__init__()
@@ -103,24 +152,35 @@ class _Learner(nn.Module):
         for value, name in ((x, "x_support"), (y, "y_support")):
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
-        rates = self.step_rates(steps)
+        rates = self.lrs if steps is None else self.step_rates(steps)
         base = dict(module.named_parameters())
 
         def scalar_loss(output, target):
-            # torch.func.grad needs a scalar; say which argument is at fault (shapes only: no sync).
+            # The gradient needs a scalar; say which argument is at fault (shapes only: no sync).
             value = loss_fn(output, target)
             if not isinstance(value, torch.Tensor) or value.ndim != 0:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise ValueError(f"loss_fn: expected a scalar tensor (e.g. a mean over examples), got {shape}")
             return value
 
-        def forward(fast, buffers, inputs):
-            return functional_call(module, ({**base, **fast}, buffers), (inputs,))
+        if under_function_transform():
+            def forward(fast, buffers, inputs):
+                return functional_call(module, ({**base, **fast}, buffers), (inputs,))
+            buffers = dict(module.named_buffers())
+        else:
+            slots = parameter_slots(module)
+            # First order (and no_grad) use the inner gradients' values only: the parameters that
+            # do not adapt enter those forwards detached, so no graph is recorded for them either.
+            constant = self.first_order or not torch.is_grad_enabled()
+            others = {n: p.detach() for n, p in base.items() if n not in names} if constant else {}
 
-        fast, _ = inner_loop(forward, scalar_loss, {n: base[n] for n in names}, self.transform,
-                             dict(self.transform.named_parameters()), x, y, rates,
-                             first_order=self.first_order, adapt_transform=self.adapt_transform,
-                             buffers=dict(module.named_buffers()))
+            def forward(fast, buffers, inputs):
+                return call_with(module, slots, {**others, **fast} if others else fast, (inputs,))
+            buffers = None  # the module's own buffers, updated in place as by any forward pass
+
+        fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform,
+                            dict(self.transform.named_parameters()), x, y, rates,
+                            first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers)
         return {n: fast.get(n, p) for n, p in base.items()}
 
 
@@ -163,7 +223,7 @@ class MAML(_Learner):
         """The model's output on ``x``, with the parameters ``params`` (e.g. from ``adapt``) if given."""
         if params is None:
             return self.model(x)
-        return functional_call(self.model, params, (x,))
+        return _apply(self.model, params, x)
 
 
 class ANIL(_Learner):
@@ -202,4 +262,4 @@ class ANIL(_Learner):
         z = self.features(x)
         if params is None:
             return self.head(z)
-        return functional_call(self.head, params, (z,))
+        return _apply(self.head, params, z)

@@ -287,3 +287,101 @@ def test_batchnorm_model_adapts_with_batch_statistics_and_updates_running_stats(
     nn.functional.cross_entropy(learner(x, params=fast), y).backward()
     assert int(model[1].num_batches_tracked) == 3  # two inner forwards and the query forward
     assert torch.isfinite(learner.transform.factors["0/weight"]["L0"].grad).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# The two code paths of the inner loop (plain autograd on its own, torch.func.grad under a transform)
+
+
+def _adapt_under_vmap(learner, X, Y):
+    """``learner.adapt`` inside ``torch.func.vmap`` over a single task: the torch.func.grad path."""
+    fast = torch.func.vmap(lambda x, y: learner.adapt(x, y, SQUARED))(X[None], Y[None])
+    return {n: v[0] for n, v in fast.items()}
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("transform, adapt_transform", [(None, False), ("kfo", False), ("kfo", True)])
+def test_plain_autograd_path_equals_the_torch_func_path(first_order, transform, adapt_transform):
+    """The same inner loop computed both ways: adapted parameters and meta-gradients (model and
+    transform) agree in float64, second and first order, with and without an adapted transform."""
+    model = random_mlp(np.random.default_rng(21), 3, 4, 2)
+    kfo = meta.KFO(hidden_layers=1) if transform else None
+    learner = meta.MAML(model, lr=[0.2, 0.1, 0.15], steps=3, transform=kfo, first_order=first_order,
+                        adapt_transform=adapt_transform)
+    if kfo is not None:
+        randomise(kfo, np.random.default_rng(22))
+    (Xs, Ys), (Xq, Yq) = data(23), data(24)
+    params = list(learner.parameters())
+    results = []
+    for adapt in (lambda: learner.adapt(Xs, Ys, SQUARED), lambda: _adapt_under_vmap(learner, Xs, Ys)):
+        fast = adapt()
+        loss = SQUARED(learner(Xq, params=fast), Yq)
+        results.append(([fast[n] for n in sorted(fast)],
+                        torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)))
+    (fast_a, grad_a), (fast_b, grad_b) = results
+    assert relative_error(fast_a, fast_b) < 1e-14
+    assert relative_error(grad_a, grad_b) < 1e-13
+
+
+def test_first_order_builds_no_graph_for_the_inner_gradients():
+    """First order on the plain path: the adapted parameters are θ − α·(constant), so their graph
+    holds one subtraction per step and nothing of the support forward; the parameters that do not
+    adapt (adapt='head') get no gradient from the adaptation at all."""
+    model = random_mlp(np.random.default_rng(25), 3, 4, 2)
+    learner = meta.MAML(model, lr=0.1, steps=2, first_order=True, adapt="head")
+    Xs, Ys = data(26)
+    fast = learner.adapt(Xs, Ys, SQUARED)
+    head = learner.adapted_names
+    for name in head:
+        node, depth = fast[name].grad_fn, 0
+        while node is not None and type(node).__name__ != "AccumulateGrad":
+            assert type(node).__name__ == "SubBackward0"
+            node, depth = node.next_functions[0][0], depth + 1
+        assert depth == 2  # two steps, each θ ← θ − α·G with G constant
+    body = [p for n, p in model.named_parameters() if n not in head]
+    grads = torch.autograd.grad(sum(fast[n].sum() for n in head), body, allow_unused=True)
+    assert all(g is None for g in grads)
+
+
+def test_adapt_under_no_grad_gives_the_same_values_without_a_graph():
+    model = random_mlp(np.random.default_rng(27), 3, 4, 2)
+    learner = meta.MAML(model, lr=0.1, steps=3)
+    Xs, Ys = data(28)
+    with_graph = learner.adapt(Xs, Ys, SQUARED)
+    with torch.no_grad():
+        without = learner.adapt(Xs, Ys, SQUARED)
+    assert all(not v.requires_grad for v in without.values())
+    assert relative_error([with_graph[n] for n in with_graph], [without[n] for n in with_graph]) < 1e-15
+
+
+def test_frozen_and_tied_parameters_adapt_as_a_hand_written_loop():
+    """A frozen parameter named in ``adapt`` still adapts (its gradient is taken at a leaf copy),
+    and a tied weight is replaced in both of its places, as functional_call does."""
+    torch.manual_seed(29)
+    first, second = nn.Linear(3, 3).to(DT), nn.Linear(3, 3).to(DT)
+    second.weight = first.weight  # tied
+    first.bias.requires_grad_(False)  # frozen
+    model = nn.Sequential(first, nn.Tanh(), second)
+    learner = meta.MAML(model, lr=0.3, steps=2, adapt=["0.weight", "0.bias"])
+    X, Y = data(30, d_out=3)
+    fast = learner.adapt(X, Y, SQUARED)
+    w, b, b2 = first.weight, first.bias.detach().requires_grad_(), second.bias
+    for _ in range(2):
+        out = torch.tanh(X @ w.T + b) @ w.T + b2
+        g_w, g_b = torch.autograd.grad(SQUARED(out, Y), [w, b], create_graph=True)
+        w, b = w - 0.3 * g_w, b - 0.3 * g_b
+    assert relative_error([fast["0.weight"], fast["0.bias"]], [w, b]) < 1e-14
+    Xq, Yq = data(31, d_out=3)
+    out = torch.tanh(Xq @ w.T + b) @ w.T + b2
+    expected = torch.autograd.grad(SQUARED(out, Yq), [first.weight, second.bias])
+    got = torch.autograd.grad(SQUARED(learner(Xq, params=fast), Yq), [first.weight, second.bias])
+    assert relative_error(got, expected) < 1e-13
+
+
+def test_parameters_are_put_back_when_the_forward_fails():
+    model = random_mlp(np.random.default_rng(32), 3, 4, 2)
+    learner = meta.MAML(model, lr=0.1, steps=1)
+    originals = {n: p for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError):
+        learner.adapt(torch.randn(5, 7, dtype=DT), torch.randn(5, 2, dtype=DT), SQUARED)  # wrong width
+    assert all(p is originals[n] and isinstance(p, nn.Parameter) for n, p in model.named_parameters())

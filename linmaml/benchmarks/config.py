@@ -1,0 +1,160 @@
+"""The settings of a training run: :class:`TrainConfig`, what a resumed run may change
+(:func:`resume_config`), and the objects a config builds (the learner, the engine, per-iteration seeds).
+
+``batching`` is the engine's strategy (:mod:`linmaml.meta.engine`): "split" (default; inner loops of
+``tasks_per_chunk`` tasks vmapped, queries one task at a time: the fastest on a small CPU), "loop"
+(one task at a time: least memory) or "vmap" (whole chunks: a GPU's choice). Every choice gives the
+same meta-gradient up to rounding.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from linmaml import _validate
+from linmaml.benchmarks.learners import ALGOS, POOLS, TRANSFORMS, build_learner
+from linmaml.meta.engine import STRATEGIES, Engine
+
+BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
+DEFAULT_FILTERS = {"omniglot": 64, "cifar-fs": 32, "mini-imagenet": 32}
+#: Omniglot's usual MAML backbone down-samples with stride-2 convolutions (Finn et al. 2017), the
+#: others with 2x2 max-pooling; the stride version costs about a quarter of the arithmetic.
+DEFAULT_POOL = {"omniglot": "stride", "cifar-fs": "max", "mini-imagenet": "max"}
+ON_NONFINITE = ("stop", "skip")
+#: How a meta-batch's tasks are computed: the engine's strategies (:mod:`linmaml.meta.engine`).
+BATCHING = STRATEGIES
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run. Defaults: 5-way 1-shot second-order MAML on Omniglot with
+    the 4-block CNN, 1 inner step of 0.4 in training and 3 at test, meta-batch 16, Adam 1e-3,
+    4,000 iterations (chosen to reach 95% test accuracy on Omniglot within an hour of CPU).
+    ``hidden=None`` and ``pool=None`` take the benchmark's usual values (64 filters and stride-2
+    convolutions for Omniglot; 32 filters and max-pooling otherwise).
+
+    ``query`` is the number of query examples per class in *training* tasks (default 5: the query
+    set is most of a task's cost, and on Omniglot 5 per class learns about as well per iteration as
+    15 at a third of the time); validation and test tasks use ``test_query`` (15, the usual protocol).
+    """
+
+    benchmark: str = "omniglot"
+    ways: int = 5
+    shots: int = 1
+    query: int = 5
+    test_query: int = 15
+    algo: str = "maml"
+    transform: str = "none"
+    linnet: int = 0
+    linnet_width: int | None = None
+    layers: int = 4
+    hidden: int | None = None
+    pool: str | None = None
+    steps: int = 1
+    test_steps: int = 3
+    inner_lr: float = 0.4
+    outer_lr: float = 1e-3
+    meta_batch: int = 16
+    iterations: int = 4000
+    val_every: int = 250
+    val_tasks: int = 200
+    checkpoint_every: int = 50
+    seed: int = 0
+    dtype: str = "float32"
+    on_nonfinite: str = "stop"
+    batching: str = "split"
+    tasks_per_chunk: int = 4
+    compile: bool = False
+
+    #: Settings that change the sequence of weights; a resumed run must keep them (the last three
+    #: only through floating-point rounding, but a resumed run is bitwise the uninterrupted one).
+    IDENTITY = ("benchmark", "ways", "shots", "query", "algo", "transform", "linnet", "linnet_width", "layers",
+                "hidden", "pool", "steps", "inner_lr", "outer_lr", "meta_batch", "seed", "dtype",
+                "batching", "tasks_per_chunk", "compile")
+
+    def __post_init__(self):
+        def choice(name, allowed):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+        choice("benchmark", BENCHMARKS)
+        choice("algo", ALGOS)
+        choice("transform", TRANSFORMS)
+        if self.pool is None:
+            object.__setattr__(self, "pool", DEFAULT_POOL.get(self.benchmark, "max"))
+        choice("pool", POOLS)
+        choice("dtype", DTYPES)
+        choice("on_nonfinite", ON_NONFINITE)
+        choice("batching", BATCHING)
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile: expected True or False, got {self.compile!r}")
+        for name, minimum in (("ways", 2), ("shots", 1), ("query", 1), ("test_query", 1), ("linnet", 0),
+                              ("tasks_per_chunk", 1), ("layers", 1), ("steps", 1), ("test_steps", 1), ("meta_batch", 1),
+                              ("iterations", 1), ("val_every", 1), ("val_tasks", 2), ("checkpoint_every", 1),
+                              ("seed", 0)):
+            _validate.integer(getattr(self, name), name, minimum=minimum)
+        if self.hidden is None:
+            object.__setattr__(self, "hidden", DEFAULT_FILTERS[self.benchmark])
+        _validate.integer(self.hidden, "hidden", minimum=1)
+        if self.linnet_width is not None:
+            _validate.integer(self.linnet_width, "linnet_width", minimum=self.ways)
+        # The inner rate may be 0 or negative (ablations); the outer one must be a positive step.
+        _validate.finite_number(self.inner_lr, "inner_lr")
+        _validate.finite_number(self.outer_lr, "outer_lr", positive=True)
+        object.__setattr__(self, "inner_lr", float(self.inner_lr))
+        object.__setattr__(self, "outer_lr", float(self.outer_lr))
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "TrainConfig":
+        """A config from a dict of fields; unknown keys are an error (``TypeError`` naming them)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise TypeError(f"{unknown[0]}: not a training setting (settings: {', '.join(sorted(fields))})")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+def resume_config(saved: Mapping, given: Mapping) -> TrainConfig:
+    """The config of a resumed run: the saved one, with the settings that do not change the weights
+    (``iterations``, validation, checkpointing, ``on_nonfinite``) overridable. A given identity
+    setting that differs from the saved one raises ``ValueError`` naming it."""
+    saved = TrainConfig.from_dict(saved)
+    given_config = dict(given)
+    TrainConfig.from_dict({**saved.to_dict(), **given_config})  # validates the given values
+    for name in TrainConfig.IDENTITY:
+        if name in given_config and given_config[name] is not None and given_config[name] != getattr(saved, name):
+            raise ValueError(f"{name}: the run being resumed used {getattr(saved, name)!r}, got {given_config[name]!r}"
+                             f" (a resumed run keeps its settings; use a new --out folder to change them)")
+    overrides = {k: v for k, v in given_config.items() if k not in TrainConfig.IDENTITY}
+    return TrainConfig.from_dict({**saved.to_dict(), **overrides})
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """The torch seed of iteration ``iteration`` (a pure function of both, 63 bits)."""
+    state = np.random.SeedSequence([int(seed), 0x6C6D, int(iteration)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def build_from_config(config: TrainConfig, image_shape) -> torch.nn.Module:
+    """A fresh learner for ``config`` and images of ``image_shape = (C, H, W)`` (float32, CPU)."""
+    return build_learner(image_shape=image_shape, ways=config.ways, algo=config.algo, transform=config.transform,
+                         linnet=config.linnet, linnet_width=config.linnet_width, layers=config.layers,
+                         hidden=config.hidden, pool=config.pool, inner_lr=config.inner_lr, steps=config.steps)
+
+
+def make_engine(learner, config: TrainConfig) -> Engine:
+    """The engine a run of ``config`` trains and validates ``learner`` with (cross-entropy on labels)."""
+    return Engine(learner, F.cross_entropy, strategy=config.batching, tasks_per_chunk=config.tasks_per_chunk,
+                  compile=config.compile)

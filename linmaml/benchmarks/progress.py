@@ -1,0 +1,99 @@
+"""The status line of a training run: iterations, running loss and accuracy (in percent), and an ETA
+that counts the validation passes still to come.
+
+On a terminal the line is rewritten in place (at most 5 times a second); otherwise a line is
+written every ``every`` seconds, so logs stay short. During a validation pass the line shows the
+tasks scored so far, so a long final validation is never silent.
+
+The ETA is ``remaining iterations · (seconds per iteration) + remaining validation tasks ·
+(seconds per validation task)``, both rates measured in this process, training and validation
+apart. Before the first validation task is timed, a task is estimated at the cost of one training
+task (seconds per iteration / meta-batch): the order of magnitude, corrected after the first chunk.
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+
+
+class Progress:
+    """``Progress(iterations, val_every, val_tasks, meta_batch, stream, enabled)``; call
+    :meth:`iteration` after each step, :meth:`validation` as validation tasks are scored, and
+    :meth:`line` for a message that stays. Running accuracy: mean over the last 100 iterations."""
+
+    def __init__(self, iterations: int, val_every: int, val_tasks: int, meta_batch: int, stream, enabled: bool,
+                 every: float = 30.0):
+        self.total, self.val_every, self.val_tasks, self.meta_batch = iterations, val_every, val_tasks, meta_batch
+        self.stream, self.enabled, self.every = stream, enabled, every
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.window = collections.deque(maxlen=100)
+        self.last_print = 0.0
+        self.train_seconds, self.train_iterations = 0.0, 0
+        self.val_seconds, self.val_done = 0.0, 0
+
+    def validations_after(self, iteration: int) -> int:
+        """How many validation passes come after ``iteration`` (every ``val_every``, and at the end)."""
+        extra = 1 if self.total % self.val_every and iteration < self.total else 0
+        return self.total // self.val_every - min(iteration, self.total) // self.val_every + extra
+
+    def eta(self, iteration: int, val_tasks_left: int = 0) -> float:
+        """Seconds still to go after ``iteration`` with ``val_tasks_left`` tasks of the current pass."""
+        per_iteration = self.train_seconds / max(self.train_iterations, 1)
+        per_task = self.val_seconds / self.val_done if self.val_done else per_iteration / self.meta_batch
+        tasks = val_tasks_left + self.validations_after(iteration) * self.val_tasks
+        return (self.total - iteration) * per_iteration + tasks * per_task
+
+    def iteration(self, iteration: int, loss: float, accuracy: float, skipped: int, seconds: float,
+                  force: bool = False) -> None:
+        """An iteration finished after ``seconds`` of training work (validation not included)."""
+        self.window.append(accuracy)
+        self.train_seconds += seconds
+        self.train_iterations += 1
+        if self._due(force):
+            per_iteration = self.train_seconds / self.train_iterations
+            self._emit(f"iter {iteration}/{self.total}  loss {loss:.4f}  acc {100 * np.mean(self.window):.1f} % (last "
+                       f"{len(self.window)})  {per_iteration:.2f} s/it  eta {_minutes(self.eta(iteration))}"
+                       + (f"  skipped {skipped}" if skipped else ""))
+
+    def validation(self, iteration: int, done: int, total: int, seconds: float) -> None:
+        """``done`` of the ``total`` tasks of the validation pass after ``iteration`` are scored,
+        ``seconds`` after it began (called after each chunk; the last call closes the pass)."""
+        if done == total:
+            self.val_seconds += seconds
+            self.val_done += total
+        elif self._due(False):
+            rate = (self.val_seconds + seconds) / (self.val_done + done) if done else None
+            left = total - done
+            eta = (self.eta(iteration) + left * rate) if rate is not None else self.eta(iteration, left)
+            self._emit(f"iter {iteration}/{self.total}  validation {done}/{total} tasks  eta {_minutes(eta)}")
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            self._emit(text, newline=True)
+
+    def _due(self, force: bool) -> bool:
+        if not self.enabled:
+            return False
+        now = time.perf_counter()
+        if not force and now - self.last_print < (0.2 if self.tty else self.every):
+            return False
+        self.last_print = now
+        return True
+
+    def _emit(self, text: str, newline: bool = False) -> None:
+        if self.tty and not newline:
+            self.stream.write("\r\033[K" + text)
+        else:
+            self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"

@@ -104,7 +104,7 @@ def _words(layers: list[np.ndarray], Sigma: np.ndarray, lr: float):
                 chunks.append(SB[j])
             else:
                 chunks[-1] = chunks[-1] @ layers[j]
-        yield (-lr) ** bin(mask).count("1"), chunks
+        yield np.float64(-lr) ** bin(mask).count("1"), chunks  # numpy: overflow gives inf, checked later
 
 
 def _word_tensor(chunks: list[np.ndarray]) -> np.ndarray:

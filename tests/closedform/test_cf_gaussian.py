@@ -141,14 +141,14 @@ def test_population_false_with_several_steps_raises():
 
 
 @pytest.mark.parametrize("kwargs,error,name", [
-    (dict(W=np.zeros((3, 2))), ValueError, "W"),
-    (dict(lr=-1.0), ValueError, "lr"),
+    (dict(weights=np.zeros((3, 2))), ValueError, "weights"),
+    (dict(lr=np.nan), ValueError, "lr"),
     (dict(steps=-1), ValueError, "steps"),
     (dict(family="tasks"), TypeError, "family"),
 ])
 def test_expected_loss_bad_input(kwargs, error, name):
     rng = np.random.default_rng(6)
-    args = dict(W=np.zeros((2, 3)), family=family(rng), lr=0.1, steps=1)
+    args = dict(weights=np.zeros((2, 3)), family=family(rng), lr=0.1, steps=1)
     args.update(kwargs)
     with pytest.raises(error, match=f"^{name}"):
         expected_post_adaptation_loss(**args)

@@ -12,9 +12,14 @@ Families
 :class:`ClassificationFamily`
     x ~ N(0, Σ), w_τ ~ N(μ, Ω) (d_out = 1), y = 1[w_τᵀ x > 0] with each label flipped with
     probability ``flip``. The logistic loss is the mean binary cross-entropy on the logits.
+:class:`SinusoidFamily`
+    The classic non-linear MAML benchmark (Finn et al. 2017): y = A sin(x − φ) with amplitude
+    A ~ U[0.1, 5], phase φ ~ U[0, π] and x ~ U[−5, 5] (d_in = d_out = 1); its "task map" ``W`` is the
+    pair (A, φ). No closed form: it exercises the torch side (``linmaml bench``'s sinusoid case).
 
 Sampling is seeded: ``family.sample(n_tasks, seed)`` gives a :class:`TaskBatch` of stacked numpy
-arrays, the same numbers every time for the same seed; ``batch.torch()`` is its torch view.
+arrays, the same numbers every time for the same seed; ``batch.torch()`` is its torch view, and
+``batch[t]`` is task t as ``(Xs, Ys, Xq, Yq)`` (a slice gives a smaller TaskBatch).
 """
 from __future__ import annotations
 
@@ -67,7 +72,8 @@ def _psd_factor(cov: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True, eq=False)
 class TaskBatch:
     """Stacked tasks. Shapes: Xs (T, n_s, d_in), Ys (T, n_s, d_out), Xq (T, n_q, d_in),
-    Yq (T, n_q, d_out), W (T, d_out, d_in) the true task maps."""
+    Yq (T, n_q, d_out), W the tasks' parameters: (T, d_out, d_in) true maps for the linear
+    families, (T, 2) amplitudes and phases for :class:`SinusoidFamily`."""
 
     Xs: np.ndarray
     Ys: np.ndarray
@@ -77,6 +83,19 @@ class TaskBatch:
 
     def __len__(self) -> int:
         return self.Xs.shape[0]
+
+    def __getitem__(self, index):
+        """``batch[t]``: task t as ``(Xs, Ys, Xq, Yq)`` (negative t counts from the end); ``batch[a:b]``
+        (any slice): those tasks as a TaskBatch. Views of the same arrays or tensors, not copies."""
+        if isinstance(index, slice):
+            return TaskBatch(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index: expected an integer or a slice, got {type(index).__name__}")
+        count = len(self)
+        if not -count <= index < count:
+            raise IndexError(f"index: task {index} out of range for {count} tasks")
+        t = int(index) % count
+        return self.Xs[t], self.Ys[t], self.Xq[t], self.Yq[t]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Iterate over tasks as ``(Xs, Ys, Xq, Yq)`` tuples (the closed forms' task format)."""
@@ -218,3 +237,54 @@ class ClassificationFamily(_GaussianFamily):
             Y = np.where(flips, 1.0 - Y, Y)
         return Y
 
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SinusoidFamily:
+    """Sine regression tasks y = A sin(x − φ) (Finn et al. 2017; see the module docstring).
+
+    ``amplitude``, ``phase`` and ``x_range`` are the (low, high) bounds of the uniform distributions
+    of A, φ and x; ``n_support`` (K) and ``n_query`` (Q) the points per task. ``sample(n_tasks, seed)``
+    gives a :class:`TaskBatch` with Xs (T, K, 1), Ys (T, K, 1), Xq (T, Q, 1), Yq (T, Q, 1) and
+    W (T, 2) = (A, φ) per task; the same seed gives the same numbers.
+    """
+
+    n_support: int = 10
+    n_query: int = 10
+    amplitude: tuple = (0.1, 5.0)
+    phase: tuple = (0.0, np.pi)
+    x_range: tuple = (-5.0, 5.0)
+
+    def __post_init__(self):
+        _validate.integer(self.n_support, "n_support", minimum=1)
+        _validate.integer(self.n_query, "n_query", minimum=1)
+        for name in ("amplitude", "phase", "x_range"):
+            object.__setattr__(self, name, _interval(getattr(self, name), name))
+
+    d_in = 1
+    d_out = 1
+
+    def sample(self, n_tasks: int, seed=0) -> TaskBatch:
+        """Draw ``n_tasks`` tasks; ``seed`` is an int or a ``numpy.random.Generator``."""
+        _validate.integer(n_tasks, "n_tasks", minimum=1)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        amplitude = rng.uniform(*self.amplitude, size=n_tasks)
+        phase = rng.uniform(*self.phase, size=n_tasks)
+        Xs = rng.uniform(*self.x_range, size=(n_tasks, self.n_support, 1))
+        Xq = rng.uniform(*self.x_range, size=(n_tasks, self.n_query, 1))
+        return TaskBatch(Xs, self.targets(Xs, amplitude, phase), Xq, self.targets(Xq, amplitude, phase),
+                         np.stack([amplitude, phase], axis=1))
+
+    @staticmethod
+    def targets(X: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """Y = A sin(X − φ), batched over the leading task axis (A, φ of shape (T,))."""
+        return amplitude[:, None, None] * np.sin(X - phase[:, None, None])
+
+
+def _interval(value, name: str) -> tuple[float, float]:
+    """(low, high) finite numbers with low <= high, or raise naming ``name``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name}: expected a (low, high) pair of numbers, got {value!r}")
+    low, high = (_validate.finite_number(v, f"{name}[{i}]") for i, v in enumerate(value))
+    if low > high:
+        raise ValueError(f"{name}: expected low <= high, got ({low}, {high})")
+    return low, high

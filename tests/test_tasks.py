@@ -64,3 +64,74 @@ def test_classification_labels_follow_the_sign_rule_with_flips():
 def test_bad_family_parameters_name_the_argument(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
         RegressionFamily(**kwargs)
+
+
+def test_sinusoid_parameters_are_uniform_on_finns_ranges():
+    """A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5]: means within 4 standard errors, variances within 4
+    standard errors of (b − a)²/12, and every draw inside its range."""
+    from linmaml.tasks import SinusoidFamily
+
+    n = 40_000
+    batch = SinusoidFamily(n_support=3, n_query=2).sample(n, seed=11)
+    for values, (low, high) in ((batch.W[:, 0], (0.1, 5.0)), (batch.W[:, 1], (0.0, np.pi)),
+                                (batch.Xs.ravel(), (-5.0, 5.0)), (batch.Xq.ravel(), (-5.0, 5.0))):
+        assert low <= values.min() and values.max() <= high
+        var = (high - low) ** 2 / 12
+        assert abs(values.mean() - (low + high) / 2) < 4 * np.sqrt(var / values.size)
+        # the variance of a uniform's sample variance: (μ4 − σ⁴)/n with μ4 = (b − a)⁴/80
+        assert abs(values.var() - var) < 4 * np.sqrt(((high - low) ** 4 / 80 - var**2) / values.size)
+
+
+def test_sinusoid_targets_are_amplitude_times_shifted_sine_point_by_point():
+    import math
+
+    from linmaml.tasks import SinusoidFamily
+
+    batch = SinusoidFamily(n_support=5, n_query=7).sample(4, seed=2)
+    assert batch.Xs.shape == (4, 5, 1) and batch.Yq.shape == (4, 7, 1) and batch.W.shape == (4, 2)
+    for t in range(4):
+        amplitude, phase = batch.W[t]
+        for X, Y in ((batch.Xs[t], batch.Ys[t]), (batch.Xq[t], batch.Yq[t])):
+            expected = [amplitude * math.sin(float(x) - phase) for x in X[:, 0]]
+            assert np.allclose(Y[:, 0], expected, rtol=0, atol=1e-14)
+
+
+def test_sinusoid_sampling_is_seeded_with_a_torch_view():
+    from linmaml.tasks import SinusoidFamily
+
+    family = SinusoidFamily(n_support=10, n_query=10)
+    a, b, c = family.sample(6, seed=5), family.sample(6, seed=5), family.sample(6, seed=np.random.default_rng(6))
+    assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("Xs", "Ys", "Xq", "Yq", "W"))
+    assert not np.array_equal(a.Xs, c.Xs)
+    t = a.torch()
+    assert str(t.Ys.dtype) == "torch.float64" and np.array_equal(t.Ys.numpy(), a.Ys)
+
+
+def test_task_batch_indexing_gives_tasks_and_slices_give_batches():
+    import torch
+
+    batch = RegressionFamily(3, 2, n_support=4, n_query=6).sample(5, seed=9)
+    Xs, Ys, Xq, Yq = batch[1]
+    assert np.array_equal(Xs, batch.Xs[1]) and np.array_equal(Yq, batch.Yq[1]) and Xq.shape == (6, 3)
+    assert all(np.array_equal(u, v) for u, v in zip(batch[-1], list(batch)[4]))
+    assert all(np.array_equal(u, v) for u, v in zip(batch[np.int64(2)], batch.tasks()[2]))
+    part = batch[1:4:2]
+    assert len(part) == 2 and np.array_equal(part.W, batch.W[[1, 3]]) and np.array_equal(part[1][0], batch.Xs[3])
+    tensors = batch.torch()
+    assert isinstance(tensors[0][0], torch.Tensor) and torch.equal(tensors[0][3], torch.as_tensor(batch.Yq[0]))
+    for bad, kind in ((5, IndexError), (-6, IndexError), (1.0, TypeError), (True, TypeError), ("0", TypeError)):
+        with pytest.raises(kind, match="^index: "):
+            batch[bad]
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(n_support=0), "n_support"), (dict(n_query=1.5), "n_query"), (dict(amplitude=(5.0, 0.1)), "amplitude"),
+    (dict(phase=(0.0, np.inf)), "phase"), (dict(x_range=3.0), "x_range"), (dict(x_range=(1, 2, 3)), "x_range"),
+])
+def test_bad_sinusoid_parameters_name_the_argument(kwargs, name):
+    from linmaml.tasks import SinusoidFamily
+
+    with pytest.raises((ValueError, TypeError), match=f"^{name}"):
+        SinusoidFamily(**kwargs)
+    with pytest.raises(ValueError, match="^n_tasks"):
+        SinusoidFamily().sample(0)

@@ -42,9 +42,12 @@ def atomic_path(path, suffix: str | None = None):
         _same_regular_file(fd, tmp)
         os.fsync(fd)
         os.replace(tmp, path)  # renames over a symlink named `path`, never writes through it
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+            # a write through a file object names no file (disk full, file too large): name the target
+            raise type(error)(error.errno, error.strerror, str(path)) from error
         raise
     finally:
         os.close(fd)

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import json
 
+from linmaml.cli._paths import path_option
+from linmaml.errors import ArgumentError
+
 BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
 DOWNLOADABLE = ("omniglot",)
+#: Longest network timeout accepted: a day (socket timeouts of ~1e9 s and more overflow C's time type).
+MAX_TIMEOUT = 86400.0
 
 
 def register(subparsers):
@@ -36,7 +41,7 @@ def register(subparsers):
                           help="where the zips are (default: the official brendenlake/omniglot repository)")
     download.add_argument("--force", action="store_true", help="download even if a verified copy is present")
     download.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                          help="network timeout in seconds (default 60)")
+                          help=f"network timeout in seconds, at most {MAX_TIMEOUT:g} (default 60)")
     download.set_defaults(func=run_download)
     p.set_defaults(func=lambda args: p.error("expected an action: check or download"))
 
@@ -55,7 +60,7 @@ def run_check(args) -> int:
     """Verify one benchmark and print the report (text or JSON)."""
     from linmaml.benchmarks.data import check_dataset
 
-    report = check_dataset(args.benchmark, args.data_root)
+    report = check_dataset(args.benchmark, path_option(args.data_root, "--data-root"))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -67,10 +72,9 @@ def run_download(args) -> int:
     """Fetch the official Omniglot zips into ``<root>/omniglot/``, md5-verified."""
     from linmaml.benchmarks.data.download import download_omniglot
 
-    if not (args.timeout > 0):
-        raise ValueError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    _check_timeout(args.timeout)
     # progress goes to stdout: stderr carries only the one-line error, if any
-    report = download_omniglot(args.data_root, url_base=args.url_base, force=args.force, timeout=args.timeout,
+    report = download_omniglot(path_option(args.data_root, "--root"), url_base=args.url_base, force=args.force, timeout=args.timeout,
                                log=lambda line: print(line, flush=True))
     for name, entry in report.items():
         if entry["downloaded"]:
@@ -78,6 +82,13 @@ def run_download(args) -> int:
         else:
             print(f"{name}: {entry['path']} (already present)")
     return 0
+
+
+def _check_timeout(timeout) -> None:
+    if not (timeout > 0):  # also NaN
+        raise ArgumentError("--timeout", f"expected a positive number of seconds, got {timeout}")
+    if not timeout <= MAX_TIMEOUT:
+        raise ArgumentError("--timeout", f"expected at most {MAX_TIMEOUT:g} seconds (a day), got {timeout:g}")
 
 
 def _format(report: dict) -> str:

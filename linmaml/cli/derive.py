@@ -13,6 +13,7 @@ matrix symbols, grouped by powers of α, and the vec-form preconditioner of the 
 from __future__ import annotations
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, argument_of
 
 
 def register(subparsers):
@@ -80,9 +81,10 @@ def scalar_text(depth: int, steps: int, latex: bool = False, gradient: bool = Fa
         try:
             derived = symbolic.scalar_objective(depth, steps)
         except ValueError as error:
+            detail = argument_of(error)[1]
             if form == "expanded":
-                raise ValueError(f"--depth, --steps: {str(error).split(': ', 1)[1]}") from None
-            refusal = str(error).split(": ", 1)[1]
+                raise ArgumentError("--depth, --steps", detail) from None
+            refusal = detail
     if derived is None:
         nested = symbolic.scalar_recursion(depth, steps)
         lines = [header, f"# exact nested form (degree {nested.degree_in_a} in a; "

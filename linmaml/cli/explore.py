@@ -3,12 +3,17 @@
 Without ``--save`` it opens a window; where matplotlib has no interactive backend (no display, e.g.
 over ssh without X forwarding, or MPLBACKEND=Agg) it stops with a one-line error that points to
 ``--save``. With ``--save PATH`` it renders the same view off-screen (Agg) into PATH, meta-training
-from ``--start W1 W2`` first if given, and needs no display.
+from ``--start W1 W2`` first if given, and needs no display; ``~`` in PATH is expanded and the path
+written is printed.
 """
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+from linmaml.cli._paths import path_option
+from linmaml.errors import ArgumentError, renamed
 
 _DEFAULTS = dict(lr=0.1, steps=1, task_mean=0.5, task_std=1.0, x_var=1.0, grid=200, range=4.0,
                  meta_lr=0.2, meta_steps=300, seed=0)
@@ -72,21 +77,44 @@ def _check_save_format(path: str) -> None:
                          f"got {path!r}")
 
 
+#: The explorer's argument names (as its errors name them) and the flags the user typed.
+_FLAGS = {"lr": "--lr", "steps": "--steps", "task_mean": "--task-mean", "mean": "--task-mean",
+          "task_std": "--task-std", "std": "--task-std", "x_var": "--x-var", "grid": "--grid",
+          "half_width": "--range", "range": "--range", "meta_lr": "--meta-lr", "meta_steps": "--meta-steps",
+          "seed": "--seed"}
+
+
+def _check_save_folder(path: Path) -> None:
+    """Say what is wrong with --save's folder before any work (the OS would only say "File exists")."""
+    if path.is_dir():
+        raise ArgumentError("--save", f"{path} is a folder; expected a file name such as {path / 'snapshot.png'}")
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ArgumentError("--save", f"{folder} is a file, not a folder")
+            break
+
+
 def run(args) -> int:
     from linmaml.plots.explorer import SurfaceExplorer
 
     # Bad values are reported before anything about displays, and before any window opens.
-    SurfaceExplorer.check_arguments(**_explorer_arguments(args))
+    try:
+        SurfaceExplorer.check_arguments(**_explorer_arguments(args))
+    except (ValueError, TypeError) as error:
+        raise renamed(error, _FLAGS) from error
+    save = path_option(args.save, "--save")
     if args.start is not None:
         from linmaml import _validate
 
         for name, value in zip(("--start W1", "--start W2"), args.start):
             _validate.finite_number(value, name)
-    if args.save:
+    if save is not None:
         import matplotlib
 
         matplotlib.use("Agg", force=True)
-        _check_save_format(args.save)
+        _check_save_folder(save)
+        _check_save_format(str(save))
     elif _interactive_backend() is None:
         import matplotlib
 
@@ -100,9 +128,9 @@ def run(args) -> int:
     explorer = SurfaceExplorer(**_explorer_arguments(args))
     if args.start is not None:
         explorer.start_run(*args.start)
-    if args.save:
-        explorer.save(args.save)
-        print(args.save)
+    if save is not None:
+        explorer.save(save)
+        print(save)  # the path used, with ~ expanded
         return 0
     explorer.show()
     return 0

@@ -2,7 +2,8 @@
 
 Depth 2 (f(x) = w2·w1·x) gives an N×N grid over [−R, R]², depth 1 (f(x) = w·x) an N-point grid.
 Tasks are y = a·x with a ~ N(M, S²), x ~ N(0, V), noise-free; inner and outer losses are the
-population losses ½·V·(w_eff − a)²; see :mod:`linmaml.closedform.scalar`.
+population losses ½·V·(w_eff − a)²; see :mod:`linmaml.closedform.scalar`. A grid where the objective
+overflows float64 is refused, in text and JSON alike, naming --lr (overflow everywhere) or --range.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import numpy as np
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, renamed
 
 
 def register(subparsers):
@@ -56,26 +58,39 @@ def run(args) -> int:
     settings = _settings(args)
     try:
         surface = surface_grid(**settings)
-    except ValueError as error:  # the library names its argument (steps: …); the user typed --steps
-        if str(error).startswith("steps:"):
-            raise ValueError("--" + str(error)) from error
-        raise
+    except (ValueError, TypeError) as error:  # the library names its argument (steps); the user typed --steps
+        raise renamed(error, _FLAGS) from error
     loss = surface["loss"]
-    overflowed = int(np.count_nonzero(~np.isfinite(loss)))
+    _refuse_overflow(np.count_nonzero(~np.isfinite(loss)), loss.size)
     if args.json:
-        if overflowed:
-            raise ValueError(f"--range: the objective overflows float64 at {overflowed} grid points; "
-                             "use a smaller --range, --lr or --steps")
         print(json.dumps({key: value.tolist() for key, value in surface.items()}))
-        return 0
-    print(_summary(settings, surface, overflowed))
+    else:
+        print(_summary(settings, surface))
     return 0
 
 
-def _summary(settings: dict, surface: dict, overflowed: int) -> str:
+#: The library's argument names and the flags the user typed for them.
+_FLAGS = {"lr": "--lr", "steps": "--steps", "mean": "--task-mean", "std": "--task-std", "x_var": "--x-var",
+          "grid": "--grid", "range": "--range", "depth": "--depth"}
+
+
+def _refuse_overflow(overflowed: int, total: int) -> None:
+    """Text and JSON alike refuse a grid where the objective overflows float64 (one behaviour).
+
+    Overflow everywhere (even near the origin, where the objective is small) comes from the inner
+    step itself: --lr or --steps; overflow at some points comes from the far corners: --range.
+    """
+    if overflowed == total:
+        raise ArgumentError("--lr", f"the objective overflows float64 at all {total} grid points; "
+                                    "use a smaller --lr or --steps")
+    if overflowed:
+        raise ArgumentError("--range", f"the objective overflows float64 at {overflowed} of {total} grid points; "
+                                       "use a smaller --range, --lr or --steps")
+
+
+def _summary(settings: dict, surface: dict) -> str:
     loss = surface["loss"]
-    finite = np.where(np.isfinite(loss), loss, np.inf)
-    best = np.unravel_index(int(np.argmin(finite)), loss.shape)
+    best = np.unravel_index(int(np.argmin(loss)), loss.shape)
     if settings["depth"] == 2:
         model, where = "f(x) = w2·w1·x", f"w1 = {surface['w1'][best[0]]:.6g}, w2 = {surface['w2'][best[1]]:.6g}"
         grid = f"{settings['grid']}×{settings['grid']} grid over [−{settings['range']:g}, {settings['range']:g}]²"
@@ -87,8 +102,6 @@ def _summary(settings: dict, surface: dict, overflowed: int) -> str:
         f"a ~ N({settings['mean']:g}, {settings['std']:g}²), x ~ N(0, {settings['x_var']:g})",
         f"{grid}",
         f"minimum {loss[best]:.6g} at {where}",
-        f"maximum {np.max(loss[np.isfinite(loss)]):.6g}" if overflowed < loss.size else "maximum: overflow",
+        f"maximum {np.max(loss):.6g}",
     ]
-    if overflowed:
-        lines.append(f"{overflowed} grid points overflow float64; --json refuses such a grid")
     return "\n".join(lines)

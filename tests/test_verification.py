@@ -1,7 +1,16 @@
-"""The verification table's second runner: every registered identity must hold (seed 0 and 1)."""
+"""The verification table's second runner: every registered row must hold (seed 0 and 1), state what
+it checks, and say which relative error it means; the new hand-written references must catch a wrong
+transform (a row that cannot fail checks nothing)."""
+import importlib
+import json
+
+import numpy as np
 import pytest
 
-from linmaml.verification import all_identities
+from linmaml import meta
+from linmaml.checks import _common
+from linmaml.cli import main
+from linmaml.verification import SMOKE_PREFIX, all_identities, format_table, run_all
 
 IDENTITIES = all_identities()
 
@@ -12,3 +21,110 @@ def test_identity_holds(ident, seed):
     row = ident.run(seed)
     assert row["instances"] > 0
     assert row["passed"], f"{ident.name}: max error {row['max_rel_error']:.3e} > tolerance {ident.tolerance:.1e}"
+
+
+def _resolve(qualified: str):
+    """The object a dotted name ``linmaml.a.b.C.f`` names: the longest importable module, then attributes."""
+    parts = qualified.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            obj = getattr(obj, attribute)
+        return obj
+    raise ImportError(qualified)
+
+
+@pytest.mark.parametrize("ident", IDENTITIES, ids=[i.name for i in IDENTITIES])
+def test_every_row_names_the_functions_it_checks(ident):
+    assert ident.checks, f"{ident.name}: its docstring names no linmaml.… function it checks"
+    for name in ident.checks:
+        assert callable(_resolve(name)), f"{ident.name}: {name} is not a function or class"
+
+
+def test_smoke_rows_are_labelled_in_the_table_and_the_json():
+    kinds = {i.name: i.kind for i in IDENTITIES}
+    assert {k for n, k in kinds.items() if n.startswith(SMOKE_PREFIX)} == {"smoke"}
+    assert {k for n, k in kinds.items() if not n.startswith(SMOKE_PREFIX)} == {"identity"}
+    assert "smoke: meta KFO, Meta-SGD, Meta-Curvature at initialisation = MAML" in kinds  # true by construction
+    report = run_all(only="at initialisation")
+    line = next(x for x in format_table(report).splitlines() if x.startswith(SMOKE_PREFIX))
+    assert line.split()[-5] == "smoke"
+    assert report["identities"][0]["kind"] == "smoke"
+
+
+def test_verify_prints_the_relative_error_definition(capsys):
+    assert main(["verify", "--only", "k-step adapt = direct"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(_common.RELATIVE_ERROR)
+    assert "‖a − b‖_F / ‖b‖_F" in out[0]
+    assert main(["verify", "--json", "--only", "k-step adapt = direct"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["relative_error"] == _common.RELATIVE_ERROR
+    (row,) = report["identities"]
+    assert row["checks"] == ["linmaml.closedform.deep_linear.adapt"] and row["kind"] == "identity"
+
+
+def test_relative_error_is_frobenius_against_the_reference_side():
+    a, b = [np.array([3.0, 0.0]), np.array([[0.0]])], [np.array([0.0, 0.0]), np.array([[4.0]])]
+    assert _common.relative_error(a, b) == pytest.approx(5.0 / 4.0)   # ‖(3, 0, −4)‖ / ‖(0, 0, 4)‖
+    assert _common.relative_error(b, a) == pytest.approx(5.0 / 3.0)   # not symmetric: b is the reference
+    assert _common.relative_error(np.ones(2), np.zeros(2)) == pytest.approx(np.sqrt(2.0))  # absolute at b = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The hand-written references must see a wrong transform, a wrong node count, a wrong LinNet step
+
+
+def _gram_free_kron(self, z, L, R):  # KFO's map without the Gram matrices: L z R instead of (LᵀL) z (RᵀR)
+    return L @ z @ R
+
+
+def test_anil_and_kfo_rows_catch_a_wrong_kfo(monkeypatch):
+    from linmaml.checks import meta as rows
+
+    monkeypatch.setattr(meta.KFO, "_kron", _gram_free_kron)
+    assert rows.anil_vs_hand_loop(np.random.default_rng(0), 2, "squared") > 1e-3
+    assert rows.transform_vs_hand_loop(np.random.default_rng(0), "kfo", 1, conv=True) > 1e-3
+
+
+def test_metacurvature_row_catches_a_transposed_factor(monkeypatch):
+    import torch
+
+    from linmaml.checks import meta as rows
+
+    def transposed(self, name, key, g, params):  # M_in applied untransposed on the conv weight
+        m = {k.rsplit(".", 1)[-1]: v for k, v in params.items() if k.startswith(f"mats.{key}.")}
+        if g.ndim < 3:
+            return m["out"] @ g if g.ndim == 1 else m["out"] @ g @ m["in"]
+        u = torch.einsum("oa,abc,ib,cf->oif", m["out"], g.reshape(g.shape[0], g.shape[1], -1), m["in"], m["kernel"])
+        return u.reshape(g.shape)
+
+    monkeypatch.setattr(meta.MetaCurvature, "_update_one", transposed)
+    assert rows.transform_vs_hand_loop(np.random.default_rng(1), "metacurvature", 1, conv=True) > 1e-3
+
+
+def test_node_count_row_fails_when_the_count_is_not_minimal(monkeypatch):
+    from linmaml.checks import symbolic as rows
+    from linmaml.closedform import scalar
+
+    exact = scalar.quadrature_nodes
+    monkeypatch.setattr(scalar, "quadrature_nodes", lambda depth, steps: exact(depth, steps) + 1)
+    assert rows._node_count_minimal(np.random.default_rng(0)).max_rel_error == np.inf
+
+
+def test_linnet_row_catches_a_wrong_extra_factor(monkeypatch):
+    from linmaml.checks import meta as rows
+
+    # LinNet built with a doubled second map: P = 2I, no longer the base model at initialisation.
+    original = meta.LinNet.__init__
+
+    def doubled(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        with __import__("torch").no_grad():
+            self.linear[1].weight.mul_(2.0)
+
+    monkeypatch.setattr(meta.LinNet, "__init__", doubled)
+    assert rows.linnet_vs_extra_factor(np.random.default_rng(2), "squared") > 1e-3

@@ -121,9 +121,9 @@ def closedform_parity(rng: np.random.Generator, depth: int, steps: int, loss: st
 
 @identity("meta: MAML = closed form (adapted weights, MAML loss, meta-gradient)", 1e-10)
 def check_closedform(rng):
-    """linmaml.meta.MAML (checks linmaml.meta.MAML.adapt and linmaml.meta.inner_loop) on nn.Sequential
-    of bias-free nn.Linear vs the numpy closed forms linmaml.closedform.deep_linear.adapt, maml_loss and
-    maml_grad: depths 1–4 × steps 1–5 × both losses, second order (and first order for a quarter)."""
+    """linmaml.meta.MAML (checks linmaml.meta.MAML.adapt and linmaml.meta.inner_loop.inner_loop) on
+    nn.Sequential of bias-free nn.Linear vs the numpy closed forms linmaml.closedform.deep_linear.adapt,
+    linmaml.closedform.deep_linear.maml_loss and linmaml.closedform.deep_linear.maml_grad: depths 1–4 × steps 1–5 × both losses, second order (and first order for a quarter)."""
     worst, count = 0.0, 0
     for depth in range(1, 5):
         for steps in range(1, 6):
@@ -384,8 +384,8 @@ def anil_vs_hand_loop(rng: np.random.Generator, steps: int, loss: str) -> float:
 @identity("meta: ANIL = hand-written head-only loop (adapted head, meta-gradients)", 1e-12)
 def check_anil_hand_loop(rng):
     """linmaml.meta.ANIL with a random linmaml.meta.KFO vs a head-only loop written by hand: features
-    computed once, head gradient written out, KFO as an explicit Kronecker matrix, no linmaml.meta
-    call on the reference side; k = 1…5 steps, both losses, two tasks per instance."""
+    computed once, head gradient written out, KFO as an explicit Kronecker matrix, nothing from the
+    meta package on the reference side; k = 1…5 steps, both losses, two tasks per instance."""
     worst, count = 0.0, 0
     for steps in range(1, 6):
         for loss in LOSSES:
@@ -481,3 +481,188 @@ def check_transforms_at_init(rng):
         worst = max(worst, transforms_at_init(rng, steps))
         count += 2 * len(initial_transforms())
     return CheckResult(count, worst, "relative error of every adapted parameter")
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Each transform against a hand-written loop with its update as an explicit Kronecker matrix
+
+
+def _mlp_forward(params, X):
+    """tanh MLP x ↦ W2 tanh(W1 x + b1) + b2 written with torch functions; params = [W1, b1, W2, b2]."""
+    W1, b1, W2, b2 = params
+    return torch.tanh(X @ W1.T + b1) @ W2.T + b2
+
+
+def _conv_forward(params, X):
+    """The :func:`conv_model` net written with torch functions; params = [conv W, conv b, W, b]."""
+    Wc, bc, W, b = params
+    return torch.tanh(torch.nn.functional.conv2d(X, Wc, bc)).reshape(X.shape[0], -1) @ W.T + b
+
+
+def _hand_update(kind: str, key: str, g: torch.Tensor, t: dict) -> torch.Tensor:
+    """The transform's update of gradient ``g`` written out, from its parameters ``t`` (by name):
+
+    * "metasgd":  s ⊙ g
+    * "metacurvature": bias M_out g; weight (out, in) vec_r U = (M_out ⊗ M_inᵀ) vec_r G; conv
+      (c_out, c_in, k…) vec_r U = (M_out ⊗ M_inᵀ ⊗ M_kᵀ) vec_r G
+    * "kfo" / "kfo-raw": (LᵀL) G (RᵀR) / L G R on the matrix view — bias (n, 1), weight itself, conv
+      c_out matrices (c_in, kh·kw), i.e. I_{c_out} ⊗ … on the flattened weight.
+    """
+    if kind == "metasgd":
+        return t[f"scales.{key}"] * g
+    if kind == "metacurvature":
+        m = {part: t[f"mats.{key}.{part}"] for part in ("out", "in", "kernel") if f"mats.{key}.{part}" in t}
+        K = m["out"]
+        for part in ("in", "kernel"):
+            if part in m:
+                K = torch.kron(K.contiguous(), m[part].T.contiguous())
+        return (K @ g.reshape(-1)).reshape(g.shape)
+    L, R = t[f"factors.{key}.L0"], t[f"factors.{key}.R0"]
+    if kind == "kfo":
+        L, R = L.T @ L, R.T @ R
+    if g.ndim == 1:
+        return kron_update(g.reshape(-1, 1), L, R).reshape(g.shape)
+    if g.ndim == 2:
+        return kron_update(g, L, R)
+    return kron_update(g.reshape(g.shape[0], g.shape[1], -1), L, R, channels=g.shape[0]).reshape(g.shape)
+
+
+def _transform(kind: str) -> meta.Transform:
+    return {"metasgd": meta.MetaSGD, "metacurvature": meta.MetaCurvature, "kfo": meta.KFO,
+            "kfo-raw": lambda: meta.KFO(psd=False)}[kind]()
+
+
+def transform_vs_hand_loop(rng: np.random.Generator, kind: str, steps: int, conv: bool, loss: str = "squared") -> float:
+    """Relative error between MAML with a random transform ``kind`` (see :func:`_hand_update`) on a
+    tanh MLP or the conv net of :func:`conv_model`, and the same inner loop written by hand (forward
+    with torch functions, gradients by torch.autograd.grad, update by :func:`_hand_update`). Two tasks;
+    compared: the last task's adapted parameters and the meta-gradients of the model's and the
+    transform's parameters (autograd through both loops)."""
+    if conv:
+        model, forward, shape = conv_model(rng), _conv_forward, (2, 4, 4)
+        d_out = 2
+        tasks = []
+        for _ in range(2):
+            n_s, n_q = (int(v) for v in rng.integers(2, 6, size=2))
+            tasks.append(as_torch(rng.standard_normal((n_s, *shape)), rng.standard_normal((n_s, d_out)),
+                                  rng.standard_normal((n_q, *shape)), rng.standard_normal((n_q, d_out))))
+    else:
+        d_in, hidden, d_out = _sizes(rng, loss)
+        model, forward = random_mlp(rng, d_in, hidden, d_out), _mlp_forward
+        tasks = [as_torch(*task) for task in random_tasks(rng, 2, d_in, d_out, loss)]
+    lr = random_rates(rng, steps, *RATES)
+    loss_fn = loss_function(loss)
+    transform = _transform(kind)
+    learner = meta.MAML(model, lr=lr, steps=steps, transform=transform)
+    if kind == "metasgd":  # positive per-element step sizes in [0.2, 2]
+        with torch.no_grad():
+            for p in transform.parameters():
+                p.copy_(torch.as_tensor(rng.uniform(0.2, 2.0, size=tuple(p.shape)), dtype=DTYPE))
+    else:
+        randomise(transform, rng)
+
+    names = [n for n, _ in model.named_parameters()]
+    total = 0.0
+    for Xs, Ys, Xq, Yq in tasks:
+        fast = learner.adapt(Xs, Ys, loss_fn)
+        total = total + loss_fn(learner(Xq, params=fast), Yq)
+    ours = [fast[n] for n in names] + list(torch.autograd.grad(total, list(model.parameters()) +
+                                                              list(transform.parameters())))
+
+    base = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    t = {n: p.detach().clone().requires_grad_(True) for n, p in transform.named_parameters()}
+    reference_total = 0.0
+    for Xs, Ys, Xq, Yq in tasks:
+        params = base
+        for rate in _per_step(lr, steps):
+            grads = torch.autograd.grad(loss_fn(forward(params, Xs), Ys), params, create_graph=True)
+            params = [p - rate * _hand_update(kind, meta.parameter_key(n), g, t)
+                      for n, p, g in zip(names, params, grads)]
+        reference_total = reference_total + loss_fn(forward(params, Xq), Yq)
+    reference = params + list(torch.autograd.grad(reference_total, base + list(t.values())))
+    return relative_error(ours, reference)
+
+
+@identity("meta: Meta-SGD = hand-written loop with s ⊙ g (adapted weights, meta-gradients)", 1e-12)
+def check_metasgd_hand_loop(rng):
+    """linmaml.meta.MetaSGD in linmaml.meta.MAML vs a hand-written loop θ ← θ − α s ⊙ ∇θ on a tanh
+    MLP, k = 1…4 steps, both losses; meta-gradients of the weights and of s."""
+    worst, count = 0.0, 0
+    for steps in range(1, 5):
+        for loss in LOSSES:
+            worst = max(worst, transform_vs_hand_loop(rng, "metasgd", steps, conv=False, loss=loss))
+            count += 1
+    return CheckResult(count, worst, "relative error over adapted weights and all meta-gradients")
+
+
+@identity("meta: Meta-Curvature = explicit M_out ⊗ M_inᵀ ⊗ M_kᵀ update (conv, linear, bias)", 1e-12)
+def check_metacurvature_hand_loop(rng):
+    """linmaml.meta.MetaCurvature in linmaml.meta.MAML vs a hand-written loop whose update is the
+    explicit Kronecker matrix on the row-major vec of each gradient (conv weight (3, 2, 3, 3), conv
+    bias, linear weight and bias; and a tanh MLP), k = 1…3 steps; meta-gradients of the weights and
+    of every M."""
+    worst, count = 0.0, 0
+    for steps in (1, 2, 3):
+        for conv in (True, False):
+            worst = max(worst, transform_vs_hand_loop(rng, "metacurvature", steps, conv=conv))
+            count += 1
+    return CheckResult(count, worst, "relative error over adapted weights and all meta-gradients")
+
+
+@identity("meta: KFO on a conv net = explicit I ⊗ (LᵀL) ⊗ (RᵀR)ᵀ per output channel", 1e-12)
+def check_kfo_conv_hand_loop(rng):
+    """linmaml.meta.KFO (psd and psd=False) in linmaml.meta.MAML on a conv net vs a hand-written loop
+    whose update is the documented conv shape — L c_in×c_in, R (kh·kw)×(kh·kw), the same for every
+    output channel — as the explicit matrix I_{c_out} ⊗ (LᵀL) ⊗ (RᵀR)ᵀ on the flattened weight (bias:
+    L n×n, R 1×1), k = 1…3 steps; meta-gradients of the weights and of every factor."""
+    worst, count = 0.0, 0
+    for steps in (1, 2, 3):
+        for kind in ("kfo", "kfo-raw"):
+            worst = max(worst, transform_vs_hand_loop(rng, kind, steps, conv=True))
+            count += 1
+    return CheckResult(count, worst, "relative error over adapted weights and all meta-gradients")
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. LinNet at initialisation: the base model's own step times an explicit extra factor
+
+
+def linnet_vs_extra_factor(rng: np.random.Generator, loss: str) -> float:
+    """Relative error between one MAML step on LinNet(base, layers=2, width) at initialisation and the
+    base model's own plain step followed by the factor (I − αG)², G = ∂L/∂P at P = I.
+
+    LinNet outputs P·f_θ(x) with P = A₂A₁ = I (A₁ = eye(width, out), A₂ = eye(out, width)), so θ gets
+    the base model's gradient; A₁ and A₂ get A₂ᵀG and GA₁ᵀ, and since A₂A₂ᵀ = A₁ᵀA₁ = A₁ᵀA₂ᵀ = I,
+    A₂′A₁′ = I − 2αG + α²G² = (I − αG)² exactly. With outputs F (n, out): G = (∂L/∂F)ᵀ F.
+    Compared: the adapted net's query outputs and the adapted product A₂′A₁′.
+    """
+    d_in, hidden, d_out = _sizes(rng, loss)
+    base = random_mlp(rng, d_in, hidden, d_out)
+    net = meta.LinNet(base, layers=2, width=d_out + int(rng.integers(0, 3)))
+    lr = float(rng.uniform(*RATES))
+    loss_fn = loss_function(loss)
+    Xs, Ys, Xq, Yq = as_torch(*random_tasks(rng, 1, d_in, d_out, loss)[0])
+    learner = meta.MAML(net, lr=lr, steps=1)
+    fast = learner.adapt(Xs, Ys, loss_fn)
+    ours = [learner(Xq, params=fast), fast["linear.1.weight"] @ fast["linear.0.weight"]]
+
+    params = [p.detach().clone().requires_grad_(True) for p in base.parameters()]
+    F = _mlp_forward(params, Xs)
+    stepped = [p - lr * g for p, g in zip(params, torch.autograd.grad(loss_fn(F, Ys), params))]
+    G = output_gradient(loss, F, Ys).T @ F
+    factor = torch.eye(d_out, dtype=DTYPE) - lr * G
+    factor = factor @ factor
+    return relative_error(ours, [_mlp_forward(stepped, Xq) @ factor.T, factor])
+
+
+@identity("meta: LinNet at init, one step = base model's step times (I − αG)²", 1e-12)
+def check_linnet_extra_factor(rng):
+    """linmaml.meta.LinNet (two identity-initialised linear maps, width ≥ out) adapted by one step of
+    linmaml.meta.MAML equals the base MLP's own plain step followed by the explicit factor (I − αG)²,
+    G = (∂L/∂F)ᵀF written out; both losses."""
+    worst, count = 0.0, 0
+    for loss in LOSSES:
+        for _ in range(6):
+            worst = max(worst, linnet_vs_extra_factor(rng, loss))
+            count += 1
+    return CheckResult(count, worst, "relative error of the query outputs and the adapted product A₂′A₁′")

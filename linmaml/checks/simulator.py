@@ -1,121 +1,113 @@
-"""Verification rows: the torch simulator (autograd) against the numpy closed forms (hand-derived).
+"""Verification rows: the torch simulator (autograd through :mod:`linmaml.meta`) against the numpy
+closed forms (hand-derived).
 
-The two sides share no code: :mod:`linmaml.simulator` differentiates through the inner loop with
-torch autograd and builds the implicit preconditioner as J Jᵀ from an autograd Jacobian, while
+The two sides share no code: :mod:`linmaml.simulator` adapts a deep linear chain as a torch module
+through the one :mod:`linmaml.meta` engine, differentiates through the inner loop with torch
+autograd and builds the implicit preconditioner as J Jᵀ from an autograd Jacobian, while
 :mod:`linmaml.closedform` uses hand-written backward and adjoint recursions and the Kronecker
-formula. Random instances: depths 1–4, widths 1–4, inner steps 1–5, both losses, random sets of
-adapted layers, several tasks per instance. Errors are normwise relative,
-``max|a − b| / max|b|`` over each returned array. All rows start with "simulator:".
+formula. Both take the same arguments under the same names (``adapt``, ``maml_loss``, ``maml_grad``).
+Random instances come from :mod:`linmaml.checks._common` (depths 1–4, widths 1–4, inner steps 1–5,
+both losses, random sets of adapted layers, 1–3 tasks per instance); errors are
+``_common.relative_error`` (‖a − b‖_F / ‖b‖_F over all arrays of an instance, b the closed form).
+All rows start with "simulator:" (``linmaml verify --only simulator``).
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from linmaml import simulator
+from linmaml.checks._common import (
+    LOSSES,
+    random_layers,
+    random_rates,
+    random_tasks,
+    random_weights,
+    random_widths,
+    relative_error,
+)
 from linmaml.closedform import deep_linear as cf
 from linmaml.closedform.preconditioner import preconditioner as cf_preconditioner
-from linmaml.simulator import models, train
 from linmaml.verification import CheckResult, identity
 
-LOSSES = ("squared", "logistic")
 INSTANCES_PER_LOSS = 12
 TOLERANCE = 1e-10
 
 
-def _relative_error(ours, reference) -> float:
-    ours = np.asarray(ours, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    scale = max(float(np.abs(reference).max()), np.finfo(float).tiny)
-    return float(np.abs(ours - reference).max()) / scale
-
-
-def _instance(rng: np.random.Generator, loss: str):
-    """Random weights, a stacked task batch, inner lr/steps and adapted layers for one comparison."""
-    depth = int(rng.integers(1, 5))
-    sizes = [int(s) for s in rng.integers(1, 5, size=depth + 1)]
-    if loss == "logistic":
-        sizes[-1] = 1
-    weights = [rng.standard_normal((sizes[j + 1], sizes[j])) / np.sqrt(sizes[j]) for j in range(depth)]
-    n_s, n_q = int(rng.integers(2, 7)), int(rng.integers(2, 7))
-    n_tasks = int(rng.integers(1, 4))
-    Xs = rng.standard_normal((n_tasks, n_s, sizes[0]))
-    Xq = rng.standard_normal((n_tasks, n_q, sizes[0]))
-    if loss == "squared":
-        Ys = rng.standard_normal((n_tasks, n_s, sizes[-1]))
-        Yq = rng.standard_normal((n_tasks, n_q, sizes[-1]))
-    else:
-        Ys = (rng.random((n_tasks, n_s, 1)) < 0.5).astype(np.float64)
-        Yq = (rng.random((n_tasks, n_q, 1)) < 0.5).astype(np.float64)
-    steps = int(rng.integers(1, 6))
-    lr = [float(r) for r in rng.uniform(0.05, 0.3, size=steps)]
-    if rng.random() < 0.5:
-        layers = None
-    else:
-        count = int(rng.integers(1, depth + 1))
-        layers = tuple(int(j) for j in rng.choice(depth, size=count, replace=False))
-    return weights, (Xs, Ys, Xq, Yq), lr, steps, layers
-
-
 def _instances(rng: np.random.Generator):
+    """(loss, weights, tasks (list of (Xs, Ys, Xq, Yq), one size for all), lr, steps, adapt_layers)."""
     for loss in LOSSES:
         for _ in range(INSTANCES_PER_LOSS):
-            yield (loss, *_instance(rng, loss))
+            depth = int(rng.integers(1, 5))
+            widths = random_widths(rng, depth, loss)
+            weights = random_weights(rng, widths)
+            count = int(rng.integers(1, 4))
+            first = random_tasks(rng, 1, widths[0], widths[-1], loss)[0]
+            # The simulator stacks tasks: every task of an instance has the first one's set sizes.
+            tasks = [first] + [tuple(_resample(rng, a, loss, k) for k, a in enumerate(first)) for _ in range(count - 1)]
+            steps = int(rng.integers(1, 6))
+            yield loss, weights, tasks, random_rates(rng, steps), steps, random_layers(rng, depth)
 
 
-def _torch(weights):
-    return [torch.as_tensor(W, dtype=torch.float64) for W in weights]
+def _resample(rng: np.random.Generator, like: np.ndarray, loss: str, k: int) -> np.ndarray:
+    """A fresh array shaped like the k-th part of a task (inputs normal; targets by the loss)."""
+    if k % 2 == 0 or loss == "squared":
+        return rng.standard_normal(like.shape)
+    return (rng.random(like.shape) < 0.5).astype(np.float64)
+
+
+def _stacked(tasks):
+    return tuple(np.stack(part) for part in zip(*tasks))
 
 
 @identity("simulator: adapted weights = closed-form adapt", TOLERANCE)
 def check_adapt(rng: np.random.Generator) -> CheckResult:
-    """Inner-loop weights after 1–5 steps: torch autograd vs the closed form, per task."""
+    """Inner-loop weights after 1–5 steps, per task (checks linmaml.simulator.adapt: the engine's
+    inner loop, torch autograd) vs linmaml.closedform.deep_linear.adapt."""
     worst, count = 0.0, 0
-    for loss, weights, (Xs, Ys, _, _), lr, steps, layers in _instances(rng):
-        ours = train.adapt(_torch(weights), Xs, Ys, lr, steps, loss, layers, create_graph=False)
-        for t in range(Xs.shape[0]):
-            theirs = cf.adapt(weights, Xs[t], Ys[t], lr, steps, loss, layers)
-            for W_ours, W_theirs in zip(ours, theirs):
-                W_ours = W_ours[t] if W_ours.ndim == 3 else W_ours
-                worst = max(worst, _relative_error(W_ours.numpy(), W_theirs))
+    for loss, weights, tasks, lr, steps, layers in _instances(rng):
+        Xs, Ys, _, _ = _stacked(tasks)
+        ours = simulator.adapt(weights, Xs, Ys, lr, steps, loss, layers)
+        for t, (Xs_t, Ys_t, _, _) in enumerate(tasks):
+            theirs = cf.adapt(weights, Xs_t, Ys_t, lr, steps, loss, layers)
+            worst = max(worst, relative_error([W[t] if W.ndim == 3 else W for W in ours], theirs))
         count += 1
-    return CheckResult(count, worst, "depths 1-4, steps 1-5, both losses; normwise relative error")
+    return CheckResult(count, worst, "depths 1-4, steps 1-5, both losses, 1-3 tasks")
 
 
 @identity("simulator: MAML loss = closed-form maml_loss", TOLERANCE)
 def check_maml_loss(rng: np.random.Generator) -> CheckResult:
-    """The MAML objective (mean query loss after adaptation): torch vs the closed form."""
+    """The MAML objective, mean query loss after adaptation (checks linmaml.simulator.maml_loss) vs
+    linmaml.closedform.deep_linear.maml_loss."""
     worst, count = 0.0, 0
     for loss, weights, tasks, lr, steps, layers in _instances(rng):
-        ours = float(train.maml_objective(_torch(weights), tasks, lr, steps, loss, layers).detach())
-        theirs = cf.maml_loss(weights, list(zip(*tasks)), lr, steps, loss, layers)
-        worst = max(worst, _relative_error(ours, theirs))
+        ours = simulator.maml_loss(weights, _stacked(tasks), lr, steps, loss, layers)
+        worst = max(worst, relative_error(ours, cf.maml_loss(weights, tasks, lr, steps, loss, layers)))
         count += 1
     return CheckResult(count, worst, "depths 1-4, steps 1-5, both losses")
 
 
 @identity("simulator: meta-gradient = closed-form maml_grad", TOLERANCE)
 def check_maml_grad(rng: np.random.Generator) -> CheckResult:
-    """Second-order meta-gradient by autograd through the inner loop vs the hand-derived adjoint;
+    """Second-order meta-gradient by autograd through the engine's inner loop (checks
+    linmaml.simulator.maml_grad) vs the hand-derived adjoint of linmaml.closedform.deep_linear.maml_grad;
     every fourth instance also compares first-order MAML."""
     worst, count = 0.0, 0
     for i, (loss, weights, tasks, lr, steps, layers) in enumerate(_instances(rng)):
-        orders = (False, True) if i % 4 == 0 else (False,)
-        for first_order in orders:
-            _, ours = train.maml_gradient(_torch(weights), tasks, lr, steps, loss, layers, first_order=first_order)
-            theirs = cf.maml_grad(weights, list(zip(*tasks)), lr, steps, loss, layers, first_order=first_order)
-            for g_ours, g_theirs in zip(ours, theirs):
-                worst = max(worst, _relative_error(g_ours.numpy(), g_theirs))
+        for first_order in (False, True) if i % 4 == 0 else (False,):
+            ours = simulator.maml_grad(weights, _stacked(tasks), lr, steps, loss, layers, first_order=first_order)
+            theirs = cf.maml_grad(weights, tasks, lr, steps, loss, layers, first_order=first_order)
+            worst = max(worst, relative_error(ours, theirs))
         count += 1
     return CheckResult(count, worst, "all layers' gradients; second order (and first order on every 4th)")
 
 
 @identity("simulator: implicit preconditioner J Jᵀ = closed-form Kronecker sum", TOLERANCE)
 def check_preconditioner(rng: np.random.Generator) -> CheckResult:
-    """P from the autograd Jacobian of vec W_e (P = J Jᵀ) vs Σ_j (B_jᵀB_j) ⊗ (A_jA_jᵀ)."""
+    """P from the autograd Jacobian of vec W_e, P = J Jᵀ (checks linmaml.simulator.implicit_preconditioner)
+    vs Σ_j (B_jᵀB_j) ⊗ (A_jA_jᵀ) of linmaml.closedform.preconditioner.preconditioner."""
     worst, count = 0.0, 0
-    for loss, weights, _, _, _, layers in _instances(rng):
-        ours = models.implicit_preconditioner(_torch(weights), layers).numpy()
-        theirs = cf_preconditioner(weights, adapt_layers=layers)
-        worst = max(worst, _relative_error(ours, theirs))
+    for _, weights, _, _, _, layers in _instances(rng):
+        ours = simulator.implicit_preconditioner(weights, layers)
+        worst = max(worst, relative_error(ours, cf_preconditioner(weights, adapt_layers=layers)))
         count += 1
     return CheckResult(count, worst, "random depths, widths and adapted layers")

@@ -1,10 +1,19 @@
-"""The torch simulator: deep linear models (float64), MAML by autograd through the inner loop,
-meta-training with trajectory recording, and held-out evaluation with confidence intervals.
+"""The torch simulator: deep linear models (float64) as torch modules, MAML through the one
+:mod:`linmaml.meta` engine under the closed forms' names, meta-training with trajectory recording,
+and held-out evaluation with confidence intervals.
 
-It is independent of :mod:`linmaml.closedform` (no shared code), which is what lets the two
-cross-check each other (``linmaml verify --only simulator``).
+Layout: :mod:`~linmaml.simulator.models` (LinearChain and the four models, losses, the autograd
+implicit preconditioner J Jᵀ), :mod:`~linmaml.simulator.maml` (``adapt``, ``maml_loss``,
+``maml_grad``, ``maml_value_and_grad``: same arguments as :mod:`linmaml.closedform.deep_linear`),
+:mod:`~linmaml.simulator.train` (``meta_train`` of a chain or any meta learner, ``Trajectory``),
+:mod:`~linmaml.simulator.evaluate` (adaptation curves, confidence intervals).
+
+It shares no code with :mod:`linmaml.closedform`: autograd through the engine's inner loop on one
+side, hand-derived recursions on the other, which is what lets the two cross-check each other
+(``linmaml verify --only simulator``).
 """
 from linmaml.simulator.evaluate import AdaptationCurve, adaptation_curve, mean_ci, per_task_curves, ratio_of_means_ci
+from linmaml.simulator.maml import adapt, maml_grad, maml_loss, maml_value_and_grad
 from linmaml.simulator.models import (
     LinearChain,
     accuracy,
@@ -12,15 +21,22 @@ from linmaml.simulator.models import (
     end_to_end,
     implicit_preconditioner,
     linnet,
+    logistic_loss,
     logits,
     logr,
+    loss_function,
     shallow,
+    squared_loss,
     task_loss,
 )
-from linmaml.simulator.train import Trajectory, adapt, maml_gradient, maml_objective, meta_train
+from linmaml.simulator.train import Trajectory, meta_train
+
+#: Former names, kept until analysis/bench.py and tests/reliability call the closed forms' names.
+maml_gradient = maml_value_and_grad
 
 __all__ = [
     "LinearChain", "shallow", "deep", "logr", "linnet", "end_to_end", "logits", "task_loss", "accuracy",
-    "implicit_preconditioner", "adapt", "maml_objective", "maml_gradient", "meta_train", "Trajectory",
+    "squared_loss", "logistic_loss", "loss_function", "implicit_preconditioner",
+    "adapt", "maml_loss", "maml_grad", "maml_value_and_grad", "meta_train", "Trajectory",
     "mean_ci", "ratio_of_means_ci", "per_task_curves", "adaptation_curve", "AdaptationCurve",
 ]

@@ -15,7 +15,7 @@ from scipy.special import stdtrit
 
 from linmaml import _validate
 from linmaml.simulator.models import LinearChain, accuracy, task_loss
-from linmaml.simulator.train import adapt
+from linmaml.simulator.maml import adapt
 
 
 def mean_ci(values, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,10 @@
 A model is a :class:`LinearChain`, i.e. layer sizes ``(d_0, d_1, …, d_L)``, the task loss and which
 layers the inner loop adapts. Its parameters are NOT stored in it: they travel as a list of tensors
 ``[W1, …, WL]`` (``W1`` applied first, ``Wj`` of shape ``(d_j, d_{j−1})``), optionally with a leading
-task axis ``(T, d_j, d_{j−1})`` once the inner loop has adapted them per task. The end-to-end map
+task axis ``(T, d_j, d_{j−1})`` once the inner loop has adapted them per task. For the inner loop
+the chain becomes a torch module (:meth:`LinearChain.module`: ``nn.Sequential`` of bias-free float64
+``nn.Linear``, parameter ``"{j}.weight"`` holding ``W_{j+1}``) inside a :class:`linmaml.meta.MAML`
+learner (:meth:`LinearChain.learner`) that adapts the layers ``adapt_layers``. The end-to-end map
 ``W_e = W_L ⋯ W_1`` has shape ``(d_L, d_0)`` and acts on inputs ``X`` of shape ``(n, d_0)`` as
 ``X W_eᵀ``.
 
@@ -26,8 +29,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-from linmaml import _validate
+from linmaml import _validate, meta
 
 DTYPE = torch.float64
 
@@ -84,6 +88,31 @@ class LinearChain:
         scale = _validate.finite_number(scale, "scale", nonnegative=True)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         return [torch.as_tensor(scale * rng.standard_normal(s) / np.sqrt(s[1]), dtype=DTYPE) for s in self.shapes()]
+
+    def parameter_names(self, layers: Sequence[int] | None = None) -> list[str]:
+        """The module's parameter names (``"{j}.weight"``) of ``layers`` (default: every layer)."""
+        return [f"{j}.weight" for j in (range(self.depth) if layers is None else layers)]
+
+    def module(self, weights) -> nn.Sequential:
+        """The chain as a torch module holding copies of ``weights`` (2-d, this chain's shapes) as
+        its parameters: ``nn.Sequential`` of bias-free float64 ``nn.Linear``, layer j first applied
+        j-th, so ``module(X) = X W_eᵀ`` for X of shape (…, n, d_0)."""
+        layers = []
+        for j, W in enumerate(self.check_weights(weights)):
+            if W.ndim != 2:
+                raise ValueError(f"weights[{j}]: expected a matrix of shape {tuple(W.shape[-2:])}, got a task axis")
+            # skip_init: the weights are set right below (and torch's global RNG stays untouched).
+            linear = nn.utils.skip_init(nn.Linear, W.shape[1], W.shape[0], bias=False, dtype=DTYPE)
+            linear.weight = nn.Parameter(W.detach().clone())
+            layers.append(linear)
+        return nn.Sequential(*layers)
+
+    def learner(self, weights, lr, steps: int, first_order: bool = False) -> meta.MAML:
+        """A :class:`linmaml.meta.MAML` learner around :meth:`module` (``weights``) that adapts
+        ``adapt_layers`` with ``steps`` plain gradient steps of size ``lr`` (a number or one per
+        step), second order unless ``first_order``. Its loss is :func:`loss_function` of ``loss``."""
+        return meta.MAML(self.module(weights), lr=lr, steps=steps, first_order=first_order,
+                         adapt=self.parameter_names(self.adapt_layers))
 
     def check_weights(self, weights, name: str = "weights") -> list[torch.Tensor]:
         """``weights`` as a list of float64 tensors of this chain's shapes (a task axis is allowed)."""
@@ -152,21 +181,33 @@ def logits(weights: Sequence[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
     return X @ end_to_end(weights).mT
 
 
+def squared_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1/(2n)·‖output − target‖²_F`` over the last two axes (n, d_L): a scalar per task."""
+    return 0.5 * (output - target).pow(2).sum(dim=(-2, -1)) / target.shape[-2]
+
+
+def logistic_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of the logits ``output`` (n, 1) against 0/1 ``target``, per task."""
+    # softplus(z) − y·z is the binary cross-entropy on logits, stable for large |z|. Its linear
+    # branch starts at z = 40, where σ(z) = 1 in float64: with the default 20 the gradient would be
+    # 1 instead of σ(z) = 1 − 2e-9. (logaddexp(0, z) has a NaN second derivative below z ≈ −750.)
+    return (nn.functional.softplus(output, threshold=40.0) - target * output).mean(dim=(-2, -1))
+
+
+LOSSES = {"squared": squared_loss, "logistic": logistic_loss}
+
+
+def loss_function(loss: str):
+    """The loss ``(output, target) -> per-task loss`` named ``loss`` ("squared" or "logistic")."""
+    return LOSSES[_validate.loss_name(loss)]
+
+
 def task_loss(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor, loss: str) -> torch.Tensor:
     """Per-task loss, shape ``(T,)`` for batched X (T, n, d_0), a scalar for X (n, d_0).
 
     squared: ``1/(2n)·‖X W_eᵀ − Y‖²_F``; logistic: mean binary cross-entropy on the logits.
     """
-    out = logits(weights, X)
-    if loss == "squared":
-        return 0.5 * (out - Y).pow(2).sum(dim=(-2, -1)) / X.shape[-2]
-    if loss == "logistic":
-        # softplus(z) − y·z is the binary cross-entropy on logits, stable for large |z|. Its linear
-        # branch starts at z = 40, where σ(z) = 1 in float64: with the default 20 the gradient
-        # would be 1 instead of σ(z) = 1 − 2e-9. (logaddexp(0, z) has a NaN second derivative
-        # for z below about −750.)
-        return (torch.nn.functional.softplus(out, threshold=40.0) - Y * out).mean(dim=(-2, -1))
-    raise ValueError(f"loss: expected one of squared, logistic, got {loss!r}")
+    return loss_function(loss)(logits(weights, X), Y)
 
 
 def accuracy(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:

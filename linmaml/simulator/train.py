@@ -1,145 +1,51 @@
-"""MAML on deep linear chains in torch: the inner loop, the MAML objective, its meta-gradient by
-autograd (second order through every inner step, or first order), and meta-training that records
-its whole trajectory.
+"""Meta-training that records its whole trajectory: a deep linear chain, or any :mod:`linmaml.meta`
+learner, meta-trained by MAML on tasks drawn from a :mod:`linmaml.tasks` family.
 
-Everything is batched over the tasks of a meta-batch: support/query inputs carry a leading task
-axis ``(T, n, d_0)``, and an adapted layer gets its own copy per task ``(T, d_j, d_{j−1})``, so one
-batched matmul serves all tasks. Layers the inner loop does not adapt stay shared (no task axis).
-
-Conventions (DESIGN.md): weights ``[W1, …, WL]``, W1 applied first; a task is ``(Xs, Ys, Xq, Yq)``;
-the inner loop is plain gradient descent ``W ← W − α_t ∇_W L_support(W)`` on the adapted layers; the
-MAML objective is the mean over tasks of the query loss after adaptation.
+Every meta-step goes through the one engine: the meta-batch is adapted and scored by
+:meth:`linmaml.meta.engine.Engine.task_losses` (vmapped over its tasks), the meta-gradient is torch
+autograd through it, and the update is ``torch.optim.Adam`` or ``torch.optim.SGD``. A chain becomes a
+:class:`linmaml.meta.MAML` learner around its torch module (:meth:`LinearChain.learner`); a learner
+given directly (e.g. ``MAML(linear, transform=KFO())``, ``MAML(LinNet(linear))``) is trained as it is,
+in place.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from linmaml import _validate
-from linmaml.simulator.models import DTYPE, LinearChain, implicit_preconditioner, task_loss
+from linmaml.simulator.maml import mean_query_loss, stacked_tasks
+from linmaml.simulator.models import DTYPE, LinearChain, implicit_preconditioner, loss_function
 
-
-def _as_tensor(a) -> torch.Tensor:
-    return torch.as_tensor(a, dtype=DTYPE)
-
-
-def adapt(weights: Sequence[torch.Tensor], Xs, Ys, lr, steps: int, loss: str = "squared",
-          adapt_layers: Sequence[int] | None = None, *, first_order: bool = False,
-          create_graph: bool = True, return_path: bool = False):
-    """``steps`` inner gradient steps on the support loss; returns the adapted weights.
-
-    Shapes: ``weights`` ``[(d_j, d_{j−1})]``; ``Xs`` (n, d_0) and ``Ys`` (n, d_L) for one task, or
-    (T, n, d_0) and (T, n, d_L) for T tasks, in which case every adapted layer of the result has a
-    task axis ``(T, d_j, d_{j−1})``. ``lr`` is one number or one per step. ``adapt_layers``: 0-based
-    layers that adapt (None: all).
-
-    ``create_graph=True`` keeps the graph through every step, so a meta-gradient taken afterwards
-    is exact (second order); ``first_order=True`` treats each inner gradient as a constant (FOMAML);
-    ``create_graph=False`` detaches everything (evaluation). ``return_path=True`` returns the list of
-    weights after 0, 1, …, steps inner steps instead of only the last.
-    """
-    steps = _validate.integer(steps, "steps", minimum=0)
-    rates = _validate.learning_rates(lr, steps)
-    _validate.loss_name(loss)
-    current = [_as_tensor(W) for W in weights]
-    layers = _validate.layer_indices(adapt_layers, len(current))
-    Xs, Ys = _as_tensor(Xs), _as_tensor(Ys)
-    if Xs.ndim not in (2, 3) or Ys.ndim != Xs.ndim or Xs.shape[:-1] != Ys.shape[:-1]:
-        raise ValueError(f"Xs, Ys: expected (n, d_0), (n, d_L) or (T, n, d_0), (T, n, d_L), "
-                         f"got {tuple(Xs.shape)} and {tuple(Ys.shape)}")
-    keep_graph = create_graph and not first_order
-    track = create_graph or first_order  # whether the result must stay differentiable w.r.t. weights
-    if Xs.ndim == 3:
-        for j in layers:
-            if current[j].ndim == 2:
-                current[j] = current[j].expand(Xs.shape[0], *current[j].shape)
-    if not track:
-        current = [W.detach() for W in current]
-    path = [list(current)]
-    with torch.enable_grad():
-        for rate in rates:
-            if not layers:  # nothing adapts: every step leaves the weights as they are
-                path.append(list(current))
-                continue
-            if not track or not any(current[j].requires_grad for j in layers):
-                # Evaluation (or weights without gradients): fresh leaves to differentiate against.
-                for j in layers:
-                    current[j] = current[j].detach().clone().requires_grad_(True)
-            per_task = task_loss(current, Xs, Ys, loss)
-            grads = torch.autograd.grad(per_task.sum(), [current[j] for j in layers], create_graph=keep_graph,
-                                        retain_graph=track)
-            for j, g in zip(layers, grads):
-                step = current[j] - rate * (g if keep_graph else g.detach())
-                current[j] = step if track else step.detach()
-            path.append(list(current))
-    if not track:
-        path = [[W.detach() for W in ws] for ws in path]
-    return path if return_path else path[-1]
-
-
-def maml_objective(weights: Sequence[torch.Tensor], tasks, lr, steps: int, loss: str = "squared",
-                   adapt_layers: Sequence[int] | None = None, *, first_order: bool = False) -> torch.Tensor:
-    """Mean over tasks of the query loss after ``steps`` inner steps (a differentiable scalar).
-
-    ``tasks`` is a :class:`linmaml.tasks.TaskBatch` (numpy or torch) or a tuple of stacked arrays
-    ``(Xs, Ys, Xq, Yq)`` with shapes (T, n_s, d_0), (T, n_s, d_L), (T, n_q, d_0), (T, n_q, d_L).
-    """
-    Xs, Ys, Xq, Yq = _stacked(tasks)
-    adapted = adapt(weights, Xs, Ys, lr, steps, loss, adapt_layers, first_order=first_order, create_graph=True)
-    return task_loss(adapted, Xq, Yq, loss).mean()
-
-
-def maml_gradient(weights: Sequence[torch.Tensor], tasks, lr, steps: int, loss: str = "squared",
-                  adapt_layers: Sequence[int] | None = None, *,
-                  first_order: bool = False) -> tuple[float, list[torch.Tensor]]:
-    """The MAML objective and its gradient with respect to every layer, by autograd.
-
-    Returns ``(value, [dF/dW1, …, dF/dWL])``; second order through all inner steps unless
-    ``first_order``.
-    """
-    leaves = [_as_tensor(W).detach().clone().requires_grad_(True) for W in weights]
-    with torch.enable_grad():
-        value = maml_objective(leaves, tasks, lr, steps, loss, adapt_layers, first_order=first_order)
-        grads = torch.autograd.grad(value, leaves)
-    return float(value.detach()), [g.detach() for g in grads]
-
-
-def _stacked(tasks) -> tuple[torch.Tensor, ...]:
-    if hasattr(tasks, "Xs"):
-        parts = (tasks.Xs, tasks.Ys, tasks.Xq, tasks.Yq)
-    else:
-        parts = tuple(tasks)
-        if len(parts) != 4:
-            raise ValueError(f"tasks: expected a TaskBatch or (Xs, Ys, Xq, Yq), got {len(parts)} items")
-    parts = tuple(_as_tensor(p) for p in parts)
-    if parts[0].ndim == 2:  # a single task
-        parts = tuple(p.unsqueeze(0) for p in parts)
-    if any(p.ndim != 3 for p in parts) or len({p.shape[0] for p in parts}) != 1:
-        raise ValueError("tasks: expected stacked arrays with one leading task axis")
-    return parts
+__all__ = ["Trajectory", "meta_train"]
 
 
 @dataclasses.dataclass(eq=False)
 class Trajectory:
     """A meta-training run, recorded at every meta-step.
 
-    ``weights[j]`` has shape (S+1, d_j, d_{j−1}): layer j before meta-step 0, …, after the last;
-    ``meta_loss`` (S,) is the meta-batch MAML objective at each step (before its update);
-    ``preconditioner_eigenvalues`` (S+1, d_L·d_0) are the ascending eigenvalues of the implicit
-    preconditioner P (without the inner learning rate α) at each recorded point, so α·P is
-    ``lr[0] * preconditioner_eigenvalues``; ``settings`` are the arguments of the run.
+    ``weights[j]`` has shape (S+1, *shape_j): parameter ``names[j]`` before meta-step 0, …, after
+    the last (for a chain: layer j, shape (d_j, d_{j−1}), named ``"{j}.weight"``; for a learner:
+    every parameter of ``learner.named_parameters()``, transform included); ``meta_loss`` (S,) is
+    the meta-batch MAML objective at each step (before its update); ``preconditioner_eigenvalues``
+    (S+1, d_L·d_0) are the ascending eigenvalues of a chain's implicit preconditioner P (without the
+    inner learning rate α) at each recorded point, so α·P is ``lr[0] * preconditioner_eigenvalues``
+    (NaN when not recorded, None for a learner); ``settings`` are the arguments of the run;
+    ``chain`` is the chain (None for a learner), ``learner`` the trained learner.
     """
 
-    chain: LinearChain
+    chain: LinearChain | None
     weights: list[np.ndarray]
     meta_loss: np.ndarray
-    preconditioner_eigenvalues: np.ndarray
+    preconditioner_eigenvalues: np.ndarray | None
     settings: dict
     seconds: float
+    names: list[str] = dataclasses.field(default_factory=list)
+    learner: nn.Module | None = None
 
     def weights_at(self, step: int = -1) -> list[torch.Tensor]:
         """The weights after meta-step ``step`` (−1: the final ones) as float64 tensors."""
@@ -150,87 +56,88 @@ class Trajectory:
         return len(self.meta_loss)
 
 
-def meta_train(chain: LinearChain, family, *, lr, steps: int = 1, meta_steps: int = 1000,
+def meta_train(model, family, *, lr=None, steps: int | None = None, meta_steps: int = 1000,
                meta_batch: int = 32, meta_lr: float = 0.01, optimizer: str = "adam",
-               first_order: bool = False, init=None, init_scale: float = 1.0, seed: int = 0,
-               record_preconditioner: bool = True) -> Trajectory:
-    """Meta-train ``chain`` with MAML on tasks drawn from ``family`` (a :mod:`linmaml.tasks` family).
+               first_order: bool | None = None, init=None, init_scale: float = 1.0, seed: int = 0,
+               record_preconditioner: bool = True, loss: str | None = None) -> Trajectory:
+    """Meta-train ``model`` with MAML on tasks drawn from ``family`` (a :mod:`linmaml.tasks` family).
 
-    Each meta-step draws ``meta_batch`` fresh tasks, takes the exact meta-gradient through
-    ``steps`` inner steps of size ``lr`` (first order if asked) and updates all layers with
-    ``optimizer`` ("adam" or "sgd") at rate ``meta_lr``. ``init`` is a list of starting weights
-    (default: ``chain.init`` with ``init_scale``). Seeded: the same arguments give the same run.
+    ``model`` is a :class:`LinearChain` (then ``lr``, ``steps`` (default 1) and ``first_order``
+    (default False) set its inner loop, and its weights start at ``init``, default ``chain.init``
+    with ``init_scale``) or a :mod:`linmaml.meta` learner, which brings its own inner loop, weights
+    and meta-parameters (``lr``, ``steps``, ``first_order``, ``init`` must then be left unset) and is
+    updated in place. ``loss`` names the task loss: the chain's own, or for a learner "squared"
+    (default) or "logistic".
+
+    Each meta-step draws ``meta_batch`` fresh tasks, takes the meta-gradient of the mean query loss
+    after adaptation (exact second order unless first order) and updates every parameter with
+    ``optimizer`` ("adam" or "sgd", torch.optim defaults otherwise) at rate ``meta_lr``. Seeded: the
+    start from ``SeedSequence(seed).spawn(2)[0]``, the tasks from ``spawn(2)[1]``.
     """
-    steps = _validate.integer(steps, "steps", minimum=0)
-    rates = _validate.learning_rates(lr, steps)
     meta_steps = _validate.integer(meta_steps, "meta_steps", minimum=0)
     meta_batch = _validate.integer(meta_batch, "meta_batch", minimum=1)
     meta_lr = _validate.finite_number(meta_lr, "meta_lr", positive=True)
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer: expected adam or sgd, got {optimizer!r}")
-    if family.d_in != chain.d_in or family.d_out != chain.d_out:
-        raise ValueError(f"family: expected d_in={chain.d_in}, d_out={chain.d_out} to match the model, "
-                         f"got d_in={family.d_in}, d_out={family.d_out}")
     init_seq, task_seq = np.random.SeedSequence(_validate.integer(seed, "seed", minimum=0)).spawn(2)
-    start = chain.init(np.random.default_rng(init_seq), init_scale) if init is None else chain.check_weights(init, "init")
-    params = [W.detach().clone().requires_grad_(True) for W in start]
-    opt = _Adam(params, meta_lr) if optimizer == "adam" else _SGD(params, meta_lr)
+    if isinstance(model, LinearChain):
+        learner, net, settings = _chain_learner(model, family, lr, steps, first_order, init, init_scale, init_seq,
+                                                loss)
+        names = model.parameter_names()
+    elif isinstance(model, nn.Module) and callable(getattr(model, "adapt", None)):
+        for value, name in ((lr, "lr"), (steps, "steps"), (first_order, "first_order"), (init, "init")):
+            if value is not None:
+                raise ValueError(f"{name}: a linmaml.meta learner brings its own; leave it unset")
+        learner = net = model
+        loss = _validate.loss_name("squared" if loss is None else loss)
+        settings = dict(learner=type(model).__name__, loss=loss)
+        names = [n for n, _ in net.named_parameters()]
+    else:
+        raise TypeError(f"model: expected a LinearChain or a linmaml.meta learner, got {type(model).__name__}")
+    loss_fn = loss_function(settings["loss"])
+    params = list(net.parameters())
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(params, lr=meta_lr)
     task_rng = np.random.default_rng(task_seq)
 
     began = time.perf_counter()
-    history = [[W.detach().clone() for W in params]]
+    history = [[p.detach().clone() for p in params]]
     losses = np.empty(meta_steps)
     for step in range(meta_steps):
-        batch = family.sample(meta_batch, task_rng)
+        batch = stacked_tasks(family.sample(meta_batch, task_rng))
         with torch.enable_grad():
-            value = maml_objective(params, batch, rates, steps, chain.loss, chain.adapt_layers, first_order=first_order)
-            grads = torch.autograd.grad(value, params)
-        opt.step(grads)
+            value = mean_query_loss(learner, net, loss_fn, batch)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+        opt.step()
         losses[step] = float(value.detach())
-        history.append([W.detach().clone() for W in params])
-    stacked = [torch.stack([h[j] for h in history]) for j in range(chain.depth)]
-    if record_preconditioner:
-        P = implicit_preconditioner(stacked, chain.adapt_layers)
-        eigs = torch.linalg.eigvalsh(P).numpy()
-    else:
-        eigs = np.full((meta_steps + 1, chain.d_in * chain.d_out), np.nan)
-    settings = dict(lr=rates, steps=steps, meta_steps=meta_steps, meta_batch=meta_batch, meta_lr=meta_lr,
-                    optimizer=optimizer, first_order=first_order, init_scale=init_scale, seed=seed,
-                    sizes=list(chain.sizes), loss=chain.loss, adapt_layers=list(chain.adapt_layers))
-    return Trajectory(chain, [s.numpy() for s in stacked], losses, eigs, settings, time.perf_counter() - began)
+        history.append([p.detach().clone() for p in params])
+    stacked = [torch.stack([h[j] for h in history]) for j in range(len(params))]
+    eigs = None
+    if isinstance(model, LinearChain):
+        if record_preconditioner:
+            eigs = torch.linalg.eigvalsh(implicit_preconditioner(stacked, model.adapt_layers)).numpy()
+        else:
+            eigs = np.full((meta_steps + 1, model.d_in * model.d_out), np.nan)
+    settings.update(meta_steps=meta_steps, meta_batch=meta_batch, meta_lr=meta_lr, optimizer=optimizer, seed=seed)
+    return Trajectory(model if isinstance(model, LinearChain) else None, [s.numpy() for s in stacked], losses, eigs,
+                      settings, time.perf_counter() - began, names, learner if learner is not None else net)
 
 
-class _SGD:
-    """Plain gradient descent on a list of leaf tensors."""
-
-    def __init__(self, params: list[torch.Tensor], lr: float):
-        self.params, self.lr = params, lr
-
-    @torch.no_grad()
-    def step(self, grads) -> None:
-        for p, g in zip(self.params, grads):
-            p -= self.lr * g
-
-
-class _Adam:
-    """Adam (Kingma & Ba) with the usual defaults β = (0.9, 0.999), ε = 1e-8, bias-corrected.
-
-    Written out rather than torch.optim.Adam, whose first construction imports torch's compiler
-    stack (seconds of start-up on a small machine for a few lines of arithmetic).
-    """
-
-    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    @torch.no_grad()
-    def step(self, grads) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        for p, g, m, v in zip(self.params, grads, self.m, self.v):
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            m_hat = m / (1 - b1**self.t)
-            v_hat = v / (1 - b2**self.t)
-            p -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
+def _chain_learner(chain: LinearChain, family, lr, steps, first_order, init, init_scale, init_seq, loss):
+    """(learner or None for a 0-step run, the chain's module, the run's settings) for a chain."""
+    if lr is None:
+        raise TypeError("lr: meta-training a LinearChain needs the inner learning rate")
+    steps = _validate.integer(1 if steps is None else steps, "steps", minimum=0)
+    rates = _validate.learning_rates(lr, steps)
+    first_order = bool(first_order)
+    if loss is not None and loss != chain.loss:
+        raise ValueError(f"loss: the chain's loss is {chain.loss}, got {loss!r}")
+    if family.d_in != chain.d_in or family.d_out != chain.d_out:
+        raise ValueError(f"family: expected d_in={chain.d_in}, d_out={chain.d_out} to match the model, "
+                         f"got d_in={family.d_in}, d_out={family.d_out}")
+    start = chain.init(np.random.default_rng(init_seq), init_scale) if init is None else chain.check_weights(init, "init")
+    learner = chain.learner(start, rates, steps, first_order) if steps else None
+    net = learner.model if learner is not None else chain.module(start)
+    settings = dict(lr=rates, steps=steps, first_order=first_order, init_scale=init_scale, sizes=list(chain.sizes),
+                    loss=chain.loss, adapt_layers=list(chain.adapt_layers))
+    return learner, net, settings

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from linmaml.simulator import models as M
-from linmaml.simulator.train import adapt
+from linmaml.simulator.maml import adapt
 
 
 def _weights(rng, sizes):
@@ -106,3 +106,24 @@ def test_model_constructors_and_shapes():
 def test_bad_arguments_name_themselves(call, message):
     with pytest.raises((ValueError, TypeError), match="^" + re.escape(message)):
         call()
+
+
+def test_module_computes_the_end_to_end_map_and_the_learner_adapts_only_its_layers():
+    """The chain's torch module is X W_eᵀ (numpy product), its parameters are copies of the weights;
+    its learner moves exactly the adapted layers, by one plain gradient step written out in numpy."""
+    rng = np.random.default_rng(5)
+    chain = M.deep(3, 2, (4,), adapt_layers=(1,))
+    W = [w.numpy() for w in chain.init(rng)]
+    module = chain.module(W)
+    X, Y = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
+    np.testing.assert_allclose(module(torch.as_tensor(X)).detach().numpy(), X @ (W[1] @ W[0]).T, rtol=1e-13)
+    assert [n for n, _ in module.named_parameters()] == chain.parameter_names() == ["0.weight", "1.weight"]
+    assert all(p.dtype == torch.float64 for p in module.parameters())
+    learner = chain.learner(W, 0.1, 1)
+    fast = learner.adapt(torch.as_tensor(X), torch.as_tensor(Y), M.squared_loss)
+    H = X @ W[0].T  # hidden activations; ∂L/∂W2 = (H W2ᵀ − Y)ᵀ H / n
+    expected = W[1] - 0.1 * (H @ W[1].T - Y).T @ H / 6
+    np.testing.assert_allclose(fast["1.weight"].detach().numpy(), expected, rtol=1e-13)
+    np.testing.assert_array_equal(fast["0.weight"].detach().numpy(), W[0])
+    with pytest.raises(ValueError, match=re.escape("weights[0]")):
+        chain.module([torch.zeros(2, 4, 3), torch.zeros(2, 4)])

@@ -21,7 +21,7 @@ from torch.func import functional_call
 
 from linmaml import _validate
 from linmaml.meta.inner_loop import run_steps, under_function_transform
-from linmaml.meta.transforms import Transform, as_transform
+from linmaml.meta.transforms import Identity, Transform, as_transform
 
 __all__ = ["MAML", "ANIL", "head_parameter_names", "adapted_parameter_names"]
 
@@ -153,7 +153,9 @@ class _Learner(nn.Module):
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
         rates = self.lrs if steps is None else self.step_rates(steps)
-        base = dict(module.named_parameters())
+        slots = parameter_slots(module)
+        # The first slot of each name holds the parameter itself: named_parameters() without a second walk.
+        base = {n: owner._parameters[attr] for n, ((owner, attr), *_) in slots.items()}
 
         def scalar_loss(output, target):
             # The gradient needs a scalar; say which argument is at fault (shapes only: no sync).
@@ -168,7 +170,6 @@ class _Learner(nn.Module):
                 return functional_call(module, ({**base, **fast}, buffers), (inputs,))
             buffers = dict(module.named_buffers())
         else:
-            slots = parameter_slots(module)
             # First order (and no_grad) use the inner gradients' values only: the parameters that
             # do not adapt enter those forwards detached, so no graph is recorded for them either.
             constant = self.first_order or not torch.is_grad_enabled()
@@ -178,8 +179,8 @@ class _Learner(nn.Module):
                 return call_with(module, slots, {**others, **fast} if others else fast, (inputs,))
             buffers = None  # the module's own buffers, updated in place as by any forward pass
 
-        fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform,
-                            dict(self.transform.named_parameters()), x, y, rates,
+        tparams = {} if type(self.transform) is Identity else dict(self.transform.named_parameters())  # noqa: E721
+        fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y, rates,
                             first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers)
         return {n: fast.get(n, p) for n, p in base.items()}
 

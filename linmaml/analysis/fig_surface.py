@@ -8,8 +8,10 @@ gradient descent on it with its exact gradient.
 With a small inner learning rate (αV = 0.1) the shallow model can only shrink the task error by
 the factor (1 − αV)^k, so its best MAML loss is ½V(1 − αV)^{2k}s², barely below the ½Vs² of a
 model that does not adapt. The deep model's upper weight scales the lower one's step (the learned
-preconditioner): near w1 ≈ 0, w2² ≈ 1/(αV) one inner step lands on the task's solution, and
-meta-training finds those points. Panels: (a) the deep surface with trajectories, (b) the shallow
+preconditioner). The infimum of the deep objective is exactly 0, reached on the zero set
+w1·w2 = 0, w1² + w2² = 1/(αV) (four points): at w1 = 0, w2² = 1/(αV) one inner step moves w1 to
+αV·a·w2, so w1′w2′ = a for every task a (and symmetrically). Meta-training approaches those points;
+each run's final value is reported (runs that have not reached 0 are still falling). Panels: (a) the deep surface with trajectories, (b) the shallow
 objective with its trajectories' iterates, (c) the MAML loss along meta-training for both.
 
 Run: ``python -m linmaml.analysis.fig_surface [--out DIR] [--quick]``; writes surface.png and surface.json.
@@ -33,7 +35,7 @@ SETTINGS = {
     "deep_starts": [[0.5, 1.0], [-1.0, 0.5], [1.5, -0.3], [-2.0, -2.5], [2.0, -3.0]],
     "shallow_starts": [-3.0, -1.0, 2.0, 3.5],
 }
-FULL = {"grid": 201, "curve_points": 801, "meta_steps": 400}
+FULL = {"grid": 201, "curve_points": 801, "meta_steps": 1500}
 #: The shallow runs' colours, distinct from the deep runs' C1, C2, …
 SHALLOW_COLORS = ["tab:blue", "tab:cyan", "tab:olive", "tab:pink", "tab:gray"]
 QUICK = {"grid": 61, "curve_points": 201, "meta_steps": 120}
@@ -51,6 +53,12 @@ def _trajectory_record(trajectory, names) -> list[dict]:
             "final_loss": float(trajectory.final_losses[r]),
         })
     return records
+
+
+def zero_set(setting) -> list[list[float]]:
+    """The four points where the one-step deep objective is exactly 0: (0, ±r) and (±r, 0), r = 1/√(αV)."""
+    r = 1.0 / np.sqrt(setting.lr * setting.x_var)
+    return [[0.0, r], [0.0, -r], [r, 0.0], [-r, 0.0]]
 
 
 def compute(quick: bool = False) -> dict:
@@ -89,6 +97,10 @@ def compute(quick: bool = False) -> dict:
         # The shallow model's exact optimum, w = m: each inner step shrinks the error by (1 − αV).
         "shallow_optimum_closed_form": 0.5 * V * (1 - a * V) ** (2 * steps) * s ** 2,
         "zero_model_loss": setting.zero_model_loss,
+        # The zero set of the deep objective (k = 1): w1·w2 = 0, w1² + w2² = 1/(αV).
+        "zero_set": zero_set(setting),
+        "zero_set_objective": [float(S.objective([np.array(p[0]), np.array(p[1])], setting)) for p in zero_set(setting)],
+        "deep_final_losses": [float(v) for v in deep_runs.final_losses],
     }
     settings = dict(cfg, depth_deep=2, depth_shallow=1, quick=bool(quick), **size,
                     model_deep="f(x) = w2*w1*x", model_shallow="f(x) = w*x",
@@ -117,11 +129,15 @@ def draw(result: dict, path: pathlib.Path) -> None:
     x, y = S.hyperbola(setting.mean, cfg["range"])
     ax_deep.plot(x, y, ":", color="white", lw=1, label="$w_1 w_2 = m$ (mean task solved)")
     S.draw_trajectories(ax_deep, arr["deep_runs"], label="meta-training")
+    zeros = np.array(num["zero_set"])
+    ax_deep.plot(zeros[:, 0], zeros[:, 1], "*", color="gold", mec="k", ms=13, zorder=5,
+                 label=r"zero set: $w_1 w_2 = 0,\ w_1^2 + w_2^2 = 1/(\alpha V)$")
     ax_deep.set_xlim(-cfg["range"], cfg["range"])
     ax_deep.set_ylim(-cfg["range"], cfg["range"])
     ax_deep.legend(loc="upper left", fontsize=7, framealpha=0.8)
-    ax_deep.set_title(f"(a) deep $f(x)=w_2 w_1 x$: best after meta-training {num['deep_best_final_loss']:.2g}",
-                      fontsize=10)
+    finals = ", ".join(f"{v:.1g}" for v in num["deep_final_losses"])
+    ax_deep.set_title(f"(a) deep $f(x)=w_2 w_1 x$: infimum 0 at the stars\nruns end at {finals} (still falling)",
+                      fontsize=9)
 
     S.draw_shallow(ax_shallow, arr["w"], arr["shallow_loss"], arr["shallow_runs"], colors=SHALLOW_COLORS)
     ax_shallow.axhline(num["no_adaptation_loss"], color="gray", ls="--", lw=1,
@@ -133,7 +149,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
 
     for r in range(arr["deep_runs"].weights.shape[1]):
         ax_curve.plot(arr["deep_runs"].losses[:, r], color=f"C{(r % 9) + 1}", lw=1.5,
-                      label="deep runs" if r == 0 else None)
+                      label="deep runs (infimum 0, still falling)" if r == 0 else None)
     for r in range(arr["shallow_runs"].weights.shape[1]):
         ax_curve.plot(arr["shallow_runs"].losses[:, r], color=SHALLOW_COLORS[r % len(SHALLOW_COLORS)], lw=1, ls="--",
                       label="shallow runs" if r == 0 else None)

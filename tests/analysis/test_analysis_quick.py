@@ -174,3 +174,92 @@ def test_remedies_one_step_losses_recomputed_by_hand(quick_runs):
         assert reported["ci95"] == pytest.approx(_t975(n) * values.std(ddof=1) / math.sqrt(n), rel=1e-7)
     for kind in ("plain", "kfo", "linnet"):
         assert num["one_step_over_deep"][kind]["ratio"] == pytest.approx(losses[kind].mean() / losses["deep"].mean(), rel=1e-9)
+
+
+def test_lr_sweep_shallow_curve_is_the_closed_form_and_monte_carlo(quick_runs):
+    """Shallow's exact curve against the isotropic one-step formula written out here (Wishart
+    moments by hand), and its optimum against a Monte Carlo estimate at c* and its neighbours."""
+    _, record, _ = quick_runs("fig_lr_sweep")
+    cfg, num = record["settings"], record["numbers"]["regression"]
+    f = cfg["regression"]
+    d, n, v, w, s2 = f["d_in"], f["n_support"], f["x_var"], f["task_var"], f["noise_std"] ** 2
+
+    def loss(c):
+        return f["d_out"] * 0.5 * (w * v * d * (1 - 2 * c * v + c * c * v * v * (n + d + 1) / n)
+                                   + c * c * s2 * v * v * d / n + s2)
+
+    exact = num["shallow_exact"]
+    np.testing.assert_allclose(exact["query_loss"], [loss(a) for a in exact["alpha"]], rtol=1e-12)
+    assert exact["optimal_alpha"] == pytest.approx(w * n / (w * v * (n + d + 1) + s2), rel=1e-12)
+    np.testing.assert_allclose(num["shallow_exact_at_grid"], [loss(a) for a in cfg["alphas"]["regression"]], rtol=1e-12)
+    c = exact["optimal_alpha"]
+    mc = _one_step_losses_from_mean(f, [c, c - 0.2, c + 0.2], 20000, 3)
+    assert abs(mc[0].mean() - exact["query_loss_at_optimal_alpha"]) < 4 * mc[0].std(ddof=1) / math.sqrt(mc.shape[1])
+    for other in (1, 2):
+        diff = mc[other] - mc[0]
+        assert diff.mean() > 3 * diff.std(ddof=1) / math.sqrt(diff.size)
+    # Every trained model at every alpha: a finite loss with a positive interval; classification has accuracies.
+    for rows in num["models"].values():
+        assert [r["alpha"] for r in rows] == cfg["alphas"]["regression"]
+        assert all(np.isfinite(r["query_loss"]["mean"]) and r["query_loss"]["ci95"] > 0 for r in rows)
+    for rows in record["numbers"]["classification"]["models"].values():
+        assert all(0 <= r["query_accuracy"]["mean"] <= 1 for r in rows)
+
+
+def test_anisotropic_optimal_map_beats_perturbations_by_monte_carlo(quick_runs):
+    """Q* (the figure's derivation) against Monte Carlo over sampled tasks and support sets: its loss
+    agrees with the formula, and random symmetric perturbations of Q* are worse (paired, common
+    tasks); the closed forms' own optimal_one_step_map agrees where it exists; Shallow's best scalar
+    step is a grid-free minimum of the same Monte Carlo loss along Q = αI."""
+    module, record, _ = quick_runs("fig_anisotropic")
+    cfg, num = record["settings"], record["numbers"]
+    kappa = cfg["kappas"][-1]
+    fam = module.family(cfg, kappa)
+    parts = module.family_parts(cfg, kappa)
+    Q = module.optimal_map(parts["Sigma"], parts["Omega"], cfg["noise_std"], cfg["n_support"])
+    r = num["per_kappa"][str(kappa)]
+    np.testing.assert_allclose(np.linalg.eigvalsh(Q), r["optimal_map_eigenvalues"], rtol=1e-12)
+    # eigenvectors follow Σ: Q* is diagonal in Σ's eigenbasis
+    assert r["Q_star_in_Sigma_basis_offdiag_max"] < 1e-12
+    b = fam.sample(20000, 11)
+    m = np.asarray(cfg["task_mean"])
+    G = np.einsum("tni,tn->ti", b.Xs, b.Xs @ m - b.Ys[..., 0]) / cfg["n_support"]
+
+    def mc(Qm):
+        W = m - G @ Qm.T
+        return 0.5 * ((np.einsum("tni,ti->tn", b.Xq, W) - b.Yq[..., 0]) ** 2).mean(axis=1)
+
+    base = mc(Q)
+    se = base.std(ddof=1) / math.sqrt(base.size)
+    assert abs(base.mean() - r["optimal_matrix_step_loss"]) < 4 * se
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        E = rng.standard_normal(Q.shape)
+        diff = mc(Q + 0.15 * (E + E.T) / 2) - base
+        assert diff.mean() > 3 * diff.std(ddof=1) / math.sqrt(diff.size)
+    a = r["shallow_best_scalar_alpha"]
+    scalar = mc(a * np.eye(len(m)))
+    assert abs(scalar.mean() - r["shallow_best_scalar_loss"]) < 4 * scalar.std(ddof=1) / math.sqrt(scalar.size)
+    for other in (0.8 * a, 1.25 * a):
+        diff = mc(other * np.eye(len(m))) - scalar
+        assert diff.mean() > 0
+    cross = num["cross_check_closedform_optimal_one_step_map"]
+    if cross is not None:
+        assert max(cross.values()) < 1e-10
+    assert r["optimal_matrix_step_loss"] <= r["shallow_best_scalar_loss"] + 1e-12
+
+
+def test_surface_zero_set_is_where_the_objective_vanishes(quick_runs):
+    """The four zero-set points derived from the family (r = 1/sqrt(alpha V)): one inner step solves
+    every task exactly (checked with the inner step written out), and the reported objective is 0."""
+    _, record, _ = quick_runs("fig_surface")
+    cfg, num = record["settings"], record["numbers"]
+    lr, V = cfg["inner_lr"], cfg["x_var"]
+    assert len(num["zero_set"]) == 4
+    for (w1, w2), value in zip(num["zero_set"], num["zero_set_objective"]):
+        assert w1 * w2 == 0 and w1 ** 2 + w2 ** 2 == pytest.approx(1 / (lr * V), rel=1e-14)
+        assert value == pytest.approx(0.0, abs=1e-12)
+        for a in (-3.0, 0.1, 2.5):
+            r = w1 * w2 - a
+            assert (w1 - lr * V * r * w2) * (w2 - lr * V * r * w1) == pytest.approx(a, rel=1e-12)
+    assert num["deep_final_losses"] == [t["final_loss"] for t in num["deep_trajectories"]]

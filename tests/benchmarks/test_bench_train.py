@@ -237,3 +237,37 @@ def test_compile_must_be_a_bool(tmp_path):
 def test_unknown_setting_is_a_type_error(tmp_path):
     with pytest.raises(TypeError, match="^learning_rate: not a training setting"):
         run(tmp_path, options={"learning_rate": 1})
+
+
+def test_divergence_of_the_first_adam_step_does_not_claim_a_checkpoint(tmp_path):
+    """Adam's first step is 10 · outer_lr per weight (bias correction 1 − 0.9): 1e308 overflows to
+    inf in float64 at iteration 1, before any last.pt exists; the message must say so."""
+    result = run(tmp_path, options={"outer_lr": 1e308, "dtype": "float64"})
+    assert result.status == "nonfinite" and result.exit_code == 3 and result.iteration == 0
+    assert not (tmp_path / "last.pt").exists()
+    assert "last.pt holds" not in result.message and "no checkpoint was written" in result.message
+    assert result.message.startswith("iteration 1: the Adam step made ")
+
+
+def test_divergence_later_names_the_iteration_that_last_pt_really_holds(tmp_path, monkeypatch):
+    """checkpoint_every 2: after iteration 3 (not checkpointed) the outer rate is raised so that
+    iteration 4's Adam step overflows; last.pt holds iteration 2, and the message says 2, not 3."""
+    from linmaml.benchmarks import train as train_module
+
+    original = train_module.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+
+        def overflow_next_step(record):
+            if record["iteration"] == 3:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = 1e308
+
+        self.on_iteration = overflow_next_step
+
+    monkeypatch.setattr(train_module.Trainer, "__init__", init)
+    result = run(tmp_path, options={"dtype": "float64", "checkpoint_every": 2, "val_every": 10})
+    assert result.status == "nonfinite" and result.iteration == 3
+    assert checkpoint.load(tmp_path / "last.pt")["iteration"] == 2
+    assert "last.pt holds the weights after iteration 2 " in result.message

@@ -80,3 +80,49 @@ def test_sigint_and_sigterm_write_a_checkpoint_and_exit_130_143(tmp_path):
     a, b = checkpoint.load(tmp_path / "reference" / "last.pt"), checkpoint.load(out / "last.pt")
     assert a["iteration"] == b["iteration"] == n
     assert all(torch.equal(a["learner"][k], b["learner"][k]) for k in a["learner"])
+
+
+LONG_VALIDATION = {**OPTIONS, "val_every": 2, "val_tasks": 2400}
+CHILD_LONG = CHILD.replace("options = %r" % (OPTIONS,), "options = %r" % (LONG_VALIDATION,))
+
+
+def test_sigterm_during_a_long_validation_is_answered_in_seconds_and_resumes_exactly(tmp_path):
+    """A validation pass of 2,400 tasks (about 10 s here) gets SIGTERM: the run exits 143 within a
+    few seconds with a last.pt of the iteration whose validation was cut short; --resume runs that
+    validation first, and metrics and best.pt end as in an uninterrupted run."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD_LONG, str(out), "fresh", "2"], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(1.5)  # iteration 2 takes milliseconds: the run is now inside iteration 2's validation
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    assert proc.wait(timeout=60) == 143
+    assert time.monotonic() - sent < 3.0
+    assert metrics.read_text().count("\n") == 1  # iteration 2 is logged only with its validation
+    saved = checkpoint.load(out / "last.pt")
+    assert saved["iteration"] == 2 and saved["pending_validation"]["iteration"] == 2
+    assert not (out / "best.pt").exists()
+
+    resumed = subprocess.run([sys.executable, "-c", CHILD_LONG, str(out), "resume", "2"], capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train({**LONG_VALIDATION, "iterations": 2}, tmp_path / "reference", splits=_splits(), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    got = [json.loads(x) for x in metrics.read_text().splitlines()]
+    want = [json.loads(x) for x in (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()]
+    strip = (lambda r: {k: v for k, v in r.items() if k != "elapsed"})
+    assert [strip(r) for r in got] == [strip(r) for r in want] and "val_accuracy" in got[1]
+    a, b = checkpoint.load(tmp_path / "reference" / "best.pt"), checkpoint.load(out / "best.pt")
+    assert a["iteration"] == b["iteration"] == 2
+    assert all(torch.equal(a["learner"][k], b["learner"][k]) for k in a["learner"])
+    assert checkpoint.load(out / "last.pt")["pending_validation"] is None

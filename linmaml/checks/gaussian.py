@@ -1,14 +1,18 @@
 """Verification rows for the Gaussian task-family expectations (numpy, scipy, sympy; no torch).
 
-Each row compares :mod:`linmaml.closedform.gaussian` with a computation that shares none of its
-algebra: an exact symbolic expectation (sympy, monomial by monomial over Gaussian moments), Monte
-Carlo over sampled tasks (errors in standard errors, tolerance 3), a grid search, or gradient
-descent on the exact objective with finite-difference gradients. Rows start with "gaussian:".
+Each row compares a function of :mod:`linmaml.closedform.gaussian` (named in the row's docstring)
+with a computation that shares none of its algebra, only the task definition
+(:class:`linmaml.tasks.RegressionFamily` and its sampler): an exact symbolic expectation (sympy,
+monomial by monomial), Monte Carlo over sampled tasks, support and query sets with explicit inner
+steps (deviation in standard errors, tolerance 3), Monte Carlo minimisers (least squares on sampled
+tasks), or scipy optimisers. Relative errors use :func:`linmaml.checks._common.relative_error`.
+Rows start with "gaussian:".
 """
 from __future__ import annotations
 
 import numpy as np
 
+from linmaml.checks._common import central_difference, random_spd, relative_error, z_score
 from linmaml.closedform import gaussian as g
 from linmaml.tasks import RegressionFamily
 from linmaml.verification import CheckResult, identity
@@ -17,26 +21,34 @@ from linmaml.verification import CheckResult, identity
 # Random instances
 
 
-def _spd(rng: np.random.Generator, d: int, low: float = 0.3, high: float = 2.0) -> np.ndarray:
-    """A random symmetric positive definite matrix with eigenvalues in [low, high]."""
-    Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
-    return (Q * rng.uniform(low, high, size=d)) @ Q.T
-
-
-def _family(rng: np.random.Generator, d_in: int, d_out: int, **overrides) -> RegressionFamily:
+def _family(rng: np.random.Generator, d_in: int, d_out: int, condition: float | None = None,
+            **overrides) -> RegressionFamily:
+    """An anisotropic family: Σ random SPD (or with condition number ``condition``), full Ω."""
     k = d_in * d_out
     F = rng.standard_normal((k, k)) / np.sqrt(k)
     params = dict(task_mean=rng.standard_normal((d_out, d_in)), task_cov=0.3 * F @ F.T,
-                  x_cov=_spd(rng, d_in), noise_std=float(rng.uniform(0.1, 0.6)),
+                  x_cov=random_spd(rng, d_in, condition=condition), noise_std=float(rng.uniform(0.1, 0.6)),
                   n_support=int(rng.integers(1, 7)), n_query=int(rng.integers(2, 8)))
     params.update(overrides)
     return RegressionFamily(d_in, d_out, **params)
 
 
-def _z_score(samples: np.ndarray, exact: float) -> float:
-    """|mean − exact| in standard errors of the mean."""
-    se = samples.std(ddof=1) / np.sqrt(samples.size)
-    return float(abs(samples.mean() - exact) / se)
+def _query_losses(batch, adapted: np.ndarray) -> np.ndarray:
+    """Per task: ½·mean over the sampled query points of ‖y − W′x‖² (adapted (T, d_out, d_in))."""
+    residual = np.einsum("tqi,toi->tqo", batch.Xq, adapted) - batch.Yq
+    return 0.5 * np.mean(np.sum(residual**2, axis=2), axis=1)
+
+
+def _support_gradients(batch, W: np.ndarray) -> np.ndarray:
+    """Per task: the support-loss gradient (W Xsᵀ − Ysᵀ) Xs / n, shape (T, d_out, d_in)."""
+    residual = batch.Xs @ W.T - batch.Ys
+    return np.einsum("tno,tni->toi", residual, batch.Xs) / batch.Xs.shape[1]
+
+
+def _mixture_batches(mixture, tasks: int, rng):
+    """(component, batch) pairs with component task counts drawn multinomially from the weights."""
+    counts = rng.multinomial(tasks, mixture.weights)
+    return [(c, c.sample(int(k), rng)) for c, k in zip(mixture.components, counts) if k > 0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,8 +87,9 @@ def _exact_gaussian_expectation_of_wishart_product(L, A, n: int):
 
 @identity("gaussian: Wishart moment E[Σ̂AΣ̂] vs exact symbolic expectation", 1e-12)
 def _wishart_symbolic(rng):
-    """Symbolic d = 2 (n = 1, 2, general A, Σ = LLᵀ): the formula holds identically; then the numeric
-    wishart_moment equals the exact rational expectation at random rational instances (d = 2, 3)."""
+    """Checks linmaml.closedform.gaussian.wishart_moment: symbolic d = 2 (n = 1, 2, general A, Σ = LLᵀ) holds
+    identically; then the numeric moment equals the exact rational expectation at random rational instances (d = 2,
+    3)."""
     import sympy as sp
 
     l11, l21, l22 = sp.symbols("l11 l21 l22")
@@ -103,65 +116,59 @@ def _wishart_symbolic(rng):
     return CheckResult(instances, worst, "symbolic d=2 (n=1,2) is an identity; numeric vs exact rationals")
 
 
+
+
 @identity("gaussian: Wishart moment vs Monte Carlo (standard errors)", 3.0)
 def _wishart_monte_carlo(rng):
-    """tr(Bᵀ Σ̂AΣ̂) averaged over sampled Σ̂ (general, non-symmetric A) vs the closed form, in SEs."""
-    worst, samples = 0.0, 100_000
+    """Checks linmaml.closedform.gaussian.wishart_moment: tr(Bᵀ Σ̂AΣ̂) averaged over sampled Σ̂ (general,
+    non-symmetric A), in SEs."""
+    worst, samples = 0.0, 60_000
     for _ in range(3):
         d, n = int(rng.integers(2, 5)), int(rng.integers(1, 7))
-        Sigma, A, B = _spd(rng, d), rng.standard_normal((d, d)), rng.standard_normal((d, d))
+        Sigma, A, B = random_spd(rng, d), rng.standard_normal((d, d)), rng.standard_normal((d, d))
         X = rng.standard_normal((samples, n, d)) @ np.linalg.cholesky(Sigma).T
         S_hat = np.einsum("tni,tnj->tij", X, X) / n
         stat = np.einsum("tij,jk,tki->t", S_hat, A, S_hat @ B.T)  # tr(Σ̂ A Σ̂ Bᵀ)
-        worst = max(worst, _z_score(stat, float(np.sum(B * g.wishart_moment(Sigma, A, n)))))
+        worst = max(worst, z_score(stat, float(np.sum(B * g.wishart_moment(Sigma, A, n)))))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({samples} samples each)")
 
 
 # --------------------------------------------------------------------------------------------------
-# Expected post-adaptation loss
-
-
-def _one_step_query_losses(family: RegressionFamily, W: np.ndarray, lr: float, tasks: int, rng) -> np.ndarray:
-    """Per task: one explicit gradient step on the sampled support set, then the sampled query loss."""
-    batch = family.sample(tasks, rng)
-    n = family.n_support
-    residual = batch.Xs @ W.T - batch.Ys  # (T, n, d_out)
-    adapted = W - lr * np.einsum("tno,tni->toi", residual, batch.Xs) / n
-    query = np.einsum("tqi,toi->tqo", batch.Xq, adapted) - batch.Yq
-    return 0.5 * np.mean(np.sum(query**2, axis=2), axis=1)
+# Expected post-adaptation loss (shallow)
 
 
 @identity("gaussian: expected one-step query loss vs Monte Carlo (standard errors)", 3.0)
 def _one_step_loss_monte_carlo(rng):
-    """Sampled tasks (support noise, few support points), a real inner step, the real query loss."""
-    worst, tasks = 0.0, 60_000
-    for _ in range(3):
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss (finite n): sampled tasks with support
+    noise, a real inner step on the sampled support set, the sampled query loss; rates of both signs."""
+    worst, tasks = 0.0, 40_000
+    for lr in (float(rng.uniform(0.05, 0.5)), float(rng.uniform(0.05, 0.5)), -float(rng.uniform(0.1, 0.6))):
         d_in, d_out = int(rng.integers(1, 4)), int(rng.integers(1, 3))
         family = _family(rng, d_in, d_out)
         W = rng.standard_normal((d_out, d_in))
-        lr = float(rng.uniform(0.05, 0.5))
-        losses = _one_step_query_losses(family, W, lr, tasks, rng)
-        worst = max(worst, _z_score(losses, g.expected_post_adaptation_loss(W, family, lr, steps=1)))
-    return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
+        batch = family.sample(tasks, rng)
+        losses = _query_losses(batch, W[None] - lr * _support_gradients(batch, W))
+        worst = max(worst, z_score(losses, g.expected_post_adaptation_loss(W, family, lr, steps=1)))
+    return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each, one lr < 0)")
 
 
 @identity("gaussian: expected k-step population loss vs Monte Carlo (standard errors)", 3.0)
 def _population_loss_monte_carlo(rng):
-    """Sampled task maps, k explicit population gradient steps W ← W − α(W − W_τ)Σ, exact query loss."""
-    worst = 0.0
-    tasks = 60_000
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss (population, k = 2..5): sampled task maps, k
+    explicit population gradient steps W ← W − α(W − W_τ)Σ per task, then the loss on the sampled noisy query set
+    (the closed form's (I − αΣ)^k Σ (I − αΣ)^k and partial trace of Ω play no part)."""
+    worst, tasks = 0.0, 40_000
     for _ in range(3):
         d_in, d_out = int(rng.integers(1, 4)), int(rng.integers(1, 3))
         family = _family(rng, d_in, d_out)
         W = rng.standard_normal((d_out, d_in))
-        lr, steps = float(rng.uniform(0.05, 0.5)), int(rng.integers(2, 6))
-        W_tau = family.sample_weights(tasks, rng)
-        adapted = np.broadcast_to(W, W_tau.shape).copy()
+        lr, steps = float(rng.uniform(0.05, 0.4)), int(rng.integers(2, 6))
+        batch = family.sample(tasks, rng)
+        adapted = np.broadcast_to(W, batch.W.shape).copy()
         for _ in range(steps):
-            adapted -= lr * (adapted - W_tau) @ family.x_cov
-        D = adapted - W_tau
-        losses = 0.5 * np.einsum("toi,ij,toj->t", D, family.x_cov, D) + 0.5 * d_out * family.noise_std**2
-        worst = max(worst, _z_score(losses, g.expected_post_adaptation_loss(W, family, lr, steps=steps)))
+            adapted -= lr * (adapted - batch.W) @ family.x_cov
+        losses = _query_losses(batch, adapted)
+        worst = max(worst, z_score(losses, g.expected_post_adaptation_loss(W, family, lr, steps, population=True)))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
 
 
@@ -169,82 +176,199 @@ def _population_loss_monte_carlo(rng):
 # Optimal inner learning rate
 
 
-def _grid_argmin(f, low: float, high: float, points: int = 61, levels: int = 8) -> float:
-    """Minimise a one-dimensional function by a grid, zooming into the best cell ``levels`` times."""
-    for _ in range(levels):
-        grid = np.linspace(low, high, points)
-        values = np.array([f(x) for x in grid])
-        best = int(np.argmin(values))
-        width = grid[1] - grid[0]
-        low, high = max(grid[0], grid[best] - width), min(grid[-1], grid[best] + width)
-    return float(grid[best])
-
-
-@identity("gaussian: optimal inner lr vs grid search on the exact loss", 1e-6)
-def _optimal_lr_grid(rng):
-    """Isotropic closed form, general Σ, a mixture (one step, finite n) and population k = 1..5 steps."""
-    cases = []
+@identity("gaussian: optimal inner lr vs Monte Carlo estimate E[q1]/E[q2] (standard errors)", 3.0)
+def _optimal_lr_monte_carlo(rng):
+    """Checks linmaml.closedform.gaussian.optimal_inner_lr (one step, finite n): each sampled task's query loss
+    after one step is ½·mean‖r0 − α u‖² = c − α q1 + ½α² q2, so the Monte Carlo optimum is α̂ = mean q1 / mean q2,
+    with its standard error by the delta method. Isotropic Σ (closed form), general Σ, and a mixture."""
+    worst, tasks = 0.0, 40_000
     d_in, d_out = int(rng.integers(1, 4)), int(rng.integers(1, 3))
-    cases.append((_family(rng, d_in, d_out, x_cov=float(rng.uniform(0.5, 2.0))), 1, None))
-    cases.append((_family(rng, d_in, d_out), 1, None))
-    mixture = g.TaskMixture([_family(rng, d_in, d_out), _family(rng, d_in, d_out)], [0.3, 0.7])
-    cases.append((mixture, 1, None))
-    for steps in range(1, 6):
-        cases.append((_family(rng, d_in, d_out), steps, True))
-    worst = 0.0
-    for family, steps, population in cases:
+    cases = [_family(rng, d_in, d_out, x_cov=float(rng.uniform(0.5, 2.0))), _family(rng, d_in, d_out),
+             g.TaskMixture([_family(rng, d_in, d_out), _family(rng, d_in, d_out)], [0.3, 0.7])]
+    for family in cases:
         W = rng.standard_normal((d_out, d_in))
-        alpha = g.optimal_inner_lr(W, family, steps=steps, population=population)
-        components = family.components if isinstance(family, g.TaskMixture) else (family,)
-        top = 2.0 / min(np.linalg.eigvalsh(c.x_cov).min() for c in components)
-
-        def loss(a):
-            return g.expected_post_adaptation_loss(W, family, a, steps=steps, population=population)
-
-        searched = _grid_argmin(loss, 0.0, top)
-        if loss(alpha) > loss(searched) * (1 + 1e-13):
-            return CheckResult(len(cases), float("inf"), "grid search found a lower loss than α*")
-        worst = max(worst, abs(searched - alpha) / alpha)
-    return CheckResult(len(cases), worst, "relative distance of the grid minimiser from α*")
+        mixture = family if isinstance(family, g.TaskMixture) else g.TaskMixture([family])
+        q1, q2 = [], []
+        for _, batch in _mixture_batches(mixture, tasks, rng):
+            r0 = np.einsum("tqi,oi->tqo", batch.Xq, W) - batch.Yq
+            u = np.einsum("tqi,toi->tqo", batch.Xq, _support_gradients(batch, W))
+            q1.append(np.mean(np.sum(r0 * u, axis=2), axis=1))
+            q2.append(np.mean(np.sum(u * u, axis=2), axis=1))
+        q1, q2 = np.concatenate(q1), np.concatenate(q2)
+        estimate = q1.mean() / q2.mean()
+        se = np.std(q1 - estimate * q2, ddof=1) / np.sqrt(tasks) / q2.mean()
+        worst = max(worst, abs(estimate - g.optimal_inner_lr(W, family, steps=1)) / se)
+    return CheckResult(len(cases), worst, f"|α* − α̂| in delta-method standard errors ({tasks} tasks each)")
 
 
 # --------------------------------------------------------------------------------------------------
 # Fixed points
 
 
-def _steepest_descent(f, W0: np.ndarray, iterations: int = 400, h: float = 1e-3) -> np.ndarray:
-    """Outer-loop gradient descent on a quadratic f: central-difference gradients (exact for
-    quadratics up to rounding) and the exact step length along −∇f from three function values."""
-    W = W0.copy()
-    for _ in range(iterations):
-        grad = np.zeros_like(W)
-        for idx in np.ndindex(W.shape):
-            E = np.zeros_like(W)
-            E[idx] = h
-            grad[idx] = (f(W + E) - f(W - E)) / (2 * h)
-        norm = np.sqrt(np.sum(grad**2))
-        if norm < 1e-11:
-            break
-        direction = grad / norm
-        f0, fp, fm = f(W), f(W - h * direction), f(W + h * direction)
-        curvature = (fp - 2 * f0 + fm) / h**2
-        W = W - (norm / curvature) * direction
-    return W
+def _least_squares_with_se(designs, targets, batches: int = 20):
+    """Minimiser Wᵀ of Σ_t ‖A_t Wᵀ − b_t‖² over sampled tasks (designs (T, q, d_in), targets
+    (T, q, d_out)), and the standard error of each entry from ``batches`` independent sub-fits."""
+    def fit(A, b):
+        H = np.einsum("tqi,tqj->ij", A, A)
+        return np.linalg.solve(H, np.einsum("tqi,tqo->io", A, b)).T
+
+    full = fit(designs, targets)
+    parts = np.array([fit(A, b) for A, b in zip(np.array_split(designs, batches), np.array_split(targets, batches))])
+    return full, parts.std(axis=0, ddof=1) / np.sqrt(batches)
 
 
-@identity("gaussian: MAML and ERM fixed points vs outer-loop gradient descent", 1e-7)
-def _fixed_points_descent(rng):
-    """Mixtures of families with different Σ_c (where MAML ≠ ERM): closed-form minimisers vs descent
-    on the exact objective, for 0 (ERM), 1 (finite n) and 2–4 (population) inner steps."""
-    worst, instances = 0.0, 0
-    for steps in (0, 1, 2, 4):
+@identity("gaussian: MAML and ERM fixed points vs Monte Carlo least squares (standard errors)", 3.0)
+def _fixed_points_monte_carlo(rng):
+    """Checks linmaml.closedform.gaussian.maml_fixed_point and linmaml.closedform.gaussian.erm_fixed_point on
+    mixtures with different Σ_c (where MAML ≠ ERM): the minimiser of the sampled objective, a least-squares problem
+    because every adapted map is affine in the init: ERM (no step), one real inner step on sampled support sets
+    (finite n, lr of both signs), k = 2, 3 population steps. Deviation ‖Ŵ − W*‖_F / √(Σ se²) of the whole matrix."""
+    worst, tasks, instances = 0.0, 40_000, 0
+    for steps, lr in ((0, 0.0), (1, float(rng.uniform(0.05, 0.3))), (1, -0.3), (2, 0.2), (3, 0.15)):
         d_in, d_out = int(rng.integers(2, 4)), int(rng.integers(1, 3))
-        components = [_family(rng, d_in, d_out, x_cov=_spd(rng, d_in, 0.5, 1.5)) for _ in range(3)]
+        # one query size for all components, so each task's mean over queries weighs the same
+        components = [_family(rng, d_in, d_out, x_cov=random_spd(rng, d_in, 0.5, 1.5), n_query=4) for _ in range(3)]
         mixture = g.TaskMixture(components, list(rng.uniform(0.2, 1.0, size=3)))
-        lr = float(rng.uniform(0.05, 0.3))
-        closed = g.erm_fixed_point(mixture) if steps == 0 else g.maml_fixed_point(mixture, lr, steps)
-        descended = _steepest_descent(lambda W: g.expected_post_adaptation_loss(W, mixture, lr, steps),
-                                      np.zeros((d_out, d_in)))
-        worst = max(worst, float(np.linalg.norm(descended - closed) / np.linalg.norm(closed)))
+        designs, targets = [], []
+        for comp, batch in _mixture_batches(mixture, tasks, rng):
+            Xs, Ys, Xq, Yq = batch.Xs, batch.Ys, batch.Xq, batch.Yq
+            if steps == 0:
+                A, b = Xq, Yq
+            elif steps == 1:  # W′ = W(I − αΣ̂) + (α/n) Ysᵀ Xs
+                n = Xs.shape[1]
+                A = Xq @ (np.eye(d_in) - lr * np.swapaxes(Xs, 1, 2) @ Xs / n)
+                b = Yq - (lr / n) * Xq @ (np.swapaxes(Xs, 1, 2) @ Ys)
+            else:  # W_k = W P + W_τ (I − P), P = (I − αΣ)^k
+                P = np.linalg.matrix_power(np.eye(d_in) - lr * comp.x_cov, steps)
+                A = Xq @ P.T
+                b = Yq - np.einsum("tqi,ij,toj->tqo", Xq, np.eye(d_in) - P.T, batch.W)
+            designs.append(A)
+            targets.append(b)
+        order = rng.permutation(tasks)  # mix the components before splitting into sub-fits
+        estimate, se = _least_squares_with_se(np.concatenate(designs)[order], np.concatenate(targets)[order])
+        exact = g.erm_fixed_point(mixture) if steps == 0 else g.maml_fixed_point(mixture, lr, steps)
+        worst = max(worst, float(np.linalg.norm(estimate - exact) / np.sqrt(np.sum(se**2))))
         instances += 1
-    return CheckResult(instances, worst, "relative Frobenius distance")
+    return CheckResult(instances, worst, f"‖Ŵ − W*‖ in standard errors ({tasks} sampled tasks each)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Deep linear models
+
+
+def _deep_layers(rng, d_in: int, d_out: int, depth: int) -> list[np.ndarray]:
+    widths = [d_in] + [int(w) for w in rng.integers(1, 4, size=depth - 1)] + [d_out]
+    return [rng.standard_normal((widths[j + 1], widths[j])) / np.sqrt(widths[j]) for j in range(depth)]
+
+
+def _deep_adapted(layers: list[np.ndarray], W_tau: np.ndarray, Sigma: np.ndarray, lr: float) -> np.ndarray:
+    """End-to-end maps (T, d_out, d_in) after one population step on every layer, by a direct loop:
+    layer j moves by −lr·(W_L⋯W_{j+1})ᵀ (W_e − W_τ) Σ (W_{j−1}⋯W_1)ᵀ."""
+    def product(mats, size):
+        out = np.eye(size)
+        for W in mats:
+            out = W @ out
+        return out
+
+    d_in = layers[0].shape[1]
+    G = (product(layers, d_in)[None] - W_tau) @ Sigma
+    moved = [W[None] - lr * product(layers[j + 1:], W.shape[0]).T @ G @ product(layers[:j], d_in).T
+             for j, W in enumerate(layers)]
+    out = moved[0]
+    for W in moved[1:]:
+        out = W @ out
+    return out
+
+
+@identity("gaussian: deep one-step expectation (depths 2-4, anisotropic) vs Monte Carlo (standard errors)", 3.0)
+def _deep_monte_carlo(rng):
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss on [W1, …, WL]: sampled task maps, one
+    population step on every layer by a direct loop, the sampled noisy query loss; Σ with condition number 20, full
+    Ω."""
+    worst, tasks = 0.0, 40_000
+    for depth in (2, 3, 4):
+        d_in, d_out = int(rng.integers(2, 4)), int(rng.integers(1, 3))
+        family = _family(rng, d_in, d_out, condition=20.0)
+        layers = _deep_layers(rng, d_in, d_out, depth)
+        lr = float(rng.uniform(0.05, 0.3))
+        batch = family.sample(tasks, rng)
+        losses = _query_losses(batch, _deep_adapted(layers, batch.W, family.x_cov, lr))
+        worst = max(worst, z_score(losses, g.expected_post_adaptation_loss(layers, family, lr, population=True)))
+    return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
+
+
+@identity("gaussian: deep expectation's gradient vs finite differences", 1e-6)
+def _deep_gradient(rng):
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss_and_grad (deep, a mixture): the fourth-order
+    central difference of expected_post_adaptation_loss, coordinate by coordinate (relative error over all layers)."""
+    worst = 0.0
+    for depth in (2, 3, 4):
+        d_in, d_out = int(rng.integers(2, 4)), int(rng.integers(1, 3))
+        family = g.TaskMixture([_family(rng, d_in, d_out), _family(rng, d_in, d_out, condition=10.0)])
+        layers = _deep_layers(rng, d_in, d_out, depth)
+        lr = float(rng.uniform(-0.3, 0.3))
+        _, grads = g.expected_post_adaptation_loss_and_grad(layers, family, lr)
+        numeric = central_difference(lambda ws: g.expected_post_adaptation_loss(ws, family, lr), layers, h=1e-3)
+        worst = max(worst, relative_error(grads, numeric))
+    return CheckResult(3, worst, "relative error over all layers")
+
+
+# --------------------------------------------------------------------------------------------------
+# The optimal one-step matrix map, training vs test rates
+
+
+@identity("gaussian: one-step matrix-map loss vs Monte Carlo (standard errors)", 3.0)
+def _matrix_map_monte_carlo(rng):
+    """Checks linmaml.closedform.gaussian.expected_one_step_map_loss: W′ = W0 − Ĝ Q with the sampled support
+    gradient (finite n) or the population gradient, then the sampled query loss."""
+    worst, tasks = 0.0, 40_000
+    for population in (False, True, False):
+        d_in, d_out = int(rng.integers(2, 4)), int(rng.integers(1, 3))
+        family = _family(rng, d_in, d_out, condition=30.0)
+        W0, Q = rng.standard_normal((d_out, d_in)), 0.4 * rng.standard_normal((d_in, d_in))
+        batch = family.sample(tasks, rng)
+        G = (W0[None] - batch.W) @ family.x_cov if population else _support_gradients(batch, W0)
+        losses = _query_losses(batch, W0[None] - G @ Q)
+        worst = max(worst, z_score(losses, g.expected_one_step_map_loss(family, Q, W0, population)))
+    return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
+
+
+@identity("gaussian: optimal one-step matrix map vs scipy.optimize (BFGS on the exact loss)", 1e-4)
+def _matrix_map_optimiser(rng):
+    """Checks linmaml.closedform.gaussian.optimal_one_step_map (closed form [(1 + 1/n) SΣ + cI]⁻¹S, W0* = M) vs BFGS
+    over (W0, Q) jointly on expected_one_step_map_loss, κ(Σ) = 100; the optimiser must not find a lower loss."""
+    from scipy.optimize import minimize
+
+    worst = 0.0
+    for _ in range(3):
+        d_in, d_out = int(rng.integers(2, 4)), int(rng.integers(1, 3))
+        family = _family(rng, d_in, d_out, condition=100.0)
+        W0, Q = g.optimal_one_step_map(family)
+        k = d_out * d_in
+
+        def loss(x):
+            return g.expected_one_step_map_loss(family, x[k:].reshape(d_in, d_in), x[:k].reshape(d_out, d_in))
+
+        result = minimize(loss, np.concatenate([np.zeros(k), 0.1 * np.eye(d_in).ravel()]), method="BFGS",
+                          options={"gtol": 1e-11, "maxiter": 10_000})
+        if loss(np.concatenate([W0.ravel(), Q.ravel()])) > result.fun * (1 + 1e-10):
+            return CheckResult(3, float("inf"), "the optimiser found a lower loss than the closed form")
+        worst = max(worst, relative_error([W0, Q], [result.x[:k].reshape(d_out, d_in),
+                                                    result.x[k:].reshape(d_in, d_in)]))
+    return CheckResult(3, worst, "relative error of (W0*, Q*) over both arrays")
+
+
+@identity("gaussian: lr_train ≠ lr_test (negative lr_train) on mixtures vs Monte Carlo (standard errors)", 3.0)
+def _train_test_rates_monte_carlo(rng):
+    """Checks linmaml.closedform.gaussian.meta_test_loss(mixture, lr_train, lr_test): the init
+    maml_fixed_point(mixture, lr_train) with lr_train < 0, adapted on sampled support sets at lr_test > 0 (and one
+    lr_test < 0), sampled query loss."""
+    worst, tasks = 0.0, 40_000
+    for lr_train, lr_test in ((-0.4, 0.3), (-0.2, 0.15), (0.3, -0.2)):
+        d_in, d_out = int(rng.integers(2, 4)), int(rng.integers(1, 3))
+        mixture = g.TaskMixture([_family(rng, d_in, d_out, condition=10.0), _family(rng, d_in, d_out)], [0.4, 0.6])
+        W = g.maml_fixed_point(mixture, lr_train)
+        losses = np.concatenate([_query_losses(batch, W[None] - lr_test * _support_gradients(batch, W))
+                                 for _, batch in _mixture_batches(mixture, tasks, rng)])
+        worst = max(worst, z_score(losses, g.meta_test_loss(mixture, lr_train, lr_test)))
+    return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")

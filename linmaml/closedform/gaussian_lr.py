@@ -26,7 +26,8 @@ gradient. Then W′ − W_τ = (W0 − W_τ)(I − Σ̂Q) + EᵀXQ/n and, with S
     c = (tr(SΣ) + d_out σ²)/n
 
 (the Wishart moment E[Σ̂AΣ̂] = (1 + 1/n)ΣAΣ + tr(AΣ)Σ/n for symmetric A = QΣQᵀ, plus the support
-noise); at the population level drop the 1/n and c terms. The loss depends on W0 only through S ⪰ its value at W0 = M, whatever Q: W0* = M.
+noise); at the population level drop the 1/n and c terms. The loss depends on W0 only through
+S ⪰ its value at W0 = M, whatever Q: W0* = M.
 Setting the gradient in Q to zero: Σ[(1 + 1/n) S Σ + c I] Q Σ = Σ S Σ, so for invertible Σ
 
     Q* = [(1 + 1/n)·S Σ + c·I]⁻¹ S          (symmetric),
@@ -174,7 +175,8 @@ def negative_lr_table(family, lr_train, n_tasks: int, lr_test=None, repeats: int
     ``repeats`` draws of ``n_tasks`` training tasks (the same draws for every rate), the init is
     :func:`maml_trained_init` and its test loss is the exact
     ``expected_post_adaptation_loss(init, family, lr_test)`` (finite n, one step); ``lr_test`` None
-    means the optimal test rate at the task mean (:func:`~linmaml.closedform.gaussian.optimal_inner_lr`). Returns a dict of
+    means the optimal test rate at the task mean (:func:`~linmaml.closedform.gaussian.optimal_inner_lr`).
+    Returns a dict of
     lists: ``lr_train``, ``test_loss`` (mean over draws), ``se`` (its standard error), ``gap_se``
     (standard error of the paired difference from the best rate), and scalars ``best_lr_train`` (the
     grid minimiser), ``lr_test``, ``optimal_lr_test`` (the best test rate at the task mean),

@@ -51,7 +51,7 @@ from torch import nn
 
 from linmaml import _validate, meta
 
-__all__ = ["linear_cka", "block_names", "parameter_blocks", "base_parameters", "adapt_subset", "analyze_learner",
+__all__ = ["linear_cka", "accuracy_before_adaptation", "block_names", "parameter_blocks", "base_parameters", "adapt_subset", "analyze_learner",
            "bottom_preconditioner", "load_run", "analyze_run", "format_table"]
 
 
@@ -208,6 +208,19 @@ class _Capture:
 
 def _accuracy(logits, y) -> float:
     return float((logits.argmax(dim=1) == y).double().mean())
+
+
+def accuracy_before_adaptation(learner, tasks, *, device=None, dtype=None) -> np.ndarray:
+    """Per-task query accuracy (fractions, float64) of the meta-learned θ with no inner step (0 steps):
+    the "learns good features" part of a learner's accuracy, without the "adapts" part."""
+    learner.train()
+    base = {n: p.detach() for n, p in base_parameters(learner).items()}
+    out = []
+    with torch.no_grad():
+        for i in range(len(tasks)):
+            _, _, xq, yq = tasks[i].to_torch(device, dtype)
+            out.append(_accuracy(_logits(learner, xq, base), yq))
+    return np.asarray(out, dtype=np.float64)
 
 
 def ablation_subsets(learner) -> list[tuple[str, list[str]]]:

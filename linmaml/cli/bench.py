@@ -1,26 +1,22 @@
-"""``linmaml bench``: the performance benchmark (``analysis/bench.py``), printed as a table.
+"""``linmaml bench``: the performance benchmark (:mod:`linmaml.analysis.bench`), printed as a table.
 
     linmaml bench [--quick] [--only CASE ...] [--out DIR] [--device cpu|cuda] [--threads N]
 
 Times each case against its reference in the same process (closed-form surfaces, the deep-linear
-meta-gradient, meta-training iterations of MAML, KFO and ANIL), checks that they agree, prints the
-table and writes ``DIR/bench.json`` (``bench_cuda.json`` for ``--device cuda``) atomically. The
-script lives beside the package (``analysis/``, or ``$LINMAML_ANALYSIS``), like the figures of
-``linmaml reproduce``.
+meta-gradient, the per-task MAML loop on sinusoids against learn2learn- and higher-style loops,
+meta-training iterations of MAML, KFO and ANIL), checks that they agree, prints the table and
+writes ``DIR/bench.json`` (``bench_cuda.json`` for ``--device cuda``) atomically. The harness is a
+module of the installed package, so this runs from any folder.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import pathlib
-import sys
 import tempfile
 
 from linmaml import _validate
-
-CASES = ("surface", "deep_linear", "maml", "kfo", "anil")
-SCRIPT = "bench.py"
+from linmaml.analysis.bench_settings import CASES
 
 
 def register(subparsers):
@@ -32,33 +28,11 @@ def register(subparsers):
     p.add_argument("--only", action="append", metavar="CASE",
                    help=f"run only this case (repeatable): {', '.join(CASES)}; the other cases of an existing "
                         "bench.json of the same mode are kept, and the file says so")
-    p.add_argument("--out", type=pathlib.Path, metavar="DIR", help="output folder (default: figures/ of the source tree)")
+    p.add_argument("--out", type=pathlib.Path, metavar="DIR", help="output folder (default: figures/ of the source tree, else ./figures)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the meta-training cases on the GPU")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default 2; 1 with --quick, whose tiny operations only wait on each other)")
     p.set_defaults(func=run)
-
-
-def _script() -> pathlib.Path:
-    if os.environ.get("LINMAML_ANALYSIS"):
-        folder = pathlib.Path(os.environ["LINMAML_ANALYSIS"]).expanduser()
-    else:
-        import linmaml
-
-        folder = pathlib.Path(linmaml.__file__).resolve().parent.parent / "analysis"
-    script = folder / SCRIPT
-    if not script.is_file():
-        raise FileNotFoundError(f"benchmark script not found: expected {script} (a source checkout, or "
-                                f"LINMAML_ANALYSIS=<folder with {SCRIPT}>)")
-    return script
-
-
-def _load(script: pathlib.Path):
-    spec = importlib.util.spec_from_file_location("linmaml_analysis_bench", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _writable_folder(out: pathlib.Path) -> list[pathlib.Path]:
@@ -112,13 +86,18 @@ def run(args) -> int:
 
         if not torch.cuda.is_available():
             raise ValueError("--device: cuda requested, but torch sees no GPU on this machine")
-    script = _script()
-    out = args.out.expanduser() if args.out is not None else script.resolve().parents[1] / "figures"
+    if args.out is None:
+        from linmaml.plots.figure import default_out  # the same default as linmaml reproduce
+
+        out = default_out()
+    else:
+        out = args.out.expanduser()
     # Every check on the input comes before the benchmark: a full run takes minutes, and an
     # output folder that cannot be written must not be discovered only at its end.
     created = _writable_folder(out)
     try:
-        bench = _load(script)
+        from linmaml.analysis import bench
+
         record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads)
     except BaseException:
         _remove_empty(created)  # a failed run leaves no empty folder behind

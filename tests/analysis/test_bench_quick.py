@@ -1,10 +1,10 @@
-"""analysis/bench.py in quick mode: every case runs, writes bench.json, and its agreement checks hold
+"""linmaml.analysis.bench (the harness behind `linmaml bench` and analysis/bench.py) in quick mode: every case runs, writes bench.json, and its agreement checks hold
 (each case compares two independent computations: closed form vs torch autograd, the benchmark's
-plain loop vs meta.batched and linmaml train's step). Timings are not checked here, only that they
+plain loop vs the engine and linmaml train's step, the per-task sinusoid loop vs learn2learn- and
+higher-style loops written in the benchmark). Timings are not checked here, only that they
 were taken. Plus the measurement helpers on known inputs and the `linmaml bench` command."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -14,19 +14,11 @@ import pytest
 
 from linmaml.cli import main
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "analysis" / "bench.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _load()
+    from linmaml.analysis import bench as module
+
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +82,37 @@ def test_deep_linear_agrees_with_torch_simulator(quick_run):
     _timing_ok(entry["closed_form"], record["settings"]["reps"])
 
 
+def test_sinusoid_per_task_loops_agree_with_the_learn2learn_style_reference(quick_run):
+    """Every configuration (second order 1 step, first order 1 step, second order 5 steps) times
+    the four loops and their float64 meta-gradients equal the learn2learn-style reference's."""
+    record, _ = quick_run
+    entry = record["cases"]["sinusoid"]
+    reps = record["settings"]["sinusoid"]["reps"]
+    assert set(entry["configs"]) == {"second_order_1_step", "first_order_1_step", "second_order_5_steps"}
+    for config in entry["configs"].values():
+        assert list(config["variants"]) == ["learn2learn_style", "linmaml", "higher_style", "vmapped"]
+        for t in config["variants"].values():
+            _timing_ok(t, reps)
+        assert set(config["agreement_float64_max_relative"]) == {"linmaml", "higher_style", "vmapped"}
+        assert all(v <= 1e-10 for v in config["agreement_float64_max_relative"].values())
+    assert entry["targets"]["met_agreement"]
+    assert any(key.startswith("sinusoid_first_order_1_step_linmaml") for key in record["numbers"])
+
+
+def test_sinusoid_agreement_catches_a_wrong_loop(bench):
+    """The agreement measure can fail: a loop that drops the second-order term (first order
+    computed where second order is asked) differs from the reference far beyond 1e-10."""
+    import torch
+
+    from linmaml.analysis import bench_sinusoid as case
+
+    s = {**bench.QUICK["sinusoid"], "lr": 0.5}
+    model, batch = case.setup(s, torch.float64)
+    grads = case._meta_gradients(model, {"reference": case.learn2learn_style(model, 2, False, 0.5),
+                                         "wrong": case.higher_style(model, 2, True, 0.5)}, batch)
+    assert bench.relative_error([g.numpy() for g in grads["reference"]], [g.numpy() for g in grads["wrong"]]) > 1e-4
+
+
 @pytest.mark.parametrize("case", ["maml", "kfo", "anil"])
 def test_meta_iteration_variants_agree(quick_run, case):
     record, _ = quick_run
@@ -132,9 +155,9 @@ def test_interleaved_counts_calls(bench):
 
 def test_relative_error_floor(bench):
     ref = [np.array([3.0, 4.0]), np.array([1e-20])]
-    assert bench._relative_error(ref, [np.array([3.0, 4.5]), np.array([1e-20])]) == pytest.approx(0.1)
+    assert bench.relative_error(ref, [np.array([3.0, 4.5]), np.array([1e-20])]) == pytest.approx(0.1)
     # a structurally-zero tensor is measured against the whole gradient (norm 5), not its own norm
-    assert bench._relative_error(ref, [np.array([3.0, 4.0]), np.array([5e-3])]) == pytest.approx(1.0)
+    assert bench.relative_error(ref, [np.array([3.0, 4.0]), np.array([5e-3])]) == pytest.approx(1.0)
 
 
 def test_memory_probe_in_a_fresh_process(bench):

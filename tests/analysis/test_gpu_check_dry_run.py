@@ -1,4 +1,4 @@
-"""analysis/gpu_check.py, the prepared GPU check, run as its CPU dry run on real Omniglot so that the
+"""linmaml.analysis.gpu_check (analysis/gpu_check.py is its thin wrapper), the prepared GPU check, run as its CPU dry run on real Omniglot so that the
 script cannot rot between GPU sessions: the per-task CPU loop against `linmaml train`'s step with
 each --batching (an independent computation: a plain loop over tasks against vmapped inner loops),
 a 2-iteration training run with evaluation, and the meta-iteration benchmark at its quick sizes.
@@ -6,23 +6,20 @@ Training for 2 iterations cannot reach the 0.6 accuracy the real check asks of 2
 exits 1 here; everything else must pass."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
 
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "analysis" / "gpu_check.py"
 DATA = os.environ.get("LINMAML_DATA", "")
 
 
 @pytest.mark.skipif(not (pathlib.Path(DATA) / "omniglot").is_dir(),
                     reason="needs the real Omniglot files: set LINMAML_DATA (make test does)")
 def test_dry_run_on_the_cpu(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from linmaml.analysis import gpu_check as module
+
     out = tmp_path / "gpu.json"
     status = module.main(["--device", "cpu", "--iterations", "2", "--bench-reps", "1", "--out", str(out)])
     report = json.loads(out.read_text())

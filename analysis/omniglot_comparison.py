@@ -103,7 +103,7 @@ def configurations(*, quick: bool = False, iterations: int | None = None, layers
     ``iterations``, ``layers``, ``hidden`` override the common settings for every configuration.
     """
     from linmaml import _validate
-    from linmaml.benchmarks.train import TrainConfig
+    from linmaml.benchmarks.config import TrainConfig
 
     names = _selected(only)
     common = {**COMMON, **(QUICK if quick else {})}
@@ -149,7 +149,8 @@ def plan_run(run_dir: pathlib.Path, options: dict) -> tuple[str, int]:
     (a checkpoint, or leftovers of a run killed before its first one: iteration 0) or
     ``("new", 0)``. A run with other settings or more iterations than asked raises ValueError."""
     from linmaml.benchmarks import checkpoint
-    from linmaml.benchmarks.train import RUN_FILES, resume_config
+    from linmaml.benchmarks.config import resume_config
+    from linmaml.benchmarks.run_folder import RUN_FILES
 
     if not run_dir.exists():
         return "new", 0
@@ -184,7 +185,7 @@ def _run_summary(run_dir: pathlib.Path) -> dict:
 
 
 def _meta_parameters(options: dict) -> int:
-    from linmaml.benchmarks.train import TrainConfig, build_from_config
+    from linmaml.benchmarks.config import TrainConfig, build_from_config
 
     learner = build_from_config(TrainConfig.from_dict(options), (1, 28, 28))
     return sum(p.numel() for p in learner.parameters())

@@ -14,6 +14,7 @@ import numpy as np
 
 from linmaml.checks._common import central_difference, random_spd, relative_error, z_score
 from linmaml.closedform import gaussian as g
+from linmaml.closedform import gaussian_lr as glr
 from linmaml.tasks import RegressionFamily
 from linmaml.verification import CheckResult, identity
 
@@ -319,7 +320,7 @@ def _deep_gradient(rng):
 
 @identity("gaussian: one-step matrix-map loss vs Monte Carlo (standard errors)", 3.0)
 def _matrix_map_monte_carlo(rng):
-    """Checks linmaml.closedform.gaussian.expected_one_step_map_loss: W′ = W0 − Ĝ Q with the sampled support
+    """Checks linmaml.closedform.gaussian_lr.expected_one_step_map_loss: W′ = W0 − Ĝ Q with the sampled support
     gradient (finite n) or the population gradient, then the sampled query loss."""
     worst, tasks = 0.0, 40_000
     for population in (False, True, False):
@@ -329,13 +330,13 @@ def _matrix_map_monte_carlo(rng):
         batch = family.sample(tasks, rng)
         G = (W0[None] - batch.W) @ family.x_cov if population else _support_gradients(batch, W0)
         losses = _query_losses(batch, W0[None] - G @ Q)
-        worst = max(worst, z_score(losses, g.expected_one_step_map_loss(family, Q, W0, population)))
+        worst = max(worst, z_score(losses, glr.expected_one_step_map_loss(family, Q, W0, population)))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
 
 
 @identity("gaussian: optimal one-step matrix map vs scipy.optimize (BFGS on the exact loss)", 1e-4)
 def _matrix_map_optimiser(rng):
-    """Checks linmaml.closedform.gaussian.optimal_one_step_map (closed form [(1 + 1/n) SΣ + cI]⁻¹S, W0* = M) vs BFGS
+    """Checks linmaml.closedform.gaussian_lr.optimal_one_step_map (closed form [(1 + 1/n) SΣ + cI]⁻¹S, W0* = M) vs BFGS
     over (W0, Q) jointly on expected_one_step_map_loss, κ(Σ) = 100; the optimiser must not find a lower loss."""
     from scipy.optimize import minimize
 
@@ -343,11 +344,11 @@ def _matrix_map_optimiser(rng):
     for _ in range(3):
         d_in, d_out = int(rng.integers(2, 4)), int(rng.integers(1, 3))
         family = _family(rng, d_in, d_out, condition=100.0)
-        W0, Q = g.optimal_one_step_map(family)
+        W0, Q = glr.optimal_one_step_map(family)
         k = d_out * d_in
 
         def loss(x):
-            return g.expected_one_step_map_loss(family, x[k:].reshape(d_in, d_in), x[:k].reshape(d_out, d_in))
+            return glr.expected_one_step_map_loss(family, x[k:].reshape(d_in, d_in), x[:k].reshape(d_out, d_in))
 
         result = minimize(loss, np.concatenate([np.zeros(k), 0.1 * np.eye(d_in).ravel()]), method="BFGS",
                           options={"gtol": 1e-11, "maxiter": 10_000})
@@ -360,7 +361,7 @@ def _matrix_map_optimiser(rng):
 
 @identity("gaussian: lr_train ≠ lr_test (negative lr_train) on mixtures vs Monte Carlo (standard errors)", 3.0)
 def _train_test_rates_monte_carlo(rng):
-    """Checks linmaml.closedform.gaussian.meta_test_loss(mixture, lr_train, lr_test): the init
+    """Checks linmaml.closedform.gaussian_lr.meta_test_loss(mixture, lr_train, lr_test): the init
     maml_fixed_point(mixture, lr_train) with lr_train < 0, adapted on sampled support sets at lr_test > 0 (and one
     lr_test < 0), sampled query loss."""
     worst, tasks = 0.0, 40_000
@@ -370,5 +371,5 @@ def _train_test_rates_monte_carlo(rng):
         W = g.maml_fixed_point(mixture, lr_train)
         losses = np.concatenate([_query_losses(batch, W[None] - lr_test * _support_gradients(batch, W))
                                  for _, batch in _mixture_batches(mixture, tasks, rng)])
-        worst = max(worst, z_score(losses, g.meta_test_loss(mixture, lr_train, lr_test)))
+        worst = max(worst, z_score(losses, glr.meta_test_loss(mixture, lr_train, lr_test)))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")

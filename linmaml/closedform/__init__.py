@@ -68,18 +68,20 @@ __all__ = [
 
 from linmaml.closedform.gaussian import (
     TaskMixture,
-    best_scalar_lr,
     erm_fixed_point,
-    expected_one_step_map_loss,
     expected_post_adaptation_loss,
     expected_post_adaptation_loss_and_grad,
+    maml_fixed_point,
+    optimal_inner_lr,
+    wishart_moment,
+)
+from linmaml.closedform.gaussian_lr import (
+    best_scalar_lr,
+    expected_one_step_map_loss,
     maml_trained_init,
     meta_test_loss,
     negative_lr_table,
     optimal_one_step_map,
-    maml_fixed_point,
-    optimal_inner_lr,
-    wishart_moment,
 )
 from linmaml.closedform.scalar import (
     quadrature_nodes,

@@ -366,14 +366,3 @@ def _quadratic_minimiser(mixture: TaskMixture, lr: float, steps: int, population
         raise ValueError("family: the fixed point overflows float64; expected smaller covariances or task means")
     return out
 
-
-# Deep models, training/test rates and the optimal matrix map live in their own modules (imported
-# last: they use the helpers above).
-from linmaml.closedform.gaussian_lr import (  # noqa: E402
-    best_scalar_lr,
-    expected_one_step_map_loss,
-    maml_trained_init,
-    meta_test_loss,
-    negative_lr_table,
-    optimal_one_step_map,
-)

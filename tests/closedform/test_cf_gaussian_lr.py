@@ -8,14 +8,16 @@ from scipy import optimize
 from linmaml.checks._common import random_spd, relative_error
 from linmaml.closedform.gaussian import (
     TaskMixture,
-    best_scalar_lr,
-    expected_one_step_map_loss,
     expected_post_adaptation_loss,
     maml_fixed_point,
+    optimal_inner_lr,
+)
+from linmaml.closedform.gaussian_lr import (
+    best_scalar_lr,
+    expected_one_step_map_loss,
     maml_trained_init,
     meta_test_loss,
     negative_lr_table,
-    optimal_inner_lr,
     optimal_one_step_map,
 )
 from linmaml.tasks import RegressionFamily

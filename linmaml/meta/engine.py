@@ -124,12 +124,29 @@ class _ExplicitNormalization(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def explicit_normalization():
+def explicit_normalization(enabled: bool = True):
     """Inside, ``F.batch_norm`` (batch statistics), ``F.instance_norm`` and ``F.layer_norm`` are
     computed by their formulas (module docstring): same values up to rounding, and second
-    derivatives that stay correct under ``torch.func.vmap``."""
+    derivatives that stay correct under ``torch.func.vmap``. ``enabled=False`` does nothing."""
+    if not enabled:
+        yield
+        return
     with _ExplicitNormalization():
         yield
+
+
+#: Modules whose forward calls one of the three functions that :func:`explicit_normalization` replaces.
+_NORM_MODULES = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm)
+
+
+def has_norm_layers(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds a BatchNorm, InstanceNorm or LayerNorm submodule.
+
+    A torch function mode intercepts every torch call in Python, which costs more than the
+    arithmetic on tiny models (a deep linear chain of a few units: about a tenth of a vmapped
+    meta-step), so the engine enters :func:`explicit_normalization` only for models that need it.
+    """
+    return any(isinstance(m, _NORM_MODULES) for m in module.modules())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,7 +190,8 @@ class Engine:
     """
 
     def __init__(self, learner, loss_fn: LossFn = F.cross_entropy, *, strategy: str = "loop",
-                 tasks_per_chunk: int | None = 4, compile: bool = False):  # noqa: A002
+                 tasks_per_chunk: int | None = 4, compile: bool = False,  # noqa: A002
+                 explicit_norms: bool | None = None):
         if not callable(loss_fn):
             raise ArgumentTypeError("loss_fn", f"expected a callable (output, target) -> scalar, got "
                                     f"{type(loss_fn).__name__}")
@@ -186,8 +204,14 @@ class Engine:
         if strategy == "split" and not hasattr(learner, "adapted_names"):
             raise ArgumentTypeError("learner", f"strategy 'split' needs a learner with adapted_names (a "
                                     f"linmaml.meta learner), got {type(learner).__name__}")
+        if explicit_norms is not None and not isinstance(explicit_norms, bool):
+            raise ArgumentTypeError("explicit_norms", f"expected True, False or None, got {explicit_norms!r}")
         self.learner, self.loss_fn = learner, loss_fn
         self.strategy, self.tasks_per_chunk, self.compile = strategy, tasks_per_chunk, compile
+        # None: detect the norm modules. A model that calls F.batch_norm / F.layer_norm without such
+        # a module must pass True, or its vmapped second derivatives are wrong (module docstring).
+        self.explicit_norms = (has_norm_layers(learner) if isinstance(learner, torch.nn.Module) else True) \
+            if explicit_norms is None else explicit_norms
         self._built: dict = {}  # (kind, steps, classification, compiled) -> function
 
     # -- the per-task pieces: written once, composed by every strategy -----------------------------
@@ -229,11 +253,11 @@ class Engine:
                 return query(adapt(x_s, y_s), x_q, y_q)
 
             def vmapped(x_s, y_s, x_q, y_q):
-                with explicit_normalization():
+                with explicit_normalization(self.explicit_norms):
                     return torch.func.vmap(task)(x_s, y_s, x_q, y_q)
 
             def adapt_chunk(x_s, y_s):
-                with explicit_normalization():
+                with explicit_normalization(self.explicit_norms):
                     return torch.func.vmap(adapt)(x_s, y_s)
 
             function = {"task": task, "vmap": vmapped, "adapt_chunk": adapt_chunk, "query": query}[kind]

@@ -165,3 +165,40 @@ def test_bad_input_names_the_argument():
         engine.score(xs, ys, xq, yq, steps=0)
     with pytest.raises(ValueError, match="^scale"):
         engine.meta_gradient(xs, ys, xq, yq, scale=float("inf"))
+
+
+def test_explicit_normalization_only_for_models_with_norm_layers():
+    """The function mode is entered only where a norm layer needs it, and skipping it on a norm-free
+    model changes nothing: the vmapped meta-gradient equals the written-out loop either way."""
+    from linmaml.meta.engine import has_norm_layers
+
+    assert has_norm_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False)))
+    assert has_norm_layers(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
+    assert has_norm_layers(nn.InstanceNorm1d(3))
+    assert not has_norm_layers(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    learner = meta.MAML(model, lr=0.3, steps=2)
+    xs, xq = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(4, 7, 3, dtype=torch.float64)
+    ys, yq = torch.randint(0, 2, (4, 6)), torch.randint(0, 2, (4, 7))
+    grads = {}
+    for norms in (None, True):
+        engine = Engine(learner, F.cross_entropy, strategy="vmap", tasks_per_chunk=None, explicit_norms=norms)
+        assert engine.explicit_norms is (norms is True)
+        learner.zero_grad()
+        engine.meta_gradient(xs, ys, xq, yq, scale=0.25)
+        grads[norms] = [p.grad.clone() for p in learner.parameters()]
+    learner.zero_grad()
+    for i in range(4):  # the written-out per-task loop
+        params = dict(model.named_parameters())
+        fast = params
+        for _ in range(2):
+            loss = F.cross_entropy(functional_call(model, fast, (xs[i],)), ys[i])
+            g = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+            fast = {n: p - 0.3 * gi for (n, p), gi in zip(fast.items(), g)}
+        (0.25 * F.cross_entropy(functional_call(model, fast, (xq[i],)), yq[i])).backward()
+    for a, b, c in zip(grads[None], grads[True], [p.grad for p in learner.parameters()]):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(b, c, rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="explicit_norms"):
+        Engine(learner, explicit_norms="yes")

@@ -1,13 +1,22 @@
-"""Checkpoints that are never half-written, and a lock so that one run owns its output folder.
+"""Checkpoints that are never half-written, read by a plain ``torch.load``, and a lock so that one
+run owns its output folder.
 
-File format: one ASCII header line, then the ``torch.save`` bytes of the payload::
+File format (version 2): exactly the zip archive that ``torch.save`` writes, whose zip *comment*
+(the free text a zip archive may carry after its end-of-central-directory record) holds the checksum::
 
-    LINMAML-CHECKPOINT 1 sha256=<64 hex> bytes=<n>\\n<n bytes>
+    <torch.save bytes, end record's comment length set to 92> linmaml-checkpoint 2 sha256=<64 hex>
 
-The header's digest covers the payload bytes, so a truncated, altered or bit-flipped file is
-detected on load (:class:`CorruptCheckpoint`, naming the file and the expected checksum). Every file
-is written through :mod:`linmaml._io` (temporary file, flush, fsync, rename), so a reader sees an
-old complete file or a new complete file. Before ``last.pt`` is replaced, the previous one is
+So ``torch.load(path, weights_only=True)`` reads ``last.pt`` and ``best.pt`` like any PyTorch file
+(zip readers accept an archive comment), and :func:`load` verifies first: the digest covers every
+byte before the comment, the end record with its comment length included, so a truncated, padded,
+altered or bit-flipped file is detected (:class:`CorruptCheckpoint`, naming the file and the
+expected checksum). The digest is needed because ``torch.load`` itself does not check the archive's
+CRCs: a flipped bit in a tensor's bytes loads silently as a different number. Files of version 1
+(one ``LINMAML-CHECKPOINT 1 sha256=… bytes=…`` header line, then the ``torch.save`` bytes) are
+still read and verified by :func:`load`; new files are always version 2.
+
+Every file is written through :mod:`linmaml._io` (temporary file, flush, fsync, rename), so a reader
+sees an old complete file or a new complete file. Before ``last.pt`` is replaced, the previous one is
 kept as ``last.prev.pt``; :func:`load_latest` falls back to it (and reports which file was bad) when
 ``last.pt`` is missing or corrupt — e.g. after ``kill -9`` between the two renames.
 
@@ -24,6 +33,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Callable
@@ -32,8 +42,12 @@ import torch
 
 from linmaml import _io
 
-MAGIC = b"LINMAML-CHECKPOINT"
-VERSION = 1
+MAGIC = b"LINMAML-CHECKPOINT"  # version 1's header line
+VERSION = 2
+#: The zip comment of a version-2 file: this prefix, then the 64 hex digits of the sha256.
+RECORD_PREFIX = b"linmaml-checkpoint 2 sha256="
+RECORD_SIZE = len(RECORD_PREFIX) + 64
+_END_RECORD = b"PK\x05\x06"  # zip end-of-central-directory signature; 22 bytes with an empty comment
 LAST = "last.pt"
 LAST_PREV = "last.prev.pt"
 BEST = "best.pt"
@@ -48,21 +62,54 @@ def encode(payload: dict) -> bytes:
     """The bytes of a checkpoint file holding ``payload`` (any ``torch.save``-able object)."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    body = buffer.getvalue()
-    header = b"%s %d sha256=%s bytes=%d\n" % (MAGIC, VERSION, hashlib.sha256(body).hexdigest().encode(), len(body))
-    return header + body
+    archive = buffer.getvalue()
+    end = len(archive) - 22
+    if archive[end:end + 4] != _END_RECORD or archive[-2:] != b"\x00\x00":
+        raise RuntimeError("torch.save wrote an archive without the expected zip end record")  # a torch change
+    body = archive[:-2] + RECORD_SIZE.to_bytes(2, "little")  # the comment length, covered by the digest
+    return body + RECORD_PREFIX + hashlib.sha256(body).hexdigest().encode()
+
+
+def _unpack(data: bytes, name: str):
+    # weights_only: a checkpoint is data (tensors, numbers, strings, dicts), never code to run.
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not our data"
+        raise CorruptCheckpoint(f"checkpoint: {name} could not be unpacked"
+                                f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
 
 
 def decode(data: bytes, name: str = "checkpoint") -> dict:
-    """Verify and unpack the bytes written by :func:`encode`; ``name`` is used in error messages."""
+    """Verify and unpack the bytes of a checkpoint file (version 2, or version 1's header format);
+    ``name`` is used in error messages."""
+    if data.startswith(MAGIC + b" "):
+        return _decode_v1(data, name)
+    record = data[-RECORD_SIZE:]
+    if not (len(data) > RECORD_SIZE and record.startswith(RECORD_PREFIX)
+            and re.fullmatch(rb"[0-9a-f]{64}", record[len(RECORD_PREFIX):])):
+        # Name the checksum if the record is still there, displaced by padding or cut by truncation.
+        at = data.rfind(RECORD_PREFIX, max(0, len(data) - 4096))
+        if at < 0:
+            raise CorruptCheckpoint(f"checkpoint: {name} is not a linmaml checkpoint (no checksum record at its end)")
+        expected = data[at + len(RECORD_PREFIX):at + RECORD_SIZE].decode(errors="replace")
+        raise CorruptCheckpoint(f"checkpoint: {name} is truncated or padded (its checksum record is not at the end;"
+                                f" expected sha256 {expected})")
+    expected = record[len(RECORD_PREFIX):].decode()
+    actual = hashlib.sha256(data[:-RECORD_SIZE]).hexdigest()
+    if actual != expected:
+        raise CorruptCheckpoint(f"checkpoint: {name} is corrupt (sha256 {actual}, expected {expected})")
+    return _unpack(data, name)
+
+
+def _decode_v1(data: bytes, name: str) -> dict:
+    """Version 1: ``LINMAML-CHECKPOINT 1 sha256=<hex> bytes=<n>\\n`` then the ``torch.save`` bytes."""
     newline = data.find(b"\n", 0, 256)
     fields = data[:newline].split(b" ") if newline > 0 else []
-    if len(fields) != 4 or fields[0] != MAGIC or not fields[2].startswith(b"sha256=") \
-            or not fields[3].startswith(b"bytes="):
+    if len(fields) != 4 or not fields[2].startswith(b"sha256=") or not fields[3].startswith(b"bytes="):
         raise CorruptCheckpoint(f"checkpoint: {name} is not a linmaml checkpoint (no valid header)")
-    if fields[1] != str(VERSION).encode():
+    if fields[1] != b"1":
         raise CorruptCheckpoint(f"checkpoint: {name} has format version {fields[1].decode(errors='replace')},"
-                                f" this linmaml reads version {VERSION}")
+                                f" this linmaml reads versions 1 and {VERSION}")
     expected = fields[2][len(b"sha256="):].decode(errors="replace")
     body = data[newline + 1:]
     try:
@@ -75,16 +122,11 @@ def decode(data: bytes, name: str = "checkpoint") -> dict:
     actual = hashlib.sha256(body).hexdigest()
     if actual != expected:
         raise CorruptCheckpoint(f"checkpoint: {name} is corrupt (sha256 {actual}, expected {expected})")
-    # weights_only: a checkpoint is data (tensors, numbers, strings, dicts), never code to run.
-    try:
-        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not our data"
-        raise CorruptCheckpoint(f"checkpoint: {name} could not be unpacked"
-                                f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    return _unpack(body, name)
 
 
 def save(path, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` atomically, with its checksum in the header."""
+    """Write ``payload`` to ``path`` atomically, with its checksum in the zip comment."""
     return _io.atomic_write_bytes(path, encode(payload))
 
 

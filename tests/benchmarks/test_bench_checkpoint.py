@@ -16,14 +16,66 @@ def _payload(iteration, seed=0):
     return {"iteration": iteration, "weights": {"w": torch.randn(7, 3, generator=g)}, "note": "x"}
 
 
-def test_round_trip_and_header_digest_is_the_payload_sha256(tmp_path):
+def test_round_trip_and_the_zip_comment_is_the_sha256_of_the_rest(tmp_path):
+    import zipfile
+
     path = checkpoint.save(tmp_path / "a.pt", _payload(3))
     raw = path.read_bytes()
-    header, body = raw.split(b"\n", 1)
-    # The digest in the header is recomputed here with hashlib, independently of the module.
-    assert header.split(b" ")[2] == b"sha256=" + hashlib.sha256(body).hexdigest().encode()
+    # The file is a zip archive whose comment holds the digest; both are read here with zipfile and
+    # hashlib, independently of the module: the digest covers every byte before the comment.
+    comment = zipfile.ZipFile(path).comment
+    assert comment.startswith(b"linmaml-checkpoint 2 sha256=") and raw.endswith(comment)
+    assert comment.split(b"=", 1)[1] == hashlib.sha256(raw[:-len(comment)]).hexdigest().encode()
     back = checkpoint.load(path)
     assert back["iteration"] == 3 and torch.equal(back["weights"]["w"], _payload(3)["weights"]["w"])
+
+
+def test_a_plain_torch_load_reads_the_file(tmp_path):
+    path = checkpoint.save(tmp_path / "a.pt", _payload(4))
+    back = torch.load(path, weights_only=True)
+    assert back["iteration"] == 4 and back["note"] == "x"
+    assert torch.equal(back["weights"]["w"], _payload(4)["weights"]["w"])
+
+
+def test_version_1_files_are_still_read_and_verified(tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(_payload(5), buffer)
+    body = buffer.getvalue()
+    header = b"LINMAML-CHECKPOINT 1 sha256=%s bytes=%d\n" % (hashlib.sha256(body).hexdigest().encode(), len(body))
+    (tmp_path / "old.pt").write_bytes(header + body)
+    assert checkpoint.load(tmp_path / "old.pt")["iteration"] == 5
+    damaged = bytearray(header + body)
+    damaged[len(header) + len(body) // 2] ^= 0x10
+    (tmp_path / "old.pt").write_bytes(bytes(damaged))
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="expected " + hashlib.sha256(body).hexdigest()):
+        checkpoint.load(tmp_path / "old.pt")
+
+
+def test_every_flipped_byte_is_detected(tmp_path):
+    """One bit flipped at every 7th byte (and in each of the last 120: end record, comment length,
+    checksum record): always refused. torch.load alone would accept many of these flips silently."""
+    path = checkpoint.save(tmp_path / "a.pt", _payload(6))
+    raw = path.read_bytes()
+    expected = hashlib.sha256(raw[:-92]).hexdigest()
+    positions = sorted(set(range(0, len(raw), 7)) | set(range(len(raw) - 120, len(raw))))
+    silent = 0
+    for i in positions:
+        flipped = bytearray(raw)
+        flipped[i] ^= 0x04
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(checkpoint.CorruptCheckpoint) as info:
+            checkpoint.load(path)
+        assert str(path) in str(info.value)
+        if i < len(raw) - 92:  # the checksum itself intact: the message names it
+            assert expected in str(info.value)
+        try:
+            back = torch.load(path, weights_only=True)
+            silent += not torch.equal(back["weights"]["w"], _payload(6)["weights"]["w"]) or back["iteration"] != 6
+        except Exception:  # noqa: BLE001 - torch noticed this one itself
+            pass
+    assert silent > 0  # the digest is what catches them: some flips change a value torch.load returns
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "append", "header", "empty"])

@@ -33,8 +33,11 @@ def atomic_path(path, suffix: str | None = None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkstemp opens with O_CREAT | O_EXCL | O_NOFOLLOW: never an existing file, never through a link.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
-                               dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
+                                   dir=path.parent)
+    except OSError as error:  # name the file the user asked for, not the temporary's random name
+        raise type(error)(error.errno, error.strerror, str(path)) from error
     try:
         # mkstemp makes the file private (0600); give it the mode an ordinary open() would have.
         os.fchmod(fd, 0o666 & ~_umask())

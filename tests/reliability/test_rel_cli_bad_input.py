@@ -270,3 +270,21 @@ def test_debug_in_process_raises_instead_of_printing(capsys):
     with pytest.raises(ValueError, match="^--grid: expected an integer >= 2"):
         main(["--debug", "surface", "--grid", "1"])
     assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------------------------------
+# ~ in path options: expanded everywhere (also in --opt=~/x, which the shell leaves alone)
+
+
+def test_tilde_is_expanded_and_the_path_used_is_printed(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_in_process(["explore", "--grid", "3", "--meta-steps", "1", "--save=~/snap.png"], capsys)
+    assert status == 0, err
+    assert out == f"{home / 'snap.png'}\n" and (home / "snap.png").is_file()
+    assert not (tmp_path / "~").exists()
+    status, _, err = run_in_process(["data", "check", "omniglot", "--data-root=~/data"], capsys)
+    assert status == 2 and f"{home / 'data' / 'omniglot'} lacks the background set" in err
+    assert not (tmp_path / "~").exists()

@@ -6,7 +6,10 @@ gives a support set (x_s, y_s) and a query set (x_q, y_q); θ are the meta-learn
 gradient transform).
 
 * **Relative update** of each parameter tensor: ‖θ'ₚ − θₚ‖_F / ‖θₚ‖_F, averaged over tasks
-  (``None`` where ‖θₚ‖ = 0; 0 for a tensor the learner does not adapt).
+  (``None`` where ‖θₚ‖ = 0; 0 for a tensor the learner does not adapt). A convolution's bias
+  right before a BatchNorm gets a zero gradient (the normalisation subtracts it again), so its
+  update is 0 by construction; a tensor meta-trained close to 0 (BatchNorm shifts start at 0)
+  can show a large ratio for a small step.
 * **CKA** (Raghu et al. 2020, "rapid learning or feature reuse?"): for each *block*, linear CKA
   between its outputs on the query set before (θ) and after (θ') adaptation, averaged over tasks.
   Close to 1: the block's representation is reused; well below 1: it is re-learned per task. With

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from linmaml import _validate
-from linmaml.benchmarks.learners import ALGOS, POOLS, TRANSFORMS, build_learner
+from linmaml.benchmarks.learners import (ALGOS, POOLS, TRANSFORMS, build_learner, model_class_name,
+                                         model_fingerprint)
 from linmaml.meta.engine import STRATEGIES, Engine
 
 BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
@@ -70,12 +71,18 @@ class TrainConfig:
     batching: str = "split"
     tasks_per_chunk: int = 4
     compile: bool = False
+    #: A run on the user's own model (``train(model=...)``): its class name and
+    #: :func:`~linmaml.benchmarks.learners.model_fingerprint` (both None for the built-in ConvNet), and
+    #: for ANIL the name of its adapted head submodule (None: the last module with parameters).
+    model: str | None = None
+    model_fingerprint: str | None = None
+    head: str | None = None
 
     #: Settings that change the sequence of weights; a resumed run must keep them (the last three
     #: only through floating-point rounding, but a resumed run is bitwise the uninterrupted one).
     IDENTITY = ("benchmark", "ways", "shots", "query", "algo", "transform", "linnet", "linnet_width", "layers",
                 "hidden", "pool", "steps", "inner_lr", "outer_lr", "meta_batch", "seed", "dtype",
-                "batching", "tasks_per_chunk", "compile")
+                "batching", "tasks_per_chunk", "compile", "model", "model_fingerprint", "head")
 
     def __post_init__(self):
         def choice(name, allowed):
@@ -91,6 +98,13 @@ class TrainConfig:
         choice("dtype", DTYPES)
         choice("on_nonfinite", ON_NONFINITE)
         choice("batching", BATCHING)
+        for name in ("model", "model_fingerprint", "head"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name}: expected a string or None, got {type(getattr(self, name)).__name__}")
+        if (self.model is None) != (self.model_fingerprint is None):
+            raise ValueError("model: the class name and model_fingerprint of a user model go together")
+        if self.head is not None and (self.model is None or self.algo != "anil"):
+            raise ValueError("head: names the adapted submodule of your own model with algo 'anil'")
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile: expected True or False, got {self.compile!r}")
         for name, minimum in (("ways", 2), ("shots", 1), ("query", 1), ("test_query", 1), ("linnet", 0),
@@ -147,11 +161,32 @@ def iteration_seed(seed: int, iteration: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
-def build_from_config(config: TrainConfig, image_shape) -> torch.nn.Module:
-    """A fresh learner for ``config`` and images of ``image_shape = (C, H, W)`` (float32, CPU)."""
+def build_from_config(config: TrainConfig, image_shape, model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """A fresh learner for ``config`` and images of ``image_shape = (C, H, W)`` (float32, CPU), around
+    ``model`` for a run on a user model (:func:`check_model_matches` first)."""
+    check_model_matches(config, model)
     return build_learner(image_shape=image_shape, ways=config.ways, algo=config.algo, transform=config.transform,
                          linnet=config.linnet, linnet_width=config.linnet_width, layers=config.layers,
-                         hidden=config.hidden, pool=config.pool, inner_lr=config.inner_lr, steps=config.steps)
+                         hidden=config.hidden, pool=config.pool, inner_lr=config.inner_lr, steps=config.steps,
+                         model=model, head=config.head)
+
+
+def check_model_matches(config: TrainConfig, model: torch.nn.Module | None, where: str = "the run") -> None:
+    """``ValueError`` naming ``model`` unless ``model`` is what ``config`` was trained on: None for the
+    built-in ConvNet, else a module of the recorded class with the recorded fingerprint."""
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if config.model is None:
+        if model is not None:
+            raise ValueError(f"model: {where} used the built-in ConvNet, not a model of your own; leave model out")
+        return
+    if model is None:
+        raise ValueError(f"model: {where} was trained on your own model ({config.model}); pass the same "
+                         f"architecture again (model=...)")
+    name, fingerprint = model_class_name(model), model_fingerprint(model)
+    if (name, fingerprint) != (config.model, config.model_fingerprint):
+        raise ValueError(f"model: {where} was trained on {config.model} (fingerprint {config.model_fingerprint}), "
+                         f"got {name} (fingerprint {fingerprint}): a different class or parameter shapes")
 
 
 def make_engine(learner, config: TrainConfig) -> Engine:

@@ -8,37 +8,31 @@ strategy (``batching``/``tasks_per_chunk`` of its config), which changes nothing
 """
 from __future__ import annotations
 
+import sys
 import time
-from pathlib import Path
 
 from linmaml import _validate
-from linmaml.benchmarks import checkpoint, distributed, episodes
-from linmaml.benchmarks.config import TrainConfig, build_from_config, make_engine
+from linmaml.benchmarks import distributed, episodes
+from linmaml.benchmarks.config import build_from_config, make_engine
+from linmaml.benchmarks.learners import check_user_model
+from linmaml.benchmarks.loading import checkpoint_file, load_run_checkpoint
+from linmaml.benchmarks.progress import TaskProgress
 from linmaml.benchmarks.scoring import mean_ci95, score_tasks, summarize
 
 __all__ = ["evaluate_checkpoint", "checkpoint_file", "mean_ci95", "score_tasks", "summarize"]
 
 
-def checkpoint_file(path) -> Path:
-    """The checkpoint a path names: a file as is; a training folder's ``best.pt`` (else ``last.pt``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (checkpoint.BEST, checkpoint.LAST, checkpoint.LAST_PREV):
-            if (path / name).exists():
-                return path / name
-        raise FileNotFoundError(f"checkpoint: {path} holds no {checkpoint.BEST} or {checkpoint.LAST}")
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    return path
-
-
 def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, query: int = 15, split: str = "test",
-                        task_seed: int = 0, data_root=None, device: str = "auto", splits=None) -> dict:
+                        task_seed: int = 0, data_root=None, device: str = "auto", splits=None, model=None,
+                        progress: bool = False, stream=None) -> dict:
     """Score a training checkpoint on the fixed evaluation tasks of ``split``.
 
     ``path``: a ``.pt`` written by ``linmaml train`` or a training folder (its ``best.pt``).
     ``steps``: inner steps at test time (default: the run's ``test_steps``). ``splits`` may supply
     ``{split: FewShotSplit}`` directly instead of reading the benchmark from ``data_root``.
+    ``model``: for a run on your own model, a module of the same architecture (as for
+    :func:`~linmaml.benchmarks.loading.load_learner`). ``progress``: a status line with the tasks
+    scored and an ETA on ``stream`` (default stderr).
     Returns ``{"accuracy", "ci95", "loss", "loss_ci95", "tasks", "nonfinite_tasks", "checkpoint",
     "iteration", "settings", "seconds"}``.
     """
@@ -47,11 +41,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     task_seed = _validate.integer(task_seed, "task_seed", minimum=0)
     if split not in ("train", "val", "test"):
         raise ValueError(f"split: expected train, val or test, got {split!r}")
-    file = checkpoint_file(path)
-    payload = checkpoint.load(file)
-    if not isinstance(payload, dict) or "config" not in payload or "learner" not in payload:
-        raise ValueError(f"checkpoint: {file} was not written by linmaml train")
-    config = TrainConfig.from_dict(payload["config"])
+    file, payload, config = load_run_checkpoint(path)
     steps = config.test_steps if steps is None else _validate.integer(steps, "steps", minimum=1)
     dev = distributed.resolve_device(device)
     if splits is None:
@@ -61,12 +51,18 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     if split not in splits:
         raise ValueError(f"splits: no {split!r} split given")
     task_set = episodes.evaluation_tasks(splits[split], config.ways, config.shots, query, count=tasks, seed=task_seed)
-    learner = build_from_config(config, tuple(payload["image_shape"]))
+    image_shape = tuple(payload["image_shape"])
+    if model is not None:
+        check_user_model(model, image_shape, config.ways, config.batching)
+    # In the run's dtype before loading: a float64 run's weights are not rounded through float32.
+    learner = build_from_config(config, image_shape, model).to(dtype=config.torch_dtype)
     learner.load_state_dict(payload["learner"])
-    learner.to(device=dev, dtype=config.torch_dtype)
+    learner.to(device=dev)
     start = time.perf_counter()
+    status = TaskProgress(f"evaluate {split}", sys.stderr if stream is None else stream, enabled=progress)
     accuracies, losses = score_tasks(make_engine(learner, config), task_set, steps=steps, device=dev,
-                                     dtype=config.torch_dtype)
+                                     dtype=config.torch_dtype, on_progress=status.on_progress,
+                                     channels_last=config.model is None)
     result = summarize(accuracies, losses)
     result.update({
         "checkpoint": str(file), "iteration": int(payload.get("iteration", -1)),

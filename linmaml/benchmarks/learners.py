@@ -19,9 +19,33 @@ identity (:class:`linmaml.meta.LinNet`); with ANIL those layers belong to the ad
 The backbone is :class:`~linmaml.benchmarks.models.ConvNet` (``layers`` blocks of ``hidden``
 filters), whose BatchNorm always normalises with the statistics of the batch it sees: the support
 set inside the inner loop, the query set when the query loss is computed.
+
+**Your own model** (``model=``): any ``nn.Module`` mapping images ``(n, C, H, W)`` to logits
+``(n, ways)`` replaces the ConvNet, and the same learner is built around it (``layers``, ``hidden``
+and ``pool`` are then unused). With ``algo="anil"`` the adapted head is the submodule named by
+``head`` (e.g. ``"classifier"``; default: the last module, in ``named_modules()`` order, that holds
+parameters of its own), and the learner is ``meta.MAML(model, adapt=<the head's parameters>)`` — the
+same function and meta-gradient as ANIL, which computes the features once only when the model is
+split into ``features`` and ``head`` as the ConvNet is. Requirements, checked by
+:func:`check_user_model` (``ValueError`` naming ``model``):
+
+- the model is a pure function of (parameters, input) during adaptation: no buffer updated in place
+  (BatchNorm must be built with ``track_running_stats=False``, which normalises every batch with its
+  own statistics, as MAML does) — the inner-loop buffers policy of :mod:`linmaml.meta` governs any
+  other buffer;
+- no random layers (Dropout) unless ``batching="loop"``: the vmapped strategies cannot draw per-task
+  randomness;
+- its output for a batch of ``n`` images has shape ``(n, ways)``.
+
+:func:`model_fingerprint` (class name and a digest of the parameter and buffer names and shapes) is
+recorded in the run's config so a resumed run or :func:`~linmaml.benchmarks.loading.load_learner` can
+refuse a different model by name.
 """
 from __future__ import annotations
 
+import hashlib
+
+import torch
 from torch import nn
 
 from linmaml import _validate, meta
@@ -41,9 +65,81 @@ def make_transform(name: str) -> meta.Transform:
     return factories[name]()
 
 
+def model_class_name(model: nn.Module) -> str:
+    """``module.QualifiedName`` of the model's class (recorded in a run's config)."""
+    kind = type(model)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """16 hex digits of the sha256 of the model's parameter and buffer names and shapes (not values:
+    a freshly built model of the same architecture has the fingerprint of the trained one)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    entries = [f"p {n} {tuple(p.shape)}" for n, p in model.named_parameters()]
+    entries += [f"b {n} {tuple(b.shape)}" for n, b in model.named_buffers()]
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def resolve_head(model: nn.Module, head: str | None) -> tuple[str, list[str]]:
+    """``(submodule name, its parameter names as model.named_parameters() gives them)`` for ANIL.
+
+    ``head``: a submodule name (``model.get_submodule(head)``), or None for the last module in
+    ``named_modules()`` order that holds parameters of its own."""
+    if head is None:
+        owners = [name for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+        if not owners:
+            raise ValueError("model: has no parameters")
+        head = owners[-1]
+    elif not isinstance(head, str):
+        raise TypeError(f"head: expected a submodule name (str), got {type(head).__name__}")
+    try:
+        module = model.get_submodule(head)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise ValueError(f"head: the model has no submodule {head!r}; its submodules are {', '.join(names) or 'none'}")\
+            from None
+    ids = {id(p) for p in module.parameters() if p.requires_grad}
+    names = [n for n, p in model.named_parameters() if id(p) in ids]
+    if not names:
+        raise ValueError(f"head: the submodule {head!r} has no parameters that require gradients")
+    return head, names
+
+
+def check_user_model(model: nn.Module, image_shape, ways: int, batching: str = "loop") -> None:
+    """Refuse, with a ``ValueError`` naming ``model``, a model that breaks the requirements of the
+    module docstring: BatchNorm with running statistics, Dropout under a vmapped strategy, or logits of
+    the wrong shape on a batch of two zero images of ``image_shape`` (run without gradients)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            raise ValueError(f"model: {name or 'the model'} ({type(module).__name__}) tracks running statistics, which "
+                             f"adaptation would update in place; build it with track_running_stats=False")
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0 and batching != "loop":
+            raise ValueError(f"model: {name or 'the model'} ({type(module).__name__}) draws random numbers, which "
+                             f"batching={batching!r} cannot do per task; use batching='loop'")
+    reference = next(iter(model.parameters()), None)
+    if reference is None:
+        raise ValueError("model: has no parameters")
+    x = torch.zeros((2, *image_shape), dtype=reference.dtype, device=reference.device)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as error:  # noqa: BLE001 - reported as the model's, in one line
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(f"model: failed on a batch of images of shape {tuple(x.shape)} ({type(error).__name__}: "
+                         f"{first})") from error
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, ways):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model: expected logits of shape (n, {ways}) for images (n, {', '.join(map(str, image_shape))}),"
+                         f" got {shape} for n = 2")
+
+
 def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str = "none", linnet: int = 0,
                   linnet_width: int | None = None, layers: int = 4, hidden: int = 64, pool: str = "max",
-                  inner_lr: float = 0.4, steps: int = 1) -> nn.Module:
+                  inner_lr: float = 0.4, steps: int = 1, model: nn.Module | None = None,
+                  head: str | None = None) -> nn.Module:
     """A fresh meta-learner (an ``nn.Module``) for images of shape ``image_shape = (C, H, W)``.
 
     Its ``adapt(x_support, y_support, loss_fn, steps=None)`` returns adapted parameters and
@@ -65,6 +161,11 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
     inner_lr = _validate.finite_number(inner_lr, "inner_lr")
     steps = _validate.integer(steps, "steps", minimum=1)
     transform_module = make_transform(transform)
+    if model is not None:
+        return _around_user_model(model, algo, transform_module, linnet, linnet_width, inner_lr, steps, head)
+    if head is not None:
+        raise ValueError("head: names the adapted submodule of your own model (model=...); the built-in ConvNet's "
+                         "head is fixed")
     backbone = ConvNet(in_channels=channels, ways=ways, blocks=layers, filters=hidden, image_size=height, pool=pool)
     model: nn.Module = backbone
     if linnet:
@@ -73,3 +174,21 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
         head = backbone.head if not linnet else nn.Sequential(backbone.head, model.linear)
         return meta.ANIL(backbone.features, head, lr=inner_lr, steps=steps, transform=transform_module)
     return meta.MAML(model, lr=inner_lr, steps=steps, transform=transform_module, first_order=(algo == "fomaml"))
+
+
+def _around_user_model(model, algo, transform_module, linnet, linnet_width, inner_lr, steps, head):
+    """The learner of :func:`build_learner` around the user's model (module docstring)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if head is not None and algo != "anil":
+        raise ValueError(f"head: names the submodule that ANIL adapts; algo {algo!r} adapts every parameter")
+    adapt = "all"
+    if algo == "anil":
+        _, adapt = resolve_head(model, head)
+    wrapped = model
+    if linnet:
+        wrapped = meta.LinNet(model, layers=linnet, width=linnet_width)
+        if algo == "anil":  # the LinNet layers belong to the adapted head, as with the ConvNet
+            adapt = [f"model.{n}" for n in adapt] + [n for n, _ in wrapped.linear.named_parameters(prefix="linear")]
+    return meta.MAML(wrapped, lr=inner_lr, steps=steps, transform=transform_module, first_order=(algo == "fomaml"),
+                     adapt=adapt)

@@ -97,3 +97,27 @@ class Progress:
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
+
+
+class TaskProgress:
+    """The status line of a scoring pass over ``total`` tasks (``linmaml evaluate``): tasks done and an
+    ETA from the measured seconds per task; rewritten in place on a terminal (at most 5 times a
+    second), else one line every ``every`` seconds. Use ``on_progress`` as
+    :func:`~linmaml.benchmarks.scoring.score_tasks`'s callback."""
+
+    def __init__(self, label: str, stream, enabled: bool = True, every: float = 10.0):
+        self.label, self.stream, self.enabled, self.every = label, stream, enabled, every
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.last_print = 0.0
+
+    def on_progress(self, done: int, total: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if done < total and now - self.last_print < (0.2 if self.tty else self.every):
+            return
+        self.last_print = now
+        eta = seconds / done * (total - done) if done else 0.0
+        text = f"{self.label}: {done}/{total} tasks  {seconds:.0f} s  eta {_minutes(eta)}"
+        self.stream.write(("\r\033[K" + text + ("\n" if done == total else "")) if self.tty else text + "\n")
+        self.stream.flush()

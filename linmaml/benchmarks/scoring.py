@@ -42,14 +42,15 @@ def model_layout(batch):
 
 
 def score_tasks(learner, tasks, indices=None, *, steps: int | None = None, device=None, dtype=None,
-                should_stop=None, on_progress=None) -> tuple[np.ndarray, np.ndarray]:
+                should_stop=None, on_progress=None, channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per-task ``(accuracies, losses)`` (float64 arrays) over ``tasks[i]`` for ``i`` in ``indices``
     (default: all), cross-entropy on integer labels.
 
     ``learner``: an :class:`~linmaml.meta.engine.Engine` (its strategy and chunk size are used) or a
     learner (scored one task at a time). ``tasks``: a sequence of episodes. ``should_stop()``, polled
     before each chunk, may end the loop early (shorter arrays); ``on_progress(done, total, seconds)``
-    is called after each chunk.
+    is called after each chunk. ``channels_last``: lay images out channels-last (:func:`model_layout`,
+    faster for the built-in ConvNet); False passes them as stacked (for a user's model).
     """
     engine = learner if isinstance(learner, Engine) else Engine(learner, F.cross_entropy, strategy="loop")
     indices = list(range(len(tasks)) if indices is None else indices)
@@ -63,7 +64,8 @@ def score_tasks(learner, tasks, indices=None, *, steps: int | None = None, devic
         if should_stop is not None and should_stop():
             break
         chunk = indices[start:start + size]
-        batch = model_layout(episodes.stack([tasks[i] for i in chunk], chunk).to_torch(device, dtype))
+        batch = episodes.stack([tasks[i] for i in chunk], chunk).to_torch(device, dtype)
+        batch = model_layout(batch) if channels_last else tuple(batch)
         loss, accuracy = engine.score(*batch, steps=steps)
         losses.append(loss.to(torch.float64).cpu())
         accuracies.append(accuracy.cpu())

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 
 from linmaml import _io, _validate
 from linmaml.benchmarks import checkpoint, distributed, episodes, run_folder
-from linmaml.benchmarks.config import (TrainConfig, build_from_config, iteration_seed, make_engine,
-                                       resume_config)
+from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, iteration_seed,
+                                       make_engine, resume_config)
+from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint
 from linmaml.benchmarks.progress import Progress
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks
 from linmaml.benchmarks.signals import StopSignals
@@ -96,7 +97,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, out_dir: Path, splits: Mapping, ctx, *, lock=None, payload=None,
-                 overwrite: bool = False, stream=None, progress: bool = True, on_iteration=None):
+                 overwrite: bool = False, stream=None, progress: bool = True, on_iteration=None, model=None):
         for name in ("train", "val"):
             if name not in splits:
                 raise ValueError(f"splits: expected a {name!r} split")
@@ -109,8 +110,12 @@ class Trainer:
         self.val_tasks = episodes.evaluation_tasks(splits["val"], config.ways, config.shots, config.test_query,
                                                    count=config.val_tasks, seed=0)
         self.image_shape = tuple(int(v) for v in splits["train"].image_shape)
+        if model is not None:
+            check_user_model(model, self.image_shape, config.ways, config.batching)
+        # The built-in ConvNet runs faster on channels-last images; a user's model may reshape with .view().
+        self.channels_last = model is None
         torch.manual_seed(config.seed)
-        self.learner = build_from_config(config, self.image_shape).to(device=ctx.device, dtype=config.torch_dtype)
+        self.learner = build_from_config(config, self.image_shape, model).to(device=ctx.device, dtype=config.torch_dtype)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.outer_lr)
         self.engine = make_engine(self.learner, config)
         self.state = {"iteration": 0, "skipped": 0, "elapsed": 0.0, "best": None}
@@ -217,7 +222,8 @@ class Trainer:
         if len(share):
             first = (t - 1) * M
             batch = self.sampler.tasks(range(first + share.start, first + share.stop))
-            batch = model_layout(batch.to_torch(ctx.device, self.config.torch_dtype))
+            batch = batch.to_torch(ctx.device, self.config.torch_dtype)
+            batch = model_layout(batch) if self.channels_last else tuple(batch)
             loss_sum, accuracy_sum = self.engine.meta_gradient(*batch, scale=1.0 / M)
         distributed.all_reduce_gradients(self.learner.parameters(), ctx)
         loss_sum, accuracy_sum = (float(v) for v in distributed.all_reduce_sum([loss_sum, accuracy_sum], ctx))
@@ -269,7 +275,7 @@ class Trainer:
 
         accuracies, losses = score_tasks(self.engine, self.val_tasks, share, steps=self.config.test_steps,
                                          device=ctx.device, dtype=self.config.torch_dtype, should_stop=should_stop,
-                                         on_progress=report)
+                                         on_progress=report, channels_last=self.channels_last)
         full = np.zeros(2 * n + 1)
         full[share.start:share.start + len(accuracies)] = accuracies
         full[n + share.start:n + share.start + len(losses)] = losses
@@ -344,13 +350,24 @@ class Trainer:
         return round(self.elapsed_before + time.perf_counter() - self.started, 3)
 
 
-def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, overwrite: bool = False,
-          device: str = "auto", data_root=None, splits: Mapping | None = None, progress: bool = True,
-          stream=None, threads: int | None = None, on_iteration=None) -> TrainResult:
+def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | None = None, resume: bool = False,
+          overwrite: bool = False, device: str = "auto", data_root=None, splits: Mapping | None = None,
+          progress: bool = True, stream=None, threads: int | None = None, on_iteration=None) -> TrainResult:
     """Meta-train and write the run into ``out_dir`` (see the module docstring).
 
     ``options``: a :class:`TrainConfig` or a dict of its fields (missing ones take the defaults, or
-    with ``resume`` the saved run's values). ``splits`` may supply ``{"train": FewShotSplit, "val":
+    with ``resume`` the saved run's values).
+
+    ``model``: your own ``nn.Module`` mapping images ``(n, C, H, W)`` to logits ``(n, ways)``, used
+    instead of the built-in ConvNet (``layers``/``hidden``/``pool`` are then unused); the learner of
+    ``algo``/``transform``/``linnet`` is built around it (:mod:`linmaml.benchmarks.learners` states the
+    requirements: BatchNorm with ``track_running_stats=False``, no Dropout unless ``batching="loop"``).
+    With ``algo="anil"``, ``options["head"]`` names the submodule that adapts (default: the last module
+    with parameters). The model is trained in place (moved to the run's device and dtype). Its class
+    name and parameter-shape fingerprint are recorded in ``config.json``; to resume, pass a freshly
+    built model of the same architecture (its weights are replaced by the checkpoint's); a different
+    one is refused with a ``ValueError`` naming ``model``. Episodes reach it in the default (contiguous)
+    layout. ``splits`` may supply ``{"train": FewShotSplit, "val":
     FewShotSplit}`` instead of reading the benchmark from ``data_root``. Under torchrun the
     meta-batch is split across processes (:mod:`linmaml.benchmarks.distributed`); rank 0 writes.
     Bad settings raise ``ValueError``/``TypeError``; a folder owned by another run or holding an
@@ -359,6 +376,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, over
     """
     stream = sys.stderr if stream is None else stream
     given = options.to_dict() if isinstance(options, TrainConfig) else dict(options)
+    given = _with_model_record(given, model)
     if not resume:
         TrainConfig.from_dict(given)  # fail on bad settings before touching the folder
     if threads is not None:
@@ -382,6 +400,8 @@ def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, over
                 error = caught
         distributed.raise_if_any_failed(error, ctx)
         payload = distributed.broadcast_object(payload, ctx)
+        if payload is not None:
+            check_model_matches(TrainConfig.from_dict(payload["config"]), model, where=f"the run in {out_dir}")
         config = resume_config(payload["config"], given) if payload is not None else TrainConfig.from_dict(given)
         if config.meta_batch < ctx.world_size:
             raise ValueError(f"meta_batch: {config.meta_batch} tasks cannot be shared by {ctx.world_size} processes")
@@ -390,7 +410,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, over
 
             splits = load_splits(config.benchmark, ("train", "val"), data_root)
         trainer = Trainer(config, out_dir, splits, ctx, lock=lock, payload=payload, overwrite=overwrite,
-                          stream=stream, progress=progress, on_iteration=on_iteration)
+                          stream=stream, progress=progress, on_iteration=on_iteration, model=model)
         with StopSignals() as signals:
             return trainer.run(signals)
     except BaseException:
@@ -402,6 +422,23 @@ def train(options: Mapping | TrainConfig, out_dir, *, resume: bool = False, over
         if failed and created:
             run_folder.remove_if_unused(out_dir)
         distributed.teardown(ctx)
+
+
+def _with_model_record(given: dict, model) -> dict:
+    """``given`` with the user model's class name and fingerprint (checked against any already there,
+    e.g. from a repeated run's config.json)."""
+    if model is None:
+        if given.get("model") is not None:
+            raise ValueError(f"model: these settings are of a run on your own model ({given['model']}); pass the same "
+                             f"architecture (model=...)")
+        return given
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    record = {"model": model_class_name(model), "model_fingerprint": model_fingerprint(model)}
+    for key, value in record.items():
+        if given.get(key) is not None and given[key] != value:
+            raise ValueError(f"model: the settings record {key} {given[key]!r}, the model given has {value!r}")
+    return {**given, **record}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -85,8 +85,11 @@ def decode(data: bytes, name: str = "checkpoint") -> dict:
     if data.startswith(MAGIC + b" "):
         return _decode_v1(data, name)
     record = data[-RECORD_SIZE:]
-    if not (len(data) > RECORD_SIZE and record.startswith(RECORD_PREFIX)
-            and re.fullmatch(rb"[0-9a-f]{64}", record[len(RECORD_PREFIX):])):
+    if len(data) > RECORD_SIZE and record.startswith(RECORD_PREFIX) \
+            and not re.fullmatch(rb"[0-9a-f]{64}", record[len(RECORD_PREFIX):]):
+        raise CorruptCheckpoint(f"checkpoint: {name} is corrupt (its sha256 record at the end is damaged:"
+                                f" {record[len(RECORD_PREFIX):].decode(errors='replace')!r})")
+    if not (len(data) > RECORD_SIZE and record.startswith(RECORD_PREFIX)):
         # Name the checksum if the record is still there, displaced by padding or cut by truncation.
         at = data.rfind(RECORD_PREFIX, max(0, len(data) - 4096))
         if at < 0:

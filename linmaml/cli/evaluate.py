@@ -19,8 +19,11 @@ def register(subparsers):
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads for torch (default 1: several threads on busy cores can run many times slower;"
+                        " on an idle machine with many cores try 4)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (accuracy as a fraction)")
+    p.add_argument("--quiet", action="store_true", help="no progress line (tasks scored, ETA) on stderr")
     p.set_defaults(func=run)
 
 
@@ -30,12 +33,11 @@ def run(args) -> int:
     from linmaml import _validate
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
 
-    if args.threads is not None:
-        torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1))
+    torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1))
     try:
         result = evaluate_checkpoint(args.checkpoint, tasks=args.tasks, steps=args.steps, query=args.query,
                                      split=args.split, task_seed=args.task_seed, data_root=args.data_root,
-                                     device=args.device)
+                                     device=args.device, progress=not args.quiet)
     except ValueError as error:
         message = str(error)
         head = message.split(":", 1)[0]
@@ -49,7 +51,7 @@ def run(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         s = result["settings"]
-        print(f"accuracy {result['accuracy']:.4f} ± {result['ci95']:.4f} (95% CI over {result['tasks']} {s['split']}"
+        print(f"accuracy {100 * result['accuracy']:.2f} % ± {100 * result['ci95']:.2f} % (95% CI over {result['tasks']} {s['split']}"
               f" tasks, {s['ways']}-way {s['shots']}-shot, {s['steps']} inner steps; checkpoint {result['checkpoint']},"
               f" iteration {result['iteration']})")
     return 0

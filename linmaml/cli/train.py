@@ -1,6 +1,9 @@
 """``linmaml train``: meta-train MAML / first-order MAML / ANIL on a few-shot benchmark.
 
-Thin: parses the options and calls :func:`linmaml.benchmarks.train.train`. Exit status: 0 done,
+Thin: parses the options and calls :func:`linmaml.benchmarks.train.train`. ``--config FILE`` reads
+the settings from a JSON file (bare fields, or a run's ``config.json`` with its ``{"config": {...}}``
+wrapper, so ``--config runs/x/config.json`` repeats run x); options given on the command line
+override the file. Exit status: 0 done,
 2 bad input (including a folder owned by another run), 3 stopped on a non-finite meta-loss or
 gradient, 4 another run took the folder over, 130/143 stopped by SIGINT/SIGTERM (a checkpoint is
 written first; ``--resume`` continues).
@@ -8,7 +11,17 @@ written first; ``--resume`` continues).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+from pathlib import Path
+
+#: Default CPU threads. torch's own default (one per core) collapses when the cores are busy: its
+#: worker threads wait for each other at every operation, and on a 2-core machine loaded by other
+#: work --threads 2 ran 17x slower than --threads 1 (7.6 vs 0.45 s per iteration). One thread is
+#: never that far from the best, and is predictable; raise it on an idle machine with many cores.
+DEFAULT_THREADS = 1
+THREADS_HELP = ("CPU threads for torch (default 1: predictable, and never the collapse of several threads "
+                "on busy cores, where 2 threads ran 17x slower than 1; on an idle machine with many cores try 4)")
 
 #: Options whose default comes from the run's config (None here means "not given on the command
 #: line", which matters for --resume: a resumed run keeps its saved settings).
@@ -62,6 +75,10 @@ def register(subparsers):
                        help=help_text)
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="run the meta-step through torch.compile (slower on a small CPU; try on a GPU)")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="read the settings from a JSON file: the fields of a run's config.json, bare or as that "
+                        "file's {\"config\": {...}} (so --config runs/x/config.json repeats run x); options on the "
+                        "command line override it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder of the run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -70,8 +87,7 @@ def register(subparsers):
                    help="auto (default): cuda when available")
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for torch (default: torch's choice; 1 is often fastest on a busy machine)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N", help=THREADS_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -86,14 +102,18 @@ def run(args) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume: cannot be combined with --overwrite (continue the run, or start afresh)")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    options = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
+    given = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
+    from_file = read_config(args.config, fields) if args.config is not None else {}
+    options = {**from_file, **given}
     try:
         result = train(options, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
                        data_root=args.data_root, progress=not args.quiet, threads=args.threads)
     except (ValueError, TypeError) as error:
-        # Library messages name the setting (meta_batch: ...); the user typed --meta-batch.
+        # Library messages name the setting (meta_batch: ...); the user typed --meta-batch, or the file said it.
         message = str(error)
         head = message.split(":", 1)[0]
+        if head in from_file and head not in given:
+            raise ValueError(f"--config: {args.config}: {message}") from error
         if head in fields or head in ("threads", "device", "data_root"):
             raise ValueError(_flag(head) + message[len(head):]) from error
         raise
@@ -103,8 +123,8 @@ def run(args) -> int:
         best = result.best
         summary = f"linmaml train: {result.message} in {result.seconds:.1f} s"
         if best:
-            summary += (f"; best validation accuracy {best['val_accuracy']:.4f} ± {best['val_ci95']:.4f} at iteration"
-                        f" {best['iteration']}")
+            summary += (f"; best validation accuracy {100 * best['val_accuracy']:.2f} % ± {100 * best['val_ci95']:.2f} %"
+                        f" at iteration {best['iteration']}")
         if result.skipped:
             summary += f"; {result.skipped} non-finite steps skipped"
         print(summary + f"; run in {result.out_dir}")
@@ -112,3 +132,31 @@ def run(args) -> int:
     print(f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}{result.message}",
           file=sys.stderr)
     return result.exit_code
+
+
+def read_config(path, fields) -> dict:
+    """The settings in the JSON file ``path``: an object of training settings, or a run's config.json
+    (``{"config": {...}, ...}``). Unknown keys, a file that is not such an object, and the config of a
+    run on a user model (which only Python can supply) raise ``ValueError`` starting ``--config:``."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"--config: cannot read {file} ({error.strerror or type(error).__name__})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--config: {file} is not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"--config: {file} is not valid JSON ({error})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]  # a run's config.json; its other keys (image_shape, device, ...) describe the run
+    if not isinstance(data, dict):
+        raise ValueError(f"--config: {file} must hold a JSON object of training settings")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"--config: {file}: {unknown[0]!r} is not a training setting (settings: {', '.join(sorted(fields))})")
+    if data.get("model") is not None:
+        raise ValueError(f"--config: {file} is the config of a run on your own model ({data['model']}); repeat it from "
+                         f"Python: linmaml.benchmarks.train.train(settings, out, model=...)")
+    return {k: v for k, v in data.items() if k not in ("model", "model_fingerprint", "head")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,6 +69,13 @@ def test_train_bad_arguments(tmp_path, capsys, small_run):
     out = str(tmp_path / "out")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
+    configs = {name: tmp_path / f"{name}.json" for name in ("unknown", "list", "broken", "user", "badvalue", "wrapped")}
+    configs["unknown"].write_text(json.dumps({"ways": 3, "wyas": 4}))
+    configs["list"].write_text("[1, 2]")
+    configs["broken"].write_text("{")
+    configs["user"].write_text(json.dumps({"config": {"model": "my.Net", "model_fingerprint": "0" * 16}}))
+    configs["badvalue"].write_text(json.dumps({"ways": 1}))
+    configs["wrapped"].write_text(json.dumps({"config": {"meta_batch": 0}, "image_shape": [1, 28, 28]}))
     (corrupt / "last.pt").write_bytes(b"LINMAML-CHECKPOINT 1 sha256=00 bytes=3\nabc")
     cases = [
         (["train"], "--out"),
@@ -98,6 +106,15 @@ def test_train_bad_arguments(tmp_path, capsys, small_run):
         (["train", "--out", str(small_run), "--resume", "--inner-lr", "0.1"], "--inner-lr: the run being resumed used"),
         (["train", "--out", str(small_run), "--resume", "--ways", "4"], "--ways: the run being resumed used 3"),
         (["train", "--out", str(corrupt), "--resume"], "corrupt/last.pt"),
+        (["train", "--out", out, "--config", str(tmp_path / "none.json")], "--config: cannot read "),
+        (["train", "--out", out, "--config", str(configs["unknown"])], "unknown.json: 'wyas' is not a training setting"),
+        (["train", "--out", out, "--config", str(configs["list"])], "list.json must hold a JSON object"),
+        (["train", "--out", out, "--config", str(configs["broken"])], "broken.json is not valid JSON"),
+        (["train", "--out", out, "--config", str(configs["user"])], "a run on your own model (my.Net)"),
+        (["train", "--out", out, "--config", str(configs["badvalue"])], "badvalue.json: ways: expected an integer >= 2"),
+        (["train", "--out", out, "--config", str(configs["wrapped"])], "wrapped.json: meta_batch: expected"),
+        # the command line overrides the file, and its errors name the flag
+        (["train", "--out", out, "--config", str(configs["badvalue"]), "--ways", "0"], "--ways: expected an integer"),
     ]
     if not torch.cuda.is_available():
         cases.append((["train", "--out", out, "--device", "cuda"], "--device: cuda was asked for"))
@@ -113,7 +130,7 @@ def test_evaluate_bad_arguments(tmp_path, capsys, small_run):
     empty.mkdir()
     corrupt = tmp_path / "corrupt.pt"
     raw = bytearray((small_run / "best.pt").read_bytes())
-    raw[-7] ^= 0x10
+    raw[len(raw) // 2] ^= 0x10
     corrupt.write_bytes(bytes(raw))
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")
@@ -195,15 +212,35 @@ def test_real_omniglot_train_sigterm_resume_and_evaluate(tmp_path, capsys):
     assert status == 0
     printed = capsys.readouterr().out
     assert f"finished {stopped + 3} iterations" in printed
+    assert re.search(r"best validation accuracy \d+\.\d\d % ± \d+\.\d\d % at iteration", printed), printed
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["iteration"] for r in lines] == list(range(1, stopped + 4))
 
     status = main(["evaluate", str(out), "--tasks", "12", "--json", "--data-root", str(root), "--threads", "1"])
     assert status == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
     assert result["tasks"] == 12 and 0 <= result["accuracy"] <= 1 and result["ci95"] > 0
     assert result["settings"]["split"] == "test" and result["settings"]["query"] == 15
     assert result["checkpoint"].endswith("best.pt") and {"loss", "settings", "iteration"} <= set(result)
+    assert "evaluate test: 12/12 tasks" in captured.err and "eta" in captured.err  # the progress line, on stderr
+    # Text output in percent, equal to the JSON's fraction.
+    assert main(["evaluate", str(out), "--tasks", "12", "--data-root", str(root), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"accuracy {100 * result['accuracy']:.2f} % ± {100 * result['ci95']:.2f} % ")
+    assert captured.err == ""
+    # --config with the run's config.json repeats it: the same weights, bit for bit (one thread both).
+    repeat = tmp_path / "repeat"
+    assert main(["train", "--config", str(out / "config.json"), "--out", str(repeat), "--data-root", str(root),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    a, b = checkpoint.load(out / "last.pt"), checkpoint.load(repeat / "last.pt")
+    assert a["iteration"] == b["iteration"] == stopped + 3 and a["config"] == b["config"]
+    assert all(torch.equal(a["learner"][k], b["learner"][k]) for k in a["learner"])
+    # ... and flags override the file.
+    assert main(["train", "--config", str(out / "config.json"), "--out", str(tmp_path / "shorter"), "--iterations",
+                 "1", "--data-root", str(root), "--quiet"]) == 0
+    assert checkpoint.load(tmp_path / "shorter" / "last.pt")["config"]["iterations"] == 1
     # more ways than the split has classes: one line, exit 2 (the data is read, then checked)
     status = main(["train", "--out", str(tmp_path / "wide"), "--ways", "5000", "--data-root", str(root), "--quiet"])
     assert status == 2

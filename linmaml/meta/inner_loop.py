@@ -24,6 +24,11 @@ With ``adapt_transform`` the transform adapts from the second step on: θₖ₋�
 depends on φₖ₋₁, so ∇_φ ℓ(θₖ₋₁) = −αₖ₋₁ J_T(φₖ₋₁)ᵀ Gₖ, a vector-Jacobian product of the previous
 step's transform with the current gradient (Gₖ₋₁ held fixed: it does not depend on φₖ₋₁). The
 transform is updated first and the updated one transforms Gₖ.
+
+A stateful transform (``transform.stateful``: learned per-step rates, momentum; see
+:mod:`linmaml.meta.transforms`) is called as ``transform.step(Gₖ, φₖ, sₖ₋₁, k − 1) -> (Uₖ, sₖ)`` with
+the state s₀ = {} fresh for every call of the loop; with ``adapt_transform`` its vector-Jacobian
+product is taken at the state it was given, which is held fixed as Gₖ₋₁ is.
 """
 from __future__ import annotations
 
@@ -104,18 +109,25 @@ def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: 
         grad_fn = _autograd_gradients(forward, loss_fn, x, y, buffers,
                                       graph=torch.is_grad_enabled() and not first_order)
     pullback, previous_lr = None, None
-    for lr in lrs:
+    stateful, state = transform.stateful, {}
+    for k, lr in enumerate(lrs):
         grads = grad_fn(params)
         if pullback is not None:
             (jt_g,) = pullback(grads)
             # ∇_φ ℓ(θₖ₋₁) = −αₖ₋₁ J_Tᵀ Gₖ ; then φ ← φ − αₖ ∇_φ ℓ
             tparams = {n: tparams[n] + (lr * previous_lr) * (jt_g[n].detach() if first_order else jt_g[n])
                        for n in tparams}
-        if adapt_transform:
+        if adapt_transform and stateful:
+            updates, pullback, state = torch.func.vjp(
+                lambda tp, g=grads, s=state, k=k: transform.step(g, tp, s, k), tparams, has_aux=True)
+            previous_lr = lr
+        elif adapt_transform:
             updates, pullback = torch.func.vjp(lambda tp, g=grads: transform.update(g, tp), tparams)
             previous_lr = lr
         elif type(transform) is Identity:  # noqa: E721 -- exactly plain MAML: U(G) = G, skip the call
             updates = grads
+        elif stateful:
+            updates, state = transform.step(grads, tparams, state, k)
         else:
             updates = transform.update(grads, tparams)
         # One autograd node per tensor (θ − α·U fused) rather than two: the loop is overhead-bound.

@@ -24,8 +24,25 @@ Transforms
 :class:`KFO`            U(G) = (LᵀL) G (RᵀR) (or L G R), Kronecker-factored, optionally non-linear.
 :class:`Chain`          composition: U = Tₙ ∘ … ∘ T₁.
 
-Every transform starts as the identity map U(G) = G *exactly* (bit for bit in floating point), so
-a learner with any of them starts as plain MAML.
+Every learned transform starts as the identity map U(G) = G *exactly* (bit for bit in floating
+point), so a learner with any of them starts as plain MAML. (:class:`Momentum` has nothing to learn:
+it is the identity on the first step only.)
+
+Inner-loop state (step index, moments)
+--------------------------------------
+A transform whose update depends on the inner step or on earlier gradients is *stateful*
+(``transform.stateful`` is True) and implements
+
+    ``step(grads, params, state, k) -> (updates, state)``
+
+where ``k`` is the 0-based inner step (a Python int) and ``state`` a dict name -> tensor that the
+inner loop threads from step to step, starting empty (``{}``) for every task: nothing is kept
+between adaptations, and under ``vmap`` each task has its own state. The state is built from the
+gradients, so second-order meta-gradients flow through it. Stateless transforms keep implementing
+``update`` only; their ``step`` calls ``update`` and passes the state through unchanged.
+
+:class:`LearnedRates`   U_k(G) = r_k ⊙ G, one learned rate per adapted tensor and inner step (MAML++).
+:class:`Momentum`       heavy-ball momentum: m_k = β m_{k−1} + G_k, U_k = m_k (or G_k + β m_k, Nesterov).
 
 Matrix views of a parameter (KFO and MetaCurvature)
 ----------------------------------------------------
@@ -43,7 +60,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-__all__ = ["Transform", "Identity", "MetaSGD", "MetaCurvature", "KFO", "Chain", "parameter_key"]
+__all__ = ["Transform", "Identity", "MetaSGD", "MetaCurvature", "KFO", "LearnedRates", "Momentum", "Chain",
+           "parameter_key"]
 
 
 def parameter_key(name: str) -> str:
@@ -58,7 +76,11 @@ def _subdict(params: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch
 
 
 class Transform(nn.Module):
-    """Base class: ``build`` once for the adapted parameters, then ``update(grads, params)``."""
+    """Base class: ``build`` once for the adapted parameters, then ``update(grads, params)`` (stateless)
+    or ``step(grads, params, state, k)`` (stateful, module docstring)."""
+
+    #: Whether ``step`` depends on the inner step index or on state carried between inner steps.
+    stateful = False
 
     def __init__(self):
         super().__init__()
@@ -75,8 +97,11 @@ class Transform(nn.Module):
             raise RuntimeError(f"{type(self).__name__} is not built yet: call build(named_params) first")
         return dict(self._shapes)
 
-    def build(self, named_params: Mapping[str, torch.Tensor]) -> "Transform":
+    def build(self, named_params: Mapping[str, torch.Tensor], steps: int | None = None) -> "Transform":
         """Create this transform's parameters for the model parameters ``named_params`` (name -> tensor).
+
+        ``steps``: the learner's number of inner steps (training time), for transforms that keep
+        something per step (:class:`LearnedRates`); the others ignore it.
 
         Building again for the same names and shapes does nothing (so a learner can be rebuilt
         around a trained transform); for different ones it raises, since the learned state would
@@ -96,6 +121,7 @@ class Transform(nn.Module):
             return self
         for name, shape in shapes.items():
             self._check_shape(name, shape)
+        self._prepare_steps(steps)
         for name, p in named_params.items():
             self._build_one(name, parameter_key(name), p)
         self._shapes = shapes
@@ -103,6 +129,9 @@ class Transform(nn.Module):
 
     def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
         """Raise a ValueError naming the parameter if this transform cannot serve ``shape``."""
+
+    def _prepare_steps(self, steps: int | None) -> None:
+        """Take note of the learner's number of inner steps before the parameters are created."""
 
     def _build_one(self, name: str, key: str, param: torch.Tensor) -> None:
         """Create the transform's parameters for model parameter ``name``."""
@@ -124,6 +153,12 @@ class Transform(nn.Module):
 
     def _update_one(self, name: str, key: str, g: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def step(self, grads: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor],
+             state: Mapping[str, torch.Tensor], k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(updates, new state)`` of inner step ``k`` (0-based) from the state of the previous steps
+        (``{}`` before the first). Stateless transforms: ``update(grads, params)``, state unchanged."""
+        return self.update(grads, params), dict(state)
 
     def forward(self, grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``update`` with the transform's own current parameters."""
@@ -314,20 +349,133 @@ class Chain(Transform):
                 raise TypeError(f"transforms[{i}]: expected a meta transform, got {type(t).__name__}")
         self.transforms = nn.ModuleList(transforms)
 
-    def build(self, named_params):
-        for t in self.transforms:
-            t.build(named_params)
-        return super().build(named_params)
+    @property
+    def stateful(self) -> bool:
+        return any(t.stateful for t in self.transforms)
 
-    def update(self, grads, params):
+    def build(self, named_params, steps=None):
+        for t in self.transforms:
+            t.build(named_params, steps)
+        return super().build(named_params, steps)
+
+    def _check_names(self, grads):
         shapes = self.shapes
         for name in grads:
             if name not in shapes:
                 raise ValueError(f"grads: Chain was not built for parameter {name!r} (it serves {sorted(shapes)})")
+
+    def update(self, grads, params):
+        self._check_names(grads)
         out = dict(grads)
         for i, t in enumerate(self.transforms):
             out = t.update(out, _subdict(params, f"transforms.{i}"))
         return out
+
+    def step(self, grads, params, state, k):
+        """Each member's ``step`` in turn; member i's state is kept under ``"<i>.<its key>"``."""
+        self._check_names(grads)
+        out, new_state = dict(grads), {}
+        for i, t in enumerate(self.transforms):
+            out, sub = t.step(out, _subdict(params, f"transforms.{i}"), _subdict(state, str(i)), k)
+            new_state.update({f"{i}.{key}": value for key, value in sub.items()})
+        return out, new_state
+
+
+class LearnedRates(Transform):
+    """Learned inner learning rates per adapted tensor and per inner step (MAML++'s LSLR, Antoniou
+    et al. 2019): U_k(G) = r_k · G for the tensor's rate r_k at inner step k (0-based).
+
+    The rates *multiply* the learner's ``lr``: the step is θ ← θ − lr_k · r_k · G, so the effective
+    rate of a tensor at step k is ``lr_k · r_k``. Every r_k starts at 1, which makes a fresh learner
+    exactly plain MAML with its ``lr`` (1 · G is G bit for bit). Each tensor of the model (a weight
+    and its bias are separate tensors) has its own rates. Parameters: ``rates.<key>``, shape
+    (steps,).
+
+    ``steps``: how many per-step rates to keep; None (default) takes the learner's ``steps`` when it
+    builds the transform. Run for more inner steps than that (``adapt(..., steps=k)``), the last
+    rate repeats, as the learner's own per-step ``lr`` does.
+    """
+
+    stateful = True  # the update depends on the step index (there is no other state)
+
+    def __init__(self, steps: int | None = None):
+        super().__init__()
+        from linmaml import _validate
+
+        self.steps = None if steps is None else _validate.integer(steps, "steps", minimum=1)
+        self.rates = nn.ParameterDict()
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}"
+
+    def _prepare_steps(self, steps):
+        if self.steps is None:
+            if steps is None:
+                raise ValueError("steps: LearnedRates needs the number of inner steps; pass LearnedRates(steps=K) "
+                                 "or let a learner (meta.MAML, meta.ANIL) build it")
+            self.steps = steps
+
+    def _build_one(self, name, key, param):
+        self.rates[key] = nn.Parameter(torch.ones(self.steps, dtype=param.dtype, device=param.device))
+
+    def update(self, grads, params):
+        raise TypeError("grads: LearnedRates depends on the inner step; call step(grads, params, state, k) (the "
+                        "learners do)")
+
+    def step(self, grads, params, state, k):
+        shapes = self.shapes
+        index = min(k, self.steps - 1)
+        out = {}
+        for name, g in grads.items():
+            if name not in shapes:
+                raise ValueError(f"grads: LearnedRates was not built for parameter {name!r} (it serves "
+                                 f"{sorted(shapes)})")
+            out[name] = params[f"rates.{parameter_key(name)}"][index] * g
+        return out, dict(state)
+
+
+class Momentum(Transform):
+    """Differentiable heavy-ball momentum inside the inner loop (no learned parameters).
+
+    With m₀ = 0:  m_k = β m_{k−1} + G_k  and  U_k = m_k  (or U_k = G_k + β m_k with ``nesterov``),
+    torch.optim.SGD's convention without dampening, so the inner loop θ_k = θ_{k−1} − lr_k U_k is
+    torch's SGD with momentum β. The first step is the plain gradient step (Nesterov: (1 + β)·G₁).
+    The velocities live in the inner-loop state (module docstring), one per adapted tensor under
+    its name, and are built from the gradients: second-order meta-gradients differentiate through
+    them. Compose with a preconditioner as ``Chain(KFO(), Momentum())`` (momentum of the
+    preconditioned gradients).
+    """
+
+    stateful = True
+
+    def __init__(self, beta: float = 0.9, nesterov: bool = False):
+        super().__init__()
+        from linmaml import _validate
+
+        self.beta = _validate.finite_number(beta, "beta", nonnegative=True)
+        if self.beta >= 1:
+            raise ValueError(f"beta: expected a number in [0, 1), got {self.beta}")
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov: expected True or False, got {nesterov!r}")
+        self.nesterov = nesterov
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, nesterov={self.nesterov}"
+
+    def update(self, grads, params):
+        raise TypeError("grads: Momentum carries state between inner steps; call step(grads, params, state, k) "
+                        "(the learners do)")
+
+    def step(self, grads, params, state, k):
+        shapes = self.shapes
+        updates, new_state = {}, {}
+        for name, g in grads.items():
+            if name not in shapes:
+                raise ValueError(f"grads: Momentum was not built for parameter {name!r} (it serves {sorted(shapes)})")
+            m = g if name not in state else torch.add(g, state[name], alpha=self.beta)
+            new_state[name] = m
+            updates[name] = torch.add(g, m, alpha=self.beta) if self.nesterov else m
+        return updates, new_state
 
 
 def as_transform(transform) -> Transform:
@@ -336,6 +484,6 @@ def as_transform(transform) -> Transform:
         return Identity()
     if not isinstance(transform, Transform):
         raise TypeError(f"transform: expected a linmaml.meta transform (Identity, MetaSGD, MetaCurvature, KFO, "
-                        f"Chain), got {type(transform).__name__}")
+                        f"LearnedRates, Momentum, Chain), got {type(transform).__name__}")
     return transform
 

@@ -8,16 +8,19 @@
     loss.backward()                                         # reaches model AND transform parameters
 
 Modules: :mod:`~linmaml.meta.inner_loop` (the pure inner loop), :mod:`~linmaml.meta.learners`
-(MAML, ANIL), :mod:`~linmaml.meta.transforms` (Identity, MetaSGD, MetaCurvature, KFO, Chain),
-:mod:`~linmaml.meta.linnet` (LinNet). Every transform starts as the identity, so every learner
-starts as plain MAML; the identities that make this library exact (MAML equals the closed forms,
+(MAML, ANIL), :mod:`~linmaml.meta.transforms` (Identity, MetaSGD, MetaCurvature, KFO, LearnedRates, Momentum, Chain),
+:mod:`~linmaml.meta.linnet` (LinNet). Every learned transform starts as the identity, so every
+learner starts as plain MAML; the identities that make this library exact (MAML equals the closed forms,
 depth equals KFO, Meta-SGD equals a reparameterisation, ANIL equals head-only MAML) are rows of
 ``linmaml verify`` (``linmaml/checks/meta.py``).
 """
 from linmaml.meta.inner_loop import inner_loop
-from linmaml.meta.learners import ANIL, MAML, adapted_parameter_names, head_parameter_names
+from linmaml.meta.learners import (ANIL, BUFFER_POLICIES, MAML, StepsBeyondTrainingWarning, adapted_parameter_names,
+                                   frozen_buffers, head_parameter_names)
 from linmaml.meta.linnet import LinNet
-from linmaml.meta.transforms import KFO, Chain, Identity, MetaCurvature, MetaSGD, Transform, parameter_key
+from linmaml.meta.transforms import (KFO, Chain, Identity, LearnedRates, MetaCurvature, MetaSGD, Momentum, Transform,
+                                     parameter_key)
 
-__all__ = ["MAML", "ANIL", "LinNet", "Transform", "Identity", "MetaSGD", "MetaCurvature", "KFO", "Chain",
-           "inner_loop", "adapted_parameter_names", "head_parameter_names", "parameter_key"]
+__all__ = ["MAML", "ANIL", "LinNet", "Transform", "Identity", "MetaSGD", "MetaCurvature", "KFO", "LearnedRates",
+           "Momentum", "Chain", "inner_loop", "adapted_parameter_names", "head_parameter_names", "parameter_key",
+           "StepsBeyondTrainingWarning", "BUFFER_POLICIES", "frozen_buffers"]

@@ -10,9 +10,38 @@ backpropagated, reaches the model's and the transform's parameters.
     learner = meta.MAML(model, lr=0.1, steps=5, transform=meta.KFO())
     fast = learner.adapt(x_support, y_support, loss_fn)
     loss_fn(learner(x_query, params=fast), y_query).backward()
+
+Module state (buffers): the policy
+----------------------------------
+``buffers="update"`` (default): the forwards inside ``adapt`` and ``learner(x, params=fast)`` are
+ordinary forward passes, so a train-mode BatchNorm updates its running statistics on every inner
+step and every query pass, and a buffer the model assigns in ``forward`` keeps its new value, as
+outside meta-learning. Under ``torch.func.vmap`` (the engine's "split" and "vmap" strategies) such
+in-place updates are impossible: a train-mode norm layer with running statistics is refused there
+with a ``ValueError`` naming the module.
+``buffers="frozen"``: adaptation and query passes leave every buffer as it was. Train-mode norm
+layers normalise with the batch statistics (as MAML does) without updating their running
+statistics; eval-mode ones use their running statistics; any other buffer a forward changes or
+reassigns is changed on a copy that is dropped. This works under every engine strategy. Plain
+``learner(x)`` (no ``params``) is the model's own forward in either policy.
+
+Errors instead of torch tracebacks: support data whose floating dtype differs from the model's
+(``x_support``/``y_support``), transform parameters whose dtype differs from the model's (e.g.
+``model.double()`` after wrapping: convert the learner instead), ``lr`` given as a tensor or
+``nn.Parameter`` (a fixed number would be read from it: learn rates with :class:`LearnedRates` or
+``MetaSGD``). ``check_finite=True`` (opt-in: it reads values back from the device) also refuses a
+support set with NaN or infinite entries and an inner loop whose adapted parameters are not finite;
+outside function transforms only (under ``vmap`` the engine checks the stacked support set).
+
+Learned transforms are trained for ``steps`` inner steps; ``adapt(..., steps=k)`` with more steps
+runs them where they never were trained, and a learned preconditioner tuned to k steps can overshoot
+and diverge beyond them. The first such call on a learner with learned transform parameters warns
+(:class:`StepsBeyondTrainingWarning`, once per learner).
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -20,10 +49,52 @@ from torch import nn
 from torch.func import functional_call
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.inner_loop import run_steps, under_function_transform
 from linmaml.meta.transforms import Identity, Transform, as_transform
 
-__all__ = ["MAML", "ANIL", "head_parameter_names", "adapted_parameter_names"]
+__all__ = ["MAML", "ANIL", "head_parameter_names", "adapted_parameter_names", "StepsBeyondTrainingWarning",
+           "BUFFER_POLICIES"]
+
+#: The module-state policies of the learners (module docstring).
+BUFFER_POLICIES = ("update", "frozen")
+
+
+class StepsBeyondTrainingWarning(UserWarning):
+    """``adapt`` ran a learned transform for more inner steps than the learner was trained with."""
+
+
+def _running_stat_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every train-mode norm layer that updates running statistics in forward."""
+    return [(name, m) for name, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def frozen_buffers(module: nn.Module):
+    """Inside, forwards of ``module`` leave its buffers as they were (module docstring, "frozen").
+
+    Train-mode norm layers with running statistics run as if built with
+    ``track_running_stats=False`` (batch statistics, nothing updated, which ``vmap`` allows); every
+    other buffer is replaced by a copy, so in-place changes and reassignments hit the copy. All is
+    put back on exit, also on error.
+    """
+    layers = _running_stat_layers(module)
+    saved = []
+    try:
+        for _, m in layers:
+            m.track_running_stats = False
+        for owner in module.modules():
+            for attr, b in owner._buffers.items():
+                if b is not None:
+                    saved.append((owner, attr, b))
+                    owner._buffers[attr] = b.clone()
+        yield
+    finally:
+        for owner, attr, b in reversed(saved):
+            owner._buffers[attr] = b
+        for _, m in layers:
+            m.track_running_stats = True
 
 
 def head_parameter_names(model: nn.Module) -> list[str]:
@@ -111,6 +182,17 @@ def call_with(module: nn.Module, slots, params, args: tuple):
             owner._parameters[attr] = original
 
 
+def _refuse_tensor_rates(lr) -> None:
+    """A tensor (or nn.Parameter) rate would be read once as a number and never learned: refuse it."""
+    values = lr if isinstance(lr, (list, tuple)) else [lr]
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            kind = "an nn.Parameter" if isinstance(value, nn.Parameter) else "a torch.Tensor"
+            raise ArgumentTypeError("lr", f"expected a number or one number per step, got {kind}: its value would "
+                                    f"be read once and never learned; learn inner rates with a transform "
+                                    f"(meta.LearnedRates per tensor and step, meta.MetaSGD per element)")
+
+
 def _apply(module: nn.Module, params, x):
     """``module(x)`` with the parameters ``params``: the quick swap outside function transforms, and
     ``functional_call`` (names of buffers allowed) inside them or for names it alone knows."""
@@ -127,16 +209,46 @@ class _Learner(nn.Module):
     The rates are checked once here, so the per-task calls do not check them again.
     """
 
-    def __init__(self, lr, steps, transform, first_order, adapt_transform):
+    def __init__(self, lr, steps, transform, first_order, adapt_transform, buffers="update", check_finite=False):
         super().__init__()
         self.steps = _validate.integer(steps, "steps", minimum=1)
+        _refuse_tensor_rates(lr)
         self.lrs = _validate.learning_rates(lr, self.steps, "lr")
-        for flag, name in ((first_order, "first_order"), (adapt_transform, "adapt_transform")):
+        for flag, name in ((first_order, "first_order"), (adapt_transform, "adapt_transform"),
+                           (check_finite, "check_finite")):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name}: expected True or False, got {flag!r}")
+        if buffers not in BUFFER_POLICIES:
+            raise ArgumentError("buffers", f"expected one of {', '.join(map(repr, BUFFER_POLICIES))}, got {buffers!r}")
         self.first_order = first_order
         self.adapt_transform = adapt_transform
+        self.buffers = buffers
+        self.check_finite = check_finite
         self.transform = as_transform(transform)
+        self._warned_steps = False
+
+    def _state_policy(self):
+        """The context of every forward with adapted parameters: the buffers policy, enforced."""
+        if self.buffers == "frozen":
+            return frozen_buffers(self)
+        if under_function_transform():
+            layers = _running_stat_layers(self)
+            if layers:
+                name, m = layers[0]
+                raise ArgumentError("buffers", f"module {name!r} ({type(m).__name__}) updates its running statistics "
+                                    f"in place, which torch.func.vmap cannot do; pass buffers='frozen' to the "
+                                    f"learner (batch statistics, running statistics untouched), build the layer with "
+                                    f"track_running_stats=False, or use the engine's strategy 'loop'")
+        return contextlib.nullcontext()
+
+    def _warn_steps(self, steps, tparams):
+        if steps is not None and steps > self.steps and tparams and not self._warned_steps:
+            self._warned_steps = True
+            warnings.warn(f"steps: adapting for {steps} inner steps with a learned transform "
+                          f"({type(self.transform).__name__}) trained for {self.steps}: a learned "
+                          f"preconditioner is tuned to the steps it was trained for and may overshoot or "
+                          f"diverge beyond them (warned once per learner)", StepsBeyondTrainingWarning,
+                          stacklevel=4)
 
     def step_rates(self, steps: int | None = None) -> list[float]:
         """The inner learning rate of each step. ``steps`` overrides the number of steps (test time);
@@ -156,6 +268,16 @@ class _Learner(nn.Module):
         slots = parameter_slots(module)
         # The first slot of each name holds the parameter itself: named_parameters() without a second walk.
         base = {n: owner._parameters[attr] for n, ((owner, attr), *_) in slots.items()}
+        dtype = base[names[0]].dtype
+        for value, name in ((x, "x_support"), (y, "y_support")):
+            if value.dtype.is_floating_point and value.dtype != dtype:
+                raise ArgumentTypeError(name, f"dtype {value.dtype} differs from the model's parameters ({dtype}); "
+                                        f"convert the data with .to({dtype})")
+        checking = self.check_finite and not under_function_transform()
+        if checking:
+            for value, name in ((x, "x_support"), (y, "y_support")):
+                if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+                    raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
 
         def scalar_loss(output, target):
             # The gradient needs a scalar; say which argument is at fault (shapes only: no sync).
@@ -180,8 +302,20 @@ class _Learner(nn.Module):
             buffers = None  # the module's own buffers, updated in place as by any forward pass
 
         tparams = {} if type(self.transform) is Identity else dict(self.transform.named_parameters())  # noqa: E721
+        for key, value in tparams.items():
+            if value.dtype != dtype:
+                raise ArgumentTypeError("transform", f"parameter {key!r} is {value.dtype} but the model's parameters "
+                                        f"are {dtype} (was the model converted after wrapping? convert the whole "
+                                        f"learner, e.g. learner.double(), so the transform follows)")
+            break  # one look suffices: a transform is built in one dtype and converted as a whole
+        self._warn_steps(steps, tparams)
         fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y, rates,
                             first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers)
+        if checking:
+            for n, value in fast.items():
+                if not bool(torch.isfinite(value).all()):
+                    raise ArgumentError("lr", f"the inner loop diverged: adapted parameter {n!r} is not finite after "
+                                        f"{len(rates)} steps (check_finite=True); lower the rate or the steps")
         return {n: fast.get(n, p) for n, p in base.items()}
 
 
@@ -200,17 +334,21 @@ class MAML(_Learner):
         :func:`head_parameter_names`) or a list of parameter names.
     adapt_transform: also adapt the transform's parameters in the inner loop, from the second step
         on, with the same step size (see :mod:`linmaml.meta.inner_loop`).
+    buffers: "update" (default) or "frozen": the module-state policy (module docstring).
+    check_finite: refuse non-finite support sets and diverged adaptations (module docstring; reads
+        values back from the device, so off by default).
     """
 
     def __init__(self, model: nn.Module, lr=0.1, steps: int = 5, transform: Transform | None = None,
-                 first_order: bool = False, adapt="all", adapt_transform: bool = False):
-        super().__init__(lr, steps, transform, first_order, adapt_transform)
+                 first_order: bool = False, adapt="all", adapt_transform: bool = False, buffers: str = "update",
+                 check_finite: bool = False):
+        super().__init__(lr, steps, transform, first_order, adapt_transform, buffers, check_finite)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.adapted_names = adapted_parameter_names(model, adapt)
         params = dict(model.named_parameters())
-        self.transform.build({n: params[n] for n in self.adapted_names})
+        self.transform.build({n: params[n] for n in self.adapted_names}, steps=self.steps)
 
     def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor,
               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -218,13 +356,15 @@ class MAML(_Learner):
         """Adapted parameters for one task: a dict with every name of ``model.named_parameters()``
         (the adapted ones replaced, the others the model's own tensors), differentiable with respect
         to the model's and the transform's parameters."""
-        return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps)
+        with self._state_policy():
+            return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps)
 
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The model's output on ``x``, with the parameters ``params`` (e.g. from ``adapt``) if given."""
         if params is None:
             return self.model(x)
-        return _apply(self.model, params, x)
+        with self._state_policy():
+            return _apply(self.model, params, x)
 
 
 class ANIL(_Learner):
@@ -238,8 +378,9 @@ class ANIL(_Learner):
     """
 
     def __init__(self, features: nn.Module, head: nn.Module, lr=0.1, steps: int = 5,
-                 transform: Transform | None = None, first_order: bool = False, adapt_transform: bool = False):
-        super().__init__(lr, steps, transform, first_order, adapt_transform)
+                 transform: Transform | None = None, first_order: bool = False, adapt_transform: bool = False,
+                 buffers: str = "update", check_finite: bool = False):
+        super().__init__(lr, steps, transform, first_order, adapt_transform, buffers, check_finite)
         for value, name in ((features, "features"), (head, "head")):
             if not isinstance(value, nn.Module):
                 raise TypeError(f"{name}: expected a torch.nn.Module, got {type(value).__name__}")
@@ -249,18 +390,19 @@ class ANIL(_Learner):
         self.adapted_names = [n for n, p in params.items() if p.requires_grad]
         if not self.adapted_names:
             raise ValueError("head: expected a module with parameters that require gradients")
-        self.transform.build({n: params[n] for n in self.adapted_names})
+        self.transform.build({n: params[n] for n in self.adapted_names}, steps=self.steps)
 
     def adapt(self, x_support, y_support, loss_fn, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Adapted head parameters for one task (dict keyed by ``head.named_parameters()`` names)."""
         if not isinstance(x_support, torch.Tensor):
             raise TypeError(f"x_support: expected a torch.Tensor, got {type(x_support).__name__}")
-        return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
-                                    loss_fn, steps)
+        with self._state_policy():
+            return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
+                                        loss_fn, steps)
 
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``head(features(x))``, with the head's parameters ``params`` if given."""
-        z = self.features(x)
         if params is None:
-            return self.head(z)
-        return _apply(self.head, params, z)
+            return self.head(self.features(x))
+        with self._state_policy():
+            return _apply(self.head, params, self.features(x))

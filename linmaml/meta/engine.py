@@ -149,6 +149,19 @@ def has_norm_layers(module: torch.nn.Module) -> bool:
     return any(isinstance(m, _NORM_MODULES) for m in module.modules())
 
 
+@contextlib.contextmanager
+def _randomness_named():
+    """torch's error for a random operation under vmap, as an error naming the Engine's argument."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "randomness" not in str(error):
+            raise
+        raise ArgumentError("randomness", "the model draws random numbers under vmap (e.g. Dropout in training "
+                            "mode); pass Engine(..., randomness='different') (independent per task, as the loop) "
+                            "or 'same', or use strategy='loop'") from error
+
+
 # --------------------------------------------------------------------------------------------------
 # Input checks
 
@@ -187,11 +200,15 @@ class Engine:
     ``Engine(learner, loss_fn=F.cross_entropy, *, strategy="loop", tasks_per_chunk=4, compile=False)``;
     ``loss_fn(output, target)`` is a scalar per task. See the module docstring for the strategies.
     Every method takes an optional ``steps`` (inner steps; default the learner's own).
+    ``randomness`` is ``torch.func.vmap``'s: "error" (default) refuses random operations such as a
+    train-mode Dropout under the vmapped strategies (an ``ArgumentError`` naming ``randomness``),
+    "different" draws independently per task (as the loop does, though not the same numbers) and
+    "same" shares the draws across the tasks of a chunk.
     """
 
     def __init__(self, learner, loss_fn: LossFn = F.cross_entropy, *, strategy: str = "loop",
                  tasks_per_chunk: int | None = 4, compile: bool = False,  # noqa: A002
-                 explicit_norms: bool | None = None):
+                 explicit_norms: bool | None = None, randomness: str = "error"):
         if not callable(loss_fn):
             raise ArgumentTypeError("loss_fn", f"expected a callable (output, target) -> scalar, got "
                                     f"{type(loss_fn).__name__}")
@@ -212,6 +229,11 @@ class Engine:
         # a module must pass True, or its vmapped second derivatives are wrong (module docstring).
         self.explicit_norms = (has_norm_layers(learner) if isinstance(learner, torch.nn.Module) else True) \
             if explicit_norms is None else explicit_norms
+        # vmap's randomness ("error", "different", "same"): a model drawing random numbers (Dropout in
+        # training mode) needs "different" (independent per task, as the loop) or "same" under vmap.
+        if randomness not in ("error", "different", "same"):
+            raise ArgumentError("randomness", f"expected 'error', 'different' or 'same', got {randomness!r}")
+        self.randomness = randomness
         self._built: dict = {}  # (kind, steps, classification, compiled) -> function
 
     # -- the per-task pieces: written once, composed by every strategy -----------------------------
@@ -253,12 +275,12 @@ class Engine:
                 return query(adapt(x_s, y_s), x_q, y_q)
 
             def vmapped(x_s, y_s, x_q, y_q):
-                with explicit_normalization(self.explicit_norms):
-                    return torch.func.vmap(task)(x_s, y_s, x_q, y_q)
+                with explicit_normalization(self.explicit_norms), _randomness_named():
+                    return torch.func.vmap(task, randomness=self.randomness)(x_s, y_s, x_q, y_q)
 
             def adapt_chunk(x_s, y_s):
-                with explicit_normalization(self.explicit_norms):
-                    return torch.func.vmap(adapt)(x_s, y_s)
+                with explicit_normalization(self.explicit_norms), _randomness_named():
+                    return torch.func.vmap(adapt, randomness=self.randomness)(x_s, y_s)
 
             function = {"task": task, "vmap": vmapped, "adapt_chunk": adapt_chunk, "query": query}[kind]
             self._built[key] = torch.compile(function, dynamic=False) if compiled else function
@@ -283,6 +305,10 @@ class Engine:
 
     def _prepare(self, x_support, y_support, x_query, y_query, steps):
         tasks = check_batch(x_support, y_support, x_query, y_query)
+        if getattr(self.learner, "check_finite", False):  # the learner cannot check inside vmap: check here
+            for name, t in (("x_support", x_support), ("y_support", y_support)):
+                if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+                    raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
         if steps is not None:
             steps = _validate.integer(steps, "steps", minimum=1)
         return tasks, steps, _is_classification(y_query)

@@ -222,9 +222,9 @@ def test_cli_save_snapshot(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, name", [
-    (["--grid", "1"], "grid"), (["--steps", "-1"], "steps"), (["--task-std", "-1"], "task_std"),
-    (["--x-var", "0"], "x_var"), (["--lr", "nan"], "lr"), (["--range", "-2"], "range"),
-    (["--start", "1", "inf"], "--start W2"), (["--meta-lr", "0"], "meta_lr"),
+    (["--grid", "1"], "--grid"), (["--steps", "-1"], "--steps"), (["--task-std", "-1"], "--task-std"),
+    (["--x-var", "0"], "--x-var"), (["--lr", "nan"], "--lr"), (["--range", "-2"], "--range"),
+    (["--start", "1", "inf"], "--start W2"), (["--meta-lr", "0"], "--meta-lr"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, name):
     target = tmp_path / "x.png"

@@ -117,7 +117,7 @@ def test_learned_rates_beyond_the_trained_steps_repeat_the_last_rate_and_warn_on
         total = ours(learner, batch, steps=4)
     want, _ = hand_loop(model, batch, [0.3] * 4, lambda k, grads, s: ([r[n][min(k, 1)] * g for n, g in
                                                                        zip(names, grads)], s))
-    assert abs(float(total) - float(want)) <= 1e-12 * abs(float(want))
+    assert abs(float(total.detach()) - float(want.detach())) <= 1e-12 * abs(float(want.detach()))
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -291,3 +291,25 @@ def test_functional_inner_loop_accepts_a_stateful_transform():
     g2 = torch.autograd.grad(SQUARED(forward(step1, xs[0]), ys[0]), step1)
     want = [p - 0.2 * (0.5 * a + b) for p, a, b in zip(step1, g1, g2)]
     assert close(list(fast.values()), want, 1e-13)
+
+
+def test_verify_row_catches_rates_taken_from_the_wrong_step(monkeypatch):
+    import numpy as np
+
+    from linmaml.checks import meta as rows
+    assert rows.learned_rates_vs_hand_loop(np.random.default_rng(0), 3, "squared") <= 1e-12
+    original = meta.LearnedRates.step
+    monkeypatch.setattr(meta.LearnedRates, "step", lambda self, g, p, s, k: original(self, g, p, s, 0))
+    assert rows.learned_rates_vs_hand_loop(np.random.default_rng(0), 3, "squared") > 1e-3
+
+
+def test_momentum_test_catches_a_wrong_beta(monkeypatch):
+    """The hand loop is sensitive to the velocity: momentum with β applied twice is caught."""
+    original = meta.Momentum.step
+
+    def wrong(self, grads, params, state, k):
+        return original(self, grads, params, {n: self.beta * v for n, v in state.items()}, k)
+
+    monkeypatch.setattr(meta.Momentum, "step", wrong)
+    with pytest.raises(AssertionError):
+        test_momentum_equals_a_hand_unrolled_heavy_ball_loop(False, False)

@@ -52,14 +52,15 @@ from linmaml import _validate, meta
 from linmaml.benchmarks.models import ConvNet
 
 ALGOS = ("maml", "fomaml", "anil")
-TRANSFORMS = ("none", "kfo", "metasgd", "metacurvature")
+TRANSFORMS = ("none", "kfo", "metasgd", "metacurvature", "rates")
 POOLS = ("max", "stride")
 
 
 def make_transform(name: str) -> meta.Transform:
     """The meta-optimizer called ``name`` (one of :data:`TRANSFORMS`), freshly initialised."""
     factories = {"none": meta.Identity, "kfo": meta.KFO, "metasgd": meta.MetaSGD,
-                 "metacurvature": meta.MetaCurvature}
+                 "metacurvature": meta.MetaCurvature,
+                 "rates": meta.LearnedRates}  # per tensor and inner step; built with the learner's steps
     if name not in factories:
         raise ValueError(f"transform: expected one of {', '.join(TRANSFORMS)}, got {name!r}")
     return factories[name]()

@@ -50,7 +50,7 @@ _CONFIG_OPTIONS = {
 _CHOICE_OPTIONS = {
     "benchmark": (("omniglot", "cifar-fs", "mini-imagenet"), "the few-shot benchmark (default omniglot)"),
     "algo": (("maml", "fomaml", "anil"), "meta-learning algorithm (default maml: second order)"),
-    "transform": (("none", "kfo", "metasgd", "metacurvature"), "meta-optimizer of the inner loop (default none)"),
+    "transform": (("none", "kfo", "metasgd", "metacurvature", "rates"), "meta-optimizer of the inner loop (default none)"),
     "pool": (("max", "stride"), "down-sampling of each conv block (default: stride for omniglot, max otherwise)"),
     "dtype": (("float32", "float64"), "parameter dtype (default float32)"),
     "on_nonfinite": (("stop", "skip"), "on a non-finite meta-loss or gradient: stop (exit 3) or skip the step"

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError
 from linmaml.benchmarks.learners import (ALGOS, POOLS, TRANSFORMS, build_learner, model_class_name,
                                          model_fingerprint)
 from linmaml.meta.engine import STRATEGIES, Engine
@@ -29,6 +30,30 @@ ON_NONFINITE = ("stop", "skip")
 #: How a meta-batch's tasks are computed: the engine's strategies (:mod:`linmaml.meta.engine`).
 BATCHING = STRATEGIES
 DTYPES = ("float32", "float64")
+
+# Upper bounds of the settings, checked before anything is written. Beyond them a run does not
+# train worse but breaks: torch's allocator or Adam's float32 arithmetic fails with messages that
+# name no setting, or a pass runs for days. Each is far beyond what the few-shot literature uses.
+#: Adam moves every weight by about ``outer_lr`` per step, so beyond a few units a run only
+#: diverges (stopped with exit 3); near 3e37 Adam's own step ``lr / (1 - beta1)`` overflows float32.
+OUTER_LR_MAX = 1e3
+#: Filters per conv block and LinNet width: a block holds 9·hidden² weights, a LinNet layer
+#: width², each kept four times (weights, gradient, Adam's two moments); 4096 is already 600 MB per
+#: block in float32 (the widest usual few-shot backbone, ResNet-12, has 640 channels).
+WIDTH_MAX = 4096
+#: Conv blocks and LinNet layers (the usual backbones have 4 blocks).
+DEPTH_MAX = 64
+#: Inner steps: second-order MAML keeps every step's graph, so memory grows with each step
+#: (MAML uses 1-10 in training and up to 50 at test).
+STEPS_MAX = 1000
+#: Tasks of one iteration are held in memory at once (images and, per chunk, activations):
+#: 10,000 5-way 1-shot Omniglot tasks with 5 queries are 0.9 GB of images (usual: 2-32).
+META_BATCH_MAX = 10_000
+#: Validation and evaluation tasks (scored in chunks, so the bound is time, not memory): the 95% CI
+#: of a mean accuracy over 100,000 tasks is at most ±0.31 points; more tasks only cost hours.
+EVAL_TASKS_MAX = 100_000
+#: Seeds are signed 64-bit integers wherever they go (torch, numpy, JSON readers).
+SEED_MAX = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,19 +132,28 @@ class TrainConfig:
             raise ValueError("head: names the adapted submodule of your own model with algo 'anil'")
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile: expected True or False, got {self.compile!r}")
-        for name, minimum in (("ways", 2), ("shots", 1), ("query", 1), ("test_query", 1), ("linnet", 0),
-                              ("tasks_per_chunk", 1), ("layers", 1), ("steps", 1), ("test_steps", 1), ("meta_batch", 1),
-                              ("iterations", 1), ("val_every", 1), ("val_tasks", 2), ("checkpoint_every", 1),
-                              ("seed", 0)):
-            _validate.integer(getattr(self, name), name, minimum=minimum)
+        # (name, minimum, maximum); the maxima are stated and explained at the top of the module.
+        # ways, shots, query and test_query are bounded by the data (check_splits).
+        for name, minimum, maximum in (
+                ("ways", 2, None), ("shots", 1, None), ("query", 1, None), ("test_query", 1, None),
+                ("linnet", 0, DEPTH_MAX), ("tasks_per_chunk", 1, META_BATCH_MAX), ("layers", 1, DEPTH_MAX),
+                ("steps", 1, STEPS_MAX), ("test_steps", 1, STEPS_MAX), ("meta_batch", 1, META_BATCH_MAX),
+                ("iterations", 1, None), ("val_every", 1, None), ("val_tasks", 2, EVAL_TASKS_MAX),
+                ("checkpoint_every", 1, None), ("seed", 0, None)):
+            _validate.integer(getattr(self, name), name, minimum=minimum, maximum=maximum)
+        if self.seed > SEED_MAX:
+            raise ArgumentError("seed", f"expected an integer below 2**63 (seeds are signed 64-bit), got {self.seed}")
         if self.hidden is None:
             object.__setattr__(self, "hidden", DEFAULT_FILTERS[self.benchmark])
-        _validate.integer(self.hidden, "hidden", minimum=1)
+        _validate.integer(self.hidden, "hidden", minimum=1, maximum=WIDTH_MAX)
         if self.linnet_width is not None:
-            _validate.integer(self.linnet_width, "linnet_width", minimum=self.ways)
+            _validate.integer(self.linnet_width, "linnet_width", minimum=self.ways, maximum=WIDTH_MAX)
         # The inner rate may be 0 or negative (ablations); the outer one must be a positive step.
         _validate.finite_number(self.inner_lr, "inner_lr")
         _validate.finite_number(self.outer_lr, "outer_lr", positive=True)
+        if self.outer_lr > OUTER_LR_MAX:
+            raise ArgumentError("outer_lr", f"expected at most {OUTER_LR_MAX:g} (Adam moves each weight by about "
+                                            f"this much per step), got {self.outer_lr:g}")
         object.__setattr__(self, "inner_lr", float(self.inner_lr))
         object.__setattr__(self, "outer_lr", float(self.outer_lr))
 
@@ -153,6 +187,29 @@ def resume_config(saved: Mapping, given: Mapping) -> TrainConfig:
                              f" (a resumed run keeps its settings; use a new --out folder to change them)")
     overrides = {k: v for k, v in given_config.items() if k not in TrainConfig.IDENTITY}
     return TrainConfig.from_dict({**saved.to_dict(), **overrides})
+
+
+def check_task_fits(split, ways: int, shots: int, query: int, query_name: str = "query") -> None:
+    """``ArgumentError`` naming the setting out of range when ``split`` cannot supply ``ways``-way
+    tasks of ``shots`` support and ``query`` query examples per class: ``ways`` beyond its classes,
+    ``shots`` leaving no example for a query, else the query count (called ``query_name``: training
+    tasks use ``query``, validation tasks ``test_query``, ``linmaml evaluate`` its ``--query``)."""
+    where, examples = split.name, split.examples_per_class
+    if ways > split.num_classes:
+        raise ArgumentError("ways", f"expected at most {split.num_classes} (the classes of {where}), got {ways}")
+    if shots >= examples:
+        raise ArgumentError("shots", f"expected at most {examples - 1} (each class of {where} holds {examples} "
+                                     f"examples, and at least one must be left for the query set), got {shots}")
+    if shots + query > examples:
+        raise ArgumentError(query_name, f"expected at most {examples - shots} (each class of {where} holds {examples}"
+                                        f" examples, {shots} of them for the support set), got {query}")
+
+
+def check_splits(config: TrainConfig, splits: Mapping) -> None:
+    """The settings of ``config`` against the data: training tasks (``query``) from
+    ``splits["train"]``, validation tasks (``test_query``) from ``splits["val"]``."""
+    check_task_fits(splits["train"], config.ways, config.shots, config.query, "query")
+    check_task_fits(splits["val"], config.ways, config.shots, config.test_query, "test_query")
 
 
 def iteration_seed(seed: int, iteration: int) -> int:

@@ -13,7 +13,7 @@ import time
 
 from linmaml import _validate
 from linmaml.benchmarks import distributed, episodes
-from linmaml.benchmarks.config import build_from_config, make_engine
+from linmaml.benchmarks.config import build_from_config, check_task_fits, make_engine
 from linmaml.benchmarks.learners import check_user_model
 from linmaml.benchmarks.loading import checkpoint_file, load_run_checkpoint
 from linmaml.benchmarks.progress import TaskProgress
@@ -50,6 +50,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
         splits = load_splits(config.benchmark, (split,), data_root)
     if split not in splits:
         raise ValueError(f"splits: no {split!r} split given")
+    check_task_fits(splits[split], config.ways, config.shots, query, "query")  # names query, not shots
     task_set = episodes.evaluation_tasks(splits[split], config.ways, config.shots, query, count=tasks, seed=task_seed)
     image_shape = tuple(payload["image_shape"])
     if model is not None:

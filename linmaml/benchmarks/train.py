@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 from linmaml import _io, _validate
 from linmaml.benchmarks import checkpoint, distributed, episodes, run_folder
-from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, iteration_seed,
-                                       make_engine, resume_config)
+from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
+                                       iteration_seed, make_engine, resume_config)
 from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint
 from linmaml.benchmarks.progress import Progress
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks
@@ -103,6 +103,7 @@ class Trainer:
                 raise ValueError(f"splits: expected a {name!r} split")
         if splits["val"].image_shape != splits["train"].image_shape:
             raise ValueError("splits: the train and val images differ in shape")
+        check_splits(config, splits)  # names query / test_query / shots / ways when the data cannot supply them
         self.config, self.out_dir, self.ctx, self.lock = config, Path(out_dir), ctx, lock
         self.writer = ctx.is_writer
         self.sampler = episodes.EpisodeSampler(splits["train"], config.ways, config.shots, config.query,
@@ -413,15 +414,50 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
                           stream=stream, progress=progress, on_iteration=on_iteration, model=model)
         with StopSignals() as signals:
             return trainer.run(signals)
-    except BaseException:
+    except BaseException as caught:
         failed = True
+        if is_out_of_memory(caught):
+            raise MemoryError(OUT_OF_MEMORY) from caught
         raise
     finally:
         if lock is not None:
+            if failed:
+                _discard_unstarted(out_dir)
             lock.release()
         if failed and created:
             run_folder.remove_if_unused(out_dir)
         distributed.teardown(ctx)
+
+
+#: What a run out of memory is told (raised as ``MemoryError``; the CLI names the flags).
+OUT_OF_MEMORY = ("out of memory: lower the settings that size an iteration (meta_batch, tasks_per_chunk, query, "
+                 "steps, hidden) or use batching='loop'")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure: Python's or numpy's ``MemoryError``, torch's CUDA
+    ``OutOfMemoryError``, or the ``RuntimeError`` of torch's CPU allocator (which has no class of its own)."""
+    if isinstance(error, MemoryError):
+        return True
+    out_of_memory = getattr(torch, "OutOfMemoryError", None)
+    if out_of_memory is not None and isinstance(error, out_of_memory):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+def _discard_unstarted(out_dir: Path) -> None:
+    """After a failed start, remove the ``config.json`` and empty ``metrics.jsonl`` of a run that never
+    completed an iteration (no checkpoint, no metrics), so that the folder holds no half-made run."""
+    if any((out_dir / name).exists() for name in (checkpoint.LAST, checkpoint.LAST_PREV, checkpoint.BEST)):
+        return
+    metrics = out_dir / run_folder.METRICS
+    try:
+        if metrics.exists() and metrics.stat().st_size > 0:
+            return
+        metrics.unlink(missing_ok=True)
+        (out_dir / run_folder.CONFIG).unlink(missing_ok=True)
+    except OSError:
+        pass  # best effort: never mask the error that made the run fail
 
 
 def _with_model_record(given: dict, model) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+from linmaml.cli._paths import path_option
+
 
 def register(subparsers):
     p = subparsers.add_parser("evaluate", help="score a training checkpoint on the fixed meta-test tasks",
@@ -31,12 +33,21 @@ def run(args) -> int:
     import torch
 
     from linmaml import _validate
+    from linmaml.benchmarks.config import EVAL_TASKS_MAX, SEED_MAX, STEPS_MAX
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
 
+    # Ranges checked before any data is read (maxima explained in linmaml.benchmarks.config); --query's
+    # bound is the split's examples per class, known once the data is loaded.
+    _validate.integer(args.tasks, "--tasks", minimum=2, maximum=EVAL_TASKS_MAX)
+    if args.steps is not None:
+        _validate.integer(args.steps, "--steps", minimum=1, maximum=STEPS_MAX)
+    _validate.integer(args.task_seed, "--task-seed", minimum=0, maximum=SEED_MAX)
+    # ~ expanded (also after '=', where the shell leaves it), '' refused; the checkpoint used is printed
+    checkpoint, data_root = path_option(args.checkpoint, "CHECKPOINT"), path_option(args.data_root, "--data-root")
     torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1))
     try:
-        result = evaluate_checkpoint(args.checkpoint, tasks=args.tasks, steps=args.steps, query=args.query,
-                                     split=args.split, task_seed=args.task_seed, data_root=args.data_root,
+        result = evaluate_checkpoint(checkpoint, tasks=args.tasks, steps=args.steps, query=args.query,
+                                     split=args.split, task_seed=args.task_seed, data_root=data_root,
                                      device=args.device, progress=not args.quiet)
     except ValueError as error:
         message = str(error)

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from linmaml.cli._paths import path_option
+
 #: Default CPU threads. torch's own default (one per core) collapses when the cores are busy: its
 #: worker threads wait for each other at every operation, and on a 2-core machine loaded by other
 #: work --threads 2 ran 17x slower than --threads 1 (7.6 vs 0.45 s per iteration). One thread is
@@ -105,9 +107,14 @@ def run(args) -> int:
     given = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
     from_file = read_config(args.config, fields) if args.config is not None else {}
     options = {**from_file, **given}
+    # ~ expanded (also in --out=~/x, which the shell leaves alone), '' refused: the run goes where it says
+    out, data_root = path_option(args.out, "--out"), path_option(args.data_root, "--data-root")
     try:
-        result = train(options, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                       data_root=args.data_root, progress=not args.quiet, threads=args.threads)
+        result = train(options, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                       data_root=data_root, progress=not args.quiet, threads=args.threads)
+    except MemoryError as error:
+        raise ValueError("out of memory: lower --meta-batch, --tasks-per-chunk, --query, --steps or --hidden, or use "
+                         "--batching loop") from error
     except (ValueError, TypeError) as error:
         # Library messages name the setting (meta_batch: ...); the user typed --meta-batch, or the file said it.
         message = str(error)

@@ -1,10 +1,9 @@
 """What several figure modules share: task families from their settings, and meta-training of
 :mod:`linmaml.meta` learners on them.
 
-Meta-training and evaluation of a ``linmaml.meta`` learner go through the one engine,
-:func:`linmaml.meta.batched.task_losses` (adapt on the support set, score the query set, vmapped
-over the tasks of a meta-batch); nothing here re-implements the inner loop. The deep linear chains
-of :mod:`linmaml.simulator` train through ``simulator.meta_train``.
+Meta-training of a ``linmaml.meta`` learner or a deep linear chain is ``simulator.meta_train`` (one
+engine, :class:`linmaml.meta.engine.Engine`); evaluation scores the query sets through
+:meth:`Engine.score`. Nothing here re-implements the inner loop.
 
 Losses follow DESIGN.md: squared ``1/(2n)·‖output − target‖²_F`` per task, logistic the mean binary
 cross-entropy on the logits.
@@ -32,6 +31,42 @@ def classification_family(c: dict):
                                 flip=c["flip"], n_support=c["n_support"], n_query=c["n_query"])
 
 
+class PopulationSupport:
+    """A regression family whose tasks carry a support set giving the POPULATION gradient exactly.
+
+    ``PopulationSupport(family).sample(T, seed)`` draws T tasks of ``family`` (a
+    :class:`linmaml.tasks.RegressionFamily`, same seed handling) and replaces each support set by the d
+    points X = √d·Σ^{1/2} (rows; XᵀX/d = Σ) with noise-free targets Y = X W_τᵀ, so the support gradient
+    of the squared loss 1/(2d)·‖X Wᵀ − Y‖² is (W − W_τ)Σ, the expected support gradient. Tasks, query
+    points and query noise are the family's. Shapes as :class:`linmaml.tasks.TaskBatch` with n_s = d.
+    This lets ``simulator.meta_train`` train on the objective that the closed forms' population
+    expectations describe.
+    """
+
+    def __init__(self, family):
+        from linmaml.tasks import RegressionFamily
+
+        if not isinstance(family, RegressionFamily):
+            raise TypeError(f"family: expected a RegressionFamily, got {type(family).__name__}")
+        self.family, self.d_in, self.d_out = family, family.d_in, family.d_out
+        vals, vecs = np.linalg.eigh(family.x_cov)
+        self.support_x = (vecs * np.sqrt(np.clip(vals, 0, None) * family.d_in)) @ vecs.T
+
+    def sample(self, n_tasks: int, seed=0):
+        from linmaml.tasks import TaskBatch
+
+        b = self.family.sample(n_tasks, seed)
+        Xs = np.broadcast_to(self.support_x, (len(b), self.d_in, self.d_in)).copy()
+        return TaskBatch(Xs, Xs @ np.swapaxes(b.W, 1, 2), b.Xq, b.Yq, b.W)
+
+    def gradient_deviation(self, tasks: int = 32, seed=0) -> float:
+        """max |support gradient − (W − W_τ)Σ| at random W over ``tasks`` sampled tasks (rounding only)."""
+        b = self.sample(tasks, seed)
+        W = np.random.default_rng(seed).standard_normal(b.W.shape)
+        grad = np.swapaxes(b.Xs @ np.swapaxes(W, 1, 2) - b.Ys, 1, 2) @ b.Xs / self.d_in
+        return float(np.abs(grad - (W - b.W) @ self.family.x_cov).max())
+
+
 def squared_loss(output, target):
     """1/(2n)·‖output − target‖²_F for one task (output, target of shape (n, d_out))."""
     return 0.5 * ((output - target) ** 2).sum() / target.shape[-2]
@@ -44,39 +79,17 @@ def logistic_loss(output, target):
     return F.binary_cross_entropy_with_logits(output, target)
 
 
-def train_meta_learner(learner, family, loss_fn, *, meta_iterations: int, meta_batch: int, meta_lr: float,
-                       seed: int) -> np.ndarray:
-    """MAML meta-training of a ``linmaml.meta`` learner with Adam; returns the meta-loss per iteration.
-
-    Each iteration draws ``meta_batch`` fresh tasks from ``family`` (seeded by the second child of
-    ``SeedSequence(seed)``, as ``simulator.meta_train`` draws its tasks, so both see the same tasks)
-    and takes the exact meta-gradient of the mean query loss through
-    :func:`linmaml.meta.batched.task_losses`.
-    """
-    import torch
-
-    from linmaml.meta.batched import task_losses
-
-    opt = torch.optim.Adam(learner.parameters(), lr=meta_lr)
-    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
-    losses = np.empty(meta_iterations)
-    for it in range(meta_iterations):
-        b = family.sample(meta_batch, rng).torch()
-        value = task_losses(learner, b.Xs, b.Ys, b.Xq, b.Yq, loss_fn)[0].mean()
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        losses[it] = float(value.detach())
-    return losses
-
-
 def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bool = False) -> dict:
     """Per-task query loss after 0…``max_steps`` inner steps (the learner's own steps), shape (K+1, T);
     with ``accuracy`` (one logit, labels in {0, 1}) also the per-task query accuracy, by scoring the
-    sign of the logit as a loss function through the same engine."""
+    sign of the logit as a loss function through the same adaptation (:func:`_scored`: the engine's
+    own accuracy is the argmax over class logits of integer labels, which a single logit with float
+    0/1 labels does not fit)."""
     import torch
 
-    from linmaml.meta.batched import task_losses
+    from linmaml.meta.engine import Engine
+
+    engine = Engine(learner, loss_fn, strategy="vmap", tasks_per_chunk=None)
 
     T = tasks.torch()
 
@@ -89,7 +102,7 @@ def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bo
         if accuracy:
             out["accuracy"].append(torch.func.vmap(lambda x, y: zero_one(learner(x), y))(T.Xq, T.Yq))
     for k in range(1, max_steps + 1):
-        out["loss"].append(task_losses(learner, T.Xs, T.Ys, T.Xq, T.Yq, loss_fn, steps=k)[0].detach())
+        out["loss"].append(engine.score(T.Xs, T.Ys, T.Xq, T.Yq, steps=k)[0])
         if accuracy:
             out["accuracy"].append(_scored(learner, T, loss_fn, zero_one, k))
     return {key: torch.stack(rows).numpy() for key, rows in out.items() if rows}

@@ -1,18 +1,39 @@
-"""Figure 3: the upper layers as a meta-optimizer — the implicit preconditioner along meta-training.
+"""Figure 3: the upper layers as a meta-optimizer — a learned DIRECTION, on an anisotropic family.
 
-A deep linear model W_e = W_L ⋯ W_1 adapted by one gradient step of size α moves its end-to-end map
-by vec ΔW_e = −α P vec G + O(α²) with P = Σ_j (B_jᵀB_j) ⊗ (A_jA_jᵀ) (``linmaml.closedform.preconditioner``).
-We meta-train Deep models (depth 2 and 3) with MAML on isotropic Gaussian regression tasks and
-evaluate P in closed form on every recorded meta-step's weights. For this family the best one-step
-preconditioner from the task mean is c*·I with c* = ωn / (ωv(n+d+1) + σ²) (derived in ``_optimum``;
-the target is c*·I, which equals c*·v·Σ⁻¹ here only because Σ = vI): meta-training drives every
-eigenvalue of α·P to c*, far above the α that the shallow model is stuck with. On this isotropic
-family the learned map is a step size (one number); ``fig_anisotropic`` shows the learned
-*direction* on anisotropic families. The statistic reported everywhere (titles, JSON, README) is
-the mean over the last 100 meta-iterations (Adam's steady-state jitter averages out). The trained
-Deep models are far from balanced (‖W2ᵀW2 − W1W1ᵀ‖_F/‖W1W1ᵀ‖_F is reported per model), so the
-balanced closed forms of ``closedform.preconditioner`` do not describe them; P is evaluated from
-the actual weights.
+Family (d_out = 1): x ~ N(0, Σ) with Σ = U diag(s) Uᵀ, condition number κ = 10 (eigenvalues
+geometric, mean 1, U a fixed random rotation), tasks w_τ ~ N(m, Ω) with Ω = V diag(ω) Vᵀ on another
+rotation (not a multiple of I, not sharing Σ's eigenvectors), query noise σ.
+
+A deep linear model W_e = W_L ⋯ W_1 adapted by one gradient step of size α moves its end-to-end map by
+ΔW_e = −α·G·P + O(α²) with P = Σ_j (B_jᵀB_j)⊗(A_jA_jᵀ) (``closedform.preconditioner``; for d_out = 1
+a (d, d) matrix). We meta-train Deep L = 2, 3 by MAML at a fixed small α and evaluate α·P in closed
+form on every recorded meta-step's weights.
+
+Target: the deep model's OWN optimum, α² terms included. ``closedform.gaussian.
+expected_post_adaptation_loss([W1, …, WL], family, α)`` is the exact expected query loss after one
+inner step with the population gradient (W_e − W_τ)Σ on every layer; :func:`deep_optimum` minimises
+it over the layers by L-BFGS (exact gradient) from several random starts. It is bounded below by the
+query noise ½σ² (the query noise is independent of the adapted map), so a point within ``excess`` of
+½σ² is a global minimum up to ``excess``: every start reaches it. At that floor the adapted residual
+W_e′ − W_τ, a polynomial in D = W_e − W_τ, vanishes identically; its linear part D(I − αPΣ) = 0 forces
+α·P* = Σ⁻¹ exactly, which is the population optimal one-step MATRIX map (``gaussian_lr.
+optimal_one_step_map(family, population=True)`` = (m, Σ⁻¹)). How the deep optimum differs from that
+map: the matrix map may start anywhere (W0* = m is returned), the deep optimum must also cancel its
+α² and α³ terms, e.g. α²·(G W_eᵀ)G for L = 2, which forces W_e* = 0 for L = 2; the figure reports the
+end-to-end map and what the α² terms cost the trained models (their exact loss minus that of the
+matrix step with the same α·P and start).
+
+Apples to apples: the exact expectation uses the population gradient, so training uses it too.
+:class:`linmaml.analysis._common.PopulationSupport` gives every sampled task the support set
+X = √d·Σ^{1/2} (d points, XᵀX/d = Σ) with noise-free targets, so the support gradient IS (W_e − W_τ)Σ
+(the JSON reports its measured deviation, ~1e-16); tasks and query sets are sampled as usual. (With
+n = 20 noisy points instead, the finite-n optimal matrix map differs from Σ⁻¹ by the amount the JSON
+reports: far more than the learned map's gap.)
+
+Panels: α·P read along the target's eigenvectors u_i (u_iᵀ α·P u_i against the target's eigenvalue
+t_i, direction by direction, along meta-training), its off-diagonal part in that basis and the
+largest angle between matched eigenvectors (the learned direction), and the meta-loss. The one
+statistic quoted everywhere (titles, JSON, README) is the mean over the last 100 meta-iterations.
 
 Run: ``python -m linmaml.analysis.fig_preconditioner [--out DIR] [--quick]``; writes preconditioner.png/.json.
 """
@@ -25,52 +46,103 @@ import numpy as np
 NAME = "preconditioner"
 
 SETTINGS = {
-    "inner_lr": 0.05,
+    "inner_lr": 0.1,
     "inner_steps_meta_training": 1,
     "meta_optimizer": "adam",
-    "meta_lr": 0.01,
+    "meta_lr": 0.02,
     "meta_batch": 32,
     "init_scale": 0.7,
     "seed": 0,
-    "family": {"d_in": 6, "d_out": 1, "task_mean": 1.0, "task_var": 1.0, "x_var": 1.0, "noise_std": 0.1,
-               "n_support": 30, "n_query": 30},
+    "family": {"d_in": 4, "kappa": 10.0, "x_rotation_seed": 7, "task_mean": [1.0, -0.5, 0.5, 1.0],
+               "task_cov_eigenvalues": [2.0, 1.0, 0.5, 0.25], "task_rotation_seed": 11, "noise_std": 0.1,
+               "n_query": 20, "finite_n_for_comparison": 20},
     "deep_widths": {"L=2": [8], "L=3": [8, 8]},
+    "optimum": {"method": "scipy L-BFGS-B on the exact expectation and its exact gradient", "max_iterations": 3000,
+                "seed": 1, "init_scale": 0.7},
+    "test_seed": 20210413,
+    "window": 100,
 }
-FULL = {"meta_iterations": 1000}
-QUICK = {"meta_iterations": 40}
+FULL = {"meta_iterations": 1000, "test_tasks": 2000, "optimum_starts": {"L=2": 3, "L=3": 2},
+        "optimum_excess": {"L=2": 1e-12, "L=3": 1e-9}}
+QUICK = {"meta_iterations": 40, "test_tasks": 200, "optimum_starts": {"L=2": 2, "L=3": 1},
+         "optimum_excess": {"L=2": 1e-10, "L=3": 1e-7}}
 
 
-def family(settings: dict):
-    from linmaml.analysis._common import regression_family
+def rotation(d: int, seed: int) -> np.ndarray:
+    """A fixed random orthogonal (d, d) matrix (QR of a seeded Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
 
-    return regression_family(settings["family"])
+
+def covariances(f: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Σ, Ω, eigenvalues s of Σ) from the family settings (Σ's eigenvalues geometric, mean 1, ratio κ)."""
+    d = f["d_in"]
+    s = np.geomspace(1.0, 1.0 / f["kappa"], d)
+    s = s * d / s.sum()
+    U, V = rotation(d, f["x_rotation_seed"]), rotation(d, f["task_rotation_seed"])
+    w = np.asarray(f["task_cov_eigenvalues"], dtype=np.float64)
+    return (U * s) @ U.T, (V * w) @ V.T, s
 
 
-def _optimum(f: dict) -> dict:
-    """The best isotropic one-step map from the task mean, and the expected query losses around it.
+def family(settings: dict, n_support: int | None = None):
+    """The anisotropic :class:`linmaml.tasks.RegressionFamily` (``n_support`` defaults to d_in: the
+    sampled support set is replaced by :class:`PopulationSupport` for training anyway)."""
+    from linmaml.tasks import RegressionFamily
 
-    Σ = vI, Ω = ωI, noise σ: one step W' = M − c·G leaves the error Δ(I − cS) + c·εᵀX/n with
-    S = XᵀX/n (E S = vI, E S² = v²(n+d+1)/n·I, Wishart), so the expected query loss is
-    ½[ωv·d(1 − 2cv + c²v²(n+d+1)/n) + c²σ²v²·d/n] + ½σ² per output, minimised at
-    c* = ωn / (ωv(n+d+1) + σ²); α·P = c*·I is c*·v·Σ⁻¹.
+    f = settings["family"]
+    Sigma, Omega, _ = covariances(f)
+    return RegressionFamily(f["d_in"], 1, task_mean=np.asarray(f["task_mean"])[None, :], task_cov=Omega, x_cov=Sigma,
+                            noise_std=f["noise_std"], n_support=n_support or f["d_in"], n_query=f["n_query"])
+
+
+def deep_optimum(sizes, fam, lr: float, *, starts: int, excess: float, seed: int = 1, init_scale: float = 0.7,
+                 max_iterations: int = 3000) -> dict:
+    """Minimise the exact deep expectation over the layers [W1, …, WL] of a chain ``sizes``.
+
+    L-BFGS-B (scipy) on ``closedform.gaussian.expected_post_adaptation_loss_and_grad`` (exact value and
+    gradient) from ``starts`` random starts (entries N(0, init_scale²/fan_in), seeded), each stopped once
+    its value is within ``excess`` of the lower bound ½·d_out·σ² (query noise), or at convergence.
+    Returns {"weights": best layers, "value", "floor", "starts": [{"value", "iterations",
+    "alpha_P"}]} with α·P from ``closedform.preconditioner`` at each start's end.
     """
-    d, n, v, w, s2 = f["d_in"], f["n_support"], f["x_var"], f["task_var"], f["noise_std"] ** 2
+    from scipy.optimize import minimize
 
-    def loss(c):
-        return f["d_out"] * 0.5 * (w * v * d * (1 - 2 * c * v + c * c * v * v * (n + d + 1) / n) + c * c * s2 * v * v * d / n + s2)
+    from linmaml.closedform.gaussian import expected_post_adaptation_loss_and_grad
+    from linmaml.closedform.preconditioner import preconditioner
 
-    c_star = w * n / (w * v * (n + d + 1) + s2)
-    return {"c_star": c_star, "loss_at_c_star": loss(c_star), "loss": loss}
+    shapes = [(sizes[j + 1], sizes[j]) for j in range(len(sizes) - 1)]
+    cuts = np.cumsum([0] + [a * b for a, b in shapes])
+    floor = 0.5 * fam.d_out * fam.noise_std ** 2
+
+    def unpack(x):
+        return [x[cuts[j]:cuts[j + 1]].reshape(shape) for j, shape in enumerate(shapes)]
+
+    def objective(x):
+        value, grads = expected_post_adaptation_loss_and_grad(unpack(x), fam, lr)
+        return value, np.concatenate([g.ravel() for g in grads])
+
+    def close_enough(intermediate_result):  # the floor is a lower bound: nothing left to gain below excess
+        if intermediate_result.fun - floor < excess:
+            raise StopIteration
+
+    rng = np.random.default_rng(seed)
+    runs, best = [], None
+    for _ in range(starts):
+        x0 = np.concatenate([init_scale * rng.standard_normal(shape).ravel() / np.sqrt(shape[1]) for shape in shapes])
+        res = minimize(objective, x0, jac=True, method="L-BFGS-B", callback=close_enough,
+                       options={"maxiter": max_iterations, "gtol": 1e-12, "ftol": 1e-16})
+        weights = unpack(res.x)
+        runs.append({"value": float(res.fun), "iterations": int(res.nit), "alpha_P": lr * preconditioner(weights)})
+        if best is None or res.fun < best[0]:
+            best = (float(res.fun), weights)
+    return {"weights": best[1], "value": best[0], "floor": floor, "starts": runs}
 
 
-def _gaussian_cross_check(fam, c_star: float):
-    """c* and the loss there again, from linmaml.closedform.gaussian: the shallow model at W = M has
-    α·P = α·I, so its optimal inner lr is c* and its expected loss at lr c* is the optimum's."""
-    from linmaml.closedform import gaussian
-
-    M = np.asarray(fam.task_mean)
-    return {"c_star": float(gaussian.optimal_inner_lr(M, fam, 1)),
-            "loss_at_c_star": float(gaussian.expected_post_adaptation_loss(M, fam, c_star, 1))}
+def end_to_end(weights) -> np.ndarray:
+    product = np.asarray(weights[0])
+    for W in weights[1:]:
+        product = np.asarray(W) @ product
+    return product
 
 
 def _imbalance(weights) -> float:
@@ -80,55 +152,128 @@ def _imbalance(weights) -> float:
                      for j in range(len(Ws) - 1)))
 
 
+def _offdiag(A: np.ndarray) -> np.ndarray:
+    return A - np.einsum("...ii->...i", A)[..., None] * np.eye(A.shape[-1])
+
+
+def direction_statistics(aP: np.ndarray, target: np.ndarray) -> dict:
+    """α·P (S, d, d) read in the eigenbasis u_i of ``target`` (d, d), ascending eigenvalues t_i.
+
+    Returns per step: "along" (S, d) u_iᵀ(α·P)u_i, "offdiag" (S,) ‖off-diagonal part of Uᵀ(α·P)U‖_F /
+    ‖Uᵀ(α·P)U‖_F, "angle_deg" (S,) the largest angle between the i-th eigenvectors of α·P and target
+    (both ascending), "condition" (S,) λ_max/λ_min of α·P, and "t" (d,)."""
+    t, U = np.linalg.eigh(target)
+    in_basis = U.T @ aP @ U
+    along = np.einsum("sii->si", in_basis)
+    offdiag = np.linalg.norm(_offdiag(in_basis), axis=(1, 2)) / np.linalg.norm(in_basis, axis=(1, 2))
+    eig, vec = np.linalg.eigh(aP)
+    cosines = np.abs(np.einsum("di,sdi->si", U, vec)).clip(0, 1)
+    return {"t": t, "along": along, "offdiag": offdiag, "angle_deg": np.degrees(np.arccos(cosines)).max(axis=1),
+            "condition": eig[:, -1] / eig[:, 0]}
+
+
 def compute(quick: bool = False) -> dict:
+    from linmaml.analysis._common import PopulationSupport
+    from linmaml.closedform import gaussian, gaussian_lr
     from linmaml.closedform.preconditioner import preconditioner
-    from linmaml.simulator import deep, meta_train
+    from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves
 
     size = QUICK if quick else FULL
     cfg = dict(SETTINGS, **size, quick=bool(quick))
     fam = family(cfg)
-    f, alpha = cfg["family"], cfg["inner_lr"]
-    optimum = _optimum(f)
-    c_star = optimum["c_star"]
-    numbers = {"c_star": c_star, "optimal_one_step_query_loss": optimum["loss_at_c_star"],
-               "shallow_one_step_query_loss_at_mean": optimum["loss"](alpha),
-               "no_adaptation_query_loss": optimum["loss"](0.0), "models": {}}
-    gaussian = _gaussian_cross_check(fam, c_star)
-    numbers["closedform_gaussian"] = gaussian
-    numbers["c_star_rel_diff_vs_gaussian"] = abs(gaussian["c_star"] - c_star) / c_star
-    numbers["loss_rel_diff_vs_gaussian"] = abs(gaussian["loss_at_c_star"] - optimum["loss_at_c_star"]) / optimum["loss_at_c_star"]
+    f, alpha, window = cfg["family"], cfg["inner_lr"], cfg["window"]
+    Sigma, Omega, s = covariances(f)
+    population = PopulationSupport(fam)
+    M0, Q_pop = gaussian_lr.optimal_one_step_map(fam, population=True)
+    finite_n = f["finite_n_for_comparison"]
+    Q_finite = gaussian_lr.optimal_one_step_map(family(cfg, finite_n), population=False)[1]
+    best_alpha, best_scalar_loss = gaussian_lr.best_scalar_lr(fam, population=True)
+    M = fam.task_mean
+    numbers = {
+        "Sigma_eigenvalues": s.tolist(), "Omega_eigenvalues": f["task_cov_eigenvalues"],
+        "matrix_map": {"Q_star_eigenvalues": np.linalg.eigvalsh(Q_pop).tolist(),
+                       "Q_star_vs_Sigma_inverse_max_rel_diff": float(np.abs(Q_pop - np.linalg.inv(Sigma)).max()
+                                                                     / np.abs(Q_pop).max()),
+                       "W0_star": M0.tolist(),
+                       "loss": gaussian_lr.expected_one_step_map_loss(fam, Q_pop, population=True)},
+        "finite_n_matrix_map_rel_distance_to_population": {
+            "n": finite_n, "value": float(np.linalg.norm(Q_finite - Q_pop) / np.linalg.norm(Q_pop))},
+        "population_support_gradient_max_abs_deviation": population.gradient_deviation(seed=cfg["seed"]),
+        "shallow": {"best_scalar_alpha": best_alpha, "best_scalar_loss": best_scalar_loss,
+                    "loss_at_inner_lr": gaussian.expected_post_adaptation_loss(M, fam, alpha, 1, population=True),
+                    "no_adaptation_loss": gaussian.expected_post_adaptation_loss(M, fam, 0.0, 0)},
+        "noise_floor": 0.5 * f["noise_std"] ** 2,
+        "models": {},
+    }
     arrays = {}
+    tasks = population.sample(cfg["test_tasks"], cfg["test_seed"])
     for label, widths in cfg["deep_widths"].items():
-        chain = deep(f["d_in"], f["d_out"], widths)
-        run = meta_train(chain, fam, lr=alpha, steps=cfg["inner_steps_meta_training"], meta_steps=cfg["meta_iterations"],
-                         meta_batch=cfg["meta_batch"], meta_lr=cfg["meta_lr"], optimizer=cfg["meta_optimizer"],
-                         init_scale=cfg["init_scale"], seed=cfg["seed"])
-        # The figure's eigenvalues come from the closed form on the recorded weights; the simulator's
-        # own autograd eigenvalues (P = J Jᵀ) must agree with them.
-        eig = np.stack([np.linalg.eigvalsh(alpha * preconditioner([W[s] for W in run.weights], adapt_layers=chain.adapt_layers))
-                        for s in range(run.meta_steps + 1)])
-        autograd_eig = alpha * run.preconditioner_eigenvalues
-        agreement = float(np.abs(eig - autograd_eig).max() / np.abs(eig).max())
-        distance = np.sqrt(((eig - c_star) ** 2).sum(axis=1)) / (c_star * np.sqrt(eig.shape[1]))
+        chain = deep(f["d_in"], 1, widths)
+        opt = deep_optimum(chain.sizes, fam, alpha, starts=cfg["optimum_starts"][label],
+                           excess=cfg["optimum_excess"][label], seed=cfg["optimum"]["seed"],
+                           init_scale=cfg["optimum"]["init_scale"], max_iterations=cfg["optimum"]["max_iterations"])
+        target = alpha * preconditioner(opt["weights"])
+        run = meta_train(chain, population, lr=alpha, steps=cfg["inner_steps_meta_training"],
+                         meta_steps=cfg["meta_iterations"], meta_batch=cfg["meta_batch"], meta_lr=cfg["meta_lr"],
+                         optimizer=cfg["meta_optimizer"], init_scale=cfg["init_scale"], seed=cfg["seed"])
+        aP = np.stack([alpha * preconditioner([W[k] for W in run.weights]) for k in range(run.meta_steps + 1)])
+        # The closed form on the recorded weights against the simulator's own autograd P = J Jᵀ.
+        autograd = alpha * run.preconditioner_eigenvalues
+        agreement = float(np.abs(np.linalg.eigvalsh(aP) - autograd).max() / np.abs(autograd).max())
+        stats = direction_statistics(aP, target)
+        last = slice(-window, None)
+        ratio = stats["along"][last].mean(axis=0) / stats["t"]
+        weights_final = run.weights_at()
+        final_np = [W.numpy() for W in weights_final]
+        W_e = end_to_end(final_np)
+        exact_final = gaussian.expected_post_adaptation_loss(final_np, fam, alpha)
+        # What the α² (and α³) terms change: exact loss minus that of the same α·P as a matrix step from
+        # the same start (either sign).
+        first_order = gaussian_lr.expected_one_step_map_loss(fam, aP[-1], W0=W_e, population=True)
+        held_out = per_task_curves(chain, weights_final, tasks, alpha, 1)["loss"][1]
+        mc_mean, mc_half = mean_ci(held_out)
+        imbalance = [_imbalance([W[k] for W in run.weights]) for k in range(run.meta_steps + 1)]
         numbers["models"][label] = {
             "sizes": list(chain.sizes),
-            "alpha_P_eigenvalues_initial": eig[0].tolist(),
-            "alpha_P_eigenvalues_final": eig[-1].tolist(),
-            "final_mean_eigenvalue_over_c_star": float(eig[-1].mean() / c_star),
-            # The one statistic quoted in titles and the README: Adam's steady-state jitter averages out.
-            "last100_mean_eigenvalue_over_c_star": float(eig[-100:].mean() / c_star),
-            "last100_mean_condition_number": float((eig[-100:].max(axis=1) / eig[-100:].min(axis=1)).mean()),
-            "final_condition_number": float(eig[-1].max() / eig[-1].min()),
-            "imbalance_final": _imbalance(run.weights_at()),
-            "initial_condition_number": float(eig[0].max() / eig[0].min()),
-            "relative_distance_to_c_star_I": {"initial": float(distance[0]), "final": float(distance[-1])},
-            "meta_loss_last50_mean": float(run.meta_loss[-50:].mean()),
+            "optimum": {
+                "value": opt["value"], "excess_over_floor": opt["value"] - opt["floor"],
+                "starts": [{"value": r["value"], "iterations": r["iterations"]} for r in opt["starts"]],
+                "alpha_P_spread_across_starts": float(max(np.linalg.norm(r["alpha_P"] - target) for r in opt["starts"])
+                                                      / np.linalg.norm(target)),
+                "alpha_P_eigenvalues": stats["t"].tolist(),
+                "alpha_P_vs_matrix_map_rel_diff": float(np.linalg.norm(target - Q_pop) / np.linalg.norm(Q_pop)),
+                "end_to_end": end_to_end(opt["weights"]).tolist(),
+                "gradient_max_abs": float(max(np.abs(g).max() for g in
+                                              gaussian.expected_post_adaptation_loss_and_grad(opt["weights"], fam,
+                                                                                              alpha)[1])),
+                "imbalance": _imbalance(opt["weights"]),
+            },
+            # The one statistic: means over the last `window` meta-iterations.
+            "last100": {
+                "alpha_P_along_target_eigenvectors": stats["along"][last].mean(axis=0).tolist(),
+                "ratio_to_target_per_direction": ratio.tolist(),
+                "offdiagonal_fraction": float(stats["offdiag"][last].mean()),
+                "max_eigenvector_angle_deg": float(stats["angle_deg"][last].mean()),
+                "condition_number": float(stats["condition"][last].mean()),
+                "imbalance": float(np.mean(imbalance[-window:])),
+                "meta_loss": float(run.meta_loss[last].mean()),
+            },
+            "initial": {"ratio_to_target_per_direction": (stats["along"][0] / stats["t"]).tolist(),
+                        "offdiagonal_fraction": float(stats["offdiag"][0]),
+                        "max_eigenvector_angle_deg": float(stats["angle_deg"][0]),
+                        "condition_number": float(stats["condition"][0])},
+            "trained": {"end_to_end": W_e.tolist(), "exact_loss": exact_final,
+                        "same_alpha_P_as_matrix_step_loss": first_order,
+                        "alpha_squared_terms_effect": exact_final - first_order,
+                        "held_out_loss": {"mean": float(mc_mean), "ci95": float(mc_half), "tasks": cfg["test_tasks"]}},
             "closed_form_vs_autograd_eigenvalues_max_rel_diff": agreement,
             "meta_seconds": round(run.seconds, 3),
         }
-        arrays[label] = {"eig": eig, "distance": distance, "meta_loss": run.meta_loss}
-    settings = dict(cfg, preconditioner="closed form P = sum_j (B_j^T B_j) kron (A_j A_j^T) on every recorded meta-step",
-                    optimum="alpha*P = c* I (= c* v Sigma^-1), c* = omega n / (omega v (n+d+1) + sigma^2)")
+        arrays[label] = dict(stats, meta_loss=run.meta_loss)
+    settings = dict(cfg, model="simulator.deep(d_in, 1, widths), every layer adapts, trained by simulator.meta_train",
+                    training_support="PopulationSupport: X = sqrt(d) Sigma^(1/2), noise-free targets (population gradient)",
+                    target="alpha*P at the minimiser of the exact deep expectation (closedform.gaussian, alpha^2 terms in)",
+                    statistic="mean over the last `window` meta-iterations")
     return {"figure": NAME, "settings": settings, "numbers": numbers, "_arrays": arrays}
 
 
@@ -138,49 +283,89 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from linmaml.plots.curves import running_mean
     from linmaml.plots.figure import save_figure
-    from linmaml.plots.curves import eigenvalue_panel, running_mean
 
     num, cfg, arr = result["numbers"], result["settings"], result["_arrays"]
-    alpha, c_star = cfg["inner_lr"], num["c_star"]
-    labels = list(arr)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.2))
-    colors = ["tab:red", "tab:purple"]
-    for ax, label, color in zip(axes[0], labels, colors):
-        eig = arr[label]["eig"]
-        eigenvalue_panel(ax, np.arange(eig.shape[0]), eig, optimum=c_star, color=color,
-                         optimum_label=f"optimum $c^* I$ ($c^*$ = {c_star:.3f})")
-        ax.axhline(alpha, color="tab:blue", ls=":", lw=1.2, label=rf"Shallow: $\alpha I$ ($\alpha$ = {alpha})")
-        final = num["models"][label]
-        ax.set_title(f"({'ab'[labels.index(label)]}) Deep {label}: eigenvalues of αP\nmean/c* over the last 100 "
-                     f"iterations = {final['last100_mean_eigenvalue_over_c_star']:.3f}; imbalance {final['imbalance_final']:.1f}",
-                     fontsize=9)
-        ax.set_ylabel(r"eigenvalue of $\alpha P$")
-        ax.legend(fontsize=8, loc="lower right")
+    alpha, labels = cfg["inner_lr"], list(arr)
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    dir_colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    for ax, label, letter in zip(axes[0, :2], labels, "ab"):
+        a, m = arr[label], num["models"][label]
+        steps = np.arange(a["along"].shape[0])
+        for i in range(a["along"].shape[1]):
+            color = dir_colors[i % len(dir_colors)]
+            ax.plot(steps, a["along"][:, i], color=color, lw=1.2, label=rf"$u_{i + 1}^\top(\alpha P)u_{i + 1}$")
+            ax.axhline(a["t"][i], color=color, ls="--", lw=1)
+        ax.axhline(alpha, color="gray", ls=":", lw=1.2, label=rf"Shallow: $\alpha$ = {alpha}")
+        ax.axhline(num["shallow"]["best_scalar_alpha"], color="k", ls="-.", lw=1,
+                   label=rf"best scalar $\alpha^*$ = {num['shallow']['best_scalar_alpha']:.2f}")
+        ax.set_yscale("log")
+        ax.set_xlabel("meta-iteration")
+        ax.set_ylabel(r"$\alpha P$ along the target's eigenvectors $u_i$")
+        ratios = ", ".join(f"{r:.3f}" for r in m["last100"]["ratio_to_target_per_direction"])
+        ax.set_title(f"({letter}) Deep {label}: dashed = target $t_i$ (deep optimum, = $\\Sigma^{{-1}}$)\n"
+                     f"last-100 mean ratio to $t_i$: {ratios}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower right", ncol=2)
+
+    ax = axes[0, 2]
+    x = np.arange(len(num["Sigma_eigenvalues"]))
+    width = 0.16
+    ax.bar(x - 2 * width, num["matrix_map"]["Q_star_eigenvalues"], width, color="k",
+           label=r"matrix map $Q^* = \Sigma^{-1}$ (population)")
+    for k, (label, color) in enumerate(zip(labels, ["tab:red", "tab:purple"])):
+        m = num["models"][label]
+        ax.bar(x + (2 * k - 1) * width, m["optimum"]["alpha_P_eigenvalues"], width, color=color, alpha=0.45,
+               label=rf"Deep {label} optimum $\alpha P^*$")
+        ax.bar(x + 2 * k * width, m["last100"]["alpha_P_along_target_eigenvectors"], width, fill=False, hatch="//",
+               edgecolor=color, label=rf"Deep {label} learned, $u_i^\top(\alpha P)u_i$ (last-100 mean)")
+    ax.axhline(alpha, color="gray", ls=":", lw=1.2, label=rf"Shallow $\alpha$")
+    ax.set_xticks(x, [f"$t_{i + 1}$" for i in x])
+    ax.set_yscale("log")
+    ax.set_title("(c) eigenvalue by eigenvalue: deep optimum, matrix map, learned", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3, axis="y", which="both")
+
+    colors = {"L=2": "tab:red", "L=3": "tab:purple"}
     ax = axes[1, 0]
-    for label, color in zip(labels, colors):
-        ax.plot(arr[label]["distance"], color=color, label=f"Deep {label}")
+    for label in labels:
+        m = num["models"][label]["last100"]
+        ax.plot(arr[label]["offdiag"], color=colors.get(label), label=f"Deep {label} (last-100 mean {m['offdiagonal_fraction']:.4f})")
     ax.set_yscale("log")
     ax.set_xlabel("meta-iteration")
-    ax.set_ylabel(r"$\|\alpha P - c^* I\|_F \;/\; \|c^* I\|_F$")
-    ax.set_title("(c) distance of the learned preconditioner from the optimum", fontsize=10)
-    ax.grid(alpha=0.3)
+    ax.set_ylabel(r"$\|\mathrm{offdiag}(U^\top \alpha P\, U)\|_F \;/\; \|U^\top \alpha P\, U\|_F$")
+    ax.set_title("(d) the learned direction: off-diagonal part in the target's eigenbasis", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax = axes[1, 1]
-    for label, color in zip(labels, colors):
-        ax.plot(running_mean(arr[label]["meta_loss"], 25), color=color, label=f"Deep {label} (running mean of 25)")
-    ax.axhline(num["optimal_one_step_query_loss"], color="k", ls="--", lw=1, label=r"one step with $\alpha P = c^* I$ (theory)")
-    ax.axhline(num["shallow_one_step_query_loss_at_mean"], color="tab:blue", ls=":", lw=1.2,
-               label=r"Shallow at $\alpha I$ from the mean")
+    for label in labels:
+        m = num["models"][label]["last100"]
+        ax.plot(arr[label]["angle_deg"], color=colors.get(label),
+                label=f"Deep {label} (last-100 mean {m['max_eigenvector_angle_deg']:.2f}°)")
     ax.set_yscale("log")
     ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("MAML objective (query loss after 1 step)")
-    ax.set_title("(d) meta-training loss", fontsize=10)
-    ax.grid(alpha=0.3)
+    ax.set_ylabel("largest angle between matched eigenvectors (degrees)")
+    ax.set_title(r"(e) eigenvectors of $\alpha P$ against the target's", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    ax = axes[1, 2]
+    for label in labels:
+        ax.plot(running_mean(arr[label]["meta_loss"], 25), color=colors.get(label), label=f"Deep {label} (running mean of 25)")
+    ax.axhline(num["noise_floor"], color="k", ls="--", lw=1,
+               label=r"deep optimum = matrix map = noise floor $\frac{1}{2}\sigma^2$")
+    ax.axhline(num["shallow"]["best_scalar_loss"], color="k", ls="-.", lw=1, label=r"Shallow, best scalar $\alpha^*$")
+    ax.axhline(num["shallow"]["loss_at_inner_lr"], color="gray", ls=":", lw=1.2, label=r"Shallow at $\alpha$")
+    ax.set_yscale("log")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("MAML objective (query loss after 1 population step)")
+    ax.set_title("(f) meta-training loss", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     f = cfg["family"]
-    fig.suptitle(f"The upper layers learn the step size and direction: x ~ N(0, {f['x_var']}·I_{f['d_in']}), "
-                 f"n = {f['n_support']} support points, σ = {f['noise_std']}, inner lr α = {alpha}", fontsize=11)
+    fig.suptitle(f"Depth learns a preconditioner's direction: x ~ N(0, Σ), κ(Σ) = {f['kappa']:g}, w ~ N(m, Ω), Ω ≠ ωI, "
+                 f"d = {f['d_in']}, σ = {f['noise_std']}; population inner step, α = {alpha}; "
+                 f"{cfg['meta_iterations']} meta-iterations", fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -197,8 +382,9 @@ def main(argv=None) -> None:
 
     record = figure_main(NAME, __doc__, run, argv, quick_help="short meta-training (a few seconds)")
     for label, m in record["numbers"]["models"].items():
-        print(f"  Deep {label}: final eigenvalues of α·P {np.round(m['alpha_P_eigenvalues_final'], 3).tolist()} "
-              f"vs c* = {record['numbers']['c_star']:.3f}")
+        print(f"  Deep {label}: last-100 mean ratio of alpha*P to the deep optimum per direction "
+              f"{np.round(m['last100']['ratio_to_target_per_direction'], 3).tolist()}, off-diagonal part "
+              f"{m['last100']['offdiagonal_fraction']:.4f}")
 
 
 if __name__ == "__main__":

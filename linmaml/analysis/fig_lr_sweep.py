@@ -120,14 +120,15 @@ def _meta_learner(label: str, cfg: dict, problem: str, alpha: float):
 
 def train_and_score(label: str, cfg: dict, problem: str, family, tasks, alpha: float) -> dict:
     """Meta-train one model at inner lr ``alpha``; per-task one-step query loss (and accuracy)."""
-    from linmaml.analysis._common import logistic_loss, meta_learner_curves, squared_loss, train_meta_learner
+    from linmaml.analysis._common import logistic_loss, meta_learner_curves, squared_loss
     from linmaml.simulator import meta_train, per_task_curves
 
     budget = dict(meta_batch=cfg["meta_batch"], meta_lr=cfg["meta_lr"], seed=cfg["seed"])
     if "Meta-SGD" in label or "KFO" in label:
         learner = _meta_learner(label, cfg, problem, alpha)
         loss_fn = squared_loss if problem == "regression" else logistic_loss
-        meta_loss = train_meta_learner(learner, family, loss_fn, meta_iterations=cfg["meta_iterations"], **budget)
+        meta_loss = meta_train(learner, family, meta_steps=cfg["meta_iterations"], optimizer=cfg["meta_optimizer"],
+                               loss="squared" if problem == "regression" else "logistic", **budget).meta_loss
         values = meta_learner_curves(learner, tasks, loss_fn, 1, accuracy=problem == "classification")
     else:
         chain = _chain(label, cfg, problem)

@@ -106,7 +106,7 @@ def _parameters(kind: str, learner) -> dict:
 
 
 def compute(quick: bool = False) -> dict:
-    from linmaml.analysis._common import meta_learner_curves, squared_loss, train_meta_learner
+    from linmaml.analysis._common import meta_learner_curves, squared_loss
     from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves, ratio_of_means_ci, shallow
 
     size = QUICK if quick else FULL
@@ -121,8 +121,8 @@ def compute(quick: bool = False) -> dict:
     for kind in ("plain", "kfo", "linnet"):
         began = time.perf_counter()
         learner = _learner(kind, cfg, start)
-        meta_losses[kind] = train_meta_learner(learner, fam, squared_loss, meta_iterations=cfg["meta_iterations"],
-                                               meta_batch=cfg["meta_batch"], meta_lr=cfg["meta_lr"], seed=cfg["seed"])
+        meta_losses[kind] = meta_train(learner, fam, meta_steps=cfg["meta_iterations"], meta_batch=cfg["meta_batch"],
+                                       meta_lr=cfg["meta_lr"], optimizer=cfg["meta_optimizer"], seed=cfg["seed"], loss="squared").meta_loss
         per_task[kind] = meta_learner_curves(learner, tasks, squared_loss, cfg["eval_inner_steps"])["loss"]
         steps_eig[kind] = _effective_step(kind, learner, alpha)
         params[kind] = _parameters(kind, learner)

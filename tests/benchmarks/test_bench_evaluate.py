@@ -83,7 +83,7 @@ def test_evaluate_bad_input(trained, tmp_path):
     out, splits = trained
     with pytest.raises(ValueError, match="^tasks: "):
         evaluate_checkpoint(out, tasks=1, query=4, splits=splits)
-    with pytest.raises(ValueError, match="^shots: shots \\+ query"):
+    with pytest.raises(ValueError, match="^query: expected at most 5 "):
         evaluate_checkpoint(out, tasks=5, query=15, splits=splits)
     with pytest.raises(FileNotFoundError, match="holds no best.pt"):
         evaluate_checkpoint(tmp_path, splits=splits)

@@ -127,6 +127,10 @@ TABLE = [
     (["train", "--out", "{unwritable}", "--quiet"], "Not a directory"),
     (["train", "--out", "{file}", "--quiet"], "is not a folder"),
     (["train", "--out", "{sandbox}/run", "--data-root", "{missing}", "--quiet"], "lacks the background set"),
+    # plot
+    (["plot", "--out", "{sandbox}/x.png"], "the following arguments are required: RUN"),
+    (["plot", "{missing}", "--out", "{sandbox}/x.png"], "does not exist"),
+    (["plot", "{sandbox}", "--out", "{sandbox}/x.png"], "holds no metrics.jsonl"),
     # analyze
     (["analyze", "{missing}"], "does not exist"),
     (["analyze", "{file}", "--bogus"], "unrecognized arguments: --bogus"),

@@ -30,6 +30,9 @@ ON_NONFINITE = ("stop", "skip")
 #: How a meta-batch's tasks are computed: the engine's strategies (:mod:`linmaml.meta.engine`).
 BATCHING = STRATEGIES
 DTYPES = ("float32", "float64")
+#: The outer (Adam) learning rate over iterations: fixed, or a half cosine from ``outer_lr`` at
+#: iteration 1 down to nearly 0 at the last (:func:`outer_lr_at`).
+SCHEDULES = ("constant", "cosine")
 
 # Upper bounds of the settings, checked before anything is written. Beyond them a run does not
 # train worse but breaks: torch's allocator or Adam's float32 arithmetic fails with messages that
@@ -85,6 +88,7 @@ class TrainConfig:
     test_steps: int = 3
     inner_lr: float = 0.4
     outer_lr: float = 1e-3
+    outer_lr_schedule: str = "constant"
     meta_batch: int = 16
     iterations: int = 4000
     val_every: int = 250
@@ -106,7 +110,7 @@ class TrainConfig:
     #: Settings that change the sequence of weights; a resumed run must keep them (the last three
     #: only through floating-point rounding, but a resumed run is bitwise the uninterrupted one).
     IDENTITY = ("benchmark", "ways", "shots", "query", "algo", "transform", "linnet", "linnet_width", "layers",
-                "hidden", "pool", "steps", "inner_lr", "outer_lr", "meta_batch", "seed", "dtype",
+                "hidden", "pool", "steps", "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "seed", "dtype",
                 "batching", "tasks_per_chunk", "compile", "model", "model_fingerprint", "head")
 
     def __post_init__(self):
@@ -123,6 +127,7 @@ class TrainConfig:
         choice("dtype", DTYPES)
         choice("on_nonfinite", ON_NONFINITE)
         choice("batching", BATCHING)
+        choice("outer_lr_schedule", SCHEDULES)
         for name in ("model", "model_fingerprint", "head"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name}: expected a string or None, got {type(getattr(self, name)).__name__}")
@@ -185,8 +190,22 @@ def resume_config(saved: Mapping, given: Mapping) -> TrainConfig:
         if name in given_config and given_config[name] is not None and given_config[name] != getattr(saved, name):
             raise ValueError(f"{name}: the run being resumed used {getattr(saved, name)!r}, got {given_config[name]!r}"
                              f" (a resumed run keeps its settings; use a new --out folder to change them)")
+    if saved.outer_lr_schedule != "constant" and given_config.get("iterations") not in (None, saved.iterations):
+        # The schedule's horizon is the run's length: a longer run would have taken other steps.
+        raise ArgumentError("iterations", f"the run being resumed decays its outer learning rate "
+                                          f"({saved.outer_lr_schedule}) over {saved.iterations} iterations; got "
+                                          f"{given_config['iterations']} (use a new --out folder)")
     overrides = {k: v for k, v in given_config.items() if k not in TrainConfig.IDENTITY}
     return TrainConfig.from_dict({**saved.to_dict(), **overrides})
+
+
+def outer_lr_at(config: TrainConfig, iteration: int) -> float:
+    """The outer learning rate of ``iteration`` (1-based): ``outer_lr``, or with the cosine schedule
+    ``outer_lr · ½(1 + cos(π (t − 1)/T))`` over ``T = iterations`` (a pure function of the
+    iteration, so a resumed run takes the uninterrupted run's steps)."""
+    if config.outer_lr_schedule == "constant":
+        return config.outer_lr
+    return config.outer_lr * 0.5 * (1.0 + np.cos(np.pi * (iteration - 1) / config.iterations))
 
 
 def check_task_fits(split, ways: int, shots: int, query: int, query_name: str = "query") -> None:

@@ -150,7 +150,8 @@ def run_cell(algo: str, blocks: int, filters: int, size: dict, runs, data_root=N
     import torch
 
     from linmaml.benchmarks import analyze, checkpoint, episodes
-    from linmaml.benchmarks.evaluate import evaluate_checkpoint, mean_ci95
+    from linmaml.benchmarks.evaluate import evaluate_checkpoint
+    from linmaml.benchmarks.scoring import mean_ci95
     from linmaml.benchmarks.train import train
 
     if threads is not None:

@@ -270,7 +270,7 @@ def analyze_learner(learner, tasks, *, steps: int, spectrum_tasks: int = 20, dev
     "cka"}], "ablation": [{"label", "adapted", "accuracy", "ci95"}], "preconditioner": {...} | None,
     "tasks", "steps"}``, accuracies in percent.
     """
-    from linmaml.benchmarks.evaluate import mean_ci95
+    from linmaml.benchmarks.scoring import mean_ci95
 
     steps = _validate.integer(steps, "steps", minimum=1)
     spectrum_tasks = _validate.integer(spectrum_tasks, "spectrum_tasks", minimum=0)
@@ -402,7 +402,7 @@ def load_run(path):
     or a checkpoint file written by ``linmaml train``. Missing → FileNotFoundError; corrupt or foreign
     → ValueError, each naming the path."""
     from linmaml.benchmarks import checkpoint
-    from linmaml.benchmarks.train import TrainConfig, build_from_config
+    from linmaml.benchmarks.config import TrainConfig, build_from_config
 
     path = Path(path)
     if path.is_dir():

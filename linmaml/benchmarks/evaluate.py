@@ -15,11 +15,11 @@ from linmaml import _validate
 from linmaml.benchmarks import distributed, episodes
 from linmaml.benchmarks.config import build_from_config, check_task_fits, make_engine
 from linmaml.benchmarks.learners import check_user_model
-from linmaml.benchmarks.loading import checkpoint_file, load_run_checkpoint
+from linmaml.benchmarks.loading import load_run_checkpoint
 from linmaml.benchmarks.progress import TaskProgress
-from linmaml.benchmarks.scoring import mean_ci95, score_tasks, summarize
+from linmaml.benchmarks.scoring import score_tasks, summarize
 
-__all__ = ["evaluate_checkpoint", "checkpoint_file", "mean_ci95", "score_tasks", "summarize"]
+__all__ = ["evaluate_checkpoint"]
 
 
 def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, query: int = 15, split: str = "test",

@@ -35,7 +35,6 @@ from typing import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from linmaml import _io, _validate
 from linmaml.benchmarks import checkpoint, distributed, episodes, run_folder
@@ -45,14 +44,8 @@ from linmaml.benchmarks.learners import check_user_model, model_class_name, mode
 from linmaml.benchmarks.progress import Progress
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks
 from linmaml.benchmarks.signals import StopSignals
-from linmaml.meta.engine import Engine
 
-# Names other modules imported from here before the split into config / run_folder (kept importable).
-from linmaml.benchmarks.config import BATCHING, BENCHMARKS, DTYPES, ON_NONFINITE  # noqa: F401,E402
-from linmaml.benchmarks.run_folder import CONFIG, METRICS, RUN_FILES  # noqa: F401,E402
-
-__all__ = ["train", "Trainer", "TrainResult", "TrainConfig", "resume_config", "build_from_config",
-           "make_meta_step", "meta_gradient"]
+__all__ = ["train", "Trainer", "TrainResult"]
 
 #: Exit status of a run stopped by a non-finite meta-loss or gradient, and of one whose folder was taken.
 EXIT_NONFINITE = 3
@@ -75,7 +68,7 @@ class TrainResult:
     writer: bool = True  # False on the ranks > 0 of a distributed run, which print nothing
 
 
-def first_nonfinite(named_parameters) -> str | None:
+def _first_nonfinite(named_parameters) -> str | None:
     """The name of the first parameter whose gradient has a NaN or infinity (None if all finite)."""
     for name, p in named_parameters:
         if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
@@ -186,7 +179,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss, accuracy = self._meta_gradient(t)
         bad = None if math.isfinite(loss) else "the meta-loss"
-        bad_param = first_nonfinite(self.learner.named_parameters())
+        bad_param = _first_nonfinite(self.learner.named_parameters())
         if bad_param is not None:
             bad = f"the gradient of {bad_param}" if bad is None else f"{bad} and the gradient of {bad_param}"
         skipped_now = bad is not None
@@ -475,19 +468,3 @@ def _with_model_record(given: dict, model) -> dict:
         if given.get(key) is not None and given[key] != value:
             raise ValueError(f"model: the settings record {key} {given[key]!r}, the model given has {value!r}")
     return {**given, **record}
-
-
-# --------------------------------------------------------------------------------------------------
-# Thin aliases onto the engine, for callers that have not moved yet (analysis/bench.py, gpu_check.py).
-
-
-def make_meta_step(learner, config: TrainConfig):
-    """``step(batch, scale) -> (Σ loss, Σ accuracy)``: :meth:`Engine.meta_gradient` of
-    :func:`~linmaml.benchmarks.config.make_engine` on channels-last episodes (alias)."""
-    engine = make_engine(learner, config)
-    return lambda batch, scale: engine.meta_gradient(*model_layout(batch), scale=scale)
-
-
-def meta_gradient(learner, batch, scale: float) -> tuple[float, float]:
-    """One task at a time (``Engine(learner, strategy="loop").meta_gradient``; alias)."""
-    return Engine(learner, F.cross_entropy, strategy="loop").meta_gradient(*batch, scale=scale)

@@ -99,7 +99,8 @@ def _flag(name: str) -> str:
 
 
 def run(args) -> int:
-    from linmaml.benchmarks.train import TrainConfig, train
+    from linmaml.benchmarks.config import TrainConfig
+    from linmaml.benchmarks.train import train
 
     if args.resume and args.overwrite:
         raise ValueError("--resume: cannot be combined with --overwrite (continue the run, or start afresh)")

@@ -31,9 +31,6 @@ from linmaml.simulator.models import (
 )
 from linmaml.simulator.train import Trajectory, meta_train
 
-#: Former names, kept until analysis/bench.py and tests/reliability call the closed forms' names.
-maml_gradient = maml_value_and_grad
-
 __all__ = [
     "LinearChain", "shallow", "deep", "logr", "linnet", "end_to_end", "logits", "task_loss", "accuracy",
     "squared_loss", "logistic_loss", "loss_function", "implicit_preconditioner",

@@ -66,7 +66,7 @@ def test_accuracy_before_adaptation_matches_a_direct_forward_pass(quick):
     record, runs, _, root, _ = quick
     from linmaml.benchmarks import checkpoint, episodes
     from linmaml.benchmarks.data import load_splits
-    from linmaml.benchmarks.train import TrainConfig, build_from_config
+    from linmaml.benchmarks.config import TrainConfig, build_from_config
 
     cell = next(c for c in record["cells"] if (c["algo"], c["blocks"], c["filters"]) == ("anil", 2, 8))
     payload = checkpoint.load(Path(cell["run"]) / "best.pt")

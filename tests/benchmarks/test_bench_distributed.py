@@ -14,7 +14,8 @@ from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.distributed import share
 from linmaml.benchmarks.learners import build_learner
-from linmaml.benchmarks.train import meta_gradient, train
+from linmaml.benchmarks.train import train
+from linmaml.meta.engine import Engine
 
 SPLITS_CODE = textwrap.dedent("""
     import numpy as np
@@ -41,7 +42,8 @@ WORKER = SPLITS_CODE + textwrap.dedent("""
         torch.set_num_threads(1)
         from linmaml.benchmarks import distributed
         from linmaml.benchmarks.learners import build_learner
-        from linmaml.benchmarks.train import meta_gradient, train
+        from linmaml.benchmarks.train import train
+        from linmaml.meta.engine import Engine
         ctx = distributed.setup("cpu")
         # (a) one meta-gradient: 5 tasks split 3 + 2 over the two processes
         torch.manual_seed(0)
@@ -52,7 +54,7 @@ WORKER = SPLITS_CODE + textwrap.dedent("""
         ys, yq = torch.arange(3).repeat(5, 1), torch.arange(3).repeat_interleave(2).repeat(5, 1)
         mine = distributed.share(5, ctx.world_size, ctx.rank)
         part = tuple(t[mine.start:mine.stop] for t in (xs, ys, xq, yq))
-        meta_gradient(learner, part, scale=1 / 5)
+        Engine(learner, strategy="loop").meta_gradient(*part, scale=1 / 5)
         distributed.all_reduce_gradients(learner.parameters(), ctx)
         if rank == 0:
             torch.save({n: p.grad for n, p in learner.named_parameters()}, os.path.join(out, "grads.pt"))
@@ -101,7 +103,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     xs = torch.rand(5, 3, 1, 10, 10, generator=g, dtype=torch.float64)
     xq = torch.rand(5, 6, 1, 10, 10, generator=g, dtype=torch.float64)
     ys, yq = torch.arange(3).repeat(5, 1), torch.arange(3).repeat_interleave(2).repeat(5, 1)
-    meta_gradient(learner, (xs, ys, xq, yq), scale=1 / 5)
+    Engine(learner, strategy="loop").meta_gradient(xs, ys, xq, yq, scale=1 / 5)
     grads = torch.load(tmp_path / "grads.pt")
     for name, p in learner.named_parameters():
         rel = float((grads[name] - p.grad).norm() / p.grad.norm())

@@ -11,7 +11,8 @@ from torch.func import functional_call
 
 from linmaml.benchmarks import checkpoint, episodes
 from linmaml.benchmarks.data import FewShotSplit
-from linmaml.benchmarks.evaluate import evaluate_checkpoint, mean_ci95
+from linmaml.benchmarks.evaluate import evaluate_checkpoint
+from linmaml.benchmarks.scoring import mean_ci95
 from linmaml.benchmarks.learners import build_learner
 from linmaml.benchmarks.train import train
 
@@ -102,7 +103,7 @@ def test_summary_counts_diverged_tasks_and_keeps_the_json_valid():
 
     import numpy as np
 
-    from linmaml.benchmarks.evaluate import summarize
+    from linmaml.benchmarks.scoring import summarize
 
     accuracies = np.array([0.2, 0.4, 1.0])
     clean = summarize(accuracies, np.array([1.0, 2.0, 3.0]))

@@ -10,8 +10,10 @@ from torch.func import functional_call
 from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.learners import build_learner
-from linmaml.benchmarks.train import (TrainConfig, iteration_seed, make_meta_step, meta_gradient, resume_config,
-                                      train)
+from linmaml.benchmarks.config import TrainConfig, iteration_seed, make_engine, resume_config
+from linmaml.benchmarks.scoring import model_layout
+from linmaml.benchmarks.train import train
+from linmaml.meta.engine import Engine
 
 
 def synthetic_splits(size=12, classes=(12, 8), examples=8, seed=0):
@@ -48,7 +50,7 @@ def test_meta_gradient_equals_autograd_of_the_mean_query_loss():
     learner = build_learner(image_shape=(1, 12, 12), ways=3, layers=2, hidden=4, inner_lr=0.3, steps=2).double()
     xs, ys = torch.rand(4, 3, 1, 12, 12, dtype=torch.float64), torch.arange(3).repeat(4, 1)
     xq, yq = torch.rand(4, 6, 1, 12, 12, dtype=torch.float64), torch.arange(3).repeat_interleave(2).repeat(4, 1)
-    loss_sum, _ = meta_gradient(learner, (xs, ys, xq, yq), scale=0.25)
+    loss_sum, _ = Engine(learner, strategy="loop").meta_gradient(xs, ys, xq, yq, scale=0.25)
     got = [p.grad.clone() for p in learner.parameters()]
     # Independent: two explicit SGD steps with create_graph, one graph for the whole batch.
     names, params = zip(*learner.model.named_parameters())
@@ -81,10 +83,10 @@ def test_every_batching_gives_the_loop_meta_gradient(batching, chunk, algo, tran
     xq = torch.rand(5, 6, 1, 12, 12, generator=g, dtype=torch.float64)
     yq = torch.arange(3).repeat_interleave(2).repeat(5, 1)
     reference = setup()
-    want_loss, want_accuracy = meta_gradient(reference, (xs, ys, xq, yq), scale=0.2)
+    want_loss, want_accuracy = Engine(reference, strategy="loop").meta_gradient(xs, ys, xq, yq, scale=0.2)
     learner = setup()
-    step = make_meta_step(learner, TrainConfig(batching=batching, tasks_per_chunk=chunk, dtype="float64"))
-    loss, accuracy = step((xs, ys, xq, yq), 0.2)
+    engine = make_engine(learner, TrainConfig(batching=batching, tasks_per_chunk=chunk, dtype="float64"))
+    loss, accuracy = engine.meta_gradient(*model_layout((xs, ys, xq, yq)), scale=0.2)
     assert loss == pytest.approx(want_loss, rel=1e-12) and accuracy == pytest.approx(want_accuracy, abs=1e-12)
     for (name, want), got in zip(reference.named_parameters(), learner.parameters()):
         if want.grad is None:

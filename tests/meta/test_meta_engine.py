@@ -202,3 +202,111 @@ def test_explicit_normalization_only_for_models_with_norm_layers():
         torch.testing.assert_close(b, c, rtol=1e-10, atol=1e-12)
     with pytest.raises(TypeError, match="explicit_norms"):
         Engine(learner, explicit_norms="yes")
+
+
+# --------------------------------------------------------------------------------------------------
+# Beyond the strategies: float32 accuracy, other normalisation layers under vmap, the formulas of
+# explicit_normalization, accumulation onto existing gradients, channels-last images.
+
+
+def _conv_episodes(dtype, tasks=3, side=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(tasks, 2 * WAYS, 1, side, side, generator=g, dtype=dtype)
+    xq = torch.randn(tasks, 4 * WAYS, 1, side, side, generator=g, dtype=dtype)
+    ys = torch.arange(WAYS).repeat_interleave(2).repeat(tasks, 1)
+    yq = torch.arange(WAYS).repeat_interleave(4).repeat(tasks, 1)
+    return xs, ys, xq, yq
+
+
+def _loop_meta_gradient(model, lr, steps, batch):
+    """Second-order MAML on every parameter of ``model`` written out: per task, ``steps`` gradient
+    steps with autograd.grad(create_graph=True), the query loss; the mean over tasks and its gradient."""
+    params = dict(model.named_parameters())
+    xs, ys, xq, yq = batch
+    losses = []
+    for m in range(xs.shape[0]):
+        fast = dict(params)
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(model, fast, (xs[m],)), ys[m])
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+            fast = {n: p - lr * g for (n, p), g in zip(fast.items(), grads)}
+        losses.append(F.cross_entropy(functional_call(model, fast, (xq[m],)), yq[m]))
+    value = torch.stack(losses).mean()
+    return value, torch.autograd.grad(value, list(params.values()))
+
+
+def _vmapped_mean_loss(learner, batch):
+    losses, _ = Engine(learner, F.cross_entropy, strategy="vmap", tasks_per_chunk=None).task_losses(*batch)
+    return losses.mean()
+
+
+def test_float32_meta_gradient_is_as_accurate_as_a_float32_loop():
+    torch.manual_seed(0)
+    model64 = ConvNet(1, WAYS, blocks=2, filters=4, image_size=8).double()
+    model32 = ConvNet(1, WAYS, blocks=2, filters=4, image_size=8)
+    model32.load_state_dict({k: v.float() for k, v in model64.state_dict().items()})
+    batch64 = _conv_episodes(torch.float64)
+    batch32 = tuple(t.float() if t.dtype.is_floating_point else t for t in batch64)
+    _, exact = _loop_meta_gradient(model64, 0.3, 1, batch64)
+    _, loop32 = _loop_meta_gradient(model32, 0.3, 1, batch32)
+    loss = _vmapped_mean_loss(meta.MAML(model32, lr=0.3, steps=1), batch32)
+    grads32 = [g.double() for g in torch.autograd.grad(loss, list(model32.parameters()))]
+    vs_loop = _relative_error([g.double() for g in loop32], grads32)
+    vs_exact = _relative_error(exact, grads32)
+    loop_vs_exact = _relative_error(exact, [g.double() for g in loop32])
+    # float32 rounding alone moves a second-order meta-gradient by ~5e-5 here (the loop's own error),
+    # so the engine's value must be as close to the exact (float64) one as the loop is.
+    assert vs_exact <= 2 * loop_vs_exact + 1e-6
+    assert vs_loop <= 2 * (vs_exact + loop_vs_exact)
+    assert loop_vs_exact < 1e-3
+
+
+@pytest.mark.parametrize("norm", ["layer", "instance"])
+def test_layer_and_instance_norm_under_vmap_equal_the_loop(norm):
+    torch.manual_seed(3)
+    layer = nn.LayerNorm([4, 6, 6]) if norm == "layer" else nn.InstanceNorm2d(4, affine=True)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), layer, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, WAYS)).double()
+    batch = _conv_episodes(torch.float64, seed=3)
+    _, want = _loop_meta_gradient(model, 0.3, 1, batch)
+    loss = _vmapped_mean_loss(meta.MAML(model, lr=0.3, steps=1), batch)
+    assert _relative_error(want, torch.autograd.grad(loss, list(model.parameters()))) < 1e-11
+
+
+def test_explicit_normalization_matches_torch_layers():
+    from linmaml.meta.engine import explicit_normalization
+
+    torch.manual_seed(4)
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64) * 3 + 1
+    for layer in [nn.BatchNorm2d(3, track_running_stats=False), nn.InstanceNorm2d(3, affine=True),
+                  nn.LayerNorm([3, 4, 4]), nn.LayerNorm(4)]:
+        layer = layer.double()
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.uniform_(0.5, 1.5)
+        expected = layer(x)
+        with explicit_normalization():
+            got = layer(x)
+        assert torch.allclose(got, expected, rtol=0, atol=1e-13), type(layer).__name__
+    running = nn.BatchNorm2d(3).double().eval()  # running statistics: left to torch
+    with torch.no_grad():
+        running.running_mean.uniform_(-1, 1)
+    with explicit_normalization():
+        got = running(x)
+    assert torch.equal(got, running(x))
+
+
+@pytest.mark.parametrize("strategy, chunk", [("loop", 1), ("vmap", 2), ("split", None)])
+def test_meta_gradient_accumulates_onto_existing_gradients_on_channels_last_images(strategy, chunk):
+    from linmaml.benchmarks.models import to_channels_last
+
+    torch.manual_seed(5)
+    net = ConvNet(1, WAYS, blocks=2, filters=4, image_size=8).double()
+    xs, ys, xq, yq = batch = _conv_episodes(torch.float64, seed=5)
+    value, want = _loop_meta_gradient(net, 0.3, 1, batch)
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    loss_sum, _ = Engine(meta.MAML(net, lr=0.3, steps=1), strategy=strategy, tasks_per_chunk=chunk).meta_gradient(
+        to_channels_last(xs), ys, to_channels_last(xq), yq, scale=0.5)
+    tasks = xs.shape[0]  # 0.5·Σ_i ∇loss_i = 0.5·M·∇(mean), on top of the ones already there
+    assert _relative_error([0.5 * tasks * w for w in want], [p.grad - 1 for p in net.parameters()]) < 1e-11
+    assert loss_sum == pytest.approx(tasks * float(value.detach()), rel=1e-12)

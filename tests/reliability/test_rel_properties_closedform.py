@@ -269,9 +269,10 @@ def test_maml_loss_and_grad_are_finite_and_equal_the_simulator_or_name_the_argum
             if err is not None:
                 assert_names(err, {"lr", "weights"})
         return
-    ref_value, ref_grads = sim.maml_gradient(torch_list(weights), (case["Xs"], case["Ys"], case["Xq"], case["Yq"]),
-                                             rates_for_reference(lr, steps), steps, loss, layers,
-                                             first_order=first_order)
+    ref_value, ref_grads = sim.maml_value_and_grad(torch_list(weights), (case["Xs"], case["Ys"], case["Xq"],
+                                                                         case["Yq"]),
+                                                   rates_for_reference(lr, steps), steps, loss, layers,
+                                                   first_order=first_order)
     for err, outputs in ((error, [value]), (grad_error, None if pair is None else [pair[0], *pair[1]])):
         if err is not None:
             assert_names(err, {"lr", "weights"})

@@ -205,7 +205,7 @@ def outer_lr_at(config: TrainConfig, iteration: int) -> float:
     iteration, so a resumed run takes the uninterrupted run's steps)."""
     if config.outer_lr_schedule == "constant":
         return config.outer_lr
-    return config.outer_lr * 0.5 * (1.0 + np.cos(np.pi * (iteration - 1) / config.iterations))
+    return float(config.outer_lr * 0.5 * (1.0 + np.cos(np.pi * (iteration - 1) / config.iterations)))
 
 
 def check_task_fits(split, ways: int, shots: int, query: int, query_name: str = "query") -> None:

@@ -1,4 +1,4 @@
-"""Issue 5, real results: on real Omniglot (5-way 1-shot) with a CNN too shallow to adapt, does
+"""Real results: on real Omniglot (5-way 1-shot) with a CNN too shallow to adapt, does
 MAML gain from LinNet or KFO, and how does it compare with ANIL (with and without KFO)?
 
 Five configurations of one backbone, trained with the SAME budget (iterations, meta-batch, inner
@@ -17,7 +17,7 @@ anil-kfo       ANIL with KFO on the head's weight and bias
 =============  ==========================================================================
 
 The backbone: 2 blocks (conv 3×3 stride 2, BatchNorm, ReLU) of 32 filters and a linear head on the
-7×7×32 features. Two blocks are the paper's "too shallow to adapt" case (issue 5: 1 and 2 blocks;
+7×7×32 features. Two blocks are the paper's "too shallow to adapt" case (1 and 2 blocks are;
 one block is out of reach for KFO: its head's right factor would be 12,544² = 157 M numbers). 32
 rather than 64 filters keeps KFO's head factor R (a (32·49)² = 1568² matrix, 2.5 M numbers,
 meta-trained and differentiated through per task) at a cost where all five runs fit one budget of

@@ -48,7 +48,7 @@ SETTINGS = {
 FULL = {"meta_iterations": 1000, "test_tasks": 2000}
 QUICK = {"meta_iterations": 40, "test_tasks": 200}
 
-#: What the default settings must show (issue 3).
+#: What the default settings must show: the paper's figure 2 claims, with their bounds.
 MAX_LOSS_RATIO = 0.25
 MIN_ACCURACY_GAP_POINTS = 10.0
 

@@ -41,7 +41,7 @@ SETTINGS = {
 FULL = {"meta_iterations": 300, "test_tasks": 2000}
 QUICK = {"meta_iterations": 20, "test_tasks": 200}
 
-#: What the figure must show (issue 4): remedies within 1.5x of Deep, plain MAML far above (3x here).
+#: What the figure must show: remedies within 1.5x of Deep, plain MAML far above (3x here).
 MAX_REMEDY_OVER_DEEP = 1.5
 MIN_PLAIN_OVER_DEEP = 3.0
 

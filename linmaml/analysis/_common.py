@@ -81,20 +81,18 @@ def logistic_loss(output, target):
 
 def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bool = False) -> dict:
     """Per-task query loss after 0…``max_steps`` inner steps (the learner's own steps), shape (K+1, T);
-    with ``accuracy`` (one logit, labels in {0, 1}) also the per-task query accuracy, by scoring the
-    sign of the logit as a loss function through the same adaptation (:func:`_scored`: the engine's
-    own accuracy is the argmax over class logits of integer labels, which a single logit with float
-    0/1 labels does not fit)."""
+    with ``accuracy`` (one logit, labels in {0, 1}) also the per-task query accuracy of the logit's
+    sign. After k ≥ 1 steps both come from :meth:`Engine.score` (binary accuracy for a single logit
+    with float 0/1 labels); step 0 is the unadapted learner."""
     import torch
 
     from linmaml.meta.engine import Engine
 
     engine = Engine(learner, loss_fn, strategy="vmap", tasks_per_chunk=None)
-
     T = tasks.torch()
 
     def zero_one(output, target):  # fraction of query points whose logit sign matches the label
-        return ((output > 0).to(target.dtype) == target).to(target.dtype).mean()
+        return ((output > 0).to(target.dtype) == target).to(torch.float64).mean()
 
     out = {"loss": [], "accuracy": []}
     with torch.no_grad():
@@ -102,17 +100,10 @@ def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bo
         if accuracy:
             out["accuracy"].append(torch.func.vmap(lambda x, y: zero_one(learner(x), y))(T.Xq, T.Yq))
     for k in range(1, max_steps + 1):
-        out["loss"].append(engine.score(T.Xs, T.Ys, T.Xq, T.Yq, steps=k)[0])
+        losses, accuracies = engine.score(T.Xs, T.Ys, T.Xq, T.Yq, steps=k)
+        out["loss"].append(losses)
         if accuracy:
-            out["accuracy"].append(_scored(learner, T, loss_fn, zero_one, k))
+            if accuracies is None:
+                raise ValueError("tasks: accuracy needs float 0/1 labels of one logit (a classification family)")
+            out["accuracy"].append(accuracies)
     return {key: torch.stack(rows).numpy() for key, rows in out.items() if rows}
-
-
-def _scored(learner, T, loss_fn, score, steps):
-    """Per-task ``score(query output, query target)`` after ``steps`` inner steps on ``loss_fn``."""
-    import torch
-
-    def one(xs, ys, xq, yq):
-        return score(learner(xq, params=learner.adapt(xs, ys, loss_fn, steps=steps)), yq)
-
-    return torch.func.vmap(one)(T.Xs, T.Ys, T.Xq, T.Yq).detach()

@@ -185,9 +185,16 @@ def check_batch(x_support, y_support, x_query, y_query) -> int:
     return tasks
 
 
-def _is_classification(y_query: torch.Tensor) -> bool:
-    """Integer labels are classification (accuracy is scored); float targets are regression."""
-    return not (y_query.dtype.is_floating_point or y_query.dtype.is_complex)
+def _accuracy_kind(y_query: torch.Tensor) -> str | None:
+    """How query accuracy is scored: ``"labels"`` for integer class labels (argmax of the last axis),
+    ``"binary"`` for float 0/1 targets with a last axis of length 1 (one logit per example, predicted
+    class 1 where the logit is positive: binary logistic regression), None for other float targets
+    (regression: no accuracy)."""
+    if not (y_query.dtype.is_floating_point or y_query.dtype.is_complex):
+        return "labels"
+    if y_query.dtype.is_floating_point and y_query.shape[-1] == 1 and bool(((y_query == 0) | (y_query == 1)).all()):
+        return "binary"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,23 +256,25 @@ class Engine:
 
         return adapt
 
-    def _query(self, classification: bool):
+    def _query(self, classification: str | None):
         """(adapted parameters, x_q, y_q) of one task -> (query loss, query accuracy (float64; 0 for
-        regression))."""
+        regression)); ``classification`` is :func:`_accuracy_kind`'s answer."""
         learner, loss_fn = self.learner, self.loss_fn
 
         def query(fast, x_q, y_q):
             out = learner(x_q, params=fast)
             loss = loss_fn(out, y_q)
-            if classification:
+            if classification == "labels":
                 accuracy = (out.detach().argmax(dim=-1) == y_q).to(torch.float64).mean()
+            elif classification == "binary":  # one logit: class 1 where it is positive
+                accuracy = ((out.detach() > 0).to(y_q.dtype) == y_q).to(torch.float64).mean()
             else:
                 accuracy = torch.zeros((), dtype=torch.float64, device=loss.device)
             return loss, accuracy
 
         return query
 
-    def _function(self, kind: str, steps, classification: bool, compiled: bool):
+    def _function(self, kind: str, steps, classification: str | None, compiled: bool):
         """The built function of ``kind`` ("task", "vmap", "adapt_chunk", "query"), cached."""
         key = (kind, steps, classification, compiled)
         if key not in self._built:
@@ -311,14 +320,15 @@ class Engine:
                     raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
         if steps is not None:
             steps = _validate.integer(steps, "steps", minimum=1)
-        return tasks, steps, _is_classification(y_query)
+        return tasks, steps, _accuracy_kind(y_query)
 
     # -- public methods ----------------------------------------------------------------------------
 
     def task_losses(self, x_support, y_support, x_query, y_query, *, steps: int | None = None):
         """``(losses (M,), accuracies (M,) float64 or None)``: every task's query loss after adaptation,
         differentiable with respect to every parameter of the learner (second order through the inner
-        loop unless the learner is first order); accuracies only for integer labels. The whole
+        loop unless the learner is first order); accuracies for integer labels and for float 0/1
+        targets of one logit (:func:`_accuracy_kind`), None for regression. The whole
         meta-batch's graph is kept: for training, :meth:`meta_gradient` backpropagates chunk by chunk."""
         tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
         parts = [self._chunk_losses((x_support[c], y_support[c], x_query[c], y_query[c]), steps, classification,
@@ -345,7 +355,7 @@ class Engine:
         """Accumulate ``scale · Σ_i ∇ query-loss_i`` into the learner's ``.grad``, chunk by chunk.
 
         Returns ``(Σ_i loss_i, Σ_i accuracy_i)`` as floats (unscaled sums; accuracy 0 for regression
-        targets). The sums stay on the device until the end: no host synchronisation per task.
+        targets; scored as in :meth:`task_losses`). The sums stay on the device until the end: no host synchronisation per task.
         """
         tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
         scale = _validate.finite_number(scale, "scale")

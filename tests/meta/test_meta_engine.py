@@ -310,3 +310,39 @@ def test_meta_gradient_accumulates_onto_existing_gradients_on_channels_last_imag
     tasks = xs.shape[0]  # 0.5·Σ_i ∇loss_i = 0.5·M·∇(mean), on top of the ones already there
     assert _relative_error([0.5 * tasks * w for w in want], [p.grad - 1 for p in net.parameters()]) < 1e-11
     assert loss_sum == pytest.approx(tasks * float(value.detach()), rel=1e-12)
+
+
+@pytest.mark.parametrize("strategy, chunk", STRATEGIES)
+def test_binary_accuracy_of_one_logit_with_float_labels_equals_a_hand_loop(strategy, chunk):
+    """Binary logistic regression (one logit, float 0/1 labels): the engine scores the accuracy of
+    the logit's sign; against a loop written here (plain gradient steps, autograd.grad)."""
+    torch.manual_seed(7)
+    model = nn.Linear(4, 1).double()
+    learner = meta.MAML(model, lr=0.5, steps=2)
+    g = torch.Generator().manual_seed(7)
+    xs, xq = torch.randn(TASKS, 6, 4, generator=g, dtype=torch.float64), torch.randn(TASKS, 9, 4, generator=g,
+                                                                                    dtype=torch.float64)
+    w = torch.randn(TASKS, 4, 1, generator=g, dtype=torch.float64)
+    ys, yq = (xs @ w > 0).double(), (xq @ w > 0).double()
+    loss_fn = F.binary_cross_entropy_with_logits
+    want_losses, want_accuracies = [], []
+    for i in range(TASKS):
+        fast = dict(model.named_parameters())
+        for _ in range(2):
+            grads = torch.autograd.grad(loss_fn(functional_call(model, fast, (xs[i],)), ys[i]), list(fast.values()))
+            fast = {n: p - 0.5 * gi for (n, p), gi in zip(fast.items(), grads)}
+        out = functional_call(model, fast, (xq[i],)).detach()
+        want_losses.append(float(loss_fn(out, yq[i])))
+        predicted = [1.0 if float(out[j, 0]) > 0 else 0.0 for j in range(9)]
+        want_accuracies.append(sum(p == float(yq[i, j, 0]) for j, p in enumerate(predicted)) / 9)
+    engine = Engine(learner, loss_fn, strategy=strategy, tasks_per_chunk=chunk)
+    losses, accuracies = engine.score(xs, ys, xq, yq)
+    assert torch.allclose(losses, torch.tensor(want_losses, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert accuracies.tolist() == pytest.approx(want_accuracies, abs=1e-15)
+    assert 0 < sum(want_accuracies) < TASKS  # neither all right nor all wrong: the check can fail
+    _, differentiable = engine.task_losses(xs, ys, xq, yq)
+    assert differentiable.tolist() == pytest.approx(want_accuracies, abs=1e-15)
+    _, accuracy_sum = engine.meta_gradient(xs, ys, xq, yq)
+    assert accuracy_sum == pytest.approx(sum(want_accuracies), abs=1e-12)
+    # float targets that are not 0/1 stay regression: no accuracy
+    assert engine.score(xs, ys + 0.5, xq, yq + 0.5)[1] is None

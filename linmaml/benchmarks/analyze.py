@@ -157,22 +157,6 @@ def adapt_subset(learner, names):
         learner.adapted_names = previous
 
 
-def _adapt(learner, xs, ys, steps):
-    """θ' for one task as a dict of :func:`_model` names (detached; first order: the values are the same)."""
-    base = {n: p.detach() for n, p in base_parameters(learner).items()}
-    if steps == 0:
-        return base
-    previous = learner.first_order
-    learner.first_order = True  # values only: no graph through the inner loop
-    try:
-        with torch.enable_grad():
-            fast = learner.adapt(xs, ys, F.cross_entropy, steps=steps)
-    finally:
-        learner.first_order = previous
-    prefix = _prefix(learner)
-    return {**base, **{prefix + n: v.detach() for n, v in fast.items()}}
-
-
 def _logits(learner, x, params):
     if isinstance(learner, meta.ANIL):
         head = {n[len("head."):]: v for n, v in params.items() if n.startswith("head.")}
@@ -262,15 +246,20 @@ def _progress(stream, label, total):
 
 
 def analyze_learner(learner, tasks, *, steps: int, spectrum_tasks: int = 20, device=None, dtype=None,
-                    stream=None) -> dict:
+                    stream=None, channels_last: bool = False) -> dict:
     """Every measurement of the module docstring over ``tasks`` (a sequence of episodes with
     ``to_torch(device, dtype)``; ``x (n, C, H, W)``, ``y (n,)``).
+
+    Adaptation and scoring go through the engine (:meth:`Engine.score` for every ablation row,
+    :meth:`Engine.adapted` for the adapted weights behind the updates and CKA); ``channels_last``
+    lays the images out channels-last for the engine (the built-in ConvNet's faster layout; same values).
 
     Returns ``{"layers": [{"name", "block", "adapted", "relative_update", "cka"}], "blocks": [{"name",
     "cka"}], "ablation": [{"label", "adapted", "accuracy", "ci95"}], "preconditioner": {...} | None,
     "tasks", "steps"}``, accuracies in percent.
     """
-    from linmaml.benchmarks.scoring import mean_ci95
+    from linmaml.benchmarks.scoring import mean_ci95, model_layout
+    from linmaml.meta.engine import Engine
 
     steps = _validate.integer(steps, "steps", minimum=1)
     spectrum_tasks = _validate.integer(spectrum_tasks, "spectrum_tasks", minimum=0)
@@ -286,11 +275,14 @@ def analyze_learner(learner, tasks, *, steps: int, spectrum_tasks: int = 20, dev
     cka = {b: [] for b in blocks}
     correct = {label: [] for label, _ in subsets}
     spectra = []
+    engine, prefix = Engine(learner, F.cross_entropy, strategy="loop"), _prefix(learner)
     capture = _Capture(learner, blocks)
     tick = _progress(stream, "analyze", len(tasks))
     try:
         for i in range(len(tasks)):
             xs, ys, xq, yq = tasks[i].to_torch(device, dtype)
+            batch = (xs[None], ys[None], xq[None], yq[None])  # one task
+            batch = model_layout(batch) if channels_last else batch
             with torch.no_grad(), capture.record() as before:
                 logits0 = _logits(learner, xq, base)
             for label, names in subsets:
@@ -298,19 +290,18 @@ def analyze_learner(learner, tasks, *, steps: int, spectrum_tasks: int = 20, dev
                     correct[label].append(_accuracy(logits0, yq))
                     continue
                 with adapt_subset(learner, names):
-                    fast = _adapt(learner, xs, ys, steps)
-                if label == "all":
+                    _, accuracy = engine.score(*batch, steps=steps)
+                    fast = engine.adapted(*batch[:2], steps=steps) if label == "all" else None
+                correct[label].append(float(accuracy[0]))
+                if fast is not None:
+                    fast = {**base, **{prefix + n: v[0] for n, v in fast.items()}}
                     for n in base:
                         delta = float(torch.linalg.vector_norm((fast[n] - base[n]).double()))
                         rel[n].append(delta / norms[n] if norms[n] > 0 else math.nan)
                     with torch.no_grad(), capture.record() as after:
-                        logits = _logits(learner, xq, fast)
+                        _logits(learner, xq, fast)
                     for b in blocks:
                         cka[b].append(linear_cka(before[b], after[b]))
-                else:
-                    with torch.no_grad():
-                        logits = _logits(learner, xq, fast)
-                correct[label].append(_accuracy(logits, yq))
             if i < spectrum_tasks:
                 spectra.append(bottom_preconditioner(learner, xs))
             tick(i + 1)
@@ -397,12 +388,13 @@ def _condition(eigenvalues) -> float | None:
 
 # --- runs ----------------------------------------------------------------------------------------------
 
-def load_run(path):
+def load_run(path, model=None):
     """``(config, learner, file)`` from a run folder (its ``best.pt``, else the newest valid ``last.pt``)
     or a checkpoint file written by ``linmaml train``. Missing → FileNotFoundError; corrupt or foreign
-    → ValueError, each naming the path."""
+    → ValueError, each naming the path. ``model``: a freshly built module of the architecture a run on
+    your own model trained (``train(model=...)``; ValueError naming ``model`` if it does not match)."""
     from linmaml.benchmarks import checkpoint
-    from linmaml.benchmarks.config import TrainConfig, build_from_config
+    from linmaml.benchmarks.config import TrainConfig, build_from_config, check_model_matches
 
     path = Path(path)
     if path.is_dir():
@@ -422,7 +414,12 @@ def load_run(path):
         raise ValueError(f"run: {file} was not written by linmaml train")
     try:
         config = TrainConfig.from_dict(payload["config"])
-        learner = build_from_config(config, tuple(payload["image_shape"]))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"run: {file} holds an unusable checkpoint ({str(error).splitlines()[0]})") from None
+    check_model_matches(config, model, where=f"the run in {file}")
+    try:
+        # in the run's dtype before loading, so float64 weights are not rounded through float32
+        learner = build_from_config(config, tuple(payload["image_shape"]), model).to(dtype=config.torch_dtype)
         learner.load_state_dict(payload["learner"])
     except (TypeError, ValueError, RuntimeError, KeyError) as error:
         raise ValueError(f"run: {file} holds an unusable checkpoint ({str(error).splitlines()[0]})") from None
@@ -430,14 +427,15 @@ def load_run(path):
 
 
 def analyze_run(path, *, tasks: int = 600, steps: int | None = None, spectrum_tasks: int = 20, data_root=None,
-                splits=None, stream=None) -> dict:
+                splits=None, stream=None, model=None) -> dict:
     """:func:`analyze_learner` on a trained run, on the first ``tasks`` fixed test tasks of
     ``linmaml evaluate`` (task seed 0, the run's ``test_query`` per class). ``steps`` defaults to the
-    run's ``test_steps``. Adds ``run``, ``checkpoint``, ``iteration``-free ``settings``."""
+    run's ``test_steps``; ``model`` as in :func:`load_run`. Adds ``run``, ``checkpoint``,
+    ``iteration``-free ``settings``."""
     from linmaml.benchmarks import episodes
 
     tasks = _validate.integer(tasks, "tasks", minimum=2)
-    config, learner, file = load_run(path)
+    config, learner, file = load_run(path, model)
     steps = config.test_steps if steps is None else _validate.integer(steps, "steps", minimum=1)
     if splits is None:
         from linmaml.benchmarks.data import load_splits
@@ -446,8 +444,9 @@ def analyze_run(path, *, tasks: int = 600, steps: int | None = None, spectrum_ta
     task_set = episodes.evaluation_tasks(splits["test"], config.ways, config.shots, config.test_query, count=tasks,
                                          seed=0)
     started = time.perf_counter()
+    # channels-last only for the built-in ConvNet: a user's model may reshape with .view()
     result = analyze_learner(learner, task_set, steps=steps, spectrum_tasks=spectrum_tasks, dtype=config.torch_dtype,
-                             stream=stream)
+                             stream=stream, channels_last=config.model is None)
     result["checkpoint"] = str(file)
     result["settings"] = {k: getattr(config, k) for k in ("benchmark", "ways", "shots", "algo", "transform", "linnet",
                                                           "layers", "hidden", "pool", "inner_lr", "test_query")}

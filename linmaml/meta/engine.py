@@ -10,6 +10,7 @@ stacked along a leading axis: ``x_support (M, n_s, …)``, ``y_support (M, n_s, 
     loss_sum, accuracy_sum = engine.meta_gradient(x_s, y_s, x_q, y_q, scale=1 / M)  # into .grad
     losses, accuracies = engine.task_losses(x_s, y_s, x_q, y_q)   # (M,), differentiable
     losses, accuracies = engine.score(x_s, y_s, x_q, y_q, steps=3)  # (M,), no outer graph
+    fast = engine.adapted(x_s, y_s, steps=3)                        # {name: (M, …)}, detached
 
 One setting, ``strategy``, says how the tasks are computed; it never changes the result beyond
 floating-point rounding (tests/meta/test_meta_engine.py checks every strategy against a per-task
@@ -248,10 +249,11 @@ class Engine:
     def _adapt(self, steps):
         """(x_s, y_s) of one task -> the adapted parameters (only the adapted names)."""
         learner, loss_fn = self.learner, self.loss_fn
-        names = getattr(learner, "adapted_names", None)
 
         def adapt(x_s, y_s):
             fast = learner.adapt(x_s, y_s, loss_fn, steps=steps)
+            # read at each call: the adapted names may change between calls (analyze's ablation)
+            names = getattr(learner, "adapted_names", None)
             return fast if names is None else {n: fast[n] for n in names}
 
         return adapt
@@ -349,6 +351,23 @@ class Engine:
                 losses.append(loss)
                 accuracies.append(accuracy)
         return torch.cat(losses), (torch.cat(accuracies) if classification else None)
+
+    def adapted(self, x_support, y_support, *, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """The adapted parameters of every task, detached: ``{name: (M, …)}`` for the learner's
+        adapted names (its ``adapted_names``), computed as :meth:`score` computes them (no outer
+        graph). For looking inside an adaptation (how far each tensor moved, the adapted model's
+        features); scores come from :meth:`score`."""
+        tasks, steps, _ = self._prepare(x_support, y_support, x_support, y_support, steps)
+        parts = []
+        with torch.no_grad():
+            for c in self._chunks(tasks):
+                if c.stop - c.start == 1:
+                    fast = self._adapt(steps)(x_support[c.start], y_support[c.start])
+                    parts.append({n: v.detach().unsqueeze(0) for n, v in fast.items()})
+                else:
+                    stacked = self._function("adapt_chunk", steps, None, False)(x_support[c], y_support[c])
+                    parts.append({n: v.detach() for n, v in stacked.items()})
+        return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
 
     def meta_gradient(self, x_support, y_support, x_query, y_query, scale: float = 1.0, *,
                       steps: int | None = None) -> tuple[float, float]:

@@ -100,6 +100,16 @@ def test_user_cnn_trains_resumes_bitwise_loads_and_torch_loads(tmp_path, splits,
     result = evaluate_checkpoint(out, tasks=4, query=3, splits={"test": splits["test"]}, device="cpu",
                                  model=make_model(8))
     assert result["accuracy"] == pytest.approx(float(np.mean(by_hand)), abs=1e-12)
+    # linmaml analyze's library call takes the model too; its "all" row is the same score (the
+    # user's .view() needs its images contiguous: no channels-last layout for a user's model).
+    from linmaml.benchmarks import analyze
+
+    analyzed = analyze.analyze_run(out, tasks=4, steps=3, spectrum_tasks=0, splits={"test": splits["test"]},
+                                   model=make_model(9))
+    row = next(r for r in analyzed["ablation"] if r["label"] == "all")
+    assert row["accuracy"] == pytest.approx(100 * float(np.mean(by_hand)), abs=1e-9)
+    with pytest.raises(ValueError, match="^model: "):
+        analyze.analyze_run(out, tasks=4, splits={"test": splits["test"]})
 
 
 @pytest.mark.parametrize("algo", ["maml", "anil"])

@@ -346,3 +346,21 @@ def test_binary_accuracy_of_one_logit_with_float_labels_equals_a_hand_loop(strat
     assert accuracy_sum == pytest.approx(sum(want_accuracies), abs=1e-12)
     # float targets that are not 0/1 stay regression: no accuracy
     assert engine.score(xs, ys + 0.5, xq, yq + 0.5)[1] is None
+
+
+@pytest.mark.parametrize("strategy, chunk", STRATEGIES)
+def test_adapted_parameters_equal_the_written_out_inner_loop(strategy, chunk):
+    learner, loss_fn, (xs, ys, _, _) = _make("metasgd")
+    base = dict(learner.model.named_parameters())
+    tparams = dict(learner.transform.named_parameters())
+    fast = Engine(learner, loss_fn, strategy=strategy, tasks_per_chunk=chunk).adapted(xs, ys)
+    assert sorted(fast) == sorted(learner.adapted_names) and not any(v.requires_grad for v in fast.values())
+    for i in range(TASKS):
+        want = dict(base)
+        for lr in learner.lrs:
+            loss = loss_fn(functional_call(learner.model, want, (xs[i],)), ys[i])
+            grads = dict(zip(want, torch.autograd.grad(loss, list(want.values()))))
+            updates = learner.transform.update(grads, tparams)
+            want = {n: want[n] - lr * updates[n] for n in want}
+        for n in want:
+            torch.testing.assert_close(fast[n][i], want[n].detach(), rtol=1e-12, atol=1e-14)

@@ -64,11 +64,14 @@ def clear(out_dir: Path) -> None:
 
 def trim_metrics(path: Path, iteration: int) -> None:
     """Keep the metrics of iterations ``<= iteration`` (a resumed run re-runs the later ones) and
-    drop a torn last line left by a kill; rewritten atomically."""
-    if not path.exists():
+    drop a torn last line left by a kill; rewritten atomically. A symlink at ``path`` is refused
+    (``OSError`` naming it), not read through."""
+    if not os.path.lexists(path):
         return
+    with _io.open_nofollow(path, "r+") as file:
+        text = file.buffer.read().decode("utf-8", errors="replace")
     kept = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -92,18 +95,36 @@ def remove_if_unused(out_dir: Path) -> None:
 
 class MetricsLog:
     """``metrics.jsonl`` opened for appending: one JSON line per record, flushed at once;
-    :meth:`sync` forces it to disk (before a checkpoint names the iteration it reached)."""
+    :meth:`sync` forces it to disk (before a checkpoint names the iteration it reached).
+
+    Opened with :func:`linmaml._io.open_nofollow`: a symlink planted at ``metrics.jsonl`` is refused
+    (``OSError`` naming the path), never written through. An ``OSError`` from writing or syncing
+    ("File too large" under ``ulimit -f``, "No space left on device") is re-raised with the path
+    attached when it has none, so the one-line message says which file failed.
+    """
 
     def __init__(self, path: Path):
-        self.file = open(path, "a", encoding="utf-8")
+        self.path = Path(path)
+        self.file = _io.open_nofollow(self.path, "a")
+
+    def _named(self, error: OSError) -> OSError:
+        if error.filename is not None or error.errno is None:
+            return error
+        return type(error)(error.errno, error.strerror or str(error), str(self.path))
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as error:
+            raise self._named(error) from error
 
     def sync(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as error:
+            raise self._named(error) from error
 
     def close(self) -> None:
         self.file.close()

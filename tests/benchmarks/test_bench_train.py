@@ -326,3 +326,52 @@ def test_divergence_later_names_the_iteration_that_last_pt_really_holds(tmp_path
     assert result.status == "nonfinite" and result.iteration == 3
     assert checkpoint.load(tmp_path / "last.pt")["iteration"] == 2
     assert "last.pt holds the weights after iteration 2 " in result.message
+
+
+def test_a_planted_metrics_symlink_is_refused_and_its_target_left_alone(tmp_path):
+    """metrics.jsonl is opened without following a symlink: resuming a run whose metrics.jsonl was
+    replaced by a link to another file refuses in one line naming the path, and the file is untouched."""
+    import os
+
+    from linmaml.benchmarks.run_folder import METRICS, MetricsLog
+
+    out = tmp_path / "run"
+    assert run(out).status == "done"
+    victim = tmp_path / "victim.txt"
+    victim.write_text('{"iteration": 1}\nprecious\n')
+    (out / METRICS).unlink()
+    os.symlink(victim, out / METRICS)
+    with pytest.raises(OSError, match="symbolic link") as info:
+        run(out, options={"iterations": 8}, resume=True)
+    assert str(out / METRICS) in str(info.value) and len(str(info.value).splitlines()) == 1
+    with pytest.raises(OSError, match="symbolic link"):
+        MetricsLog(out / METRICS)
+    assert victim.read_text() == '{"iteration": 1}\nprecious\n' and (out / METRICS).is_symlink()
+
+
+def test_a_write_error_without_a_filename_names_metrics_jsonl(tmp_path):
+    import errno
+
+    from linmaml.benchmarks.run_folder import MetricsLog
+
+    class Full:  # what a file object raises under ulimit -f with SIGXFSZ ignored: no filename
+        def write(self, text):
+            raise OSError(errno.EFBIG, "File too large")
+
+        def flush(self):
+            raise OSError(errno.EFBIG, "File too large")
+
+        def fileno(self):
+            return -1
+
+        def close(self):
+            pass
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.file.close()
+    log.file = Full()
+    for call in (lambda: log.write({"iteration": 1}), log.sync):
+        with pytest.raises(OSError) as info:
+            call()
+        assert info.value.errno == errno.EFBIG and info.value.filename == str(tmp_path / "metrics.jsonl")
+        assert str(info.value) == f"[Errno {errno.EFBIG}] File too large: '{tmp_path / 'metrics.jsonl'}'"

@@ -1,4 +1,4 @@
-"""Issue-4 figure: two remedies let the Shallow model adapt like the Deep one — a learned
+"""The remedies figure: two remedies let the Shallow model adapt like the Deep one — a learned
 Kronecker-factored meta-optimizer (MAML+KFO) and linear layers on its output (MAML+LinNet).
 
 Regression family of figure 2 (isotropic Gaussian inputs, tasks y = W_τ x + ε around a non-zero
@@ -7,7 +7,7 @@ model. Plain MAML on the Shallow model can only take the step α·G and stays ne
 KFO learns U(G) = (LᵀL) G (RᵀR) and LinNet (x ↦ A₂A₁Wx, A₁, A₂ scalars here) learns an implicit
 preconditioner, and both reach the one-step query loss of the Deep model, whose upper layer does
 the same job (DESIGN.md). The shallow learners run through :mod:`linmaml.meta` (model-agnostic,
-vmapped over the tasks of a meta-batch by ``linmaml.meta.batched.task_losses``); the Deep
+vmapped over the tasks of a meta-batch by ``linmaml.meta.engine.Engine``); the Deep
 reference through :mod:`linmaml.simulator`.
 
 Run: ``python -m linmaml.analysis.fig_remedies [--out DIR] [--quick]``; writes remedies.png and remedies.json.

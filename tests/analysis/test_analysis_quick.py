@@ -345,3 +345,43 @@ def test_surface_zero_set_is_where_the_objective_vanishes(quick_runs):
             r = w1 * w2 - a
             assert (w1 - lr * V * r * w2) * (w2 - lr * V * r * w1) == pytest.approx(a, rel=1e-12)
     assert num["deep_final_losses"] == [t["final_loss"] for t in num["deep_trajectories"]]
+
+
+def test_negative_lr_inits_and_test_losses_against_a_direct_loop_and_monte_carlo(quick_runs):
+    """The figure's pieces recomputed independently on its own first draw of training tasks: the
+    MAML initialisation by minimising an explicit per-task one-step loop (BFGS, no least squares),
+    and its exact test loss by Monte Carlo over fresh tasks with an explicit inner step."""
+    from scipy import optimize
+
+    from linmaml.closedform.gaussian import expected_post_adaptation_loss
+    from linmaml.closedform.gaussian_lr import maml_trained_init
+
+    module, record, out = quick_runs("fig_negative_lr")
+    n = record["numbers"]
+    assert (out / "negative_lr.png").exists()
+    assert n["best_lr_train"] == n["lr_train"][int(np.argmin(n["test_loss"]))]
+    assert all(s > 0 for s in n["se"]) and min(n["test_loss"]) >= n["infinite_tasks_loss"] - 1e-12
+    family = module.family(module.SETTINGS)
+    batch = family.sample(module.SETTINGS["n_tasks"], np.random.default_rng(module.SETTINGS["seed"]))
+
+    def one_step_query_loss(w, lr):
+        W = w.reshape(1, -1)
+        total = 0.0
+        for Xs, Ys, Xq, Yq in zip(batch.Xs, batch.Ys, batch.Xq, batch.Yq):
+            G = (W @ Xs.T - Ys.T) @ Xs / Xs.shape[0]
+            fast = W - lr * G
+            total += np.sum((Xq @ fast.T - Yq) ** 2) / (2 * Xq.shape[0])
+        return total / batch.Xs.shape[0]
+
+    rng = np.random.default_rng(7)
+    for lr in (-0.25, 0.0):
+        direct = optimize.minimize(one_step_query_loss, np.zeros(5), args=(lr,), method="BFGS",
+                                   options={"gtol": 1e-12}).x.reshape(1, -1)
+        init = maml_trained_init(batch, lr)
+        assert np.linalg.norm(init - direct) / np.linalg.norm(direct) < 1e-5
+        tasks = family.sample(20000, rng)
+        G = (init[None] @ np.swapaxes(tasks.Xs, 1, 2) - np.swapaxes(tasks.Ys, 1, 2)) @ tasks.Xs / tasks.Xs.shape[1]
+        fast = init[None] - n["lr_test"] * G
+        losses = np.sum((tasks.Xq @ np.swapaxes(fast, 1, 2) - tasks.Yq) ** 2, axis=(1, 2)) / (2 * tasks.Xq.shape[1])
+        exact = expected_post_adaptation_loss(init, family, n["lr_test"], 1)
+        assert abs(losses.mean() - exact) / (losses.std(ddof=1) / np.sqrt(losses.size)) < 4

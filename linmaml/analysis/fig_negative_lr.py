@@ -1,0 +1,101 @@
+"""Negative meta-training rates (Bernacchia 2021): with few tasks of few noisy points, the inner
+learning rate that is best for *meta-training* can be negative while the test rate is positive.
+
+A linear regression family (d = 5, task spread Ω = 0.05·I around a zero mean, σ = 1, 5 support and
+5 query points). For each training rate, MAML is meta-trained *exactly* on ``n_tasks`` sampled
+tasks (the least-squares MAML initialisation, :func:`linmaml.closedform.gaussian_lr.maml_trained_init`),
+and that initialisation is scored by its exact expected test loss after one inner step at the
+optimal positive test rate (:func:`linmaml.closedform.gaussian.expected_post_adaptation_loss`).
+Only the choice of training tasks is random (the same draws for every rate), so the differences
+between rates are paired: the figure shows each rate's mean test loss with its standard error and
+the paired standard error of its gap to the best rate. With infinitely many tasks every rate
+reaches the same loss (the MAML optimum is the task mean at every rate): the effect is one of
+finitely many tasks.
+
+Run: ``python -m linmaml.analysis.fig_negative_lr [--out DIR] [--quick]``; writes negative_lr.png
+and negative_lr.json.
+"""
+from __future__ import annotations
+
+import pathlib
+
+NAME = "negative_lr"
+
+SETTINGS = {
+    "family": {"d_in": 5, "d_out": 1, "task_mean": 0.0, "task_cov": 0.05, "x_cov": 1.0, "noise_std": 1.0,
+               "n_support": 5, "n_query": 5},
+    "n_tasks": 10,
+    "lr_train": [-1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5],
+    "lr_test": "optimal at the task mean",
+    "seed": 0,
+}
+FULL = {"repeats": 400}
+QUICK = {"repeats": 40}
+
+
+def family(settings: dict):
+    from linmaml.tasks import RegressionFamily
+
+    f = settings["family"]
+    return RegressionFamily(f["d_in"], f["d_out"], task_mean=f["task_mean"], task_cov=f["task_cov"],
+                            x_cov=f["x_cov"], noise_std=f["noise_std"], n_support=f["n_support"],
+                            n_query=f["n_query"])
+
+
+def compute(quick: bool = False) -> dict:
+    from linmaml.closedform.gaussian_lr import negative_lr_table
+
+    size = QUICK if quick else FULL
+    table = negative_lr_table(family(SETTINGS), SETTINGS["lr_train"], n_tasks=SETTINGS["n_tasks"],
+                              repeats=size["repeats"], seed=SETTINGS["seed"])
+    rates, losses = table["lr_train"], table["test_loss"]
+    zero = rates.index(0.0)
+    numbers = {
+        **table,
+        "gap_of_rate_zero_in_paired_se": (losses[zero] - min(losses)) / table["gap_se"][zero]
+        if table["gap_se"][zero] > 0 else 0.0,
+    }
+    return {"figure": NAME, "settings": {**SETTINGS, **size, "quick": quick}, "numbers": numbers}
+
+
+def draw(result: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from linmaml.plots.figure import save_figure
+
+    n = result["numbers"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.errorbar(n["lr_train"], n["test_loss"], yerr=[2 * s for s in n["se"]], marker="o", capsize=3,
+                label="mean test loss ± 2 SE")
+    ax.axvline(0.0, color="0.6", lw=0.8)
+    ax.axvline(n["best_lr_train"], color="C3", ls="--", lw=1, label=f"best training rate {n['best_lr_train']:g}")
+    ax.axhline(n["infinite_tasks_loss"], color="0.3", ls=":", lw=1,
+               label=f"infinitely many tasks: {n['infinite_tasks_loss']:.4f}")
+    ax.set_xlabel("inner learning rate used for meta-training")
+    ax.set_ylabel(f"exact test loss after one step at α = {n['lr_test']:.3f}")
+    s = result["settings"]
+    ax.set_title(f"MAML trained on {s['n_tasks']} tasks of {s['family']['n_support']} noisy points "
+                 f"({s['repeats']} draws)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
+    """Compute, draw ``<out_dir>/negative_lr.png`` and write ``<out_dir>/negative_lr.json``."""
+    from linmaml.plots.figure import run_figure
+
+    return run_figure(NAME, compute, draw, out_dir, quick)
+
+
+def main(argv=None) -> None:
+    from linmaml.plots.figure import figure_main
+
+    figure_main(NAME, __doc__, run, argv, quick_help="40 draws instead of 400 (a second)")
+
+
+if __name__ == "__main__":
+    main()

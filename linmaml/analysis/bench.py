@@ -25,10 +25,10 @@ Meta-iteration variants: ``reference`` (above, on the textbook CNN — conv, Bat
 — with the episodes in torch's default layout); ``reference_convnet`` (the same loop on linmaml's
 ConvNet, which pools before its ReLU and folds its first BatchNorm into the convolution: the model's
 own gain); ``reference_channels_last`` (that loop on channels-last episodes: the layout's gain);
-``train_step`` (``benchmarks.train.make_meta_step`` with the defaults: what ``linmaml train`` runs
+``train_step`` (``benchmarks.config.make_engine`` with the defaults: what ``linmaml train`` runs
 per iteration — inner loops of 4 tasks vmapped, queries one task at a time); ``loop`` (``linmaml
-train --batching loop``: one task at a time); ``batched`` (``meta.batched.MetaGradient`` with the
-whole meta-batch in one vmapped computation) and ``compiled`` (``linmaml train --compile``; full
+train --batching loop``: one task at a time); ``batched`` (``meta.engine.Engine(strategy="vmap",
+tasks_per_chunk=None)``: the whole meta-batch in one vmapped computation) and ``compiled`` (``linmaml train --compile``; full
 mode only: compiling takes minutes). All start from identical weights and data. Their meta-gradients
 are compared in float64 on the first ``agreement_tasks`` tasks (exact up to rounding, ~1e-13);
 float32 results are compared with that float64 value too, next to the reference's own float32 error

@@ -11,7 +11,7 @@ spanning two decades or more:
   with its minimum at ``optimal_inner_lr`` = c* (the best any scalar step can do);
 * Deep (L = 2, 3) and Shallow + LinNet, meta-trained by ``linmaml.simulator.meta_train``;
 * Shallow + Meta-SGD and Shallow + KFO, ``linmaml.meta`` learners meta-trained through the engine
-  ``linmaml.meta.batched.task_losses`` (``linmaml.analysis._common``);
+  ``linmaml.meta.engine.Engine`` (``simulator.meta_train``; scored by ``linmaml.analysis._common``);
 * classification: LogR, LogR + LinNet, LogR + Meta-SGD and LogR + KFO, all meta-trained (the
   logistic loss has no closed form).
 

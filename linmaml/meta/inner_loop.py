@@ -6,8 +6,8 @@ over the tasks of a meta-batch with ``torch.func.vmap`` and differentiated by th
 buffers it is given, as any forward pass does; under ``vmap`` such a layer needs
 ``track_running_stats=False``, a torch.func restriction. Beware too that under ``vmap`` torch's
 second derivatives of batch, instance and layer norm are silently wrong (pytorch/functorch#534):
-batch the tasks through :mod:`linmaml.meta.batched`, which computes those layers from their
-formulas, rather than vmapping this function directly.)
+batch the tasks through :class:`linmaml.meta.engine.Engine`, which computes those layers from
+their formulas, rather than vmapping this function directly.)
 The outer ``backward()`` differentiates through the inner gradients (second-order MAML) unless
 ``first_order`` asks for them to be treated as constants. They are taken with ``torch.autograd.grad``
 (``create_graph`` for second order) when the loop runs on its own, the path of a plain per-task loop

@@ -38,7 +38,7 @@ import torch
 
 from linmaml import _io, _validate
 from linmaml.benchmarks import checkpoint, distributed, episodes, run_folder
-from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
+from linmaml.benchmarks.config import (TrainConfig, build_from_config, outer_lr_at, check_model_matches, check_splits,
                                        iteration_seed, make_engine, resume_config)
 from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint
 from linmaml.benchmarks.progress import Progress
@@ -192,6 +192,8 @@ class Trainer:
             self.state["skipped"] += 1
             self.optimizer.zero_grad(set_to_none=True)
         else:
+            for group in self.optimizer.param_groups:  # a pure function of t: resume-safe
+                group["lr"] = outer_lr_at(config, t)
             self.optimizer.step()
             broken = next((n for n, p in self.learner.named_parameters() if not bool(torch.isfinite(p).all())), None)
             if broken is not None:  # the step itself overflowed: the weights in memory are lost
@@ -201,6 +203,8 @@ class Trainer:
         self.state["iteration"] = t
         record = {"iteration": t, "loss": _finite_or_none(loss), "accuracy": _finite_or_none(accuracy),
                   "skipped": self.state["skipped"], "step_skipped": skipped_now}
+        if config.outer_lr_schedule != "constant":
+            record["outer_lr"] = outer_lr_at(config, t)
         self.progress.iteration(t, loss, accuracy, self.state["skipped"], time.perf_counter() - tick,
                                 force=(t == config.iterations))
         if t % config.val_every == 0 or t == config.iterations:

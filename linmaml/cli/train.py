@@ -57,6 +57,8 @@ _CHOICE_OPTIONS = {
     "dtype": (("float32", "float64"), "parameter dtype (default float32)"),
     "on_nonfinite": (("stop", "skip"), "on a non-finite meta-loss or gradient: stop (exit 3) or skip the step"
                                       " (default stop)"),
+    "outer_lr_schedule": (("constant", "cosine"), "outer learning rate over the run: constant (default) or a half "
+                                                  "cosine from --outer-lr down to 0 at the last iteration"),
     "batching": (("loop", "split", "vmap"), "how a meta-batch is computed: one task at a time (least memory); "
                                             "inner loops vmapped in chunks, queries one at a time (default: "
                                             "fastest on a CPU); whole chunks vmapped (try on a GPU). The same "

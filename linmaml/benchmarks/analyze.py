@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from linmaml import _validate, meta
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["linear_cka", "accuracy_before_adaptation", "block_names", "parameter_blocks", "base_parameters", "adapt_subset", "analyze_learner",
            "bottom_preconditioner", "load_run", "analyze_run", "format_table"]
@@ -67,10 +68,10 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     isotropic scaling of x. Defined as 0 when either side is constant (no variance at all)."""
     for value, name in ((x, "x"), (y, "y")):
         if not isinstance(value, torch.Tensor) or value.ndim != 2:
-            raise ValueError(f"{name}: expected a 2-d tensor (examples, features), got "
+            raise ArgumentError(name, f"expected a 2-d tensor (examples, features), got "
                              f"{getattr(value, 'shape', type(value).__name__)}")
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"y: expected {x.shape[0]} rows (one per example, as x), got {y.shape[0]}")
+        raise ArgumentError("y", f"expected {x.shape[0]} rows (one per example, as x), got {y.shape[0]}")
     x = x.detach().double()
     y = y.detach().double()
     x = x - x.mean(dim=0, keepdim=True)
@@ -89,7 +90,7 @@ def _model(learner) -> nn.Module:
         return learner.model
     if isinstance(learner, meta.ANIL):
         return nn.ModuleDict({"features": learner.features, "head": learner.head})
-    raise TypeError(f"learner: expected a linmaml.meta MAML or ANIL learner, got {type(learner).__name__}")
+    raise ArgumentTypeError("learner", f"expected a linmaml.meta MAML or ANIL learner, got {type(learner).__name__}")
 
 
 def _prefix(learner) -> str:
@@ -147,7 +148,7 @@ def adapt_subset(learner, names):
     allowed = adaptable_names(learner)
     missing = [n for n in names if n not in allowed]
     if missing or not names:
-        raise ValueError(f"names: expected a non-empty subset of the adapted parameters, got {missing or names}")
+        raise ArgumentError("names", f"expected a non-empty subset of the adapted parameters, got {missing or names}")
     previous = learner.adapted_names
     prefix = _prefix(learner)
     learner.adapted_names = [n[len(prefix):] for n in allowed if n in set(names)]
@@ -264,7 +265,7 @@ def analyze_learner(learner, tasks, *, steps: int, spectrum_tasks: int = 20, dev
     steps = _validate.integer(steps, "steps", minimum=1)
     spectrum_tasks = _validate.integer(spectrum_tasks, "spectrum_tasks", minimum=0)
     if len(tasks) < 2:
-        raise ValueError(f"tasks: a confidence interval needs at least 2 tasks, got {len(tasks)}")
+        raise ArgumentError("tasks", f"a confidence interval needs at least 2 tasks, got {len(tasks)}")
     learner.train()  # BatchNorm with batch statistics, as in training
     base = {n: p.detach() for n, p in base_parameters(learner).items()}
     blocks, owner = block_names(learner), parameter_blocks(learner)
@@ -411,18 +412,18 @@ def load_run(path, model=None):
     else:
         raise FileNotFoundError(f"run: {path} does not exist")
     if not isinstance(payload, dict) or not {"config", "learner", "image_shape"} <= set(payload):
-        raise ValueError(f"run: {file} was not written by linmaml train")
+        raise ArgumentError("run", f"{file} was not written by linmaml train")
     try:
         config = TrainConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as error:
-        raise ValueError(f"run: {file} holds an unusable checkpoint ({str(error).splitlines()[0]})") from None
+        raise ArgumentError("run", f"{file} holds an unusable checkpoint ({str(error).splitlines()[0]})") from None
     check_model_matches(config, model, where=f"the run in {file}")
     try:
         # in the run's dtype before loading, so float64 weights are not rounded through float32
         learner = build_from_config(config, tuple(payload["image_shape"]), model).to(dtype=config.torch_dtype)
         learner.load_state_dict(payload["learner"])
     except (TypeError, ValueError, RuntimeError, KeyError) as error:
-        raise ValueError(f"run: {file} holds an unusable checkpoint ({str(error).splitlines()[0]})") from None
+        raise ArgumentError("run", f"{file} holds an unusable checkpoint ({str(error).splitlines()[0]})") from None
     return config, learner.to(dtype=config.torch_dtype), file
 
 

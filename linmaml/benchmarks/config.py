@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from linmaml import _validate
-from linmaml.errors import ArgumentError
 from linmaml.benchmarks.learners import (ALGOS, POOLS, TRANSFORMS, build_learner, model_class_name,
                                          model_fingerprint)
+from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.engine import STRATEGIES, Engine
 
 BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
@@ -116,7 +116,7 @@ class TrainConfig:
     def __post_init__(self):
         def choice(name, allowed):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ArgumentError(name, f"expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
         choice("benchmark", BENCHMARKS)
         choice("algo", ALGOS)
@@ -130,13 +130,13 @@ class TrainConfig:
         choice("outer_lr_schedule", SCHEDULES)
         for name in ("model", "model_fingerprint", "head"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise TypeError(f"{name}: expected a string or None, got {type(getattr(self, name)).__name__}")
+                raise ArgumentTypeError(name, f"expected a string or None, got {type(getattr(self, name)).__name__}")
         if (self.model is None) != (self.model_fingerprint is None):
-            raise ValueError("model: the class name and model_fingerprint of a user model go together")
+            raise ArgumentError("model", "the class name and model_fingerprint of a user model go together")
         if self.head is not None and (self.model is None or self.algo != "anil"):
-            raise ValueError("head: names the adapted submodule of your own model with algo 'anil'")
+            raise ArgumentError("head", "names the adapted submodule of your own model with algo 'anil'")
         if not isinstance(self.compile, bool):
-            raise TypeError(f"compile: expected True or False, got {self.compile!r}")
+            raise ArgumentTypeError("compile", f"expected True or False, got {self.compile!r}")
         # (name, minimum, maximum); the maxima are stated and explained at the top of the module.
         # ways, shots, query and test_query are bounded by the data (check_splits).
         for name, minimum, maximum in (
@@ -168,7 +168,7 @@ class TrainConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - fields)
         if unknown:
-            raise TypeError(f"{unknown[0]}: not a training setting (settings: {', '.join(sorted(fields))})")
+            raise ArgumentTypeError(unknown[0], f"not a training setting (settings: {', '.join(sorted(fields))})")
         return cls(**dict(values))
 
     def to_dict(self) -> dict:
@@ -188,7 +188,7 @@ def resume_config(saved: Mapping, given: Mapping) -> TrainConfig:
     TrainConfig.from_dict({**saved.to_dict(), **given_config})  # validates the given values
     for name in TrainConfig.IDENTITY:
         if name in given_config and given_config[name] is not None and given_config[name] != getattr(saved, name):
-            raise ValueError(f"{name}: the run being resumed used {getattr(saved, name)!r}, got {given_config[name]!r}"
+            raise ArgumentError(name, f"the run being resumed used {getattr(saved, name)!r}, got {given_config[name]!r}"
                              f" (a resumed run keeps its settings; use a new --out folder to change them)")
     if saved.outer_lr_schedule != "constant" and given_config.get("iterations") not in (None, saved.iterations):
         # The schedule's horizon is the run's length: a longer run would have taken other steps.
@@ -251,17 +251,17 @@ def check_model_matches(config: TrainConfig, model: torch.nn.Module | None, wher
     """``ValueError`` naming ``model`` unless ``model`` is what ``config`` was trained on: None for the
     built-in ConvNet, else a module of the recorded class with the recorded fingerprint."""
     if model is not None and not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     if config.model is None:
         if model is not None:
-            raise ValueError(f"model: {where} used the built-in ConvNet, not a model of your own; leave model out")
+            raise ArgumentError("model", f"{where} used the built-in ConvNet, not a model of your own; leave model out")
         return
     if model is None:
-        raise ValueError(f"model: {where} was trained on your own model ({config.model}); pass the same "
+        raise ArgumentError("model", f"{where} was trained on your own model ({config.model}); pass the same "
                          f"architecture again (model=...)")
     name, fingerprint = model_class_name(model), model_fingerprint(model)
     if (name, fingerprint) != (config.model, config.model_fingerprint):
-        raise ValueError(f"model: {where} was trained on {config.model} (fingerprint {config.model_fingerprint}), "
+        raise ArgumentError("model", f"{where} was trained on {config.model} (fingerprint {config.model_fingerprint}), "
                          f"got {name} (fingerprint {fingerprint}): a different class or parameter shapes")
 
 

@@ -22,6 +22,7 @@ import pickle
 import torch
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +48,11 @@ class Context:
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """``"auto"``: CUDA when available, else CPU; ``"cuda"`` fails clearly when there is none."""
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device: expected auto, cpu or cuda, got {device!r}")
+        raise ArgumentError("device", f"expected auto, cpu or cuda, got {device!r}")
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("device: cuda was asked for but torch sees no CUDA device (a CPU build of torch, or no"
+        raise ArgumentError("device", "cuda was asked for but torch sees no CUDA device (a CPU build of torch, or no"
                          " GPU); use --device cpu or auto")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from linmaml._validate import integer
 from linmaml.benchmarks.data.fewshot import FewShotSplit
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 #: Generator streams: training tasks and the fixed evaluation tasks never share a generator.
 TRAIN_STREAM = 0
@@ -96,14 +97,14 @@ def check_task_shape(split: FewShotSplit, ways, shots, query) -> tuple[int, int,
     ``shots + query`` exceeds the examples a class holds.
     """
     if not isinstance(split, FewShotSplit):
-        raise TypeError(f"split: expected a FewShotSplit, got {type(split).__name__}")
+        raise ArgumentTypeError("split", f"expected a FewShotSplit, got {type(split).__name__}")
     ways = integer(ways, "ways", minimum=2)
     shots = integer(shots, "shots", minimum=1)
     query = integer(query, "query", minimum=1)
     if ways > split.num_classes:
-        raise ValueError(f"ways: expected at most {split.num_classes} (the classes of {split.name}), got {ways}")
+        raise ArgumentError("ways", f"expected at most {split.num_classes} (the classes of {split.name}), got {ways}")
     if shots + query > split.examples_per_class:
-        raise ValueError(f"shots: shots + query = {shots} + {query} exceeds the {split.examples_per_class} "
+        raise ArgumentError("shots", f"shots + query = {shots} + {query} exceeds the {split.examples_per_class} "
                          f"examples each class of {split.name} holds")
     return ways, shots, query
 
@@ -125,7 +126,7 @@ def stack(episodes, indices) -> EpisodeBatch:
     """Stack tasks of equal shape into an :class:`EpisodeBatch`."""
     episodes = list(episodes)
     if not episodes:
-        raise ValueError("episodes: expected at least one task")
+        raise ArgumentError("episodes", "expected at least one task")
     return EpisodeBatch(np.stack([e.x_support for e in episodes]), np.stack([e.y_support for e in episodes]),
                         np.stack([e.x_query for e in episodes]), np.stack([e.y_query for e in episodes]),
                         np.stack([e.classes for e in episodes]), np.asarray(indices, dtype=np.int64))
@@ -166,7 +167,7 @@ class EpisodeSampler:
         world_size = integer(world_size, "world_size", minimum=1)
         rank = integer(rank, "rank", minimum=0, maximum=world_size - 1)
         if size % world_size:
-            raise ValueError(f"size: the meta-batch {size} does not split evenly over {world_size} processes")
+            raise ArgumentError("size", f"the meta-batch {size} does not split evenly over {world_size} processes")
         share = size // world_size
         start = iteration * size + rank * share
         return self.tasks(range(start, start + share))

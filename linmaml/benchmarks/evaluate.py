@@ -18,6 +18,7 @@ from linmaml.benchmarks.learners import check_user_model
 from linmaml.benchmarks.loading import load_run_checkpoint
 from linmaml.benchmarks.progress import TaskProgress
 from linmaml.benchmarks.scoring import score_tasks, summarize
+from linmaml.errors import ArgumentError
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -40,7 +41,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     query = _validate.integer(query, "query", minimum=1)
     task_seed = _validate.integer(task_seed, "task_seed", minimum=0)
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split: expected train, val or test, got {split!r}")
+        raise ArgumentError("split", f"expected train, val or test, got {split!r}")
     file, payload, config = load_run_checkpoint(path)
     steps = config.test_steps if steps is None else _validate.integer(steps, "steps", minimum=1)
     dev = distributed.resolve_device(device)
@@ -49,7 +50,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
 
         splits = load_splits(config.benchmark, (split,), data_root)
     if split not in splits:
-        raise ValueError(f"splits: no {split!r} split given")
+        raise ArgumentError("splits", f"no {split!r} split given")
     check_task_fits(splits[split], config.ways, config.shots, query, "query")  # names query, not shots
     task_set = episodes.evaluation_tasks(splits[split], config.ways, config.shots, query, count=tasks, seed=task_seed)
     image_shape = tuple(payload["image_shape"])

@@ -50,6 +50,7 @@ from torch import nn
 
 from linmaml import _validate, meta
 from linmaml.benchmarks.models import ConvNet
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 ALGOS = ("maml", "fomaml", "anil")
 TRANSFORMS = ("none", "kfo", "metasgd", "metacurvature", "rates")
@@ -62,7 +63,7 @@ def make_transform(name: str) -> meta.Transform:
                  "metacurvature": meta.MetaCurvature,
                  "rates": meta.LearnedRates}  # per tensor and inner step; built with the learner's steps
     if name not in factories:
-        raise ValueError(f"transform: expected one of {', '.join(TRANSFORMS)}, got {name!r}")
+        raise ArgumentError("transform", f"expected one of {', '.join(TRANSFORMS)}, got {name!r}")
     return factories[name]()
 
 
@@ -76,7 +77,7 @@ def model_fingerprint(model: nn.Module) -> str:
     """16 hex digits of the sha256 of the model's parameter and buffer names and shapes (not values:
     a freshly built model of the same architecture has the fingerprint of the trained one)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     entries = [f"p {n} {tuple(p.shape)}" for n, p in model.named_parameters()]
     entries += [f"b {n} {tuple(b.shape)}" for n, b in model.named_buffers()]
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
@@ -90,20 +91,20 @@ def resolve_head(model: nn.Module, head: str | None) -> tuple[str, list[str]]:
     if head is None:
         owners = [name for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
         if not owners:
-            raise ValueError("model: has no parameters")
+            raise ArgumentError("model", "has no parameters")
         head = owners[-1]
     elif not isinstance(head, str):
-        raise TypeError(f"head: expected a submodule name (str), got {type(head).__name__}")
+        raise ArgumentTypeError("head", f"expected a submodule name (str), got {type(head).__name__}")
     try:
         module = model.get_submodule(head)
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n]
-        raise ValueError(f"head: the model has no submodule {head!r}; its submodules are {', '.join(names) or 'none'}")\
+        raise ArgumentError("head", f"the model has no submodule {head!r}; its submodules are {', '.join(names) or 'none'}")\
             from None
     ids = {id(p) for p in module.parameters() if p.requires_grad}
     names = [n for n, p in model.named_parameters() if id(p) in ids]
     if not names:
-        raise ValueError(f"head: the submodule {head!r} has no parameters that require gradients")
+        raise ArgumentError("head", f"the submodule {head!r} has no parameters that require gradients")
     return head, names
 
 
@@ -112,28 +113,28 @@ def check_user_model(model: nn.Module, image_shape, ways: int, batching: str = "
     module docstring: BatchNorm with running statistics, Dropout under a vmapped strategy, or logits of
     the wrong shape on a batch of two zero images of ``image_shape`` (run without gradients)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-            raise ValueError(f"model: {name or 'the model'} ({type(module).__name__}) tracks running statistics, which "
+            raise ArgumentError("model", f"{name or 'the model'} ({type(module).__name__}) tracks running statistics, which "
                              f"adaptation would update in place; build it with track_running_stats=False")
         if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0 and batching != "loop":
-            raise ValueError(f"model: {name or 'the model'} ({type(module).__name__}) draws random numbers, which "
+            raise ArgumentError("model", f"{name or 'the model'} ({type(module).__name__}) draws random numbers, which "
                              f"batching={batching!r} cannot do per task; use batching='loop'")
     reference = next(iter(model.parameters()), None)
     if reference is None:
-        raise ValueError("model: has no parameters")
+        raise ArgumentError("model", "has no parameters")
     x = torch.zeros((2, *image_shape), dtype=reference.dtype, device=reference.device)
     try:
         with torch.no_grad():
             out = model(x)
     except Exception as error:  # noqa: BLE001 - reported as the model's, in one line
         first = str(error).splitlines()[0] if str(error) else ""
-        raise ValueError(f"model: failed on a batch of images of shape {tuple(x.shape)} ({type(error).__name__}: "
+        raise ArgumentError("model", f"failed on a batch of images of shape {tuple(x.shape)} ({type(error).__name__}: "
                          f"{first})") from error
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, ways):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model: expected logits of shape (n, {ways}) for images (n, {', '.join(map(str, image_shape))}),"
+        raise ArgumentError("model", f"expected logits of shape (n, {ways}) for images (n, {', '.join(map(str, image_shape))}),"
                          f" got {shape} for n = 2")
 
 
@@ -149,15 +150,15 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
     generator: seed it first for reproducible runs.
     """
     if algo not in ALGOS:
-        raise ValueError(f"algo: expected one of {', '.join(ALGOS)}, got {algo!r}")
+        raise ArgumentError("algo", f"expected one of {', '.join(ALGOS)}, got {algo!r}")
     if pool not in POOLS:
-        raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+        raise ArgumentError("pool", f"expected one of {', '.join(POOLS)}, got {pool!r}")
     try:
         channels, height, width = (int(v) for v in image_shape)
     except (TypeError, ValueError):
-        raise ValueError(f"image_shape: expected (C, H, W), got {image_shape!r}") from None
+        raise ArgumentError("image_shape", f"expected (C, H, W), got {image_shape!r}") from None
     if height != width:
-        raise ValueError(f"image_shape: expected square images, got {height}x{width}")
+        raise ArgumentError("image_shape", f"expected square images, got {height}x{width}")
     linnet = _validate.integer(linnet, "linnet", minimum=0)
     inner_lr = _validate.finite_number(inner_lr, "inner_lr")
     steps = _validate.integer(steps, "steps", minimum=1)
@@ -165,7 +166,7 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
     if model is not None:
         return _around_user_model(model, algo, transform_module, linnet, linnet_width, inner_lr, steps, head)
     if head is not None:
-        raise ValueError("head: names the adapted submodule of your own model (model=...); the built-in ConvNet's "
+        raise ArgumentError("head", "names the adapted submodule of your own model (model=...); the built-in ConvNet's "
                          "head is fixed")
     backbone = ConvNet(in_channels=channels, ways=ways, blocks=layers, filters=hidden, image_size=height, pool=pool)
     model: nn.Module = backbone
@@ -180,9 +181,9 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
 def _around_user_model(model, algo, transform_module, linnet, linnet_width, inner_lr, steps, head):
     """The learner of :func:`build_learner` around the user's model (module docstring)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     if head is not None and algo != "anil":
-        raise ValueError(f"head: names the submodule that ANIL adapts; algo {algo!r} adapts every parameter")
+        raise ArgumentError("head", f"names the submodule that ANIL adapts; algo {algo!r} adapts every parameter")
     adapt = "all"
     if algo == "anil":
         _, adapt = resolve_head(model, head)

@@ -17,6 +17,7 @@ import torch
 
 from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.config import TrainConfig, build_from_config
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["load_learner", "checkpoint_file", "load_run_checkpoint"]
 
@@ -25,7 +26,7 @@ def checkpoint_file(path) -> Path:
     """The checkpoint a path names: a file as is; a training folder's ``best.pt`` (else ``last.pt``,
     else ``last.prev.pt``)."""
     if not isinstance(path, (str, Path)):
-        raise TypeError(f"checkpoint: expected a path (str or Path), got {type(path).__name__}")
+        raise ArgumentTypeError("checkpoint", f"expected a path (str or Path), got {type(path).__name__}")
     path = Path(path).expanduser()
     if path.is_dir():
         for name in (checkpoint.BEST, checkpoint.LAST, checkpoint.LAST_PREV):
@@ -44,7 +45,7 @@ def load_run_checkpoint(path) -> tuple[Path, dict, TrainConfig]:
     payload = checkpoint.load(file)
     if not isinstance(payload, dict) or "config" not in payload or "learner" not in payload \
             or "image_shape" not in payload:
-        raise ValueError(f"checkpoint: {file} was not written by linmaml train")
+        raise ArgumentError("checkpoint", f"{file} was not written by linmaml train")
     return file, payload, TrainConfig.from_dict(payload["config"])
 
 
@@ -66,11 +67,11 @@ def load_learner(run_or_checkpoint, map_location=None, model: torch.nn.Module | 
     ``learner(xq, params=fast)`` gives logits ``(n, ways)``; images ``(n, C, H, W)``.
     """
     if map_location is not None and not isinstance(map_location, (str, torch.device)):
-        raise TypeError(f"map_location: expected a device name or torch.device, got {type(map_location).__name__}")
+        raise ArgumentTypeError("map_location", f"expected a device name or torch.device, got {type(map_location).__name__}")
     try:
         device = torch.device("cpu" if map_location is None else map_location)
     except RuntimeError as error:
-        raise ValueError(f"map_location: {map_location!r} is not a device ({str(error).splitlines()[0]})") from None
+        raise ArgumentError("map_location", f"{map_location!r} is not a device ({str(error).splitlines()[0]})") from None
     file, payload, config = load_run_checkpoint(run_or_checkpoint)
     learner = build_from_config(config, tuple(payload["image_shape"]), model)
     learner.to(dtype=config.torch_dtype)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError
 
 
 class ConvBlock(nn.Module):
@@ -99,7 +100,7 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     already has that layout.
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 3:
-        raise ValueError(f"x: expected a tensor (…, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+        raise ArgumentError("x", f"expected a tensor (…, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
     if x.stride(-3) == 1 and x.movedim(-3, -1).is_contiguous():
         return x
     # Copy into fresh channel-innermost storage: ``.contiguous()`` on the permuted view would be a
@@ -132,10 +133,10 @@ class ConvNet(nn.Module):
         _validate.integer(filters, "filters", minimum=1)
         _validate.integer(image_size, "image_size", minimum=1)
         if pool not in ("max", "stride"):
-            raise ValueError(f"pool: expected 'max' or 'stride', got {pool!r}")
+            raise ArgumentError("pool", f"expected 'max' or 'stride', got {pool!r}")
         side = feature_size(image_size, blocks, pool)
         if side < 1:
-            raise ValueError(f"blocks: {blocks} blocks of 2× down-sampling do not fit a {image_size}-pixel image")
+            raise ArgumentError("blocks", f"{blocks} blocks of 2× down-sampling do not fit a {image_size}-pixel image")
         self.features = nn.Sequential()
         channels = in_channels
         for i in range(blocks):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from linmaml.benchmarks import episodes
 from linmaml.benchmarks.models import to_channels_last
+from linmaml.errors import ArgumentError
 from linmaml.meta.engine import Engine
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
@@ -28,7 +29,7 @@ def mean_ci95(values) -> tuple[float, float]:
     """``(mean, 1.96 · std(ddof=1) / √n)`` of a 1-d sequence of at least two finite numbers."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if values.size < 2:
-        raise ValueError(f"values: a confidence interval needs at least 2 tasks, got {values.size}")
+        raise ArgumentError("values", f"a confidence interval needs at least 2 tasks, got {values.size}")
     return float(values.mean()), float(Z95 * values.std(ddof=1) / math.sqrt(values.size))
 
 

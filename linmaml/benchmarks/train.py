@@ -38,12 +38,13 @@ import torch
 
 from linmaml import _io, _validate
 from linmaml.benchmarks import checkpoint, distributed, episodes, run_folder
-from linmaml.benchmarks.config import (TrainConfig, build_from_config, outer_lr_at, check_model_matches, check_splits,
-                                       iteration_seed, make_engine, resume_config)
+from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
+                                       iteration_seed, make_engine, outer_lr_at, resume_config)
 from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint
 from linmaml.benchmarks.progress import Progress
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks
 from linmaml.benchmarks.signals import StopSignals
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["train", "Trainer", "TrainResult"]
 
@@ -93,9 +94,9 @@ class Trainer:
                  overwrite: bool = False, stream=None, progress: bool = True, on_iteration=None, model=None):
         for name in ("train", "val"):
             if name not in splits:
-                raise ValueError(f"splits: expected a {name!r} split")
+                raise ArgumentError("splits", f"expected a {name!r} split")
         if splits["val"].image_shape != splits["train"].image_shape:
-            raise ValueError("splits: the train and val images differ in shape")
+            raise ArgumentError("splits", "the train and val images differ in shape")
         check_splits(config, splits)  # names query / test_query / shots / ways when the data cannot supply them
         self.config, self.out_dir, self.ctx, self.lock = config, Path(out_dir), ctx, lock
         self.writer = ctx.is_writer
@@ -128,7 +129,7 @@ class Trainer:
 
     def _restore(self, payload: dict) -> None:
         if tuple(payload["image_shape"]) != self.image_shape:
-            raise ValueError(f"benchmark: the checkpoint's images are {tuple(payload['image_shape'])}, the data's"
+            raise ArgumentError("benchmark", f"the checkpoint's images are {tuple(payload['image_shape'])}, the data's"
                              f" {self.image_shape}")
         self.learner.load_state_dict(payload["learner"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -402,7 +403,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
             check_model_matches(TrainConfig.from_dict(payload["config"]), model, where=f"the run in {out_dir}")
         config = resume_config(payload["config"], given) if payload is not None else TrainConfig.from_dict(given)
         if config.meta_batch < ctx.world_size:
-            raise ValueError(f"meta_batch: {config.meta_batch} tasks cannot be shared by {ctx.world_size} processes")
+            raise ArgumentError("meta_batch", f"{config.meta_batch} tasks cannot be shared by {ctx.world_size} processes")
         if splits is None:
             from linmaml.benchmarks.data import load_splits  # the data package is loaded only when needed
 
@@ -462,13 +463,13 @@ def _with_model_record(given: dict, model) -> dict:
     e.g. from a repeated run's config.json)."""
     if model is None:
         if given.get("model") is not None:
-            raise ValueError(f"model: these settings are of a run on your own model ({given['model']}); pass the same "
+            raise ArgumentError("model", f"these settings are of a run on your own model ({given['model']}); pass the same "
                              f"architecture (model=...)")
         return given
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     record = {"model": model_class_name(model), "model_fingerprint": model_fingerprint(model)}
     for key, value in record.items():
         if given.get(key) is not None and given[key] != value:
-            raise ValueError(f"model: the settings record {key} {given[key]!r}, the model given has {value!r}")
+            raise ArgumentError("model", f"the settings record {key} {given[key]!r}, the model given has {value!r}")
     return {**given, **record}

@@ -35,6 +35,7 @@ def run(args) -> int:
     from linmaml import _validate
     from linmaml.benchmarks.config import EVAL_TASKS_MAX, SEED_MAX, STEPS_MAX
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
+    from linmaml.errors import ArgumentError, renamed
 
     # Ranges checked before any data is read (maxima explained in linmaml.benchmarks.config); --query's
     # bound is the split's examples per class, known once the data is loaded.
@@ -49,12 +50,11 @@ def run(args) -> int:
         result = evaluate_checkpoint(checkpoint, tasks=args.tasks, steps=args.steps, query=args.query,
                                      split=args.split, task_seed=args.task_seed, data_root=data_root,
                                      device=args.device, progress=not args.quiet)
-    except ValueError as error:
-        message = str(error)
-        head = message.split(":", 1)[0]
-        if head in ("tasks", "steps", "query", "task_seed"):
-            raise ValueError("--" + head.replace("_", "-") + message[len(head):]) from error
-        raise
+    except ArgumentError as error:  # the library names its argument (error.argument); the user typed the flag
+        flag = renamed(error, {name: "--" + name.replace("_", "-") for name in ("tasks", "steps", "query", "task_seed")})
+        if flag is error:
+            raise
+        raise flag from error
     if result.get("nonfinite_tasks"):
         print(f"linmaml evaluate: warning: the adapted query loss is not finite on {result['nonfinite_tasks']} of "
               f"{result['tasks']} tasks (the inner loop diverged); try fewer --steps", file=sys.stderr)

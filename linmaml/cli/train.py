@@ -103,6 +103,7 @@ def _flag(name: str) -> str:
 def run(args) -> int:
     from linmaml.benchmarks.config import TrainConfig
     from linmaml.benchmarks.train import train
+    from linmaml.errors import ArgumentError, ArgumentTypeError, renamed
 
     if args.resume and args.overwrite:
         raise ValueError("--resume: cannot be combined with --overwrite (continue the run, or start afresh)")
@@ -118,14 +119,13 @@ def run(args) -> int:
     except MemoryError as error:
         raise ValueError("out of memory: lower --meta-batch, --tasks-per-chunk, --query, --steps or --hidden, or use "
                          "--batching loop") from error
-    except (ValueError, TypeError) as error:
-        # Library messages name the setting (meta_batch: ...); the user typed --meta-batch, or the file said it.
-        message = str(error)
-        head = message.split(":", 1)[0]
-        if head in from_file and head not in given:
-            raise ValueError(f"--config: {args.config}: {message}") from error
-        if head in fields or head in ("threads", "device", "data_root"):
-            raise ValueError(_flag(head) + message[len(head):]) from error
+    except (ArgumentError, ArgumentTypeError) as error:
+        # The library names the setting (error.argument, e.g. meta_batch); the user typed --meta-batch,
+        # or the --config file said it.
+        if error.argument in from_file and error.argument not in given:
+            raise ArgumentError("--config", f"{args.config}: {error}") from error
+        if error.argument in fields or error.argument in ("threads", "device", "data_root"):
+            raise renamed(error, {error.argument: _flag(error.argument)}) from error
         raise
     if not result.writer:  # another process of a torchrun job reports
         return result.exit_code

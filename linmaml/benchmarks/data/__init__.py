@@ -30,6 +30,7 @@ from linmaml.benchmarks.data.integrity import DatasetError, file_digest, verify_
 from linmaml.benchmarks.data.mini_imagenet import check_mini_imagenet, load_mini_imagenet
 from linmaml.benchmarks.data.omniglot import Omniglot, check_omniglot, load_omniglot
 from linmaml.benchmarks.data.paths import default_data_root, resolve_data_root, user_cache_dir
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 #: Benchmark names accepted by :func:`load_splits` and the CLI.
 BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
@@ -50,17 +51,17 @@ def load_splits(benchmark: str, splits=SPLITS, data_root=None, *, verify: bool =
     ``{split: FewShotSplit}`` in the order asked.
     """
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"benchmark: expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+        raise ArgumentError("benchmark", f"expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
     if isinstance(splits, str):
         splits = (splits,)
     splits = tuple(splits)
     for split in splits:
         if split not in SPLITS:
-            raise ValueError(f"splits: expected names among {', '.join(SPLITS)}, got {split!r}")
+            raise ArgumentError("splits", f"expected names among {', '.join(SPLITS)}, got {split!r}")
     allowed = {"omniglot": {"size", "resize", "rotations"}}.get(benchmark, set())
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise TypeError(f"{unknown[0]}: not an option of {benchmark} (options: {', '.join(sorted(allowed)) or 'none'})")
+        raise ArgumentTypeError(unknown[0], f"not an option of {benchmark} (options: {', '.join(sorted(allowed)) or 'none'})")
     if benchmark == "omniglot":
         rotations = options.pop("rotations", None)
         data = Omniglot.load(data_root, verify=verify, **options)
@@ -75,6 +76,6 @@ def load_splits(benchmark: str, splits=SPLITS, data_root=None, *, verify: bool =
 def check_dataset(benchmark: str, data_root=None) -> dict:
     """Verify one benchmark's files and return what was found (counts, checksums); DatasetError if not."""
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"benchmark: expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+        raise ArgumentError("benchmark", f"expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
     return {"omniglot": check_omniglot, "cifar-fs": check_cifar_fs,
             "mini-imagenet": check_mini_imagenet}[benchmark](data_root)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 
 def register(subparsers):
@@ -22,7 +21,7 @@ def register(subparsers):
                    help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
     p.add_argument("--threads", type=int, default=None, metavar="T", help="CPU threads for torch")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write DIR/analyze.{png,json}")
+    p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/analyze.{png,json}")
     p.set_defaults(func=run)
 
 
@@ -31,6 +30,7 @@ def run(args) -> int:
 
     from linmaml import _io, _validate
     from linmaml.benchmarks import analyze
+    from linmaml.cli._paths import path_option
 
     if args.threads is not None:
         torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1))
@@ -38,14 +38,16 @@ def run(args) -> int:
         _validate.integer(value, name, minimum=minimum)
     if args.steps is not None:
         _validate.integer(args.steps, "--steps", minimum=1)
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise NotADirectoryError(f"--out: {args.out} is not a folder")
+    out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused
+    if out is not None and out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out: {out} is not a folder")
     result = analyze.analyze_run(args.run, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
                                  data_root=args.data_root, stream=sys.stderr)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        analyze.draw(result, args.out / "analyze.png")
-        _io.atomic_write_json(args.out / "analyze.json", result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        analyze.draw(result, out / "analyze.png")
+        _io.atomic_write_json(out / "analyze.json", result)
+        print(f"linmaml analyze: wrote {out / 'analyze.png'} and {out / 'analyze.json'}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:

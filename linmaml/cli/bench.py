@@ -28,7 +28,7 @@ def register(subparsers):
     p.add_argument("--only", action="append", metavar="CASE",
                    help=f"run only this case (repeatable): {', '.join(CASES)}; the other cases of an existing "
                         "bench.json of the same mode are kept, and the file says so")
-    p.add_argument("--out", type=pathlib.Path, metavar="DIR", help="output folder (default: figures/ of the source tree, else ./figures)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: figures/ of the source tree, else ./figures)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the meta-training cases on the GPU")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default 2; 1 with --quick, whose tiny operations only wait on each other)")
@@ -91,7 +91,9 @@ def run(args) -> int:
 
         out = default_out()
     else:
-        out = args.out.expanduser()
+        from linmaml.cli._paths import path_option
+
+        out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused; printed below
     # Every check on the input comes before the benchmark: a full run takes minutes, and an
     # output folder that cannot be written must not be discovered only at its end.
     created = _writable_folder(out)

@@ -41,7 +41,7 @@ def register(subparsers):
         description="Regenerate every figure (the fig_* modules of linmaml.analysis) and figures/results.json; "
                     "files are replaced only after every figure has succeeded, and only where something changed.",
         epilog="Default --out: figures/ of the source checkout when linmaml runs from one, else ./figures.")
-    p.add_argument("--out", type=pathlib.Path, metavar="DIR",
+    p.add_argument("--out", metavar="DIR",
                    help="output folder (default: figures/ of the source tree, else ./figures)")
     p.add_argument("--only", action="append", metavar="NAME",
                    help="run only this figure (repeatable); its entry is merged into DIR/results.json")
@@ -90,7 +90,10 @@ def select(figures: list[Figure], only: list[str] | None) -> list[Figure]:
 def _output_folder(out: pathlib.Path | None) -> pathlib.Path:
     from linmaml.plots.figure import default_out
 
-    out = default_out() if out is None else pathlib.Path(out).expanduser()
+    from linmaml.cli._paths import path_option
+
+    # ~ expanded (also in --out=~/x), '' refused; the folder used is printed by reproduce()
+    out = default_out() if out is None else path_option(out, "--out")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out: {out} exists and is not a folder")
     return out

@@ -89,6 +89,11 @@ TABLE = [
     (["reproduce", "--out", "{sandbox}/figures", "--only", "nope"], "--only: unknown figure 'nope'"),
     (["reproduce", "--only"], "--only: expected one argument"),
     (["reproduce", "--quick=1"], "ignored explicit argument"),
+    (["reproduce", "--out", ""], "--out: expected a path, got an empty string"),
+    (["reproduce", "--out", " "], "--out: expected a path, got an empty string"),
+    # analyze: --out is checked before the run is read
+    (["analyze", "{missing}", "--out", ""], "--out: expected a path, got an empty string"),
+    (["analyze", "{missing}", "--out", "{file}"], "--out: "),
     # explore (headless: --save)
     (["explore", "--grid", "x", "--save", "{sandbox}/snap.png"], "--grid: invalid int value"),
     (["explore", "--lr", "nan", "--save", "{sandbox}/snap.png"], "--lr: expected a finite number"),
@@ -153,6 +158,7 @@ if HAS_BENCH:  # being built beside this suite; its own tests cover the rest
         (["bench", "--out", "{unwritable}/deeper"], "Not a directory"),
         (["bench", "--out", "{file}"], "--out: "),
         (["bench", "--out", "/proc/linmaml-reliability"], "/proc/linmaml-reliability"),
+        (["bench", "--out", ""], "--out: expected a path, got an empty string"),
     ]
 
 
@@ -296,3 +302,21 @@ def test_tilde_is_expanded_and_the_path_used_is_printed(tmp_path, monkeypatch, c
     status, _, err = run_in_process(["data", "check", "omniglot", "--data-root=~/data"], capsys)
     assert status == 2 and f"{home / 'data' / 'omniglot'} lacks the background set" in err
     assert not (tmp_path / "~").exists()
+
+
+def test_tilde_in_out_of_reproduce_bench_and_analyze_is_expanded(tmp_path, monkeypatch, capsys):
+    """--out=~/x (which the shell leaves alone) means the home folder's x: a file there is refused
+    naming the expanded path, and no folder literally named ~ appears."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "taken").write_text("a file\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    commands = [["reproduce", "--out=~/taken"], ["analyze", str(tmp_path / "no-run"), "--out=~/taken"]]
+    if HAS_BENCH:
+        commands.append(["bench", "--quick", "--out=~/taken"])
+    for argv in commands:
+        status, _, err = run_in_process(argv, capsys)
+        assert status == 2 and err.count("\n") == 1, (argv, err)
+        assert f"--out: {home / 'taken'}" in err, (argv, err)
+    assert not (tmp_path / "~").exists() and (home / "taken").read_text() == "a file\n"

@@ -17,7 +17,7 @@ from linmaml.benchmarks.config import build_from_config, check_task_fits, make_e
 from linmaml.benchmarks.learners import check_user_model
 from linmaml.benchmarks.loading import load_run_checkpoint
 from linmaml.benchmarks.progress import TaskProgress
-from linmaml.benchmarks.scoring import score_tasks, summarize
+from linmaml.benchmarks.scoring import score_tasks, steps_note, summarize
 from linmaml.errors import ArgumentError
 
 __all__ = ["evaluate_checkpoint"]
@@ -60,6 +60,9 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     learner = build_from_config(config, image_shape, model).to(dtype=config.torch_dtype)
     learner.load_state_dict(payload["learner"])
     learner.to(device=dev)
+    note = steps_note(learner, steps, config.steps)
+    if note is not None and progress:  # once, instead of the library's warning
+        print(f"linmaml evaluate: note: evaluation {note}", file=sys.stderr if stream is None else stream, flush=True)
     start = time.perf_counter()
     status = TaskProgress(f"evaluate {split}", sys.stderr if stream is None else stream, enabled=progress)
     accuracies, losses = score_tasks(make_engine(learner, config), task_set, steps=steps, device=dev,

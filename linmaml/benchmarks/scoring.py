@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from linmaml.benchmarks import episodes
 from linmaml.benchmarks.models import to_channels_last
 from linmaml.errors import ArgumentError
 from linmaml.meta.engine import Engine
+from linmaml.meta.learners import StepsBeyondTrainingWarning
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -40,6 +42,18 @@ def model_layout(batch):
     if xs.ndim == 5:
         xs, xq = to_channels_last(xs), to_channels_last(xq)
     return xs, ys, xq, yq
+
+
+def steps_note(learner, steps: int | None, trained: int) -> str | None:
+    """The one-line note that scoring adapts ``learner``'s learned transform for ``steps`` inner steps,
+    more than the ``trained`` it was meta-trained with (None when it does not). Validation and
+    ``linmaml evaluate`` print it once instead of the library's :class:`StepsBeyondTrainingWarning`,
+    which :func:`score_tasks` silences (a user calling ``adapt`` directly still gets the warning)."""
+    transform = getattr(learner, "transform", None)
+    if steps is None or steps <= trained or transform is None or not any(True for _ in transform.parameters()):
+        return None
+    return (f"adapts for {steps} steps, the transform ({type(transform).__name__}) was trained for {trained}: "
+            f"see README")
 
 
 def score_tasks(learner, tasks, indices=None, *, steps: int | None = None, device=None, dtype=None,
@@ -67,7 +81,9 @@ def score_tasks(learner, tasks, indices=None, *, steps: int | None = None, devic
         chunk = indices[start:start + size]
         batch = episodes.stack([tasks[i] for i in chunk], chunk).to_torch(device, dtype)
         batch = model_layout(batch) if channels_last else tuple(batch)
-        loss, accuracy = engine.score(*batch, steps=steps)
+        with warnings.catch_warnings():  # the caller says it once (steps_note)
+            warnings.simplefilter("ignore", StepsBeyondTrainingWarning)
+            loss, accuracy = engine.score(*batch, steps=steps)
         losses.append(loss.to(torch.float64).cpu())
         accuracies.append(accuracy.cpu())
         if on_progress is not None:

@@ -42,7 +42,7 @@ from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_mod
                                        iteration_seed, make_engine, outer_lr_at, resume_config)
 from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint
 from linmaml.benchmarks.progress import Progress
-from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks
+from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
 from linmaml.errors import ArgumentError, ArgumentTypeError
 
@@ -124,6 +124,9 @@ class Trainer:
         self.progress = Progress(config.iterations, config.val_every, config.val_tasks, config.meta_batch,
                                  self.stream, progress and self.writer)
         self.on_iteration = on_iteration if self.writer else None
+        note = steps_note(self.learner, config.test_steps, config.steps)
+        if note is not None and progress and self.writer:  # once, instead of a warning at every validation
+            print(f"linmaml train: note: validation {note}", file=self.stream, flush=True)
         self.metrics = None
         self.signals: StopSignals | None = None
 

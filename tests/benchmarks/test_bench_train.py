@@ -409,3 +409,31 @@ def test_cosine_outer_lr_follows_the_formula_and_resumes_bitwise(tmp_path):
     # A constant schedule is unchanged: Adam keeps outer_lr and no outer_lr is logged.
     run(tmp_path / "constant")
     assert "outer_lr" not in json.loads((tmp_path / "constant" / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_a_learned_transform_validated_beyond_its_steps_is_noted_once_without_warnings(tmp_path):
+    """test_steps > steps with KFO: one line at the start of the run, no StepsBeyondTrainingWarning
+    from the validations; adapt called directly still warns (the library's policy)."""
+    import io
+    import warnings
+
+    from linmaml import meta
+
+    stream = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train({**TINY, "transform": "kfo", "steps": 1, "test_steps": 3}, tmp_path / "kfo",
+                       splits=synthetic_splits(), progress=True, device="cpu", stream=stream)
+    assert result.status == "done"
+    assert not [w for w in caught if issubclass(w.category, meta.StepsBeyondTrainingWarning)]
+    notes = [line for line in stream.getvalue().splitlines() if "note:" in line]
+    assert notes == ["linmaml train: note: validation adapts for 3 steps, the transform (KFO) was trained for 1: "
+                     "see README"]
+    plain = io.StringIO()
+    train({**TINY, "steps": 1, "test_steps": 3}, tmp_path / "plain", splits=synthetic_splits(), progress=True,
+          device="cpu", stream=plain)
+    assert "note:" not in plain.getvalue()  # no learned transform: nothing to say
+    learner = build_learner(image_shape=(1, 12, 12), ways=3, layers=1, hidden=4, inner_lr=0.3, steps=1,
+                            transform="kfo")
+    with pytest.warns(meta.StepsBeyondTrainingWarning):
+        learner.adapt(torch.rand(3, 1, 12, 12), torch.arange(3), F.cross_entropy, steps=3)

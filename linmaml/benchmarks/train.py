@@ -196,8 +196,9 @@ class Trainer:
             self.state["skipped"] += 1
             self.optimizer.zero_grad(set_to_none=True)
         else:
-            for group in self.optimizer.param_groups:  # a pure function of t: resume-safe
-                group["lr"] = outer_lr_at(config, t)
+            if config.outer_lr_schedule != "constant":
+                for group in self.optimizer.param_groups:  # a pure function of t: resume-safe
+                    group["lr"] = outer_lr_at(config, t)
             self.optimizer.step()
             broken = next((n for n, p in self.learner.named_parameters() if not bool(torch.isfinite(p).all())), None)
             if broken is not None:  # the step itself overflowed: the weights in memory are lost

@@ -84,8 +84,11 @@ def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bo
     with ``accuracy`` (one logit, labels in {0, 1}) also the per-task query accuracy of the logit's
     sign. After k ≥ 1 steps both come from :meth:`Engine.score` (binary accuracy for a single logit
     with float 0/1 labels); step 0 is the unadapted learner."""
+    import warnings
+
     import torch
 
+    from linmaml.meta import StepsBeyondTrainingWarning
     from linmaml.meta.engine import Engine
 
     engine = Engine(learner, loss_fn, strategy="vmap", tasks_per_chunk=None)
@@ -100,7 +103,11 @@ def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bo
         if accuracy:
             out["accuracy"].append(torch.func.vmap(lambda x, y: zero_one(learner(x), y))(T.Xq, T.Yq))
     for k in range(1, max_steps + 1):
-        losses, accuracies = engine.score(T.Xs, T.Ys, T.Xq, T.Yq, steps=k)
+        with warnings.catch_warnings():
+            # The curves go beyond the trained steps on purpose (they show where a learned transform
+            # overshoots), so the library's once-per-learner warning would only repeat the figure.
+            warnings.simplefilter("ignore", StepsBeyondTrainingWarning)
+            losses, accuracies = engine.score(T.Xs, T.Ys, T.Xq, T.Yq, steps=k)
         out["loss"].append(losses)
         if accuracy:
             if accuracies is None:

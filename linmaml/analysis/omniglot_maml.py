@@ -1,0 +1,103 @@
+"""The published MAML numbers on Omniglot, on a CPU: score trained runs and record them with their curves.
+
+Finn et al. (2017) report second-order MAML on Omniglot 5-way 1-shot at 98.7 ± 0.4 % and 5-way 5-shot
+at 99.9 ± 0.1 %. This module does not train (the runs are ordinary ``linmaml train`` runs, an hour
+each at most); it scores each given run folder's ``best.pt`` on the 600 fixed test tasks
+(:func:`linmaml.benchmarks.evaluate.evaluate_checkpoint`), reads its training time and validation
+curve from ``metrics.jsonl``, and writes
+
+- ``omniglot_maml.json``: per run ``accuracy`` and ``ci95`` (percent, 95 % Student-t over tasks),
+  ``train_seconds`` (wall time of training, validation included, from the run's own log),
+  ``iterations``, ``best_iteration``, the ``command`` that trained it (rebuilt from the run's
+  settings), the published number beside it, and the ``machine``;
+- ``omniglot_maml.png``: validation accuracy (± 95 % CI) against wall time, and the training
+  accuracy, for every run (:func:`linmaml.plots.training.plot_runs`).
+
+    python analysis/omniglot_maml.py runs/omniglot-maml-1shot runs/omniglot-maml-5shot --out figures
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+PUBLISHED = {1: (98.7, 0.4), 5: (99.9, 0.1)}  # Finn et al. 2017, Omniglot 5-way, percent ± 95 % CI
+#: TrainConfig fields left out of the rebuilt command when they hold their defaults.
+_COMMAND_FIELDS = ("benchmark", "ways", "shots", "algo", "transform", "layers", "hidden", "steps", "test_steps",
+                   "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "query", "iterations", "val_every",
+                   "val_tasks", "seed", "batching")
+
+
+def command_of(config: dict, out: str, threads: int | None) -> str:
+    """The ``linmaml train`` command that gives a run with ``config`` (non-default settings only)."""
+    from linmaml.benchmarks.config import TrainConfig
+
+    default = TrainConfig().to_dict()
+    words = ["linmaml train"]
+    for name in _COMMAND_FIELDS:
+        if name in ("benchmark", "ways", "shots", "algo") or config.get(name) != default.get(name):
+            words.append(f"--{name.replace('_', '-')} {config[name]}")
+    words.append(f"--out {out}")
+    if threads:
+        words.append(f"--threads {threads}")
+    return " ".join(words)
+
+
+def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int | None = 1) -> dict:
+    from linmaml.analysis.depth_width import machine
+    from linmaml.benchmarks.evaluate import evaluate_checkpoint
+
+    config = json.loads((folder / "config.json").read_text())["config"]
+    scored = evaluate_checkpoint(folder, tasks=tasks, data_root=data_root, device="cpu")
+    published = PUBLISHED.get(config["shots"]) if config["ways"] == 5 else None
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {
+        "run": folder.name,
+        "ways": config["ways"], "shots": config["shots"],
+        "accuracy": 100 * scored["accuracy"], "ci95": 100 * scored["ci95"],
+        "tasks": scored["tasks"], "test_steps": scored["settings"]["steps"],
+        "train_seconds": records[-1]["elapsed"], "iterations": records[-1]["iteration"],
+        "best_iteration": scored["iteration"],
+        "published": {"accuracy": published[0], "ci95": published[1], "source": "Finn et al. 2017"} if published
+        else None,
+        "ci_reaches_published_interval": (100 * (scored["accuracy"] + scored["ci95"]) >= published[0] - published[1])
+        if published else None,
+        "command": command_of(config, str(folder), threads),
+        "machine": machine(),
+        "settings": config,
+    }
+
+
+def main(argv=None) -> dict:
+    from linmaml import _io
+    from linmaml.plots.training import plot_runs, read_runs
+
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run folders of linmaml train")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("figures"), help="output folder")
+    parser.add_argument("--tasks", type=int, default=600, help="fixed test tasks (default 600)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--data-root", default=None, help="datasets folder (default: $LINMAML_DATA)")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = [score_run(folder, tasks=args.tasks, data_root=args.data_root) for folder in args.runs]
+    args.out.mkdir(parents=True, exist_ok=True)
+    drawn = plot_runs(read_runs(args.runs), args.out / "omniglot_maml.png", x="time")
+    for result in results:
+        curve = drawn["runs"].get(result["run"], {})
+        result["validation"] = {"wall_time": curve.get("val_x"), "wall_time_axis": drawn["x_label"],
+                                "accuracy": curve.get("val_accuracy"), "ci95": curve.get("val_ci95")}
+    record = {"figure": "omniglot_maml", "runs": results}
+    _io.atomic_write_json(args.out / "omniglot_maml.json", record)
+    for r in results:
+        pub = r["published"]
+        print(f"{r['run']}: {r['ways']}-way {r['shots']}-shot {r['accuracy']:.2f} % ± {r['ci95']:.2f} % "
+              f"({r['tasks']} test tasks) after {r['iterations']} iterations, {r['train_seconds'] / 60:.1f} min"
+              + (f"; published {pub['accuracy']} ± {pub['ci95']}" if pub else ""))
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,7 @@ RESULTS = "results.json"
 FIGURE_PACKAGE = "linmaml.analysis"
 #: Floats that agree within this relative tolerance count as unchanged (rounding across machines).
 SAME_RTOL = 1e-6
+SAME_ATOL = 1e-12
 
 
 def register(subparsers):
@@ -111,18 +112,25 @@ def _read_results(path: pathlib.Path) -> dict:
     return data
 
 
+def _timing(key) -> bool:
+    """Keys that hold wall times ("seconds", "meta_seconds", "seconds_per_model", ...): never results."""
+    return isinstance(key, str) and "seconds" in key
+
+
 def same_numbers(a, b, rtol: float = SAME_RTOL) -> bool:
     """Whether two JSON values agree: same structure and strings, floats within ``rtol`` (relative to
-    the larger magnitude; exact zeros must match exactly), ``seconds`` keys ignored at every level."""
+    the larger magnitude) or both within ``SAME_ATOL`` of zero (the rounding noise of float64
+    quantities that are zero in exact arithmetic, e.g. an off-diagonal part of 1e-16), and timing
+    keys (any key naming ``seconds``) ignored at every level."""
     if isinstance(a, dict) and isinstance(b, dict):
-        keys = set(a) - {"seconds"}
-        return keys == set(b) - {"seconds"} and all(same_numbers(a[k], b[k], rtol) for k in keys)
+        keys = {k for k in a if not _timing(k)}
+        return keys == {k for k in b if not _timing(k)} and all(same_numbers(a[k], b[k], rtol) for k in keys)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same_numbers(x, y, rtol) for x, y in zip(a, b))
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b or math.isclose(a, b, rel_tol=rtol, abs_tol=0.0)
+        return a == b or math.isclose(a, b, rel_tol=rtol, abs_tol=SAME_ATOL)
     return a == b
 
 

@@ -149,7 +149,11 @@ def test_rerun_with_the_same_numbers_leaves_every_file_untouched(analysis, tmp_p
 @pytest.mark.parametrize("a,b,same", [
     ({"x": 1.0, "seconds": 3}, {"x": 1.0 + 1e-9, "seconds": 4}, True),
     ({"x": 1.0}, {"x": 1.00001}, False),
-    ({"x": [0.0, 1]}, {"x": [1e-300, 1]}, False),
+    ({"x": [0.0, 1]}, {"x": [1e-300, 1]}, True),       # rounding noise around an exact zero
+    ({"x": 1.8e-16}, {"x": 6.1e-14}, True),
+    ({"x": 1e-9}, {"x": 2e-9}, False),                   # small, but a result
+    ({"x": 1.0, "meta_seconds": 6.6}, {"x": 1.0, "meta_seconds": 2.5}, True),
+    ({"t": {"seconds_per_model": {"a": 1}}}, {"t": {"seconds_per_model": {"a": 9}}}, True),
     ({"x": "a"}, {"x": "b"}, False),
     ({"x": True}, {"x": 1}, False),
     ({"x": 1}, {"x": 1, "y": 2}, False),

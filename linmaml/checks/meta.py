@@ -80,6 +80,18 @@ def _per_step(rates, steps: int) -> list[float]:
     return rates if isinstance(rates, list) else [rates] * steps
 
 
+def library_side(learner, model, tasks, loss_fn, names) -> list:
+    """The side computed by :mod:`linmaml.meta`: the last task's adapted ``names``, then the
+    meta-gradient of the summed query losses with respect to the model's and the transform's
+    parameters (in that order)."""
+    total = 0.0
+    for Xs, Ys, Xq, Yq in tasks:
+        fast = learner.adapt(Xs, Ys, loss_fn)
+        total = total + loss_fn(learner(Xq, params=fast), Yq)
+    grads = torch.autograd.grad(total, list(model.parameters()) + list(learner.transform.parameters()))
+    return [fast[n] for n in names] + list(grads)
+
+
 # --------------------------------------------------------------------------------------------------
 # 1. MAML through meta.MAML equals the closed forms
 
@@ -562,12 +574,7 @@ def transform_vs_hand_loop(rng: np.random.Generator, kind: str, steps: int, conv
         randomise(transform, rng)
 
     names = [n for n, _ in model.named_parameters()]
-    total = 0.0
-    for Xs, Ys, Xq, Yq in tasks:
-        fast = learner.adapt(Xs, Ys, loss_fn)
-        total = total + loss_fn(learner(Xq, params=fast), Yq)
-    ours = [fast[n] for n in names] + list(torch.autograd.grad(total, list(model.parameters()) +
-                                                              list(transform.parameters())))
+    ours = library_side(learner, model, tasks, loss_fn, names)
 
     base = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
     t = {n: p.detach().clone().requires_grad_(True) for n, p in transform.named_parameters()}
@@ -690,12 +697,7 @@ def learned_rates_vs_hand_loop(rng: np.random.Generator, steps: int, loss: str) 
             transform.rates[meta.parameter_key(n)].copy_(torch.as_tensor(r, dtype=DTYPE))
 
     names = list(rates)
-    total = 0.0
-    for Xs, Ys, Xq, Yq in tasks:
-        fast = learner.adapt(Xs, Ys, loss_fn)
-        total = total + loss_fn(learner(Xq, params=fast), Yq)
-    ours = [fast[n] for n in names] + list(torch.autograd.grad(total, list(model.parameters()) +
-                                                              list(transform.parameters())))
+    ours = library_side(learner, model, tasks, loss_fn, names)
 
     base = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
     # The rates as leaves only to read the meta-gradient; each step multiplies by one entry.

@@ -21,24 +21,17 @@ TESTED = {"sinusoid_maml.py", "sinusoid_kfo.py", "omniglot_anil_custom_cnn.py", 
 NUMBER = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?|nan|inf)"
 
 
-def data_root() -> Path | None:
-    """The real Omniglot's root: $LINMAML_DATA, else ../shared/data beside the repository."""
-    candidates = [Path(os.environ["LINMAML_DATA"]).expanduser()] if os.environ.get("LINMAML_DATA", "").strip() else []
-    candidates.append(REPO.parent / "shared" / "data")
-    return next((root for root in candidates if (root / "omniglot").is_dir()), None)
-
-
-def launch(name: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def launch(name: str, *args: str, cwd: Path, timeout: float = 600,
+           data_root: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    root = data_root()
-    if root is not None:
-        env["LINMAML_DATA"] = str(root)
+    if data_root is not None:
+        env["LINMAML_DATA"] = str(data_root)
     return subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
-def run_example(name: str, *args: str, cwd: Path, timeout: float = 600) -> str:
-    done = launch(name, *args, cwd=cwd, timeout=timeout)
+def run_example(name: str, *args: str, cwd: Path, timeout: float = 600, data_root: Path | None = None) -> str:
+    done = launch(name, *args, cwd=cwd, timeout=timeout, data_root=data_root)
     assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout}\n{done.stderr[-4000:]}"
     return done.stdout
 
@@ -92,13 +85,9 @@ def test_sinusoid_kfo_quick(tmp_path):
     assert numbers(rf"KFO adds {NUMBER} meta-parameters", out) == [expected]
 
 
-def test_omniglot_anil_custom_cnn_quick(tmp_path):
-    if data_root() is None:
-        message = "real Omniglot not found: set LINMAML_DATA or provide ../shared/data/omniglot"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    out = run_example("omniglot_anil_custom_cnn.py", "--quick", "--out", str(tmp_path / "run"), cwd=tmp_path)
+def test_omniglot_anil_custom_cnn_quick(tmp_path, data_root):
+    out = run_example("omniglot_anil_custom_cnn.py", "--quick", "--out", str(tmp_path / "run"), cwd=tmp_path,
+                      data_root=data_root)
     assert "4 iterations" in out and "(done)" in out
     before, after = numbers(rf"accuracy {NUMBER} % before adaptation, {NUMBER} % after 3 inner steps", out)
     assert 0 <= before <= 100 and 0 <= after <= 100

@@ -4,7 +4,6 @@ interrupted one, refusal of folders with other settings, and the parallel path."
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,35 +12,22 @@ import torch
 
 from linmaml.analysis import depth_width as D
 
-REPO = Path(__file__).resolve().parents[2]
 KEYS = {"algo", "blocks", "filters", "accuracy", "ci95", "accuracy_before_adaptation", "meta_parameters",
         "train_seconds"}
 
 
-def _data_root() -> Path:
-    candidates = [Path(os.environ["LINMAML_DATA"])] if os.environ.get("LINMAML_DATA", "").strip() else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for root in candidates:
-        if (root / "omniglot").is_dir():
-            return root
-    if os.environ.get("CI"):
-        pytest.fail("real Omniglot not found: set LINMAML_DATA or provide ../shared/data/omniglot")
-    pytest.skip("real Omniglot not found")
-
-
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    root = _data_root()
+def quick(tmp_path_factory, data_root):
     base = tmp_path_factory.mktemp("depth_width")
     runs, out = base / "runs", base / "out"
     # One cell "interrupted" after 2 of its 4 iterations: the sweep must resume it, not restart it.
     from linmaml.benchmarks.train import train
 
     partial = runs / D.cell_name("maml", 2, 8)
-    train({**D.options(D.QUICK, "maml", 2, 8), "iterations": 2}, partial, data_root=root, progress=False)
+    train({**D.options(D.QUICK, "maml", 2, 8), "iterations": 2}, partial, data_root=data_root, progress=False)
     first_two = (partial / "metrics.jsonl").read_text().splitlines()
-    record = D.run(out, quick=True, runs=runs, data_root=root, command="test")
-    return record, runs, out, root, first_two
+    record = D.run(out, quick=True, runs=runs, data_root=data_root, command="test")
+    return record, runs, out, data_root, first_two
 
 
 def test_quick_sweep_writes_every_cell(quick):

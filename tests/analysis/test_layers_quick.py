@@ -4,30 +4,14 @@ a missing one exits 2 with one line."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from linmaml.analysis import layers as L
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _data_root() -> Path:
-    candidates = [Path(os.environ["LINMAML_DATA"])] if os.environ.get("LINMAML_DATA", "").strip() else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for root in candidates:
-        if (root / "omniglot").is_dir():
-            return root
-    if os.environ.get("CI"):
-        pytest.fail("real Omniglot not found: set LINMAML_DATA or provide ../shared/data/omniglot")
-    pytest.skip("real Omniglot not found")
-
-
-def test_quick_layers_figure_and_reuse(tmp_path, capsys):
-    root = _data_root()
-    record = L.run(tmp_path / "out", quick=True, runs=tmp_path / "runs", data_root=root, command="test")
+def test_quick_layers_figure_and_reuse(tmp_path, capsys, data_root):
+    record = L.run(tmp_path / "out", quick=True, runs=tmp_path / "runs", data_root=data_root, command="test")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["layers.json", "layers.png"]
     saved = json.loads((tmp_path / "out" / "layers.json").read_text())
     assert saved["settings"]["layers"] == 4 and saved["tasks"] == L.QUICK["tasks"] and saved["training"]
@@ -37,7 +21,7 @@ def test_quick_layers_figure_and_reuse(tmp_path, capsys):
 
     run_dir = Path(record["run"])
     stamp = (run_dir / "last.pt").stat().st_mtime_ns
-    again = L.run(tmp_path / "again", quick=True, run_dir=run_dir, data_root=root)
+    again = L.run(tmp_path / "again", quick=True, run_dir=run_dir, data_root=data_root)
     assert (run_dir / "last.pt").stat().st_mtime_ns == stamp and again["training"] is None
     assert again["layers"] == record["layers"] and again["ablation"] == record["ablation"]
 

@@ -29,18 +29,6 @@ NAMES = ("maml", "maml-linnet", "maml-kfo", "anil", "anil-kfo")
 LABELS = ("MAML", "MAML+LinNet", "MAML+KFO", "ANIL", "ANIL+KFO")
 
 
-def _data_root() -> pathlib.Path:
-    candidates = [pathlib.Path(os.environ["LINMAML_DATA"])] if os.environ.get("LINMAML_DATA", "").strip() else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for root in candidates:
-        if (root / "omniglot").is_dir():
-            return root
-    message = "real Omniglot not found: set LINMAML_DATA or provide ../shared/data/omniglot"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def _load_script():
     spec = importlib.util.spec_from_file_location("omniglot_comparison_under_test", SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -62,13 +50,12 @@ def _lines(path: pathlib.Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory):
+def comparison(tmp_path_factory, data_root):
     """Three invocations on one runs folder: (A) two configurations stopped at 2 of 4 iterations,
     (B) the full quick comparison (resumes A's two, trains the other three), (C) again (must not
     retrain). Returns what each left behind."""
     from linmaml.benchmarks.data import load_splits
 
-    data_root = _data_root()
     module = _load_script()
     base = tmp_path_factory.mktemp("omniglot-comparison")
     runs, out = base / "runs", base / "out"

@@ -1,41 +1,10 @@
-"""Shared fixtures for the benchmark tests: where the real Omniglot is, and one load per session.
-
-The real data is found through ``$LINMAML_DATA`` or ``../shared/data`` beside the repository (the
-Makefile exports the latter). When neither holds ``omniglot/``, the tests that need it fail under CI
-(``$CI`` set) and are skipped elsewhere.
-"""
+"""Shared fixtures for the benchmark tests: the real Omniglot read once per session (its data root
+comes from ``data_root`` in tests/conftest.py)."""
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def real_data_root() -> Path | None:
-    candidates = []
-    if os.environ.get("LINMAML_DATA", "").strip():
-        candidates.append(Path(os.environ["LINMAML_DATA"]).expanduser())
-    candidates.append(REPO.parent / "shared" / "data")
-    for root in candidates:
-        if (root / "omniglot").is_dir():
-            return root
-    return None
-
-
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    """The data root holding the real Omniglot (``<root>/omniglot/``)."""
-    root = real_data_root()
-    if root is None:
-        message = "real Omniglot not found: set LINMAML_DATA or provide ../shared/data/omniglot"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return root
 
 
 @pytest.fixture(scope="session")

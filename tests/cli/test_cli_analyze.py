@@ -4,38 +4,22 @@ the "all layers adapt" accuracy against ``linmaml evaluate`` on the same tasks, 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from linmaml.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _data_root() -> Path:
-    candidates = [Path(os.environ["LINMAML_DATA"])] if os.environ.get("LINMAML_DATA", "").strip() else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for root in candidates:
-        if (root / "omniglot").is_dir():
-            return root
-    if os.environ.get("CI"):
-        pytest.fail("real Omniglot not found: set LINMAML_DATA or provide ../shared/data/omniglot")
-    pytest.skip("real Omniglot not found")
-
 
 @pytest.fixture(scope="module")
-def run60(tmp_path_factory):
+def run60(tmp_path_factory, data_root):
     """A 60-iteration MAML run (2 blocks of 8 filters) on the real Omniglot."""
     from linmaml.benchmarks.train import train
 
-    root = _data_root()
     out = tmp_path_factory.mktemp("analyze") / "run"
     result = train({"layers": 2, "hidden": 8, "iterations": 60, "val_every": 30, "val_tasks": 10,
-                    "meta_batch": 8}, out, data_root=root, progress=False, threads=1)
+                    "meta_batch": 8}, out, data_root=data_root, progress=False, threads=1)
     assert result.status == "done"
-    return out, root
+    return out, data_root
 
 
 def test_analyze_json_end_to_end(run60, capsys, tmp_path):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,20 +19,8 @@ from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.train import train
 from linmaml.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = ["--layers", "1", "--hidden", "4", "--meta-batch", "2", "--query", "3", "--val-tasks", "5", "--threads", "1",
         "--quiet"]
-
-
-def real_data_root():
-    candidates = [Path(os.environ["LINMAML_DATA"])] if os.environ.get("LINMAML_DATA", "").strip() else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for root in candidates:
-        if (root / "omniglot").is_dir():
-            return root
-    if os.environ.get("CI"):
-        pytest.fail("real Omniglot not found: set LINMAML_DATA or provide ../shared/data/omniglot")
-    pytest.skip("real Omniglot not found")
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +175,9 @@ def test_second_run_on_a_locked_folder_refuses_unless_overwrite(tmp_path, capsys
         holder.wait()
 
 
-def test_real_omniglot_train_sigterm_resume_and_evaluate(tmp_path, capsys):
-    root = real_data_root()
+def test_real_omniglot_train_sigterm_resume_and_evaluate(tmp_path, capsys, data_root):
     out = tmp_path / "run"
-    env = dict(os.environ, LINMAML_DATA=str(root))
+    env = dict(os.environ, LINMAML_DATA=str(data_root))
     proc = subprocess.Popen([sys.executable, "-m", "linmaml", "train", "--out", str(out), "--iterations", "400",
                              "--val-every", "1000", "--checkpoint-every", "1000", *TINY], env=env,
                             stderr=subprocess.PIPE, text=True)
@@ -208,7 +194,7 @@ def test_real_omniglot_train_sigterm_resume_and_evaluate(tmp_path, capsys):
     assert stopped >= 2
 
     status = main(["train", "--out", str(out), "--resume", "--iterations", str(stopped + 3), "--val-every", "2",
-                   "--data-root", str(root), "--threads", "1", "--quiet"])
+                   "--data-root", str(data_root), "--threads", "1", "--quiet"])
     assert status == 0
     printed = capsys.readouterr().out
     assert f"finished {stopped + 3} iterations" in printed
@@ -216,7 +202,7 @@ def test_real_omniglot_train_sigterm_resume_and_evaluate(tmp_path, capsys):
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["iteration"] for r in lines] == list(range(1, stopped + 4))
 
-    status = main(["evaluate", str(out), "--tasks", "12", "--json", "--data-root", str(root), "--threads", "1"])
+    status = main(["evaluate", str(out), "--tasks", "12", "--json", "--data-root", str(data_root), "--threads", "1"])
     assert status == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
@@ -225,13 +211,13 @@ def test_real_omniglot_train_sigterm_resume_and_evaluate(tmp_path, capsys):
     assert result["checkpoint"].endswith("best.pt") and {"loss", "settings", "iteration"} <= set(result)
     assert "evaluate test: 12/12 tasks" in captured.err and "eta" in captured.err  # the progress line, on stderr
     # Text output in percent, equal to the JSON's fraction.
-    assert main(["evaluate", str(out), "--tasks", "12", "--data-root", str(root), "--quiet"]) == 0
+    assert main(["evaluate", str(out), "--tasks", "12", "--data-root", str(data_root), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith(f"accuracy {100 * result['accuracy']:.2f} % ± {100 * result['ci95']:.2f} % ")
     assert captured.err == ""
     # --config with the run's config.json repeats it: the same weights, bit for bit (one thread both).
     repeat = tmp_path / "repeat"
-    assert main(["train", "--config", str(out / "config.json"), "--out", str(repeat), "--data-root", str(root),
+    assert main(["train", "--config", str(out / "config.json"), "--out", str(repeat), "--data-root", str(data_root),
                  "--quiet"]) == 0
     capsys.readouterr()
     a, b = checkpoint.load(out / "last.pt"), checkpoint.load(repeat / "last.pt")
@@ -239,10 +225,11 @@ def test_real_omniglot_train_sigterm_resume_and_evaluate(tmp_path, capsys):
     assert all(torch.equal(a["learner"][k], b["learner"][k]) for k in a["learner"])
     # ... and flags override the file.
     assert main(["train", "--config", str(out / "config.json"), "--out", str(tmp_path / "shorter"), "--iterations",
-                 "1", "--data-root", str(root), "--quiet"]) == 0
+                 "1", "--data-root", str(data_root), "--quiet"]) == 0
     assert checkpoint.load(tmp_path / "shorter" / "last.pt")["config"]["iterations"] == 1
     # more ways than the split has classes: one line, exit 2 (the data is read, then checked)
-    status = main(["train", "--out", str(tmp_path / "wide"), "--ways", "5000", "--data-root", str(root), "--quiet"])
+    status = main(["train", "--out", str(tmp_path / "wide"), "--ways", "5000", "--data-root", str(data_root),
+                   "--quiet"])
     assert status == 2
     err = capsys.readouterr().err
     assert err == "linmaml train: error: --ways: expected at most 4400 (the classes of omniglot/train), got 5000\n"

@@ -22,23 +22,20 @@ from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.train import train
 from linmaml.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 FILES = ("omniglot_background.npz", "omniglot_evaluation.npz")
 TINY = ["--layers", "1", "--hidden", "2", "--meta-batch", "1", "--query", "2", "--val-tasks", "2",
         "--iterations", "2", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def real_omniglot() -> Path:
+def real_omniglot(data_root) -> Path:
     """The folder holding the real compact Omniglot files."""
-    roots = [Path(os.environ["LINMAML_DATA"]).expanduser()] if os.environ.get("LINMAML_DATA", "").strip() else []
-    roots.append(REPO.parent / "shared" / "data")
-    for root in roots:
-        if all((root / "omniglot" / name).is_file() for name in FILES):
-            return root / "omniglot"
+    folder = data_root / "omniglot"
+    if all((folder / name).is_file() for name in FILES):
+        return folder
     if os.environ.get("CI"):
-        pytest.fail("real Omniglot (.npz) not found: set LINMAML_DATA or provide ../shared/data/omniglot")
-    pytest.skip("real Omniglot (.npz) not found")
+        pytest.fail(f"real Omniglot (.npz) not found in {folder}")
+    pytest.skip(f"real Omniglot (.npz) not found in {folder}")
 
 
 def truncate(path: Path) -> str:

@@ -2,11 +2,10 @@
 
 What is drawn (image array, trajectory and adaptation line data) is compared with an independent
 reference: plain-float inner loops, adaptive quadrature over the task slope (scipy.integrate.quad),
-and meta-training by gradient descent with central finite differences of that quadrature.
+and meta-training by gradient descent with central finite differences of that quadrature (the
+``ref_*`` fixtures of tests/plots/conftest.py).
 """
 from __future__ import annotations
-
-import math
 
 import matplotlib
 
@@ -16,45 +15,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.backend_bases import MouseEvent  # noqa: E402
 from PIL import Image  # noqa: E402
-from scipy import integrate  # noqa: E402
 
 from linmaml.cli import main  # noqa: E402
 from linmaml.plots.explorer import SurfaceExplorer  # noqa: E402
-
-
-# -- independent reference ------------------------------------------------------------------
-def ref_inner(ws, a, lr, steps, x_var):
-    ws = [float(w) for w in ws]
-    path = [list(ws)]
-    for _ in range(steps):
-        prod = math.prod(ws)
-        grads = [x_var * (prod - a) * math.prod(ws[:j] + ws[j + 1:]) for j in range(len(ws))]
-        ws = [w - lr * g for w, g in zip(ws, grads)]
-        path.append(list(ws))
-    return np.array(path)
-
-
-def ref_objective(ws, lr, steps, mean, std, x_var):
-    def loss_at(a):
-        adapted = ref_inner(ws, a, lr, steps, x_var)[-1]
-        return 0.5 * x_var * (math.prod(adapted) - a) ** 2
-
-    if std == 0:
-        return loss_at(mean)
-    density = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)  # noqa: E731
-    return integrate.quad(lambda z: loss_at(mean + std * z) * density(z), -14, 14,
-                          epsabs=1e-15, epsrel=1e-13, limit=200)[0]
-
-
-def ref_meta_train(start, args, meta_lr, meta_steps, h=1e-5):
-    w = np.array(start, dtype=float)
-    rows = [w.copy()]
-    for _ in range(meta_steps):
-        grad = np.array([(ref_objective(w + h * e, *args) - ref_objective(w - h * e, *args)) / (2 * h)
-                         for e in np.eye(w.size)])
-        w = w - meta_lr * grad
-        rows.append(w.copy())
-    return np.array(rows)
 
 
 def settings_of(explorer):
@@ -89,7 +52,7 @@ def make_explorer():
         plt.close(explorer.figure)
 
 
-def check_image(explorer, points):
+def check_image(explorer, points, ref_objective):
     axis = np.linspace(-explorer.half_width, explorer.half_width, explorer.grid)
     array = explorer.image.get_array()
     assert array.shape == (explorer.grid, explorer.grid)
@@ -99,13 +62,13 @@ def check_image(explorer, points):
         assert array[j, i] == pytest.approx(ref, rel=1e-10, abs=1e-14), (i, j)
 
 
-def test_initial_surface_equals_quadrature(make_explorer):
+def test_initial_surface_equals_quadrature(make_explorer, ref_objective):
     explorer = make_explorer()
-    check_image(explorer, [(0, 0), (12, 3), (24, 17), (5, 20)])
+    check_image(explorer, [(0, 0), (12, 3), (24, 17), (5, 20)], ref_objective)
     assert explorer.trajectory is None and len(explorer.trajectory_line.get_xdata()) == 0
 
 
-def test_sliders_recompute_the_surface(make_explorer):
+def test_sliders_recompute_the_surface(make_explorer, ref_objective):
     explorer = make_explorer()
     explorer.sliders["lr"].set_val(0.05)
     explorer.sliders["steps"].set_val(2)
@@ -113,14 +76,14 @@ def test_sliders_recompute_the_surface(make_explorer):
     explorer.sliders["task_std"].set_val(0.4)
     assert settings_of(explorer) == pytest.approx((0.05, 2, -0.8, 0.4, 1.0))
     assert isinstance(explorer.setting.steps, int)
-    check_image(explorer, [(1, 23), (12, 12), (20, 6)])
+    check_image(explorer, [(1, 23), (12, 12), (20, 6)], ref_objective)
     explorer.sliders["steps"].set_val(0)  # no adaptation: ½V((w1w2 − m)² + s²)
     axis = np.linspace(-3, 3, 25)
     expected = 0.5 * ((axis[:, None] * axis[None, :] + 0.8) ** 2 + 0.4 ** 2)
     np.testing.assert_allclose(explorer.image.get_array(), expected.T, rtol=1e-12)
 
 
-def test_click_meta_trains_and_draws_adaptation_path(make_explorer):
+def test_click_meta_trains_and_draws_adaptation_path(make_explorer, ref_inner, ref_meta_train):
     explorer = make_explorer()
     click(explorer, 1.0, 2.0)
     assert explorer.start == pytest.approx((1.0, 2.0), abs=1e-9)
@@ -140,7 +103,7 @@ def test_click_meta_trains_and_draws_adaptation_path(make_explorer):
     assert "meta-steps" in explorer.status.get_text()
 
 
-def test_slider_after_click_reruns_from_the_same_start(make_explorer):
+def test_slider_after_click_reruns_from_the_same_start(make_explorer, ref_inner, ref_meta_train):
     explorer = make_explorer(meta_steps=4)
     click(explorer, -1.5, 0.7)
     start, z = explorer.start, explorer.task_z
@@ -160,7 +123,7 @@ def test_slider_after_click_reruns_from_the_same_start(make_explorer):
     assert explorer.task_z == rng.standard_normal()
 
 
-def test_multi_step_adaptation_path(make_explorer):
+def test_multi_step_adaptation_path(make_explorer, ref_inner):
     explorer = make_explorer(steps=3, lr=0.08, meta_steps=2)
     click(explorer, 0.4, -1.2)
     end = explorer.trajectory.final_weights[0]
@@ -178,14 +141,14 @@ def test_other_clicks_are_ignored(make_explorer):
     assert len(explorer.trajectory_line.get_xdata()) == 0
 
 
-def test_redraw_200_grid_draws_the_closed_form(make_explorer):
+def test_redraw_200_grid_draws_the_closed_form(make_explorer, ref_objective):
     # Speed is measured by analysis/bench.py, not asserted here (shared machines are noisy).
     explorer = make_explorer(grid=200, half_width=4.0)
     explorer.sliders["steps"].set_val(3)
     explorer.sliders["lr"].set_val(0.07)
     explorer.redraw()
     assert set(explorer.timings) >= {"surface_s", "draw_s"}
-    check_image(explorer, [(17, 150), (199, 0)])
+    check_image(explorer, [(17, 150), (199, 0)], ref_objective)
 
 
 def test_save_writes_a_png(make_explorer, tmp_path):
@@ -260,7 +223,7 @@ def test_cli_rejects_unknown_snapshot_format(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_interactive_path_builds_and_shows(monkeypatch):
+def test_cli_interactive_path_builds_and_shows(monkeypatch, ref_meta_train):
     # No display here: pretend one exists and record what would be shown instead of opening a window.
     import linmaml.cli.explore as explore_cli
 

@@ -3,7 +3,8 @@
 The reference runs the k inner steps of one task with plain Python floats and integrates over the
 task slope a ~ N(m, s²) with adaptive quadrature (scipy.integrate.quad on a = m + s·z, z ∈ [−14, 14];
 the Gaussian tail beyond is below 1e-40), and meta-trains with central finite differences of that.
-Nothing here uses Gauss–Hermite nodes or the library's gradient.
+Nothing here uses Gauss–Hermite nodes or the library's gradient (the ``ref_*`` fixtures of
+tests/plots/conftest.py).
 """
 from __future__ import annotations
 
@@ -15,49 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from scipy import integrate  # noqa: E402
 
 from linmaml.plots import surface as S  # noqa: E402
 
 
-# -- independent reference ------------------------------------------------------------------
-def ref_inner(ws, a, lr, steps, x_var):
-    ws = [float(w) for w in ws]
-    path = [list(ws)]
-    for _ in range(steps):
-        prod = math.prod(ws)
-        grads = [x_var * (prod - a) * math.prod(ws[:j] + ws[j + 1:]) for j in range(len(ws))]
-        ws = [w - lr * g for w, g in zip(ws, grads)]
-        path.append(list(ws))
-    return path
-
-
-def ref_objective(ws, lr, steps, mean, std, x_var):
-    def loss_at(a):
-        adapted = ref_inner(ws, a, lr, steps, x_var)[-1]
-        return 0.5 * x_var * (math.prod(adapted) - a) ** 2
-
-    if std == 0:
-        return loss_at(mean)
-    density = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)  # noqa: E731
-    value, _ = integrate.quad(lambda z: loss_at(mean + std * z) * density(z), -14, 14,
-                              epsabs=1e-15, epsrel=1e-13, limit=200)
-    return value
-
-
-def ref_meta_train(start, setting, meta_lr, meta_steps, h=1e-5):
-    args = (setting.lr, setting.steps, setting.mean, setting.std, setting.x_var)
-    w = np.array(start, dtype=float)
-    rows = [w.copy()]
-    for _ in range(meta_steps):
-        grad = np.zeros_like(w)
-        for j in range(w.size):
-            e = np.zeros_like(w)
-            e[j] = h
-            grad[j] = (ref_objective(w + e, *args) - ref_objective(w - e, *args)) / (2 * h)
-        w = w - meta_lr * grad
-        rows.append(w.copy())
-    return np.array(rows)
+def args_of(setting):
+    return (setting.lr, setting.steps, setting.mean, setting.std, setting.x_var)
 
 
 SETTINGS = [
@@ -70,18 +34,18 @@ SETTINGS = [
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"lr{s.lr}-k{s.steps}-s{s.std}")
-def test_depth2_surface_equals_quadrature(setting):
+def test_depth2_surface_equals_quadrature(setting, ref_objective):
     w1, w2, loss = S.depth2_surface(setting, 17, 2.5)
     assert loss.shape == (17, 17)
     np.testing.assert_allclose(w1, np.linspace(-2.5, 2.5, 17), rtol=0, atol=1e-15)
     rng = np.random.default_rng(1)
     for i, j in [(0, 16), (8, 8), (3, 11)] + [tuple(rng.integers(0, 17, 2)) for _ in range(3)]:
-        ref = ref_objective([w1[i], w2[j]], setting.lr, setting.steps, setting.mean, setting.std, setting.x_var)
+        ref = ref_objective([w1[i], w2[j]], *args_of(setting))
         assert loss[i, j] == pytest.approx(ref, rel=1e-10, abs=1e-14), (i, j)
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"lr{s.lr}-k{s.steps}-s{s.std}")
-def test_depth1_curve_equals_closed_form(setting):
+def test_depth1_curve_equals_closed_form(setting, ref_objective):
     # Shallow: each inner step multiplies the error by (1 − αV), so L(w) = ½V(1−αV)^{2k}((w−m)² + s²).
     w, loss = S.depth1_curve(setting, 9, 3.0)
     a, V, k, m, s = setting.lr, setting.x_var, setting.steps, setting.mean, setting.std
@@ -91,16 +55,16 @@ def test_depth1_curve_equals_closed_form(setting):
 
 
 @pytest.mark.parametrize("setting", SETTINGS[:3], ids=lambda s: f"lr{s.lr}-k{s.steps}")
-def test_meta_train_matches_finite_difference_descent(setting):
+def test_meta_train_matches_finite_difference_descent(setting, ref_objective, ref_meta_train):
     starts = np.array([[0.6, 1.1], [-1.2, 0.4]])
     traj = S.meta_train(starts, setting, meta_lr=0.15, meta_steps=8)
     assert traj.weights.shape == (9, 2, 2) and traj.losses.shape == (9, 2)
     assert not traj.diverged.any()
     for r in range(2):
-        ref = ref_meta_train(starts[r], setting, 0.15, 8)
+        ref = ref_meta_train(starts[r], args_of(setting), 0.15, 8)
         np.testing.assert_allclose(traj.weights[:, r], ref, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(traj.final_weights[r], ref[-1], rtol=1e-7)
-        ref_loss = ref_objective(ref[-1], setting.lr, setting.steps, setting.mean, setting.std, setting.x_var)
+        ref_loss = ref_objective(ref[-1], *args_of(setting))
         assert traj.final_losses[r] == pytest.approx(ref_loss, rel=1e-6)
 
 
@@ -127,7 +91,7 @@ def test_deep_one_step_solution_is_exact():
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
-def test_inner_path_equals_reference(depth):
+def test_inner_path_equals_reference(depth, ref_inner):
     rng = np.random.default_rng(depth)
     ws = rng.normal(size=depth)
     setting = S.TaskSetting(lr=0.13, steps=4, mean=0.0, std=1.0, x_var=1.4)
@@ -147,7 +111,7 @@ def test_meta_train_stops_diverging_runs():
     assert np.isfinite(traj.final_losses[1])
 
 
-def test_draw_surface_and_update():
+def test_draw_surface_and_update(ref_objective):
     setting = SETTINGS[1]
     w1, w2, loss = S.depth2_surface(setting, 21, 2.0)
     fig, ax = plt.subplots()
@@ -156,7 +120,7 @@ def test_draw_surface_and_update():
         array = image.get_array()
         assert array.shape == (21, 21)
         # rows of the image are w2, columns w1: pixel (row j, column i) holds the objective at (w1[i], w2[j]).
-        ref = ref_objective([w1[4], w2[15]], setting.lr, setting.steps, setting.mean, setting.std, setting.x_var)
+        ref = ref_objective([w1[4], w2[15]], *args_of(setting))
         assert array[15, 4] == pytest.approx(ref, rel=1e-10)
         left, right, bottom, top = image.get_extent()
         step = 4.0 / 20
@@ -243,7 +207,7 @@ def test_helpers_reject_bad_values():
         S.inner_path([0.1, 0.2], float("nan"), setting)
 
 
-def test_meta_train_stops_on_an_overflowing_step():
+def test_meta_train_stops_on_an_overflowing_step(ref_objective):
     # A step so large that the new weights overflow: the run stops at its last finite point.
     traj = S.meta_train([[3.0, 3.0]], S.TaskSetting(), meta_lr=1e305, meta_steps=5, bound=1e308)
     assert traj.diverged[0] and traj.stopped[0] == 0

@@ -139,14 +139,6 @@ def call(function, *args, **kwargs):
         return None, error
 
 
-def assert_names(error, names):
-    assert error is not None, f"expected an error naming one of {sorted(names)}"
-    event(f"error naming {str(error).split(':', 1)[0]}")
-    message = str(error)
-    assert any(message.startswith(n) for n in names), f"{message!r} names none of {sorted(names)}"
-    assert "\n" not in message
-
-
 def problems(lr, steps) -> set[str]:
     if isinstance(steps, bool) or not isinstance(steps, int):
         return {"steps"}
@@ -198,6 +190,16 @@ def resolve_adapt(choice, model):
             "not-a-list": 3}[choice]
 
 
+def maml_problems(case, lr, steps) -> set[str]:
+    """Names to blame when a MAML learner is built from ``case`` with ``lr`` and ``steps``."""
+    wrong = problems(lr, steps)
+    if case["transform"] == "not-a-transform":
+        wrong.add("transform")
+    if case["adapt"] in ("unknown", "empty", "not-a-list"):
+        wrong.add("adapt")
+    return wrong
+
+
 @PROPERTY
 @given(case=maml_case(valid=True), lr_steps=rates_and_steps(valid=True), first_order=st.booleans())
 @example(case=dict(sizes=[3, 4, 2], activations=[True, True], seed=1, transform="kfo", adapt="all", n=4),
@@ -206,18 +208,14 @@ def resolve_adapt(choice, model):
          lr_steps=([0.1, -0.2], 2), first_order=False)
 @example(case=dict(sizes=[2, 2], activations=[True], seed=3, transform="chain", adapt="first", n=3),
          lr_steps=(0.3, 3), first_order=True)
-def test_maml_adapts_and_differentiates_like_a_hand_written_loop(case, lr_steps, first_order):
+def test_maml_adapts_and_differentiates_like_a_hand_written_loop(case, lr_steps, first_order, assert_names):
     lr, steps = lr_steps
     model = build_model(case["sizes"], case["activations"], case["seed"])
     transform = make_transform(case["transform"])
     adapt = resolve_adapt(case["adapt"], model)
     learner, error = call(meta.MAML, model, lr=lr, steps=steps, transform=transform, first_order=first_order,
                           adapt=adapt)
-    wrong = problems(lr, steps)
-    if case["transform"] == "not-a-transform":
-        wrong.add("transform")
-    if case["adapt"] in ("unknown", "empty", "not-a-list"):
-        wrong.add("adapt")
+    wrong = maml_problems(case, lr, steps)
     if wrong:
         assert_names(error, wrong)
         return
@@ -249,16 +247,12 @@ def test_maml_adapts_and_differentiates_like_a_hand_written_loop(case, lr_steps,
 
 @PROPERTY
 @given(case=maml_case(), lr_steps=rates_and_steps())
-def test_maml_refuses_bad_arguments_naming_them(case, lr_steps):
+def test_maml_refuses_bad_arguments_naming_them(case, lr_steps, assert_names):
     lr, steps = lr_steps
     model = build_model(case["sizes"], case["activations"], case["seed"])
     learner, error = call(meta.MAML, model, lr=lr, steps=steps, transform=make_transform(case["transform"]),
                           adapt=resolve_adapt(case["adapt"], model))
-    wrong = problems(lr, steps)
-    if case["transform"] == "not-a-transform":
-        wrong.add("transform")
-    if case["adapt"] in ("unknown", "empty", "not-a-list"):
-        wrong.add("adapt")
+    wrong = maml_problems(case, lr, steps)
     if wrong:
         assert_names(error, wrong)
     else:
@@ -268,7 +262,7 @@ def test_maml_refuses_bad_arguments_naming_them(case, lr_steps):
 
 @PROPERTY
 @given(case=maml_case(), lr_steps=rates_and_steps(), test_steps=steps_strategy)
-def test_test_time_steps_and_the_anil_head_loop(case, lr_steps, test_steps):
+def test_test_time_steps_and_the_anil_head_loop(case, lr_steps, test_steps, assert_names):
     lr = lr_steps[0] if not isinstance(lr_steps[0], list) else (lr_steps[0] + [0.1, 0.1])[:2]
     torch.manual_seed(case["seed"])
     sizes = case["sizes"] + [2] if len(case["sizes"]) < 3 else case["sizes"]
@@ -307,7 +301,7 @@ def test_test_time_steps_and_the_anil_head_loop(case, lr_steps, test_steps):
 @given(x_kind=st.sampled_from(["tensor", "tensor", "numpy", "list", "none"]),
        loss_kind=st.sampled_from(["mean", "mean", "per-example", "float", "not-callable"]),
        flag=st.sampled_from([False, True, False, True, False, True, 0, 1, "yes", None]))
-def test_learner_arguments_name_themselves(x_kind, loss_kind, flag):
+def test_learner_arguments_name_themselves(x_kind, loss_kind, flag, assert_names):
     model = nn.Linear(3, 2).to(DTYPE)
     learner, error = call(meta.MAML, model, lr=0.1, steps=1, first_order=flag)
     if not isinstance(flag, bool):
@@ -345,7 +339,7 @@ def every_transform_at(*shapes):
        kind=st.sampled_from(["metasgd", "kfo", "kfo-plain", "metacurvature", "chain"]),
        hidden=st.sampled_from([0, 0, 1, -1, 1.5]), seed=st.integers(0, 2**16))
 @every_transform_at((3, 2), (3,), ())
-def test_transforms_serve_every_parameter_shape_or_name_it(shape, kind, hidden, seed):
+def test_transforms_serve_every_parameter_shape_or_name_it(shape, kind, hidden, seed, assert_names):
     torch.manual_seed(seed)
     param = nn.Parameter(torch.randn(tuple(shape), dtype=DTYPE))
     if kind.startswith("kfo"):
@@ -378,7 +372,7 @@ def test_transforms_serve_every_parameter_shape_or_name_it(shape, kind, hidden, 
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(out=st.integers(1, 4), layers=st.sampled_from([1, 2, 3, 1, 2, 3, 0, -1, 2.0, "2"]),
        width=st.sampled_from([None, "out", "out+1", "out-1", 0, "x"]), seed=st.integers(0, 2**16))
-def test_linnet_is_the_identity_at_init_and_a_product_of_maps(out, layers, width, seed):
+def test_linnet_is_the_identity_at_init_and_a_product_of_maps(out, layers, width, seed, assert_names):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(3, out), nn.Tanh(), nn.Linear(out, out)).to(DTYPE)
     width_value = {"out": out, "out+1": out + 1, "out-1": out - 1}.get(width, width)

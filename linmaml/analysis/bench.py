@@ -16,6 +16,9 @@ Cases
                  each adapted with ``torch.func.functional_call`` + ``torch.autograd.grad(create_graph=
                  True)`` and backpropagated (query loss / M) before the next.
 ``kfo``, ``anil`` the same meta-iteration with the KFO meta-optimizer, and with ANIL.
+``allocator``    the ``maml`` case's ``linmaml train`` step and reference in fresh processes under
+                 glibc's own malloc settings and under ``--allocator keep`` (memory freed by a step
+                 kept for the next), alternated (:mod:`linmaml.analysis.bench_allocator`).
 ``sinusoid``     the per-task MAML loop (``learner.adapt`` per task) on Finn et al.'s sinusoid MLP
                  against learn2learn-style and higher-style loops written in the benchmark, and the
                  vmapped engine, at 1 step second/first order and 5 steps (see
@@ -52,13 +55,18 @@ Method
   ``torch.cuda.max_memory_allocated`` around one iteration.
 * Threads: ``torch.set_num_threads(threads)`` (default 2); numpy's surface kernel uses its own
   thread pool of at most the available cores.
+* Allocator: every case but ``allocator`` runs under the policy ``linmaml train`` uses by default,
+  ``keep`` (glibc keeps freed memory for reuse; :mod:`linmaml.benchmarks.allocator`), or under
+  ``--allocator system``; the record's machine entry says which, and the memory probes use the same.
 
 Modules: :mod:`~linmaml.analysis.bench_settings` (sizes, targets), :mod:`~linmaml.analysis.bench_measure`
 (timing and memory helpers), :mod:`~linmaml.analysis.bench_closedform` (surface, deep_linear),
 :mod:`~linmaml.analysis.bench_sinusoid` (sinusoid), :mod:`~linmaml.analysis.bench_meta` (maml, kfo,
-anil); this module runs them and writes the record.
+anil), :mod:`~linmaml.analysis.bench_allocator` (allocator); this module runs them and writes the
+record.
 
-Run: ``linmaml bench [--quick] [--only CASE ...] [--out DIR] [--device cpu|cuda] [--threads N]`` (or
+Run: ``linmaml bench [--quick] [--only CASE ...] [--out DIR] [--device cpu|cuda] [--threads N]
+[--allocator keep|system]`` (or
 ``python -m linmaml.analysis.bench``, or ``analysis/bench.py`` in a source tree); prints the table and
 writes ``DIR/bench.json``.
 """
@@ -70,13 +78,15 @@ import json
 import math
 import os
 import pathlib
+import statistics
 import sys
 import time
 
 import numpy as np
 
+from linmaml.analysis.bench_allocator import allocator_probe, bench_allocator
 from linmaml.analysis.bench_closedform import bench_deep_linear, bench_surface, deep_linear_functions
-from linmaml.analysis.bench_measure import (THREADS, interleaved, machine, memory_probe_subprocess,  # noqa: F401
+from linmaml.analysis.bench_measure import (ALLOCATOR, THREADS, interleaved, machine, memory_probe_subprocess,  # noqa: F401
                                             proc_status_kib, ratios, relative_error, release_free_memory,
                                             tracemalloc_peak_mib)
 from linmaml.analysis.bench_meta import bench_meta, meta_setup, meta_variants, run_variant
@@ -84,11 +94,14 @@ from linmaml.analysis.bench_settings import CASES, FULL, NAME, QUICK, TARGETS  #
 from linmaml.analysis.bench_sinusoid import bench_sinusoid
 
 
-def memory_probe(case: str, variant: str, settings: dict, threads: int) -> dict:
+def memory_probe(case: str, variant: str, settings: dict, threads: int, allocator: str = "keep") -> dict:
     """In this (fresh) process: set up ``case``, run ``variant`` once (warm-up, compilation), reset
     the resident high-water mark, run it once more and report the peak (MiB)."""
     import torch
 
+    from linmaml.benchmarks.allocator import use_allocator
+
+    use_allocator(allocator)
     torch.set_num_threads(threads)
     # Load the code torch.func brings in on first use (tens of MiB of modules) in every probe alike,
     # so that the peaks compare the memory of the computations rather than which libraries ran.
@@ -126,12 +139,14 @@ def memory_probe(case: str, variant: str, settings: dict, threads: int) -> dict:
 # Driver, table, CLI
 
 def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cpu", threads: int = 2,
-        log=None) -> dict:
+        log=None, allocator: str = "keep") -> dict:
     """Run the cases (``only``: a subset of :data:`CASES`), print progress with ``log``, write
-    ``<out_dir>/bench.json`` atomically and return its dict."""
+    ``<out_dir>/bench.json`` atomically and return its dict. ``allocator`` is applied to this process
+    first (:func:`linmaml.benchmarks.allocator.use_allocator`)."""
     import torch
 
     from linmaml._io import atomic_write_json
+    from linmaml.benchmarks.allocator import use_allocator
 
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     cases = list(CASES) if not only else list(only)
@@ -146,8 +161,9 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
         raise ValueError(f"threads: expected a positive integer, got {threads!r}")
     settings = QUICK if quick else FULL
     out_dir = pathlib.Path(out_dir)
+    applied_allocator = use_allocator(allocator)
     torch.set_num_threads(threads)
-    THREADS[0] = threads
+    THREADS[0], ALLOCATOR[0] = threads, allocator
     if device == "cuda":
         # TF32 for the benchmark's timings only (the exactness checks run in float64, untouched by it).
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -155,7 +171,7 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
         torch.backends.cudnn.benchmark = True
     began = time.perf_counter()
     info = machine()
-    info.update(torch=torch.__version__, torch_threads=threads, device=device)
+    info.update(torch=torch.__version__, torch_threads=threads, device=device, allocator=applied_allocator)
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     record = {"figure": NAME, "quick": quick, "machine": info,
@@ -182,6 +198,11 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
             if device == "cuda":
                 continue  # the per-task loop's Python overheads: a CPU question
             record["cases"]["sinusoid"] = bench_sinusoid(settings["sinusoid"], log)
+        elif case == "allocator":
+            if device == "cuda":
+                continue  # the host allocator: a CPU question
+            record["cases"]["allocator"] = bench_allocator(settings["meta"], settings["allocator"]["rounds"],
+                                                           settings["allocator"]["reps"], log)
         else:
             record["cases"][case] = bench_meta(case, settings["meta"], settings["reps"], device,
                                                settings["meta"]["memory"], log)
@@ -244,6 +265,9 @@ def summary_numbers(record: dict) -> dict:
                 for name, v in c["variants"].items():
                     numbers[f"sinusoid_{config}_{name}_seconds"] = v["median"]
                     numbers[f"sinusoid_{config}_{name}_ratio"] = v["ratio"]
+        elif case == "allocator":
+            for name, v in entry["speedup"].items():
+                numbers[f"allocator_keep_{name}_speedup"] = v
         else:
             for name, v in entry["variants"].items():
                 numbers[f"{case}_{name}_seconds"] = v["median"]
@@ -282,6 +306,12 @@ def table(record: dict) -> str:
                     rows.append((f"sinusoid {config}" if i == 0 else "", name, fmt(t["median"], ".4f"),
                                  f"{t['q1']:.4f}–{t['q3']:.4f}", f"{t['ratio']:.2f}×", f"{t['cpu_ratio']:.2f}×", "—",
                                  f"{agree:.0e}" if agree is not None else ""))
+        elif case == "allocator":
+            keep = entry["rounds"]
+            for i, name in enumerate(entry["speedup"]):
+                rows.append(("allocator" if i == 0 else "", f"{name}: system → keep",
+                             fmt(statistics.median(r["keep"][name] for r in keep), ".3f"), "",
+                             f"{entry['speedup'][name]:.2f}×", "—", "—", ""))
         else:
             mem = entry.get("memory", {})
             for i, (name, t) in enumerate(entry["variants"].items()):
@@ -310,15 +340,22 @@ def main(argv=None, default_out: pathlib.Path | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default 2; 1 in quick mode, whose tiny ops only wait on each other)")
+    parser.add_argument("--allocator", default="keep", choices=("keep", "system"),
+                        help="malloc policy of this process (default keep, as linmaml train)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--allocator-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
         spec = json.loads(args.memory_probe)
-        settings = spec["settings"]
-        print(json.dumps(memory_probe(spec["case"], spec["variant"], settings, spec["threads"])))
+        print(json.dumps(memory_probe(spec["case"], spec["variant"], spec["settings"], spec["threads"],
+                                      spec.get("allocator", "keep"))))
+        return 0
+    if args.allocator_probe:
+        print(json.dumps(allocator_probe(json.loads(args.allocator_probe))))
         return 0
     threads = args.threads if args.threads is not None else (1 if args.quick else 2)
-    record = run(args.out, quick=args.quick, only=args.only, device=args.device, threads=threads)
+    record = run(args.out, quick=args.quick, only=args.only, device=args.device, threads=threads,
+                 allocator=args.allocator)
     print(table(record))
     return 0
 

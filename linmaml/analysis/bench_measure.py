@@ -18,6 +18,8 @@ import numpy as np
 
 #: torch threads of the current run (the memory probes' processes use the same number).
 THREADS = [2]
+#: The allocator policy of the current run (:mod:`linmaml.benchmarks.allocator`), used alike by its probes.
+ALLOCATOR = ["keep"]
 
 def _quantiles(samples):
     q = np.quantile(np.asarray(samples), [0.25, 0.5, 0.75])
@@ -142,20 +144,24 @@ def cuda_peak_mib(fn) -> dict:
 
 
 def memory_probe_subprocess(case: str, variant: str, settings: dict, threads: int | None = None) -> dict:
-    """Run :func:`linmaml.analysis.bench.memory_probe` in a fresh interpreter (``python -m
-    linmaml.analysis.bench --memory-probe``: the installed package, not a file path); returns its
-    JSON (or {"error": ...})."""
-    threads = threads or THREADS[0]
-    command = [sys.executable, "-m", "linmaml.analysis.bench", "--memory-probe",
-               json.dumps({"case": case, "variant": variant, "settings": settings, "threads": threads})]
+    """Run :func:`linmaml.analysis.bench.memory_probe` in a fresh interpreter; returns its JSON (or
+    {"error": ...})."""
+    return probe_subprocess("memory", {"case": case, "variant": variant, "settings": settings,
+                                       "threads": threads or THREADS[0], "allocator": ALLOCATOR[0]})
+
+
+def probe_subprocess(kind: str, spec: dict) -> dict:
+    """Run ``python -m linmaml.analysis.bench --<kind>-probe SPEC`` (the installed package, not a file
+    path) in a fresh interpreter and return the JSON it prints last (or {"error": ...})."""
+    command = [sys.executable, "-m", "linmaml.analysis.bench", f"--{kind}-probe", json.dumps(spec)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
     except subprocess.TimeoutExpired:
-        return {"error": "memory probe timed out"}
+        return {"error": f"{kind} probe timed out"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"memory probe failed (exit {done.returncode}): {tail[0]}"}
+        return {"error": f"{kind} probe failed (exit {done.returncode}): {tail[0]}"}
     return json.loads(lines[-1])
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 NAME = "bench"
-CASES = ("surface", "deep_linear", "sinusoid", "maml", "kfo", "anil")
+CASES = ("surface", "deep_linear", "sinusoid", "maml", "kfo", "anil", "allocator")
 META_CASES = {"maml": dict(algo="maml", transform="none"), "kfo": dict(algo="maml", transform="kfo"),
               "anil": dict(algo="anil", transform="none")}
 
@@ -19,6 +19,8 @@ FULL = {
                  agreement_tasks=4, compiled=True, compiled_check_layers=1, batched_cases=["maml"], memory=True),
     # Finn et al.'s sinusoid set-up; each call takes milliseconds, so many interleaved rounds.
     "sinusoid": dict(tasks=25, n_support=10, n_query=10, hidden=40, lr=0.01, reps=31),
+    # the maml case in fresh processes per allocator policy (bench_allocator): rounds × 2 processes
+    "allocator": dict(rounds=4, reps=3),
 }
 QUICK = {
     "reps": 5,
@@ -30,6 +32,7 @@ QUICK = {
                  agreement_tasks=2, compiled=False, compiled_check_layers=1, batched_cases=["maml", "kfo", "anil"],
                  memory=False),
     "sinusoid": dict(tasks=4, n_support=5, n_query=5, hidden=8, lr=0.01, reps=3),
+    "allocator": dict(rounds=1, reps=1),
 }
 TARGETS = {"surface_ratio": 100.0, "surface_seconds_5_steps": 0.2, "meta_ratio": 1.5,
            "deep_linear_agreement": 1e-10, "meta_agreement_float64": 1e-10,

@@ -1,10 +1,11 @@
 """``linmaml bench``: the performance benchmark (:mod:`linmaml.analysis.bench`), printed as a table.
 
     linmaml bench [--quick] [--only CASE ...] [--out DIR] [--device cpu|cuda] [--threads N]
+                  [--allocator keep|system]
 
 Times each case against its reference in the same process (closed-form surfaces, the deep-linear
 meta-gradient, the per-task MAML loop on sinusoids against learn2learn- and higher-style loops,
-meta-training iterations of MAML, KFO and ANIL), checks that they agree, prints the table and
+meta-training iterations of MAML, KFO and ANIL, the allocator policy in fresh processes), checks that they agree, prints the table and
 writes ``DIR/bench.json`` (``bench_cuda.json`` for ``--device cuda``) atomically. The harness is a
 module of the installed package, so this runs from any folder.
 """
@@ -17,6 +18,7 @@ import tempfile
 
 from linmaml import _validate
 from linmaml.analysis.bench_settings import CASES
+from linmaml.benchmarks.allocator import ALLOCATORS
 
 
 def register(subparsers):
@@ -32,6 +34,9 @@ def register(subparsers):
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the meta-training cases on the GPU")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default 2; 1 with --quick, whose tiny operations only wait on each other)")
+    p.add_argument("--allocator", choices=ALLOCATORS, default="keep",
+                   help="malloc policy of the benchmark process (default keep, as linmaml train runs; the "
+                        "allocator case compares both)")
     p.set_defaults(func=run)
 
 
@@ -100,7 +105,8 @@ def run(args) -> int:
     try:
         from linmaml.analysis import bench
 
-        record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads)
+        record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads,
+                           allocator=args.allocator)
     except BaseException:
         _remove_empty(created)  # a failed run leaves no empty folder behind
         raise

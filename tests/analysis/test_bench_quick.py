@@ -172,3 +172,16 @@ def test_cli_bench_quick_and_bad_input(tmp_path, capsys):
     assert json.loads((tmp_path / "bench.json").read_text())["cases"].keys() == {"deep_linear"}
     assert main(["bench", "--quick", "--only", "nope", "--out", str(tmp_path)]) == 2
     assert "--only" in capsys.readouterr().err
+
+
+def test_allocator_case_times_both_policies_in_fresh_processes(quick_run):
+    record, _ = quick_run
+    assert record["machine"]["allocator"].startswith("keep")  # the policy linmaml train uses by default
+    entry = record["cases"]["allocator"]
+    assert entry["policies"]["system"].startswith("system")
+    assert entry["policies"]["keep"].startswith("keep")  # glibc here: the thresholds were taken
+    assert len(entry["rounds"]) == 1
+    for name in ("reference", "train_step"):
+        assert math.isfinite(entry["speedup"][name]) and entry["speedup"][name] > 0
+        assert entry["rounds"][0]["system"][name] > 0 and entry["rounds"][0]["keep"][name] > 0
+    assert record["numbers"]["allocator_keep_train_step_speedup"] == entry["speedup"]["train_step"]

@@ -80,6 +80,14 @@ def _per_step(rates, steps: int) -> list[float]:
     return rates if isinstance(rates, list) else [rates] * steps
 
 
+def worst_case(errors, note: str) -> CheckResult:
+    """A row's result from its instances' errors (one number, or several, per instance): the count of
+    instances and the largest error. A NaN anywhere is the result (a NaN never passes a row), which a
+    running ``max(worst, error)`` would silently drop."""
+    per_instance = [float(np.max(np.asarray(e, dtype=np.float64))) for e in errors]
+    return CheckResult(len(per_instance), float(np.max(per_instance)) if per_instance else 0.0, note)
+
+
 def library_side(learner, model, tasks, loss_fn, names) -> list:
     """The side computed by :mod:`linmaml.meta`: the last task's adapted ``names``, then the
     meta-gradient of the summed query losses with respect to the model's and the transform's
@@ -136,15 +144,14 @@ def check_closedform(rng):
     """linmaml.meta.MAML (checks linmaml.meta.MAML.adapt and linmaml.meta.inner_loop.inner_loop) on
     nn.Sequential of bias-free nn.Linear vs the numpy closed forms linmaml.closedform.deep_linear.adapt,
     linmaml.closedform.deep_linear.maml_loss and linmaml.closedform.deep_linear.maml_grad: depths 1–4 × steps 1–5 × both losses, second order (and first order for a quarter)."""
-    worst, count = 0.0, 0
+    errors = []
     for depth in range(1, 5):
         for steps in range(1, 6):
             for loss in LOSSES:
                 first_order = bool(rng.random() < 0.25)
-                errors = closedform_parity(rng, depth, steps, loss, first_order=first_order, n_tasks=2)
-                worst = max(worst, *errors.values())
-                count += 1
-    return CheckResult(count, worst, "relative error, max over adapted weights, loss and meta-gradient")
+                parity = closedform_parity(rng, depth, steps, loss, first_order=first_order, n_tasks=2)
+                errors.append(list(parity.values()))
+    return worst_case(errors, "relative error, max over adapted weights, loss and meta-gradient")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,13 +210,8 @@ def check_depth_as_kfo(rng):
     """k-step adaptation (k = 1…5) of the middle factor of A·W·B equals KFO(psd=True) on W' = A W B
     (checks linmaml.meta.KFO against depth: the deep side never calls KFO, the shallow side never
     differentiates through A and B; both run the inner loop, which the closed-form row checks)."""
-    worst, count = 0.0, 0
-    for steps in range(1, 6):
-        for loss in LOSSES:
-            for _ in range(2):
-                worst = max(worst, depth_as_kfo(rng, steps, loss))
-                count += 1
-    return CheckResult(count, worst, "relative error of the end-to-end map after each of k steps")
+    errors = [depth_as_kfo(rng, steps, loss) for steps in range(1, 6) for loss in LOSSES for _ in range(2)]
+    return worst_case(errors, "relative error of the end-to-end map after each of k steps")
 
 
 class ScaledMLP(nn.Module):
@@ -274,12 +276,8 @@ def metasgd_as_reparameterisation(rng: np.random.Generator, steps: int, loss: st
 def check_metasgd_reparameterisation(rng):
     """Meta-SGD with per-element step sizes s (checks linmaml.meta.MetaSGD) equals plain MAML on
     weights written as √s ⊙ V (the reparameterised side never calls MetaSGD)."""
-    worst, count = 0.0, 0
-    for steps in range(1, 6):
-        for loss in LOSSES:
-            worst = max(worst, metasgd_as_reparameterisation(rng, steps, loss))
-            count += 1
-    return CheckResult(count, worst, "relative error of the adapted weights and biases")
+    errors = [metasgd_as_reparameterisation(rng, steps, loss) for steps in range(1, 6) for loss in LOSSES]
+    return worst_case(errors, "relative error of the adapted weights and biases")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,12 +334,8 @@ def check_anil(rng):
     """ANIL on (features, head) (linmaml.meta.ANIL) equals MAML adapting the last nn.Linear of
     features→head (linmaml.meta.MAML). Smoke: both run the same inner loop; the identity row for ANIL
     is the hand-written head-only loop below."""
-    worst, count = 0.0, 0
-    for steps in range(1, 6):
-        for loss in LOSSES:
-            worst = max(worst, anil_vs_head_maml(rng, steps, loss))
-            count += 1
-    return CheckResult(count, worst, "relative error over the adapted head and all meta-gradients")
+    errors = [anil_vs_head_maml(rng, steps, loss) for steps in range(1, 6) for loss in LOSSES]
+    return worst_case(errors, "relative error over the adapted head and all meta-gradients")
 
 
 def kron_update(G: torch.Tensor, left: torch.Tensor, right: torch.Tensor, channels: int = 0) -> torch.Tensor:
@@ -398,12 +392,8 @@ def check_anil_hand_loop(rng):
     """linmaml.meta.ANIL with a random linmaml.meta.KFO vs a head-only loop written by hand: features
     computed once, head gradient written out, KFO as an explicit Kronecker matrix, nothing from the
     meta package on the reference side; k = 1…5 steps, both losses, two tasks per instance."""
-    worst, count = 0.0, 0
-    for steps in range(1, 6):
-        for loss in LOSSES:
-            worst = max(worst, anil_vs_hand_loop(rng, steps, loss))
-            count += 1
-    return CheckResult(count, worst, "relative error over the adapted head and all meta-gradients")
+    errors = [anil_vs_hand_loop(rng, steps, loss) for steps in range(1, 6) for loss in LOSSES]
+    return worst_case(errors, "relative error over the adapted head and all meta-gradients")
 
 
 def plain_adaptation(model: nn.Module, X, Y, loss_fn, rates) -> dict[str, torch.Tensor]:
@@ -437,12 +427,8 @@ def fomaml_gradient(rng: np.random.Generator, steps: int, loss: str) -> float:
 def check_fomaml(rng):
     """first_order=True (checks linmaml.meta.MAML with first_order): the meta-gradient is ∇L_q(θ_k),
     θ_k from a plain gradient-descent loop written with torch.autograd.grad (no ``adapt``)."""
-    worst, count = 0.0, 0
-    for steps in range(1, 6):
-        for loss in LOSSES:
-            worst = max(worst, fomaml_gradient(rng, steps, loss))
-            count += 1
-    return CheckResult(count, worst, "relative error of the meta-gradient")
+    errors = [fomaml_gradient(rng, steps, loss) for steps in range(1, 6) for loss in LOSSES]
+    return worst_case(errors, "relative error of the meta-gradient")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -594,12 +580,9 @@ def transform_vs_hand_loop(rng: np.random.Generator, kind: str, steps: int, conv
 def check_metasgd_hand_loop(rng):
     """linmaml.meta.MetaSGD in linmaml.meta.MAML vs a hand-written loop θ ← θ − α s ⊙ ∇θ on a tanh
     MLP, k = 1…4 steps, both losses; meta-gradients of the weights and of s."""
-    worst, count = 0.0, 0
-    for steps in range(1, 5):
-        for loss in LOSSES:
-            worst = max(worst, transform_vs_hand_loop(rng, "metasgd", steps, conv=False, loss=loss))
-            count += 1
-    return CheckResult(count, worst, "relative error over adapted weights and all meta-gradients")
+    errors = [transform_vs_hand_loop(rng, "metasgd", steps, conv=False, loss=loss)
+              for steps in range(1, 5) for loss in LOSSES]
+    return worst_case(errors, "relative error over adapted weights and all meta-gradients")
 
 
 @identity("meta: Meta-Curvature = explicit M_out ⊗ M_inᵀ ⊗ M_kᵀ update (conv, linear, bias)", 1e-12)
@@ -608,12 +591,9 @@ def check_metacurvature_hand_loop(rng):
     explicit Kronecker matrix on the row-major vec of each gradient (conv weight (3, 2, 3, 3), conv
     bias, linear weight and bias; and a tanh MLP), k = 1…3 steps; meta-gradients of the weights and
     of every M."""
-    worst, count = 0.0, 0
-    for steps in (1, 2, 3):
-        for conv in (True, False):
-            worst = max(worst, transform_vs_hand_loop(rng, "metacurvature", steps, conv=conv))
-            count += 1
-    return CheckResult(count, worst, "relative error over adapted weights and all meta-gradients")
+    errors = [transform_vs_hand_loop(rng, "metacurvature", steps, conv=conv)
+              for steps in (1, 2, 3) for conv in (True, False)]
+    return worst_case(errors, "relative error over adapted weights and all meta-gradients")
 
 
 @identity("meta: KFO on a conv net = explicit I ⊗ (LᵀL) ⊗ (RᵀR)ᵀ per output channel", 1e-12)
@@ -622,12 +602,9 @@ def check_kfo_conv_hand_loop(rng):
     whose update is the documented conv shape — L c_in×c_in, R (kh·kw)×(kh·kw), the same for every
     output channel — as the explicit matrix I_{c_out} ⊗ (LᵀL) ⊗ (RᵀR)ᵀ on the flattened weight (bias:
     L n×n, R 1×1), k = 1…3 steps; meta-gradients of the weights and of every factor."""
-    worst, count = 0.0, 0
-    for steps in (1, 2, 3):
-        for kind in ("kfo", "kfo-raw"):
-            worst = max(worst, transform_vs_hand_loop(rng, kind, steps, conv=True))
-            count += 1
-    return CheckResult(count, worst, "relative error over adapted weights and all meta-gradients")
+    errors = [transform_vs_hand_loop(rng, kind, steps, conv=True)
+              for steps in (1, 2, 3) for kind in ("kfo", "kfo-raw")]
+    return worst_case(errors, "relative error over adapted weights and all meta-gradients")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -667,12 +644,8 @@ def check_linnet_extra_factor(rng):
     """linmaml.meta.LinNet (two identity-initialised linear maps, width ≥ out) adapted by one step of
     linmaml.meta.MAML equals the base MLP's own plain step followed by the explicit factor (I − αG)²,
     G = (∂L/∂F)ᵀF written out; both losses."""
-    worst, count = 0.0, 0
-    for loss in LOSSES:
-        for _ in range(6):
-            worst = max(worst, linnet_vs_extra_factor(rng, loss))
-            count += 1
-    return CheckResult(count, worst, "relative error of the query outputs and the adapted product A₂′A₁′")
+    errors = [linnet_vs_extra_factor(rng, loss) for loss in LOSSES for _ in range(6)]
+    return worst_case(errors, "relative error of the query outputs and the adapted product A₂′A₁′")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -718,9 +691,5 @@ def check_learned_rates_hand_loop(rng):
     """linmaml.meta.LearnedRates in linmaml.meta.MAML (one rate per tensor and inner step, multiplying
     the learner's lr) vs a hand-written loop θ ← θ − lr_k r_k ∇θ on a tanh MLP, k = 1…4 steps, both
     losses; meta-gradients of the weights and of every rate."""
-    worst, count = 0.0, 0
-    for steps in range(1, 5):
-        for loss in LOSSES:
-            worst = max(worst, learned_rates_vs_hand_loop(rng, steps, loss))
-            count += 1
-    return CheckResult(count, worst, "relative error over adapted weights and all meta-gradients")
+    errors = [learned_rates_vs_hand_loop(rng, steps, loss) for steps in range(1, 5) for loss in LOSSES]
+    return worst_case(errors, "relative error over adapted weights and all meta-gradients")

@@ -89,6 +89,16 @@ def check_adapt_direct_loop(rng: np.random.Generator) -> CheckResult:
     return CheckResult(count, worst, "relative Frobenius error of the adapted weights")
 
 
+def _random_maml_instance(rng: np.random.Generator, depth: int, loss: str):
+    """(steps, weights, tasks, layers, rates) of one meta-gradient row instance: 1–5 steps,
+    weights of scale 0.8, 1–3 tasks, random adapted layers and rates."""
+    steps = int(rng.integers(1, 6))
+    widths = random_widths(rng, depth, loss)
+    weights = random_weights(rng, widths, scale=0.8)
+    tasks = [random_task(rng, widths[0], widths[-1], loss) for _ in range(int(rng.integers(1, 4)))]
+    return steps, weights, tasks, random_layers(rng, depth), random_rates(rng, steps)
+
+
 @identity("deep linear: maml_grad = finite differences of maml_loss", 1e-6)
 def check_maml_grad_fd(rng: np.random.Generator) -> CheckResult:
     """Second-order meta-gradient (checks linmaml.closedform.deep_linear.maml_grad: adjoint recursion
@@ -96,12 +106,7 @@ def check_maml_grad_fd(rng: np.random.Generator) -> CheckResult:
     worst, count = 0.0, 0
     for loss in LOSSES:
         for depth in (1, 2, 3, 4, 2, 3, 4):
-            steps = int(rng.integers(1, 6))
-            widths = random_widths(rng, depth, loss)
-            weights = random_weights(rng, widths, scale=0.8)
-            tasks = [random_task(rng, widths[0], widths[-1], loss) for _ in range(int(rng.integers(1, 4)))]
-            layers = random_layers(rng, depth)
-            rates = random_rates(rng, steps)
+            steps, weights, tasks, layers, rates = _random_maml_instance(rng, depth, loss)
             exact = dl.maml_grad(weights, tasks, rates, steps, loss=loss, adapt_layers=layers)
             numeric = central_difference(
                 lambda w: dl.maml_loss(w, tasks, rates, steps, loss=loss, adapt_layers=layers), weights
@@ -121,12 +126,7 @@ def check_first_order_direct(rng: np.random.Generator) -> CheckResult:
     worst, count = 0.0, 0
     for loss in LOSSES:
         for depth in (1, 2, 3, 4, 2, 3):
-            steps = int(rng.integers(1, 6))
-            widths = random_widths(rng, depth, loss)
-            weights = random_weights(rng, widths, scale=0.8)
-            tasks = [random_task(rng, widths[0], widths[-1], loss) for _ in range(int(rng.integers(1, 4)))]
-            layers = random_layers(rng, depth)
-            rates = random_rates(rng, steps)
+            steps, weights, tasks, layers, rates = _random_maml_instance(rng, depth, loss)
             per_step = rates if isinstance(rates, list) else [rates] * steps
             adapted_layers = range(depth) if layers is None else layers
             exact = dl.maml_grad(weights, tasks, rates, steps, loss=loss, adapt_layers=layers, first_order=True)

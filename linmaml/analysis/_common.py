@@ -10,7 +10,17 @@ cross-entropy on the logits.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+
+
+def report_error(prog: str, error: BaseException) -> int:
+    """Print ``<prog>: error: <the message's first line>`` (the error's type name when the message is
+    empty) on stderr, one line as the CLI prints its errors; return the exit status 2."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"{prog}: error: {first}", file=sys.stderr)
+    return 2
 
 
 def regression_family(f: dict):

@@ -349,9 +349,9 @@ def main(argv=None) -> int:
         record = run(args.out, args.quick, runs=args.runs, jobs=args.jobs, threads=args.threads,
                      iterations=args.iterations, data_root=args.data_root, command=command)
     except (ValueError, TypeError, OSError) as error:
-        print(f"fig_depth_width: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
-              file=sys.stderr)
-        return 2
+        from linmaml.analysis._common import report_error
+
+        return report_error("fig_depth_width", error)
     print(markdown(record))
     print(f"wrote {args.out / (NAME + '.png')} and {NAME}.json in {record['seconds']:.0f} s", file=sys.stderr)
     return 0

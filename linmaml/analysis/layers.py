@@ -92,9 +92,9 @@ def main(argv=None) -> int:
         record = run(args.out, args.quick, run_dir=args.run, runs=args.runs, tasks=args.tasks, threads=args.threads,
                      data_root=args.data_root, command=command)
     except (ValueError, TypeError, OSError) as error:
-        print(f"fig_layers: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
-              file=sys.stderr)
-        return 2
+        from linmaml.analysis._common import report_error
+
+        return report_error("fig_layers", error)
     from linmaml.benchmarks.analyze import format_table
 
     print(format_table(record))

@@ -13,7 +13,6 @@ import torch
 from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.distributed import share
-from linmaml.benchmarks.learners import build_learner
 from linmaml.benchmarks.train import train
 from linmaml.meta.engine import Engine
 
@@ -29,10 +28,24 @@ SPLITS_CODE = textwrap.dedent("""
                                      100 * k + np.arange(10), tuple(map(str, range(10))))
         return out
 """)
+# One meta-batch of 5 tasks and the learner it is scored with: the worker splits it over two processes,
+# the test scores it whole in this one.
+PROBLEM_CODE = textwrap.dedent("""
+    import torch
+    from linmaml.benchmarks.learners import build_learner
+    def make_problem():
+        torch.manual_seed(0)
+        learner = build_learner(image_shape=(1, 10, 10), ways=3, layers=2, hidden=3, inner_lr=0.3, steps=2).double()
+        g = torch.Generator().manual_seed(1)
+        xs = torch.rand(5, 3, 1, 10, 10, generator=g, dtype=torch.float64)
+        xq = torch.rand(5, 6, 1, 10, 10, generator=g, dtype=torch.float64)
+        ys, yq = torch.arange(3).repeat(5, 1), torch.arange(3).repeat_interleave(2).repeat(5, 1)
+        return learner, (xs, ys, xq, yq)
+""")
 OPTIONS = dict(ways=3, shots=1, query=2, test_query=2, layers=2, hidden=3, meta_batch=5, iterations=4, val_every=2,
                val_tasks=5, checkpoint_every=2, seed=2, dtype="float64", inner_lr=0.3, steps=2)
 
-WORKER = SPLITS_CODE + textwrap.dedent("""
+WORKER = SPLITS_CODE + PROBLEM_CODE + textwrap.dedent("""
     import os, sys, torch
     import torch.multiprocessing as mp
 
@@ -41,19 +54,13 @@ WORKER = SPLITS_CODE + textwrap.dedent("""
                           LOCAL_RANK=str(rank))
         torch.set_num_threads(1)
         from linmaml.benchmarks import distributed
-        from linmaml.benchmarks.learners import build_learner
         from linmaml.benchmarks.train import train
         from linmaml.meta.engine import Engine
         ctx = distributed.setup("cpu")
         # (a) one meta-gradient: 5 tasks split 3 + 2 over the two processes
-        torch.manual_seed(0)
-        learner = build_learner(image_shape=(1, 10, 10), ways=3, layers=2, hidden=3, inner_lr=0.3, steps=2).double()
-        g = torch.Generator().manual_seed(1)
-        xs = torch.rand(5, 3, 1, 10, 10, generator=g, dtype=torch.float64)
-        xq = torch.rand(5, 6, 1, 10, 10, generator=g, dtype=torch.float64)
-        ys, yq = torch.arange(3).repeat(5, 1), torch.arange(3).repeat_interleave(2).repeat(5, 1)
+        learner, batch = make_problem()
         mine = distributed.share(5, ctx.world_size, ctx.rank)
-        part = tuple(t[mine.start:mine.stop] for t in (xs, ys, xq, yq))
+        part = tuple(t[mine.start:mine.stop] for t in batch)
         Engine(learner, strategy="loop").meta_gradient(*part, scale=1 / 5)
         distributed.all_reduce_gradients(learner.parameters(), ctx)
         if rank == 0:
@@ -68,10 +75,11 @@ WORKER = SPLITS_CODE + textwrap.dedent("""
 """)
 
 
-def _splits():
+def _run_code(code: str, function: str):
+    """Call ``function`` defined by ``code`` (the same source the worker script runs)."""
     namespace = {}
-    exec(SPLITS_CODE, namespace)
-    return namespace["make_splits"]()
+    exec(code, namespace)
+    return namespace[function]()
 
 
 def _free_port():
@@ -97,13 +105,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # (a) meta-gradient: single process, all five tasks at once
-    torch.manual_seed(0)
-    learner = build_learner(image_shape=(1, 10, 10), ways=3, layers=2, hidden=3, inner_lr=0.3, steps=2).double()
-    g = torch.Generator().manual_seed(1)
-    xs = torch.rand(5, 3, 1, 10, 10, generator=g, dtype=torch.float64)
-    xq = torch.rand(5, 6, 1, 10, 10, generator=g, dtype=torch.float64)
-    ys, yq = torch.arange(3).repeat(5, 1), torch.arange(3).repeat_interleave(2).repeat(5, 1)
-    Engine(learner, strategy="loop").meta_gradient(xs, ys, xq, yq, scale=1 / 5)
+    learner, batch = _run_code(PROBLEM_CODE, "make_problem")
+    Engine(learner, strategy="loop").meta_gradient(*batch, scale=1 / 5)
     grads = torch.load(tmp_path / "grads.pt")
     for name, p in learner.named_parameters():
         rel = float((grads[name] - p.grad).norm() / p.grad.norm())
@@ -111,7 +114,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert not torch.equal(p.grad, torch.zeros_like(p.grad))
 
     # (b) training: same weights as one process (float64; summation order differs only)
-    train(OPTIONS, tmp_path / "single", splits=_splits(), progress=False, device="cpu")
+    train(OPTIONS, tmp_path / "single", splits=_run_code(SPLITS_CODE, "make_splits"), progress=False, device="cpu")
     a = checkpoint.load(tmp_path / "single" / "last.pt")["learner"]
     b = checkpoint.load(tmp_path / "run" / "last.pt")["learner"]
     for name in a:

@@ -99,6 +99,18 @@ CASES = [
 ]
 
 
+def setup_case(seed, loss, widths, layers, steps, lr):
+    """One CASES row made concrete: (rng, widths, weights, per-step rates, adapted layer indices);
+    the logistic loss gets one output. The rng has drawn the weights and nothing else."""
+    rng = np.random.default_rng(seed)
+    if loss == "logistic":
+        widths = widths[:-1] + [1]
+    weights = make_weights(rng, widths)
+    rates = lr if isinstance(lr, list) else [lr] * steps
+    chosen = list(range(len(weights))) if layers is None else layers
+    return rng, widths, weights, rates, chosen
+
+
 # --------------------------------------------------------------------------------------------------
 # Forward map, loss, gradients, Hessian-vector products
 
@@ -208,13 +220,8 @@ def test_hessian_vector_product_matches_autograd_and_the_explicit_formula(loss, 
 @pytest.mark.parametrize("loss", ["squared", "logistic"])
 @pytest.mark.parametrize("widths, layers, steps, lr", CASES)
 def test_adapt_matches_autograd_gradient_descent(loss, widths, layers, steps, lr):
-    rng = np.random.default_rng(4)
-    if loss == "logistic":
-        widths = widths[:-1] + [1]
-    weights = make_weights(rng, widths)
+    rng, widths, weights, rates, chosen = setup_case(4, loss, widths, layers, steps, lr)
     X, Y = make_data(rng, 5, widths, loss)
-    rates = lr if isinstance(lr, list) else [lr] * steps
-    chosen = list(range(len(weights))) if layers is None else layers
     params = [torch.tensor(W, requires_grad=True) for W in weights]
     expected = torch_adapt(params, torch.tensor(X), torch.tensor(Y), rates, loss, chosen, create_graph=False)
     got = adapt(weights, X, Y, lr, steps, loss, layers)
@@ -241,13 +248,8 @@ def test_adapt_with_zero_steps_returns_copies_and_never_modifies_its_input():
 @pytest.mark.parametrize("loss", ["squared", "logistic"])
 @pytest.mark.parametrize("widths, layers, steps, lr", CASES)
 def test_maml_loss_and_grad_match_autograd_through_the_inner_loop(loss, widths, layers, steps, lr):
-    rng = np.random.default_rng(6)
-    if loss == "logistic":
-        widths = widths[:-1] + [1]
-    weights = make_weights(rng, widths)
+    rng, widths, weights, rates, chosen = setup_case(6, loss, widths, layers, steps, lr)
     tasks = make_tasks(rng, widths, loss, ragged=True)
-    rates = lr if isinstance(lr, list) else [lr] * steps
-    chosen = list(range(len(weights))) if layers is None else layers
     value, expected = torch_maml(weights, tasks, rates, loss, chosen)
     assert maml_loss(weights, tasks, lr, steps, loss, layers) == pytest.approx(value, rel=1e-13)
     assert rel(maml_grad(weights, tasks, lr, steps, loss, layers), expected) < 1e-12
@@ -258,13 +260,8 @@ def test_maml_loss_and_grad_match_autograd_through_the_inner_loop(loss, widths, 
 @pytest.mark.parametrize("loss", ["squared", "logistic"])
 @pytest.mark.parametrize("widths, layers, steps, lr", CASES[1:6])
 def test_first_order_maml_matches_autograd_with_the_inner_loop_detached(loss, widths, layers, steps, lr):
-    rng = np.random.default_rng(7)
-    if loss == "logistic":
-        widths = widths[:-1] + [1]
-    weights = make_weights(rng, widths)
+    rng, widths, weights, rates, chosen = setup_case(7, loss, widths, layers, steps, lr)
     tasks = make_tasks(rng, widths, loss)
-    rates = lr if isinstance(lr, list) else [lr] * steps
-    chosen = list(range(len(weights))) if layers is None else layers
     _, expected = torch_maml(weights, tasks, rates, loss, chosen, first_order=True)
     assert rel(maml_grad(weights, tasks, lr, steps, loss, layers, first_order=True), expected) < 1e-12
     # And it differs from the exact meta-gradient (the inner loop's curvature matters).

@@ -128,3 +128,26 @@ def test_linnet_row_catches_a_wrong_extra_factor(monkeypatch):
 
     monkeypatch.setattr(meta.LinNet, "__init__", doubled)
     assert rows.linnet_vs_extra_factor(np.random.default_rng(2), "squared") > 1e-3
+
+
+def test_worst_of_keeps_a_nan_that_max_would_drop():
+    assert max(0.0, float("nan")) == 0.0                     # why the helper exists
+    assert np.isnan(_common.worst_of(0.0, float("nan")))
+    assert np.isnan(_common.worst_of(float("nan"), 1e-3, 2e-3))
+    assert _common.worst_of(1e-3, 2e-3, 5e-4) == 2e-3
+
+
+def test_a_row_with_one_nan_instance_fails(monkeypatch):
+    """A later instance's NaN error must fail the row (a running max() would have dropped it)."""
+    from linmaml.checks import closedform as rows
+
+    real, calls = rows.relative_error, []
+
+    def nan_on_second_call(a, b):
+        calls.append(1)
+        return float("nan") if len(calls) == 2 else real(a, b)
+
+    monkeypatch.setattr(rows, "relative_error", nan_on_second_call)
+    (row,) = [i for i in IDENTITIES if i.name == "deep linear: k-step adapt = direct per-sample loop"]
+    result = row.run(0)
+    assert len(calls) > 2 and not result["passed"]

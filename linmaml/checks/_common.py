@@ -29,6 +29,17 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def worst_of(*errors: float) -> float:
+    """The largest of ``errors``, or NaN if any is NaN: the running maximum of a row's instances.
+
+    Python's ``max(worst, error)`` drops a NaN that is not its first argument (``max(0.0, nan)`` is
+    0.0, since ``nan > 0.0`` is false), so a row whose later instance came out NaN would pass; a NaN
+    never passes a row (``CheckResult``), and this keeps it.
+    """
+    values = [float(e) for e in errors]
+    return float("nan") if any(np.isnan(v) for v in values) else max(values)
+
+
 def relative_error(a, b) -> float:
     """‖a − b‖_F / ‖b‖_F over lists of arrays (or single arrays / numbers); ‖a − b‖_F when b = 0.
 

@@ -31,6 +31,7 @@ from linmaml.checks._common import (
     random_weights,
     random_widths,
     relative_error,
+    worst_of,
 )
 from linmaml.verification import CheckResult, identity
 
@@ -84,7 +85,7 @@ def check_adapt_direct_loop(rng: np.random.Generator) -> CheckResult:
             per_step = rates if isinstance(rates, list) else [rates] * steps
             fast = dl.adapt(weights, X, Y, rates, steps, loss=loss, adapt_layers=layers)
             direct = _direct_adapt(weights, X, Y, per_step, loss, range(depth) if layers is None else layers)
-            worst = max(worst, relative_error(fast, direct))
+            worst = worst_of(worst, relative_error(fast, direct))
             count += 1
     return CheckResult(count, worst, "relative Frobenius error of the adapted weights")
 
@@ -111,7 +112,7 @@ def check_maml_grad_fd(rng: np.random.Generator) -> CheckResult:
             numeric = central_difference(
                 lambda w: dl.maml_loss(w, tasks, rates, steps, loss=loss, adapt_layers=layers), weights
             )
-            worst = max(worst, relative_error(exact, numeric))
+            worst = worst_of(worst, relative_error(exact, numeric))
             count += 1
     return CheckResult(count, worst, "relative error; 4th-order central differences, h = 1e-3")
 
@@ -135,7 +136,7 @@ def check_first_order_direct(rng: np.random.Generator) -> CheckResult:
                 adapted = _direct_adapt(weights, Xs, Ys, per_step, loss, adapted_layers)
                 for total, g in zip(direct, _direct_gradients(adapted, Xq, Yq, loss, range(depth))):
                     total += g / len(tasks)
-            worst = max(worst, relative_error(exact, direct))
+            worst = worst_of(worst, relative_error(exact, direct))
             count += 1
     return CheckResult(count, worst, "relative error of the meta-gradient (all layers)")
 
@@ -161,7 +162,7 @@ def check_depth2_exact(rng: np.random.Generator) -> CheckResult:
             lr = float(rng.uniform(0.1, 1.0)) * room
             taken = dl.end_to_end(dl.adapt(weights, X, Y, lr, 1, loss=loss, adapt_layers=layers)) - dl.end_to_end(weights)
             formula = depth2_step(weights, G, lr, adapt_layers=layers)
-            worst = max(worst, relative_error(formula, taken))
+            worst = worst_of(worst, relative_error(formula, taken))
             count += 1
     return CheckResult(count, worst, "relative Frobenius error of the end-to-end step")
 
@@ -189,7 +190,7 @@ def check_first_order_rule(rng: np.random.Generator) -> CheckResult:
                 step = dl.end_to_end(dl.adapt(weights, X, Y, alpha, 1, loss=loss, adapt_layers=layers)) - W_e
                 remainders.append(np.linalg.norm(step + alpha * first_order))
             slope = np.polyfit(np.log(alphas), np.log(remainders), 1)[0]
-            worst = max(worst, abs(slope - 2.0))
+            worst = worst_of(worst, abs(slope - 2.0))
             count += 1
     return CheckResult(count, worst, "|fitted log-log slope − 2| of the remainder, alpha over two decades")
 
@@ -221,7 +222,7 @@ def check_balanced_closed_form(rng: np.random.Generator) -> CheckResult:
         weights, depth, _ = _random_balanced(rng, deficient)
         W_e = dl.end_to_end(weights)
         per_layer = preconditioner(weights)
-        worst = max(worst, relative_error([balanced_preconditioner(W_e, depth)], [per_layer]))
+        worst = worst_of(worst, relative_error([balanced_preconditioner(W_e, depth)], [per_layer]))
         if deficient and depth > 1:
             raw = balanced_preconditioner(W_e, depth, threshold=0.0)
             unthresholded = max(unthresholded, relative_error([raw], [per_layer]))
@@ -241,6 +242,6 @@ def check_preconditioner_spectrum(rng: np.random.Generator) -> CheckResult:
         numeric = np.linalg.eigvalsh(preconditioner(weights))
         closed = balanced_preconditioner_eigenvalues(target, depth)
         # W_e = 0 at depth >= 3 gives P = 0: relative_error is then absolute.
-        worst = max(worst, relative_error(np.sort(closed), numeric))
+        worst = worst_of(worst, relative_error(np.sort(closed), numeric))
         count += 1
     return CheckResult(count, worst, "relative error of the sorted spectrum; half rank-deficient")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linmaml.checks._common import central_difference, random_spd, relative_error, z_score
+from linmaml.checks._common import central_difference, random_spd, relative_error, worst_of, z_score
 from linmaml.closedform import gaussian as g
 from linmaml.closedform import gaussian_lr as glr
 from linmaml.tasks import RegressionFamily
@@ -112,7 +112,7 @@ def _wishart_symbolic(rng):
         exact = np.array(_exact_gaussian_expectation_of_wishart_product(L_num, A_num, n), dtype=float)
         Sigma_num = np.array(L_num * L_num.T, dtype=float)
         numeric = g.wishart_moment(Sigma_num, np.array(A_num, dtype=float), n)
-        worst = max(worst, float(np.abs(numeric - exact).max() / np.abs(exact).max()))
+        worst = worst_of(worst, float(np.abs(numeric - exact).max() / np.abs(exact).max()))
         instances += 1
     return CheckResult(instances, worst, "symbolic d=2 (n=1,2) is an identity; numeric vs exact rationals")
 
@@ -130,7 +130,7 @@ def _wishart_monte_carlo(rng):
         X = rng.standard_normal((samples, n, d)) @ np.linalg.cholesky(Sigma).T
         S_hat = np.einsum("tni,tnj->tij", X, X) / n
         stat = np.einsum("tij,jk,tki->t", S_hat, A, S_hat @ B.T)  # tr(Σ̂ A Σ̂ Bᵀ)
-        worst = max(worst, z_score(stat, float(np.sum(B * g.wishart_moment(Sigma, A, n)))))
+        worst = worst_of(worst, z_score(stat, float(np.sum(B * g.wishart_moment(Sigma, A, n)))))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({samples} samples each)")
 
 
@@ -149,7 +149,7 @@ def _one_step_loss_monte_carlo(rng):
         W = rng.standard_normal((d_out, d_in))
         batch = family.sample(tasks, rng)
         losses = _query_losses(batch, W[None] - lr * _support_gradients(batch, W))
-        worst = max(worst, z_score(losses, g.expected_post_adaptation_loss(W, family, lr, steps=1)))
+        worst = worst_of(worst, z_score(losses, g.expected_post_adaptation_loss(W, family, lr, steps=1)))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each, one lr < 0)")
 
 
@@ -169,7 +169,7 @@ def _population_loss_monte_carlo(rng):
         for _ in range(steps):
             adapted -= lr * (adapted - batch.W) @ family.x_cov
         losses = _query_losses(batch, adapted)
-        worst = max(worst, z_score(losses, g.expected_post_adaptation_loss(W, family, lr, steps, population=True)))
+        worst = worst_of(worst, z_score(losses, g.expected_post_adaptation_loss(W, family, lr, steps, population=True)))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
 
 
@@ -198,7 +198,7 @@ def _optimal_lr_monte_carlo(rng):
         q1, q2 = np.concatenate(q1), np.concatenate(q2)
         estimate = q1.mean() / q2.mean()
         se = np.std(q1 - estimate * q2, ddof=1) / np.sqrt(tasks) / q2.mean()
-        worst = max(worst, abs(estimate - g.optimal_inner_lr(W, family, steps=1)) / se)
+        worst = worst_of(worst, abs(estimate - g.optimal_inner_lr(W, family, steps=1)) / se)
     return CheckResult(len(cases), worst, f"|α* − α̂| in delta-method standard errors ({tasks} tasks each)")
 
 
@@ -248,7 +248,7 @@ def _fixed_points_monte_carlo(rng):
         order = rng.permutation(tasks)  # mix the components before splitting into sub-fits
         estimate, se = _least_squares_with_se(np.concatenate(designs)[order], np.concatenate(targets)[order])
         exact = g.erm_fixed_point(mixture) if steps == 0 else g.maml_fixed_point(mixture, lr, steps)
-        worst = max(worst, float(np.linalg.norm(estimate - exact) / np.sqrt(np.sum(se**2))))
+        worst = worst_of(worst, float(np.linalg.norm(estimate - exact) / np.sqrt(np.sum(se**2))))
         instances += 1
     return CheckResult(instances, worst, f"‖Ŵ − W*‖ in standard errors ({tasks} sampled tasks each)")
 
@@ -294,7 +294,7 @@ def _deep_monte_carlo(rng):
         lr = float(rng.uniform(0.05, 0.3))
         batch = family.sample(tasks, rng)
         losses = _query_losses(batch, _deep_adapted(layers, batch.W, family.x_cov, lr))
-        worst = max(worst, z_score(losses, g.expected_post_adaptation_loss(layers, family, lr, population=True)))
+        worst = worst_of(worst, z_score(losses, g.expected_post_adaptation_loss(layers, family, lr, population=True)))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
 
 
@@ -310,7 +310,7 @@ def _deep_gradient(rng):
         lr = float(rng.uniform(-0.3, 0.3))
         _, grads = g.expected_post_adaptation_loss_and_grad(layers, family, lr)
         numeric = central_difference(lambda ws: g.expected_post_adaptation_loss(ws, family, lr), layers, h=1e-3)
-        worst = max(worst, relative_error(grads, numeric))
+        worst = worst_of(worst, relative_error(grads, numeric))
     return CheckResult(3, worst, "relative error over all layers")
 
 
@@ -330,7 +330,7 @@ def _matrix_map_monte_carlo(rng):
         batch = family.sample(tasks, rng)
         G = (W0[None] - batch.W) @ family.x_cov if population else _support_gradients(batch, W0)
         losses = _query_losses(batch, W0[None] - G @ Q)
-        worst = max(worst, z_score(losses, glr.expected_one_step_map_loss(family, Q, W0, population)))
+        worst = worst_of(worst, z_score(losses, glr.expected_one_step_map_loss(family, Q, W0, population)))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
 
 
@@ -354,8 +354,8 @@ def _matrix_map_optimiser(rng):
                           options={"gtol": 1e-11, "maxiter": 10_000})
         if loss(np.concatenate([W0.ravel(), Q.ravel()])) > result.fun * (1 + 1e-10):
             return CheckResult(3, float("inf"), "the optimiser found a lower loss than the closed form")
-        worst = max(worst, relative_error([W0, Q], [result.x[:k].reshape(d_out, d_in),
-                                                    result.x[k:].reshape(d_in, d_in)]))
+        worst = worst_of(worst, relative_error([W0, Q], [result.x[:k].reshape(d_out, d_in),
+                                                         result.x[k:].reshape(d_in, d_in)]))
     return CheckResult(3, worst, "relative error of (W0*, Q*) over both arrays")
 
 
@@ -371,5 +371,5 @@ def _train_test_rates_monte_carlo(rng):
         W = g.maml_fixed_point(mixture, lr_train)
         losses = np.concatenate([_query_losses(batch, W[None] - lr_test * _support_gradients(batch, W))
                                  for _, batch in _mixture_batches(mixture, tasks, rng)])
-        worst = max(worst, z_score(losses, glr.meta_test_loss(mixture, lr_train, lr_test)))
+        worst = worst_of(worst, z_score(losses, glr.meta_test_loss(mixture, lr_train, lr_test)))
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")

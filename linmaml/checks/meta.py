@@ -26,6 +26,7 @@ from linmaml.checks._common import (  # noqa: F401  (random_widths, random_weigh
     random_weights,
     random_widths,
     relative_error,
+    worst_of,
 )
 from linmaml.closedform import deep_linear as dl
 from linmaml.verification import CheckResult, identity
@@ -201,7 +202,7 @@ def depth_as_kfo(rng: np.random.Generator, steps: int, loss: str) -> float:
     for k in range(1, steps + 1):
         W_k = deep_learner.adapt(X, Y, loss_fn, steps=k)["1.weight"]
         W_shallow = shallow_learner.adapt(X, Y, loss_fn, steps=k)["0.weight"]
-        worst = max(worst, relative_error([A @ W_k @ B], [W_shallow]))
+        worst = worst_of(worst, relative_error([A @ W_k @ B], [W_shallow]))
     return worst
 
 
@@ -464,7 +465,7 @@ def transforms_at_init(rng: np.random.Generator, steps: int) -> float:
         plain = meta.MAML(model, lr=0.2, steps=steps).adapt(X, Y, loss_fn)
         for transform in initial_transforms().values():
             fast = meta.MAML(model, lr=0.2, steps=steps, transform=transform).adapt(X, Y, loss_fn)
-            worst = max(worst, relative_error(list(fast.values()), list(plain.values())))
+            worst = worst_of(worst, relative_error(list(fast.values()), list(plain.values())))
     return worst
 
 
@@ -476,7 +477,7 @@ def check_transforms_at_init(rng):
     identity), so it checks initialisation, not the transforms' updates."""
     worst, count = 0.0, 0
     for steps in (1, 3):
-        worst = max(worst, transforms_at_init(rng, steps))
+        worst = worst_of(worst, transforms_at_init(rng, steps))
         count += 2 * len(initial_transforms())
     return CheckResult(count, worst, "relative error of every adapted parameter")
 

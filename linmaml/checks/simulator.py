@@ -24,6 +24,7 @@ from linmaml.checks._common import (
     random_weights,
     random_widths,
     relative_error,
+    worst_of,
 )
 from linmaml.closedform import deep_linear as cf
 from linmaml.closedform.preconditioner import preconditioner as cf_preconditioner
@@ -69,7 +70,7 @@ def check_adapt(rng: np.random.Generator) -> CheckResult:
         ours = simulator.adapt(weights, Xs, Ys, lr, steps, loss, layers)
         for t, (Xs_t, Ys_t, _, _) in enumerate(tasks):
             theirs = cf.adapt(weights, Xs_t, Ys_t, lr, steps, loss, layers)
-            worst = max(worst, relative_error([W[t] if W.ndim == 3 else W for W in ours], theirs))
+            worst = worst_of(worst, relative_error([W[t] if W.ndim == 3 else W for W in ours], theirs))
         count += 1
     return CheckResult(count, worst, "depths 1-4, steps 1-5, both losses, 1-3 tasks")
 
@@ -81,7 +82,7 @@ def check_maml_loss(rng: np.random.Generator) -> CheckResult:
     worst, count = 0.0, 0
     for loss, weights, tasks, lr, steps, layers in _instances(rng):
         ours = simulator.maml_loss(weights, _stacked(tasks), lr, steps, loss, layers)
-        worst = max(worst, relative_error(ours, cf.maml_loss(weights, tasks, lr, steps, loss, layers)))
+        worst = worst_of(worst, relative_error(ours, cf.maml_loss(weights, tasks, lr, steps, loss, layers)))
         count += 1
     return CheckResult(count, worst, "depths 1-4, steps 1-5, both losses")
 
@@ -96,7 +97,7 @@ def check_maml_grad(rng: np.random.Generator) -> CheckResult:
         for first_order in (False, True) if i % 4 == 0 else (False,):
             ours = simulator.maml_grad(weights, _stacked(tasks), lr, steps, loss, layers, first_order=first_order)
             theirs = cf.maml_grad(weights, tasks, lr, steps, loss, layers, first_order=first_order)
-            worst = max(worst, relative_error(ours, theirs))
+            worst = worst_of(worst, relative_error(ours, theirs))
         count += 1
     return CheckResult(count, worst, "all layers' gradients; second order (and first order on every 4th)")
 
@@ -108,6 +109,6 @@ def check_preconditioner(rng: np.random.Generator) -> CheckResult:
     worst, count = 0.0, 0
     for _, weights, _, _, _, layers in _instances(rng):
         ours = simulator.implicit_preconditioner(weights, layers)
-        worst = max(worst, relative_error(ours, cf_preconditioner(weights, adapt_layers=layers)))
+        worst = worst_of(worst, relative_error(ours, cf_preconditioner(weights, adapt_layers=layers)))
         count += 1
     return CheckResult(count, worst, "random depths, widths and adapted layers")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linmaml.checks._common import random_layers, random_weights, random_widths, relative_error
+from linmaml.checks._common import random_layers, random_weights, random_widths, relative_error, worst_of
 from linmaml.closedform import scalar, symbolic
 from linmaml.verification import CheckResult, identity
 
@@ -46,8 +46,8 @@ def _symbolic_vs_quadrature(rng):
         ws, lr, m, s, v = _random_problem(rng, depth)
         exact = float(derived.evaluate_exact(ws, lr, m, s, v))
         exact_grad = [float(g) for g in derived.evaluate_exact(ws, lr, m, s, v, gradient=True)]
-        worst = max(worst, relative_error(scalar.scalar_maml_loss(ws, lr, steps, m, s, v), exact),
-                    relative_error(list(scalar.scalar_maml_grad(ws, lr, steps, m, s, v)), exact_grad))
+        worst = worst_of(worst, relative_error(scalar.scalar_maml_loss(ws, lr, steps, m, s, v), exact),
+                         relative_error(list(scalar.scalar_maml_grad(ws, lr, steps, m, s, v)), exact_grad))
     return CheckResult(len(cases), worst, "max relative error of value and gradient")
 
 
@@ -68,8 +68,8 @@ def _lambdify_vs_exact(rng):
             exact = float(derived.evaluate_exact(ws, lr, m, s, v))
             exact_grad = [float(g) for g in derived.evaluate_exact(ws, lr, m, s, v, gradient=True)]
             batch = [np.array([w, w]) for w in ws]  # also exercises broadcasting over arrays
-            worst = max(worst, relative_error(f(*batch, lr, m, s, v), np.array([exact, exact])),
-                        relative_error(list(grad(*ws, lr, m, s, v)), exact_grad))
+            worst = worst_of(worst, relative_error(f(*batch, lr, m, s, v), np.array([exact, exact])),
+                             relative_error(list(grad(*ws, lr, m, s, v)), exact_grad))
     return CheckResult(2 * len(cases), worst, "max relative error of value and gradient")
 
 
@@ -90,7 +90,7 @@ def _quadrature_vs_quad(rng):
 
         # |z| ≤ 12 loses at most a Gaussian tail of 1e-32 relative to polynomial growth of these degrees.
         reference = integrate.quad(integrand, -12, 12, epsabs=0, epsrel=1e-13, limit=400, points=[0.0])[0]
-        worst = max(worst, relative_error(scalar.scalar_maml_loss(ws, lr, steps, m, s, v), reference))
+        worst = worst_of(worst, relative_error(scalar.scalar_maml_loss(ws, lr, steps, m, s, v), reference))
     return CheckResult(len(cases), worst, "relative error")
 
 
@@ -164,7 +164,7 @@ def _node_count_minimal(rng):
         smallest_gap = min(smallest_gap, abs(float((with_fewer - exact) / exact)))
         floats = [float(w) for w in ws]
         rule = scalar.scalar_maml_loss(floats, float(lr), steps, float(m), float(s), float(v))
-        worst = max(worst, relative_error(rule, float(exact)))
+        worst = worst_of(worst, relative_error(rule, float(exact)))
     note = f"relative error of the float rule; N−1 nodes miss in every case (smallest exact gap {smallest_gap:.1e})"
     return CheckResult(len(cases), worst, note)
 
@@ -188,7 +188,7 @@ def _matrix_update_vs_adapt(rng):
             stepped = dl.adapt(weights, X, Y, lr, 1, adapt_layers=layers)
             direct = dl.end_to_end(stepped) - dl.end_to_end(weights)
             derived = symbolic.matrix_update(depth, layers).evaluate(weights, G, lr)
-            worst = max(worst, relative_error(derived, direct))
+            worst = worst_of(worst, relative_error(derived, direct))
             instances += 1
     return CheckResult(instances, worst, "relative error of W_e′ − W_e")
 
@@ -208,7 +208,7 @@ def _kronecker_vs_preconditioner(rng):
             update = symbolic.matrix_update(depth, layers)
             P = update.evaluate_preconditioner(weights)
             first = update.evaluate_order(1, weights, G)
-            worst = max(worst, relative_error(P, preconditioner(weights, adapt_layers=layers)),
-                        relative_error(first.reshape(-1, order="F"), -P @ G.reshape(-1, order="F")))
+            worst = worst_of(worst, relative_error(P, preconditioner(weights, adapt_layers=layers)),
+                             relative_error(first.reshape(-1, order="F"), -P @ G.reshape(-1, order="F")))
             instances += 1
     return CheckResult(instances, worst, "relative error")

@@ -197,6 +197,11 @@ def bench_meta(case: str, s: dict, reps: int, device: str, memory: bool, log) ->
     import torch
 
     sync = torch.cuda.synchronize if device == "cuda" else None
+    if s["compiled"]:
+        # torch.compile caches by code object, which every Engine shares: without a reset, the cases
+        # run before this one use up dynamo's recompile limit (8) and the compiled variant silently
+        # falls back to eager (it did for anil, the third case, before this reset).
+        torch._dynamo.reset()
     learner, batch = meta_setup(s, case, "float32", device)
     variants = meta_variants(learner, case, s, s["compiled"], device)
     M = batch[0].shape[0]

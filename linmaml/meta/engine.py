@@ -33,7 +33,10 @@ vmap       chunks of ``tasks_per_chunk`` tasks wholly vmapped (adaptation and qu
 ``tasks_per_chunk=None`` takes the whole meta-batch as one chunk; a chunk of one task always runs
 as "loop" (vmap of one task only costs). Each chunk is backpropagated before the next is computed,
 so memory holds one chunk's graph. ``compile=True`` runs the training computations through
-``torch.compile`` (built once per shape and step count).
+``torch.compile`` (built once per shape and step count). torch.compile caches by code object, and
+every Engine's functions share theirs: in one process, engines beyond dynamo's recompile limit (8
+learners, dtypes or shapes) fall back to eager with one warning from torch; call
+``torch._dynamo.reset()`` between unrelated compiled engines (``linmaml bench`` does, per case).
 
 Scoring without the outer graph (:meth:`Engine.score`): the adaptation runs under
 ``torch.no_grad()``. ``torch.func.grad`` (the inner loop's gradient) ignores an enclosing

@@ -41,7 +41,7 @@ def run(out_dir, quick=False):
 # rejected command must never do (AssertionError is not a user error, so it escapes main and fails
 # the row loudly).
 BENCH_STAND_IN = '''
-def run(out_dir, quick=False, only=None, device="cpu", threads=2):
+def run(out_dir, quick=False, only=None, device="cpu", threads=2, allocator="keep"):
     raise AssertionError("the benchmark ran: a bad argument was not caught before the timings")
 def table(record):
     return ""
@@ -129,6 +129,7 @@ TABLE = [
     (["train", "--out", "{sandbox}/run", "--batching", "threads", "--quiet"], "--batching: invalid choice"),
     (["train", "--out", "{sandbox}/run", "--tasks-per-chunk", "0", "--quiet"], "--tasks-per-chunk: expected an integer >= 1"),
     (["train", "--out", "{sandbox}/run", "--compile", "yes", "--quiet"], "unrecognized arguments: yes"),
+    (["train", "--out", "{sandbox}/run", "--allocator", "fast", "--quiet"], "--allocator: invalid choice: 'fast'"),
     (["train", "--out", "{unwritable}", "--quiet"], "Not a directory"),
     (["train", "--out", "{file}", "--quiet"], "is not a folder"),
     (["train", "--out", "{sandbox}/run", "--data-root", "{missing}", "--quiet"], "lacks the background set"),
@@ -139,6 +140,7 @@ TABLE = [
     # analyze
     (["analyze", "{missing}"], "does not exist"),
     (["analyze", "{file}", "--bogus"], "unrecognized arguments: --bogus"),
+    (["analyze", "{file}", "--allocator", "mmap"], "--allocator: invalid choice: 'mmap'"),
     # evaluate
     (["evaluate"], "the following arguments are required: CHECKPOINT"),
     (["evaluate", "{missing}/best.pt"], "best.pt does not exist"),
@@ -146,12 +148,14 @@ TABLE = [
     (["evaluate", "{sandbox}"], "holds no best.pt or last.pt"),
     (["evaluate", "{file}", "--tasks", "many"], "--tasks: invalid int value"),
     (["evaluate", "{file}", "--split", "holdout"], "--split: invalid choice"),
+    (["evaluate", "{file}", "--allocator", ""], "--allocator: invalid choice: ''"),
 ]
 if HAS_BENCH:  # being built beside this suite; its own tests cover the rest
     TABLE += [
         (["bench", "--only", "bogus", "--out", "{sandbox}/bench"], "--only: expected one of"),
         (["bench", "--threads", "x", "--out", "{sandbox}/bench"], "--threads: invalid int value"),
         (["bench", "--bogus"], "unrecognized arguments: --bogus"),
+        (["bench", "--allocator", "Keep", "--out", "{sandbox}/bench"], "--allocator: invalid choice: 'Keep'"),
         (["bench", "--threads", "0", "--out", "{sandbox}/bench"], "--threads: expected an integer >= 1, got 0"),
         (["bench", "--threads", "-2", "--quick", "--out", "{sandbox}/bench"], "--threads: expected an integer >= 1"),
         (["bench", "--out", "{unwritable}"], "--out: cannot write into"),

@@ -7,8 +7,12 @@ API, with a 2-block CNN and second-order MAML, so that every code path of a real
 5,000 times in a couple of minutes. RSS is read from ``/proc/self/status`` (VmRSS) after each
 iteration; the numbers go to ``train_memory.json``.
 
-Run: ``python analysis/train_memory.py [--out DIR] [--quick]`` (quick: 200 iterations, RSS at 20
-and 200, a few seconds). Not a figure: ``linmaml reproduce`` does not run it.
+The process runs under ``linmaml train``'s default malloc policy, ``--allocator keep`` (freed memory
+kept for reuse: :mod:`linmaml.benchmarks.allocator`), unless ``--allocator system`` is given; the
+record says which.
+
+Run: ``python analysis/train_memory.py [--out DIR] [--quick] [--allocator keep|system]`` (quick: 200
+iterations, RSS at 20 and 200, a few seconds). Not a figure: ``linmaml reproduce`` does not run it.
 """
 from __future__ import annotations
 
@@ -53,13 +57,16 @@ def synthetic_splits(size: int, seed: int):
     return splits
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
+def run(out_dir: pathlib.Path, quick: bool = False, allocator: str | None = None) -> dict:
+    """``allocator`` ("keep"/"system") is applied to this process first; None leaves it as it is."""
     import torch
 
     from linmaml import _io
+    from linmaml.benchmarks import allocator as malloc_policy
     from linmaml.benchmarks.train import train
 
-    settings = {**SETTINGS, **(QUICK if quick else {})}
+    policy = malloc_policy.current() if allocator is None else malloc_policy.use_allocator(allocator)
+    settings = {**SETTINGS, **(QUICK if quick else {}), "allocator": policy}
     torch.set_num_threads(settings["threads"])
     keys = ("ways", "shots", "query", "test_query", "layers", "hidden", "meta_batch", "iterations", "val_every", "val_tasks",
             "checkpoint_every", "seed")
@@ -90,8 +97,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parents[1] / "figures"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--allocator", choices=("keep", "system"), default="keep",
+                        help="malloc policy (default keep, as linmaml train)")
     args = parser.parse_args()
-    report = run(pathlib.Path(args.out), quick=args.quick)
+    report = run(pathlib.Path(args.out), quick=args.quick, allocator=args.allocator)
     n, s = report["numbers"], report["settings"]
     print(f"RSS at iteration {s['early']}: {n['rss_mib_at_early']:.1f} MiB, at {s['iterations']}:"
           f" {n['rss_mib_at_end']:.1f} MiB (growth {100 * n['growth']:+.2f}%, limit +5%)"

@@ -1,4 +1,10 @@
-"""Fixtures shared by every test folder: where the real Omniglot is.
+"""Fixtures shared by every test folder: where the real Omniglot is; the malloc policy of the tests.
+
+The command-line tools keep freed memory in the process by default (``--allocator keep``,
+:mod:`linmaml.benchmarks.allocator`), a setting of the whole process that cannot be undone. Many
+tests call the CLI's ``main`` inside the pytest process, so the suite sets ``$LINMAML_ALLOCATOR`` to
+"system" (its processes and their children keep glibc's own settings, whatever the test order);
+tests/benchmarks/test_bench_allocator.py checks the "keep" default in fresh processes without it.
 
 The real data is found through ``$LINMAML_DATA`` or ``../shared/data`` beside the repository (the
 Makefile exports the latter). When neither holds ``omniglot/``, the tests that need it fail under CI
@@ -12,6 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+os.environ["LINMAML_ALLOCATOR"] = "system"
 
 
 def real_data_root() -> Path | None:

@@ -151,3 +151,19 @@ def test_a_row_with_one_nan_instance_fails(monkeypatch):
     (row,) = [i for i in IDENTITIES if i.name == "deep linear: k-step adapt = direct per-sample loop"]
     result = row.run(0)
     assert len(calls) > 2 and not result["passed"]
+
+
+def test_a_meta_row_with_one_nan_instance_fails(monkeypatch):
+    """The same for the rows that report through checks.meta.worst_case."""
+    from linmaml.checks import meta as rows
+
+    real, calls = rows.fomaml_gradient, []
+
+    def nan_on_second_call(*args, **kwargs):
+        calls.append(1)
+        return float("nan") if len(calls) == 2 else real(*args, **kwargs)
+
+    monkeypatch.setattr(rows, "fomaml_gradient", nan_on_second_call)
+    (row,) = [i for i in IDENTITIES if i.name == "meta: first-order MAML meta-gradient = query gradient at the adapted weights"]
+    result = row.run(0)
+    assert len(calls) > 2 and not result["passed"]

@@ -139,14 +139,16 @@ def memory_probe(case: str, variant: str, settings: dict, threads: int, allocato
 # Driver, table, CLI
 
 def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cpu", threads: int = 2,
-        log=None, allocator: str = "keep") -> dict:
+        log=None, allocator: str | None = None) -> dict:
     """Run the cases (``only``: a subset of :data:`CASES`), print progress with ``log``, write
-    ``<out_dir>/bench.json`` atomically and return its dict. ``allocator`` is applied to this process
-    first (:func:`linmaml.benchmarks.allocator.use_allocator`)."""
+    ``<out_dir>/bench.json`` atomically and return its dict. ``allocator`` ("keep" or "system"), if
+    given, is applied to this process first (:func:`linmaml.benchmarks.allocator.use_allocator`);
+    None leaves the process's malloc as it is (the command line applies its policy itself). The
+    record says which settings were in effect."""
     import torch
 
     from linmaml._io import atomic_write_json
-    from linmaml.benchmarks.allocator import use_allocator
+    from linmaml.benchmarks import allocator as malloc_policy
 
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     cases = list(CASES) if not only else list(only)
@@ -161,9 +163,10 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
         raise ValueError(f"threads: expected a positive integer, got {threads!r}")
     settings = QUICK if quick else FULL
     out_dir = pathlib.Path(out_dir)
-    applied_allocator = use_allocator(allocator)
+    applied_allocator = malloc_policy.current() if allocator is None else malloc_policy.use_allocator(allocator)
     torch.set_num_threads(threads)
-    THREADS[0], ALLOCATOR[0] = threads, allocator
+    # the probes' fresh processes take the same settings
+    THREADS[0], ALLOCATOR[0] = threads, "keep" if applied_allocator.startswith("keep") else "system"
     if device == "cuda":
         # TF32 for the benchmark's timings only (the exactness checks run in float64, untouched by it).
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -186,6 +189,7 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
                                                           settings["surface"]["reference_points"].items()}}
     memory = settings["meta"]["memory"] and not quick
     for case in cases:
+        case_began, load_before = time.perf_counter(), _load_average()
         if case == "surface":
             if device == "cuda":
                 continue  # numpy closed form: nothing for the GPU to do
@@ -206,6 +210,14 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
         else:
             record["cases"][case] = bench_meta(case, settings["meta"], settings["reps"], device,
                                                settings["meta"]["memory"], log)
+        if case in record["cases"]:
+            # Each case carries how it was measured, so that it stays true when later --only runs
+            # keep it beside cases measured otherwise (other threads, allocator, day).
+            record["cases"][case]["measured_with"] = {
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_model": info.get("cpu_model"),
+                "torch_threads": threads, "device": device, "allocator": applied_allocator,
+                "load_average_at_start": load_before, "load_average_at_end": _load_average(),
+                "seconds": round(time.perf_counter() - case_began, 1)}
     if hasattr(os, "getloadavg"):
         record["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     record["seconds"] = round(time.perf_counter() - began, 1)
@@ -213,12 +225,23 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
         # --only: the other cases stay as the previous run measured them, and the record says so.
         earlier_machine = previous.pop("_machine")
         measured = record["cases"]
+        for case, entry in previous.items():
+            # a case from before cases carried their own record: only the file's machine record is known
+            entry.setdefault("measured_with", {"unknown": "measured before cases recorded their own settings; the "
+                                                          "file it was kept from describes its last run as",
+                                               "file_machine": earlier_machine})
         record["cases"] = {case: measured.get(case, previous.get(case)) for case in CASES
                            if case in measured or case in previous}
-        record["cases_kept_from_previous_run"] = {"cases": sorted(previous), "machine": earlier_machine}
+        record["cases_kept_from_previous_run"] = {
+            "cases": sorted(previous), "machine": earlier_machine,
+            "note": "each case's own measured_with says how it was measured"}
     record["numbers"] = summary_numbers(record)
     atomic_write_json(out_dir / f"{name}.json", _finite(record))
     return record
+
+
+def _load_average():
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def _previous_cases(path: pathlib.Path, quick: bool, running) -> dict:
@@ -340,8 +363,8 @@ def main(argv=None, default_out: pathlib.Path | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default 2; 1 in quick mode, whose tiny ops only wait on each other)")
-    parser.add_argument("--allocator", default="keep", choices=("keep", "system"),
-                        help="malloc policy of this process (default keep, as linmaml train)")
+    parser.add_argument("--allocator", default=None, choices=("keep", "system"),
+                        help="malloc policy of this process (default keep, as linmaml train, or $LINMAML_ALLOCATOR)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     parser.add_argument("--allocator-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -354,8 +377,10 @@ def main(argv=None, default_out: pathlib.Path | None = None) -> int:
         print(json.dumps(allocator_probe(json.loads(args.allocator_probe))))
         return 0
     threads = args.threads if args.threads is not None else (1 if args.quick else 2)
-    record = run(args.out, quick=args.quick, only=args.only, device=args.device, threads=threads,
-                 allocator=args.allocator)
+    from linmaml.benchmarks.allocator import apply_for_command, default_policy
+
+    apply_for_command(args.allocator or default_policy(), "bench")
+    record = run(args.out, quick=args.quick, only=args.only, device=args.device, threads=threads)
     print(table(record))
     return 0
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from linmaml import _io, _validate
-from linmaml.benchmarks import checkpoint, distributed, episodes, run_folder
+from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder
 from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
                                        iteration_seed, make_engine, outer_lr_at, resume_config)
 from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint
@@ -306,7 +306,9 @@ class Trainer:
             return
         _io.atomic_write_json(self.out_dir / run_folder.CONFIG, {
             "config": self.config.to_dict(), "image_shape": list(self.image_shape),
-            "world_size": self.ctx.world_size, "device": str(self.ctx.device)})
+            "world_size": self.ctx.world_size, "device": str(self.ctx.device),
+            # the process's malloc settings (linmaml train's --allocator): they change the timings logged
+            "allocator": allocator.current()})
         run_folder.trim_metrics(self.out_dir / run_folder.METRICS, self.state["iteration"])
         self.metrics = run_folder.MetricsLog(self.out_dir / run_folder.METRICS)
 

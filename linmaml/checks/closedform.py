@@ -225,7 +225,7 @@ def check_balanced_closed_form(rng: np.random.Generator) -> CheckResult:
         worst = worst_of(worst, relative_error([balanced_preconditioner(W_e, depth)], [per_layer]))
         if deficient and depth > 1:
             raw = balanced_preconditioner(W_e, depth, threshold=0.0)
-            unthresholded = max(unthresholded, relative_error([raw], [per_layer]))
+            unthresholded = worst_of(unthresholded, relative_error([raw], [per_layer]))
         count += 1
     note = f"relative error; half rank-deficient (without the threshold: {unthresholded:.1e})"
     return CheckResult(count, worst, note)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, use_allocator
+from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
 
 
 def register(subparsers):
@@ -22,7 +22,7 @@ def register(subparsers):
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
     p.add_argument("--threads", type=int, default=None, metavar="T", help="CPU threads for torch")
-    p.add_argument("--allocator", choices=ALLOCATORS, default="keep", help=ALLOCATOR_HELP)
+    p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/analyze.{png,json}")
     p.set_defaults(func=run)
@@ -44,7 +44,7 @@ def run(args) -> int:
     out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused
     if out is not None and out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out: {out} is not a folder")
-    use_allocator(args.allocator)
+    apply_for_command(args.allocator or default_policy(), "linmaml analyze")
     result = analyze.analyze_run(args.run, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
                                  data_root=args.data_root, stream=sys.stderr)
     if out is not None:

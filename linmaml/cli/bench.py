@@ -18,7 +18,7 @@ import tempfile
 
 from linmaml import _validate
 from linmaml.analysis.bench_settings import CASES
-from linmaml.benchmarks.allocator import ALLOCATORS
+from linmaml.benchmarks.allocator import ALLOCATORS, apply_for_command, default_policy
 
 
 def register(subparsers):
@@ -34,9 +34,9 @@ def register(subparsers):
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the meta-training cases on the GPU")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default 2; 1 with --quick, whose tiny operations only wait on each other)")
-    p.add_argument("--allocator", choices=ALLOCATORS, default="keep",
-                   help="malloc policy of the benchmark process (default keep, as linmaml train runs; the "
-                        "allocator case compares both)")
+    p.add_argument("--allocator", choices=ALLOCATORS, default=None,
+                   help="malloc policy of the benchmark process (default keep, as linmaml train runs, or "
+                        "$LINMAML_ALLOCATOR; the allocator case compares both in fresh processes)")
     p.set_defaults(func=run)
 
 
@@ -101,12 +101,12 @@ def run(args) -> int:
         out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused; printed below
     # Every check on the input comes before the benchmark: a full run takes minutes, and an
     # output folder that cannot be written must not be discovered only at its end.
+    apply_for_command(args.allocator or default_policy(), "linmaml bench")
     created = _writable_folder(out)
     try:
         from linmaml.analysis import bench
 
-        record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads,
-                           allocator=args.allocator)
+        record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads)
     except BaseException:
         _remove_empty(created)  # a failed run leaves no empty folder behind
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, use_allocator
+from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
 from linmaml.cli._paths import path_option
 
 
@@ -25,7 +25,7 @@ def register(subparsers):
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="CPU threads for torch (default 1: several threads on busy cores can run many times slower;"
                         " on an idle machine with many cores try 4)")
-    p.add_argument("--allocator", choices=ALLOCATORS, default="keep", help=ALLOCATOR_HELP)
+    p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object (accuracy as a fraction)")
     p.add_argument("--quiet", action="store_true", help="no progress line (tasks scored, ETA) on stderr")
     p.set_defaults(func=run)
@@ -48,7 +48,7 @@ def run(args) -> int:
     # ~ expanded (also after '=', where the shell leaves it), '' refused; the checkpoint used is printed
     checkpoint, data_root = path_option(args.checkpoint, "CHECKPOINT"), path_option(args.data_root, "--data-root")
     torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1))
-    use_allocator(args.allocator)
+    apply_for_command(args.allocator or default_policy(), "linmaml evaluate")
     try:
         result = evaluate_checkpoint(checkpoint, tasks=args.tasks, steps=args.steps, query=args.query,
                                      split=args.split, task_seed=args.task_seed, data_root=data_root,

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, use_allocator
+from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
 from linmaml.cli._paths import path_option
 
 #: Default CPU threads. torch's own default (one per core) collapses when the cores are busy: its
@@ -93,7 +93,7 @@ def register(subparsers):
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N", help=THREADS_HELP)
-    p.add_argument("--allocator", choices=ALLOCATORS, default="keep", help=ALLOCATOR_HELP)
+    p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -115,7 +115,7 @@ def run(args) -> int:
     options = {**from_file, **given}
     # ~ expanded (also in --out=~/x, which the shell leaves alone), '' refused: the run goes where it says
     out, data_root = path_option(args.out, "--out"), path_option(args.data_root, "--data-root")
-    use_allocator(args.allocator)
+    apply_for_command(args.allocator or default_policy(), "linmaml train")
     try:
         result = train(options, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
                        data_root=data_root, progress=not args.quiet, threads=args.threads)

@@ -16,6 +16,7 @@ same Adam step, so the replicas stay identical. Rank 0 alone writes files and pr
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import pickle
 
@@ -76,13 +77,36 @@ def setup(device: str = "auto") -> Context:
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
 
 
-def teardown(ctx: Context) -> None:
-    """Leave the process group if :func:`setup` joined it."""
-    if ctx.owns_group:
-        import torch.distributed as dist
+def teardown(ctx: Context, synchronize: bool = True) -> None:
+    """Leave the process group if :func:`setup` joined it; with ``synchronize``, only once every
+    process has reached this point.
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    Without that barrier a process that finishes first destroys its gloo connections while another
+    is still writing its files, and that one can abort inside gloo's threads ("terminate called
+    without an active exception": seen in tests/benchmarks/test_bench_distributed.py on this 2-core
+    machine). A process that failed never arrives, so the caller passes ``synchronize=False`` after a
+    failure; and under gloo the barrier gives up after :data:`TEARDOWN_TIMEOUT` seconds (a peer that
+    died), leaving the group anyway.
+    """
+    if not ctx.owns_group:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if synchronize and ctx.world_size > 1:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=TEARDOWN_TIMEOUT))
+            else:
+                dist.barrier()
+        except RuntimeError:  # a peer failed or timed out: nothing left to wait for
+            pass
+    dist.destroy_process_group()
+
+
+#: Seconds a finished process waits at :func:`teardown` for the others (gloo).
+TEARDOWN_TIMEOUT = 120
 
 
 def share(total: int, world_size: int, rank: int) -> range:

@@ -430,7 +430,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
             lock.release()
         if failed and created:
             run_folder.remove_if_unused(out_dir)
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, synchronize=not failed)
 
 
 #: What a run out of memory is told (raised as ``MemoryError``; the CLI names the flags).

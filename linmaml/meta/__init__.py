@@ -1,5 +1,7 @@
 """Model-agnostic meta-learning in torch: MAML, first-order MAML, ANIL, meta-optimizers, LinNet.
 
+::
+
     from linmaml import meta
     learner = meta.MAML(model, lr=0.1, steps=5, transform=meta.KFO(), first_order=False,
                         adapt="all", adapt_transform=False)

@@ -4,15 +4,19 @@ Each row compares a function of :mod:`linmaml.closedform.gaussian` (named in the
 with a computation that shares none of its algebra, only the task definition
 (:class:`linmaml.tasks.RegressionFamily` and its sampler): an exact symbolic expectation (sympy,
 monomial by monomial), Monte Carlo over sampled tasks, support and query sets with explicit inner
-steps (deviation in standard errors, tolerance 3), Monte Carlo minimisers (least squares on sampled
-tasks), or scipy optimisers. Relative errors use :func:`linmaml.checks._common.relative_error`.
+steps (deviation in standard errors, tolerance 3), exact tensor-product Gauss–Hermite rules over every
+Gaussian variable of a task (task map, support inputs, support noise) with the same explicit inner
+step, where the loss is a polynomial of a degree the rule integrates exactly (agreement to rounding,
+sharper than Monte Carlo), Monte Carlo minimisers (least squares on sampled tasks), or scipy
+optimisers on such an own loss. Relative errors use :func:`linmaml.checks._common.relative_error`.
 Rows start with "gaussian:".
 """
 from __future__ import annotations
 
 import numpy as np
 
-from linmaml.checks._common import central_difference, random_spd, relative_error, worst_of, z_score
+from linmaml.checks._common import (central_difference, gauss_hermite_rule, random_spd, relative_error, worst_of,
+                                    z_score)
 from linmaml.closedform import gaussian as g
 from linmaml.closedform import gaussian_lr as glr
 from linmaml.tasks import RegressionFamily
@@ -50,6 +54,47 @@ def _mixture_batches(mixture, tasks: int, rng):
     """(component, batch) pairs with component task counts drawn multinomially from the weights."""
     counts = rng.multinomial(tasks, mixture.weights)
     return [(c, c.sample(int(k), rng)) for c, k in zip(mixture.components, counts) if k > 0]
+
+
+def _matrix_sqrt(C: np.ndarray) -> np.ndarray:
+    """A square root F (F Fᵀ = C) of a symmetric positive semi-definite matrix (eigendecomposition)."""
+    vals, vecs = np.linalg.eigh(C)
+    return vecs * np.sqrt(np.clip(vals, 0.0, None))
+
+
+def _quadrature_tasks(family: RegressionFamily, points: np.ndarray):
+    """Tasks from standard normal points (K, m), m = o·d + n·d + n·o in the order [task map (column-major vec),
+    support inputs (row by row), support noise]: (W_τ (K, o, d), Xs (K, n, d), Ys (K, n, o)). The task
+    definition, written out: vec W_τ = vec M + Ω^{1/2} z, x = Σ^{1/2} u, y = W_τ x + σ e."""
+    o, d, n = family.d_out, family.d_in, family.n_support
+    K, k = points.shape[0], o * d
+    vec = family.task_mean.reshape(-1, order="F") + points[:, :k] @ _matrix_sqrt(family.task_cov).T
+    W_tau = vec.reshape(K, d, o).transpose(0, 2, 1)
+    Xs = points[:, k:k + n * d].reshape(K, n, d) @ _matrix_sqrt(family.x_cov).T
+    Ys = np.einsum("tni,toi->tno", Xs, W_tau) + family.noise_std * points[:, k + n * d:].reshape(K, n, o)
+    return W_tau, Xs, Ys
+
+
+def _quadrature_nodes(family: RegressionFamily, task: int, inputs: int, noise: int) -> list[int]:
+    """Node counts per variable in the layout of :func:`_quadrature_tasks`."""
+    o, d, n = family.d_out, family.d_in, family.n_support
+    return [task] * (o * d) + [inputs] * (n * d) + [noise] * (n * o)
+
+
+def _conditional_query_loss(adapted: np.ndarray, W_tau: np.ndarray, family: RegressionFamily) -> np.ndarray:
+    """Per task, the expected query loss given the adapted map: ½·tr((W′ − W_τ) Σ (W′ − W_τ)ᵀ) + ½·o·σ² (a fresh
+    query point and its noise; the task definition)."""
+    R = adapted - W_tau
+    return 0.5 * np.einsum("toi,ij,toj->t", R, family.x_cov, R) + 0.5 * family.d_out * family.noise_std ** 2
+
+
+def _depth2_finite_adapted(layers, Xs: np.ndarray, Ys: np.ndarray, lr: float) -> np.ndarray:
+    """End-to-end maps (T, o, d) after one real inner step on each task's support set, layer by layer: the support
+    gradient (W_e Xsᵀ − Ysᵀ)Xs/n, then W1 − α W2ᵀG and W2 − α G W1ᵀ, multiplied out."""
+    W1, W2 = layers
+    n = Xs.shape[1]
+    G = np.einsum("tno,tni->toi", Xs @ (W2 @ W1).T - Ys, Xs) / n
+    return (W2[None] - lr * G @ W1.T) @ (W1[None] - lr * W2.T @ G)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,6 +357,95 @@ def _deep_gradient(rng):
         numeric = central_difference(lambda ws: g.expected_post_adaptation_loss(ws, family, lr), layers, h=1e-3)
         worst = worst_of(worst, relative_error(grads, numeric))
     return CheckResult(3, worst, "relative error over all layers")
+
+
+@identity("gaussian: deep population expectation vs exact Gauss-Hermite rule over the task (depths 2-4)", 1e-12)
+def _deep_quadrature(rng):
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss on [W1, …, WL] (population step): the
+    adapted map is a polynomial of degree L in the task map, the conditional query loss of degree 2L, so a product
+    Gauss–Hermite rule with L + 1 nodes per task variable (the direct loop of the Monte Carlo row) is exact."""
+    worst = 0.0
+    for depth in (2, 3, 4):
+        d_in, d_out = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        family = _family(rng, d_in, d_out, condition=20.0, n_support=1)
+        layers = _deep_layers(rng, d_in, d_out, depth)
+        lr = float(rng.uniform(-0.3, 0.3))
+        points, weights = gauss_hermite_rule([depth + 1] * (d_in * d_out))
+        W_tau = _quadrature_tasks(family, np.hstack([points, np.zeros((len(points), d_in + d_out))]))[0]
+        exact = float(weights @ _conditional_query_loss(_deep_adapted(layers, W_tau, family.x_cov, lr), W_tau, family))
+        worst = worst_of(worst, relative_error(g.expected_post_adaptation_loss(layers, family, lr, population=True),
+                                               exact))
+    return CheckResult(3, worst, "relative error against the exact product rule")
+
+
+def _depth2_instance(rng, d_in: int, d_out: int, n: int, **overrides):
+    family = _family(rng, d_in, d_out, condition=10.0, n_support=n, **overrides)
+    return family, _deep_layers(rng, d_in, d_out, 2), float(rng.uniform(0.05, 0.3)) * float(rng.choice([-1, 1]))
+
+
+@identity("gaussian: deep finite-n expectation (depth 2) vs Monte Carlo (standard errors)", 3.0)
+def _deep_finite_monte_carlo(rng):
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss on [W1, W2] with population=False (the exact
+    finite-n expectation of linmaml.closedform.gaussian_deep_finite): sampled tasks and support sets with noise, one
+    real inner step layer by layer, the exact conditional query loss; rates of both signs, d_out 1 or 2."""
+    worst, tasks = 0.0, 40_000
+    for _ in range(3):
+        family, layers, lr = _depth2_instance(rng, int(rng.integers(1, 4)), int(rng.integers(1, 3)),
+                                              int(rng.integers(1, 7)))
+        batch = family.sample(tasks, rng)
+        losses = _conditional_query_loss(_depth2_finite_adapted(layers, batch.Xs, batch.Ys, lr), batch.W, family)
+        worst = worst_of(worst, z_score(losses, g.expected_post_adaptation_loss(layers, family, lr, population=False)))
+    return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
+
+
+@identity("gaussian: deep finite-n expectation (depth 2) vs exact Gauss-Hermite rule over all Gaussian variables", 1e-12)
+def _deep_finite_quadrature(rng):
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss on [W1, W2] with population=False: the
+    conditional query loss after the real inner step is a polynomial of degree ≤ 8 in each support-input variable
+    (Σ̂ up to 4 times), ≤ 4 in each task and noise variable, so the product rule with 5 and 3 nodes over every
+    Gaussian variable of the task (map, n support inputs, support noise) is exact; tiny n and d keep it small."""
+    worst, cases = 0.0, ((1, 1, 1), (1, 1, 3), (2, 1, 2), (1, 2, 2), (2, 2, 1))
+    for d_in, d_out, n in cases:
+        family, layers, lr = _depth2_instance(rng, d_in, d_out, n)
+        points, weights = gauss_hermite_rule(_quadrature_nodes(family, task=3, inputs=5, noise=3))
+        W_tau, Xs, Ys = _quadrature_tasks(family, points)
+        exact = float(weights @ _conditional_query_loss(_depth2_finite_adapted(layers, Xs, Ys, lr), W_tau, family))
+        worst = worst_of(worst, relative_error(g.expected_post_adaptation_loss(layers, family, lr, population=False),
+                                               exact))
+    return CheckResult(len(cases), worst, "relative error against the exact product rule (d, d_out, n) = "
+                       + ", ".join(str(c) for c in cases))
+
+
+@identity("gaussian: deep finite-n expectation's gradient vs finite differences", 1e-6)
+def _deep_finite_gradient(rng):
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss_and_grad on [W1, W2] with population=False
+    (the hand-derived gradient, on a mixture): the fourth-order central difference of
+    expected_post_adaptation_loss, coordinate by coordinate."""
+    worst = 0.0
+    for _ in range(3):
+        d_in, d_out = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        family = g.TaskMixture([_family(rng, d_in, d_out, n_support=int(rng.integers(1, 7))),
+                                _family(rng, d_in, d_out, condition=10.0, n_support=int(rng.integers(1, 7)))])
+        layers = _deep_layers(rng, d_in, d_out, 2)
+        lr = float(rng.uniform(-0.3, 0.3))
+        _, grads = g.expected_post_adaptation_loss_and_grad(layers, family, lr, population=False)
+        numeric = central_difference(lambda ws: g.expected_post_adaptation_loss(ws, family, lr, population=False),
+                                     layers, h=1e-3)
+        worst = worst_of(worst, relative_error(grads, numeric))
+    return CheckResult(3, worst, "relative error over both layers")
+
+
+@identity("gaussian: deep finite-n expectation at n = 1e8 vs the population expectation", 1e-6)
+def _deep_finite_limit(rng):
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss on [W1, W2]: population=False with n = 10⁸
+    support points (linmaml.closedform.gaussian_deep_finite, Wishart moments and support noise) against
+    population=True (linmaml.closedform.gaussian_deep, a different derivation); the gap is O(1/n)."""
+    worst = 0.0
+    for _ in range(3):
+        family, layers, lr = _depth2_instance(rng, int(rng.integers(1, 4)), int(rng.integers(1, 3)), 10 ** 8)
+        worst = worst_of(worst, relative_error(g.expected_post_adaptation_loss(layers, family, lr, population=False),
+                                               g.expected_post_adaptation_loss(layers, family, lr, population=True)))
+    return CheckResult(3, worst, "relative error (the O(1/n) gap included)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -50,8 +50,10 @@ through μ = W2W1 − M, Vᵀ = (W2W1)ᵀ, A = W2W2ᵀ, B = W1ᵀW1 (∂/∂W1 =
 ∂/∂W2 = (∂_μ + ∂_Vᵀᵀ)W1ᵀ + (∂_A + ∂_Aᵀ)W2).
 
 Cost: the environments have (o·d)^(#μ + #V) · o^(2#A) · d^(2#B) entries, at most (o·d)^6 (rings with
-six μ/Vᵀ slots), and the 4th Wishart moment d^8 entries: fine for o·d ≲ 12 and d ≲ 8 (seconds to set
-up for the figure's d = 4, o = 1; milliseconds per evaluation). Depth ≥ 3 and more than one step are
+six μ/Vᵀ slots), and the 4th Wishart moment d^8 entries; families beyond 2^24 entries for either are
+refused (``ArgumentError`` naming ``family``: o·d ≤ 16 and d ≤ 8). Measured for figure 3's d = 4,
+o = 1, width 8 on the 2-core machine: 0.25–0.4 s to set up the environments once, 7 ms per value
+and gradient. Depth ≥ 3 and more than one step are
 not covered (the adapted map has degree 3 or more in G, needing Wishart moments of order ≥ 6).
 """
 from __future__ import annotations
@@ -63,6 +65,8 @@ import numpy as np
 
 #: Weight slots (open in the environments) and their shapes in terms of (o, d).
 _SLOTS = ("mu", "A", "B", "Vt")
+#: Largest environment or Wishart moment tensor built (entries; 2^24 float64 = 128 MiB).
+_MAX_ENTRIES = 2 ** 24
 
 
 def _shape(name: str, o: int, d: int) -> tuple[int, int]:
@@ -146,6 +150,12 @@ class _Environment:
 
     def __init__(self, family):
         o, d = family.d_out, family.d_in
+        if max((o * d) ** 6, d ** 8) > _MAX_ENTRIES:
+            from linmaml.errors import ArgumentError
+
+            raise ArgumentError("family", f"the exact finite-n expectation needs tensors of (d_out·d_in)^6 = "
+                                          f"{(o * d) ** 6} and d_in^8 = {d ** 8} entries, above {_MAX_ENTRIES}; "
+                                          f"expected d_out·d_in ≤ 16 and d_in ≤ 8")
         self.o, self.d = o, d
         Sigma = np.asarray(family.x_cov, dtype=np.float64)
         Omega4 = family.task_cov.reshape(d, o, d, o).transpose(1, 0, 3, 2)  # Cov(Z_ia, Z_jb) at [i, a, j, b]

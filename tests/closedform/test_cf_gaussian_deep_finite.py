@@ -153,3 +153,10 @@ def test_depth_three_at_finite_n_is_refused_and_depth_two_overflow_names_lr():
         expected_post_adaptation_loss(make_layers(rng, 2, 1, 2), family, 1e200, population=False)
     with pytest.raises(ValueError, match="^steps"):
         expected_post_adaptation_loss(make_layers(rng, 2, 1, 2), family, 0.1, steps=2, population=False)
+
+
+def test_families_too_large_for_the_exact_tensors_are_refused_by_name():
+    family = RegressionFamily(9, 1, noise_std=0.1, n_support=5)  # d_in^8 = 43M entries
+    layers = [np.ones((2, 9)), np.ones((1, 2))]
+    with pytest.raises(ValueError, match="^family"):
+        expected_post_adaptation_loss(layers, family, 0.1, population=False)

@@ -150,8 +150,8 @@ def deep_optimum(sizes, fam, lr: float, *, starts: int, excess: float | None, se
         res = minimize(objective, x0, jac=True, method="L-BFGS-B", callback=close_enough,
                        options={"maxiter": max_iterations, "gtol": 1e-12, "ftol": 1e-16})
         weights = unpack(res.x)
-        runs.append({"value": float(res.fun), "iterations": int(res.nit), "gradient_max_abs": float(np.abs(res.jac).max()),
-                     "alpha_P": lr * preconditioner(weights)})
+        runs.append({"value": float(res.fun), "iterations": int(res.nit),
+                     "gradient_max_abs": float(np.abs(res.jac).max()), "alpha_P": lr * preconditioner(weights)})
         if best is None or res.fun < best[0]:
             best = (float(res.fun), weights)
     return {"weights": best[1], "value": best[0], "floor": floor, "starts": runs}
@@ -495,7 +495,8 @@ def draw(result: dict, path: pathlib.Path) -> None:
     fig.suptitle(f"Depth learns a preconditioner's direction: x ~ N(0, Σ), κ(Σ) = {f['kappa']:g}, w ~ N(m, Ω), Ω ≠ ωI, "
                  f"d = {f['d_in']}, σ = {f['noise_std']}; population inner step, α = {alpha}; "
                  f"{cfg['meta_iterations']} meta-iterations.\nRows 1-2: population inner step; row 3: "
-                 f"n = {num['finite_n']['n_support']} noisy support points, Deep {cfg['finite_n']['model']}", fontsize=11)
+                 f"n = {num['finite_n']['n_support']} noisy support points, Deep {cfg['finite_n']['model']}",
+                 fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -541,8 +542,10 @@ def _draw_finite_n(axes, fn: dict, a: dict, alpha: float, dir_colors) -> None:
     ax = axes[2]
     ax.plot(a["recorded"], a["exact_curve"], color="tab:red", lw=1.2, label="MAML-trained Deep, exact finite-n loss")
     lines = [(fn["best_scalar_step"]["loss"], "k", "-.", "Shallow, best scalar step"),
-             (fn["Sigma_inverse_map_at_finite_n"]["loss"], "gray", ":", r"matrix step $\Sigma^{-1}$ (population optimum)"),
-             (fn["population_L2_at_finite_n"]["optimum_loss"], "tab:purple", ":", "population-optimal Deep, used at this n"),
+             (fn["Sigma_inverse_map_at_finite_n"]["loss"], "gray", ":",
+              r"matrix step $\Sigma^{-1}$ (population optimum)"),
+             (fn["population_L2_at_finite_n"]["optimum_loss"], "tab:purple", ":",
+              "population-optimal Deep, used at this n"),
              (fn["best_linear_map"]["loss"], "k", "--", r"best linear map $Q^*_n$"),
              (fn["optimum"]["value"], "tab:red", "--", "deep finite-n optimum (L-BFGS)")]
     for value, color, style, label in lines:

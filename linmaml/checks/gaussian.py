@@ -386,8 +386,9 @@ def _depth2_instance(rng, d_in: int, d_out: int, n: int, **overrides):
 @identity("gaussian: deep finite-n expectation (depth 2) vs Monte Carlo (standard errors)", 3.0)
 def _deep_finite_monte_carlo(rng):
     """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss on [W1, W2] with population=False (the exact
-    finite-n expectation, linmaml.closedform.gaussian_deep_finite.finite_n_expected_loss): sampled tasks and support sets with noise, one
-    real inner step layer by layer, the exact conditional query loss; rates of both signs, d_out 1 or 2."""
+    finite-n expectation, linmaml.closedform.gaussian_deep_finite.finite_n_expected_loss): sampled tasks and
+    support sets with noise, one real inner step layer by layer, the exact conditional query loss; rates of both
+    signs, d_out 1 or 2."""
     worst, tasks = 0.0, 40_000
     for _ in range(3):
         family, layers, lr = _depth2_instance(rng, int(rng.integers(1, 4)), int(rng.integers(1, 3)),
@@ -398,7 +399,8 @@ def _deep_finite_monte_carlo(rng):
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
 
 
-@identity("gaussian: deep finite-n expectation (depth 2) vs exact Gauss-Hermite rule over all Gaussian variables", 1e-12)
+@identity("gaussian: deep finite-n expectation (depth 2) vs exact Gauss-Hermite rule over all Gaussian variables",
+          1e-12)
 def _deep_finite_quadrature(rng):
     """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss on [W1, W2] with population=False: the
     conditional query loss after the real inner step is a polynomial of degree ≤ 8 in each support-input variable
@@ -439,7 +441,8 @@ def _deep_finite_gradient(rng):
 def _deep_finite_limit(rng):
     """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss on [W1, W2]: population=False with n = 10⁸
     support points (linmaml.closedform.gaussian_deep_finite.finite_n_expected_loss, Wishart moments and support
-    noise) against population=True (linmaml.closedform.gaussian_deep.deep_expected_loss, a different derivation); the gap is O(1/n)."""
+    noise) against population=True (linmaml.closedform.gaussian_deep.deep_expected_loss, a different derivation);
+    the gap is O(1/n)."""
     worst = 0.0
     for _ in range(3):
         family, layers, lr = _depth2_instance(rng, int(rng.integers(1, 4)), int(rng.integers(1, 3)), 10 ** 8)
@@ -483,7 +486,8 @@ def _one_step_quadrature(rng):
     worst, instances = 0.0, 0
     for d_in, d_out, n in ((2, 1, 2), (3, 1, 1), (2, 2, 1), (1, 2, 3)):
         family = _family(rng, d_in, d_out, condition=30.0, n_support=n)
-        W0, Q, lr = rng.standard_normal((d_out, d_in)), 0.4 * rng.standard_normal((d_in, d_in)), -0.2 + 0.6 * rng.random()
+        W0, Q = rng.standard_normal((d_out, d_in)), 0.4 * rng.standard_normal((d_in, d_in))
+        lr = -0.2 + 0.6 * rng.random()
         points, weights = gauss_hermite_rule(_quadrature_nodes(family, task=2, inputs=3, noise=2))
         W_tau, Xs, Ys = _quadrature_tasks(family, points)
         shallow = float(weights @ _conditional_query_loss(_map_adapted(W0, lr * np.eye(d_in), Xs, Ys), W_tau, family))

@@ -253,7 +253,10 @@ def finite_n_panel(cfg: dict, population_weights: dict) -> tuple[dict, dict]:
         "best_linear_map": {"loss": Q_loss, "Q_star_eigenvalues": np.linalg.eigvalsh(Q_n).tolist(),
                             "Q_star_rel_distance_to_Sigma_inverse": float(np.linalg.norm(Q_n - Sigma_inv)
                                                                           / np.linalg.norm(Q_n))},
-        "Sigma_inverse_map_at_finite_n": {"loss": sigma_inv_loss},
+        # from W0 = M, and from W0 = 0 (the population optimum's end-to-end map, which its α² terms force)
+        "Sigma_inverse_map_at_finite_n": {
+            "loss": sigma_inv_loss,
+            "loss_from_W0_zero": gaussian_lr.expected_one_step_map_loss(fam, Sigma_inv, W0=np.zeros_like(M0))},
         "optimum": {
             "value": opt["value"],
             "starts": [{"value": r["value"], "iterations": r["iterations"], "gradient_max_abs": r["gradient_max_abs"]}

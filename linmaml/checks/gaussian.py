@@ -218,6 +218,32 @@ def _population_loss_monte_carlo(rng):
     return CheckResult(3, worst, f"max |error| in Monte Carlo standard errors ({tasks} tasks each)")
 
 
+@identity("gaussian: expected k-step population loss vs exact Gauss-Hermite rule over the task", 1e-12)
+def _population_loss_quadrature(rng):
+    """Checks linmaml.closedform.gaussian.expected_post_adaptation_loss (population, k = 1..5, mixtures of two
+    families): k explicit population gradient steps W ← W − α(W − W_τ)Σ on the nodes of a product rule over the task
+    map; the conditional query loss is quadratic in the task, so 2 nodes per task variable are exact."""
+    worst, instances = 0.0, 0
+    for steps in (1, 2, 3, 5):
+        d_in, d_out = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        components = [_family(rng, d_in, d_out), _family(rng, d_in, d_out, condition=20.0)]
+        mixture = g.TaskMixture(components, [0.3, 0.7])
+        W, lr = rng.standard_normal((d_out, d_in)), float(rng.uniform(-0.3, 0.4))
+        points, weights = gauss_hermite_rule([2] * (d_in * d_out))
+        exact = 0.0
+        for pi, family in zip(mixture.weights, components):
+            task_only = np.hstack([points, np.zeros((len(points), family.n_support * (d_in + d_out)))])
+            W_tau = _quadrature_tasks(family, task_only)[0]
+            adapted = np.broadcast_to(W, W_tau.shape).copy()
+            for _ in range(steps):
+                adapted -= lr * (adapted - W_tau) @ family.x_cov
+            exact += pi * float(weights @ _conditional_query_loss(adapted, W_tau, family))
+        worst = worst_of(worst, relative_error(g.expected_post_adaptation_loss(W, mixture, lr, steps, population=True),
+                                               exact))
+        instances += 1
+    return CheckResult(instances, worst, "relative error against the exact product rule")
+
+
 # --------------------------------------------------------------------------------------------------
 # Optimal inner learning rate
 

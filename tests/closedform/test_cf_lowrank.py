@@ -111,3 +111,25 @@ def test_bad_arguments_are_named():
     with pytest.raises(ArgumentError) as info:
         lowrank.samples_to_reach(lambda n: 1.0, float("nan"))
     assert info.value.argument == "epsilon"
+
+
+def test_optimal_one_step_map_on_a_rank_k_family_lives_in_the_subspace():
+    """Σ = I, S = Ω_in = d_out·BΛBᵀ singular: Q* = [(1 + 1/n)S + cI]⁻¹S = B diag(s_i/((1 + 1/n)s_i + c)) Bᵀ with
+    s_i = d_out·λ_i and c = (tr S + d_out σ²)/n, written here from the eigen-decomposition; zero off the subspace."""
+    from linmaml.closedform.gaussian_lr import optimal_one_step_map
+
+    fam = LowRankRegressionFamily(6, 2, rank=2, head_cov=[1.0, 0.4], noise_std=0.3, n_support=5, basis_seed=4)
+    _, Q = optimal_one_step_map(fam)
+    s = 2 * np.array([1.0, 0.4])
+    c = (s.sum() + 2 * 0.3**2) / 5
+    expected = fam.basis @ np.diag(s / ((1 + 1 / 5) * s + c)) @ fam.basis.T
+    assert np.allclose(Q, expected, atol=1e-13)
+
+
+def test_expected_loss_of_the_task_mean_without_adaptation_is_half_the_head_variance():
+    """No step: ½E‖W_τ − M‖²_Σ + ½d_out σ² = ½·d_out·tr(Λ) + ½d_out σ² for Σ = I (Ω's trace, rank k)."""
+    from linmaml.closedform.gaussian import expected_post_adaptation_loss
+
+    fam = LowRankRegressionFamily(7, 3, rank=2, head_cov=[1.0, 0.5], noise_std=0.2, task_mean=0.7)
+    value = expected_post_adaptation_loss(fam.task_mean, fam, 0.3, steps=0)
+    assert value == pytest.approx(0.5 * 3 * 1.5 + 0.5 * 3 * 0.04, rel=1e-13)

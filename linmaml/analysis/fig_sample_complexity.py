@@ -170,7 +170,8 @@ def compute(quick: bool = False) -> dict:
          for m, th, se in zip(row_m, row_t, row_s)]
     z += [abs(m - th) / se for m, th, se in zip(panel["convex_mc"], panel["convex_theory"], panel["convex_mc_se"])]
     numbers = {"epsilon": epsilon, "ideal_samples": ideal_samples(cfg), "tight_epsilon": tight,
-               "tight_ideal_samples": ideal_samples({**cfg, "epsilon_fraction": cfg["tight_epsilon_fraction"]}), "per_d": per_d, "panel_b": panel,
+               "tight_ideal_samples": ideal_samples({**cfg, "epsilon_fraction": cfg["tight_epsilon_fraction"]}),
+               "per_d": per_d, "panel_b": panel,
                "max_mc_deviation_in_se": float(max(z))}
     dims = np.array(cfg["dims"], dtype=float)
     convex = np.array([row["convex_samples"] for row in per_d], dtype=float)

@@ -67,10 +67,12 @@ def anil_expected_loss_and_grad(layers, family, lr, population: bool = False, *,
 
     With W0 = W2 W1, Q = αW1ᵀW1, D = W0 − M, S = DᵀD + Ω_in, K = I − ΣQ, A = QΣQᵀ, noise ν = d_out σ²:
 
-        2·loss = tr(S K Σ Kᵀ) + [tr(ΣSΣ A) + (tr(SΣ) + ν)·tr(AΣ)]/n + ν      (finite n; population: no […]/n)
+        2·loss = tr(S K Σ Kᵀ) + [tr(ΣSΣ A) + (tr(SΣ) + ν)·tr(AΣ)]/n + ν
+                 (finite n; at the population level without the […]/n term)
 
-    so 2·∂loss/∂S = KΣKᵀ + [ΣAΣ + tr(AΣ)Σ]/n and 2·∂loss/∂Q = −2ΣSKΣ + 2[ΣSΣQΣ + (tr(SΣ) + ν)ΣQΣ]/n,
-    then ∂/∂W0 = 2D·∂/∂S, ∂/∂W1 = W2ᵀ∂/∂W0 + α W1 (∂/∂Q + ∂/∂Qᵀ), ∂/∂W2 = ∂/∂W0 W1ᵀ.
+    so 2·∂loss/∂S = KΣKᵀ + [ΣAΣ + tr(AΣ)Σ]/n and
+    2·∂loss/∂Q = −2ΣSKΣ + 2[ΣSΣQΣ + (tr(SΣ) + ν)ΣQΣ]/n, then ∂/∂W0 = 2D·∂/∂S,
+    ∂/∂W1 = W2ᵀ∂/∂W0 + α W1 (∂/∂Q + ∂/∂Qᵀ), ∂/∂W2 = ∂/∂W0 W1ᵀ.
     """
     from linmaml.tasks import RegressionFamily
 

@@ -154,13 +154,14 @@ def _grams(setting: Setting, Xt: np.ndarray, Xv: np.ndarray):
     return G0, G1, G2, CC, flat_v, flat_p
 
 
-def conditional_meta_error_parts(setting, Xt, Xv, lr_train) -> np.ndarray:
+def conditional_meta_error_parts(setting, Xt, Xv, lr_train, limit: bool = False) -> np.ndarray:
     """The two parts of E[‖ω* − w0‖² | inputs] = ν²·s + σ²·c (module docstring): s = tr(K⁺ blockdiag K_ii)/p
     (task spread) and c = tr(K⁺ blockdiag(I + a²C_iC_iᵀ)) (label noise), exact given the inputs.
 
     ``Xt`` (R, m, n_t, p) and ``Xv`` (R, m, n_v, p): R independent draws of the training inputs;
     ``lr_train`` a number or a 1-d sequence. Returns (2, len(lr_train), R): [s, c]. ``setting``'s ν
-    and σ are not used.
+    and σ are not used. ``limit=True``: the limit |α_t| → ∞ instead (the rates are then ignored;
+    the inner step then fits each task to its own support data, ω′_i → the least-squares direction).
     """
     s = _setting(setting)
     rates = _rates(lr_train, "lr_train")
@@ -171,29 +172,30 @@ def conditional_meta_error_parts(setting, Xt, Xv, lr_train) -> np.ndarray:
     if Xv.shape != (Xt.shape[0], s.m, s.n_v, s.p):
         raise ArgumentError("Xv", f"expected shape ({Xt.shape[0]}, {s.m}, {s.n_v}, {s.p}), got {Xv.shape}")
     G0, G1, G2, CC, flat_v, flat_p = _grams(s, Xt, Xv)
-    nv, N = s.n_v, s.rows
-    out = np.empty((2, rates.size, Xt.shape[0]))
-    eye = np.eye(nv)
+    nv = s.n_v
+    out = np.zeros((2, rates.size, Xt.shape[0]))
     for k, rate in enumerate(rates):
         a = rate / s.n_t
-        K = G0 - a * (G1 + np.swapaxes(G1, 1, 2)) + a * a * G2
-        spread = np.zeros_like(K)
-        noise = np.zeros_like(K)
-        for i in range(s.m):
-            block = slice(i * nv, (i + 1) * nv)
-            spread[:, block, block] = K[:, block, block] / s.p
-            noise[:, block, block] = eye + a * a * CC[:, i]
-        if s.overparameterised:
-            solved = np.linalg.solve(K, np.concatenate([spread, noise], axis=2))  # (R, N, 2N)
-            out[0, k] = np.einsum("rii->r", solved[:, :, :N])
-            out[1, k] = np.einsum("rii->r", solved[:, :, N:])
+        if limit:
+            # |α_t| → ∞: A/a → −P, K/a² → G2 and R/a² → blockdiag(ν²/p·G2_ii + σ²C_iC_iᵀ); tr(K⁺R) is
+            # invariant under that common scaling, so its limit is the value at these matrices
+            A, K, noise_scale, identity = -flat_p, G2, 1.0, 0.0
         else:
-            # K has rank p: tr(K⁺R) = tr(H⁻¹ AᵀRA H⁻¹) with H = AᵀA (p, p)
-            A = flat_v - a * flat_p
+            A = flat_v - a * flat_p  # the stacked X_v(I − α_tΣ̂)
+            K = G0 - a * (G1 + np.swapaxes(G1, 1, 2)) + a * a * G2
+            noise_scale, identity = a * a, 1.0
+        # R is block diagonal, so tr(K⁺R) needs only the diagonal blocks of K⁺
+        draws = K.shape[0]
+        K_blocks = np.einsum("rmimj->rmij", K.reshape(draws, s.m, nv, s.m, nv))
+        if s.overparameterised:
+            diagonal = np.einsum("rmimj->rmij", np.linalg.inv(K).reshape(draws, s.m, nv, s.m, nv))
+        else:
+            # K = AAᵀ has rank p: K⁺ = A H⁻² Aᵀ with H = AᵀA (p, p), i.e. B Bᵀ with Bᵀ = H⁻¹Aᵀ
             At = np.swapaxes(A, 1, 2)
-            H_inv = np.linalg.inv(At @ A)
-            for j, part in enumerate((spread, noise)):
-                out[j, k] = np.einsum("rij,rji->r", H_inv @ (At @ part @ A), H_inv)
+            Bt = np.linalg.solve(At @ A, At).reshape(draws, s.p, s.m, nv)
+            diagonal = np.einsum("rpmi,rpmj->rmij", Bt, Bt)
+        out[0, k] = np.einsum("rmij,rmji->r", diagonal, K_blocks) / s.p
+        out[1, k] = identity * np.einsum("rmii->r", diagonal) + noise_scale * np.einsum("rmij,rmji->r", diagonal, CC)
     return out
 
 
@@ -333,3 +335,13 @@ def simulate(setting, lr_train, lr_test, runs: int = 1000, test_tasks: int = 10,
                 per_task = 0.5 * (np.sum((adapted - w_test) ** 2, axis=2) + s.sigma**2)
                 loss[k, j, start:start + R] = per_task.mean(axis=1)
     return {"loss": loss, "meta_error": error}
+
+
+def meta_error_limit(setting, draws: int = 4000, seed=0) -> dict:
+    """lim e(α_t) for |α_t| → ∞ (the same at both ends): ``mean`` and ``se`` over ``draws`` input draws
+    of the exact conditional value (K and R scale as α_t², so tr(K⁺R) has a finite limit)."""
+    s = _setting(setting)
+    Xt, Xv = sample_inputs(s, draws, seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed))
+    parts = conditional_meta_error_parts(s, Xt, Xv, [1.0], limit=True)[:, 0]
+    values = s.nu**2 * parts[0] + s.sigma**2 * parts[1]
+    return {"mean": float(values.mean()), "se": float(values.std(ddof=1) / np.sqrt(values.size))}

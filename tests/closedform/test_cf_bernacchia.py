@@ -151,3 +151,21 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ArgumentError) as info:
         b.test_loss(setting, -1.0, 0.1)
     assert info.value.argument == "meta_error"
+
+
+def test_verification_rows_catch_a_wrong_noise_term(monkeypatch):
+    # a row that cannot fail checks nothing: drop the inner-noise term a²·C_iC_iᵀ from the closed form
+    from linmaml.checks import bernacchia_collins as rows
+    from linmaml.verification import all_identities
+
+    original = b.conditional_meta_error_parts
+
+    def wrong(setting, Xt, Xv, lr_train, limit=False):
+        parts = original(setting, Xt, Xv, lr_train, limit)
+        clean = original(setting, Xt, Xv, np.zeros_like(np.atleast_1d(lr_train)), limit)
+        parts[1] = 0.9 * parts[1] + 0.1 * clean[1]
+        return parts
+
+    monkeypatch.setattr(b, "conditional_meta_error_parts", wrong)
+    row = next(i for i in all_identities() if i.check is rows._conditional_meta_error)
+    assert not row.run(0)["passed"]

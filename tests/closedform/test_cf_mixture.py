@@ -75,3 +75,24 @@ def test_bad_mixture_is_refused():
     with pytest.raises(ArgumentError) as info:
         mx.simulate(mx.easy_hard_mixture(), np.zeros((1, 5)), np.zeros((1, 5)), float("inf"))
     assert info.value.argument == "lr"
+
+
+def test_verification_rows_catch_a_wrong_solution_and_a_wrong_floor(monkeypatch):
+    # a row that cannot fail checks nothing: the population-level MAML solution reported for a finite-n one
+    # (caught by the segment closed form), and a wrong noise floor in the excess ratio (caught by Monte Carlo)
+    from linmaml.checks import bernacchia_collins as rows
+    from linmaml.closedform import gaussian
+    from linmaml.verification import all_identities
+
+    def row(check):
+        return next(i for i in all_identities() if i.check is check)
+
+    original = gaussian.maml_fixed_point
+    with monkeypatch.context() as patch:
+        patch.setattr(gaussian, "maml_fixed_point", lambda family, lr, steps=1, population=None:
+                      original(family, lr, steps, True))
+        assert not row(rows._segment_closed_form).run(0)["passed"]
+    floor = mx.noise_floor
+    with monkeypatch.context() as patch:
+        patch.setattr(mx, "noise_floor", lambda mixture: 1.5 * floor(mixture))
+        assert not row(rows._gain_monte_carlo).run(0)["passed"]

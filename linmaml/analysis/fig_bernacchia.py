@@ -215,7 +215,8 @@ def draw(result: dict, path: pathlib.Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5, loc="upper left")
-    fig.suptitle("Bernacchia 2021, Fig. 2 (mixed linear regression, n_t = 30, n_v = 2, n_r = 20, σ = 1, ν = 0.5): "
+    fig.suptitle("Bernacchia 2021, Fig. 2 (mixed linear regression, n_t = 30, n_v = 2, n_r = 20, σ = 1, ν = 0.5, "
+                 "E‖w − w0‖² = ν²): "
                  "best test rate > 0, best training rate < 0", fontsize=10.5)
     fig.tight_layout()
     save_figure(fig, path)

@@ -160,8 +160,9 @@ def conditional_meta_error_parts(setting, Xt, Xv, lr_train, limit: bool = False)
 
     ``Xt`` (R, m, n_t, p) and ``Xv`` (R, m, n_v, p): R independent draws of the training inputs;
     ``lr_train`` a number or a 1-d sequence. Returns (2, len(lr_train), R): [s, c]. ``setting``'s ν
-    and σ are not used. ``limit=True``: the limit |α_t| → ∞ instead (the rates are then ignored;
-    the inner step then fits each task to its own support data, ω′_i → the least-squares direction).
+    and σ are not used. ``limit=True``: the limit |α_t| → ∞ instead (the same at both ends; pass one
+    rate, whose value is ignored): K and R both grow as α_t², so tr(K⁺R) tends to its value at the
+    leading terms (A → −a·X_vΣ̂n_t, the inner label noise dominating the outer).
     """
     s = _setting(setting)
     rates = _rates(lr_train, "lr_train")

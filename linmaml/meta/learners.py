@@ -51,7 +51,7 @@ from torch.func import functional_call
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.inner_loop import run_steps, under_function_transform
-from linmaml.meta.transforms import Identity, Transform, as_transform
+from linmaml.meta.transforms import Transform, as_transform, tree_leaves
 
 __all__ = ["MAML", "ANIL", "head_parameter_names", "adapted_parameter_names", "StepsBeyondTrainingWarning",
            "BUFFER_POLICIES"]
@@ -301,14 +301,15 @@ class _Learner(nn.Module):
                 return call_with(module, slots, {**others, **fast} if others else fast, (inputs,))
             buffers = None  # the module's own buffers, updated in place as by any forward pass
 
-        tparams = {} if type(self.transform) is Identity else dict(self.transform.named_parameters())  # noqa: E721
-        for key, value in tparams.items():
-            if value.dtype != dtype:
-                raise ArgumentTypeError("transform", f"parameter {key!r} is {value.dtype} but the model's parameters "
-                                        f"are {dtype} (was the model converted after wrapping? convert the whole "
-                                        f"learner, e.g. learner.double(), so the transform follows)")
-            break  # one look suffices: a transform is built in one dtype and converted as a whole
-        self._warn_steps(steps, tparams)
+        tparams = self.transform.params()
+        leaves = tree_leaves(tparams)
+        # one look suffices: a transform is built in one dtype and converted as a whole
+        if leaves and leaves[0].dtype != dtype:
+            first = next(name for name, _ in self.transform.named_parameters())
+            raise ArgumentTypeError("transform", f"parameter {first!r} is {leaves[0].dtype} but the model's parameters "
+                                    f"are {dtype} (was the model converted after wrapping? convert the whole "
+                                    f"learner, e.g. learner.double(), so the transform follows)")
+        self._warn_steps(steps, leaves)
         fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y, rates,
                             first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers)
         if checking:

@@ -130,7 +130,7 @@ class Transform(nn.Module):
     (keys the model's parameter names, leaves names without dots) for :meth:`build` to store them.
     """
 
-    storage = "params"
+    storage = "learned"
 
     def __init__(self):
         super().__init__()
@@ -219,6 +219,9 @@ class Transform(nn.Module):
         self._keys = list(params)
         if not params:
             return
+        if hasattr(type(self), self.storage):
+            raise ArgumentError("storage", f"{type(self).__name__}.storage = {self.storage!r} is the name of one of "
+                                f"its attributes; choose another")
         leaves = [isinstance(value, torch.Tensor) for value in params.values()]
         if all(leaves):
             container = nn.ParameterDict()

@@ -2,7 +2,7 @@
 
     from linmaml import meta
     learner = meta.MAML(model, lr=0.1, steps=5, transform=meta.KFO(), first_order=False,
-                        adapt="all", adapt_transform=False)
+                        adapted="all", adapt_transform=False)
     fast = learner.adapt(x_support, y_support, loss_fn)     # dict name -> tensor, differentiable
     loss = loss_fn(learner(x_query, params=fast), y_query)
     loss.backward()                                         # reaches model AND transform parameters

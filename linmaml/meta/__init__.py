@@ -8,12 +8,13 @@
     loss.backward()                                         # reaches model AND transform parameters
 
 Modules: :mod:`~linmaml.meta.inner_loop` (the pure inner loop), :mod:`~linmaml.meta.learners`
-(MAML, ANIL), :mod:`~linmaml.meta.transforms` (the protocol ``init``/``step``, ``stateless``; Identity, MetaSGD,
-MetaCurvature, KFO, LearnedRates, Momentum, Chain), :mod:`~linmaml.meta.engine` (Engine: adapt, score and
-meta-gradients of stacked meta-batches), :mod:`~linmaml.meta.linnet` (LinNet). Every learned transform starts as the identity, so every
-learner starts as plain MAML; the identities that make this library exact (MAML equals the closed forms,
-depth equals KFO, Meta-SGD equals a reparameterisation, ANIL equals head-only MAML) are rows of
-``linmaml verify`` (``linmaml/checks/meta.py``).
+(MAML, ANIL), :mod:`~linmaml.meta.transforms` (the protocol ``init``/``step``, ``stateless``;
+Identity, MetaSGD, MetaCurvature, KFO, LearnedRates, Momentum, Chain), :mod:`~linmaml.meta.engine`
+(Engine: adaptation, scores and meta-gradients of stacked meta-batches), :mod:`~linmaml.meta.linnet`
+(LinNet). Every learned transform starts as the identity, so every learner starts as plain MAML; the
+identities that make this library exact (MAML equals the closed forms, depth equals KFO, Meta-SGD
+equals a reparameterisation, ANIL equals head-only MAML) are rows of ``linmaml verify``
+(``linmaml/checks/meta.py``).
 """
 from linmaml.meta.engine import STRATEGIES, Engine
 from linmaml.meta.inner_loop import inner_loop

@@ -13,8 +13,11 @@ adapts, ``grads`` and ``updates`` are ``{model parameter name: tensor}`` of thos
 ``state`` what it carries from one inner step to the next. Both are nested dicts keyed by the
 model's own parameter names (``{"0.weight": {"L0": …, "R0": …}}`` for KFO, ``{"0.weight": s}`` for
 Meta-SGD, ``{}`` for a transform with nothing to learn); :class:`Chain` composes transforms with a
-tuple of its members' params and a tuple of their states. ``init`` is pure: it returns fresh
-tensors in the dtype and device of ``named_params`` and the state every adaptation starts from. The
+tuple of its members' params and a tuple of their states. Both are trees of tensors (dicts,
+tuples, lists; no other leaves), which ``torch.func`` can differentiate and batch. ``init`` is pure:
+it returns fresh tensors in the dtype and device of ``named_params`` and the state every adaptation
+starts from (kept as it is by ``build``, so ``learner.to(device)`` does not move tensors in it:
+prefer a state that starts empty and is built from the gradients, as :class:`Momentum`'s). The
 inner loop steps ``θ ← θ − lr · update``; because ``params`` and ``state`` are arguments, it can
 differentiate through them (second-order MAML), update ``params`` functionally
 (``adapt_transform=True``) and batch tasks with ``torch.func.vmap`` (each task its own state).
@@ -137,6 +140,7 @@ class Transform(nn.Module):
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._keys: list[str] = []  # the keys of init's params, in order
         self._initial_state: Tree = ()
+        self._stored_names: frozenset[str] = frozenset()  # named_parameters()' names once built
 
     # -- the protocol (subclasses) ----------------------------------------------------------------
 
@@ -205,6 +209,7 @@ class Transform(nn.Module):
         self._keep(params)
         self._initial_state = state
         self._shapes = shapes
+        self._stored_names = frozenset(name for name, _ in self.named_parameters())
         return self
 
     def _keep(self, params: Mapping[str, Tree]) -> None:
@@ -244,12 +249,14 @@ class Transform(nn.Module):
         (``{}`` when there are none): what the inner loop passes to ``step``."""
         if not self._keys:
             return {}
+        # Read straight from the containers' registries (what ParameterDict's item access returns,
+        # without its per-item attribute lookup): the learners call this once per adaptation.
         container = getattr(self, self.storage)
-        out = {}
-        for key in self._keys:
-            value = container[parameter_key(key)]
-            out[key] = dict(value.items()) if isinstance(value, nn.ParameterDict) else value
-        return out
+        if isinstance(container, nn.ParameterDict):
+            stored = container._parameters
+            return {key: stored[parameter_key(key)] for key in self._keys}
+        stored = container._modules
+        return {key: dict(stored[parameter_key(key)]._parameters) for key in self._keys}
 
     def _from_state_dict_names(self, flat: Mapping[str, torch.Tensor]) -> Tree:
         """A dict keyed as ``self.named_parameters()`` (e.g. detached copies of them) as ``params()``'s tree."""
@@ -266,7 +273,7 @@ class Transform(nn.Module):
         tensors; a tree -> itself."""
         if params is None:
             return self.params()
-        if isinstance(params, Mapping) and set(params) == {name for name, _ in self.named_parameters()}:
+        if isinstance(params, Mapping) and params.keys() == self._stored_names:
             return self._from_state_dict_names(params)
         return params
 
@@ -498,6 +505,7 @@ class Chain(Transform):
             t.build(named_params, steps)
         self._initial_state = tuple(t.initial_state for t in self.transforms)
         self._shapes = shapes
+        self._stored_names = frozenset(name for name, _ in self.named_parameters())
         return self
 
     def params(self):

@@ -95,14 +95,13 @@ def test_metacurvature_row_catches_a_transposed_factor(monkeypatch):
 
     from linmaml.checks import meta as rows
 
-    def transposed(self, name, key, g, params):  # M_in applied untransposed on the conv weight
-        m = {k.rsplit(".", 1)[-1]: v for k, v in params.items() if k.startswith(f"mats.{key}.")}
+    def transposed(self, g, m):  # M_in applied untransposed on the conv weight; m: one parameter's matrices
         if g.ndim < 3:
             return m["out"] @ g if g.ndim == 1 else m["out"] @ g @ m["in"]
         u = torch.einsum("oa,abc,ib,cf->oif", m["out"], g.reshape(g.shape[0], g.shape[1], -1), m["in"], m["kernel"])
         return u.reshape(g.shape)
 
-    monkeypatch.setattr(meta.MetaCurvature, "_update_one", transposed)
+    monkeypatch.setattr(meta.MetaCurvature, "_map", transposed)
     assert rows.transform_vs_hand_loop(np.random.default_rng(1), "metacurvature", 1, conv=True) > 1e-3
 
 

@@ -23,9 +23,9 @@ from linmaml.meta.inner_loop import inner_loop
 from linmaml.meta.learners import (ANIL, BUFFER_POLICIES, MAML, StepsBeyondTrainingWarning, adapted_parameter_names,
                                    frozen_buffers, head_parameter_names)
 from linmaml.meta.linnet import LinNet
-from linmaml.meta.transforms import (KFO, Chain, Identity, LearnedRates, MetaCurvature, MetaSGD, Momentum, Transform,
-                                     parameter_key, stateless)
+from linmaml.meta.transforms import (KFO, Adam, Chain, Identity, LearnedRates, MetaCurvature, MetaSGD, Momentum,
+                                     Transform, parameter_key, stateless)
 
 __all__ = ["MAML", "ANIL", "LinNet", "Engine", "STRATEGIES", "Transform", "stateless", "Identity", "MetaSGD",
-           "MetaCurvature", "KFO", "LearnedRates", "Momentum", "Chain", "inner_loop", "adapted_parameter_names",
+           "MetaCurvature", "KFO", "LearnedRates", "Momentum", "Adam", "Chain", "inner_loop", "adapted_parameter_names",
            "head_parameter_names", "parameter_key", "StepsBeyondTrainingWarning", "BUFFER_POLICIES", "frozen_buffers"]

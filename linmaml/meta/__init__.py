@@ -23,9 +23,11 @@ from linmaml.meta.inner_loop import inner_loop
 from linmaml.meta.learners import (ANIL, BUFFER_POLICIES, MAML, StepsBeyondTrainingWarning, adapted_parameter_names,
                                    frozen_buffers, head_parameter_names)
 from linmaml.meta.linnet import LinNet
+from linmaml.meta.protonets import ProtoNet
+from linmaml.meta.ridge import R2D2
 from linmaml.meta.transforms import (KFO, Adam, Chain, Identity, LearnedRates, MetaCurvature, MetaSGD, Momentum,
                                      Transform, parameter_key, stateless)
 
-__all__ = ["MAML", "ANIL", "LinNet", "Engine", "STRATEGIES", "Transform", "stateless", "Identity", "MetaSGD",
+__all__ = ["MAML", "ANIL", "ProtoNet", "R2D2", "LinNet", "Engine", "STRATEGIES", "Transform", "stateless", "Identity", "MetaSGD",
            "MetaCurvature", "KFO", "LearnedRates", "Momentum", "Adam", "Chain", "inner_loop", "adapted_parameter_names",
            "head_parameter_names", "parameter_key", "StepsBeyondTrainingWarning", "BUFFER_POLICIES", "frozen_buffers"]

@@ -97,6 +97,29 @@ def frozen_buffers(module: nn.Module):
             m.track_running_stats = True
 
 
+def state_policy(module: nn.Module, policy: str):
+    """The context of every forward with adapted parameters under the buffers ``policy`` ("update" or
+    "frozen", module docstring): :func:`frozen_buffers`, or nothing — except that under a function
+    transform (vmap) a train-mode norm layer with running statistics is refused, naming the layer."""
+    if policy == "frozen":
+        return frozen_buffers(module)
+    if under_function_transform():
+        layers = _running_stat_layers(module)
+        if layers:
+            name, m = layers[0]
+            raise ArgumentError("buffers", f"module {name!r} ({type(m).__name__}) updates its running statistics "
+                                f"in place, which torch.func.vmap cannot do; pass buffers='frozen' to the "
+                                f"learner (batch statistics, running statistics untouched), build the layer with "
+                                f"track_running_stats=False, or use the engine's strategy 'loop'")
+    return contextlib.nullcontext()
+
+
+def check_buffers_policy(buffers) -> str:
+    if buffers not in BUFFER_POLICIES:
+        raise ArgumentError("buffers", f"expected one of {', '.join(map(repr, BUFFER_POLICIES))}, got {buffers!r}")
+    return buffers
+
+
 def head_parameter_names(model: nn.Module, argument: str = "adapted") -> list[str]:
     """Names (as ``model.named_parameters()`` gives them) of the parameters of the model's head.
 
@@ -250,8 +273,7 @@ class _Learner(nn.Module):
                            (check_finite, "check_finite")):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name}: expected True or False, got {flag!r}")
-        if buffers not in BUFFER_POLICIES:
-            raise ArgumentError("buffers", f"expected one of {', '.join(map(repr, BUFFER_POLICIES))}, got {buffers!r}")
+        check_buffers_policy(buffers)
         self.first_order = first_order
         self.adapt_transform = adapt_transform
         # Not ``self.buffers``: that would hide nn.Module.buffers(), which SWA/EMA wrappers
@@ -270,17 +292,7 @@ class _Learner(nn.Module):
 
     def _state_policy(self):
         """The context of every forward with adapted parameters: the buffers policy, enforced."""
-        if self.buffers_policy == "frozen":
-            return frozen_buffers(self)
-        if under_function_transform():
-            layers = _running_stat_layers(self)
-            if layers:
-                name, m = layers[0]
-                raise ArgumentError("buffers", f"module {name!r} ({type(m).__name__}) updates its running statistics "
-                                    f"in place, which torch.func.vmap cannot do; pass buffers='frozen' to the "
-                                    f"learner (batch statistics, running statistics untouched), build the layer with "
-                                    f"track_running_stats=False, or use the engine's strategy 'loop'")
-        return contextlib.nullcontext()
+        return state_policy(self, self.buffers_policy)
 
     def _warn_steps(self, steps, tparams):
         if steps is not None and steps > self.steps and tparams and not self._warned_steps:

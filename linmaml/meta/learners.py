@@ -469,6 +469,14 @@ class ANIL(_Learner):
     the inner loop on the head alone, so it equals ``MAML(nn.Sequential(features, head),
     adapted="head")`` when ``head`` is an ``nn.Linear``. ``adapt`` returns a dict keyed by
     ``head.named_parameters()`` names; the other arguments are as for :class:`MAML`.
+
+    Porting from learn2learn: its ANIL examples compute ``features`` once on the support and query
+    images *together* (one batch) and split the result, so a BatchNorm in ``features`` normalises
+    both with their joint statistics. Here ``features`` sees the support set in ``adapt`` and the
+    query set in ``learner(x_query, params=fast)``, each normalised with its own statistics (as MAML
+    does). The two give different numbers with batch statistics; to reproduce learn2learn exactly,
+    compute ``z = features(torch.cat([x_s, x_q]))`` yourself and adapt the head on ``z[:n_s]`` (e.g.
+    ``MAML(head)`` or ``adapt(closure=...)``).
     """
 
     def __init__(self, features: nn.Module, head: nn.Module, lr=0.1, steps: int = 5,

@@ -2,9 +2,10 @@
 
 A learner whose adaptation is a closed form rather than gradient steps: ``adapt`` embeds the support
 set with ``features`` and returns the class means (the prototypes), ``learner(x, params=fast)``
-scores queries by their negative squared Euclidean distance to each prototype,
+scores queries by their negative squared Euclidean distance to each prototype (n_k support
+examples in class k)::
 
-    c_k = (1/|S_k|) Σ_{i ∈ S_k} f(x_i),      logit_k(x) = −‖f(x) − c_k‖²,
+    c_k = (1/n_k) Σ_{i: y_i = k} f(x_i),      logit_k(x) = −‖f(x) − c_k‖²,
 
 so ``F.cross_entropy`` of these logits is ProtoNets' loss, and its gradient reaches ``features``
 through both the query embeddings and the prototypes. The calls are those of :class:`~linmaml.meta.MAML`

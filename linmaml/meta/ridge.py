@@ -3,7 +3,7 @@ ICLR 2019) as a learner on the engine.
 
 ``adapt`` embeds the support set, X = f(x_support) of shape (n, d), and regresses the one-hot labels
 Y (n, ways) on it with ridge penalty λ, in the Woodbury (dual) form that solves an n×n system (n, the
-support size, is small beside d):
+support size, is small beside d)::
 
     W = Xᵀ (X Xᵀ + λ I_n)⁻¹ Y          (d, ways)   [= (XᵀX + λ I_d)⁻¹ XᵀY]
 

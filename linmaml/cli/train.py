@@ -52,7 +52,7 @@ _CONFIG_OPTIONS = {
 }
 _CHOICE_OPTIONS = {
     "benchmark": (("omniglot", "cifar-fs", "mini-imagenet"), "the few-shot benchmark (default omniglot)"),
-    "algo": (("maml", "fomaml", "anil"), "meta-learning algorithm (default maml: second order)"),
+    "algo": (("maml", "fomaml", "anil", "protonet", "r2d2"), "meta-learning algorithm (default maml: second order)"),
     "transform": (("none", "kfo", "metasgd", "metacurvature", "rates"), "meta-optimizer of the inner loop (default none)"),
     "pool": (("max", "stride"), "down-sampling of each conv block (default: stride for omniglot, max otherwise)"),
     "dtype": (("float32", "float64"), "parameter dtype (default float32)"),

@@ -60,7 +60,7 @@ from torch import nn
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
-from linmaml.meta.engine import _accuracy_kind, check_batch
+from linmaml.meta.engine import Engine, _accuracy_kind, check_batch
 
 __all__ = ["Estimate", "FirstOrderMAML", "Reptile", "TruncatedMAML", "iMAML", "HessianFreeMAML",
            "EvolutionStrategies", "EstimatorEngine", "ESTIMATORS"]
@@ -309,7 +309,8 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
 
     Inner problem: φ* = argmin_φ ℓ_s(φ) + (λ/2)‖φ − θ‖², solved by gradient descent from θ with rate
     ``inner_lr`` (default the learner's first inner rate) until the proximal gradient's norm is at
-    most ``tolerance`` or ``max_inner_steps`` steps were taken. At the optimum dφ*/dθ = λ(H + λI)⁻¹
+    most ``tolerance`` or ``max_inner_steps`` steps were taken; a step that raises that norm is
+    undone and the rate halved (a rate too large for λ + the curvature would otherwise diverge). At the optimum dφ*/dθ = λ(H + λI)⁻¹
     with H = H_s(φ*), so the meta-gradient is (I + H/λ)⁻¹ ∇ℓ_q(φ*), solved by ``cg_steps``
     iterations of conjugate gradients on Hessian-vector products of ℓ_s at φ* (stopped early when the
     residual norm falls below ``cg_tolerance`` times the right-hand side's). Parameters w that do not
@@ -337,16 +338,22 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
         names = list(name_map)
         theta = {n: params[name_map[n]].detach() for n in names}
         phi = dict(theta)
-        used, norm = 0, math.inf
+        used, norm, last, halvings = 0, math.inf, None, 0
         for used in range(self.max_inner_steps + 1):
             leaves = {n: v.detach().requires_grad_() for n, v in phi.items()}
             _, _, grads = _loss_grads(learner, loss_fn, leaves, x_s, y_s, list(leaves.values()))
             prox = {n: (g if g is not None else 0) + self.lam * (leaves[n].detach() - theta[n])
                     for n, g in zip(names, grads)}
             norm = math.sqrt(float(_dot(prox, prox)))
+            if last is not None and not norm <= last[1]:
+                # the step overshot (or left the finite range): go back and halve the rate
+                rate, halvings = rate / 2, halvings + 1
+                phi, norm, prox = last[0], last[1], last[2]
+            else:
+                last = (phi, norm, prox)
             if norm <= self.tolerance or used == self.max_inner_steps:
                 break
-            phi = {n: leaves[n].detach() - rate * prox[n] for n in names}
+            phi = {n: phi[n].detach() - rate * prox[n] for n in names}
         phi = {n: v.detach() for n, v in phi.items()}
         g_q, loss, accuracy = _query_terms(learner, loss_fn, phi, x_q, y_q, kind, total, name_map)
 
@@ -367,8 +374,8 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
             u = {n: v[n] / self.lam for n in names}
             mixed = torch.autograd.grad(_dot(gs, u), list(others.values()), allow_unused=True)
             _accumulate(total, list(others), mixed, weight=-1.0)
-        return loss, accuracy, {"inner_steps": used, "inner_gradient_norm": norm, "cg_iterations": iterations,
-                                "cg_relative_residual": residual}
+        return loss, accuracy, {"inner_steps": used, "inner_gradient_norm": norm, "rate_halvings": halvings,
+                                "cg_iterations": iterations, "cg_relative_residual": residual}
 
 
 def _conjugate_gradients(operator, b: Mapping, iterations: int, tolerance: float):
@@ -528,17 +535,18 @@ ESTIMATORS = {"reptile": Reptile, "imaml": iMAML, "truncated": TruncatedMAML, "e
               "hfmaml": HessianFreeMAML}
 
 
-class EstimatorEngine:
+class EstimatorEngine(Engine):
     """An :class:`~linmaml.meta.engine.Engine` whose ``meta_gradient`` is an estimator's.
 
     ``EstimatorEngine(engine, estimator).meta_gradient(x_s, y_s, x_q, y_q, scale)`` adds
     ``scale · M ·`` the estimate (so ``scale = 1/M`` gives the estimate of the mean, as the engine's
     own method gives the mean's gradient) into the learner's ``.grad`` and returns the sums of the
     query losses and accuracies, as :meth:`Engine.meta_gradient` does. Everything else (``score``,
-    ``adapted``, ``task_losses``, ``learner``, …) is the wrapped engine's.
+    ``adapted``, ``task_losses``, ``learner``, …) is the wrapped engine's; it is an ``Engine`` for
+    ``isinstance`` (the benchmark's scoring accepts it) without running ``Engine.__init__``.
     """
 
-    def __init__(self, engine, estimator: _Estimator):
+    def __init__(self, engine, estimator: _Estimator):  # noqa: D107 - Engine.__init__ deliberately not called
         if not isinstance(estimator, _Estimator):
             raise ArgumentTypeError("estimator", f"expected a linmaml.meta.estimators estimator, got "
                                     f"{type(estimator).__name__}")
@@ -547,7 +555,18 @@ class EstimatorEngine:
         self.estimator = estimator
 
     def __getattr__(self, name):
+        if name in ("engine", "estimator"):  # not yet set (unpickling, a failed __init__): no recursion
+            raise AttributeError(name)
         return getattr(self.engine, name)
+
+    def score(self, *args, **kwargs):
+        return self.engine.score(*args, **kwargs)
+
+    def adapted(self, *args, **kwargs):
+        return self.engine.adapted(*args, **kwargs)
+
+    def task_losses(self, *args, **kwargs):
+        return self.engine.task_losses(*args, **kwargs)
 
     def meta_gradient(self, x_support, y_support, x_query, y_query, scale: float = 1.0, *,
                       steps: int | None = None) -> tuple[float, float]:

@@ -90,7 +90,7 @@ def test_the_config_builds_the_named_estimator_with_its_settings():
     assert make_estimator(TrainConfig.from_dict({**TINY, "algo": "truncated", "truncate": 2})).window == 2
     es = make_estimator(TrainConfig.from_dict({**TINY, "algo": "es"}))
     assert (es.population, es.sigma, es.seed) == (4, 0.05, None)
-    assert make_estimator(TrainConfig.from_dict({**TINY, "algo": "hfmaml"})).delta == 1e-2
+    assert make_estimator(TrainConfig.from_dict({**TINY, "algo": "hfmaml"})).delta == 1e-3
     assert isinstance(make_estimator(TrainConfig.from_dict({**TINY, "algo": "reptile"})), estimators.Reptile)
 
 

@@ -1,4 +1,4 @@
-"""``linmaml train``: meta-train MAML / first-order MAML / ANIL on a few-shot benchmark.
+"""``linmaml train``: meta-train MAML / first-order MAML / ANIL (or a meta-gradient estimator: Reptile, iMAML, truncated MAML, ES, HF-MAML) on a few-shot benchmark.
 
 Thin: parses the options and calls :func:`linmaml.benchmarks.train.train`. ``--config FILE`` reads
 the settings from a JSON file (bare fields, or a run's ``config.json`` with its ``{"config": {...}}``

@@ -119,6 +119,18 @@ def test_the_command_line_refuses_a_bad_knob_with_exit_2_and_writes_nothing(tmp_
     assert not out.exists()
 
 
+def test_an_estimator_run_loads_back_and_adapts_like_its_checkpoint(tmp_path):
+    """load_learner rebuilds the plain MAML learner of an estimator run with the trained weights."""
+    from linmaml.benchmarks.loading import load_learner
+
+    run(tmp_path, "reptile", iterations=2)
+    learner = load_learner(tmp_path)
+    saved = checkpoint.load(tmp_path / "best.pt")["learner"]
+    assert set(saved) == set(learner.state_dict())
+    for name, value in learner.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
 def test_a_resumed_run_keeps_its_estimator_settings(tmp_path):
     run(tmp_path, "truncated", iterations=2)
     with pytest.raises(ArgumentError) as caught:

@@ -1,4 +1,5 @@
-"""``linmaml train``: meta-train MAML / first-order MAML / ANIL (or a meta-gradient estimator: Reptile, iMAML, truncated MAML, ES, HF-MAML) on a few-shot benchmark.
+"""``linmaml train``: meta-train MAML / first-order MAML / ANIL, or with a meta-gradient estimator
+(Reptile, iMAML, truncated MAML, ES, HF-MAML: :mod:`linmaml.meta.estimators`), on a few-shot benchmark.
 
 Thin: parses the options and calls :func:`linmaml.benchmarks.train.train`. ``--config FILE`` reads
 the settings from a JSON file (bare fields, or a run's ``config.json`` with its ``{"config": {...}}``
@@ -56,7 +57,8 @@ _CONFIG_OPTIONS = {
                                "(default 1e-3)"),
     "es_population": (int, "--algo es: antithetic pairs per meta-gradient (default 8)"),
     "es_sigma": (float, "--algo es: Gaussian smoothing scale sigma (default 0.01)"),
-    "fd_delta": (float, "--algo hfmaml: finite-difference step of the Hessian-vector products (default 0.001; ReLU kinks make larger steps wrong)"),
+    "fd_delta": (float, "--algo hfmaml: finite-difference step of the Hessian-vector products (default 0.001; "
+                        "a step across ReLU kinks is wrong)"),
 }
 _CHOICE_OPTIONS = {
     "benchmark": (("omniglot", "cifar-fs", "mini-imagenet"), "the few-shot benchmark (default omniglot)"),

@@ -334,6 +334,9 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
     def _task(self, learner, loss_fn, x_s, y_s, x_q, y_q, steps, kind, total):
         _require_identity(learner, "iMAML")
         rate = self.inner_lr if self.inner_lr is not None else _rates(learner, steps)[0]
+        if not rate > 0:
+            raise ArgumentError("inner_lr", f"iMAML's inner solver descends with the learner's first rate, {rate:g}; "
+                                "expected a positive rate (pass iMAML(inner_lr=...))")
         name_map, params = _name_map(learner), _trainable(learner)
         names = list(name_map)
         theta = {n: params[name_map[n]].detach() for n in names}

@@ -208,6 +208,16 @@ def test_bad_settings_name_their_argument(build, argument):
     assert caught.value.argument == argument
 
 
+def test_imaml_refuses_a_non_positive_solver_rate():
+    rng = np.random.default_rng(15)
+    weights = random_weights(rng, [2, 2])
+    _, batch = rows.stacked_tasks(rng, 1, 2, 2, n_support=3, n_query=3)
+    engine = Engine(meta.MAML(deep_linear_model(weights), lr=-0.1, steps=1), loss_function("squared"))
+    with pytest.raises(ArgumentError) as caught:
+        estimators.iMAML().estimate(engine, *batch)
+    assert caught.value.argument == "inner_lr"
+
+
 def test_bad_engine_and_estimator_are_refused():
     with pytest.raises(ArgumentTypeError) as caught:
         estimators.Reptile().estimate(object(), *[torch.zeros(1, 2, 1)] * 4)

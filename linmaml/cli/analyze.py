@@ -33,6 +33,7 @@ def run(args) -> int:
 
     from linmaml import _io, _validate
     from linmaml.benchmarks import analyze
+    from linmaml._extras import require
     from linmaml.cli._paths import path_option
 
     if args.threads is not None:
@@ -44,6 +45,8 @@ def run(args) -> int:
     out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused
     if out is not None and out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out: {out} is not a folder")
+    if out is not None:
+        require("matplotlib", "--out (drawing analyze.png)")
     apply_for_command(args.allocator or default_policy(), "linmaml analyze")
     result = analyze.analyze_run(args.run, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
                                  data_root=args.data_root, stream=sys.stderr)

@@ -31,7 +31,7 @@ def _partial_instance(seed, loss="squared", steps=2, adapt=(1,)):
     widths = [3, 2, 3, 1 if loss == "logistic" else 2]
     weights = random_weights(rng, widths)
     tasks, batch = rows.stacked_tasks(rng, 3, widths[0], widths[-1], loss, n_support=5, n_query=4)
-    learner = meta.MAML(deep_linear_model(weights), lr=0.15, steps=steps, adapt=[f"{j}.weight" for j in adapt])
+    learner = meta.MAML(deep_linear_model(weights), lr=0.15, steps=steps, adapted=[f"{j}.weight" for j in adapt])
     return weights, tasks, batch, Engine(learner, loss_function(loss))
 
 

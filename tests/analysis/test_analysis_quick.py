@@ -288,47 +288,71 @@ def test_lr_sweep_shallow_curve_is_the_closed_form_and_monte_carlo(quick_runs):
         assert all(0 <= r["query_accuracy"]["mean"] <= 1 for r in rows)
 
 
-def test_anisotropic_optimal_map_beats_perturbations_by_monte_carlo(quick_runs):
-    """Q* (the figure's derivation) against Monte Carlo over sampled tasks and support sets: its loss
-    agrees with the formula, and random symmetric perturbations of Q* are worse (paired, common
-    tasks); the closed forms' own optimal_one_step_map agrees where it exists; Shallow's best scalar
-    step is a grid-free minimum of the same Monte Carlo loss along Q = αI."""
-    module, record, _ = quick_runs("fig_anisotropic")
+def test_direction_references_against_independent_computations(quick_runs):
+    """The direction figure's references, recomputed here: Q* from ΩΣ·K⁻¹ (K = (1 + 1/n)ΣΩΣ +
+    (tr(ΩΣ) + σ²)Σ/n, another algebra than the library's), the best diagonal map by Nelder–Mead on the
+    exact loss written out here, the paired means on sampled tasks against the exact expectations and
+    the Bayes floor (standard errors), and each seed's ratio from its own mean losses."""
+    from scipy.optimize import minimize
+
+    module, record, _ = quick_runs("fig_direction")
     cfg, num = record["settings"], record["numbers"]
-    kappa = cfg["kappas"][-1]
-    fam = module.family(cfg, kappa)
-    parts = module.family_parts(cfg, kappa)
-    Q = module.optimal_map(parts["Sigma"], parts["Omega"], cfg["noise_std"], cfg["n_support"])
-    r = num["per_kappa"][str(kappa)]
-    np.testing.assert_allclose(np.linalg.eigvalsh(Q), r["optimal_map_eigenvalues"], rtol=1e-12)
-    # eigenvectors follow Σ: Q* is diagonal in Σ's eigenbasis
-    assert r["Q_star_in_Sigma_basis_offdiag_max"] < 1e-12
-    b = fam.sample(20000, 11)
-    m = np.asarray(cfg["task_mean"])
-    G = np.einsum("tni,tn->ti", b.Xs, b.Xs @ m - b.Ys[..., 0]) / cfg["n_support"]
+    n, sigma = cfg["n_support"], cfg["noise_std"]
+    for key, entry in num["per_kappa"].items():
+        kappa = entry["kappa"]
+        d = cfg["d_in"]
+        q, r = np.linalg.qr(np.random.default_rng(cfg["rotation_seed"]).standard_normal((d, d)))
+        U = q * np.sign(np.diag(r))
+        s = np.geomspace(1.0, 1.0 / kappa, d)
+        s = s * d / s.sum()
+        Sigma, Omega = (U * s) @ U.T, (U / s) @ U.T
+        assert np.linalg.cond(Sigma) == pytest.approx(kappa, rel=1e-9)
+        K = (1 + 1 / n) * Sigma @ Omega @ Sigma + (np.trace(Omega @ Sigma) + sigma ** 2) * Sigma / n
 
-    def mc(Qm):
-        W = m - G @ Qm.T
-        return 0.5 * ((np.einsum("tni,ti->tn", b.Xq, W) - b.Yq[..., 0]) ** 2).mean(axis=1)
+        def loss(Q):
+            return 0.5 * (np.trace(Sigma @ Omega) - 2 * np.trace(Q @ Sigma @ Omega @ Sigma)
+                          + np.trace(Q.T @ Sigma @ Q @ K)) + 0.5 * sigma ** 2
 
-    base = mc(Q)
-    se = base.std(ddof=1) / math.sqrt(base.size)
-    assert abs(base.mean() - r["optimal_matrix_step_loss"]) < 4 * se
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        E = rng.standard_normal(Q.shape)
-        diff = mc(Q + 0.15 * (E + E.T) / 2) - base
-        assert diff.mean() > 3 * diff.std(ddof=1) / math.sqrt(diff.size)
-    a = r["shallow_best_scalar_alpha"]
-    scalar = mc(a * np.eye(len(m)))
-    assert abs(scalar.mean() - r["shallow_best_scalar_loss"]) < 4 * scalar.std(ddof=1) / math.sqrt(scalar.size)
-    for other in (0.8 * a, 1.25 * a):
-        diff = mc(other * np.eye(len(m))) - scalar
-        assert diff.mean() > 0
-    cross = num["cross_check_closedform_optimal_one_step_map"]
-    if cross is not None:
-        assert max(cross.values()) < 1e-10
-    assert r["optimal_matrix_step_loss"] <= r["shallow_best_scalar_loss"] + 1e-12
+        Q = Omega @ Sigma @ np.linalg.inv(K)
+        np.testing.assert_allclose(entry["Q_star_eigenvalues"], np.sort(np.linalg.eigvals(Q).real), rtol=1e-9)
+        exact = entry["exact_expected_loss"]
+        assert exact["best_linear_map_Q_star"] == pytest.approx(loss(Q), rel=1e-10)
+        diag = minimize(lambda x: loss(np.diag(x)), np.ones(d), method="Nelder-Mead",
+                        options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 40_000, "maxfev": 40_000})
+        np.testing.assert_allclose(entry["best_diagonal_q"], diag.x, rtol=1e-5)
+        assert exact["best_diagonal_map"] == pytest.approx(loss(np.diag(diag.x)), rel=1e-8)
+        alpha = entry["inner_lr_alpha_star"]
+        assert exact["best_scalar_step"] == pytest.approx(loss(alpha * np.eye(d)), rel=1e-10)
+        for a in (0.9 * alpha, 1.1 * alpha):
+            assert loss(a * np.eye(d)) > exact["best_scalar_step"]
+        # the paired tasks' means agree with the exact expectations
+        paired = entry["paired_tasks"]["mean_loss"]
+        for name, key2 in (("best scalar step", "best_scalar_step"), ("best diagonal map", "best_diagonal_map"),
+                           ("best linear map Q*", "best_linear_map_Q_star")):
+            assert abs(paired[name]["mean"] - exact[key2]) < 4 * paired[name]["se"]
+        floor, bayes = entry["bayes_floor"], paired["Bayes posterior mean"]
+        assert abs(bayes["mean"] - floor["mean"]) < 4 * np.hypot(bayes["se"], floor["se"])
+        assert floor["mean"] < exact["best_linear_map_Q_star"] <= exact["best_diagonal_map"] <= exact["best_scalar_step"]
+        for label, m in entry["models"].items():
+            per_seed = [x["ratio"] for x in m["over_Q_star"]["per_seed"]]
+            np.testing.assert_allclose(per_seed, np.array(m["mean_loss_per_seed"]) / paired["best linear map Q*"]["mean"],
+                                       rtol=1e-12)
+            assert m["over_Q_star"]["ci95"] >= m["over_Q_star"]["ci95_tasks"] > 0
+    big = num["per_kappa"][str(max(cfg["kappas"]))]
+    assert big["best_scalar_over_Q_star_exact"] >= 5.0
+
+
+def test_direction_stored_training_matches_the_code():
+    """The committed figure's trained parameters were produced with the code's full-mode settings."""
+    from linmaml.analysis import fig_direction as fd
+
+    cfg = dict(fd.SETTINGS, **fd.FULL)
+    stored = fd.stored_training(cfg)
+    assert stored is not None, "run python -m linmaml.analysis.fig_direction --retrain"
+    assert set(stored["trained"]) == {str(k) for k in cfg["kappas"]}
+    for runs in stored["trained"].values():
+        assert set(runs) == set(fd.MODELS)
+        assert all(len(seeds) == len(cfg["seeds"]) for seeds in runs.values())
 
 
 def test_surface_zero_set_is_where_the_objective_vanishes(quick_runs):

@@ -210,20 +210,25 @@ def gain_captured(model, baseline, best, level: float = 0.95) -> dict:
 
 def seed_ratio_summary(models, reference, level: float = 0.95) -> dict:
     """Paired ratios of S trained seeds (``models`` (S, T) per-task losses, the same T tasks as
-    ``reference`` (T,)) to a reference, with both sources of uncertainty:
+    ``reference``) to a reference, with both sources of uncertainty. ``reference`` is (T,) (a fixed
+    map) or (S, T) (another trained model: seed i is paired with seed i).
 
     ``per_seed``: each seed's ratio and its task half-width (:func:`paired_ratio`);
-    ``ratio``: the ratio of the seed-averaged per-task loss to the reference;
+    ``ratio``: the ratio of the seed-averaged per-task losses;
     ``ci95_tasks``: its delta-method half-width over tasks; ``ci95_seeds``: the Student-t half-width
     of the S per-seed ratios (t with S − 1 degrees of freedom: training-seed variation);
     ``ci95``: sqrt(ci95_tasks² + ci95_seeds²), the interval reported (conservative: the seed term
     already contains some task noise).
     """
     L = np.asarray(models, dtype=np.float64)
+    R = np.asarray(reference, dtype=np.float64)
     if L.ndim != 2 or L.shape[0] < 2:
         raise ArgumentError("models", f"expected per-task losses of at least 2 seeds, shape (S, T), got {L.shape}")
-    per_seed = [paired_ratio(row, reference, level) for row in L]
-    pooled = paired_ratio(L.mean(axis=0), reference, level)
+    if R.shape not in (L.shape[1:], L.shape):
+        raise ArgumentError("reference", f"expected shape {L.shape[1:]} or {L.shape}, got {R.shape}")
+    rows = R if R.ndim == 2 else np.broadcast_to(R, L.shape)
+    per_seed = [paired_ratio(a, b, level) for a, b in zip(L, rows)]
+    pooled = paired_ratio(L.mean(axis=0), rows.mean(axis=0), level)
     _, seeds_half = mean_ci([p["ratio"] for p in per_seed], level)
     seeds_half = float(seeds_half)
     return {"ratio": pooled["ratio"], "ci95": float(np.hypot(pooled["ci95"], seeds_half)),

@@ -254,8 +254,28 @@ def test_remedies_one_step_losses_recomputed_by_hand(quick_runs):
         reported = num["one_step_query_loss"][kind]
         assert reported["mean"] == pytest.approx(values.mean(), rel=1e-9)
         assert reported["ci95"] == pytest.approx(_t975(n) * values.std(ddof=1) / math.sqrt(n), rel=1e-7)
+    # the exact paired block, seed 0: the same adapted maps on the exact tasks, scored by ½‖W′ − W_τ‖²_Σ + ½σ²
+    ex = num["exact_paired"]
+    tasks = fam.sample(ex["tasks"], np.random.default_rng(ex["seed"]))
+    exact = {}
+    for kind in p:
+        maps = np.empty_like(tasks.W)
+        for t, (Xs, Ys, _, _) in enumerate(tasks):
+            if kind in ("plain", "kfo"):
+                W = np.array(p[kind]["W"])
+                G = (Xs @ W.T - Ys).T @ Xs / len(Xs)
+                if kind == "kfo":
+                    G = np.array(p[kind]["LtL"]) @ G @ np.array(p[kind]["RtR"])
+                maps[t] = W - alpha * G
+            else:
+                maps[t] = cf.end_to_end(cf.adapt([np.array(W) for W in p[kind]["chain"]], Xs, Ys, alpha, 1))
+        D = maps - tasks.W
+        exact[kind] = 0.5 * f["x_var"] * np.sum(D ** 2, axis=(1, 2)) + 0.5 * f["noise_std"] ** 2
     for kind in ("plain", "kfo", "linnet"):
-        assert num["one_step_over_deep"][kind]["ratio"] == pytest.approx(losses[kind].mean() / losses["deep"].mean(), rel=1e-9)
+        seed0 = ex["models"][kind]["over_deep"]["per_seed"][0]["ratio"]
+        assert seed0 == pytest.approx(exact[kind].mean() / exact["deep"].mean(), rel=1e-9)
+        assert num["one_step_over_deep"][kind]["ratio"] == ex["models"][kind]["over_deep"]["ratio"]
+    assert ex["models"]["deep"]["mean_loss_per_seed"][0] == pytest.approx(exact["deep"].mean(), rel=1e-9)
 
 
 def test_lr_sweep_shallow_curve_is_the_closed_form_and_monte_carlo(quick_runs):

@@ -93,6 +93,15 @@ def test_seed_summaries_against_direct_formulas():
     assert gain["ci95_seeds"] == pytest.approx(stats.t.ppf(0.975, 2) * fractions.std(ddof=1) / np.sqrt(3), rel=1e-6)
     with pytest.raises(ArgumentError):
         seed_ratio_summary(models[:1], reference)
+    # a trained reference: seed i paired with seed i
+    others = np.stack([reference * (1.0 + 0.1 * k) for k in range(3)])
+    paired = seed_ratio_summary(models, others)
+    direct = models.mean(axis=1) / others.mean(axis=1)
+    assert [p["ratio"] for p in paired["per_seed"]] == pytest.approx(direct.tolist(), rel=1e-13)
+    assert paired["ratio"] == pytest.approx(models.mean() / others.mean(), rel=1e-13)
+    with pytest.raises(ArgumentError) as info:
+        seed_ratio_summary(models, others[:, :10])
+    assert info.value.argument == "reference"
 
 
 @pytest.mark.parametrize("make", [lambda: deep(3, 2, [4]), lambda: linnet(shallow(3, 2), [3, 3]), lambda: shallow(3, 2)])

@@ -106,6 +106,17 @@ class ExactQuery:
         return TaskBatch(b.Xs, b.Ys, Xq, Xq @ np.swapaxes(b.W, 1, 2), b.W)
 
 
+def load_trajectory_step(module, run, step: int) -> None:
+    """Copy the parameters that ``run`` (a :class:`linmaml.simulator.Trajectory`) recorded after meta-step
+    ``step`` into ``module`` (the trained learner's twin, or for a chain its module), by name."""
+    import torch
+
+    values = dict(zip(run.names, run.weights))
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.as_tensor(values[name][step]))
+
+
 def squared_loss(output, target):
     """1/(2n)·‖output − target‖²_F for one task (output, target of shape (n, d_out))."""
     return 0.5 * ((output - target) ** 2).sum() / target.shape[-2]

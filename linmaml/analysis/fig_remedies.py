@@ -120,16 +120,6 @@ def _parameters(kind: str, learner) -> dict:
     return {"chain": [W.detach().tolist() for W in chain]}
 
 
-def _load_snapshot(learner, run, step: int) -> None:
-    """Copy a meta-learner's parameters at meta-step ``step`` of ``run`` (a Trajectory) into ``learner``."""
-    import torch
-
-    values = dict(zip(run.names, run.weights))
-    with torch.no_grad():
-        for name, p in learner.named_parameters():
-            p.copy_(torch.as_tensor(values[name][step]))
-
-
 def _exact_paired(cfg: dict, fam, learners: dict) -> dict:
     """Every seed's final and snapshot adapted maps, and the references, scored on the same tasks by
     the exact conditional loss; ratios, gain captured and convergence (module docstring)."""
@@ -191,7 +181,7 @@ def compute(quick: bool = False) -> dict:
     f, alpha = cfg["family"], cfg["inner_lr"]
     tasks = fam.sample(cfg["test_tasks"], cfg["test_seed"])
 
-    from linmaml.analysis._common import ExactQuery
+    from linmaml.analysis._common import ExactQuery, load_trajectory_step
 
     per_task, meta_losses, steps_eig, seconds, params = {}, {}, {}, {}, {}
     learners = {k: [] for k in ("plain", "kfo", "linnet", "deep")}  # per seed: (final, snapshot) learners
@@ -206,7 +196,7 @@ def compute(quick: bool = False) -> dict:
             learner = _learner(kind, cfg, seed_start)
             run = meta_train(learner, ExactQuery(fam), seed=seed, loss="squared", **budget)
             early = _learner(kind, cfg, seed_start)
-            _load_snapshot(early, run, snapshot)
+            load_trajectory_step(early, run, snapshot)
             learners[kind].append((learner, early))
             if seed == cfg["seed"]:
                 meta_losses[kind] = run.meta_loss

@@ -102,11 +102,30 @@ def test_adaptation_numbers_recomputed_with_the_closed_forms(quick_runs):
     shallow_name, deep_name = (cv["name"] for cv in num["regression"]["curves"])
     logr_name, linnet_name = (cv["name"] for cv in num["classification"]["curves"])
     ratio = per_task[deep_name][0][1].mean() / per_task[shallow_name][0][1].mean()
-    assert num["criteria"]["deep_over_shallow_one_step_query_loss"]["value"] == pytest.approx(ratio, rel=1e-10)
-    gap = 100 * (per_task[linnet_name][1][1] - per_task[logr_name][1][1])
-    crit = num["criteria"]["linnet_minus_logr_one_step_accuracy_points"]
-    assert crit["value"] == pytest.approx(gap.mean(), abs=1e-9)
-    assert crit["ci95"] == pytest.approx(_t975(n) * gap.std(ddof=1) / math.sqrt(n), rel=1e-8)
+    assert num["regression"]["one_step"]["deep_over_shallow"]["ratio"] == pytest.approx(ratio, rel=1e-10)
+    # the exact paired block, seed 0, by hand: one closed-form inner step, then ½‖W′ − W_τ‖²_Σ + ½σ²
+    ex = num["regression"]["exact_paired"]
+    tasks = families["regression"].sample(ex["tasks"], np.random.default_rng(ex["seed"]))
+    exact = {}
+    for name in (shallow_name, deep_name):
+        weights = [np.array(W) for W in num["regression"]["models"][name]["weights"]]
+        D = np.stack([cf.end_to_end(cf.adapt(weights, Xs, Ys, cfg["inner_lr"], 1)) for Xs, Ys, _, _ in tasks]) - tasks.W
+        exact[name] = 0.5 * r["x_var"] * np.sum(D ** 2, axis=(1, 2)) + 0.5 * r["noise_std"] ** 2
+    seed0 = ex["deep_over_shallow"]["per_seed"][0]["ratio"]
+    assert seed0 == pytest.approx(exact[deep_name].mean() / exact[shallow_name].mean(), rel=1e-9)
+    assert num["criteria"]["deep_over_shallow_one_step_query_loss"]["value"] == ex["deep_over_shallow"]["ratio"]
+    # classification, seed 0 on the large-query tasks, by hand
+    sp = num["classification"]["seeds_paired"]
+    big = ClassificationFamily(c["d_in"], task_mean=c["task_mean"], task_cov=c["task_var"], x_cov=c["x_var"],
+                               flip=c["flip"], n_support=c["n_support"], n_query=sp["query_points"])
+    accs = {}
+    for name in (logr_name, linnet_name):
+        weights = [np.array(W) for W in num["classification"]["models"][name]["weights"]]
+        accs[name] = np.array([100 * np.mean((Xq @ cf.end_to_end(cf.adapt(weights, Xs, Ys, cfg["inner_lr"], 1,
+                                                                             "logistic")).T > 0) == (Yq > 0.5))
+                               for Xs, Ys, Xq, Yq in big.sample(sp["tasks"], sp["seed"])])
+    assert sp["accuracy_gap_points"]["per_seed"][0] == pytest.approx((accs[linnet_name] - accs[logr_name]).mean(),
+                                                                     abs=1e-9)
 
 
 def _one_step_losses_from_mean(f: dict, c_values, n_tasks: int, seed: int):

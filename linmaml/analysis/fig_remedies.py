@@ -297,8 +297,8 @@ def draw(result: dict, path: pathlib.Path) -> None:
                    label="noise floor ½σ²")
     for i, k in enumerate(kinds[:3]):
         r = ex["models"][k]["over_deep"]
-        ax_bar.text(i, means[i] + errs[i] + 0.02 * max(means), f"{r['ratio']:.2f} ± {r['ci95']:.2f}× Deep",
-                    ha="center", fontsize=8)
+        ax_bar.text(i, means[i] + errs[i] + 0.02 * max(means) + (0.06 * max(means) if i == 2 else 0),
+                    f"{r['ratio']:.3f} ± {r['ci95']:.3f}\n× Deep", ha="center", fontsize=7)
     ax_bar.set_ylabel("exact query loss after one step (linear axis)")
     ax_bar.set_title(f"(b) one step, exact, {ex['tasks']:,} paired tasks × {len(cfg['seeds'])} seeds", fontsize=10)
     ax_bar.legend(fontsize=7, loc="upper right")

@@ -29,7 +29,8 @@ by the exact conditional query loss ½(w′ − w_τ)ᵀΣ(w′ − w_τ) + ½σ
 as ratios to Q* and to the best diagonal map (delta method over tasks, combined with a Student-t
 interval over seeds) and as the fraction of the gain from the best scalar step to Q* captured.
 
-Training all models takes minutes (about 5 min of one core's CPU time in full mode), so full mode reads the
+Training all 72 runs takes long (the stored file: 2,036 s wall on 2 cores shared with other jobs,
+load about 8; a few minutes of CPU on an idle core), so full mode reads the
 trained parameters stored in ``linmaml/analysis/data/direction_trained.json`` (written by
 ``python -m linmaml.analysis.fig_direction --retrain``, which retrains and then draws) and only scores
 them; a stored file whose training settings differ from the code's is not used (then it retrains).

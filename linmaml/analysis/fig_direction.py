@@ -405,7 +405,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     num, cfg = result["numbers"], result["settings"]
     per = num["per_kappa"]
     kappas = [per[k]["kappa"] for k in per]
-    fig, (ax_loss, ax_ratio, ax_gain) = plt.subplots(1, 3, figsize=(17, 5.2))
+    fig, (ax_loss, ax_ratio, ax_gain) = plt.subplots(1, 3, figsize=(17, 7.0))
 
     def ref(key):
         return [per[k]["exact_expected_loss"][key] for k in per]
@@ -425,7 +425,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     ax_loss.set_xlabel("condition number κ of Σ")
     ax_loss.set_ylabel("exact query loss after one step")
     ax_loss.set_title("(a) one-step loss: references and trained models", fontsize=10)
-    ax_loss.legend(fontsize=7, loc="center left")
+    ax_loss.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
 
     for j, label in enumerate(MODELS):
         shift = [k * 1.09 ** (j - (n_models - 1) / 2) for k in kappas]
@@ -442,7 +442,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     ax_ratio.set_xlabel("condition number κ of Σ")
     ax_ratio.set_ylabel("paired ratio of mean losses to Q*")
     ax_ratio.set_title("(b) trained / best linear map Q* (95% CI: tasks and seeds)", fontsize=10)
-    ax_ratio.legend(fontsize=7)
+    ax_ratio.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
 
     gained = [k for k in per if per[k]["has_gain"]]
     for j, label in enumerate(MODELS):
@@ -458,7 +458,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     ax_gain.set_xlabel("condition number κ of Σ (κ = 1 left out: no gain to capture)")
     ax_gain.set_ylabel("% of the gain best scalar step → Q* captured")
     ax_gain.set_title("(c) fraction of the best linear map's gain captured", fontsize=10)
-    ax_gain.legend(fontsize=7)
+    ax_gain.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     for ax in (ax_loss, ax_ratio, ax_gain):
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"Direction, not step size: d = {cfg['d_in']}, n = {cfg['n_support']}, σ = {cfg['noise_std']}, "

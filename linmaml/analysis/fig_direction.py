@@ -30,7 +30,7 @@ as ratios to Q* and to the best diagonal map (delta method over tasks, combined 
 interval over seeds) and as the fraction of the gain from the best scalar step to Q* captured.
 
 Training all 72 runs takes long (the stored file: 2,036 s wall on 2 cores shared with other jobs,
-load about 8; a few minutes of CPU on an idle core), so full mode reads the
+load about 8; per run 3–7 s of CPU time, measured separately), so full mode reads the
 trained parameters stored in ``linmaml/analysis/data/direction_trained.json`` (written by
 ``python -m linmaml.analysis.fig_direction --retrain``, which retrains and then draws) and only scores
 them; a stored file whose training settings differ from the code's is not used (then it retrains).

@@ -9,6 +9,10 @@ algo       learner
 maml       ``meta.MAML(model, lr, steps, transform)``: every parameter adapts, second order
 fomaml     the same with ``first_order=True`` (inner gradients treated as constants)
 anil       ``meta.ANIL(features, head, ...)``: only the head adapts, on features computed once
+reptile,   ``meta.MAML(model, lr, steps)`` (plain gradient steps) whose meta-gradient is the
+imaml,     estimator of that name in :mod:`linmaml.meta.estimators` (Reptile, iMAML, truncated
+truncated, MAML, evolution strategies, Hessian-free MAML), applied by
+es, hfmaml :func:`linmaml.benchmarks.config.make_engine`; validation adapts by plain MAML steps
 protonet   ``meta.ProtoNet(features, ways)``: class means of the ConvNet's features, no inner loop
 r2d2       ``meta.R2D2(features, ways)``: a closed-form ridge head on them (learned λ, scale, bias)
 =========  ==============================================================================
@@ -58,7 +62,9 @@ from linmaml import _validate, meta
 from linmaml.benchmarks.models import ConvNet
 from linmaml.errors import ArgumentError, ArgumentTypeError
 
-ALGOS = ("maml", "fomaml", "anil", "protonet", "r2d2")
+ALGOS = ("maml", "fomaml", "anil", "reptile", "imaml", "truncated", "es", "hfmaml", "protonet", "r2d2")
+#: The algorithms whose meta-gradient is an estimator of :mod:`linmaml.meta.estimators`.
+ESTIMATOR_ALGOS = ("reptile", "imaml", "truncated", "es", "hfmaml")
 #: The algorithms whose adaptation is a closed form (no inner loop, no transform).
 CLOSED_FORM_ALGOS = {"protonet": meta.ProtoNet, "r2d2": meta.R2D2}
 TRANSFORMS = ("none", "kfo", "metasgd", "metacurvature", "rates")

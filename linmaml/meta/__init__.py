@@ -45,3 +45,10 @@ from linmaml.meta.transforms import (KFO, Adam, Chain, Identity, LearnedRates, M
 __all__ = ["MAML", "ANIL", "ProtoNet", "R2D2", "LinNet", "Engine", "STRATEGIES", "Transform", "stateless", "Identity", "MetaSGD",
            "MetaCurvature", "KFO", "LearnedRates", "Momentum", "Adam", "Chain", "inner_loop", "adapted_parameter_names",
            "head_parameter_names", "parameter_key", "StepsBeyondTrainingWarning", "BUFFER_POLICIES", "frozen_buffers"]
+
+# Meta-gradient estimators (Reptile, iMAML, truncated and Hessian-free MAML, evolution strategies).
+from linmaml.meta.estimators import (EstimatorEngine, EvolutionStrategies, FirstOrderMAML,  # noqa: E402
+                                     HessianFreeMAML, Reptile, TruncatedMAML, iMAML)
+
+__all__ += ["Reptile", "iMAML", "TruncatedMAML", "HessianFreeMAML", "EvolutionStrategies", "FirstOrderMAML",
+            "EstimatorEngine"]

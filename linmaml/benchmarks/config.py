@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from linmaml import _validate
 from linmaml.benchmarks.learners import (ALGOS, POOLS, TRANSFORMS, build_learner, model_class_name,
-                                         model_fingerprint)
+                                         model_fingerprint, same_model_class)
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.engine import STRATEGIES, Engine
 
@@ -260,7 +260,9 @@ def check_model_matches(config: TrainConfig, model: torch.nn.Module | None, wher
         raise ArgumentError("model", f"{where} was trained on your own model ({config.model}); pass the same "
                          f"architecture again (model=...)")
     name, fingerprint = model_class_name(model), model_fingerprint(model)
-    if (name, fingerprint) != (config.model, config.model_fingerprint):
+    # by qualified class name and fingerprint, not by module: a script's __main__.MyCNN is the same
+    # class as my_script.MyCNN imported elsewhere
+    if not same_model_class(config.model, model) or fingerprint != config.model_fingerprint:
         raise ArgumentError("model", f"{where} was trained on {config.model} (fingerprint {config.model_fingerprint}), "
                          f"got {name} (fingerprint {fingerprint}): a different class or parameter shapes")
 

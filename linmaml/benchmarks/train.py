@@ -40,7 +40,7 @@ from linmaml import _io, _validate
 from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder
 from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
                                        iteration_seed, make_engine, outer_lr_at, resume_config)
-from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint
+from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint, same_model_class
 from linmaml.benchmarks.progress import Progress
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
@@ -407,6 +407,8 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
         payload = distributed.broadcast_object(payload, ctx)
         if payload is not None:
             check_model_matches(TrainConfig.from_dict(payload["config"]), model, where=f"the run in {out_dir}")
+            if model is not None:  # the same class, perhaps imported from another module: keep the recorded name
+                given = {**given, "model": payload["config"]["model"]}
         config = resume_config(payload["config"], given) if payload is not None else TrainConfig.from_dict(given)
         if config.meta_batch < ctx.world_size:
             raise ArgumentError("meta_batch", f"{config.meta_batch} tasks cannot be shared by {ctx.world_size} processes")
@@ -475,6 +477,8 @@ def _with_model_record(given: dict, model) -> dict:
     if not isinstance(model, torch.nn.Module):
         raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     record = {"model": model_class_name(model), "model_fingerprint": model_fingerprint(model)}
+    if given.get("model") is not None and same_model_class(given["model"], model):
+        record["model"] = given["model"]  # the same class imported from another module keeps its recorded name
     for key, value in record.items():
         if given.get(key) is not None and given[key] != value:
             raise ArgumentError("model", f"the settings record {key} {given[key]!r}, the model given has {value!r}")

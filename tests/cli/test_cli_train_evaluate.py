@@ -182,13 +182,15 @@ def test_real_omniglot_train_sigterm_resume_and_evaluate(tmp_path, capsys, data_
                              "--val-every", "1000", "--checkpoint-every", "1000", *TINY], env=env,
                             stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 120
+    # Events, not seconds: wait for two logged iterations however slow a loaded machine is; the
+    # guard only ends a child that hangs (DESIGN.md: tests bound events, not seconds).
+    deadline = time.monotonic() + 900
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "hang guard: no iteration logged in 900 s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
+    assert proc.wait(timeout=900) == 143
     assert "stopped by SIGTERM" in proc.stderr.read()
     stopped = checkpoint.load(out / "last.pt")["iteration"]
     assert stopped >= 2

@@ -15,7 +15,7 @@ def register(subparsers):
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt written by linmaml train, or its --out folder"
                                                             " (then best.pt)")
     p.add_argument("--tasks", type=int, default=600, help="number of fixed test tasks (default 600)")
-    p.add_argument("--steps", type=int, default=None, help="inner steps at test time (default: the run's --test-steps)")
+    p.add_argument("--steps", type=int, default=None, help="inner steps at test time (default: the run's --test-steps; 0 scores before adaptation)")
     p.add_argument("--query", type=int, default=15, help="query examples per class (default 15)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
     p.add_argument("--task-seed", type=int, default=0, help="seed of the fixed task set (default 0)")
@@ -43,7 +43,7 @@ def run(args) -> int:
     # bound is the split's examples per class, known once the data is loaded.
     _validate.integer(args.tasks, "--tasks", minimum=2, maximum=EVAL_TASKS_MAX)
     if args.steps is not None:
-        _validate.integer(args.steps, "--steps", minimum=1, maximum=STEPS_MAX)
+        _validate.integer(args.steps, "--steps", minimum=0, maximum=STEPS_MAX)  # 0: before adaptation
     _validate.integer(args.task_seed, "--task-seed", minimum=0, maximum=SEED_MAX)
     # ~ expanded (also after '=', where the shell leaves it), '' refused; the checkpoint used is printed
     checkpoint, data_root = path_option(args.checkpoint, "CHECKPOINT"), path_option(args.data_root, "--data-root")

@@ -106,3 +106,22 @@ def test_another_class_or_other_shapes_are_still_refused(trained, tmp_path):
     assert caught.value.argument == "model"
     with pytest.raises(ValueError, match="different class or parameter shapes"):
         load_learner(out, model=other.MyCNN(width=5))  # same class, other shapes
+
+
+def test_evaluate_with_zero_steps_scores_the_trained_start(trained, tmp_path):
+    """``evaluate_checkpoint(..., steps=0)``: the accuracy before adaptation, recomputed here with the
+    plain model on the same fixed tasks (no engine)."""
+    from linmaml.benchmarks import episodes
+
+    _, out = trained
+    other = _module(tmp_path, "my_kfo_model")
+    splits = _splits()
+    scored = evaluate_checkpoint(out, tasks=5, query=2, steps=0, splits=splits, device="cpu", model=other.MyCNN())
+    learner = load_learner(out, model=other.MyCNN())
+    correct = []
+    with torch.no_grad():
+        for task in episodes.evaluation_tasks(splits["test"], 3, 1, 2, count=5, seed=0):
+            xs, ys, xq, yq = task.to_torch(dtype=torch.float64)
+            correct.append(float((learner.model(xq).argmax(1) == yq).double().mean()))
+    assert scored["settings"]["steps"] == 0
+    assert scored["accuracy"] == pytest.approx(np.mean(correct), abs=1e-12)

@@ -130,7 +130,7 @@ def test_evaluate_bad_arguments(tmp_path, capsys, small_run):
         (["evaluate", str(text)], "notes.txt is not a linmaml checkpoint"),
         (["evaluate", good, "--tasks", "1"], "--tasks: expected an integer >= 2"),
         (["evaluate", good, "--tasks", "many"], "--tasks: invalid int value"),
-        (["evaluate", good, "--steps", "0"], "--steps: "),
+        (["evaluate", good, "--steps", "-1"], "--steps: "),  # 0 is allowed: before adaptation
         (["evaluate", good, "--query", "0"], "--query: "),
         (["evaluate", good, "--split", "holdout"], "--split: invalid choice"),
         (["evaluate", good, "--data-root", str(empty)], "lacks the background set"),

@@ -125,3 +125,20 @@ def test_evaluate_with_zero_steps_scores_the_trained_start(trained, tmp_path):
             correct.append(float((learner.model(xq).argmax(1) == yq).double().mean()))
     assert scored["settings"]["steps"] == 0
     assert scored["accuracy"] == pytest.approx(np.mean(correct), abs=1e-12)
+
+
+@pytest.mark.parametrize("command, route", [("evaluate", "evaluate_checkpoint("), ("analyze", "analyze_run(")])
+def test_the_command_line_points_a_user_model_run_to_python(trained, capsys, command, route):
+    """``linmaml evaluate``/``analyze`` cannot rebuild the user's class: one line naming the run and
+    the Python call to make, not a ``model=`` option the command does not have."""
+    from linmaml.cli import main
+
+    _, out = trained
+    threads = torch.get_num_threads()
+    try:
+        assert main([command, str(out), "--tasks", "2"]) == 2
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {out}: " in err and route in err and "model=YourModel()" in err, err
+    assert "pass the same architecture" not in err

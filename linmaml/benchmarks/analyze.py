@@ -231,17 +231,22 @@ def ablation_subsets(learner) -> list[tuple[str, list[str]]]:
 
 
 def _progress(stream, label, total):
-    """``tick(done)``: a line on ``stream`` at most every 10 s with the rate and the ETA."""
-    started, last = time.perf_counter(), [0.0]
+    """``tick(done)``: a line on ``stream`` at most every 10 s with the tasks done and an ETA measured
+    past the first task (:class:`~linmaml.benchmarks.progress.RemainingTime`: none before 3 tasks)."""
+    from linmaml.benchmarks.progress import RemainingTime, eta_words
+
+    started = time.perf_counter()
+    last = [started]  # the first line after 10 s, not after the first (warm-up) task
+    remaining = RemainingTime(total)
 
     def tick(done):
         now = time.perf_counter()
+        eta = remaining.update(done, now - started)
         if stream is None or (now - last[0] < 10 and done < total):
             return
         last[0] = now
-        rate = done / max(now - started, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        stream.write(f"{label}: {done}/{total} tasks  {now - started:.0f} s  eta {eta:.0f} s\n")
+        stream.write(f"{label}: {done}/{total} tasks  {now - started:.0f} s"
+                     + ("" if done == total else f"  {eta_words(eta)}") + "\n")
         stream.flush()
     return tick
 
@@ -526,7 +531,7 @@ def draw(result: dict, path) -> None:
         ax.axis("off")
     s = result.get("settings", {})
     fig.suptitle(f"{s.get('algo', '')} {s.get('transform', '')}, {s.get('layers', '?')} blocks × "
-                 f"{s.get('hidden', '?')} filters, {result['tasks']} test tasks, {result['steps']} inner steps",
+                 f"{s.get('hidden', '?')} filters, {result['tasks']} test tasks, {result['steps']} inner step{'' if result['steps'] == 1 else 's'}",
                  fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)

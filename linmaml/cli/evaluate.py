@@ -74,6 +74,11 @@ def run(args) -> int:
     else:
         s = result["settings"]
         print(f"accuracy {100 * result['accuracy']:.2f} % ± {100 * result['ci95']:.2f} % (95% CI over {result['tasks']} {s['split']}"
-              f" tasks, {s['ways']}-way {s['shots']}-shot, {s['steps']} inner steps; checkpoint {result['checkpoint']},"
+              f" tasks, {s['ways']}-way {s['shots']}-shot, {_steps_words(s['steps'])}; checkpoint {result['checkpoint']},"
               f" iteration {result['iteration']})")
     return 0
+
+
+def _steps_words(steps: int) -> str:
+    """``1 inner step``, ``3 inner steps``, ``0 inner steps (before adaptation)``."""
+    return f"{steps} inner step{'' if steps == 1 else 's'}" + (" (before adaptation)" if steps == 0 else "")

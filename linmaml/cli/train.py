@@ -41,7 +41,8 @@ _CONFIG_OPTIONS = {
     "layers": (int, "conv blocks of the CNN (default 4)"),
     "hidden": (int, "filters per conv block (default 64 for omniglot, 32 otherwise)"),
     "steps": (int, "inner steps in training (default 1)"),
-    "test_steps": (int, "inner steps at validation/test time (default 3)"),
+    "test_steps": (int, "inner steps at validation/test time (default 3; with a learned --transform, the training "
+                        "--steps, which it is tuned to)"),
     "inner_lr": (float, "inner learning rate (default 0.4)"),
     "outer_lr": (float, "Adam learning rate of the outer loop (default 1e-3)"),
     "meta_batch": (int, "tasks per outer step (default 16)"),
@@ -124,6 +125,11 @@ def run(args) -> int:
     try:
         result = train(options, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
                        data_root=data_root, progress=not args.quiet, threads=threads)
+    except (FileExistsError, NotADirectoryError) as error:
+        # the library names its argument out; the user typed --out
+        if error.errno is None and str(error).startswith("out: "):
+            raise type(error)("--out: " + str(error)[len("out: "):]) from error
+        raise
     except MemoryError as error:
         raise ValueError("out of memory: lower --meta-batch, --tasks-per-chunk, --query, --steps or --hidden, or use "
                          "--batching loop") from error
@@ -147,7 +153,8 @@ def run(args) -> int:
             summary += f"; {result.skipped} non-finite steps skipped"
         print(summary + f"; run in {result.out_dir}")
         return 0
-    print(f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}{result.message}",
+    message = "--out: " + result.message[len("out: "):] if result.message.startswith("out: ") else result.message
+    print(f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}{message}",
           file=sys.stderr)
     return result.exit_code
 

@@ -89,7 +89,7 @@ def test_train_bad_arguments(tmp_path, capsys, small_run):
         (["train", "--out", out, "--resume", "--overwrite"], "--resume: cannot be combined with --overwrite"),
         (["train", "--out", out, "--data-root", str(empty)], "lacks the background set"),
         (["train", "--out", out, "--data-root", str(a_file)], "is not a folder"),
-        (["train", "--out", str(small_run)], "already holds a run"),
+        (["train", "--out", str(small_run)], f"error: --out: {small_run} already holds a run"),
         (["train", "--out", str(small_run), "--resume", "--inner-lr", "0.1"], "--inner-lr: the run being resumed used"),
         (["train", "--out", str(small_run), "--resume", "--ways", "4"], "--ways: the run being resumed used 3"),
         (["train", "--out", str(corrupt), "--resume"], "corrupt/last.pt"),

@@ -294,9 +294,11 @@ def hyperbola(task_slope: float, half_width: float, points: int = 400) -> tuple[
     return x, task_slope / x
 
 
-def draw_trajectories(ax, trajectory: Trajectory, *, colors=None, label: str | None = None):
-    """Draw each run of a depth-2 trajectory as a line from a hollow start to a filled end marker.
+def draw_trajectories(ax, trajectory: Trajectory, *, colors=None, label: str | None = None, labels=None):
+    """Draw each run of a depth-2 trajectory as a line from a hollow start (circle) to a filled end
+    marker (star); :func:`marker_legend_handles` explains the two markers in a legend.
 
+    ``label``: one legend entry for all runs; ``labels``: one per run (takes precedence).
     Returns a list of (line, start_marker, end_marker) per run; line data are the run's finite
     (w1, w2) rows.
     """
@@ -305,12 +307,21 @@ def draw_trajectories(ax, trajectory: Trajectory, *, colors=None, label: str | N
     colors = colors or [f"C{r % 10}" for r in range(1, n_runs + 1)]
     for r in range(n_runs):
         rows = trajectory.weights[: trajectory.stopped[r] + 1, r]
-        (line,) = ax.plot(rows[:, 0], rows[:, 1], "-", color=colors[r], lw=1.6,
-                          label=label if r == 0 else None)
+        run_label = labels[r] if labels is not None else (label if r == 0 else None)
+        (line,) = ax.plot(rows[:, 0], rows[:, 1], "-", color=colors[r], lw=1.6, label=run_label)
         (start,) = ax.plot(rows[:1, 0], rows[:1, 1], "o", mfc="none", mec=colors[r], ms=7)
         (end,) = ax.plot(rows[-1:, 0], rows[-1:, 1], "*", color=colors[r], mec="k", mew=0.5, ms=12)
         artists.append((line, start, end))
     return artists
+
+
+def marker_legend_handles(what: str = "meta-training run") -> list:
+    """Legend entries explaining :func:`draw_trajectories`' markers: a hollow circle where a run
+    starts, a star where it ends (grey: the colours are the runs')."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], ls="none", marker="o", mfc="none", mec="0.3", ms=7, label=f"start of a {what}"),
+            Line2D([], [], ls="none", marker="*", color="0.6", mec="k", mew=0.5, ms=12, label=f"end of a {what}")]
 
 
 def draw_adaptation_path(ax, path: np.ndarray, *, color: str = "white"):

@@ -244,6 +244,20 @@ def color_limits(loss: np.ndarray, setting: TaskSetting) -> tuple[float, float]:
     return vmin, vmax
 
 
+def clipping_note(loss: np.ndarray, setting: TaskSetting) -> str:
+    """What the colour scale of :func:`color_limits` cuts off, in words for a colour-bar label: ""
+    when every finite value is inside it, else e.g. "clipped: values above 1.2e+02 share the top
+    colour" (and/or "below 3.4e-07 the bottom one")."""
+    vmin, vmax = color_limits(loss, setting)
+    finite = loss[np.isfinite(loss)]
+    parts = []
+    if finite.size and finite.max() > vmax:
+        parts.append(f"values above {vmax:.2g} share the top colour")
+    if finite.size and finite.min() < vmin:
+        parts.append(f"below {vmin:.2g} the bottom one")
+    return ("clipped: " + ", ".join(parts)) if parts else ""
+
+
 def _extent(w1: np.ndarray, w2: np.ndarray) -> tuple[float, float, float, float]:
     """Pixel edges half a grid step outside the grid points, so pixel centres sit on the points."""
     d1, d2 = (w1[-1] - w1[0]) / (w1.size - 1), (w2[-1] - w2[0]) / (w2.size - 1)

@@ -186,7 +186,7 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="^y_query"):
         engine.score(xs, ys, xq, yq[:2])
     with pytest.raises(ValueError, match="^steps"):
-        engine.score(xs, ys, xq, yq, steps=0)
+        engine.score(xs, ys, xq, yq, steps=-1)  # 0 is allowed: before adaptation
     with pytest.raises(ValueError, match="^scale"):
         engine.meta_gradient(xs, ys, xq, yq, scale=float("inf"))
 

@@ -2,6 +2,7 @@
 #   make reproduce   regenerate every figure and figures/results.json
 #   make test        run the test suite
 #   make test-under-load   the suite beside a CPU-bound burner on every core (PYTEST_ARGS selects a subset)
+#   make docs        build the API reference into docs/_build/html
 # On a machine with a GPU, choose the torch build first:  make TORCH="torch" test
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -13,7 +14,7 @@ export PYTHONHASHSEED := 0
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-under-load verify reproduce bench clean
+.PHONY: setup test test-fast test-under-load verify reproduce bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -21,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[all,test]"
 	touch $@
 
 test: setup
@@ -46,6 +47,11 @@ reproduce: setup
 # figures/bench.json's CNN cases were measured with two threads (the command's default is one)
 bench: setup
 	$(VENV)/bin/linmaml bench --threads 2
+
+# The API reference and tutorials (docs/), warnings as errors: a broken reference fails the build.
+docs: setup
+	$(PY) -m sphinx -E -b html -n -W --keep-going -q docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

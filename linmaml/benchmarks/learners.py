@@ -205,4 +205,4 @@ def _around_user_model(model, algo, transform_module, linnet, linnet_width, inne
         if algo == "anil":  # the LinNet layers belong to the adapted head, as with the ConvNet
             adapt = [f"model.{n}" for n in adapt] + [n for n, _ in wrapped.linear.named_parameters(prefix="linear")]
     return meta.MAML(wrapped, lr=inner_lr, steps=steps, transform=transform_module, first_order=(algo == "fomaml"),
-                     adapt=adapt)
+                     adapted=adapt)

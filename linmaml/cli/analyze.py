@@ -36,6 +36,7 @@ def run(args) -> int:
 
     from linmaml import _io, _validate
     from linmaml.benchmarks import analyze
+    from linmaml._extras import require
     from linmaml.benchmarks.run_settings import data_root_for, threads_for
     from linmaml.cli._paths import path_option, user_model_error
 
@@ -52,6 +53,8 @@ def run(args) -> int:
     out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused
     if out is not None and out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out: {out} is not a folder")
+    if out is not None:
+        require("matplotlib", "--out (drawing analyze.png)")
     apply_for_command(args.allocator or default_policy(), "linmaml analyze")
     try:
         result = analyze.analyze_run(run_path, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,

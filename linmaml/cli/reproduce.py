@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from linmaml._extras import require
+
 RESULTS = "results.json"
 #: The package whose ``fig_*`` modules are the figures (a module attribute so tests can point it at
 #: stand-ins).
@@ -224,6 +226,7 @@ def run(args) -> int:
             print(f"{f.name:<16} {f.module_name}")
         return 0
     chosen = select(figures, args.only)
+    require("matplotlib", "drawing figures")  # before minutes of computing, not at the first drawing
     from linmaml import _validate
     from linmaml.benchmarks.run_settings import threads_for
 

@@ -3,7 +3,7 @@
 Same Gaussian setting and losses as :mod:`linmaml.closedform.gaussian` (shallow model W (d_out, d_in)).
 
 Training and test rates (Bernacchia 2021, "Meta-learning with negative learning rates")
---------------------------------------------------------------------------------------
+---------------------------------------------------------------------------------------
 MAML meta-trains an initialisation W0 with an inner rate ``lr_train`` and is evaluated after
 adaptation with ``lr_test``. With infinitely many training tasks W0 is the minimiser of the exact
 objective (:func:`~linmaml.closedform.gaussian.maml_fixed_point`), which is the task mean M for one

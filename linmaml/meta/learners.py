@@ -51,7 +51,7 @@ from torch.func import functional_call
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.inner_loop import run_steps, under_function_transform
-from linmaml.meta.transforms import Identity, Transform, as_transform
+from linmaml.meta.transforms import Transform, as_transform, tree_leaves
 
 __all__ = ["MAML", "ANIL", "head_parameter_names", "adapted_parameter_names", "StepsBeyondTrainingWarning",
            "BUFFER_POLICIES"]
@@ -97,52 +97,54 @@ def frozen_buffers(module: nn.Module):
             m.track_running_stats = True
 
 
-def head_parameter_names(model: nn.Module) -> list[str]:
+def head_parameter_names(model: nn.Module, argument: str = "adapted") -> list[str]:
     """Names (as ``model.named_parameters()`` gives them) of the parameters of the model's head.
 
     The head is the *last* ``nn.Linear`` (subclasses included) in ``model.named_modules()``, i.e. in
     registration order, depth first. For ``nn.Sequential`` models, and for any model that registers
     its output layer last, that is the output layer. Only parameters that require gradients count.
+    ``argument``: the name errors give (the learner's argument that asked for the head).
     """
     heads = [m for _, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not heads:
-        raise ValueError("adapt: 'head' means the parameters of the model's last nn.Linear, but the model has "
-                         "no nn.Linear; pass a list of parameter names instead")
+        raise ArgumentError(argument, "'head' means the parameters of the model's last nn.Linear, but the model "
+                            "has no nn.Linear; pass a list of parameter names instead")
     # A tied parameter appears in named_parameters() once, under its first name: map by identity.
     canonical = {id(p): name for name, p in model.named_parameters()}
     names = [canonical[id(p)] for p in heads[-1].parameters(recurse=False) if p.requires_grad]
     if not names:
-        raise ValueError("adapt: the model's last nn.Linear has no parameters that require gradients")
+        raise ArgumentError(argument, "the model's last nn.Linear has no parameters that require gradients")
     return names
 
 
-def adapted_parameter_names(model: nn.Module, adapt) -> list[str]:
-    """Resolve ``adapt`` ("all", "head" or a list of parameter names) to parameter names, model order.
+def adapted_parameter_names(model: nn.Module, adapted, argument: str = "adapted") -> list[str]:
+    """Resolve ``adapted`` ("all", "head" or a list of parameter names) to parameter names, model order.
 
     "all" is every parameter that requires gradients (frozen ones stay frozen); a list may name any
-    parameter of the model, frozen or not.
+    parameter of the model, frozen or not. ``argument``: the name errors give.
     """
     params = dict(model.named_parameters())
-    if isinstance(adapt, str):
-        if adapt == "all":
+    if isinstance(adapted, str):
+        if adapted == "all":
             names = [n for n, p in params.items() if p.requires_grad]
             if not names:
-                raise ValueError("adapt: the model has no parameters that require gradients")
+                raise ArgumentError(argument, "the model has no parameters that require gradients")
             return names
-        if adapt == "head":
-            return head_parameter_names(model)
-        raise ValueError(f"adapt: expected 'all', 'head' or a list of parameter names, got {adapt!r}")
-    if not isinstance(adapt, Sequence):
-        raise TypeError(f"adapt: expected 'all', 'head' or a list of parameter names, got {type(adapt).__name__}")
-    if not adapt:
-        raise ValueError("adapt: expected at least one parameter name, got an empty list")
-    for name in adapt:
+        if adapted == "head":
+            return head_parameter_names(model, argument)
+        raise ArgumentError(argument, f"expected 'all', 'head' or a list of parameter names, got {adapted!r}")
+    if not isinstance(adapted, Sequence):
+        raise ArgumentTypeError(argument, f"expected 'all', 'head' or a list of parameter names, got "
+                                f"{type(adapted).__name__}")
+    if not adapted:
+        raise ArgumentError(argument, "expected at least one parameter name, got an empty list")
+    for name in adapted:
         if not isinstance(name, str):
-            raise TypeError(f"adapt: expected parameter names (str), got {name!r}")
+            raise ArgumentTypeError(argument, f"expected parameter names (str), got {name!r}")
         if name not in params:
-            raise ValueError(f"adapt: the model has no parameter named {name!r}; its parameters are "
-                             f"{', '.join(params) or 'none'}")
-    chosen = set(adapt)
+            raise ArgumentError(argument, f"the model has no parameter named {name!r}; its parameters are "
+                                f"{', '.join(params) or 'none'}")
+    chosen = set(adapted)
     return [n for n in params if n in chosen]
 
 
@@ -301,14 +303,15 @@ class _Learner(nn.Module):
                 return call_with(module, slots, {**others, **fast} if others else fast, (inputs,))
             buffers = None  # the module's own buffers, updated in place as by any forward pass
 
-        tparams = {} if type(self.transform) is Identity else dict(self.transform.named_parameters())  # noqa: E721
-        for key, value in tparams.items():
-            if value.dtype != dtype:
-                raise ArgumentTypeError("transform", f"parameter {key!r} is {value.dtype} but the model's parameters "
-                                        f"are {dtype} (was the model converted after wrapping? convert the whole "
-                                        f"learner, e.g. learner.double(), so the transform follows)")
-            break  # one look suffices: a transform is built in one dtype and converted as a whole
-        self._warn_steps(steps, tparams)
+        tparams = self.transform.params()
+        leaves = tree_leaves(tparams)
+        # one look suffices: a transform is built in one dtype and converted as a whole
+        if leaves and leaves[0].dtype != dtype:
+            first = next(name for name, _ in self.transform.named_parameters())
+            raise ArgumentTypeError("transform", f"parameter {first!r} is {leaves[0].dtype} but the model's parameters "
+                                    f"are {dtype} (was the model converted after wrapping? convert the whole "
+                                    f"learner, e.g. learner.double(), so the transform follows)")
+        self._warn_steps(steps, leaves)
         fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y, rates,
                             first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers)
         if checking:
@@ -330,8 +333,10 @@ class MAML(_Learner):
     transform: a :mod:`linmaml.meta.transforms` meta-optimizer (default ``Identity()``: plain MAML).
         It is built here for the adapted parameters' shapes.
     first_order: detach the inner gradients (first-order MAML); default second order.
-    adapt: "all" (every parameter requiring gradients), "head" (those of the last ``nn.Linear``, see
-        :func:`head_parameter_names`) or a list of parameter names.
+    adapted: which parameters the inner loop adapts: "all" (every parameter requiring gradients),
+        "head" (those of the last ``nn.Linear``, see :func:`head_parameter_names`) or a list of
+        parameter names. (Called ``adapt`` before, which clashed with the method ``adapt``; that
+        keyword still works, with a ``DeprecationWarning``.)
     adapt_transform: also adapt the transform's parameters in the inner loop, from the second step
         on, with the same step size (see :mod:`linmaml.meta.inner_loop`).
     buffers: "update" (default) or "frozen": the module-state policy (module docstring).
@@ -340,13 +345,20 @@ class MAML(_Learner):
     """
 
     def __init__(self, model: nn.Module, lr=0.1, steps: int = 5, transform: Transform | None = None,
-                 first_order: bool = False, adapt="all", adapt_transform: bool = False, buffers: str = "update",
-                 check_finite: bool = False):
+                 first_order: bool = False, adapted="all", adapt_transform: bool = False, buffers: str = "update",
+                 check_finite: bool = False, *, adapt=None):
+        argument = "adapted"
+        if adapt is not None:  # the old name of ``adapted``
+            if not (isinstance(adapted, str) and adapted == "all"):
+                raise ArgumentError("adapt", "is the old name of 'adapted'; pass only adapted")
+            warnings.warn("adapt: MAML's argument 'adapt' is now called 'adapted' (it clashed with the method "
+                          "learner.adapt); pass adapted=...", DeprecationWarning, stacklevel=2)
+            adapted, argument = adapt, "adapt"
         super().__init__(lr, steps, transform, first_order, adapt_transform, buffers, check_finite)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.adapted_names = adapted_parameter_names(model, adapt)
+        self.adapted_names = adapted_parameter_names(model, adapted, argument)
         params = dict(model.named_parameters())
         self.transform.build({n: params[n] for n in self.adapted_names}, steps=self.steps)
 
@@ -373,7 +385,7 @@ class ANIL(_Learner):
     ``features`` maps inputs to representations and ``head`` maps those to outputs; the model is
     ``head(features(x))``. ``adapt`` evaluates the features of the support set once per task and runs
     the inner loop on the head alone, so it equals ``MAML(nn.Sequential(features, head),
-    adapt="head")`` when ``head`` is an ``nn.Linear``. ``adapt`` returns a dict keyed by
+    adapted="head")`` when ``head`` is an ``nn.Linear``. ``adapt`` returns a dict keyed by
     ``head.named_parameters()`` names; the other arguments are as for :class:`MAML`.
     """
 

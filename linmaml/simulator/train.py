@@ -28,7 +28,7 @@ __all__ = ["Trajectory", "meta_train"]
 class Trajectory:
     """A meta-training run, recorded at every meta-step.
 
-    ``weights[j]`` has shape (S+1, *shape_j): parameter ``names[j]`` before meta-step 0, …, after
+    ``weights[j]`` has shape ``(S+1, *shape_j)``: parameter ``names[j]`` before meta-step 0, …, after
     the last (for a chain: layer j, shape (d_j, d_{j−1}), named ``"{j}.weight"``; for a learner:
     every parameter of ``learner.named_parameters()``, transform included); ``meta_loss`` (S,) is
     the meta-batch MAML objective at each step (before its update); ``preconditioner_eigenvalues``

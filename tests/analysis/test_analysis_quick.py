@@ -159,6 +159,38 @@ def test_preconditioner_quick_numbers_against_independent_computations(quick_run
         assert abs(held["mean"] - m["trained"]["exact_loss"]) < 3 * held["ci95"] / stats.t.ppf(0.975, held["tasks"] - 1)
 
 
+def test_preconditioner_finite_n_panel_against_independent_computations(quick_runs):
+    from linmaml.analysis import fig_preconditioner as fp
+    from linmaml.closedform.gaussian import expected_post_adaptation_loss_and_grad
+
+    _, record, _ = quick_runs("fig_preconditioner")
+    cfg, fn = record["settings"], record["numbers"]["finite_n"]
+    Sigma, _ = _anisotropic_covariances(cfg["family"])
+    # The simulator's sampled support sets and autograd step against the exact finite-n expectation.
+    held = fn["trained"]["held_out_loss_final"]
+    assert abs(held["mean"] - fn["trained"]["exact_loss_final"]) < 3 * held["ci95"] / stats.t.ppf(0.975,
+                                                                                                   held["tasks"] - 1)
+    # Every start reaches the same optimum; it is a stationary point of the exact expectation.
+    assert fn["optimum"]["value_spread_across_starts"] < 1e-10
+    assert max(s["gradient_max_abs"] for s in fn["optimum"]["starts"]) < 1e-6
+    # What changes at finite n: the optimum's α·P is the best linear map Q*_n, far from Σ⁻¹.
+    np.testing.assert_allclose(fn["optimum"]["alpha_P_eigenvalues"], fn["Q_star_along_target_eigenvectors"], rtol=1e-2)
+    assert fn["optimum"]["alpha_P_rel_distance_to_Sigma_inverse"] > 0.3
+    inverse_along = np.asarray(fn["Sigma_inverse_along_target_eigenvectors"])
+    assert inverse_along.sum() == pytest.approx(np.trace(np.linalg.inv(Sigma)), rel=1e-12)  # a basis of R^d
+    # Ordering of the exact losses, and the captured fraction recomputed from them.
+    scalar, linear, optimum = fn["best_scalar_step"]["loss"], fn["best_linear_map"]["loss"], fn["optimum"]["value"]
+    assert linear < scalar and optimum < scalar
+    assert fn["optimum"]["fraction_of_linear_gain_captured"] == pytest.approx((scalar - optimum) / (scalar - linear))
+    # The optimum recomputed here from one other start (seeded differently) reaches the same value.
+    fam = fp.family(cfg, fn["n_support"])
+    sizes = (cfg["family"]["d_in"], *cfg["deep_widths"][cfg["finite_n"]["model"]], 1)
+    again = fp.deep_optimum(sizes, fam, cfg["inner_lr"], starts=1, excess=None, seed=123, population=False)
+    assert again["value"] == pytest.approx(optimum, rel=1e-9)
+    _, grads = expected_post_adaptation_loss_and_grad(again["weights"], fam, cfg["inner_lr"], population=False)
+    assert max(np.abs(g).max() for g in grads) < 1e-6
+
+
 def _monte_carlo_one_population_step(layers, M, Sigma, Omega, noise_std, alpha, tasks, n_query, seed):
     """Per-task query loss after one population inner step on every layer, written out by hand:
     G = (W_e − W_τ)Σ, layer j moves by −α A_jᵀ G B_jᵀ; query points x ~ N(0, Σ), noise σ."""

@@ -36,8 +36,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from linmaml._extras import require as require_extra
 from linmaml._validate import integer
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml.benchmarks.data.integrity import DatasetError, verify_file
@@ -314,6 +314,7 @@ def _assemble(entries: dict, name: str, path: Path, fmt: str) -> OmniglotSet:
 
 def _decode_png(source, where: str) -> np.ndarray:
     """A 105×105 bool image, True = white background (what the official 1-bit PNGs hold)."""
+    Image = require_extra("PIL.Image", "reading image files")  # Pillow is an extra; the .npz format needs none
     try:
         with Image.open(source if not isinstance(source, bytes) else io.BytesIO(source)) as image:
             image.load()

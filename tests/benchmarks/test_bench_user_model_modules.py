@@ -45,11 +45,15 @@ def _module(tmp_path, name):
     path.write_text(SOURCE)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get(name)  # "__main__" is pytest's own: put it back afterwards
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     finally:
-        del sys.modules[name]
+        if previous is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = previous
     return module
 
 

@@ -87,6 +87,18 @@ def model_class_name(model: nn.Module) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
+def same_model_class(recorded: str | None, model: nn.Module) -> bool:
+    """Whether ``model``'s class is the one a run recorded as ``recorded`` (``module.QualifiedName``,
+    :func:`model_class_name`), compared by qualified class name only: the module a class is imported
+    from changes with the script (``__main__.MyCNN`` while training in ``my_kfo.py``,
+    ``my_kfo.MyCNN`` when another script imports it), the class does not. The parameter fingerprint
+    (:func:`model_fingerprint`) checks the architecture."""
+    if recorded is None:
+        return False
+    qualname = type(model).__qualname__
+    return recorded == qualname or recorded.endswith("." + qualname)
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """16 hex digits of the sha256 of the model's parameter and buffer names and shapes (not values:
     a freshly built model of the same architecture has the fingerprint of the trained one)."""

@@ -35,6 +35,9 @@ RESULTS = "results.json"
 FIGURE_PACKAGE = "linmaml.analysis"
 #: Floats that agree within this relative tolerance count as unchanged (rounding across machines).
 SAME_RTOL = 1e-6
+#: Figures computed at once by default (each in its own process; a module attribute so tests can
+#: run stand-in figures one after the other).
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)
 SAME_ATOL = 1e-12
 
 
@@ -53,6 +56,9 @@ def register(subparsers):
     p.add_argument("--quick", action="store_true", help="each figure's quick mode (seconds; for smoke tests)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch (default 1, as every linmaml command)")
+    p.add_argument("--jobs", type=int, default=None, metavar="J",
+                   help="figures computed at once, each in its own process (default: 2 where there are 2 or more "
+                        "cores, else 1); every figure computes the same numbers whatever J")
     p.add_argument("--list", action="store_true", help="list the figures and their modules, run nothing")
     p.set_defaults(func=run)
 
@@ -158,9 +164,65 @@ def _unchanged(name: str, stage: pathlib.Path, out: pathlib.Path) -> bool:
         return False
 
 
+def _run_in_worker(module_name: str, stage: str, quick: bool, threads: int) -> tuple[dict, float]:
+    """One figure in a worker process (forked, so the parent's already imported figure modules are
+    there): ``(record, seconds)``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    module = importlib.import_module(module_name)
+    start = time.perf_counter()
+    record = module.run(pathlib.Path(stage), quick)
+    return record, time.perf_counter() - start
+
+
+def _computed(figures: list[Figure], stage: pathlib.Path, quick: bool, jobs: int, threads: int | None, say):
+    """Yield ``(figure, record, seconds)`` as each figure finishes: in order in this process when
+    ``jobs == 1``, else ``jobs`` at a time in forked worker processes (each figure writes only its own
+    ``NAME.*`` files into ``stage``, so they never collide). A failure stops the rest."""
+    if jobs <= 1 or len(figures) <= 1:
+        for i, figure in enumerate(figures, 1):
+            say(f"[{i}/{len(figures)}] {figure.name} ({figure.module_name}{', quick' if quick else ''}) ...")
+            start = time.perf_counter()
+            try:
+                record = figure.module.run(stage, quick)
+            except BaseException:
+                yield figure, None, None
+                raise
+            yield figure, record, time.perf_counter() - start
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    # fork, not spawn: the workers inherit the imported figure modules (also stand-ins a test planted),
+    # and the parent has run no torch computation, so no thread pool is copied half-way.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        pending = {}
+        for figure in figures:
+            pending[pool.submit(_run_in_worker, figure.module_name, str(stage), quick, threads)] = figure
+        say(f"{len(figures)} figures, {jobs} at a time ({', '.join(f.name for f in figures)}{', quick' if quick else ''})")
+        try:
+            for done in concurrent.futures.as_completed(pending):
+                figure = pending[done]
+                try:
+                    record, seconds = done.result()
+                except BaseException:
+                    yield figure, None, None
+                    raise
+                yield figure, record, seconds
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
 def reproduce(out: pathlib.Path, figures: list[Figure], *, quick: bool = False, merge: bool = False,
-              progress=None) -> dict:
-    """Run ``figures`` into ``out`` transactionally; returns the results written to ``out/results.json``."""
+              progress=None, jobs: int = 1, threads: int | None = None) -> dict:
+    """Run ``figures`` into ``out`` transactionally (``jobs`` at a time, each in its own process when
+    ``jobs > 1``); returns the results written to ``out/results.json``."""
     from linmaml._io import atomic_write_json
 
     say = progress or (lambda message: None)
@@ -172,15 +234,10 @@ def reproduce(out: pathlib.Path, figures: list[Figure], *, quick: bool = False, 
     began = time.perf_counter()
     try:
         entries, kept = {}, set()
-        for i, figure in enumerate(figures, 1):
-            say(f"[{i}/{len(figures)}] {figure.name} ({figure.module_name}{', quick' if quick else ''}) ...")
-            start = time.perf_counter()
-            try:
-                record = figure.module.run(stage, quick)
-            except BaseException:
+        for figure, record, seconds in _computed(figures, stage, quick, jobs, threads, say):
+            if record is None:
                 say(f"reproduce: {figure.name} failed; nothing was written to {out}")
-                raise
-            seconds = time.perf_counter() - start
+                continue  # the generator re-raises the figure's error
             _check_record(figure, record, stage)
             entry = dict(record)
             entry["seconds"] = round(seconds, 3)
@@ -193,13 +250,13 @@ def reproduce(out: pathlib.Path, figures: list[Figure], *, quick: bool = False, 
                 for path in stage.glob(f"{figure.name}.*"):
                     path.unlink()
             entries[figure.name] = entry
-            say(f"      done in {seconds:.1f} s{' (unchanged: previous files kept)' if figure.name in kept else ''}")
+            say(f"      {figure.name} done in {seconds:.1f} s{' (unchanged: previous files kept)' if figure.name in kept else ''}")
         # Every figure succeeded: publish. Each move is atomic; results.json goes last, so it
         # never names files that are not there yet.
         for path in sorted(stage.iterdir()):
             if path.is_file():
                 os.replace(path, out / path.name)
-        results["figures"].update(entries)
+        results["figures"].update(dict(sorted(entries.items())))
         results["figures"] = dict(sorted(results["figures"].items()))
         if not (results_path.exists() and _read_results(results_path) == results):
             atomic_write_json(results_path, results)
@@ -235,6 +292,8 @@ def run(args) -> int:
     import torch
 
     torch.set_num_threads(threads)  # one policy for every command (linmaml.benchmarks.run_settings)
-    reproduce(out, chosen, quick=args.quick, merge=bool(args.only),
+    jobs = (DEFAULT_JOBS if args.jobs is None
+            else _validate.integer(args.jobs, "--jobs", minimum=1, maximum=64))
+    reproduce(out, chosen, quick=args.quick, merge=bool(args.only), jobs=jobs, threads=threads,
               progress=lambda message: print(message, file=sys.stderr, flush=True))
     return 0

@@ -54,6 +54,7 @@ def analysis(tmp_path, monkeypatch):
     _script(folder, "beta", 2)
     monkeypatch.syspath_prepend(str(folder.parent))
     monkeypatch.setattr(reproduce_cli, "FIGURE_PACKAGE", name)
+    monkeypatch.setattr(reproduce_cli, "DEFAULT_JOBS", 1)  # one after the other unless a test asks for --jobs
     return folder
 
 
@@ -216,3 +217,29 @@ def test_the_real_default_for_quick_is_figures_quick_in_the_current_folder(tmp_p
     monkeypatch.chdir(tmp_path)
     assert default_out(quick=True) == tmp_path / "figures-quick"
     assert default_out().name == "figures" and default_out() != tmp_path / "figures-quick"
+
+
+@pytest.mark.parametrize("failure", ['raise ValueError("beta broke")', "raise KeyboardInterrupt"])
+def test_jobs_compute_the_same_results_in_worker_processes(analysis, tmp_path, capsys, failure):
+    """--jobs 2 runs each figure in a forked worker: the same files and results as one at a time
+    (timings aside), and a figure that fails in a worker fails the whole run with nothing written."""
+    _script(analysis, "gamma", 3)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["reproduce", "--out", str(one), "--jobs", "1"]) == 0
+    assert main(["reproduce", "--out", str(two), "--jobs", "2"]) == 0
+    assert "3 figures, 2 at a time" in capsys.readouterr().err
+    assert {k: v for k, v in _snapshot(one).items() if k != "results.json"} == \
+           {k: v for k, v in _snapshot(two).items() if k != "results.json"}
+    strip = lambda results: {name: {k: v for k, v in entry.items() if k != "seconds"}
+                             for name, entry in results["figures"].items()}
+    assert strip(json.loads((one / "results.json").read_text())) == strip(json.loads((two / "results.json").read_text()))
+    before = _snapshot(two)
+    _script(analysis, "beta", 20, body=failure)
+    assert main(["reproduce", "--out", str(two), "--jobs", "2"]) == (2 if "ValueError" in failure else 130)
+    assert "beta" in capsys.readouterr().err
+    assert _snapshot(two) == before  # no new figure, no changed results.json, no staging folder
+
+
+def test_jobs_is_checked(analysis, tmp_path, capsys):
+    assert main(["reproduce", "--out", str(tmp_path / "x"), "--jobs", "0"]) == 2
+    assert "--jobs" in capsys.readouterr().err

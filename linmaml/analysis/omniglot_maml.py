@@ -15,11 +15,19 @@ curve from ``metrics.jsonl``, and writes
   (:func:`linmaml.plots.training.plot_runs`).
 
     python analysis/omniglot_maml.py runs/omniglot-maml-1shot runs/omniglot-maml-5shot --out figures
+
+Runs are *added* to the record already in ``--out`` (a run of the same name is replaced; ``--fresh``
+starts a new record), so the table keeps every run ever scored even when its folder is gone, and
+``groups`` summarises the runs of one recipe (every setting but the seed): the seeds, the mean test
+accuracy with a 95 % Student-t interval over seeds (the spread of training, not of the test tasks),
+and the mean training time. The figure draws the runs given on the command line (their folders hold
+the training curves); every recorded run's validation curve is in the JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 
 PUBLISHED = {1: (98.7, 0.4), 5: (99.9, 0.1)}  # Finn et al. 2017, Omniglot 5-way, percent ± 95 % CI
@@ -84,6 +92,45 @@ def published_references(results: list[dict]) -> list[dict]:
     return references
 
 
+def recipe_key(settings: dict) -> str:
+    """The recipe of a run: its settings without the seed (runs that differ only in the seed are
+    seeds of one recipe), as a canonical JSON string."""
+    return json.dumps({k: v for k, v in settings.items() if k != "seed"}, sort_keys=True)
+
+
+def seed_groups(results: list[dict]) -> list[dict]:
+    """One entry per recipe: ``runs``, ``seeds``, ``mean_accuracy`` and ``ci95_over_seeds`` (95 %
+    Student-t over the seeds' test accuracies; None for one seed), ``mean_train_minutes``."""
+    from scipy import stats
+
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(recipe_key(r["settings"]), []).append(r)
+    summary = []
+    for runs in groups.values():
+        acc = [r["accuracy"] for r in runs]
+        n, mean = len(acc), sum(acc) / len(acc)
+        half = None
+        if n > 1:
+            sd = math.sqrt(sum((a - mean) ** 2 for a in acc) / (n - 1))
+            half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+        first = runs[0]
+        summary.append({"ways": first["ways"], "shots": first["shots"], "algo": first["settings"].get("algo"),
+                        "iterations": first["settings"].get("iterations"), "runs": [r["run"] for r in runs],
+                        "seeds": [r["settings"].get("seed") for r in runs], "mean_accuracy": mean,
+                        "ci95_over_seeds": half, "accuracies": acc,
+                        "mean_train_minutes": sum(r["train_seconds"] for r in runs) / n / 60,
+                        "published": first.get("published")})
+    return summary
+
+
+def merged(previous: list[dict], new: list[dict]) -> list[dict]:
+    """``previous`` runs with those of the same name replaced by ``new`` ones, new names appended."""
+    by_name = {r["run"]: r for r in new}
+    kept = [by_name.pop(r["run"], r) for r in previous]
+    return kept + [r for r in new if r["run"] in by_name]
+
+
 def main(argv=None) -> dict:
     from linmaml import _io
     from linmaml.plots.training import plot_runs, read_runs
@@ -94,6 +141,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--tasks", type=int, default=600, help="fixed test tasks (default 600)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--data-root", default=None, help="datasets folder (default: $LINMAML_DATA)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new record instead of adding the runs to the one in --out")
     args = parser.parse_args(argv)
     import torch
 
@@ -106,7 +155,11 @@ def main(argv=None) -> dict:
         curve = drawn["runs"].get(result["run"], {})
         result["validation"] = {"wall_time": curve.get("val_x"), "wall_time_axis": drawn["x_label"],
                                 "accuracy": curve.get("val_accuracy"), "ci95": curve.get("val_ci95")}
-    record = {"figure": "omniglot_maml", "runs": results}
+    previous = []
+    if not args.fresh and (args.out / "omniglot_maml.json").is_file():
+        previous = json.loads((args.out / "omniglot_maml.json").read_text(encoding="utf-8")).get("runs", [])
+    everything = merged(previous, results)
+    record = {"figure": "omniglot_maml", "runs": everything, "groups": seed_groups(everything)}
     _io.atomic_write_json(args.out / "omniglot_maml.json", record)
     for r in results:
         pub = r["published"]

@@ -50,3 +50,50 @@ def test_command_rebuilds_the_settings(tiny_run):
                                      else int(v) for k, v in given.items()})
     for name in ("ways", "shots", "layers", "hidden", "iterations", "meta_batch", "outer_lr_schedule", "val_tasks"):
         assert getattr(rebuilt, name) == saved[name], name
+
+
+def test_runs_are_added_to_the_record_and_seeds_of_a_recipe_are_grouped(tiny_run, tmp_path, data_root):
+    """A second call adds to the record (a run of the same name replaced, others kept, --fresh starts
+    anew); runs that differ only in the seed form one group whose interval over seeds is the Student-t
+    interval computed here by hand."""
+    import shutil
+
+    from scipy import stats
+
+    main([str(tiny_run), "--out", str(tmp_path), "--tasks", "6", "--data-root", str(data_root)])
+    other = tmp_path / "tiny-1shot-seed7"
+    shutil.copytree(tiny_run, other)
+    config = json.loads((other / "config.json").read_text())
+    config["config"]["seed"] = 7  # the same recipe, another seed (weights shared: the grouping is what is tested)
+    (other / "config.json").write_text(json.dumps(config))
+    record = main([str(other), str(tiny_run), "--out", str(tmp_path), "--tasks", "6", "--data-root", str(data_root)])
+    assert [r["run"] for r in record["runs"]] == ["tiny-1shot", "tiny-1shot-seed7"]
+    (group,) = record["groups"]
+    assert sorted(group["seeds"]) == [0, 7] and group["runs"] == ["tiny-1shot", "tiny-1shot-seed7"]
+    acc = [r["accuracy"] for r in record["runs"]]
+    mean = sum(acc) / 2
+    sd = (sum((a - mean) ** 2 for a in acc) / 1) ** 0.5
+    assert group["mean_accuracy"] == pytest.approx(mean)
+    assert group["ci95_over_seeds"] == pytest.approx(stats.t.ppf(0.975, 1) * sd / 2 ** 0.5)
+    fresh = main([str(tiny_run), "--out", str(tmp_path), "--tasks", "6", "--data-root", str(data_root), "--fresh"])
+    assert [r["run"] for r in fresh["runs"]] == ["tiny-1shot"] and fresh["groups"][0]["ci95_over_seeds"] is None
+
+
+def test_seed_groups_interval_is_the_student_t_interval_over_seeds():
+    from scipy import stats
+
+    from linmaml.analysis.omniglot_maml import seed_groups
+
+    def run(name, seed, acc, shots=1):
+        return {"run": name, "ways": 5, "shots": shots, "accuracy": acc, "train_seconds": 60.0 * seed + 60,
+                "settings": {"seed": seed, "shots": shots, "algo": "maml", "iterations": 10}, "published": None}
+
+    groups = seed_groups([run("a", 0, 98.0), run("b", 1, 98.6), run("c", 2, 99.1), run("d", 0, 99.5, shots=5)])
+    one, five = groups
+    acc = [98.0, 98.6, 99.1]
+    mean = sum(acc) / 3
+    sd = (sum((a - mean) ** 2 for a in acc) / 2) ** 0.5
+    assert one["runs"] == ["a", "b", "c"] and one["mean_accuracy"] == pytest.approx(mean)
+    assert one["ci95_over_seeds"] == pytest.approx(stats.t.ppf(0.975, 2) * sd / 3 ** 0.5)
+    assert one["mean_train_minutes"] == pytest.approx(2.0)
+    assert five["runs"] == ["d"] and five["ci95_over_seeds"] is None

@@ -260,7 +260,7 @@ class _Learner(nn.Module):
         steps = _validate.integer(steps, "steps", minimum=1)
         return [self.lrs[min(k, len(self.lrs) - 1)] for k in range(steps)]
 
-    def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps):
+    def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps, trajectory=False):
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable (output, target) -> scalar, got {type(loss_fn).__name__}")
         for value, name in ((x, "x_support"), (y, "y_support")):
@@ -313,12 +313,17 @@ class _Learner(nn.Module):
                                     f"learner, e.g. learner.double(), so the transform follows)")
         self._warn_steps(steps, leaves)
         fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y, rates,
-                            first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers)
+                            first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers,
+                            trajectory=trajectory)
+        if trajectory:  # every step's parameters (MAML++'s multi-step loss); the last one checked below
+            visited, fast = fast, fast[-1]
         if checking:
             for n, value in fast.items():
                 if not bool(torch.isfinite(value).all()):
                     raise ArgumentError("lr", f"the inner loop diverged: adapted parameter {n!r} is not finite after "
                                         f"{len(rates)} steps (check_finite=True); lower the rate or the steps")
+        if trajectory:
+            return [{n: step.get(n, p) for n, p in base.items()} for step in visited]
         return {n: fast.get(n, p) for n, p in base.items()}
 
 
@@ -371,6 +376,16 @@ class MAML(_Learner):
         with self._state_policy():
             return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps)
 
+    def adapt_trajectory(self, x_support: torch.Tensor, y_support: torch.Tensor,
+                         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                         steps: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """The adapted parameters after each inner step, ``[θ₁, …, θ_S]`` (each a dict as
+        :meth:`adapt` returns; the last is :meth:`adapt`'s): the one inner loop, every step kept, for
+        MAML++'s multi-step loss (:meth:`linmaml.meta.Engine.meta_gradient`, ``step_weights``)."""
+        with self._state_policy():
+            return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps,
+                                        trajectory=True)
+
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The model's output on ``x``, with the parameters ``params`` (e.g. from ``adapt``) if given."""
         if params is None:
@@ -411,6 +426,14 @@ class ANIL(_Learner):
         with self._state_policy():
             return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
                                         loss_fn, steps)
+
+    def adapt_trajectory(self, x_support, y_support, loss_fn, steps: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """The adapted head parameters after each inner step (as :meth:`MAML.adapt_trajectory`)."""
+        if not isinstance(x_support, torch.Tensor):
+            raise TypeError(f"x_support: expected a torch.Tensor, got {type(x_support).__name__}")
+        with self._state_policy():
+            return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
+                                        loss_fn, steps, trajectory=True)
 
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``head(features(x))``, with the head's parameters ``params`` if given."""

@@ -4,7 +4,9 @@
 The training-recipe options of MAML++ (Antoniou, Edwards & Storkey 2019, "How to train your MAML",
 ICLR), each off by default: ``msl_iterations`` (the multi-step loss, weights from :func:`msl_weights`)
 and ``first_order_iterations`` (derivative-order annealing: :func:`first_order_at`). Both are pure
-functions of the iteration, so a resumed run continues them exactly. ``class_split`` chooses the
+functions of the iteration, so a resumed run continues them exactly. ``bn_per_step``: one BatchNorm
+affine set per inner step (BNWB, :func:`linmaml.benchmarks.learners.build_learner`; the built-in
+ConvNet only). ``class_split`` chooses the
 classes: ``"standard"`` (the shipped split) or, for Omniglot, ``"alphabets"`` (Lake et al.'s
 background/evaluation alphabets, :func:`linmaml.benchmarks.data.omniglot.alphabet_split_table`).
 
@@ -104,6 +106,8 @@ class TrainConfig:
     #: iterations, first order for the first ``first_order_iterations`` (0: off).
     msl_iterations: int = 0
     first_order_iterations: int = 0
+    #: MAML++'s per-step BatchNorm weights and biases (BNWB; the built-in ConvNet only).
+    bn_per_step: bool = False
     class_split: str = "standard"
     meta_batch: int = 16
     iterations: int = 4000
@@ -128,7 +132,7 @@ class TrainConfig:
     IDENTITY = ("benchmark", "ways", "shots", "query", "algo", "transform", "linnet", "linnet_width", "layers",
                 "hidden", "pool", "steps", "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "seed", "dtype",
                 "batching", "tasks_per_chunk", "compile", "model", "model_fingerprint", "head")
-    IDENTITY += ("msl_iterations", "first_order_iterations", "class_split")
+    IDENTITY += ("msl_iterations", "first_order_iterations", "bn_per_step", "class_split")
 
     def __post_init__(self):
         def choice(name, allowed):
@@ -192,6 +196,13 @@ class TrainConfig:
         if self.msl_iterations and self.steps < 2:
             raise ArgumentError("msl_iterations", f"the multi-step loss weighs the query loss after each inner step; "
                                                   f"with steps {self.steps} it is the plain loss (use steps >= 2)")
+        if not isinstance(self.bn_per_step, bool):
+            raise ArgumentTypeError("bn_per_step", f"expected True or False, got {self.bn_per_step!r}")
+        if self.bn_per_step and self.steps < 2:
+            raise ArgumentError("bn_per_step", f"one BatchNorm set per inner step is plain BatchNorm with steps "
+                                               f"{self.steps} (use steps >= 2)")
+        if self.bn_per_step and (self.algo not in ("maml", "fomaml") or self.linnet or self.model is not None):
+            raise ArgumentError("bn_per_step", "is built for the ConvNet with algo maml or fomaml, without LinNet")
         if self.first_order_iterations and self.algo not in ("maml", "anil"):
             raise ArgumentError("first_order_iterations", f"anneals second-order maml or anil from first order; algo "
                                                           f"{self.algo!r} has no second order to anneal to")
@@ -312,7 +323,7 @@ def build_from_config(config: TrainConfig, image_shape, model: torch.nn.Module |
     return build_learner(image_shape=image_shape, ways=config.ways, algo=config.algo, transform=config.transform,
                          linnet=config.linnet, linnet_width=config.linnet_width, layers=config.layers,
                          hidden=config.hidden, pool=config.pool, inner_lr=config.inner_lr, steps=config.steps,
-                         model=model, head=config.head)
+                         model=model, head=config.head, **({"bn_per_step": True} if config.bn_per_step else {}))
 
 
 def check_model_matches(config: TrainConfig, model: torch.nn.Module | None, where: str = "the run") -> None:

@@ -89,6 +89,9 @@ def register(subparsers):
                    "msl_iterations": "A", "first_order_iterations": "N"}.get(name)
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, metavar=metavar,
                        help=help_text)
+    p.add_argument("--bn-per-step", action="store_const", const=True, default=None,
+                   help="per-step BatchNorm weights and biases (MAML++'s BNWB): one affine set per inner step, "
+                        "meta-learned, not adapted (built-in ConvNet, --algo maml or fomaml; needs --steps >= 2)")
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="run the meta-step through torch.compile (slower on a small CPU; try on a GPU)")
     p.add_argument("--config", metavar="FILE", default=None,

@@ -66,6 +66,7 @@ from torch.overrides import TorchFunctionMode
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.meta.learners import norm_steps
 
 __all__ = ["Engine", "STRATEGIES", "explicit_normalization"]
 
@@ -276,8 +277,9 @@ class Engine:
         regression)); ``classification`` is :func:`_accuracy_kind`'s answer."""
         learner, loss_fn = self.learner, self.loss_fn
 
-        def query(fast, x_q, y_q):
-            out = learner(x_q, params=fast)
+        def query(fast, x_q, y_q, step=None):
+            # step: the normalisation set of a model with per-step BatchNorm (:meth:`_norm_step`)
+            out = learner(x_q, params=fast) if step is None else learner(x_q, params=fast, step=step)
             loss = loss_fn(out, y_q)
             if classification == "labels":
                 accuracy = (out.detach().argmax(dim=-1) == y_q).to(torch.float64).mean()
@@ -293,12 +295,12 @@ class Engine:
         """(every step's adapted parameters ``{name: (S, …)}``, x_q, y_q, weights (S,)) of one task ->
         (Σ_k weights[k]·query loss after step k, query accuracy after the last step): MAML++'s
         multi-step loss (:meth:`meta_gradient`'s ``step_weights``)."""
-        query = self._query(classification)
+        query, per_step = self._query(classification), self._norm_step(1) is not None
 
         def query_steps(stacked, x_q, y_q, weights):
             total = None
             for k in range(weights.shape[0]):
-                loss, accuracy = query({n: v[k] for n, v in stacked.items()}, x_q, y_q)
+                loss, accuracy = query({n: v[k] for n, v in stacked.items()}, x_q, y_q, k if per_step else None)
                 total = weights[k] * loss if total is None else total + weights[k] * loss
             return total, accuracy
 
@@ -312,7 +314,10 @@ class Engine:
             if msl:
                 adapt, query = self._adapt(steps, trajectory=True), self._query_steps(classification)
             else:
-                adapt, query = self._adapt(steps), self._query(classification)
+                adapt, step_query, final = self._adapt(steps), self._query(classification), self._norm_step(steps)
+
+                def query(fast, x_q, y_q):
+                    return step_query(fast, x_q, y_q, final)
 
             def task(x_s, y_s, x_q, y_q, *weights):
                 return query(adapt(x_s, y_s), x_q, y_q, *weights)
@@ -330,6 +335,15 @@ class Engine:
             function = {"task": task, "vmap": vmapped, "adapt_chunk": adapt_chunk, "query": query}[kind]
             self._built[key] = torch.compile(function, dynamic=False) if compiled else function
         return self._built[key]
+
+    def _norm_step(self, steps):
+        """The normalisation set that scores the parameters after ``steps`` inner steps (default the
+        learner's) for a model with per-step BatchNorm (MAML++'s BNWB,
+        :func:`linmaml.meta.learners.norm_steps`): ``steps − 1``, the set of the last step (the model
+        clamps it to its sets); None for every other model."""
+        if not norm_steps(getattr(self.learner, "model", None)):
+            return None
+        return (self.learner.steps if steps is None else steps) - 1
 
     def _chunks(self, tasks: int) -> list[slice]:
         size = 1 if self.strategy == "loop" else (tasks if self.tasks_per_chunk is None else self.tasks_per_chunk)

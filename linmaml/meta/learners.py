@@ -164,7 +164,7 @@ def parameter_slots(module: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]
     return slots
 
 
-def call_with(module: nn.Module, slots, params, args: tuple):
+def call_with(module: nn.Module, slots, params, args: tuple, kwargs: dict | None = None):
     """``module(*args)`` with the tensors ``params`` (name -> tensor, names of ``slots``) in place of
     its parameters, which are put back afterwards, also on error.
 
@@ -178,7 +178,7 @@ def call_with(module: nn.Module, slots, params, args: tuple):
             for owner, attr in slots[name]:
                 saved.append((owner, attr, owner._parameters[attr]))
                 owner._parameters[attr] = tensor
-        return module(*args)
+        return module(*args, **(kwargs or {}))
     finally:
         for owner, attr, original in reversed(saved):
             owner._parameters[attr] = original
@@ -195,14 +195,22 @@ def _refuse_tensor_rates(lr) -> None:
                                     f"(meta.LearnedRates per tensor and step, meta.MetaSGD per element)")
 
 
-def _apply(module: nn.Module, params, x):
-    """``module(x)`` with the parameters ``params``: the quick swap outside function transforms, and
-    ``functional_call`` (names of buffers allowed) inside them or for names it alone knows."""
+def _apply(module: nn.Module, params, x, kwargs: dict | None = None):
+    """``module(x, **kwargs)`` with the parameters ``params``: the quick swap outside function
+    transforms, and ``functional_call`` (names of buffers allowed) inside them or for names it alone
+    knows."""
     if not under_function_transform():
         slots = parameter_slots(module)
         if all(n in slots for n in params):
-            return call_with(module, slots, params, (x,))
-    return functional_call(module, params, (x,))
+            return call_with(module, slots, params, (x,), kwargs)
+    return functional_call(module, params, (x,), kwargs or {})
+
+
+def norm_steps(module) -> int:
+    """The number of per-step normalisation sets of ``module`` (MAML++'s per-step BatchNorm weights
+    and biases: a model with ``norm_steps = S > 0`` takes ``forward(x, step=k)`` and normalises with
+    its set ``min(k, S − 1)``; :class:`linmaml.benchmarks.models.ConvNet`), 0 for any other model."""
+    return int(getattr(module, "norm_steps", 0) or 0)
 
 
 class _Learner(nn.Module):
@@ -290,8 +298,8 @@ class _Learner(nn.Module):
             return value
 
         if under_function_transform():
-            def forward(fast, buffers, inputs):
-                return functional_call(module, ({**base, **fast}, buffers), (inputs,))
+            def forward(fast, buffers, inputs, **kwargs):
+                return functional_call(module, ({**base, **fast}, buffers), (inputs,), kwargs)
             buffers = dict(module.named_buffers())
         else:
             # First order (and no_grad) use the inner gradients' values only: the parameters that
@@ -299,8 +307,8 @@ class _Learner(nn.Module):
             constant = self.first_order or not torch.is_grad_enabled()
             others = {n: p.detach() for n, p in base.items() if n not in names} if constant else {}
 
-            def forward(fast, buffers, inputs):
-                return call_with(module, slots, {**others, **fast} if others else fast, (inputs,))
+            def forward(fast, buffers, inputs, **kwargs):
+                return call_with(module, slots, {**others, **fast} if others else fast, (inputs,), kwargs)
             buffers = None  # the module's own buffers, updated in place as by any forward pass
 
         tparams = self.transform.params()
@@ -314,7 +322,7 @@ class _Learner(nn.Module):
         self._warn_steps(steps, leaves)
         fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y, rates,
                             first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers,
-                            trajectory=trajectory)
+                            trajectory=trajectory, step_forward=norm_steps(module) > 0)
         if trajectory:  # every step's parameters (MAML++'s multi-step loss); the last one checked below
             visited, fast = fast, fast[-1]
         if checking:
@@ -386,12 +394,21 @@ class MAML(_Learner):
             return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps,
                                         trajectory=True)
 
-    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The model's output on ``x``, with the parameters ``params`` (e.g. from ``adapt``) if given."""
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None,
+                step: int | None = None) -> torch.Tensor:
+        """The model's output on ``x``, with the parameters ``params`` (e.g. from ``adapt``) if given.
+        ``step``: for a model with per-step normalisation (:func:`norm_steps`), which step's set to use
+        (the parameters after k inner steps are scored with set k − 1, as MAML++ does; default: the
+        model's own default); other models take no step."""
+        kwargs = None
+        if step is not None:
+            if not norm_steps(self.model):
+                raise ArgumentError("step", f"{type(self.model).__name__} has no per-step normalisation to choose from")
+            kwargs = {"step": _validate.integer(step, "step", minimum=0)}
         if params is None:
-            return self.model(x)
+            return self.model(x, **(kwargs or {}))
         with self._state_policy():
-            return _apply(self.model, params, x)
+            return _apply(self.model, params, x, kwargs)
 
 
 class ANIL(_Learner):

@@ -11,6 +11,11 @@ stacked along a leading axis: ``x_support (M, n_s, …)``, ``y_support (M, n_s, 
     losses, accuracies = engine.task_losses(x_s, y_s, x_q, y_q)   # (M,), differentiable
     losses, accuracies = engine.score(x_s, y_s, x_q, y_q, steps=3)  # (M,), no outer graph
     fast = engine.adapted(x_s, y_s, steps=3)                        # {name: (M, …)}, detached
+    engine.meta_gradient(x_s, y_s, x_q, y_q, scale=1 / M, step_weights=[0.1, 0.2, 0.7])  # MAML++'s multi-step loss
+
+``step_weights`` (training only) weighs the query loss after every inner step (:meth:`Engine.meta_gradient`);
+a model with per-step BatchNorm (``norm_steps > 0``, MAML++'s BNWB) is scored after k steps with its set
+k − 1 (:func:`linmaml.meta.learners.norm_steps`).
 
 One setting, ``strategy``, says how the tasks are computed; it never changes the result beyond
 floating-point rounding (tests/meta/test_meta_engine.py checks every strategy against a per-task

@@ -235,9 +235,12 @@ class Trainer:
             batch = self.sampler.tasks(range(first + share.start, first + share.stop))
             batch = batch.to_torch(ctx.device, self.config.torch_dtype)
             batch = model_layout(batch) if self.channels_last else tuple(batch)
-            with _derivative_order(self.learner, first_order_at(self.config, t)):
-                loss_sum, accuracy_sum = self.engine.meta_gradient(*batch, scale=1.0 / M,
-                                                                   step_weights=msl_weights(self.config, t))
+            weights = msl_weights(self.config, t)
+            recipe = {} if weights is None else {"step_weights": weights}  # (the estimator engines take none)
+            # only while annealing: every other run keeps its learner's own order (fomaml, the estimators)
+            order = first_order_at(self.config, t) if self.config.first_order_iterations else None
+            with _derivative_order(self.learner, order):
+                loss_sum, accuracy_sum = self.engine.meta_gradient(*batch, scale=1.0 / M, **recipe)
         distributed.all_reduce_gradients(self.learner.parameters(), ctx)
         loss_sum, accuracy_sum = (float(v) for v in distributed.all_reduce_sum([loss_sum, accuracy_sum], ctx))
         return loss_sum / M, accuracy_sum / M
@@ -455,13 +458,13 @@ def _recipe_record(config: TrainConfig, t: int) -> dict:
 
 class _derivative_order:
     """Within: the learner's inner loop differentiated to first order iff ``first_order`` (the learner
-    reads its ``first_order`` at every adaptation); its own setting is restored after."""
+    reads its ``first_order`` at every adaptation); its own setting is restored after. None: no change."""
 
     def __init__(self, learner, first_order: bool):
         self.learner, self.first_order = learner, first_order
 
     def __enter__(self):
-        self.saved = getattr(self.learner, "first_order", None)
+        self.saved = None if self.first_order is None else getattr(self.learner, "first_order", None)
         if self.saved is not None:
             self.learner.first_order = self.first_order
 

@@ -605,3 +605,51 @@ def _train_test_rates_monte_carlo(rng):
         worst = worst_of(worst, z_score(means, glr.meta_test_loss(mixture, lr_train, lr_test)))
     return CheckResult(3, worst, f"max |error| in standard errors over {rounds} rounds (fit {fit_tasks} tasks, "
                                  f"score {eval_tasks})")
+
+
+@identity("gaussian: best diagonal one-step map vs scipy.optimize (BFGS over the diagonal)", 1e-4)
+def _diagonal_map_optimiser(rng):
+    """Checks linmaml.closedform.gaussian_lr.optimal_diagonal_map (the Hadamard solve (B ∘ Σ)⁻¹ diag(ΣSΣ)) vs
+    BFGS over q on expected_one_step_map_loss(diag(q)) (whose value is itself a Monte Carlo row), finite n
+    and population, rotated Σ with κ = 30; the optimiser must not find a lower loss."""
+    from scipy.optimize import minimize
+
+    worst = 0.0
+    for population in (False, True, False):
+        d_in = int(rng.integers(2, 5))
+        family = _family(rng, d_in, 1, condition=30.0, n_support=int(rng.integers(3, 20)))
+        _, q = glr.optimal_diagonal_map(family, population)
+
+        def loss(x):
+            return glr.expected_one_step_map_loss(family, np.diag(x), population=population)
+
+        result = minimize(loss, np.full(d_in, 0.1), method="BFGS", options={"gtol": 1e-12, "maxiter": 10_000})
+        if loss(q) > result.fun * (1 + 1e-10):
+            return CheckResult(3, float("inf"), "the optimiser found a lower loss than the closed form")
+        worst = worst_of(worst, relative_error(q, result.x))
+    return CheckResult(3, worst, "relative error of q* (finite n twice, population once)")
+
+
+@identity("gaussian: Bayes posterior floor ½tr(ΣΛ⁻¹) + ½σ² vs Monte Carlo with the n×n posterior (standard errors)", 3.0)
+def _bayes_floor_monte_carlo(rng):
+    """Checks linmaml.closedform.gaussian_lr.bayes_conditional_loss (the Bayes predictor's exact loss given the
+    support inputs, Λ = Ω⁻¹ + XᵀX/σ²) vs the realised query loss ½(ŵ − w_τ)ᵀΣ(ŵ − w_τ) + ½σ² of the posterior
+    mean written here in its n×n form ŵ = m + ΩXᵀ(XΩXᵀ + σ²I)⁻¹(y − Xm), on sampled tasks: the paired
+    difference's mean in standard errors."""
+    worst, tasks = 0.0, 20_000
+    for _ in range(3):
+        d_in = int(rng.integers(2, 5))
+        family = _family(rng, d_in, 1, condition=30.0, n_support=int(rng.integers(1, 8)))
+        family = RegressionFamily(d_in, 1, task_mean=family.task_mean, task_cov=family.task_cov + 0.05 * np.eye(d_in),
+                                  x_cov=family.x_cov, noise_std=family.noise_std, n_support=family.n_support,
+                                  n_query=1)
+        batch = family.sample(tasks, rng)
+        m, Omega, var = family.task_mean[0], family.task_cov, family.noise_std ** 2
+        K = batch.Xs @ Omega @ np.swapaxes(batch.Xs, 1, 2) + var * np.eye(family.n_support)
+        resid = batch.Ys[..., 0] - batch.Xs @ m
+        w_hat = m + np.einsum("ij,tnj,tn->ti", Omega, batch.Xs, np.linalg.solve(K, resid[..., None])[..., 0])
+        D = w_hat - batch.W[:, 0]
+        realised = 0.5 * np.einsum("ti,ij,tj->t", D, family.x_cov, D) + 0.5 * var
+        diff = realised - glr.bayes_conditional_loss(family, batch.Xs)
+        worst = worst_of(worst, abs(diff.mean()) / (diff.std(ddof=1) / np.sqrt(tasks)))
+    return CheckResult(3, worst, f"max |mean difference| in standard errors ({tasks} tasks each)")

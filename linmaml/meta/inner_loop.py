@@ -176,7 +176,8 @@ def _autograd_gradients(forward, loss_fn, x, y, buffers, graph: bool):
     ``torch.func.grad`` gives them.
     """
     if not graph:  # the gradients are constants: nothing may reach the outer graph through x or y
-        x, y = (v.detach() if isinstance(v, torch.Tensor) else v for v in (x, y))
+        # x and y may be any nesting of dicts, tuples and lists (a dict-input model, y=None)
+        x, y = (tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, v) for v in (x, y))
 
     def gradients(params):
         with torch.enable_grad():

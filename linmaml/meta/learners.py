@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -95,6 +95,29 @@ def frozen_buffers(module: nn.Module):
             owner._buffers[attr] = b
         for _, m in layers:
             m.track_running_stats = True
+
+
+def state_policy(module: nn.Module, policy: str):
+    """The context of every forward with adapted parameters under the buffers ``policy`` ("update" or
+    "frozen", module docstring): :func:`frozen_buffers`, or nothing — except that under a function
+    transform (vmap) a train-mode norm layer with running statistics is refused, naming the layer."""
+    if policy == "frozen":
+        return frozen_buffers(module)
+    if under_function_transform():
+        layers = _running_stat_layers(module)
+        if layers:
+            name, m = layers[0]
+            raise ArgumentError("buffers", f"module {name!r} ({type(m).__name__}) updates its running statistics "
+                                f"in place, which torch.func.vmap cannot do; pass buffers='frozen' to the "
+                                f"learner (batch statistics, running statistics untouched), build the layer with "
+                                f"track_running_stats=False, or use the engine's strategy 'loop'")
+    return contextlib.nullcontext()
+
+
+def check_buffers_policy(buffers) -> str:
+    if buffers not in BUFFER_POLICIES:
+        raise ArgumentError("buffers", f"expected one of {', '.join(map(repr, BUFFER_POLICIES))}, got {buffers!r}")
+    return buffers
 
 
 def head_parameter_names(model: nn.Module, argument: str = "adapted") -> list[str]:
@@ -195,6 +218,36 @@ def _refuse_tensor_rates(lr) -> None:
                                     f"(meta.LearnedRates per tensor and step, meta.MetaSGD per element)")
 
 
+def _tensor_leaves(value) -> list[torch.Tensor]:
+    """The tensors in ``value``: a tensor, or any nesting of dicts, tuples and lists (others ignored)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [leaf for item in value.values() for leaf in _tensor_leaves(item)]
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in _tensor_leaves(item)]
+    return []
+
+
+def _check_adapt_call(x_support, y_support, loss_fn, closure) -> None:
+    """The two forms of ``adapt``: ``(x_support, y_support, loss_fn)`` or ``closure=`` alone."""
+    if closure is not None:
+        if not callable(closure):
+            raise ArgumentTypeError("closure", f"expected a callable params -> scalar loss, got {type(closure).__name__}")
+        given = [name for name, value in (("x_support", x_support), ("y_support", y_support), ("loss_fn", loss_fn))
+                 if value is not None]
+        if given:
+            raise ArgumentError("closure", f"pass either closure=... or (x_support, y_support, loss_fn), not both "
+                                f"(got closure and {', '.join(given)})")
+        return
+    if x_support is None:
+        raise ArgumentError("x_support", "missing; pass adapt(x_support, y_support, loss_fn), or for a support loss "
+                            "written as a function of the parameters adapt(closure=lambda params: ...)")
+    if not callable(loss_fn):
+        raise ArgumentTypeError("loss_fn", f"expected a callable (output, target) -> scalar, got "
+                                f"{type(loss_fn).__name__}; for a loss of the parameters alone pass closure=")
+
+
 def _apply(module: nn.Module, params, x, kwargs: dict | None = None):
     """``module(x, **kwargs)`` with the parameters ``params``: the quick swap outside function
     transforms, and ``functional_call`` (names of buffers allowed) inside them or for names it alone
@@ -228,28 +281,26 @@ class _Learner(nn.Module):
                            (check_finite, "check_finite")):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name}: expected True or False, got {flag!r}")
-        if buffers not in BUFFER_POLICIES:
-            raise ArgumentError("buffers", f"expected one of {', '.join(map(repr, BUFFER_POLICIES))}, got {buffers!r}")
+        check_buffers_policy(buffers)
         self.first_order = first_order
         self.adapt_transform = adapt_transform
-        self.buffers = buffers
+        # Not ``self.buffers``: that would hide nn.Module.buffers(), which SWA/EMA wrappers
+        # (torch.optim.swa_utils.AveragedModel) and nn.DataParallel call.
+        self.buffers_policy = buffers
         self.check_finite = check_finite
         self.transform = as_transform(transform)
         self._warned_steps = False
 
+    def __setstate__(self, state):
+        # A learner pickled before the policy was renamed kept it as ``buffers``, hiding the method.
+        if isinstance(state.get("buffers"), str):
+            state = dict(state)
+            state["buffers_policy"] = state.pop("buffers")
+        super().__setstate__(state)
+
     def _state_policy(self):
         """The context of every forward with adapted parameters: the buffers policy, enforced."""
-        if self.buffers == "frozen":
-            return frozen_buffers(self)
-        if under_function_transform():
-            layers = _running_stat_layers(self)
-            if layers:
-                name, m = layers[0]
-                raise ArgumentError("buffers", f"module {name!r} ({type(m).__name__}) updates its running statistics "
-                                    f"in place, which torch.func.vmap cannot do; pass buffers='frozen' to the "
-                                    f"learner (batch statistics, running statistics untouched), build the layer with "
-                                    f"track_running_stats=False, or use the engine's strategy 'loop'")
-        return contextlib.nullcontext()
+        return state_policy(self, self.buffers_policy)
 
     def _warn_steps(self, steps, tparams):
         if steps is not None and steps > self.steps and tparams and not self._warned_steps:
@@ -268,47 +319,65 @@ class _Learner(nn.Module):
         steps = _validate.integer(steps, "steps", minimum=1)
         return [self.lrs[min(k, len(self.lrs) - 1)] for k in range(steps)]
 
-    def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps, trajectory=False):
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn: expected a callable (output, target) -> scalar, got {type(loss_fn).__name__}")
-        for value, name in ((x, "x_support"), (y, "y_support")):
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps, closure=None,
+                        trajectory=False):
+        """The adapted parameters of ``module`` (every name; ``names`` adapted): the support loss is
+        ``loss_fn(module(x), y)``, or ``closure(params)`` when a closure is given (then x, y, loss_fn
+        are None and ``params`` is the dict of every parameter name, the adapted ones current);
+        ``trajectory``: every step's parameters, a list (:meth:`MAML.adapt_trajectory`)."""
+        if closure is None and not callable(loss_fn):
+            raise ArgumentTypeError("loss_fn", f"expected a callable (output, target) -> scalar, got "
+                                    f"{type(loss_fn).__name__}")
         rates = self.lrs if steps is None else self.step_rates(steps)
         slots = parameter_slots(module)
         # The first slot of each name holds the parameter itself: named_parameters() without a second walk.
         base = {n: owner._parameters[attr] for n, ((owner, attr), *_) in slots.items()}
         dtype = base[names[0]].dtype
-        for value, name in ((x, "x_support"), (y, "y_support")):
-            if value.dtype.is_floating_point and value.dtype != dtype:
-                raise ArgumentTypeError(name, f"dtype {value.dtype} differs from the model's parameters ({dtype}); "
-                                        f"convert the data with .to({dtype})")
+        # Inputs and targets may be any nesting of dicts, tuples and lists (a dict-input model, y=None):
+        # their floating tensors are the ones checked.
+        data = [] if closure is not None else [(x, "x_support"), (y, "y_support")]
+        for value, name in data:
+            for leaf in _tensor_leaves(value):
+                if leaf.dtype.is_floating_point and leaf.dtype != dtype:
+                    raise ArgumentTypeError(name, f"dtype {leaf.dtype} differs from the model's parameters ({dtype}); "
+                                            f"convert the data with .to({dtype})")
         checking = self.check_finite and not under_function_transform()
         if checking:
-            for value, name in ((x, "x_support"), (y, "y_support")):
-                if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
-                    raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
+            for value, name in data:
+                for leaf in _tensor_leaves(value):
+                    if leaf.dtype.is_floating_point and not bool(torch.isfinite(leaf).all()):
+                        raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
 
         def scalar_loss(output, target):
             # The gradient needs a scalar; say which argument is at fault (shapes only: no sync).
-            value = loss_fn(output, target)
+            value = closure(output) if closure is not None else loss_fn(output, target)
             if not isinstance(value, torch.Tensor) or value.ndim != 0:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(f"loss_fn: expected a scalar tensor (e.g. a mean over examples), got {shape}")
+                raise ValueError(f"{'closure' if closure is not None else 'loss_fn'}: expected a scalar tensor "
+                                 f"(e.g. a mean over examples), got {shape}")
             return value
 
         if under_function_transform():
-            def forward(fast, buffers, inputs, **kwargs):
-                return functional_call(module, ({**base, **fast}, buffers), (inputs,), kwargs)
+            if closure is not None:
+                def forward(fast, buffers, inputs, **kwargs):
+                    return {**base, **fast}
+            else:
+                def forward(fast, buffers, inputs, **kwargs):
+                    return functional_call(module, ({**base, **fast}, buffers), (inputs,), kwargs)
             buffers = dict(module.named_buffers())
         else:
             # First order (and no_grad) use the inner gradients' values only: the parameters that
             # do not adapt enter those forwards detached, so no graph is recorded for them either.
             constant = self.first_order or not torch.is_grad_enabled()
             others = {n: p.detach() for n, p in base.items() if n not in names} if constant else {}
+            if closure is not None:
+                fixed = others or base
 
-            def forward(fast, buffers, inputs, **kwargs):
-                return call_with(module, slots, {**others, **fast} if others else fast, (inputs,), kwargs)
+                def forward(fast, buffers, inputs, **kwargs):
+                    return {**fixed, **fast}
+            else:
+                def forward(fast, buffers, inputs, **kwargs):
+                    return call_with(module, slots, {**others, **fast} if others else fast, (inputs,), kwargs)
             buffers = None  # the module's own buffers, updated in place as by any forward pass
 
         tparams = self.transform.params()
@@ -340,8 +409,10 @@ class MAML(_Learner):
 
     Parameters
     ----------
-    model: any ``nn.Module``; ``model(x)`` is its output.
-    lr: inner learning rate, a number or one number per step.
+    model: any ``nn.Module``; ``model(x)`` is its output (``x`` a tensor, a dict, …: anything it takes).
+    lr: inner learning rate, a number or one number per step. Default 0.1, with ``steps=5``: the
+        library's defaults (Finn et al.'s sinusoid setting), which differ from ``linmaml train``'s
+        (``--inner-lr 0.4 --steps 1``, the Omniglot setting): pass both explicitly when porting a run.
     steps: inner steps (≥ 1) at training time; ``adapt(..., steps=k)`` overrides it.
     transform: a :mod:`linmaml.meta.transforms` meta-optimizer (default ``Identity()``: plain MAML).
         It is built here for the adapted parameters' shapes.
@@ -352,7 +423,8 @@ class MAML(_Learner):
         keyword still works, with a ``DeprecationWarning``.)
     adapt_transform: also adapt the transform's parameters in the inner loop, from the second step
         on, with the same step size (see :mod:`linmaml.meta.inner_loop`).
-    buffers: "update" (default) or "frozen": the module-state policy (module docstring).
+    buffers: "update" (default) or "frozen": the module-state policy (module docstring), kept as
+        ``learner.buffers_policy`` (``learner.buffers()`` is ``nn.Module.buffers``).
     check_finite: refuse non-finite support sets and diverged adaptations (module docstring; reads
         values back from the device, so off by default).
     """
@@ -375,14 +447,26 @@ class MAML(_Learner):
         params = dict(model.named_parameters())
         self.transform.build({n: params[n] for n in self.adapted_names}, steps=self.steps)
 
-    def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor,
-              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-              steps: int | None = None) -> dict[str, torch.Tensor]:
+    def adapt(self, x_support: Any = None, y_support: Any = None,
+              loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+              steps: int | None = None, *, closure: Callable[[dict], torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
         """Adapted parameters for one task: a dict with every name of ``model.named_parameters()``
         (the adapted ones replaced, the others the model's own tensors), differentiable with respect
-        to the model's and the transform's parameters."""
+        to the model's and the transform's parameters.
+
+        Two forms. ``adapt(x_support, y_support, loss_fn)``: the support loss is
+        ``loss_fn(model(x_support), y_support)``; ``x_support`` is whatever the model takes (a tensor,
+        a dict of tensors, …) and ``y_support`` whatever ``loss_fn`` takes (None included).
+        ``adapt(closure=fn)``: the support loss is ``fn(params)``, a scalar, for ``params`` the dict
+        of every parameter name with the adapted ones at their current inner-loop values; evaluate the
+        model inside with ``learner(inputs, params=params)``. Any loss works: NLP batches, a
+        policy-gradient (REINFORCE) surrogate, a regulariser on the weights. ``steps`` as before.
+        """
+        _check_adapt_call(x_support, y_support, loss_fn, closure)
         with self._state_policy():
-            return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps)
+            return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps,
+                                        closure)
 
     def adapt_trajectory(self, x_support: torch.Tensor, y_support: torch.Tensor,
                          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -390,6 +474,7 @@ class MAML(_Learner):
         """The adapted parameters after each inner step, ``[θ₁, …, θ_S]`` (each a dict as
         :meth:`adapt` returns; the last is :meth:`adapt`'s): the one inner loop, every step kept, for
         MAML++'s multi-step loss (:meth:`linmaml.meta.Engine.meta_gradient`, ``step_weights``)."""
+        _check_adapt_call(x_support, y_support, loss_fn, None)
         with self._state_policy():
             return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps,
                                         trajectory=True)
@@ -419,6 +504,14 @@ class ANIL(_Learner):
     the inner loop on the head alone, so it equals ``MAML(nn.Sequential(features, head),
     adapted="head")`` when ``head`` is an ``nn.Linear``. ``adapt`` returns a dict keyed by
     ``head.named_parameters()`` names; the other arguments are as for :class:`MAML`.
+
+    Porting from learn2learn: its ANIL examples compute ``features`` once on the support and query
+    images *together* (one batch) and split the result, so a BatchNorm in ``features`` normalises
+    both with their joint statistics. Here ``features`` sees the support set in ``adapt`` and the
+    query set in ``learner(x_query, params=fast)``, each normalised with its own statistics (as MAML
+    does). The two give different numbers with batch statistics; to reproduce learn2learn exactly,
+    compute ``z = features(torch.cat([x_s, x_q]))`` yourself and adapt the head on ``z[:n_s]`` (e.g.
+    ``MAML(head)`` or ``adapt(closure=...)``).
     """
 
     def __init__(self, features: nn.Module, head: nn.Module, lr=0.1, steps: int = 5,
@@ -436,18 +529,24 @@ class ANIL(_Learner):
             raise ValueError("head: expected a module with parameters that require gradients")
         self.transform.build({n: params[n] for n in self.adapted_names}, steps=self.steps)
 
-    def adapt(self, x_support, y_support, loss_fn, steps: int | None = None) -> dict[str, torch.Tensor]:
-        """Adapted head parameters for one task (dict keyed by ``head.named_parameters()`` names)."""
-        if not isinstance(x_support, torch.Tensor):
-            raise TypeError(f"x_support: expected a torch.Tensor, got {type(x_support).__name__}")
+    def adapt(self, x_support: Any = None, y_support: Any = None, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+              steps: int | None = None, *, closure: Callable[[dict], torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
+        """Adapted head parameters for one task (dict keyed by ``head.named_parameters()`` names).
+
+        The two forms of :meth:`MAML.adapt`. ``(x_support, y_support, loss_fn)``: the features of
+        ``x_support`` (any input ``features`` takes) are computed once and the head adapts on them.
+        ``closure=fn``: ``fn(head_params)`` is the support loss; ``learner(inputs, params=head_params)``
+        inside it recomputes the features at each inner step (cache them in the closure to avoid that).
+        """
+        _check_adapt_call(x_support, y_support, loss_fn, closure)
         with self._state_policy():
-            return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
-                                        loss_fn, steps)
+            features = None if closure is not None else self.features(x_support)
+            return self._run_inner_loop(self.head, self.adapted_names, features, y_support, loss_fn, steps, closure)
 
     def adapt_trajectory(self, x_support, y_support, loss_fn, steps: int | None = None) -> list[dict[str, torch.Tensor]]:
         """The adapted head parameters after each inner step (as :meth:`MAML.adapt_trajectory`)."""
-        if not isinstance(x_support, torch.Tensor):
-            raise TypeError(f"x_support: expected a torch.Tensor, got {type(x_support).__name__}")
+        _check_adapt_call(x_support, y_support, loss_fn, None)
         with self._state_policy():
             return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
                                         loss_fn, steps, trajectory=True)

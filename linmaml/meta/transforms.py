@@ -51,11 +51,12 @@ Transforms
 :class:`KFO`            U(G) = (LᵀL) G (RᵀR) (or L G R), Kronecker-factored, optionally non-linear.
 :class:`LearnedRates`   U_k(G) = r_k ⊙ G, one learned rate per adapted tensor and inner step (MAML++).
 :class:`Momentum`       heavy-ball momentum: m_k = β m_{k−1} + G_k, U_k = m_k (or G_k + β m_k, Nesterov).
+:class:`Adam`           Adam (torch.optim.Adam's update), moments and step count in the state; β learnable.
 :class:`Chain`          composition: U = Tₙ ∘ … ∘ T₁.
 
 Every learned transform starts as the identity map U(G) = G *exactly* (bit for bit in floating
 point), so a learner with any of them starts as plain MAML. (:class:`Momentum` has nothing to learn:
-it is the identity on the first step only.)
+it is the identity on the first step only; :class:`Adam` is never the identity.)
 
 Matrix views of a parameter (KFO and MetaCurvature)
 ----------------------------------------------------
@@ -77,8 +78,8 @@ from torch import nn
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["Transform", "Identity", "MetaSGD", "MetaCurvature", "KFO", "LearnedRates", "Momentum", "Chain",
-           "parameter_key", "stateless", "tree_map", "tree_leaves"]
+__all__ = ["Transform", "Identity", "MetaSGD", "MetaCurvature", "KFO", "LearnedRates", "Momentum", "Adam", "Chain",
+           "parameter_key", "stateless", "tree_map", "tree_leaves", "safe_sqrt"]
 
 Tree = Any  # a tensor, or a dict / tuple / list of trees
 
@@ -599,11 +600,121 @@ class Momentum(Transform):
         return updates, new_state
 
 
+def safe_sqrt(v: torch.Tensor) -> torch.Tensor:
+    """√v for v ≥ 0, with every derivative at v = 0 taken as 0 instead of infinite.
+
+    The value is ``torch.sqrt(v)`` exactly (0 at 0). torch.sqrt's derivative 1/(2√v) is infinite at
+    v = 0, and an infinite derivative times the zero derivative of v = 0 is NaN: an inner Adam's
+    second moment is exactly 0 wherever a gradient entry has been 0 at every step so far (an unused
+    parameter, a zero input column), and the meta-gradient through ``sqrt(v)`` would be NaN there
+    (higher's open complaint). Here the square root is taken of ``where(v > 0, v, 1)`` and its result
+    replaced by 0 where v = 0 (the double-``where`` idiom), so no infinite factor enters the graph
+    and derivatives of every order are finite there. The update's first derivative is still exact:
+    with v = (1 − β₂)g² at g = 0, ∂v/∂g = 0, and d/dg [g/(√(g²) + ε)] = 1/ε at g = 0 is what the
+    chain gives.
+    """
+    positive = v > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, v, torch.ones_like(v))), torch.zeros_like(v))
+
+
+class Adam(Transform):
+    """Differentiable Adam inside the inner loop (Kingma & Ba 2015), torch.optim.Adam's convention.
+
+    With m₀ = v₀ = 0 and t the step count (1 at the first step), per adapted tensor:
+
+        m_t = β₁ m_{t−1} + (1 − β₁) G_t,   v_t = β₂ v_{t−1} + (1 − β₂) G_t²,
+        U_t = (m_t / (1 − β₁ᵗ)) / (√(v_t / (1 − β₂ᵗ) + ε_root) + ε),
+
+    so the inner loop θ_t = θ_{t−1} − lr_t U_t is ``torch.optim.Adam`` with learning rate lr_t
+    (``eps_root=0``, the default; no weight decay, no AMSGrad). The learner's ``lr`` is Adam's
+    learning rate: Adam's steps are about lr per entry whatever the gradient's scale, so the rates
+    that suit plain MAML are usually far too large here.
+
+    State per task (fresh for every adaptation, built from the gradients, so second-order
+    meta-gradients differentiate through it): ``{name: {"m": m_t, "v": v_t, "t": t}}``, t a 0-d tensor
+    of the gradient's dtype; empty before the first step.
+
+    Zero second moment: the square root is :func:`safe_sqrt`, torch.sqrt's value with derivatives at
+    0 taken as 0 (the double-``where`` idiom), so a gradient entry that is exactly 0 at every step gives
+    finite meta-gradients, not NaN, while the updates stay torch.optim.Adam's to rounding.
+    ``eps_root`` > 0 (optax's and TorchOpt's name) adds ε_root inside the root, a smooth
+    denominator for very small second moments, at the cost of differing from torch.optim.Adam by
+    about ε_root/(2 v̂) relatively.
+
+    ``learn_betas=True``: β₁ and β₂ become learned, one pair per adapted tensor, as logits a with
+    β = sigmoid(a) and 1 − β = sigmoid(−a) (both in (0, 1), and 1 − β accurate for β near 1);
+    they start at ``beta1``/``beta2`` (to rounding: the sigmoid of the logit) and meta-training moves
+    them. Params ``{name: {"beta1", "beta2"}}``; stored as ``betas.<key>.<leaf>``. Learned step sizes
+    compose: ``Chain(Adam(), LearnedRates())`` scales each tensor's Adam update by a learned rate per
+    inner step. Without ``learn_betas`` there is nothing to learn (Adam is not the identity map: a
+    learner with it is Adam-in-the-inner-loop MAML from the start).
+    """
+
+    storage = "betas"
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
+                 learn_betas: bool = False):
+        super().__init__()
+        if not isinstance(learn_betas, bool):
+            raise ArgumentTypeError("learn_betas", f"expected True or False, got {learn_betas!r}")
+        betas = []
+        for value, name in ((beta1, "beta1"), (beta2, "beta2")):
+            value = _validate.finite_number(value, name, nonnegative=True)
+            if value >= 1 or (learn_betas and value == 0):
+                interval = "(0, 1) with learn_betas" if learn_betas else "[0, 1)"
+                raise ArgumentError(name, f"expected a number in {interval}, got {value}")
+            betas.append(float(value))
+        self.beta1, self.beta2 = betas
+        self.eps = float(_validate.finite_number(eps, "eps", nonnegative=True))
+        self.eps_root = float(_validate.finite_number(eps_root, "eps_root", nonnegative=True))
+        self.learn_betas = learn_betas
+
+    def extra_repr(self) -> str:
+        return (f"beta1={self.beta1}, beta2={self.beta2}, eps={self.eps}, eps_root={self.eps_root}, "
+                f"learn_betas={self.learn_betas}")
+
+    def init(self, named_params):
+        if not self.learn_betas:
+            return {}, {}
+
+        def logit(beta, p):
+            return torch.logit(torch.tensor(beta, dtype=torch.float64)).to(dtype=p.dtype, device=p.device)
+
+        return {name: {"beta1": logit(self.beta1, p), "beta2": logit(self.beta2, p)}
+                for name, p in named_params.items()}, {}
+
+    def _betas(self, params, name):
+        """(β₁, 1 − β₁, β₂, 1 − β₂) of one tensor: numbers, or tensors from the learned logits."""
+        if not self.learn_betas:
+            return self.beta1, 1.0 - self.beta1, self.beta2, 1.0 - self.beta2
+        a1, a2 = params[name]["beta1"], params[name]["beta2"]
+        return torch.sigmoid(a1), torch.sigmoid(-a1), torch.sigmoid(a2), torch.sigmoid(-a2)
+
+    def step(self, grads, params, state, k):
+        updates, new_state = {}, {}
+        for name, g in grads.items():
+            b1, c1, b2, c2 = self._betas(params, name)
+            if name in state:
+                previous = state[name]
+                m = b1 * previous["m"] + c1 * g
+                v = b2 * previous["v"] + c2 * (g * g)
+                t = previous["t"] + 1
+            else:  # m₀ = v₀ = 0, never materialised
+                m, v = c1 * g, c2 * (g * g)
+                t = torch.ones((), dtype=g.dtype, device=g.device)
+            new_state[name] = {"m": m, "v": v, "t": t}
+            corrected_v = v / (1 - b2 ** t)
+            if self.eps_root:
+                corrected_v = corrected_v + self.eps_root
+            updates[name] = (m / (1 - b1 ** t)) / (safe_sqrt(corrected_v) + self.eps)
+        return updates, new_state
+
+
 def as_transform(transform) -> Transform:
     """``None`` -> :class:`Identity`; a Transform as is; anything else a TypeError."""
     if transform is None:
         return Identity()
     if not isinstance(transform, Transform):
         raise ArgumentTypeError("transform", f"expected a linmaml.meta transform (Identity, MetaSGD, MetaCurvature, "
-                                f"KFO, LearnedRates, Momentum, Chain), got {type(transform).__name__}")
+                                f"KFO, LearnedRates, Momentum, Adam, Chain), got {type(transform).__name__}")
     return transform

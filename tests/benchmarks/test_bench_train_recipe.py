@@ -149,6 +149,8 @@ def test_an_interrupted_run_resumes_across_both_switches_bitwise(tmp_path):
 @pytest.mark.parametrize("bad, match", [
     (dict(msl_iterations=10), r"^msl_iterations: the multi-step loss .* with steps 1"),
     (dict(msl_iterations=-1, steps=2), r"^msl_iterations"),
+    (dict(msl_iterations=10, steps=2, algo="reptile"), r"^msl_iterations: weighs the query loss .* not 'reptile'"),
+    (dict(first_order_iterations=5, algo="protonet"), r"^first_order_iterations: anneals"),
     (dict(first_order_iterations=5, algo="fomaml"), r"^first_order_iterations: anneals"),
     (dict(first_order_iterations=1.5), r"^first_order_iterations"),
     (dict(class_split="alphabets", benchmark="cifar-fs"), r"^class_split: the alphabet split is Omniglot's"),

@@ -345,10 +345,10 @@ class Engine:
         """The normalisation set that scores the parameters after ``steps`` inner steps (default the
         learner's) for a model with per-step BatchNorm (MAML++'s BNWB,
         :func:`linmaml.meta.learners.norm_steps`): ``steps − 1``, the set of the last step (the model
-        clamps it to its sets); None for every other model."""
+        clamps it to its sets; 0 before adaptation, ``steps=0``); None for every other model."""
         if not norm_steps(getattr(self.learner, "model", None)):
             return None
-        return (self.learner.steps if steps is None else steps) - 1
+        return max((self.learner.steps if steps is None else steps) - 1, 0)
 
     def _chunks(self, tasks: int) -> list[slice]:
         size = 1 if self.strategy == "loop" else (tasks if self.tasks_per_chunk is None else self.tasks_per_chunk)
@@ -358,6 +358,10 @@ class Engine:
         """Per-task (losses (k,), accuracies (k,)) of one chunk, differentiable (graph kept); with
         ``weights`` (a tensor (S,)) the losses are the multi-step losses (:meth:`meta_gradient`)."""
         x_s, y_s, x_q, y_q = batch
+        if steps == 0:  # before adaptation: the learner's own parameters ({} adapts nothing), task by task
+            query = self._function("query", steps, classification, compiled)
+            out = [query({}, x_q[i], y_q[i]) for i in range(x_s.shape[0])]
+            return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
         msl, extra = weights is not None, (() if weights is None else (weights,))
         if x_s.shape[0] == 1:
             loss, accuracy = self._function("task", steps, classification, compiled, msl)(x_s[0], y_s[0], x_q[0],
@@ -370,14 +374,14 @@ class Engine:
         out = [query({n: v[i] for n, v in stacked.items()}, x_q[i], y_q[i], *extra) for i in range(x_s.shape[0])]
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
-    def _prepare(self, x_support, y_support, x_query, y_query, steps):
+    def _prepare(self, x_support, y_support, x_query, y_query, steps, minimum_steps: int = 1):
         tasks = check_batch(x_support, y_support, x_query, y_query)
         if getattr(self.learner, "check_finite", False):  # the learner cannot check inside vmap: check here
             for name, t in (("x_support", x_support), ("y_support", y_support)):
                 if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
                     raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
         if steps is not None:
-            steps = _validate.integer(steps, "steps", minimum=1)
+            steps = _validate.integer(steps, "steps", minimum=minimum_steps)
         return tasks, steps, _accuracy_kind(y_query)
 
     # -- public methods ----------------------------------------------------------------------------
@@ -419,8 +423,9 @@ class Engine:
     def score(self, x_support, y_support, x_query, y_query, *, steps: int | None = None):
         """``(losses (M,), accuracies (M,) float64 or None)``, detached: the adapted learner's query
         scores without building any graph for an outer backward pass (module docstring). The learner
-        is not modified; its mode (train/eval) is the caller's."""
-        tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
+        is not modified; its mode (train/eval) is the caller's. ``steps=0`` scores the query sets
+        before any adaptation (the baseline that adaptation improves on)."""
+        tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps, minimum_steps=0)
         losses, accuracies = [], []
         with torch.no_grad():
             for c in self._chunks(tasks):

@@ -442,9 +442,10 @@ def analyze_run(path, *, tasks: int = 600, steps: int | None = None, spectrum_ta
     config, learner, file = load_run(path, model)
     steps = config.test_steps if steps is None else _validate.integer(steps, "steps", minimum=1)
     if splits is None:
+        from linmaml.benchmarks.config import data_options
         from linmaml.benchmarks.data import load_splits
 
-        splits = load_splits(config.benchmark, ("test",), data_root)
+        splits = load_splits(config.benchmark, ("test",), data_root, **data_options(config))
     task_set = episodes.evaluation_tasks(splits["test"], config.ways, config.shots, config.test_query, count=tasks,
                                          seed=0)
     started = time.perf_counter()

@@ -1,6 +1,15 @@
 """The settings of a training run: :class:`TrainConfig`, what a resumed run may change
 (:func:`resume_config`), and the objects a config builds (the learner, the engine, per-iteration seeds).
 
+The training-recipe options of MAML++ (Antoniou, Edwards & Storkey 2019, "How to train your MAML",
+ICLR), each off by default: ``msl_iterations`` (the multi-step loss, weights from :func:`msl_weights`)
+and ``first_order_iterations`` (derivative-order annealing: :func:`first_order_at`). Both are pure
+functions of the iteration, so a resumed run continues them exactly. ``bn_per_step``: one BatchNorm
+affine set per inner step (BNWB, :func:`linmaml.benchmarks.learners.build_learner`; the built-in
+ConvNet only). ``class_split`` chooses the
+classes: ``"standard"`` (the shipped split) or, for Omniglot, ``"alphabets"`` (Lake et al.'s
+background/evaluation alphabets, :func:`linmaml.benchmarks.data.omniglot.alphabet_split_table`).
+
 ``batching`` is the engine's strategy (:mod:`linmaml.meta.engine`): "split" (default; inner loops of
 ``tasks_per_chunk`` tasks vmapped, queries one task at a time: the fastest on a small CPU), "loop"
 (one task at a time: least memory) or "vmap" (whole chunks: a GPU's choice). Every choice gives the
@@ -34,6 +43,10 @@ DTYPES = ("float32", "float64")
 #: The outer (Adam) learning rate over iterations: fixed, or a half cosine from ``outer_lr`` at
 #: iteration 1 down to nearly 0 at the last (:func:`outer_lr_at`).
 SCHEDULES = ("constant", "cosine")
+#: Which classes make the splits: the shipped split, or (Omniglot) Lake et al.'s alphabet split.
+CLASS_SPLITS = ("standard", "alphabets")
+#: MAML++'s floor of each non-final multi-step-loss weight, times the number of steps (0.03/S).
+MSL_FLOOR = 0.03
 
 # Upper bounds of the settings, checked before anything is written. Beyond them a run does not
 # train worse but breaks: torch's allocator or Adam's float32 arithmetic fails with messages that
@@ -93,6 +106,13 @@ class TrainConfig:
     inner_lr: float = 0.4
     outer_lr: float = 1e-3
     outer_lr_schedule: str = "constant"
+    #: MAML++'s training recipe (module docstring): multi-step loss for the first ``msl_iterations``
+    #: iterations, first order for the first ``first_order_iterations`` (0: off).
+    msl_iterations: int = 0
+    first_order_iterations: int = 0
+    #: MAML++'s per-step BatchNorm weights and biases (BNWB; the built-in ConvNet only).
+    bn_per_step: bool = False
+    class_split: str = "standard"
     meta_batch: int = 16
     iterations: int = 4000
     val_every: int = 250
@@ -128,6 +148,7 @@ class TrainConfig:
                 "hidden", "pool", "steps", "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "seed", "dtype",
                 "batching", "tasks_per_chunk", "compile", "model", "model_fingerprint", "head", "truncate",
                 "imaml_lambda", "cg_steps", "inner_tolerance", "es_population", "es_sigma", "fd_delta")
+    IDENTITY += ("msl_iterations", "first_order_iterations", "bn_per_step", "class_split")
 
     def __post_init__(self):
         def choice(name, allowed):
@@ -179,7 +200,35 @@ class TrainConfig:
                                             f"this much per step), got {self.outer_lr:g}")
         object.__setattr__(self, "inner_lr", float(self.inner_lr))
         object.__setattr__(self, "outer_lr", float(self.outer_lr))
+        self._check_recipe()
         self._check_estimator_settings()
+
+    def _check_recipe(self) -> None:
+        """The training-recipe options (module docstring) and the class split."""
+        if self.class_split not in CLASS_SPLITS:
+            raise ArgumentError("class_split", f"expected one of {', '.join(CLASS_SPLITS)}, got {self.class_split!r}")
+        if self.class_split == "alphabets" and self.benchmark != "omniglot":
+            raise ArgumentError("class_split", f"the alphabet split is Omniglot's; {self.benchmark} has only the "
+                                               f"standard split")
+        _validate.integer(self.msl_iterations, "msl_iterations", minimum=0)
+        _validate.integer(self.first_order_iterations, "first_order_iterations", minimum=0)
+        if self.msl_iterations and self.algo not in ("maml", "fomaml", "anil"):
+            raise ArgumentError("msl_iterations", f"weighs the query loss after each step of the inner loop that the "
+                                                  f"meta-gradient differentiates (algo maml, fomaml or anil), not "
+                                                  f"{self.algo!r}'s")
+        if self.msl_iterations and self.steps < 2:
+            raise ArgumentError("msl_iterations", f"the multi-step loss weighs the query loss after each inner step; "
+                                                  f"with steps {self.steps} it is the plain loss (use steps >= 2)")
+        if not isinstance(self.bn_per_step, bool):
+            raise ArgumentTypeError("bn_per_step", f"expected True or False, got {self.bn_per_step!r}")
+        if self.bn_per_step and self.steps < 2:
+            raise ArgumentError("bn_per_step", f"one BatchNorm set per inner step is plain BatchNorm with steps "
+                                               f"{self.steps} (use steps >= 2)")
+        if self.bn_per_step and (self.algo not in ("maml", "fomaml") or self.linnet or self.model is not None):
+            raise ArgumentError("bn_per_step", "is built for the ConvNet with algo maml or fomaml, without LinNet")
+        if self.first_order_iterations and self.algo not in ("maml", "anil"):
+            raise ArgumentError("first_order_iterations", f"anneals second-order maml or anil from first order; algo "
+                                                          f"{self.algo!r} has no second order to anneal to")
 
     def _check_estimator_settings(self):
         _validate.integer(self.truncate, "truncate", minimum=0, maximum=STEPS_MAX)
@@ -241,6 +290,40 @@ def outer_lr_at(config: TrainConfig, iteration: int) -> float:
     return float(config.outer_lr * 0.5 * (1.0 + np.cos(np.pi * (iteration - 1) / config.iterations)))
 
 
+def msl_weights(config: TrainConfig, iteration: int) -> list[float] | None:
+    """The multi-step-loss weights ``[w_1, …, w_S]`` of ``iteration`` (1-based), or None where the
+    loss is the last step's alone (``msl_iterations`` 0, or ``iteration > msl_iterations``).
+
+    MAML++'s schedule (Antoniou et al. 2019, section 4, "multi-step loss optimization"), per
+    iteration rather than per epoch: with S = ``steps``, A = ``msl_iterations`` and
+    d = (t − 1)/(S·A), the non-final weights are max(1/S − d, 0.03/S) and the final one
+    min(1/S + (S − 1)·d, 1 − (S − 1)·0.03/S): uniform at iteration 1, the non-final ones decaying
+    linearly to the floor 0.03/S, which they reach at t − 1 = 0.97·A, the final one taking the rest
+    (the weights sum to 1 throughout). After A iterations the loss is the last step's, as in MAML++.
+    """
+    if not config.msl_iterations or iteration > config.msl_iterations:
+        return None
+    steps = config.steps
+    decay = (iteration - 1) / (steps * config.msl_iterations)
+    floor = MSL_FLOOR / steps
+    non_final = max(1.0 / steps - decay, floor)
+    final = min(1.0 / steps + (steps - 1) * decay, 1.0 - (steps - 1) * floor)
+    return [non_final] * (steps - 1) + [final]
+
+
+def first_order_at(config: TrainConfig, iteration: int) -> bool:
+    """Whether ``iteration`` (1-based) differentiates the inner loop to first order only: MAML++'s
+    derivative-order annealing (Antoniou et al. 2019, section 4) takes first-order steps for the first
+    ``first_order_iterations`` iterations, then second-order ones; ``algo="fomaml"`` is first order
+    throughout."""
+    return config.algo == "fomaml" or iteration <= config.first_order_iterations
+
+
+def data_options(config: TrainConfig) -> dict:
+    """The options :func:`linmaml.benchmarks.data.load_splits` needs for ``config``'s classes."""
+    return {} if config.class_split == "standard" else {"class_split": config.class_split}
+
+
 def check_task_fits(split, ways: int, shots: int, query: int, query_name: str = "query") -> None:
     """``ArgumentError`` naming the setting out of range when ``split`` cannot supply ``ways``-way
     tasks of ``shots`` support and ``query`` query examples per class: ``ways`` beyond its classes,
@@ -277,7 +360,7 @@ def build_from_config(config: TrainConfig, image_shape, model: torch.nn.Module |
     return build_learner(image_shape=image_shape, ways=config.ways, algo=config.algo, transform=config.transform,
                          linnet=config.linnet, linnet_width=config.linnet_width, layers=config.layers,
                          hidden=config.hidden, pool=config.pool, inner_lr=config.inner_lr, steps=config.steps,
-                         model=model, head=config.head)
+                         model=model, head=config.head, **({"bn_per_step": True} if config.bn_per_step else {}))
 
 
 def check_model_matches(config: TrainConfig, model: torch.nn.Module | None, where: str = "the run") -> None:

@@ -13,7 +13,7 @@ import time
 
 from linmaml import _validate
 from linmaml.benchmarks import distributed, episodes
-from linmaml.benchmarks.config import build_from_config, check_task_fits, make_engine
+from linmaml.benchmarks.config import build_from_config, check_task_fits, data_options, make_engine
 from linmaml.benchmarks.learners import check_user_model
 from linmaml.benchmarks.loading import load_run_checkpoint
 from linmaml.benchmarks.progress import TaskProgress
@@ -49,7 +49,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     if splits is None:
         from linmaml.benchmarks.data import load_splits  # the data package is loaded only when needed
 
-        splits = load_splits(config.benchmark, (split,), data_root)
+        splits = load_splits(config.benchmark, (split,), data_root, **data_options(config))
     if split not in splits:
         raise ArgumentError("splits", f"no {split!r} split given")
     check_task_fits(splits[split], config.ways, config.shots, query, "query")  # names query, not shots
@@ -73,6 +73,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     result.update({
         "checkpoint": str(file), "iteration": int(payload.get("iteration", -1)),
         "settings": {"benchmark": config.benchmark, "split": split, "ways": config.ways, "shots": config.shots,
+                     "class_split": config.class_split,
                      "query": query, "steps": steps, "task_seed": task_seed, "algo": config.algo,
                      "transform": config.transform, "linnet": config.linnet, "layers": config.layers,
                      "hidden": config.hidden, "device": str(dev)},

@@ -21,6 +21,11 @@ r2d2         ``meta.R2D2(features, ways)``: a closed-form ridge head on them (le
 ``transform``, ``linnet``, ``inner_lr`` and ``steps`` do not apply to them (a transform or LinNet
 is refused), nor does your own model (use ``meta.ProtoNet`` / ``meta.R2D2`` in Python).
 
+``bn_per_step`` (MAML++'s per-step BatchNorm weights and biases, BNWB; Antoniou, Edwards & Storkey
+2019): the ConvNet gets one BatchNorm affine set per inner step (``ConvNet(norm_steps=steps)``,
+:mod:`~linmaml.benchmarks.models`), meta-learned and, as in MAML++, not adapted in the inner loop (every
+other parameter adapts). Built-in ConvNet and algo ``maml``/``fomaml`` only, without LinNet.
+
 ``transform``: ``none`` (plain gradient steps), ``kfo`` (Kronecker-factored, psd), ``metasgd``
 (a learned per-parameter rate), ``metacurvature``. ``linnet K > 0`` appends K bias-free linear layers
 of width ``linnet_width`` (default: the number of ways) after the backbone's head, initialised to the
@@ -167,7 +172,7 @@ def check_user_model(model: nn.Module, image_shape, ways: int, batching: str = "
 def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str = "none", linnet: int = 0,
                   linnet_width: int | None = None, layers: int = 4, hidden: int = 64, pool: str = "max",
                   inner_lr: float = 0.4, steps: int = 1, model: nn.Module | None = None,
-                  head: str | None = None) -> nn.Module:
+                  head: str | None = None, bn_per_step: bool = False) -> nn.Module:
     """A fresh meta-learner (an ``nn.Module``) for images of shape ``image_shape = (C, H, W)``.
 
     Its ``adapt(x_support, y_support, loss_fn, steps=None)`` returns adapted parameters and
@@ -189,6 +194,11 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
     inner_lr = _validate.finite_number(inner_lr, "inner_lr")
     steps = _validate.integer(steps, "steps", minimum=1)
     transform_module = make_transform(transform)
+    if not isinstance(bn_per_step, bool):
+        raise ArgumentTypeError("bn_per_step", f"expected True or False, got {bn_per_step!r}")
+    if bn_per_step:
+        return _with_per_step_norms(channels, height, ways, algo, transform_module, linnet, layers, hidden, pool,
+                                    inner_lr, steps, model)
     if algo in CLOSED_FORM_ALGOS:
         if model is not None:
             raise ArgumentError("model", f"algo {algo!r} runs on the built-in ConvNet's features; with your own network "
@@ -211,6 +221,24 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
         head = backbone.head if not linnet else nn.Sequential(backbone.head, model.linear)
         return meta.ANIL(backbone.features, head, lr=inner_lr, steps=steps, transform=transform_module)
     return meta.MAML(model, lr=inner_lr, steps=steps, transform=transform_module, first_order=(algo == "fomaml"))
+
+
+def _with_per_step_norms(channels, size, ways, algo, transform_module, linnet, layers, hidden, pool, inner_lr,
+                         steps, model):
+    """MAML on a ConvNet with one BatchNorm affine set per inner step (module docstring: BNWB)."""
+    if model is not None:
+        raise ArgumentError("bn_per_step", "per-step BatchNorm is built into linmaml's ConvNet; your own model would "
+                                           "need it in its forward (see linmaml.benchmarks.models)")
+    if algo not in ("maml", "fomaml"):
+        raise ArgumentError("bn_per_step", f"needs algo maml or fomaml (the norms of {algo}'s features do not adapt "
+                                           f"step by step)")
+    if linnet:
+        raise ArgumentError("bn_per_step", "is not combined with LinNet layers")
+    backbone = ConvNet(in_channels=channels, ways=ways, blocks=layers, filters=hidden, image_size=size, pool=pool,
+                       norm_steps=steps)
+    adapted = [n for n, _ in backbone.named_parameters() if ".norm." not in n]  # the per-step sets do not adapt
+    return meta.MAML(backbone, lr=inner_lr, steps=steps, transform=transform_module, first_order=(algo == "fomaml"),
+                     adapted=adapted)
 
 
 def _around_user_model(model, algo, transform_module, linnet, linnet_width, inner_lr, steps, head):

@@ -35,6 +35,15 @@ materialises or normalises the full-resolution pre-norm activation. It costs a (
 covariance, cheaper than BatchNorm's passes when C·9 ≤ filters: the first block on Omniglot (C = 1)
 and CIFAR/ImageNet (C = 3) images. The block's ``conv`` and ``norm`` parameters are unchanged.
 
+Per-step BatchNorm weights and biases (MAML++'s BNWB, Antoniou, Edwards & Storkey 2019): with
+``norm_steps = S > 0`` each block's BatchNorm holds S affine sets, ``norm.weight`` and ``norm.bias`` of
+shape (S, filters), and ``forward(x, step=k)`` normalises with set ``min(k, S − 1)`` (default: the last,
+S − 1). The inner loop's step k (k = 0, 1, …) uses set k for its support forward, and the parameters
+after k + 1 steps are scored on the query set with set k, as in MAML++; the sets are meta-learned and
+not adapted in the inner loop (:func:`linmaml.benchmarks.learners.build_learner`). The normalisation
+itself (batch statistics) is unchanged. Only this ConvNet has it (``linmaml.meta`` passes ``step`` to
+any model whose ``norm_steps`` is positive).
+
 Parameter names are stable and say what they are: ``features.block{i}.conv.weight``,
 ``features.block{i}.norm.weight``, ``head.weight`` … so ``adapt="head"`` and ANIL find the head.
 """
@@ -54,37 +63,55 @@ class ConvBlock(nn.Module):
     ``fold_norm`` (set when ``in_channels·9 ≤ out_channels``): compute BatchNorm∘conv as one
     convolution from the input patches' statistics (:meth:`_folded_conv_norm`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, pool: str):
+    def __init__(self, in_channels: int, out_channels: int, pool: str, norm_steps: int = 0):
         super().__init__()
         stride = 2 if pool == "stride" else 1
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
         self.norm = nn.BatchNorm2d(out_channels, track_running_stats=False)
+        self.norm_steps = norm_steps
+        if norm_steps:
+            # One affine set per inner step (module docstring), rows of (S, C) parameters. The module
+            # stays a BatchNorm2d (never called itself: forward passes a row to F.batch_norm) so that
+            # the engine still finds a norm layer and computes it by formula under vmap.
+            self.norm.weight = nn.Parameter(torch.ones(norm_steps, out_channels))
+            self.norm.bias = nn.Parameter(torch.zeros(norm_steps, out_channels))
         self.pool = nn.MaxPool2d(2) if pool == "max" else nn.Identity()
         self.fold_norm = in_channels * 9 <= out_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._folded_conv_norm(x) if self.fold_norm else self.norm(self.conv(x))
+    def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        if self.norm_steps:
+            k = self.norm_steps - 1 if step is None else min(step, self.norm_steps - 1)
+            weight, bias = self.norm.weight[k], self.norm.bias[k]
+            if self.fold_norm:
+                y = self._folded_conv_norm(x, weight, bias)
+            else:
+                y = F.batch_norm(self.conv(x), None, None, weight, bias, training=True, eps=self.norm.eps)
+        else:
+            y = self._folded_conv_norm(x) if self.fold_norm else self.norm(self.conv(x))
         # Pool, then ReLU: equal to ReLU then pool (module docstring), on a quarter of the elements.
         return torch.relu(self.pool(y))
 
-    def _folded_conv_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """``norm(conv(x))`` with batch statistics, as one convolution (module docstring)."""
+    def _folded_conv_norm(self, x: torch.Tensor, weight=None, bias=None) -> torch.Tensor:
+        """``norm(conv(x))`` with batch statistics, as one convolution (module docstring); ``weight``
+        and ``bias``: the affine set (default the norm's own)."""
         conv, norm = self.conv, self.norm
+        if weight is None:
+            weight, bias = norm.weight, norm.bias
         patches = F.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (N, C·9, L)
         patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])                   # (N·L, C·9)
         mean = patches.mean(dim=0)
         centred = patches - mean
         covariance = centred.T @ centred / patches.shape[0]
         w = conv.weight.flatten(1)                                                        # (out, C·9)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(w[:, 0])
-        out_mean = w @ mean + bias
+        conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(w[:, 0])
+        out_mean = w @ mean + conv_bias
         out_var = ((w @ covariance) * w).sum(dim=1)
         scale = torch.rsqrt(out_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = scale * (bias - out_mean)  # the conv bias cancels exactly, as in BatchNorm
-        if norm.bias is not None:
-            shift = shift + norm.bias
+        if weight is not None:
+            scale = scale * weight
+        shift = scale * (conv_bias - out_mean)  # the conv bias cancels exactly, as in BatchNorm
+        if bias is not None:
+            shift = shift + bias
         return F.conv2d(x, conv.weight * scale[:, None, None, None], shift, stride=conv.stride,
                         padding=conv.padding)
 
@@ -125,7 +152,7 @@ class ConvNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, ways: int = 5, blocks: int = 4, filters: int = 64,
-                 image_size: int = 28, pool: str = "max"):
+                 image_size: int = 28, pool: str = "max", norm_steps: int = 0):
         super().__init__()
         _validate.integer(in_channels, "in_channels", minimum=1)
         _validate.integer(ways, "ways", minimum=2)
@@ -134,18 +161,27 @@ class ConvNet(nn.Module):
         _validate.integer(image_size, "image_size", minimum=1)
         if pool not in ("max", "stride"):
             raise ArgumentError("pool", f"expected 'max' or 'stride', got {pool!r}")
+        self.norm_steps = _validate.integer(norm_steps, "norm_steps", minimum=0)
         side = feature_size(image_size, blocks, pool)
         if side < 1:
             raise ArgumentError("blocks", f"{blocks} blocks of 2× down-sampling do not fit a {image_size}-pixel image")
         self.features = nn.Sequential()
         channels = in_channels
         for i in range(blocks):
-            self.features.add_module(f"block{i}", ConvBlock(channels, filters, pool))
+            self.features.add_module(f"block{i}", ConvBlock(channels, filters, pool, norm_steps))
             channels = filters
         self.features.add_module("flatten", nn.Flatten())
         self.head = nn.Linear(filters * side * side, ways)
         self.config = dict(in_channels=in_channels, ways=ways, blocks=blocks, filters=filters,
                            image_size=image_size, pool=pool)
+        if norm_steps:
+            self.config["norm_steps"] = norm_steps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """Logits; ``step`` chooses the per-step BatchNorm set (module docstring; only with
+        ``norm_steps > 0``, default the last set)."""
+        if not self.norm_steps:
+            return self.head(self.features(x))
+        for module in self.features:
+            x = module(x, step) if isinstance(module, ConvBlock) else module(x)
+        return self.head(x)

@@ -23,6 +23,12 @@ validation, the checkpoint holds iteration ``t`` with its validation marked pend
 uninterrupted run. Resuming loads ``last.pt`` (or ``last.prev.pt`` if the newer one is damaged) and
 continues with ``t + 1``; the final weights equal an uninterrupted run's bit for bit on CPU (same
 thread count).
+
+MAML++'s recipe options (:mod:`~linmaml.benchmarks.config`): with ``msl_iterations`` step 2 weighs
+the query loss after every inner step (:func:`~linmaml.benchmarks.config.msl_weights`), with
+``first_order_iterations`` the early iterations differentiate the inner loop to first order only
+(:func:`~linmaml.benchmarks.config.first_order_at`); both depend on ``t`` alone, and the metrics
+record each iteration's ``msl_weights`` and ``first_order`` while they are on.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from linmaml import _io, _validate
 from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder, run_settings
 from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
                                        iteration_seed, make_engine, outer_lr_at, resume_config)
+from linmaml.benchmarks.config import data_options, first_order_at, msl_weights
 from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint, same_model_class
 from linmaml.benchmarks.progress import Progress
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
@@ -212,6 +219,7 @@ class Trainer:
                   "skipped": self.state["skipped"], "step_skipped": skipped_now}
         if config.outer_lr_schedule != "constant":
             record["outer_lr"] = outer_lr_at(config, t)
+        record.update(_recipe_record(config, t))
         self.progress.iteration(t, loss, accuracy, self.state["skipped"], time.perf_counter() - tick,
                                 force=(t == config.iterations))
         if t % config.val_every == 0 or t == config.iterations:
@@ -229,7 +237,12 @@ class Trainer:
             batch = self.sampler.tasks(range(first + share.start, first + share.stop))
             batch = batch.to_torch(ctx.device, self.config.torch_dtype)
             batch = model_layout(batch) if self.channels_last else tuple(batch)
-            loss_sum, accuracy_sum = self.engine.meta_gradient(*batch, scale=1.0 / M)
+            weights = msl_weights(self.config, t)
+            recipe = {} if weights is None else {"step_weights": weights}  # (the estimator engines take none)
+            # only while annealing: every other run keeps its learner's own order (fomaml, the estimators)
+            order = first_order_at(self.config, t) if self.config.first_order_iterations else None
+            with _derivative_order(self.learner, order):
+                loss_sum, accuracy_sum = self.engine.meta_gradient(*batch, scale=1.0 / M, **recipe)
         distributed.all_reduce_gradients(self.learner.parameters(), ctx)
         loss_sum, accuracy_sum = (float(v) for v in distributed.all_reduce_sum([loss_sum, accuracy_sum], ctx))
         return loss_sum / M, accuracy_sum / M
@@ -425,7 +438,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
 
             if payload is not None and data_root is None:  # a resumed run reads where it read before
                 data_root = run_settings.data_root_for(None, out_dir)
-            splits = load_splits(config.benchmark, ("train", "val"), data_root)
+            splits = load_splits(config.benchmark, ("train", "val"), data_root, **data_options(config))
             root_read = str(resolve_data_root(data_root).resolve())
         trainer = Trainer(config, out_dir, splits, ctx, lock=lock, payload=payload, overwrite=overwrite,
                           stream=stream, progress=progress, on_iteration=on_iteration, model=model)
@@ -445,6 +458,33 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
         if failed and created:
             run_folder.remove_if_unused(out_dir)
         distributed.teardown(ctx, synchronize=not failed)
+
+
+def _recipe_record(config: TrainConfig, t: int) -> dict:
+    """The recipe options in effect at iteration ``t``, for metrics.jsonl (nothing when they are off)."""
+    record = {}
+    if config.msl_iterations:
+        record["msl_weights"] = msl_weights(config, t)
+    if config.first_order_iterations:
+        record["first_order"] = first_order_at(config, t)
+    return record
+
+
+class _derivative_order:
+    """Within: the learner's inner loop differentiated to first order iff ``first_order`` (the learner
+    reads its ``first_order`` at every adaptation); its own setting is restored after. None: no change."""
+
+    def __init__(self, learner, first_order: bool):
+        self.learner, self.first_order = learner, first_order
+
+    def __enter__(self):
+        self.saved = None if self.first_order is None else getattr(self.learner, "first_order", None)
+        if self.saved is not None:
+            self.learner.first_order = self.first_order
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.learner.first_order = self.saved
 
 
 #: What a run out of memory is told (raised as ``MemoryError``; the CLI names the flags).

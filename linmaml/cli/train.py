@@ -52,6 +52,12 @@ _CONFIG_OPTIONS = {
     "val_tasks": (int, "fixed validation tasks (default 200)"),
     "checkpoint_every": (int, "write last.pt every C iterations (default 50)"),
     "seed": (int, "seed of the initial weights and the training tasks (default 0)"),
+    # MAML++'s training recipe (Antoniou, Edwards & Storkey 2019, "How to train your MAML"); off by default
+    "msl_iterations": (int, "multi-step loss (MAML++): weigh the query loss after every inner step for the first A "
+                            "iterations, the weights annealed from uniform towards the last step (needs --steps >= 2;"
+                            " default 0: off)"),
+    "first_order_iterations": (int, "derivative-order annealing (MAML++): first-order meta-gradients for the first N "
+                                    "iterations, second order after (default 0: off)"),
     "tasks_per_chunk": (int, "tasks computed together with --batching split or vmap (default 4)"),
     "truncate": (int, "--algo truncated: backpropagate through the last K inner steps (default 1)"),
     "imaml_lambda": (float, "--algo imaml: proximal regulariser lambda (default 1)"),
@@ -71,6 +77,10 @@ _CHOICE_OPTIONS = {
              "--inner-tolerance, --es-population, --es-sigma, --fd-delta; protonet and r2d2 adapt in closed form "
              "(ProtoNets, the R2-D2 ridge head) on the ConvNet's features"),
     "transform": (("none", "kfo", "metasgd", "metacurvature", "rates"), "meta-optimizer of the inner loop (default none)"),
+    "class_split": (("standard", "alphabets"), "the classes of the splits: standard (default: the shipped random "
+                                               "character split) or alphabets (omniglot: Lake et al.'s background "
+                                               "alphabets to train on, 5 of them held out to validate, the evaluation"
+                                               " alphabets to test)"),
     "pool": (("max", "stride"), "down-sampling of each conv block (default: stride for omniglot, max otherwise)"),
     "dtype": (("float32", "float64"), "parameter dtype (default float32)"),
     "on_nonfinite": (("stop", "skip"), "on a non-finite meta-loss or gradient: stop (exit 3) or skip the step"
@@ -92,9 +102,13 @@ def register(subparsers):
         p.add_argument("--" + name.replace("_", "-"), dest=name, choices=choices, default=None, help=help_text)
     for name, (kind, help_text) in _CONFIG_OPTIONS.items():
         metavar = {"linnet": "K", "layers": "B", "hidden": "H", "steps": "S", "test_steps": "T", "meta_batch": "M",
-                   "iterations": "I", "val_every": "V", "val_tasks": "N", "checkpoint_every": "C"}.get(name)
+                   "iterations": "I", "val_every": "V", "val_tasks": "N", "checkpoint_every": "C",
+                   "msl_iterations": "A", "first_order_iterations": "N"}.get(name)
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, metavar=metavar,
                        help=help_text)
+    p.add_argument("--bn-per-step", action="store_const", const=True, default=None,
+                   help="per-step BatchNorm weights and biases (MAML++'s BNWB): one affine set per inner step, "
+                        "meta-learned, not adapted (built-in ConvNet, --algo maml or fomaml; needs --steps >= 2)")
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="run the meta-step through torch.compile (slower on a small CPU; try on a GPU)")
     p.add_argument("--config", metavar="FILE", default=None,

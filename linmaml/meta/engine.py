@@ -11,6 +11,11 @@ stacked along a leading axis: ``x_support (M, n_s, …)``, ``y_support (M, n_s, 
     losses, accuracies = engine.task_losses(x_s, y_s, x_q, y_q)   # (M,), differentiable
     losses, accuracies = engine.score(x_s, y_s, x_q, y_q, steps=3)  # (M,), no outer graph
     fast = engine.adapted(x_s, y_s, steps=3)                        # {name: (M, …)}, detached
+    engine.meta_gradient(x_s, y_s, x_q, y_q, scale=1 / M, step_weights=[0.1, 0.2, 0.7])  # MAML++'s multi-step loss
+
+``step_weights`` (training only) weighs the query loss after every inner step (:meth:`Engine.meta_gradient`);
+a model with per-step BatchNorm (``norm_steps > 0``, MAML++'s BNWB) is scored after k steps with its set
+k − 1 (:func:`linmaml.meta.learners.norm_steps`).
 
 One setting, ``strategy``, says how the tasks are computed; it never changes the result beyond
 floating-point rounding (tests/meta/test_meta_engine.py checks every strategy against a per-task
@@ -66,6 +71,7 @@ from torch.overrides import TorchFunctionMode
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.meta.learners import norm_steps
 
 __all__ = ["Engine", "STRATEGIES", "explicit_normalization"]
 
@@ -249,9 +255,19 @@ class Engine:
 
     # -- the per-task pieces: written once, composed by every strategy -----------------------------
 
-    def _adapt(self, steps):
-        """(x_s, y_s) of one task -> the adapted parameters (only the adapted names)."""
+    def _adapt(self, steps, trajectory: bool = False):
+        """(x_s, y_s) of one task -> the adapted parameters (only the adapted names); with
+        ``trajectory``, every step's, stacked on a leading step axis: ``{name: (S, …)}``."""
         learner, loss_fn = self.learner, self.loss_fn
+
+        def adapt_steps(x_s, y_s):
+            visited = learner.adapt_trajectory(x_s, y_s, loss_fn, steps=steps)
+            names = getattr(learner, "adapted_names", None)
+            names = list(visited[-1]) if names is None else names
+            return {n: torch.stack([fast[n] for fast in visited]) for n in names}
+
+        if trajectory:
+            return adapt_steps
 
         def adapt(x_s, y_s):
             fast = learner.adapt(x_s, y_s, loss_fn, steps=steps)
@@ -266,8 +282,9 @@ class Engine:
         regression)); ``classification`` is :func:`_accuracy_kind`'s answer."""
         learner, loss_fn = self.learner, self.loss_fn
 
-        def query(fast, x_q, y_q):
-            out = learner(x_q, params=fast)
+        def query(fast, x_q, y_q, step=None):
+            # step: the normalisation set of a model with per-step BatchNorm (:meth:`_norm_step`)
+            out = learner(x_q, params=fast) if step is None else learner(x_q, params=fast, step=step)
             loss = loss_fn(out, y_q)
             if classification == "labels":
                 accuracy = (out.detach().argmax(dim=-1) == y_q).to(torch.float64).mean()
@@ -279,18 +296,42 @@ class Engine:
 
         return query
 
-    def _function(self, kind: str, steps, classification: str | None, compiled: bool):
-        """The built function of ``kind`` ("task", "vmap", "adapt_chunk", "query"), cached."""
-        key = (kind, steps, classification, compiled)
+    def _query_steps(self, classification: str | None):
+        """(every step's adapted parameters ``{name: (S, …)}``, x_q, y_q, weights (S,)) of one task ->
+        (Σ_k weights[k]·query loss after step k, query accuracy after the last step): MAML++'s
+        multi-step loss (:meth:`meta_gradient`'s ``step_weights``)."""
+        query, per_step = self._query(classification), self._norm_step(1) is not None
+
+        def query_steps(stacked, x_q, y_q, weights):
+            total = None
+            for k in range(weights.shape[0]):
+                loss, accuracy = query({n: v[k] for n, v in stacked.items()}, x_q, y_q, k if per_step else None)
+                total = weights[k] * loss if total is None else total + weights[k] * loss
+            return total, accuracy
+
+        return query_steps
+
+    def _function(self, kind: str, steps, classification: str | None, compiled: bool, msl: bool = False):
+        """The built function of ``kind`` ("task", "vmap", "adapt_chunk", "query"), cached; ``msl``:
+        the multi-step-loss variant (every step's parameters kept, a weights argument last)."""
+        key = (kind, steps, classification, compiled) + (("msl",) if msl else ())
         if key not in self._built:
-            adapt, query = self._adapt(steps), self._query(classification)
+            if msl:
+                adapt, query = self._adapt(steps, trajectory=True), self._query_steps(classification)
+            else:
+                adapt, step_query, final = self._adapt(steps), self._query(classification), self._norm_step(steps)
 
-            def task(x_s, y_s, x_q, y_q):
-                return query(adapt(x_s, y_s), x_q, y_q)
+                def query(fast, x_q, y_q):
+                    return step_query(fast, x_q, y_q, final)
 
-            def vmapped(x_s, y_s, x_q, y_q):
+            def task(x_s, y_s, x_q, y_q, *weights):
+                return query(adapt(x_s, y_s), x_q, y_q, *weights)
+
+            def vmapped(x_s, y_s, x_q, y_q, *weights):
+                in_dims = (0, 0, 0, 0) + (None,) * len(weights)  # the weights are shared by the tasks
                 with explicit_normalization(self.explicit_norms), _randomness_named():
-                    return torch.func.vmap(task, randomness=self.randomness)(x_s, y_s, x_q, y_q)
+                    return torch.func.vmap(task, in_dims=in_dims, randomness=self.randomness)(x_s, y_s, x_q, y_q,
+                                                                                              *weights)
 
             def adapt_chunk(x_s, y_s):
                 with explicit_normalization(self.explicit_norms), _randomness_named():
@@ -300,25 +341,37 @@ class Engine:
             self._built[key] = torch.compile(function, dynamic=False) if compiled else function
         return self._built[key]
 
+    def _norm_step(self, steps):
+        """The normalisation set that scores the parameters after ``steps`` inner steps (default the
+        learner's) for a model with per-step BatchNorm (MAML++'s BNWB,
+        :func:`linmaml.meta.learners.norm_steps`): ``steps − 1``, the set of the last step (the model
+        clamps it to its sets; 0 before adaptation, ``steps=0``); None for every other model."""
+        if not norm_steps(getattr(self.learner, "model", None)):
+            return None
+        return max((self.learner.steps if steps is None else steps) - 1, 0)
+
     def _chunks(self, tasks: int) -> list[slice]:
         size = 1 if self.strategy == "loop" else (tasks if self.tasks_per_chunk is None else self.tasks_per_chunk)
         return [slice(start, min(start + size, tasks)) for start in range(0, tasks, size)]
 
-    def _chunk_losses(self, batch, steps, classification, compiled):
-        """Per-task (losses (k,), accuracies (k,)) of one chunk, differentiable (graph kept)."""
+    def _chunk_losses(self, batch, steps, classification, compiled, weights=None):
+        """Per-task (losses (k,), accuracies (k,)) of one chunk, differentiable (graph kept); with
+        ``weights`` (a tensor (S,)) the losses are the multi-step losses (:meth:`meta_gradient`)."""
         x_s, y_s, x_q, y_q = batch
         if steps == 0:  # before adaptation: the learner's own parameters ({} adapts nothing), task by task
             query = self._function("query", steps, classification, compiled)
             out = [query({}, x_q[i], y_q[i]) for i in range(x_s.shape[0])]
             return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+        msl, extra = weights is not None, (() if weights is None else (weights,))
         if x_s.shape[0] == 1:
-            loss, accuracy = self._function("task", steps, classification, compiled)(x_s[0], y_s[0], x_q[0], y_q[0])
+            loss, accuracy = self._function("task", steps, classification, compiled, msl)(x_s[0], y_s[0], x_q[0],
+                                                                                          y_q[0], *extra)
             return loss.unsqueeze(0), accuracy.unsqueeze(0)
         if self.strategy == "vmap":
-            return self._function("vmap", steps, classification, compiled)(x_s, y_s, x_q, y_q)
-        stacked = self._function("adapt_chunk", steps, classification, compiled)(x_s, y_s)
-        query = self._function("query", steps, classification, compiled)
-        out = [query({n: v[i] for n, v in stacked.items()}, x_q[i], y_q[i]) for i in range(x_s.shape[0])]
+            return self._function("vmap", steps, classification, compiled, msl)(x_s, y_s, x_q, y_q, *extra)
+        stacked = self._function("adapt_chunk", steps, classification, compiled, msl)(x_s, y_s)
+        query = self._function("query", steps, classification, compiled, msl)
+        out = [query({n: v[i] for n, v in stacked.items()}, x_q[i], y_q[i], *extra) for i in range(x_s.shape[0])]
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
     def _prepare(self, x_support, y_support, x_query, y_query, steps, minimum_steps: int = 1):
@@ -333,15 +386,37 @@ class Engine:
 
     # -- public methods ----------------------------------------------------------------------------
 
-    def task_losses(self, x_support, y_support, x_query, y_query, *, steps: int | None = None):
+    def _step_weights(self, step_weights, steps, reference: torch.Tensor):
+        """``step_weights`` checked (one finite number per inner step) as a tensor (S,) in the dtype of
+        the model's floating inputs, or None."""
+        if step_weights is None:
+            return None
+        if isinstance(step_weights, torch.Tensor) or isinstance(step_weights, (str, bytes)) or \
+                not hasattr(step_weights, "__len__"):
+            raise ArgumentTypeError("step_weights", f"expected a sequence of numbers, one per inner step, got "
+                                    f"{type(step_weights).__name__}")
+        count = steps if steps is not None else getattr(self.learner, "steps", None)
+        values = [_validate.finite_number(w, f"step_weights[{k}]") for k, w in enumerate(step_weights)]
+        if count is not None and len(values) != count:
+            raise ArgumentError("step_weights", f"expected one weight per inner step ({count}), got {len(values)}")
+        if not hasattr(self.learner, "adapt_trajectory"):
+            raise ArgumentTypeError("step_weights", f"the multi-step loss needs a learner with adapt_trajectory (a "
+                                    f"linmaml.meta learner), got {type(self.learner).__name__}")
+        dtype = reference.dtype if reference.dtype.is_floating_point else torch.get_default_dtype()
+        return torch.tensor(values, dtype=dtype, device=reference.device)
+
+    def task_losses(self, x_support, y_support, x_query, y_query, *, steps: int | None = None,
+                    step_weights=None):
         """``(losses (M,), accuracies (M,) float64 or None)``: every task's query loss after adaptation,
         differentiable with respect to every parameter of the learner (second order through the inner
         loop unless the learner is first order); accuracies for integer labels and for float 0/1
         targets of one logit (:func:`_accuracy_kind`), None for regression. The whole
-        meta-batch's graph is kept: for training, :meth:`meta_gradient` backpropagates chunk by chunk."""
+        meta-batch's graph is kept: for training, :meth:`meta_gradient` backpropagates chunk by chunk.
+        ``step_weights``: the multi-step losses, as in :meth:`meta_gradient`."""
         tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
+        weights = self._step_weights(step_weights, steps, x_support)
         parts = [self._chunk_losses((x_support[c], y_support[c], x_query[c], y_query[c]), steps, classification,
-                                    self.compile) for c in self._chunks(tasks)]
+                                    self.compile, weights) for c in self._chunks(tasks)]
         losses, accuracies = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return losses, (accuracies if classification else None)
 
@@ -378,40 +453,50 @@ class Engine:
         return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
 
     def meta_gradient(self, x_support, y_support, x_query, y_query, scale: float = 1.0, *,
-                      steps: int | None = None) -> tuple[float, float]:
+                      steps: int | None = None, step_weights=None) -> tuple[float, float]:
         """Accumulate ``scale · Σ_i ∇ query-loss_i`` into the learner's ``.grad``, chunk by chunk.
 
         Returns ``(Σ_i loss_i, Σ_i accuracy_i)`` as floats (unscaled sums; accuracy 0 for regression
         targets; scored as in :meth:`task_losses`). The sums stay on the device until the end: no host synchronisation per task.
+
+        ``step_weights`` (one number w_k per inner step, default None: the last step's loss alone) makes
+        each task's loss the multi-step loss of MAML++ (Antoniou, Edwards & Storkey 2019, "How to train
+        your MAML"): ``Σ_k w_k · ℓ_query(θ_k)`` over the parameters θ_k after each inner step k = 1..S,
+        all from the one inner loop (:meth:`linmaml.meta.MAML.adapt_trajectory`); the accuracy is the
+        last step's. The annealing of the weights over training is the caller's
+        (:func:`linmaml.benchmarks.config.msl_weights`).
         """
         tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
         scale = _validate.finite_number(scale, "scale")
+        weights = self._step_weights(step_weights, steps, x_support)
         loss_sum = torch.zeros((), dtype=torch.float64, device=x_support.device)
         accuracy_sum = torch.zeros((), dtype=torch.float64, device=x_support.device)
         for c in self._chunks(tasks):
             batch = (x_support[c], y_support[c], x_query[c], y_query[c])
             if self.strategy == "split" and batch[0].shape[0] > 1:
-                loss, accuracy = self._split_backward(batch, steps, classification, scale)
+                loss, accuracy = self._split_backward(batch, steps, classification, scale, weights)
             else:
-                losses, accuracies = self._chunk_losses(batch, steps, classification, self.compile)
+                losses, accuracies = self._chunk_losses(batch, steps, classification, self.compile, weights)
                 loss, accuracy = losses.sum(), accuracies.sum()
                 (loss * scale).backward()
             loss_sum += loss.detach()
             accuracy_sum += accuracy
         return float(loss_sum), float(accuracy_sum)
 
-    def _split_backward(self, batch, steps, classification, scale):
+    def _split_backward(self, batch, steps, classification, scale, weights=None):
         """One "split" chunk backpropagated with each query graph freed as soon as it is used
-        (module docstring); returns the sums of its query losses and accuracies (tensors)."""
+        (module docstring); returns the sums of its query losses and accuracies (tensors). With
+        ``weights`` the stacked parameters carry a step axis, (k, S, …), and the losses are multi-step."""
         x_s, y_s, x_q, y_q = batch
-        stacked = self._function("adapt_chunk", steps, classification, self.compile)(x_s, y_s)  # (k, …) per name
-        query = self._function("query", steps, classification, self.compile)
+        msl, extra = weights is not None, (() if weights is None else (weights,))
+        stacked = self._function("adapt_chunk", steps, classification, self.compile, msl)(x_s, y_s)  # (k, …) per name
+        query = self._function("query", steps, classification, self.compile, msl)
         upstream = {n: torch.zeros_like(v) for n, v in stacked.items()}
         loss_sum = torch.zeros((), dtype=torch.float64, device=x_s.device)
         accuracy_sum = torch.zeros((), dtype=torch.float64, device=x_s.device)
         for i in range(x_s.shape[0]):
             leaves = {n: v[i].detach().requires_grad_() for n, v in stacked.items()}
-            loss, accuracy = query(leaves, x_q[i], y_q[i])
+            loss, accuracy = query(leaves, x_q[i], y_q[i], *extra)
             # Direct terms (parameters used outside the inner loop) accumulate into .grad here; the
             # adapted parameters' gradient stops at the leaves and is pulled back below.
             (loss * scale).backward()

@@ -92,7 +92,8 @@ def under_function_transform() -> bool:
 
 
 def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: list[float], *,
-              first_order: bool, adapt_transform: bool, buffers=None, state=None) -> tuple[Params, object]:
+              first_order: bool, adapt_transform: bool, buffers=None, state=None,
+              trajectory: bool = False, step_forward: bool = False) -> tuple[Params, object]:
     """:func:`inner_loop` with ``lrs`` already checked (a list of floats) and ``transform_params`` a
     params tree: what the learners call.
 
@@ -105,20 +106,31 @@ def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: 
     are taken the same way: there is no outer graph to build. Every transform is called the same
     way, ``transform.step``; with ``adapt_transform`` through ``torch.func.vjp``, whose pullback the
     next step uses.
+
+    ``trajectory=True`` returns, in place of the adapted parameters, the list of the parameters after
+    each step ``[θ₁, …, θ_S]`` (one dict per step, the same tensors the loop computes: what MAML++'s
+    multi-step loss scores, :meth:`linmaml.meta.Engine.meta_gradient` with ``step_weights``).
+    ``step_forward=True`` calls ``forward(params, buffers, x, step=k)`` at step k = 0, 1, … (a model
+    with per-step normalisation, MAML++'s BNWB: :func:`linmaml.meta.learners.norm_steps`).
     """
     buffers = {} if buffers is None else buffers
+    visited = []
     params = dict(params)
     tparams = transform_params
     state = transform.initial_state if state is None else state
     adapt_transform = adapt_transform and bool(tree_leaves(tparams))
-    if under_function_transform():
-        grad_fn = _functorch_gradients(forward, loss_fn, x, y, buffers, first_order)
-    else:
-        grad_fn = _autograd_gradients(forward, loss_fn, x, y, buffers,
-                                      graph=torch.is_grad_enabled() and not first_order)
+    def gradients_of(forward):
+        if under_function_transform():
+            return _functorch_gradients(forward, loss_fn, x, y, buffers, first_order)
+        return _autograd_gradients(forward, loss_fn, x, y, buffers, graph=torch.is_grad_enabled() and not first_order)
+
+    grad_fn = None if step_forward else gradients_of(forward)
     pullback, previous_lr = None, None
     for k, lr in enumerate(lrs):
-        grads = grad_fn(params)
+        if step_forward:  # the step's own forward (its normalisation set k)
+            grads = gradients_of(lambda p, b, inputs, k=k: forward(p, b, inputs, step=k))(params)
+        else:
+            grads = grad_fn(params)
         if pullback is not None:
             (jt_g,) = pullback(grads)
             # ∇_φ ℓ(θₖ₋₁) = −αₖ₋₁ J_Tᵀ Gₖ ; then φ ← φ − αₖ ∇_φ ℓ
@@ -131,7 +143,9 @@ def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: 
             updates, state = transform.step(grads, tparams, state, k)
         # One autograd node per tensor (θ − α·U fused) rather than two: the loop is overhead-bound.
         params = {n: torch.sub(params[n], updates[n], alpha=lr) for n in params}
-    return params, tparams
+        if trajectory:
+            visited.append(params)
+    return (visited if trajectory else params), tparams
 
 
 def _functorch_gradients(forward, loss_fn, x, y, buffers, first_order):

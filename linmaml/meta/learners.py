@@ -187,7 +187,7 @@ def parameter_slots(module: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]
     return slots
 
 
-def call_with(module: nn.Module, slots, params, args: tuple):
+def call_with(module: nn.Module, slots, params, args: tuple, kwargs: dict | None = None):
     """``module(*args)`` with the tensors ``params`` (name -> tensor, names of ``slots``) in place of
     its parameters, which are put back afterwards, also on error.
 
@@ -201,7 +201,7 @@ def call_with(module: nn.Module, slots, params, args: tuple):
             for owner, attr in slots[name]:
                 saved.append((owner, attr, owner._parameters[attr]))
                 owner._parameters[attr] = tensor
-        return module(*args)
+        return module(*args, **(kwargs or {}))
     finally:
         for owner, attr, original in reversed(saved):
             owner._parameters[attr] = original
@@ -248,14 +248,22 @@ def _check_adapt_call(x_support, y_support, loss_fn, closure) -> None:
                                 f"{type(loss_fn).__name__}; for a loss of the parameters alone pass closure=")
 
 
-def _apply(module: nn.Module, params, x):
-    """``module(x)`` with the parameters ``params``: the quick swap outside function transforms, and
-    ``functional_call`` (names of buffers allowed) inside them or for names it alone knows."""
+def _apply(module: nn.Module, params, x, kwargs: dict | None = None):
+    """``module(x, **kwargs)`` with the parameters ``params``: the quick swap outside function
+    transforms, and ``functional_call`` (names of buffers allowed) inside them or for names it alone
+    knows."""
     if not under_function_transform():
         slots = parameter_slots(module)
         if all(n in slots for n in params):
-            return call_with(module, slots, params, (x,))
-    return functional_call(module, params, (x,))
+            return call_with(module, slots, params, (x,), kwargs)
+    return functional_call(module, params, (x,), kwargs or {})
+
+
+def norm_steps(module) -> int:
+    """The number of per-step normalisation sets of ``module`` (MAML++'s per-step BatchNorm weights
+    and biases: a model with ``norm_steps = S > 0`` takes ``forward(x, step=k)`` and normalises with
+    its set ``min(k, S − 1)``; :class:`linmaml.benchmarks.models.ConvNet`), 0 for any other model."""
+    return int(getattr(module, "norm_steps", 0) or 0)
 
 
 class _Learner(nn.Module):
@@ -311,10 +319,12 @@ class _Learner(nn.Module):
         steps = _validate.integer(steps, "steps", minimum=1)
         return [self.lrs[min(k, len(self.lrs) - 1)] for k in range(steps)]
 
-    def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps, closure=None):
+    def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps, closure=None,
+                        trajectory=False):
         """The adapted parameters of ``module`` (every name; ``names`` adapted): the support loss is
         ``loss_fn(module(x), y)``, or ``closure(params)`` when a closure is given (then x, y, loss_fn
-        are None and ``params`` is the dict of every parameter name, the adapted ones current)."""
+        are None and ``params`` is the dict of every parameter name, the adapted ones current);
+        ``trajectory``: every step's parameters, a list (:meth:`MAML.adapt_trajectory`)."""
         if closure is None and not callable(loss_fn):
             raise ArgumentTypeError("loss_fn", f"expected a callable (output, target) -> scalar, got "
                                     f"{type(loss_fn).__name__}")
@@ -349,11 +359,11 @@ class _Learner(nn.Module):
 
         if under_function_transform():
             if closure is not None:
-                def forward(fast, buffers, inputs):
+                def forward(fast, buffers, inputs, **kwargs):
                     return {**base, **fast}
             else:
-                def forward(fast, buffers, inputs):
-                    return functional_call(module, ({**base, **fast}, buffers), (inputs,))
+                def forward(fast, buffers, inputs, **kwargs):
+                    return functional_call(module, ({**base, **fast}, buffers), (inputs,), kwargs)
             buffers = dict(module.named_buffers())
         else:
             # First order (and no_grad) use the inner gradients' values only: the parameters that
@@ -363,11 +373,11 @@ class _Learner(nn.Module):
             if closure is not None:
                 fixed = others or base
 
-                def forward(fast, buffers, inputs):
+                def forward(fast, buffers, inputs, **kwargs):
                     return {**fixed, **fast}
             else:
-                def forward(fast, buffers, inputs):
-                    return call_with(module, slots, {**others, **fast} if others else fast, (inputs,))
+                def forward(fast, buffers, inputs, **kwargs):
+                    return call_with(module, slots, {**others, **fast} if others else fast, (inputs,), kwargs)
             buffers = None  # the module's own buffers, updated in place as by any forward pass
 
         tparams = self.transform.params()
@@ -380,12 +390,17 @@ class _Learner(nn.Module):
                                     f"learner, e.g. learner.double(), so the transform follows)")
         self._warn_steps(steps, leaves)
         fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y, rates,
-                            first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers)
+                            first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers,
+                            trajectory=trajectory, step_forward=norm_steps(module) > 0)
+        if trajectory:  # every step's parameters (MAML++'s multi-step loss); the last one checked below
+            visited, fast = fast, fast[-1]
         if checking:
             for n, value in fast.items():
                 if not bool(torch.isfinite(value).all()):
                     raise ArgumentError("lr", f"the inner loop diverged: adapted parameter {n!r} is not finite after "
                                         f"{len(rates)} steps (check_finite=True); lower the rate or the steps")
+        if trajectory:
+            return [{n: step.get(n, p) for n, p in base.items()} for step in visited]
         return {n: fast.get(n, p) for n, p in base.items()}
 
 
@@ -453,12 +468,32 @@ class MAML(_Learner):
             return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps,
                                         closure)
 
-    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The model's output on ``x``, with the parameters ``params`` (e.g. from ``adapt``) if given."""
-        if params is None:
-            return self.model(x)
+    def adapt_trajectory(self, x_support: torch.Tensor, y_support: torch.Tensor,
+                         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                         steps: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """The adapted parameters after each inner step, ``[θ₁, …, θ_S]`` (each a dict as
+        :meth:`adapt` returns; the last is :meth:`adapt`'s): the one inner loop, every step kept, for
+        MAML++'s multi-step loss (:meth:`linmaml.meta.Engine.meta_gradient`, ``step_weights``)."""
+        _check_adapt_call(x_support, y_support, loss_fn, None)
         with self._state_policy():
-            return _apply(self.model, params, x)
+            return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps,
+                                        trajectory=True)
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None,
+                step: int | None = None) -> torch.Tensor:
+        """The model's output on ``x``, with the parameters ``params`` (e.g. from ``adapt``) if given.
+        ``step``: for a model with per-step normalisation (:func:`norm_steps`), which step's set to use
+        (the parameters after k inner steps are scored with set k − 1, as MAML++ does; default: the
+        model's own default); other models take no step."""
+        kwargs = None
+        if step is not None:
+            if not norm_steps(self.model):
+                raise ArgumentError("step", f"{type(self.model).__name__} has no per-step normalisation to choose from")
+            kwargs = {"step": _validate.integer(step, "step", minimum=0)}
+        if params is None:
+            return self.model(x, **(kwargs or {}))
+        with self._state_policy():
+            return _apply(self.model, params, x, kwargs)
 
 
 class ANIL(_Learner):
@@ -508,6 +543,13 @@ class ANIL(_Learner):
         with self._state_policy():
             features = None if closure is not None else self.features(x_support)
             return self._run_inner_loop(self.head, self.adapted_names, features, y_support, loss_fn, steps, closure)
+
+    def adapt_trajectory(self, x_support, y_support, loss_fn, steps: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """The adapted head parameters after each inner step (as :meth:`MAML.adapt_trajectory`)."""
+        _check_adapt_call(x_support, y_support, loss_fn, None)
+        with self._state_policy():
+            return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
+                                        loss_fn, steps, trajectory=True)
 
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``head(features(x))``, with the head's parameters ``params`` if given."""

@@ -28,6 +28,7 @@ from linmaml.benchmarks.data.cifar_fs import CifarFS, check_cifar_fs, load_cifar
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml.benchmarks.data.integrity import DatasetError, file_digest, verify_file
 from linmaml.benchmarks.data.mini_imagenet import check_mini_imagenet, load_mini_imagenet
+from linmaml.benchmarks.data import omniglot
 from linmaml.benchmarks.data.omniglot import Omniglot, check_omniglot, load_omniglot
 from linmaml.benchmarks.data.paths import default_data_root, resolve_data_root, user_cache_dir
 from linmaml.errors import ArgumentError, ArgumentTypeError
@@ -47,7 +48,8 @@ def load_splits(benchmark: str, splits=SPLITS, data_root=None, *, verify: bool =
 
     ``splits``: names among ``"train"``, ``"val"``, ``"test"`` (a single name is accepted too).
     ``options`` go to the benchmark's preprocessing — Omniglot: ``size=28``, ``resize="box"``
-    (or ``"area"``), ``rotations=(0, 90, 180, 270)`` (degrees; ``(0,)`` for none). Returns
+    (or ``"area"``), ``rotations=(0, 90, 180, 270)`` (degrees; ``(0,)`` for none), ``class_split="standard"``
+    (or ``"alphabets"``: :func:`.omniglot.alphabet_split_table`). Returns
     ``{split: FewShotSplit}`` in the order asked.
     """
     if benchmark not in BENCHMARKS:
@@ -58,14 +60,16 @@ def load_splits(benchmark: str, splits=SPLITS, data_root=None, *, verify: bool =
     for split in splits:
         if split not in SPLITS:
             raise ArgumentError("splits", f"expected names among {', '.join(SPLITS)}, got {split!r}")
-    allowed = {"omniglot": {"size", "resize", "rotations"}}.get(benchmark, set())
+    allowed = {"omniglot": {"size", "resize", "rotations", "class_split"}}.get(benchmark, set())
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ArgumentTypeError(unknown[0], f"not an option of {benchmark} (options: {', '.join(sorted(allowed)) or 'none'})")
     if benchmark == "omniglot":
         rotations = options.pop("rotations", None)
+        class_split = options.pop("class_split", "standard")
+        table = omniglot.split_tables(class_split)  # a bad name is refused before the data is read
         data = Omniglot.load(data_root, verify=verify, **options)
-        kwargs = {} if rotations is None else {"rotations": rotations}
+        kwargs = {"table": table} if rotations is None else {"rotations": rotations, "table": table}
         return {split: data.split(split, **kwargs) for split in splits}
     if benchmark == "cifar-fs":
         data = CifarFS.load(data_root, verify=verify)

@@ -23,7 +23,10 @@ rotation fixed per class (:class:`.fewshot.FewShotSplit`).
 
 The class split is shipped in ``linmaml/benchmarks/splits/omniglot.csv`` (see the README there):
 1,100 characters for meta-training, 100 for meta-validation (together the usual 1,200) and 423 for
-meta-testing, from a seeded permutation of the 1,623 char ids (:func:`split_recipe`).
+meta-testing, from a seeded permutation of the 1,623 char ids (:func:`split_recipe`). Lake et al.'s
+alphabet split is the other choice (:func:`alphabet_split_table`, ``class_split="alphabets"``):
+meta-training on 25 of the 30 background alphabets, validation on the other 5, meta-testing on the 20
+evaluation alphabets, so no test alphabet is ever seen in training.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import numpy as np
 
 from linmaml._extras import require as require_extra
 from linmaml._validate import integer
+from linmaml.errors import ArgumentError
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml.benchmarks.data.integrity import DatasetError, verify_file
 from linmaml.benchmarks.data.paths import benchmark_dir
@@ -51,6 +55,14 @@ SPLIT_FILE = Path(__file__).resolve().parent.parent / "splits" / "omniglot.csv"
 #: Seed and sizes of the shipped split (see :func:`split_recipe`).
 SPLIT_SEED = 0
 SPLIT_SIZES = {"train": 1100, "val": 100, "test": 423}
+#: The alphabet split: the background alphabets held out of training for validation (5 of the 30:
+#: :func:`alphabet_split_recipe`, seed 0; 149 characters), written out so the split never depends on
+#: numpy's generator. The other 25 background alphabets (815 characters) train; the 20 evaluation
+#: alphabets (659 characters) test.
+ALPHABET_VAL = ("Arcadian", "Cyrillic", "Early_Aramaic", "Latin", "Sanskrit")
+ALPHABET_VAL_SEED = 0
+#: The class splits :func:`split_tables` knows.
+CLASS_SPLITS = ("standard", "alphabets")
 #: Rotations (degrees, counter-clockwise) that make new classes unless told otherwise.
 DEFAULT_ROTATIONS = (0, 90, 180, 270)
 
@@ -356,6 +368,50 @@ def split_table(path=None) -> dict[str, np.ndarray]:
                 raise DatasetError(f"{path}: unknown split {row['split']!r} for char_id {row['char_id']}")
             table[row["split"]].append(int(row["char_id"]))
     return {split: np.array(sorted(ids), np.int64) for split, ids in table.items()}
+
+
+def _split_rows(path=None) -> list[dict]:
+    path = SPLIT_FILE if path is None else Path(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def alphabet_split_recipe(seed: int = ALPHABET_VAL_SEED, count: int = len(ALPHABET_VAL), path=None) -> tuple[str, ...]:
+    """The recipe of :data:`ALPHABET_VAL`: the 30 background alphabets in Python's string order, a
+    ``numpy.random.default_rng(seed)`` permutation of them, its first ``count`` (sorted by name). A test
+    checks the constant against it; the constant is the reference."""
+    background = sorted({row["alphabet"] for row in _split_rows(path) if row["set"] == "background"})
+    chosen = np.random.default_rng(seed).permutation(len(background))[:count]
+    return tuple(sorted(background[i] for i in chosen))
+
+
+def alphabet_split_table(path=None) -> dict[str, np.ndarray]:
+    """Lake et al.'s alphabet split (Lake, Salakhutdinov & Tenenbaum 2015: background alphabets to
+    learn from, evaluation alphabets to test on): ``{"train": char ids, "val": ..., "test": ...}``
+    (sorted int64), from the ``set`` and ``alphabet`` columns of the shipped ``omniglot.csv``.
+
+    train: the 25 background alphabets not in :data:`ALPHABET_VAL` (815 characters); val: the 5 in it
+    (149 characters, held out of training for model selection); test: the 20 evaluation alphabets (659
+    characters). No alphabet is in two splits.
+    """
+    table = {split: [] for split in SPLITS}
+    for row in _split_rows(path):
+        if row["set"] == "evaluation":
+            split = "test"
+        elif row["set"] == "background":
+            split = "val" if row["alphabet"] in ALPHABET_VAL else "train"
+        else:
+            raise DatasetError(f"{path or SPLIT_FILE}: unknown set {row['set']!r} for char_id {row['char_id']}")
+        table[split].append(int(row["char_id"]))
+    return {split: np.array(sorted(ids), np.int64) for split, ids in table.items()}
+
+
+def split_tables(class_split: str = "standard") -> dict[str, np.ndarray]:
+    """The class split called ``class_split``: ``"standard"`` (:func:`split_table`, the shipped random
+    character split) or ``"alphabets"`` (:func:`alphabet_split_table`)."""
+    if class_split not in CLASS_SPLITS:
+        raise ArgumentError("class_split", f"expected one of {', '.join(CLASS_SPLITS)}, got {class_split!r}")
+    return split_table() if class_split == "standard" else alphabet_split_table()
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -1,0 +1,49 @@
+"""Every ``linmaml train --config`` file shipped in ``configs/``: read by the train command's own
+parser and config reader, accepted by TrainConfig's validation, and sized for the real Omniglot
+splits — without training. The recipes' settings are written out here, so a changed file fails."""
+from __future__ import annotations
+
+import dataclasses
+import types
+from pathlib import Path
+
+import pytest
+
+from linmaml.benchmarks.config import TrainConfig, check_splits
+from linmaml.cli import build_parser
+from linmaml.cli.train import read_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FILES = sorted(CONFIGS.glob("*.json"))
+
+#: What each file must say (the recipes of issue 21): every other setting is TrainConfig's default.
+RECIPES = {
+    "omniglot-5w1s.json": dict(ways=5, shots=1),
+    "omniglot-5w5s.json": dict(ways=5, shots=5),
+    # Finn et al. 2017's 20-way settings: inner rate 0.1, 5 inner steps in training and at test, meta-batch 16
+    "omniglot-20w1s.json": dict(ways=20, shots=1, inner_lr=0.1, steps=5, test_steps=5, meta_batch=16),
+    "omniglot-20w5s.json": dict(ways=20, shots=5, inner_lr=0.1, steps=5, test_steps=5, meta_batch=16),
+}
+COMMON = dict(benchmark="omniglot", algo="maml", outer_lr_schedule="cosine", iterations=16000, val_every=1000)
+
+
+def test_the_folder_holds_exactly_the_recipes():
+    assert [f.name for f in FILES] == sorted(RECIPES)
+
+
+@pytest.mark.parametrize("file", FILES, ids=lambda f: f.name)
+def test_a_config_file_is_accepted_by_the_train_command(file, tmp_path):
+    args = build_parser().parse_args(["train", "--config", str(file), "--out", str(tmp_path / "run")])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = read_config(args.config, fields)
+    config = TrainConfig.from_dict(settings)
+    want = {**COMMON, **RECIPES[file.name]}
+    assert settings == want  # nothing else in the file: the rest is the default
+    default = TrainConfig()
+    for name in fields - set(want):
+        assert getattr(config, name) == getattr(default, name), name
+    # The real Omniglot splits' sizes (standard split: 4,400 training and 400 validation classes of 20
+    # drawings each; splits/README.md) fit the tasks, training and validation query sizes included.
+    splits = {name: types.SimpleNamespace(name=name, num_classes=classes, examples_per_class=20)
+              for name, classes in (("train", 4400), ("val", 400))}
+    check_splits(config, splits)

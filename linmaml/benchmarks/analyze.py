@@ -267,6 +267,13 @@ def analyze_learner(learner, tasks, *, steps: int, spectrum_tasks: int = 20, dev
     from linmaml.benchmarks.scoring import mean_ci95, model_layout
     from linmaml.meta.engine import Engine
 
+    from linmaml import meta
+
+    if isinstance(learner, (meta.ProtoNet, meta.R2D2)):
+        # a closed-form head has no inner loop: no update, no preconditioner, nothing adapts layer by layer
+        raise ArgumentError("learner", f"{type(learner).__name__} has no inner loop to analyse (its head is "
+                                       f"computed in closed form from the support features); analyze takes MAML- "
+                                       f"and ANIL-style learners")
     steps = _validate.integer(steps, "steps", minimum=1)
     spectrum_tasks = _validate.integer(spectrum_tasks, "spectrum_tasks", minimum=0)
     if len(tasks) < 2:

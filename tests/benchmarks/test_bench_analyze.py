@@ -19,7 +19,7 @@ from torch import nn
 
 from linmaml import meta
 from linmaml.benchmarks import analyze as A
-from linmaml.benchmarks.learners import ALGOS, TRANSFORMS, build_learner
+from linmaml.benchmarks.learners import ALGOS, CLOSED_FORM_ALGOS, TRANSFORMS, build_learner
 from linmaml.benchmarks.models import ConvNet
 
 
@@ -202,7 +202,19 @@ def test_bottom_preconditioner_of_a_deep_linear_net_matches_its_closed_form(use_
         assert "kfo_left" not in summary
 
 
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", sorted(CLOSED_FORM_ALGOS))
+def test_a_closed_form_learner_is_refused_by_name(algo):
+    """ProtoNet and R2-D2 compute their head in closed form: there is no inner loop to analyse."""
+    from linmaml.errors import ArgumentError
+
+    learner = build_learner(image_shape=(1, 8, 8), ways=5, algo=algo, transform="none", layers=2, hidden=4,
+                            pool="max", inner_lr=0.4, steps=1, linnet=0)
+    with pytest.raises(ArgumentError) as caught:
+        A.analyze_learner(learner, [Task(s) for s in range(3)], steps=2, spectrum_tasks=1)
+    assert caught.value.argument == "learner" and "no inner loop" in str(caught.value)
+
+
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in CLOSED_FORM_ALGOS])
 @pytest.mark.parametrize("transform", TRANSFORMS)
 def test_every_algo_and_transform_runs(algo, transform):
     torch.manual_seed(0)

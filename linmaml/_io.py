@@ -22,13 +22,15 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix: str | None = None):
+def atomic_path(path, suffix: str | None = None, guard=None):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it vanishes.
 
     For writers that want a file name rather than bytes (``matplotlib.savefig``, ``torch.save``).
     ``suffix`` defaults to the target's own, so format detection by extension keeps working. If
     the temporary name no longer holds the file created here when the writer is done (replaced by a
-    symlink or another file meanwhile), nothing is renamed and ``OSError`` is raised.
+    symlink or another file meanwhile), nothing is renamed and ``OSError`` is raised. ``guard()``,
+    if given, is called right before the rename; whatever it raises cancels the write (a training
+    run checks there that it still owns its folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +46,8 @@ def atomic_path(path, suffix: str | None = None):
         yield Path(tmp)
         _same_regular_file(fd, tmp)
         os.fsync(fd)
+        if guard is not None:
+            guard()
         os.replace(tmp, path)  # renames over a symlink named `path`, never writes through it
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
@@ -94,20 +98,21 @@ def open_nofollow(path, mode: str = "a"):
         raise
 
 
-def atomic_write_bytes(path, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path, data: bytes, guard=None) -> Path:
+    with atomic_path(path, guard=guard) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(data)
     return Path(path)
 
 
-def atomic_write_text(path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path, text: str, guard=None) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), guard=guard)
 
 
-def atomic_write_json(path, obj, indent: int = 2) -> Path:
+def atomic_write_json(path, obj, indent: int = 2, guard=None) -> Path:
     # allow_nan=False: a NaN in results is a bug to surface, not a token to hide in the JSON.
-    return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False, sort_keys=False) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False, sort_keys=False) + "\n",
+                             guard=guard)
 
 
 def _umask() -> int:

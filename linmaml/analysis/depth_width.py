@@ -160,7 +160,8 @@ def run_cell(algo: str, blocks: int, filters: int, size: dict, runs, data_root=N
     settings = options(size, algo, blocks, filters)
     check_folder(run_dir, settings)
     splits = _splits(data_root)
-    result = train(settings, run_dir, resume=True, splits=splits, progress=False, stream=io.StringIO())
+    # resume a cell that has a checkpoint; start one that has none (--resume refuses an empty folder)
+    result = train(settings, run_dir, resume=checkpoint.has_checkpoint(run_dir), splits=splits, progress=False, stream=io.StringIO())
     if result.status != "done":
         raise RuntimeError(f"{run_dir.name}: training ended with {result.status}: {result.message}")
     evaluation = evaluate_checkpoint(run_dir, tasks=size["test_tasks"], splits={"test": splits["test"]})

@@ -120,14 +120,19 @@ def run(args) -> int:
         result = train(options, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
                        data_root=data_root, progress=not args.quiet, threads=args.threads)
     except MemoryError as error:
-        raise ValueError("out of memory: lower --meta-batch, --tasks-per-chunk, --query, --steps or --hidden, or use "
-                         "--batching loop") from error
+        settings = getattr(error, "settings", None)
+        if not settings:
+            raise ValueError(str(error).splitlines()[0] if str(error) else "out of memory") from error
+        # the settings in play, as flags; which of them matters depends on the run, so none is singled out
+        raise ValueError("out of memory: the model and an iteration with these settings need more memory than is "
+                         "free (" + ", ".join(f"{_flag(n)} {v}" for n, v in settings) + "); lower the ones that "
+                         "size your run, or use --batching loop") from error
     except (ArgumentError, ArgumentTypeError) as error:
         # The library names the setting (error.argument, e.g. meta_batch); the user typed --meta-batch,
         # or the --config file said it.
         if error.argument in from_file and error.argument not in given:
             raise ArgumentError("--config", f"{args.config}: {error}") from error
-        if error.argument in fields or error.argument in ("threads", "device", "data_root"):
+        if error.argument in fields or error.argument in ("threads", "device", "data_root", "resume"):
             raise renamed(error, {error.argument: _flag(error.argument)}) from error
         raise
     if not result.writer:  # another process of a torchrun job reports

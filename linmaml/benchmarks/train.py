@@ -344,12 +344,13 @@ class Trainer:
         self._require_folder()
         if self.clear_first:
             run_folder.clear(self.out_dir)
+        # metrics first: an odd line refuses the resume before config.json is rewritten
+        run_folder.trim_metrics(self.out_dir / run_folder.METRICS, self.state["iteration"], guard=self._require_folder)
         _io.atomic_write_json(self.out_dir / run_folder.CONFIG, {
             "config": self.config.to_dict(), "image_shape": list(self.image_shape),
             "world_size": self.ctx.world_size, "device": str(self.ctx.device),
             # the process's malloc settings (linmaml train's --allocator): they change the timings logged
             "allocator": allocator.current()}, guard=self._require_folder)
-        run_folder.trim_metrics(self.out_dir / run_folder.METRICS, self.state["iteration"], guard=self._require_folder)
         self._require_folder()
         self.metrics = run_folder.MetricsLog(self.out_dir / run_folder.METRICS)
 

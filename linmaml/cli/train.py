@@ -11,7 +11,6 @@ written first; ``--resume`` continues).
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -156,17 +155,20 @@ def read_config(path, fields) -> dict:
     """The settings in the JSON file ``path``: an object of training settings, or a run's config.json
     (``{"config": {...}, ...}``). Unknown keys, a file that is not such an object, and the config of a
     run on a user model (which only Python can supply) raise ``ValueError`` starting ``--config:``."""
+    from linmaml import _io
+
     file = Path(path).expanduser()
     try:
-        text = file.read_text(encoding="utf-8")
+        # a regular file of at most 1 MiB (never a FIFO that would block), nesting bounded
+        text = _io.read_text(file, max_bytes=1 << 20)
     except OSError as error:
         raise ValueError(f"--config: cannot read {file} ({error.strerror or type(error).__name__})") from None
-    except UnicodeDecodeError:
+    except ValueError:
         raise ValueError(f"--config: {file} is not UTF-8 text") from None
     try:
-        data = json.loads(text)
+        data = _io.loads_json(text, str(file))
     except ValueError as error:
-        raise ValueError(f"--config: {file} is not valid JSON ({error})") from None
+        raise ValueError(f"--config: {error}") from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]  # a run's config.json; its other keys (image_shape, device, ...) describe the run
     if not isinstance(data, dict):

@@ -15,7 +15,7 @@ from linmaml import _validate
 from linmaml.benchmarks import distributed, episodes
 from linmaml.benchmarks.config import build_from_config, check_task_fits, make_engine
 from linmaml.benchmarks.learners import check_user_model
-from linmaml.benchmarks.loading import load_run_checkpoint
+from linmaml.benchmarks.loading import load_run_checkpoint, load_weights
 from linmaml.benchmarks.progress import TaskProgress
 from linmaml.benchmarks.scoring import score_tasks, steps_note, summarize
 from linmaml.errors import ArgumentError
@@ -58,7 +58,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
         check_user_model(model, image_shape, config.ways, config.batching)
     # In the run's dtype before loading: a float64 run's weights are not rounded through float32.
     learner = build_from_config(config, image_shape, model).to(dtype=config.torch_dtype)
-    learner.load_state_dict(payload["learner"])
+    load_weights(learner, payload, file)
     learner.to(device=dev)
     note = steps_note(learner, steps, config.steps)
     if note is not None and progress:  # once, instead of the library's warning

@@ -423,7 +423,9 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     if not resume:
         TrainConfig.from_dict(given)  # fail on bad settings before touching the folder
     if threads is not None:
-        torch.set_num_threads(_validate.integer(threads, "threads", minimum=1))
+        from linmaml.benchmarks.config import THREADS_MAX
+
+        torch.set_num_threads(_validate.integer(threads, "threads", minimum=1, maximum=THREADS_MAX))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"out: {out_dir} is not a folder")

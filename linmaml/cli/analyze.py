@@ -35,17 +35,23 @@ def run(args) -> int:
     from linmaml.benchmarks import analyze
     from linmaml.cli._paths import path_option
 
-    if args.threads is not None:
-        torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1))
-    for value, name, minimum in ((args.tasks, "--tasks", 2), (args.spectrum_tasks, "--spectrum-tasks", 0)):
-        _validate.integer(value, name, minimum=minimum)
+    from linmaml.benchmarks.config import EVAL_TASKS_MAX, STEPS_MAX, THREADS_MAX
+    from linmaml.cli._paths import folder_can_hold
+
+    # maxima as for evaluate (explained in linmaml.benchmarks.config): checked before anything is read
+    for value, name, minimum, maximum in ((args.tasks, "--tasks", 2, EVAL_TASKS_MAX),
+                                          (args.spectrum_tasks, "--spectrum-tasks", 0, EVAL_TASKS_MAX)):
+        _validate.integer(value, name, minimum=minimum, maximum=maximum)
     if args.steps is not None:
-        _validate.integer(args.steps, "--steps", minimum=1)
+        _validate.integer(args.steps, "--steps", minimum=1, maximum=STEPS_MAX)
+    run = path_option(args.run, "RUN")  # ~ expanded (also in RUN=~/r), '' refused (not the current folder)
     out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused
-    if out is not None and out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out: {out} is not a folder")
+    if out is not None:
+        folder_can_hold(out, "--out")  # before the analysis, not after it
+    if args.threads is not None:
+        torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX))
     apply_for_command(args.allocator or default_policy(), "linmaml analyze")
-    result = analyze.analyze_run(args.run, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
+    result = analyze.analyze_run(run, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
                                  data_root=args.data_root, stream=sys.stderr)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

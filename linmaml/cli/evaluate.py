@@ -35,7 +35,7 @@ def run(args) -> int:
     import torch
 
     from linmaml import _validate
-    from linmaml.benchmarks.config import EVAL_TASKS_MAX, SEED_MAX, STEPS_MAX
+    from linmaml.benchmarks.config import EVAL_TASKS_MAX, SEED_MAX, STEPS_MAX, THREADS_MAX
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
     from linmaml.errors import ArgumentError, renamed
 
@@ -47,7 +47,7 @@ def run(args) -> int:
     _validate.integer(args.task_seed, "--task-seed", minimum=0, maximum=SEED_MAX)
     # ~ expanded (also after '=', where the shell leaves it), '' refused; the checkpoint used is printed
     checkpoint, data_root = path_option(args.checkpoint, "CHECKPOINT"), path_option(args.data_root, "--data-root")
-    torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1))
+    torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX))
     apply_for_command(args.allocator or default_policy(), "linmaml evaluate")
     try:
         result = evaluate_checkpoint(checkpoint, tasks=args.tasks, steps=args.steps, query=args.query,

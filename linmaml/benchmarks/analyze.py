@@ -241,8 +241,9 @@ def _progress(stream, label, total):
         last[0] = now
         rate = done / max(now - started, 1e-9)
         eta = (total - done) / rate if rate > 0 else float("inf")
-        stream.write(f"{label}: {done}/{total} tasks  {now - started:.0f} s  eta {eta:.0f} s\n")
-        stream.flush()
+        from linmaml.benchmarks.progress import safe_write
+
+        safe_write(stream, f"{label}: {done}/{total} tasks  {now - started:.0f} s  eta {eta:.0f} s\n")
     return tick
 
 

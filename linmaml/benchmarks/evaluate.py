@@ -16,7 +16,7 @@ from linmaml.benchmarks import distributed, episodes
 from linmaml.benchmarks.config import build_from_config, check_task_fits, make_engine
 from linmaml.benchmarks.learners import check_user_model
 from linmaml.benchmarks.loading import load_run_checkpoint, load_weights
-from linmaml.benchmarks.progress import TaskProgress
+from linmaml.benchmarks.progress import TaskProgress, safe_write
 from linmaml.benchmarks.scoring import score_tasks, steps_note, summarize
 from linmaml.errors import ArgumentError
 
@@ -62,7 +62,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     learner.to(device=dev)
     note = steps_note(learner, steps, config.steps)
     if note is not None and progress:  # once, instead of the library's warning
-        print(f"linmaml evaluate: note: evaluation {note}", file=sys.stderr if stream is None else stream, flush=True)
+        safe_write(sys.stderr if stream is None else stream, f"linmaml evaluate: note: evaluation {note}\n")
     start = time.perf_counter()
     status = TaskProgress(f"evaluate {split}", sys.stderr if stream is None else stream, enabled=progress)
     accuracies, losses = score_tasks(make_engine(learner, config), task_set, steps=steps, device=dev,

@@ -41,7 +41,7 @@ from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run
 from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
                                        iteration_seed, make_engine, outer_lr_at, resume_config)
 from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint
-from linmaml.benchmarks.progress import Progress
+from linmaml.benchmarks.progress import Progress, safe_write
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
 from linmaml.errors import ArgumentError, ArgumentTypeError
@@ -133,7 +133,7 @@ class Trainer:
         self.on_iteration = on_iteration if self.writer else None
         note = steps_note(self.learner, config.test_steps, config.steps)
         if note is not None and progress and self.writer:  # once, instead of a warning at every validation
-            print(f"linmaml train: note: validation {note}", file=self.stream, flush=True)
+            safe_write(self.stream, f"linmaml train: note: validation {note}\n")
         self.metrics = None
         self.signals: StopSignals | None = None
 
@@ -440,7 +440,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
             try:
                 lock, payload, payload_file = run_folder.open_folder(
                     out_dir, resume=resume, overwrite=overwrite,
-                    report=lambda text: print(f"linmaml train: {text}", file=stream, flush=True))
+                    report=lambda text: safe_write(stream, f"linmaml train: {text}\n"))
             except Exception as caught:  # noqa: BLE001 - re-raised on every rank just below
                 error = caught
         distributed.raise_if_any_failed(error, ctx)

@@ -149,7 +149,8 @@ def main(argv=None) -> int:
         status = args.func(args)
         sys.stdout.flush()  # a full disk or closed pipe on stdout surfaces here, not at exit
     except KeyboardInterrupt:
-        print("linmaml: interrupted", file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):
+            print("linmaml: interrupted", file=sys.stderr, flush=True)
         return 130
     except BrokenPipeError as error:
         if error.filename != STDOUT or args.debug:
@@ -168,5 +169,7 @@ def main(argv=None) -> int:
 def _report(args, error: BaseException) -> int:
     if args.debug:
         raise error
-    print(f"linmaml {args.command}: error: {_message(error)}", file=sys.stderr)
+    # stderr may be closed or full (2>/dev/full): the exit status still says what happened
+    with contextlib.suppress(OSError, ValueError):
+        print(f"linmaml {args.command}: error: {_message(error)}", file=sys.stderr, flush=True)
     return 2

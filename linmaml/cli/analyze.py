@@ -57,7 +57,9 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         analyze.draw(result, out / "analyze.png")
         _io.atomic_write_json(out / "analyze.json", result)
-        print(f"linmaml analyze: wrote {out / 'analyze.png'} and {out / 'analyze.json'}", file=sys.stderr)
+        from linmaml.benchmarks.progress import safe_write
+
+        safe_write(sys.stderr, f"linmaml analyze: wrote {out / 'analyze.png'} and {out / 'analyze.json'}\n")
     if args.json:
         print(json.dumps(result))
     else:

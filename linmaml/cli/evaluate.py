@@ -59,8 +59,11 @@ def run(args) -> int:
             raise
         raise flag from error
     if result.get("nonfinite_tasks"):
-        print(f"linmaml evaluate: warning: the adapted query loss is not finite on {result['nonfinite_tasks']} of "
-              f"{result['tasks']} tasks (the inner loop diverged); try fewer --steps", file=sys.stderr)
+        from linmaml.benchmarks.progress import safe_write
+
+        safe_write(sys.stderr, f"linmaml evaluate: warning: the adapted query loss is not finite on "
+                               f"{result['nonfinite_tasks']} of {result['tasks']} tasks (the inner loop diverged); "
+                               f"try fewer --steps\n")
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -146,8 +146,11 @@ def run(args) -> int:
             summary += f"; {result.skipped} non-finite steps skipped"
         print(summary + f"; run in {result.out_dir}")
         return 0
-    print(f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}{result.message}",
-          file=sys.stderr)
+    from linmaml.benchmarks.progress import safe_write
+
+    # stderr may be closed or full; the exit status (3, 4, 130, 143) still says how the run ended
+    safe_write(sys.stderr, f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}"
+                           f"{result.message}\n")
     return result.exit_code
 
 

@@ -53,6 +53,42 @@ from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.inner_loop import run_steps, under_function_transform
 from linmaml.meta.transforms import Identity, Transform, as_transform
 
+#: The most inner steps a learner takes (each keeps its graph for the meta-gradient; MAML uses 1-10
+#: in training and up to 50 at test time).
+MAX_STEPS = 10_000
+
+
+def check_task_inputs(x, y, x_name: str, y_name: str) -> None:
+    """Refuse, naming the argument, an empty set of examples and integer class labels below 0
+    (cheap checks outside function transforms; labels beyond the model's outputs are named when the
+    loss reports them, see :func:`named_input_failures`)."""
+    if x.ndim >= 1 and x.shape[0] == 0:
+        raise ArgumentError(x_name, f"an empty set of examples (shape {tuple(x.shape)}) has no loss to adapt on or "
+                                    f"score")
+    if not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool) and y.numel() \
+            and not under_function_transform() and bool((y < 0).any()):
+        raise ArgumentError(y_name, f"class labels must be 0 .. outputs-1, got {int(y.min())}")
+
+
+@contextlib.contextmanager
+def named_input_failures(x_names, y_names, inputs=()):
+    """Turn what torch raises for labels past the model's outputs (``IndexError: Target 7 is out of
+    bounds``) and for integer inputs to a floating-point model (a dtype ``RuntimeError``) into an
+    :class:`ArgumentError` / :class:`ArgumentTypeError` naming the argument."""
+    try:
+        yield
+    except IndexError as error:
+        raise ArgumentError(", ".join(y_names), f"a class label is not below the model's number of outputs "
+                                                f"({str(error).splitlines()[0]})") from None
+    except RuntimeError as error:
+        integer = [name for name, value in zip(x_names, inputs)
+                   if isinstance(value, torch.Tensor) and not (value.dtype.is_floating_point or value.dtype.is_complex)]
+        if not integer:
+            raise
+        raise ArgumentTypeError(integer[0], f"the model could not take {inputs[0].dtype} inputs "
+                                            f"({str(error).splitlines()[0]}); convert them with .float() or .to(dtype)"
+                                ) from None
+
 __all__ = ["MAML", "ANIL", "head_parameter_names", "adapted_parameter_names", "StepsBeyondTrainingWarning",
            "BUFFER_POLICIES"]
 
@@ -211,7 +247,7 @@ class _Learner(nn.Module):
 
     def __init__(self, lr, steps, transform, first_order, adapt_transform, buffers="update", check_finite=False):
         super().__init__()
-        self.steps = _validate.integer(steps, "steps", minimum=1)
+        self.steps = _validate.integer(steps, "steps", minimum=1, maximum=MAX_STEPS)
         _refuse_tensor_rates(lr)
         self.lrs = _validate.learning_rates(lr, self.steps, "lr")
         for flag, name in ((first_order, "first_order"), (adapt_transform, "adapt_transform"),
@@ -255,7 +291,7 @@ class _Learner(nn.Module):
         with per-step rates, a longer run repeats the last rate and a shorter one uses the first."""
         if steps is None:
             return list(self.lrs)
-        steps = _validate.integer(steps, "steps", minimum=1)
+        steps = _validate.integer(steps, "steps", minimum=1, maximum=MAX_STEPS)
         return [self.lrs[min(k, len(self.lrs) - 1)] for k in range(steps)]
 
     def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps):
@@ -309,8 +345,11 @@ class _Learner(nn.Module):
                                         f"learner, e.g. learner.double(), so the transform follows)")
             break  # one look suffices: a transform is built in one dtype and converted as a whole
         self._warn_steps(steps, tparams)
-        fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y, rates,
-                            first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers)
+        check_task_inputs(x, y, "x_support", "y_support")
+        with named_input_failures(["x_support"], ["y_support"], (x,)):
+            fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y,
+                                rates, first_order=self.first_order, adapt_transform=self.adapt_transform,
+                                buffers=buffers)
         if checking:
             for n, value in fast.items():
                 if not bool(torch.isfinite(value).all()):

@@ -18,7 +18,6 @@ curve from ``metrics.jsonl``, and writes
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 
 PUBLISHED = {1: (98.7, 0.4), 5: (99.9, 0.1)}  # Finn et al. 2017, Omniglot 5-way, percent ± 95 % CI
@@ -47,10 +46,13 @@ def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int 
     from linmaml.analysis.depth_width import machine
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
 
-    config = json.loads((folder / "config.json").read_text())["config"]
+    from linmaml import _io
+
+    config = _io.load_json(folder / "config.json")["config"]  # bounded regular file, never a FIFO
     scored = evaluate_checkpoint(folder, tasks=tasks, data_root=data_root, device="cpu")
     published = PUBLISHED.get(config["shots"]) if config["ways"] == 5 else None
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [_io.loads_json(line, f"{folder / 'metrics.jsonl'} line {n}")
+               for n, line in enumerate(_io.read_text(folder / "metrics.jsonl").splitlines(), start=1) if line.strip()]
     return {
         "run": folder.name,
         "ways": config["ways"], "shots": config["shots"],

@@ -8,9 +8,12 @@ File format (version 2): exactly the zip archive that ``torch.save`` writes, who
 
 So ``torch.load(path, weights_only=True)`` reads ``last.pt`` and ``best.pt`` like any PyTorch file
 (zip readers accept an archive comment), and :func:`load` verifies first: the digest covers every
-byte before the comment, the end record with its comment length included, so a truncated, padded,
-altered or bit-flipped file is detected (:class:`CorruptCheckpoint`, naming the file and the
-expected checksum). The digest is needed because ``torch.load`` itself does not check the archive's
+byte before the comment, the end record with its comment length included, so a damaged file
+(truncated, padded, bit-flipped) is detected (:class:`CorruptCheckpoint`, naming the file and the
+expected checksum). The digest protects against damage, not tampering: an edited file whose digest
+was recomputed passes it. What such a file can cost is bounded instead (:func:`load`: a regular file
+of at most :data:`MAX_BYTES`, members stored uncompressed, the pickle's nesting bounded, no tensor
+larger than the file; ``weights_only`` runs no code). The digest is needed because ``torch.load`` itself does not check the archive's
 CRCs: a flipped bit in a tensor's bytes loads silently as a different number. Files of version 1
 (one ``LINMAML-CHECKPOINT 1 sha256=… bytes=…`` header line, then the ``torch.save`` bytes) are
 still read and verified by :func:`load`; new files are always version 2.

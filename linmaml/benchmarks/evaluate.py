@@ -23,6 +23,12 @@ from linmaml.errors import ArgumentError
 __all__ = ["evaluate_checkpoint"]
 
 
+def _iteration_of(payload: dict) -> int:
+    """The iteration a checkpoint records, -1 when it records none (or not a whole number)."""
+    value = payload.get("iteration")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else -1
+
+
 def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, query: int = 15, split: str = "test",
                         task_seed: int = 0, data_root=None, device: str = "auto", splits=None, model=None,
                         progress: bool = False, stream=None) -> dict:
@@ -70,7 +76,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
                                      channels_last=config.model is None)
     result = summarize(accuracies, losses)
     result.update({
-        "checkpoint": str(file), "iteration": int(payload.get("iteration", -1)),
+        "checkpoint": str(file), "iteration": _iteration_of(payload),
         "settings": {"benchmark": config.benchmark, "split": split, "ways": config.ways, "shots": config.shots,
                      "query": query, "steps": steps, "task_seed": task_seed, "algo": config.algo,
                      "transform": config.transform, "linnet": config.linnet, "layers": config.layers,

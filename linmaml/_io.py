@@ -223,15 +223,15 @@ def depth_of(obj, limit: int = MAX_DEPTH) -> int:
 
 def loads_json(text, where: str, max_depth: int = MAX_DEPTH):
     """``json.loads`` with nesting refused beyond ``max_depth`` and every failure a ``ValueError``
-    starting with ``where`` (a file name, or a file and line)."""
+    starting with ``where`` (a file name, or a file and line): ``"<where> is not valid JSON (…)"``."""
     try:
         value = json.loads(text)
     except RecursionError:
-        raise ValueError(f"{where}: JSON nested more than {max_depth} levels deep; refusing it") from None
+        raise ValueError(f"{where} nests JSON more than {max_depth} levels deep; refusing it") from None
     except ValueError as error:
-        raise ValueError(f"{where}: not valid JSON ({error})") from None
+        raise ValueError(f"{where} is not valid JSON ({error})") from None
     if depth_of(value, max_depth) > max_depth:
-        raise ValueError(f"{where}: JSON nested more than {max_depth} levels deep; refusing it")
+        raise ValueError(f"{where} nests JSON more than {max_depth} levels deep; refusing it")
     return value
 
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-from pathlib import Path
-
 import math
 import numbers
+import os
+from pathlib import Path
 
 import torch
 

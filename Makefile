@@ -1,6 +1,7 @@
 # One command for the main job, one for the tests; each sets itself up in .venv on first use.
 #   make reproduce   regenerate every figure and figures/results.json
 #   make test        run the test suite
+#   make docs        build the API reference into docs/_build/html
 # On a machine with a GPU, choose the torch build first:  make TORCH="torch" test
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 export LINMAML_DATA ?= $(abspath ../shared/data)
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test test-fast verify reproduce bench clean
+.PHONY: setup test test-fast verify reproduce bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -18,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[all,test]"
 	touch $@
 
 test: setup
@@ -35,6 +36,11 @@ reproduce: setup
 
 bench: setup
 	$(VENV)/bin/linmaml bench
+
+# The API reference and tutorials (docs/), warnings as errors: a broken reference fails the build.
+docs: setup
+	$(PY) -m sphinx -E -b html -n -W --keep-going -q docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,6 +9,12 @@ Families
 --------
 :class:`RegressionFamily`
     x ~ N(0, Σ), vec W_τ ~ N(vec M, Ω), y = W_τ x + ε with ε ~ N(0, σ² I).
+:class:`LowRankRegressionFamily`
+    The regression family whose task maps share a hidden k-dimensional input subspace (the
+    multi-task linear representation setting of Collins et al. 2022 and Saunshi et al. 2020):
+    W_τ = M + H_τ Bᵀ with B (d_in, k) orthonormal and heads H_τ (d_out, k) whose rows are i.i.d.
+    N(0, Λ), so Ω = (B Λ Bᵀ) ⊗ I_{d_out} has rank k·d_out. It *is* a :class:`RegressionFamily` (every
+    closed form accepts it), with the basis and the heads exposed.
 :class:`ClassificationFamily`
     x ~ N(0, Σ), w_τ ~ N(μ, Ω) (d_out = 1), y = 1[w_τᵀ x > 0] with each label flipped with
     probability ``flip``. The logistic loss is the mean binary cross-entropy on the logits.
@@ -189,6 +195,115 @@ class RegressionFamily(_GaussianFamily):
             Y = Y + self.noise_std * rng.standard_normal(Y.shape)
         return Y
 
+
+
+def orthonormal_basis(d: int, k: int, seed=0) -> np.ndarray:
+    """A (d, k) matrix with orthonormal columns, uniformly distributed (Haar) given ``seed`` (an int
+    or a ``numpy.random.Generator``): the Q factor of a Gaussian matrix with its signs fixed."""
+    from linmaml.errors import ArgumentError
+
+    d = _validate.integer(d, "d", minimum=1)
+    k = _validate.integer(k, "k", minimum=1)
+    if k > d:
+        raise ArgumentError("k", f"expected at most d = {d} columns, got {k}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    Q, R = np.linalg.qr(rng.standard_normal((d, k)))
+    return Q * np.where(np.diag(R) < 0, -1.0, 1.0)  # the sign fix makes the distribution Haar
+
+
+def principal_angle_distance(A, B) -> float:
+    """sin of the largest principal angle between the column spaces of A (d, a) and B (d, b):
+    ‖(I − P_A) Q_B‖₂ with P_A the orthogonal projector onto span A and Q_B an orthonormal basis of
+    span B. 0 when span B ⊆ span A, 1 when some direction of B is orthogonal to A. This is the
+    distance dist(B̂, B*) = ‖B̂_⊥ᵀ B*‖₂ of Collins et al. 2022 with A = B̂ the learned representation
+    (columns: the d-dimensional feature directions, i.e. the transpose of a first layer W1 (k, d)).
+    Columns of A or B that are numerically zero are dropped (rank by the SVD, relative 1e-12)."""
+    from linmaml.errors import ArgumentError
+
+    A = _validate.real_matrix(A, "A")
+    B = _validate.real_matrix(B, "B")
+    if A.shape[0] != B.shape[0]:
+        raise ArgumentError("B", f"expected {A.shape[0]} rows like A, got shape {B.shape}")
+
+    def basis(M):
+        U, s, _ = np.linalg.svd(M, full_matrices=False)
+        return U[:, s > 1e-12 * max(s.max(initial=0.0), np.finfo(float).tiny)]
+
+    QA, QB = basis(A), basis(B)
+    if QB.shape[1] == 0:
+        return 0.0
+    residual = QB - QA @ (QA.T @ QB)
+    return float(min(1.0, np.linalg.norm(residual, 2)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LowRankRegressionFamily(RegressionFamily):
+    """Regression tasks on a hidden k-dimensional subspace: W_τ = M + H_τ Bᵀ, y = W_τ x + ε.
+
+    ``rank`` is k; ``basis`` is B (d_in, k) with orthonormal columns, or None for a Haar-random one
+    drawn from ``basis_seed``; ``head_cov`` is Λ, the (k, k) covariance of each row of the heads
+    H_τ (d_out, k): a number (Λ = c·I), a length-k vector (diagonal, e.g. Collins et al.'s
+    diag(1, …, 1, μ²)) or a PSD (k, k) matrix. Rows of H_τ are independent, so over column-major
+    vec W_τ the task covariance is Ω = (B Λ Bᵀ) ⊗ I_{d_out}, of rank rank(Λ)·d_out: singular
+    whenever k < d_in. ``task_cov`` is computed, not given. The other fields are those of
+    :class:`RegressionFamily` (``task_mean`` M, ``x_cov`` Σ, ``noise_std`` σ, ``n_support``, ``n_query``).
+
+    Sampling draws the heads and multiplies (no (d_in·d_out)² factorisation), so large d_in is cheap;
+    ``sample(...).W`` are the task maps, :meth:`heads` recovers H_τ = (W_τ − M) B from them.
+    """
+
+    task_cov: object = dataclasses.field(default=None, init=False)
+    rank: int = 1
+    head_cov: object = 1.0
+    basis: object = None
+    basis_seed: int = 0
+
+    def __post_init__(self):
+        from linmaml.errors import ArgumentError, ArgumentTypeError
+
+        _validate.integer(self.d_in, "d_in", minimum=1)
+        _validate.integer(self.d_out, "d_out", minimum=1)
+        k = _validate.integer(self.rank, "rank", minimum=1)
+        if k > self.d_in:
+            raise ArgumentError("rank", f"expected at most d_in = {self.d_in}, got {k}")
+        if self.basis is None:
+            seed = _validate.integer(self.basis_seed, "basis_seed", minimum=0)
+            B = orthonormal_basis(self.d_in, k, seed)
+        else:
+            B = _validate.real_matrix(self.basis, "basis")
+            if B.shape != (self.d_in, k):
+                raise ArgumentError("basis", f"expected shape {(self.d_in, k)} (d_in, rank), got {B.shape}")
+            if not np.allclose(B.T @ B, np.eye(k), atol=1e-10):
+                raise ArgumentError("basis", "expected orthonormal columns (Bᵀ B = I)")
+        head = np.asarray(self.head_cov, dtype=np.float64) if not isinstance(self.head_cov, (str, bytes)) else None
+        if head is None:
+            raise ArgumentTypeError("head_cov", f"expected a number, a length-{k} vector or a ({k}, {k}) matrix")
+        if head.ndim == 1:
+            if head.shape != (k,) or not np.all(np.isfinite(head)) or np.any(head < 0):
+                raise ArgumentError("head_cov", f"expected {k} finite non-negative variances, got {head.tolist()}")
+            head = np.diag(head)
+        else:
+            try:
+                head = _covariance(head, k, "head_cov")
+            except ValueError as error:
+                raise ArgumentError("head_cov", str(error).split(": ", 1)[-1]) from None
+        object.__setattr__(self, "basis", B)
+        object.__setattr__(self, "head_cov", head)
+        object.__setattr__(self, "task_cov", np.kron(B @ head @ B.T, np.eye(self.d_out)))
+        super().__post_init__()
+
+    @functools.cached_property
+    def _head_factor(self) -> np.ndarray:
+        return _psd_factor(self.head_cov)
+
+    def sample_weights(self, n_tasks: int, rng: np.random.Generator) -> np.ndarray:
+        """(n_tasks, d_out, d_in) task maps M + H_τ Bᵀ, rows of H_τ ~ N(0, Λ)."""
+        heads = rng.standard_normal((n_tasks, self.d_out, self.rank)) @ self._head_factor.T
+        return self.task_mean + heads @ self.basis.T
+
+    def heads(self, W) -> np.ndarray:
+        """H_τ = (W_τ − M) B, shape (…, d_out, k), for task maps W (…, d_out, d_in) of this family."""
+        return (np.asarray(W, dtype=np.float64) - self.task_mean) @ self.basis
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -135,3 +135,133 @@ def test_bad_sinusoid_parameters_name_the_argument(kwargs, name):
         SinusoidFamily(**kwargs)
     with pytest.raises(ValueError, match="^n_tasks"):
         SinusoidFamily().sample(0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Low-rank families (Collins et al. 2022, Saunshi et al. 2020): W_τ = M + H_τ Bᵀ
+
+
+def test_low_rank_family_samples_have_covariance_kron_of_projected_head_covariance():
+    """Sampled vec W_τ (column-major) has mean vec M and covariance (BΛBᵀ) ⊗ I_{d_out}, built here from the
+    basis and head variances (not from task_cov), within 4.5 standard errors; its rank is k·d_out."""
+    from linmaml.tasks import LowRankRegressionFamily
+
+    rng = np.random.default_rng(2)
+    d_in, d_out, k = 4, 2, 2
+    mean = rng.standard_normal((d_out, d_in))
+    fam = LowRankRegressionFamily(d_in, d_out, rank=k, head_cov=[1.0, 0.25], task_mean=mean, basis_seed=3)
+    B = fam.basis
+    assert np.allclose(B.T @ B, np.eye(k), atol=1e-12)
+    expected = np.zeros((d_in * d_out, d_in * d_out))
+    P = B @ np.diag([1.0, 0.25]) @ B.T
+    for j in range(d_in):  # column-major index of W[i, j] is i + d_out·j
+        for jj in range(d_in):
+            for i in range(d_out):
+                expected[i + d_out * j, i + d_out * jj] = P[j, jj]
+    assert np.allclose(fam.task_cov, expected, atol=1e-14)
+    assert np.linalg.matrix_rank(fam.task_cov, tol=1e-10) == k * d_out
+    n = 40_000
+    W = fam.sample(n, seed=1).W
+    vec = W.transpose(0, 2, 1).reshape(n, -1)
+    se_mean = np.sqrt(np.diag(expected) / n)
+    assert np.all(np.abs(vec.mean(0) - mean.reshape(-1, order="F")) <= 4 * se_mean + 1e-12)
+    se_cov = np.sqrt((np.outer(np.diag(expected), np.diag(expected)) + expected**2) / n)
+    assert np.all(np.abs(np.cov(vec.T) - expected) <= 4.5 * se_cov + 1e-12)
+    # every task map lies in M + span(B) row-wise, and heads() recovers the head exactly
+    H = fam.heads(W)
+    assert np.allclose(mean + H @ B.T, W, atol=1e-12)
+
+
+def test_low_rank_family_is_seeded_torch_viewable_and_replaceable():
+    import dataclasses
+
+    from linmaml.tasks import LowRankRegressionFamily, RegressionFamily
+
+    fam = LowRankRegressionFamily(6, 1, rank=2, head_cov=[1.0, 0.1], noise_std=0.2, n_support=3, n_query=5)
+    assert isinstance(fam, RegressionFamily)
+    a, b = fam.sample(4, seed=5), fam.sample(4, seed=5)
+    assert np.array_equal(a.Ys, b.Ys) and a.Xs.shape == (4, 3, 6) and a.Yq.shape == (4, 5, 1)
+    assert np.array_equal(a.torch().W.numpy(), a.W)
+    other = dataclasses.replace(fam, n_support=11)
+    assert other.n_support == 11 and np.array_equal(other.basis, fam.basis)
+    assert np.array_equal(other.task_cov, fam.task_cov)
+    # a different basis seed gives a different subspace; an explicit basis is kept
+    assert not np.allclose(LowRankRegressionFamily(6, rank=2, basis_seed=1).basis, fam.basis)
+    assert np.array_equal(LowRankRegressionFamily(6, rank=2, basis=fam.basis).basis, fam.basis)
+
+
+def test_low_rank_heads_variances_follow_head_cov_matrix():
+    from linmaml.tasks import LowRankRegressionFamily
+
+    Lam = np.array([[1.0, 0.5], [0.5, 2.0]])
+    fam = LowRankRegressionFamily(5, 3, rank=2, head_cov=Lam)
+    n = 20_000
+    H = fam.heads(fam.sample(n, seed=0).W).reshape(-1, 2)  # every row of every head, i.i.d. N(0, Λ)
+    se = np.sqrt((np.outer(np.diag(Lam), np.diag(Lam)) + Lam**2) / H.shape[0])
+    assert np.all(np.abs(np.cov(H.T) - Lam) < 4.5 * se)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(d_in=3, rank=4), "rank"),
+        (dict(d_in=3, rank=0), "rank"),
+        (dict(d_in=3, rank=2, head_cov=[1.0]), "head_cov"),
+        (dict(d_in=3, rank=2, head_cov=[1.0, -1.0]), "head_cov"),
+        (dict(d_in=3, rank=2, head_cov=[[1.0, 2.0], [2.0, 1.0]]), "head_cov"),
+        (dict(d_in=3, rank=2, head_cov="big"), "head_cov"),
+        (dict(d_in=3, rank=2, basis=np.ones((3, 2))), "basis"),
+        (dict(d_in=3, rank=2, basis=np.eye(3)), "basis"),
+        (dict(d_in=3, rank=1, basis_seed=-1), "basis_seed"),
+    ],
+)
+def test_low_rank_family_rejects_bad_arguments_by_name(kwargs, name):
+    from linmaml.errors import ArgumentError, ArgumentTypeError
+    from linmaml.tasks import LowRankRegressionFamily
+
+    with pytest.raises((ArgumentError, ArgumentTypeError, ValueError, TypeError)) as info:
+        LowRankRegressionFamily(**kwargs)
+    assert str(info.value).startswith(name)
+
+
+def test_low_rank_family_does_not_take_task_cov():
+    from linmaml.tasks import LowRankRegressionFamily
+
+    with pytest.raises(TypeError):
+        LowRankRegressionFamily(3, rank=1, task_cov=1.0)
+
+
+def test_principal_angle_distance_matches_scipy_subspace_angles():
+    """sin of the largest principal angle, against scipy.linalg.subspace_angles (an independent
+    implementation), on random subspaces of several dimensions, plus the exact ends 0 and 1."""
+    from scipy.linalg import subspace_angles
+
+    from linmaml.tasks import orthonormal_basis, principal_angle_distance
+
+    rng = np.random.default_rng(0)
+    for d, a, b in [(5, 2, 2), (10, 3, 3), (8, 4, 2), (20, 3, 3), (6, 1, 1)]:
+        A = rng.standard_normal((d, a)) * rng.uniform(0.1, 3.0, size=a)  # not orthonormal: the span counts
+        B = rng.standard_normal((d, b))
+        expected = np.sin(np.max(subspace_angles(A, B)))
+        assert abs(principal_angle_distance(A, B) - expected) < 1e-12
+    B = orthonormal_basis(7, 3, seed=1)
+    assert principal_angle_distance(B @ rng.standard_normal((3, 3)), B) < 1e-12
+    assert principal_angle_distance(np.eye(7)[:, :3], np.eye(7)[:, 3:5]) == pytest.approx(1.0, abs=1e-15)
+    # a nearby subspace: B rotated by a small angle θ in one direction has distance sin θ
+    theta = 1e-3
+    C = B.copy()
+    out = np.linalg.qr(np.column_stack([B, rng.standard_normal(7)]))[0][:, 3]
+    C[:, 0] = np.cos(theta) * B[:, 0] + np.sin(theta) * out
+    assert principal_angle_distance(C, B) == pytest.approx(np.sin(theta), rel=1e-9)
+
+
+def test_orthonormal_basis_is_orthonormal_seeded_and_checks_k():
+    from linmaml.errors import ArgumentError
+    from linmaml.tasks import orthonormal_basis
+
+    B = orthonormal_basis(9, 4, seed=2)
+    assert B.shape == (9, 4) and np.allclose(B.T @ B, np.eye(4), atol=1e-13)
+    assert np.array_equal(B, orthonormal_basis(9, 4, seed=2))
+    with pytest.raises(ArgumentError) as info:
+        orthonormal_basis(3, 4)
+    assert info.value.argument == "k"

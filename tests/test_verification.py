@@ -95,14 +95,13 @@ def test_metacurvature_row_catches_a_transposed_factor(monkeypatch):
 
     from linmaml.checks import meta as rows
 
-    def transposed(self, name, key, g, params):  # M_in applied untransposed on the conv weight
-        m = {k.rsplit(".", 1)[-1]: v for k, v in params.items() if k.startswith(f"mats.{key}.")}
+    def transposed(self, g, m):  # M_in applied untransposed on the conv weight; m: one parameter's matrices
         if g.ndim < 3:
             return m["out"] @ g if g.ndim == 1 else m["out"] @ g @ m["in"]
         u = torch.einsum("oa,abc,ib,cf->oif", m["out"], g.reshape(g.shape[0], g.shape[1], -1), m["in"], m["kernel"])
         return u.reshape(g.shape)
 
-    monkeypatch.setattr(meta.MetaCurvature, "_update_one", transposed)
+    monkeypatch.setattr(meta.MetaCurvature, "_map", transposed)
     assert rows.transform_vs_hand_loop(np.random.default_rng(1), "metacurvature", 1, conv=True) > 1e-3
 
 
@@ -128,6 +127,39 @@ def test_linnet_row_catches_a_wrong_extra_factor(monkeypatch):
 
     monkeypatch.setattr(meta.LinNet, "__init__", doubled)
     assert rows.linnet_vs_extra_factor(np.random.default_rng(2), "squared") > 1e-3
+
+
+def test_finite_n_deep_rows_catch_a_wishart_moment_without_its_1_over_n_terms(monkeypatch):
+    from linmaml.checks import gaussian as rows
+    from linmaml.closedform import gaussian_deep_finite
+
+    exact = gaussian_deep_finite.wishart_moment_tensor
+    monkeypatch.setattr(gaussian_deep_finite, "wishart_moment_tensor", lambda Sigma, n, k: exact(Sigma, 10 ** 12, k))
+    assert rows._deep_finite_quadrature(np.random.default_rng(0)).max_rel_error > 1e-3
+    assert rows._deep_finite_monte_carlo(np.random.default_rng(0)).max_rel_error > 3
+
+
+def test_read_off_preconditioner_row_catches_a_swapped_kronecker_order(monkeypatch):
+    from linmaml.checks import symbolic as rows
+
+    module = importlib.import_module("linmaml.closedform.preconditioner")  # the package re-exports the function
+
+    def swapped(weights, layer=None, adapt_layers=None):  # (A Aᵀ) ⊗ (BᵀB): row-major vec instead of column-major
+        above, below = module._outer_factors(module.check_weights(weights))
+        return sum(np.kron(above[j] @ above[j].T, below[j].T @ below[j])
+                   for j in (range(len(weights)) if adapt_layers is None else adapt_layers))
+
+    monkeypatch.setattr(module, "preconditioner", swapped)
+    assert rows._kronecker_vs_preconditioner(np.random.default_rng(0)).max_rel_error > 1e-3
+
+
+def test_matrix_map_bfgs_row_catches_the_population_map_at_finite_n(monkeypatch):
+    from linmaml.checks import gaussian as rows
+    from linmaml.closedform import gaussian_lr
+
+    exact = gaussian_lr.optimal_one_step_map
+    monkeypatch.setattr(gaussian_lr, "optimal_one_step_map", lambda family: exact(family, population=True))
+    assert rows._matrix_map_optimiser(np.random.default_rng(0)).max_rel_error > 1e-3
 
 
 def test_worst_of_keeps_a_nan_that_max_would_drop():

@@ -92,3 +92,27 @@ def test_reproduce_quick_from_another_folder(installed):
     _run([str(script), "reproduce", "--quick", "--out", str(out)], cwd=elsewhere, env=env, timeout=2400)
     results = json.loads((out / "results.json").read_text())
     assert results and any(out.glob("*.png"))
+
+
+def test_the_wheel_without_extras_needs_only_torch_numpy_scipy_and_runs_an_example(installed):
+    """The wheel's metadata asks for torch, numpy and scipy unconditionally (figures, symbolic
+    derivations and image files are extras), and with matplotlib and Pillow absent (simulated:
+    ``sys.modules[name] = None``) the installed library imports and runs the sinusoid example."""
+    import zipfile
+
+    python, script, env, work = installed
+    (wheel,) = (work / "dist").glob("linmaml-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        lines = archive.read(metadata).decode().splitlines()
+    requires = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
+    unconditional = {r.split(">")[0].split("=")[0].split("<")[0].split(";")[0].strip().lower()
+                     for r in requires if "extra ==" not in r}
+    assert unconditional == {"torch", "numpy", "scipy"}, requires
+    for extra in ("plots", "symbolic", "images", "all"):
+        assert any(f'extra == "{extra}"' in r for r in requires), (extra, requires)
+    example = ROOT / "examples" / "sinusoid_maml.py"
+    code = ("import sys, runpy\nfor m in ('matplotlib', 'PIL'): sys.modules[m] = None\n"
+            f"sys.argv = ['x', '--quick']\nrunpy.run_path({str(example)!r}, run_name='__main__')\n")
+    done = _run([str(python), "-c", code], cwd=work, env=env)
+    assert done.stdout.strip()

@@ -77,6 +77,46 @@ class PopulationSupport:
         return float(np.abs(grad - (W - b.W) @ self.family.x_cov).max())
 
 
+
+class ExactQuery:
+    """A regression family whose tasks carry a query set giving the EXACT conditional query loss.
+
+    ``ExactQuery(family).sample(T, seed)`` draws T tasks of ``family`` (same seed handling, support
+    sets unchanged) and replaces each query set by the d points X = √d·Σ^{1/2} (rows; XᵀX/d = Σ) with
+    noise-free targets Y = X W_τᵀ, so the query loss 1/(2d)·‖X W′ᵀ − Y‖² of any adapted map W′ is
+    ½·tr((W′ − W_τ)Σ(W′ − W_τ)ᵀ): the expectation over fresh query points and noise, less the constant
+    ½·d_out·σ². Meta-training on it has the same optimum as on sampled query sets and no query-sampling
+    noise in its meta-gradient. Shapes as :class:`linmaml.tasks.TaskBatch` with n_q = d.
+    """
+
+    def __init__(self, family):
+        from linmaml.tasks import RegressionFamily
+
+        if not isinstance(family, RegressionFamily):
+            raise TypeError(f"family: expected a RegressionFamily, got {type(family).__name__}")
+        self.family, self.d_in, self.d_out = family, family.d_in, family.d_out
+        vals, vecs = np.linalg.eigh(family.x_cov)
+        self.query_x = (vecs * np.sqrt(np.clip(vals, 0, None) * family.d_in)) @ vecs.T
+
+    def sample(self, n_tasks: int, seed=0):
+        from linmaml.tasks import TaskBatch
+
+        b = self.family.sample(n_tasks, seed)
+        Xq = np.broadcast_to(self.query_x, (len(b), self.d_in, self.d_in)).copy()
+        return TaskBatch(b.Xs, b.Ys, Xq, Xq @ np.swapaxes(b.W, 1, 2), b.W)
+
+
+def load_trajectory_step(module, run, step: int) -> None:
+    """Copy the parameters that ``run`` (a :class:`linmaml.simulator.Trajectory`) recorded after meta-step
+    ``step`` into ``module`` (the trained learner's twin, or for a chain its module), by name."""
+    import torch
+
+    values = dict(zip(run.names, run.weights))
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.as_tensor(values[name][step]))
+
+
 def squared_loss(output, target):
     """1/(2n)·‖output − target‖²_F for one task (output, target of shape (n, d_out))."""
     return 0.5 * ((output - target) ** 2).sum() / target.shape[-2]

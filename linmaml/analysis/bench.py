@@ -15,7 +15,8 @@ Cases
                  CNN), float32, against a plain reference written here: a Python loop over the tasks,
                  each adapted with ``torch.func.functional_call`` + ``torch.autograd.grad(create_graph=
                  True)`` and backpropagated (query loss / M) before the next.
-``kfo``, ``anil`` the same meta-iteration with the KFO meta-optimizer, and with ANIL.
+``kfo``, ``anil``
+                 the same meta-iteration with the KFO meta-optimizer, and with ANIL.
 ``allocator``    the ``maml`` case's ``linmaml train`` step and reference in fresh processes under
                  glibc's own malloc settings and under ``--allocator keep`` (memory freed by a step
                  kept for the next), alternated (:mod:`linmaml.analysis.bench_allocator`).

@@ -10,6 +10,17 @@ the same job (DESIGN.md). The shallow learners run through :mod:`linmaml.meta` (
 vmapped over the tasks of a meta-batch by ``linmaml.meta.engine.Engine``); the Deep
 reference through :mod:`linmaml.simulator`.
 
+Training and scoring (the paired, exact protocol): every model is meta-trained with ``len(seeds)``
+seeds, Adam with a cosine schedule from ``meta_lr`` to 0 over ``meta_iterations`` (convergence is
+reported: the exact loss at ``snapshot_fraction`` of the schedule against the final one), on tasks
+whose query sets give the exact conditional loss (``analysis._common.ExactQuery``). The one-step
+numbers are the exact conditional query loss ½‖W′ − W_τ‖²_Σ + ½σ² of every seed's adapted map on the
+same ``exact_tasks`` fresh tasks (``simulator.evaluate.paired_exact_losses``): paired ratios to Deep
+(seed i with seed i) and to the best linear one-step map (for this isotropic family the best linear map
+is the best scalar step c*·I, ``closedform.gaussian_lr.optimal_one_step_map``), with intervals over
+tasks and seeds, and the fraction of the gain from plain MAML's step α·G (at the task mean) to the best
+map captured. Panel (a)'s curves (0–10 steps) are seed 0 on ``test_tasks`` sampled query sets.
+
 Run: ``python -m linmaml.analysis.fig_remedies [--out DIR] [--quick]``; writes remedies.png and remedies.json.
 """
 from __future__ import annotations
@@ -30,6 +41,10 @@ SETTINGS = {
     "init_scale": 1.0,
     "eval_inner_steps": 10,
     "seed": 0,
+    "seeds": [0, 1, 2],
+    "schedule": "cosine",
+    "snapshot_fraction": 0.9,
+    "convergence_tolerance": 0.01,
     "test_seed": 20210413,
     "ci_level": 0.95,
     "family": {"d_in": 4, "d_out": 1, "task_mean": 1.0, "task_var": 1.0, "x_var": 1.0, "noise_std": 0.1,
@@ -38,8 +53,8 @@ SETTINGS = {
     "kfo": {"psd": True, "hidden_layers": 0},
     "linnet": {"layers": 2, "width": None},
 }
-FULL = {"meta_iterations": 300, "test_tasks": 2000}
-QUICK = {"meta_iterations": 20, "test_tasks": 200}
+FULL = {"meta_iterations": 400, "test_tasks": 2000, "exact_tasks": 100_000}
+QUICK = {"meta_iterations": 20, "test_tasks": 200, "exact_tasks": 2000}
 
 #: What the figure must show: remedies within 1.5x of Deep, plain MAML far above (3x here).
 MAX_REMEDY_OVER_DEEP = 1.5
@@ -105,38 +120,102 @@ def _parameters(kind: str, learner) -> dict:
     return {"chain": [W.detach().tolist() for W in chain]}
 
 
+def _exact_paired(cfg: dict, fam, learners: dict) -> dict:
+    """Every seed's final and snapshot adapted maps, and the references, scored on the same tasks by
+    the exact conditional loss; ratios, gain captured and convergence (module docstring)."""
+    from linmaml.closedform import gaussian_lr as glr
+    from linmaml.simulator.evaluate import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
+                                            seed_ratio_summary)
+
+    alpha, level = cfg["inner_lr"], cfg["ci_level"]
+    M = fam.task_mean
+    _, Q = glr.optimal_one_step_map(fam)
+    maps = {"plain step alpha*G from the task mean": lambda b: glr.apply_one_step_map(b, alpha * np.eye(len(Q)), M),
+            "best linear one-step map": lambda b: glr.apply_one_step_map(b, Q, M)}
+    for kind, pairs in learners.items():
+        for i, (final, early) in enumerate(pairs):
+            maps[(kind, i)] = lambda b, L=final: adapted_end_to_end(L, b)
+            maps[(kind, i, "snapshot")] = lambda b, L=early: adapted_end_to_end(L, b)
+    losses = paired_exact_losses(maps, fam, cfg["exact_tasks"], seed=cfg["test_seed"] + 1, chunk=20_000)
+    S = range(len(cfg["seeds"]))
+    base, best = losses["plain step alpha*G from the task mean"], losses["best linear one-step map"]
+    deep = np.stack([losses[("deep", i)] for i in S])
+    out = {"tasks": int(best.size), "seed": cfg["test_seed"] + 1,
+           "best_linear_map_is_scalar": bool(np.allclose(Q, Q[0, 0] * np.eye(len(Q)), rtol=1e-10)),
+           "best_linear_map_step": float(Q[0, 0]),
+           "best_linear_map_loss_exact": glr.expected_one_step_map_loss(fam, Q),
+           "plain_step_loss_exact": glr.expected_one_step_map_loss(fam, alpha * np.eye(len(Q))),
+           "models": {}}
+    for kind in learners:
+        L = np.stack([losses[(kind, i)] for i in S])
+        early = np.stack([losses[(kind, i, "snapshot")] for i in S])
+        change = (early.mean(axis=1) / L.mean(axis=1) - 1).tolist()
+        mean, se_seeds = L.mean(), L.mean(axis=1).std(ddof=1) / np.sqrt(len(S))
+        out["models"][kind] = {
+            "mean_loss": float(mean), "mean_loss_per_seed": L.mean(axis=1).tolist(),
+            "mean_loss_ci95": float(np.hypot(stats_t(len(S)) * se_seeds,
+                                             stats_t(L.shape[1]) * L.mean(axis=0).std(ddof=1) / np.sqrt(L.shape[1]))),
+            "over_deep": seed_ratio_summary(L, deep, level) if kind != "deep" else None,
+            "over_best_linear_map": seed_ratio_summary(L, best, level),
+            "gain_captured_plain_to_best": seed_gain_summary(L, base, best, level),
+            "convergence": {"relative_change_after_snapshot": change,
+                            "converged": [abs(c) < cfg["convergence_tolerance"] for c in change]},
+        }
+    return out
+
+
+def stats_t(n: int) -> float:
+    """The 0.975 Student-t quantile with n − 1 degrees of freedom."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(n - 1, 0.975))
+
+
 def compute(quick: bool = False) -> dict:
     from linmaml.analysis._common import meta_learner_curves, squared_loss
-    from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves, ratio_of_means_ci, shallow
+    from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves, shallow
 
     size = QUICK if quick else FULL
     cfg = dict(SETTINGS, **size, quick=bool(quick))
     fam = family(cfg)
     f, alpha = cfg["family"], cfg["inner_lr"]
     tasks = fam.sample(cfg["test_tasks"], cfg["test_seed"])
-    init_rng = np.random.default_rng(np.random.SeedSequence(cfg["seed"]).spawn(2)[0])
-    start = shallow(f["d_in"], f["d_out"]).init(init_rng, cfg["init_scale"])[0]
+
+    from linmaml.analysis._common import ExactQuery, load_trajectory_step
 
     per_task, meta_losses, steps_eig, seconds, params = {}, {}, {}, {}, {}
-    for kind in ("plain", "kfo", "linnet"):
+    learners = {k: [] for k in ("plain", "kfo", "linnet", "deep")}  # per seed: (final, snapshot) learners
+    snapshot = int(cfg["snapshot_fraction"] * cfg["meta_iterations"])
+    budget = dict(meta_steps=cfg["meta_iterations"], meta_batch=cfg["meta_batch"], meta_lr=cfg["meta_lr"],
+                  optimizer=cfg["meta_optimizer"], schedule=cfg["schedule"])
+    for seed in cfg["seeds"]:
+        seed_start = shallow(f["d_in"], f["d_out"]).init(
+            np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0]), cfg["init_scale"])[0]
+        for kind in ("plain", "kfo", "linnet"):
+            began = time.perf_counter()
+            learner = _learner(kind, cfg, seed_start)
+            run = meta_train(learner, ExactQuery(fam), seed=seed, loss="squared", **budget)
+            early = _learner(kind, cfg, seed_start)
+            load_trajectory_step(early, run, snapshot)
+            learners[kind].append((learner, early))
+            if seed == cfg["seed"]:
+                meta_losses[kind] = run.meta_loss
+                per_task[kind] = meta_learner_curves(learner, tasks, squared_loss, cfg["eval_inner_steps"])["loss"]
+                steps_eig[kind] = _effective_step(kind, learner, alpha)
+                params[kind] = _parameters(kind, learner)
+                seconds[kind] = round(time.perf_counter() - began, 3)
         began = time.perf_counter()
-        learner = _learner(kind, cfg, start)
-        meta_losses[kind] = meta_train(learner, fam, meta_steps=cfg["meta_iterations"], meta_batch=cfg["meta_batch"],
-                                       meta_lr=cfg["meta_lr"], optimizer=cfg["meta_optimizer"], seed=cfg["seed"], loss="squared").meta_loss
-        per_task[kind] = meta_learner_curves(learner, tasks, squared_loss, cfg["eval_inner_steps"])["loss"]
-        steps_eig[kind] = _effective_step(kind, learner, alpha)
-        params[kind] = _parameters(kind, learner)
-        seconds[kind] = round(time.perf_counter() - began, 3)
-    began = time.perf_counter()
-    chain = deep(f["d_in"], f["d_out"], cfg["deep_widths"])
-    run = meta_train(chain, fam, lr=alpha, steps=cfg["inner_steps_meta_training"], meta_steps=cfg["meta_iterations"],
-                     meta_batch=cfg["meta_batch"], meta_lr=cfg["meta_lr"], optimizer=cfg["meta_optimizer"],
-                     init_scale=cfg["init_scale"], seed=cfg["seed"])
-    per_task["deep"] = per_task_curves(chain, run.weights_at(), tasks, alpha, cfg["eval_inner_steps"])["loss"]
-    meta_losses["deep"] = run.meta_loss
-    steps_eig["deep"] = (alpha * run.preconditioner_eigenvalues[-1]).tolist()
-    params["deep"] = {"chain": [W.tolist() for W in run.weights_at()]}
-    seconds["deep"] = round(time.perf_counter() - began, 3)
+        chain = deep(f["d_in"], f["d_out"], cfg["deep_widths"])
+        run = meta_train(chain, ExactQuery(fam), lr=alpha, steps=cfg["inner_steps_meta_training"],
+                         init_scale=cfg["init_scale"], seed=seed, **budget)
+        learners["deep"].append((run.learner, chain.learner(run.weights_at(snapshot), alpha, 1)))
+        if seed == cfg["seed"]:
+            per_task["deep"] = per_task_curves(chain, run.weights_at(), tasks, alpha, cfg["eval_inner_steps"])["loss"]
+            meta_losses["deep"] = run.meta_loss
+            steps_eig["deep"] = (alpha * run.preconditioner_eigenvalues[-1]).tolist()
+            params["deep"] = {"chain": [W.tolist() for W in run.weights_at()]}
+            seconds["deep"] = round(time.perf_counter() - began, 3)
+    exact = _exact_paired(cfg, fam, learners)
 
     level = cfg["ci_level"]
     curves, one_step, ratios = [], {}, {}
@@ -145,8 +224,8 @@ def compute(quick: bool = False) -> dict:
         curves.append({"name": LABELS[kind], "steps": list(range(cfg["eval_inner_steps"] + 1)),
                        "loss_mean": mean.tolist(), "loss_ci": half.tolist()})
         one_step[kind] = {"mean": float(mean[1]), "ci95": float(half[1])}
-        ratio, ratio_half = ratio_of_means_ci(per_task[kind][1], per_task["deep"][1], level)
-        ratios[kind] = {"ratio": ratio, "ci95": ratio_half}
+        ratios[kind] = {"ratio": exact["models"][kind]["over_deep"]["ratio"] if kind != "deep" else 1.0,
+                        "ci95": exact["models"][kind]["over_deep"]["ci95"] if kind != "deep" else 0.0}
     from linmaml.closedform import gaussian
 
     M = np.asarray(fam.task_mean)
@@ -154,7 +233,10 @@ def compute(quick: bool = False) -> dict:
     numbers = {
         "curves": curves,
         "one_step_query_loss": one_step,
+        "one_step_query_loss_what": "seed 0, sampled query sets of the test_tasks (the curves of panel a)",
+        "exact_paired": exact,
         "one_step_over_deep": {k: v for k, v in ratios.items() if k != "deep"},
+        "one_step_over_deep_what": "exact paired ratio over seeds (exact_paired.models.*.over_deep)",
         "alpha_P_eigenvalues": steps_eig,
         "best_isotropic_step_c_star": c_star,
         "expected_one_step_loss_at_c_star": float(gaussian.expected_post_adaptation_loss(M, fam, c_star, 1)),
@@ -176,8 +258,11 @@ def compute(quick: bool = False) -> dict:
         "kfo": "linmaml.meta.MAML(Linear, transform=KFO(psd=True)): U(G) = (L^T L) G (R^T R)",
         "linnet": "linmaml.meta.MAML(LinNet(Linear, layers=2)): x -> A2 A1 W x, A_j identity-initialised",
         "deep": f"linmaml.simulator.deep(d_in, d_out, {cfg['deep_widths']}), all layers adapt",
-    }.items()}, evaluation="the same held-out tasks for all models; plain GD inner steps of size inner_lr "
-                           "(KFO: transformed steps); ratios by the delta method on paired tasks")
+    }.items()}, evaluation="one-step numbers: exact conditional query loss of every seed's adapted map on the same "
+                           "exact_tasks fresh tasks; ratios of means with delta-method (tasks) and Student-t (seeds) "
+                           "intervals combined; curves: seed 0 on test_tasks sampled query sets",
+        convergence="Adam, cosine schedule from meta_lr to 0 over meta_iterations; converged = exact loss at "
+                    "snapshot_fraction of the schedule within convergence_tolerance (relative) of the final one")
     return {"figure": NAME, "settings": settings, "numbers": numbers, "_arrays": {"meta_loss": meta_losses}}
 
 
@@ -199,31 +284,36 @@ def draw(result: dict, path: pathlib.Path) -> None:
     ax_curve.legend(fontsize=8)
 
     kinds = ["plain", "kfo", "linnet", "deep"]
-    means = [num["one_step_query_loss"][k]["mean"] for k in kinds]
-    errs = [num["one_step_query_loss"][k]["ci95"] for k in kinds]
+    ex = num["exact_paired"]
+    means = [ex["models"][k]["mean_loss"] for k in kinds]
+    errs = [ex["models"][k]["mean_loss_ci95"] for k in kinds]
+    # a linear axis from 0: bar heights are losses, so their ratios read off the picture (issue 25)
     ax_bar.bar(range(4), means, yerr=errs, color=colors, capsize=4)
     ax_bar.set_xticks(range(4), [LABELS[k].replace(", ", "\n") for k in kinds], fontsize=8)
-    ax_bar.set_yscale("log")
-    ax_bar.axhline(num["expected_one_step_loss_at_c_star"], color="k", ls="--", lw=1,
-                   label="best isotropic step (theory)")
+    ax_bar.set_ylim(0, max(m + e for m, e in zip(means, errs)) * 1.25)
+    ax_bar.axhline(ex["best_linear_map_loss_exact"], color="k", ls="--", lw=1,
+                   label=f"best linear one-step map (= best scalar step c* = {ex['best_linear_map_step']:.3f})")
+    ax_bar.axhline(0.5 * cfg["family"]["noise_std"] ** 2 * cfg["family"]["d_out"], color="0.5", ls=":", lw=1,
+                   label="noise floor ½σ²")
     for i, k in enumerate(kinds[:3]):
-        r = num["one_step_over_deep"][k]
-        ax_bar.text(i, means[i] * 1.08, f"{r['ratio']:.2f}× Deep", ha="center", fontsize=8)
-    ax_bar.set_ylim(top=max(means) * 1.6)
-    ax_bar.set_ylabel("query loss after one inner step")
-    ax_bar.set_title("(b) after one step (mean, 95% CI)", fontsize=10)
-    ax_bar.legend(fontsize=8)
+        r = ex["models"][k]["over_deep"]
+        ax_bar.text(i, means[i] + errs[i] + 0.02 * max(means) + (0.06 * max(means) if i == 2 else 0),
+                    f"{r['ratio']:.3f} ± {r['ci95']:.3f}\n× Deep", ha="center", fontsize=7)
+    ax_bar.set_ylabel("exact query loss after one step (linear axis)")
+    ax_bar.set_title(f"(b) one step, exact, {ex['tasks']:,} paired tasks × {len(cfg['seeds'])} seeds", fontsize=10)
+    ax_bar.legend(fontsize=7, loc="upper right")
 
     for kind, color in zip(kinds, colors):
         ax_meta.plot(running_mean(result["_arrays"]["meta_loss"][kind], 25), color=color, label=LABELS[kind])
     ax_meta.set_yscale("log")
     ax_meta.set_xlabel("meta-iteration")
-    ax_meta.set_ylabel("MAML objective (running mean of 25)")
+    ax_meta.set_ylabel("MAML objective, exact query (running mean of 25)")
     ax_meta.set_title("(c) meta-training", fontsize=10)
     ax_meta.grid(alpha=0.3)
     ax_meta.legend(fontsize=8)
-    fig.suptitle(f"Remedies for the shallow model: KFO and LinNet (inner lr α = {cfg['inner_lr']}, "
-                 f"{cfg['meta_iterations']} meta-iterations each, {cfg['test_tasks']} held-out tasks)", fontsize=11)
+    fig.suptitle(f"Remedies for the shallow model: KFO and LinNet (inner lr α = {cfg['inner_lr']}, Adam + cosine over "
+                 f"{cfg['meta_iterations']} meta-iterations, {len(cfg['seeds'])} seeds; curves: seed 0, "
+                 f"{cfg['test_tasks']} held-out tasks)", fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -343,12 +343,10 @@ def bottom_preconditioner(learner, x_support) -> dict | None:
             (g,) = torch.autograd.grad(logits[k], w, retain_graph=k + 1 < logits.numel())
             rows.append(g)
     transform = learner.transform
-    tparams = {n: p.detach() for n, p in transform.named_parameters()}
     with torch.no_grad():
         jac = torch.stack([r.reshape(-1) for r in rows]).double()                         # (n·ways, |W|)
-        # The first inner step's map (step 0, fresh state): stateful transforms (learned per-step
-        # rates, momentum) define their update through step(), not update().
-        updated = torch.stack([transform.step({key: r}, tparams, {}, 0)[0][key].reshape(-1) for r in rows]).double()
+        # The first inner step's map (step 0 from the start state), with the transform's own parameters.
+        updated = torch.stack([transform.update({key: r})[key].reshape(-1) for r in rows]).double()
         theta = jac @ updated.T                                                            # Θ_ij = ⟨g_i, U(g_j)⟩
         plain = jac @ jac.T
         symmetric = (theta + theta.T) / 2

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from linmaml import _validate
-from linmaml.benchmarks.learners import (ALGOS, POOLS, TRANSFORMS, build_learner, model_class_name,
+from linmaml.benchmarks.learners import (ALGOS, ESTIMATOR_ALGOS, POOLS, TRANSFORMS, build_learner, model_class_name,
                                          model_fingerprint)
 from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.meta import estimators
 from linmaml.meta.engine import STRATEGIES, Engine
 
 BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
@@ -109,12 +110,24 @@ class TrainConfig:
     model: str | None = None
     model_fingerprint: str | None = None
     head: str | None = None
+    #: Settings of the estimator algorithms (:mod:`linmaml.meta.estimators`; unused by the others):
+    #: truncated MAML's window K; iMAML's λ, conjugate-gradient iterations and inner-solver tolerance
+    #: (its solver takes at most ``steps`` gradient steps of ``inner_lr``); the population (antithetic
+    #: pairs) and σ of evolution strategies; the finite-difference step of Hessian-free MAML.
+    truncate: int = 1
+    imaml_lambda: float = 1.0
+    cg_steps: int = 5
+    inner_tolerance: float = 1e-3
+    es_population: int = 8
+    es_sigma: float = 1e-2
+    fd_delta: float = 1e-3
 
     #: Settings that change the sequence of weights; a resumed run must keep them (the last three
     #: only through floating-point rounding, but a resumed run is bitwise the uninterrupted one).
     IDENTITY = ("benchmark", "ways", "shots", "query", "algo", "transform", "linnet", "linnet_width", "layers",
                 "hidden", "pool", "steps", "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "seed", "dtype",
-                "batching", "tasks_per_chunk", "compile", "model", "model_fingerprint", "head")
+                "batching", "tasks_per_chunk", "compile", "model", "model_fingerprint", "head", "truncate",
+                "imaml_lambda", "cg_steps", "inner_tolerance", "es_population", "es_sigma", "fd_delta")
 
     def __post_init__(self):
         def choice(name, allowed):
@@ -164,6 +177,21 @@ class TrainConfig:
                                             f"this much per step), got {self.outer_lr:g}")
         object.__setattr__(self, "inner_lr", float(self.inner_lr))
         object.__setattr__(self, "outer_lr", float(self.outer_lr))
+        self._check_estimator_settings()
+
+    def _check_estimator_settings(self):
+        _validate.integer(self.truncate, "truncate", minimum=0, maximum=STEPS_MAX)
+        _validate.integer(self.cg_steps, "cg_steps", minimum=1, maximum=STEPS_MAX)
+        _validate.integer(self.es_population, "es_population", minimum=1, maximum=META_BATCH_MAX)
+        for name, kind in (("imaml_lambda", "positive"), ("inner_tolerance", "nonnegative"), ("es_sigma", "positive"),
+                           ("fd_delta", "positive")):
+            object.__setattr__(self, name, _validate.finite_number(getattr(self, name), name, **{kind: True}))
+        if self.algo in ("imaml", "truncated", "hfmaml") and self.transform != "none":
+            raise ArgumentError("transform", f"algo {self.algo!r} runs its own plain gradient-descent inner loop; "
+                                             f"use transform 'none' (reptile and es accept every transform)")
+        if self.algo == "imaml" and self.inner_lr <= 0:
+            raise ArgumentError("inner_lr", f"iMAML's inner solver descends with it: expected a positive rate, got "
+                                            f"{self.inner_lr:g}")
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "TrainConfig":
@@ -270,5 +298,25 @@ def check_model_matches(config: TrainConfig, model: torch.nn.Module | None, wher
 
 def make_engine(learner, config: TrainConfig) -> Engine:
     """The engine a run of ``config`` trains and validates ``learner`` with (cross-entropy on labels)."""
-    return Engine(learner, F.cross_entropy, strategy=config.batching, tasks_per_chunk=config.tasks_per_chunk,
-                  compile=config.compile)
+    engine = Engine(learner, F.cross_entropy, strategy=config.batching, tasks_per_chunk=config.tasks_per_chunk,
+                    compile=config.compile)
+    if config.algo in ESTIMATOR_ALGOS:
+        return estimators.EstimatorEngine(engine, make_estimator(config))
+    return engine
+
+
+def make_estimator(config: TrainConfig):
+    """The :mod:`linmaml.meta.estimators` estimator of ``config.algo`` with the run's settings. ES draws
+    from torch's global generator, which the trainer seeds per iteration (resumed runs stay exact)."""
+    if config.algo == "reptile":
+        return estimators.Reptile()
+    if config.algo == "imaml":
+        return estimators.iMAML(lam=config.imaml_lambda, cg_steps=config.cg_steps, tolerance=config.inner_tolerance,
+                                max_inner_steps=config.steps, inner_lr=config.inner_lr)
+    if config.algo == "truncated":
+        return estimators.TruncatedMAML(config.truncate)
+    if config.algo == "es":
+        return estimators.EvolutionStrategies(config.es_population, config.es_sigma, seed=None)
+    if config.algo == "hfmaml":
+        return estimators.HessianFreeMAML(config.fd_delta)
+    raise ArgumentError("algo", f"{config.algo!r} is not an estimator algorithm ({', '.join(ESTIMATOR_ALGOS)})")

@@ -9,7 +9,17 @@ algo       learner
 maml       ``meta.MAML(model, lr, steps, transform)``: every parameter adapts, second order
 fomaml     the same with ``first_order=True`` (inner gradients treated as constants)
 anil       ``meta.ANIL(features, head, ...)``: only the head adapts, on features computed once
+reptile,   ``meta.MAML(model, lr, steps)`` (plain gradient steps) whose meta-gradient is the
+imaml,     estimator of that name in :mod:`linmaml.meta.estimators` (Reptile, iMAML, truncated
+truncated, MAML, evolution strategies, Hessian-free MAML), applied by
+es, hfmaml :func:`linmaml.benchmarks.config.make_engine`; validation adapts by plain MAML steps
+protonet   ``meta.ProtoNet(features, ways)``: class means of the ConvNet's features, no inner loop
+r2d2       ``meta.R2D2(features, ways)``: a closed-form ridge head on them (learned λ, scale, bias)
 =========  ==============================================================================
+
+``protonet`` and ``r2d2`` use the ConvNet's ``features`` (its head is not built into the learner);
+``transform``, ``linnet``, ``inner_lr`` and ``steps`` do not apply to them (a transform or LinNet
+is refused), nor does your own model (use ``meta.ProtoNet`` / ``meta.R2D2`` in Python).
 
 ``transform``: ``none`` (plain gradient steps), ``kfo`` (Kronecker-factored, psd), ``metasgd``
 (a learned per-parameter rate), ``metacurvature``. ``linnet K > 0`` appends K bias-free linear layers
@@ -52,7 +62,11 @@ from linmaml import _validate, meta
 from linmaml.benchmarks.models import ConvNet
 from linmaml.errors import ArgumentError, ArgumentTypeError
 
-ALGOS = ("maml", "fomaml", "anil")
+ALGOS = ("maml", "fomaml", "anil", "reptile", "imaml", "truncated", "es", "hfmaml", "protonet", "r2d2")
+#: The algorithms whose meta-gradient is an estimator of :mod:`linmaml.meta.estimators`.
+ESTIMATOR_ALGOS = ("reptile", "imaml", "truncated", "es", "hfmaml")
+#: The algorithms whose adaptation is a closed form (no inner loop, no transform).
+CLOSED_FORM_ALGOS = {"protonet": meta.ProtoNet, "r2d2": meta.R2D2}
 TRANSFORMS = ("none", "kfo", "metasgd", "metacurvature", "rates")
 POOLS = ("max", "stride")
 
@@ -163,6 +177,15 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
     inner_lr = _validate.finite_number(inner_lr, "inner_lr")
     steps = _validate.integer(steps, "steps", minimum=1)
     transform_module = make_transform(transform)
+    if algo in CLOSED_FORM_ALGOS:
+        if model is not None:
+            raise ArgumentError("model", f"algo {algo!r} runs on the built-in ConvNet's features; with your own network "
+                                f"build meta.{CLOSED_FORM_ALGOS[algo].__name__}(features, ways) in Python")
+        if transform != "none" or linnet:
+            raise ArgumentError("transform" if transform != "none" else "linnet",
+                                f"algo {algo!r} has no inner loop: a transform or LinNet layers do not apply")
+        backbone = ConvNet(in_channels=channels, ways=ways, blocks=layers, filters=hidden, image_size=height, pool=pool)
+        return CLOSED_FORM_ALGOS[algo](backbone.features, ways=ways)
     if model is not None:
         return _around_user_model(model, algo, transform_module, linnet, linnet_width, inner_lr, steps, head)
     if head is not None:
@@ -193,4 +216,4 @@ def _around_user_model(model, algo, transform_module, linnet, linnet_width, inne
         if algo == "anil":  # the LinNet layers belong to the adapted head, as with the ConvNet
             adapt = [f"model.{n}" for n in adapt] + [n for n, _ in wrapped.linear.named_parameters(prefix="linear")]
     return meta.MAML(wrapped, lr=inner_lr, steps=steps, transform=transform_module, first_order=(algo == "fomaml"),
-                     adapt=adapt)
+                     adapted=adapt)

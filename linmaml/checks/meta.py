@@ -120,7 +120,7 @@ def closedform_parity(rng: np.random.Generator, depth: int, steps: int, loss: st
     adapt = "all" if layers is None else [f"{j}.weight" for j in layers]
 
     model = deep_linear_model(weights)
-    learner = meta.MAML(model, lr=lr, steps=steps, first_order=first_order, adapt=adapt)
+    learner = meta.MAML(model, lr=lr, steps=steps, first_order=first_order, adapted=adapt)
     loss_fn = loss_function(loss)
     names = [f"{j}.weight" for j in range(depth)]
 
@@ -190,7 +190,7 @@ def depth_as_kfo(rng: np.random.Generator, steps: int, loss: str) -> float:
         frozen.weight.requires_grad_(False)
     shallow = deep_linear_model([(A @ W @ B).numpy()])
     kfo = meta.KFO(psd=True)
-    deep_learner = meta.MAML(deep, lr=lr, steps=steps, adapt="all")
+    deep_learner = meta.MAML(deep, lr=lr, steps=steps, adapted="all")
     shallow_learner = meta.MAML(shallow, lr=lr, steps=steps, transform=kfo)
     L = A.T if m == d_out else psd_factor(A @ A.T)
     R = B if p == d_in else psd_factor(B.T @ B)
@@ -301,14 +301,14 @@ def randomise(transform: meta.Transform, rng: np.random.Generator, scale: float 
 
 
 def anil_vs_head_maml(rng: np.random.Generator, steps: int, loss: str) -> float:
-    """Relative error between ANIL(features, head) and MAML(model, adapt="head") on the same modules,
+    """Relative error between ANIL(features, head) and MAML(model, adapted="head") on the same modules,
     with KFO transforms holding equal random factors: adapted head and every meta-gradient."""
     d_in, hidden, d_out = _sizes(rng, loss)
     model = random_mlp(rng, d_in, hidden, d_out)
     lr = random_rates(rng, steps, *RATES)
     loss_fn = loss_function(loss)
     kfo_maml, kfo_anil = meta.KFO(), meta.KFO()
-    maml = meta.MAML(model, lr=lr, steps=steps, transform=kfo_maml, adapt="head")
+    maml = meta.MAML(model, lr=lr, steps=steps, transform=kfo_maml, adapted="head")
     anil = meta.ANIL(model[:2], model[2], lr=lr, steps=steps, transform=kfo_anil)
     randomise(kfo_maml, rng)
     with torch.no_grad():

@@ -112,3 +112,27 @@ def check_preconditioner(rng: np.random.Generator) -> CheckResult:
         worst = worst_of(worst, relative_error(ours, cf_preconditioner(weights, adapt_layers=layers)))
         count += 1
     return CheckResult(count, worst, "random depths, widths and adapted layers")
+
+
+@identity("simulator: exact conditional query loss vs Monte Carlo over query points (standard errors)", 3.0)
+def check_exact_query_loss(rng: np.random.Generator) -> CheckResult:
+    """Checks linmaml.simulator.evaluate.exact_query_loss, ½tr((W′ − W_τ)Σ(W′ − W_τ)ᵀ) + ½d_out σ², vs the
+    squared loss 1/(2n)‖X W′ᵀ − Y‖² on sampled query sets (the family's sampler: x ~ N(0, Σ), y = W_τ x + ε),
+    averaged over tasks; the deviation of the paired difference's mean in its standard errors."""
+    from linmaml.checks._common import random_spd
+    from linmaml.simulator.evaluate import exact_query_loss
+    from linmaml.tasks import RegressionFamily
+
+    worst, tasks = 0.0, 20_000
+    for d_out in (1, 2, 1):
+        d_in = int(rng.integers(2, 5))
+        family = RegressionFamily(d_in, d_out, task_mean=rng.standard_normal((d_out, d_in)), task_cov=0.5,
+                                  x_cov=random_spd(rng, d_in, condition=30.0), noise_std=float(rng.uniform(0.1, 0.6)),
+                                  n_support=1, n_query=int(rng.integers(2, 30)))
+        batch = family.sample(tasks, rng)
+        adapted = batch.W + 0.7 * rng.standard_normal(batch.W.shape)
+        residual = np.einsum("tqi,toi->tqo", batch.Xq, adapted) - batch.Yq
+        sampled = 0.5 * np.sum(residual ** 2, axis=2).mean(axis=1)
+        diff = sampled - exact_query_loss(adapted, batch.W, family.x_cov, family.noise_std)
+        worst = worst_of(worst, abs(diff.mean()) / (diff.std(ddof=1) / np.sqrt(tasks)))
+    return CheckResult(3, worst, f"max |mean difference| in standard errors ({tasks} tasks each)")

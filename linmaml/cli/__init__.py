@@ -4,7 +4,8 @@ Each subcommand lives in its own module here with two functions, ``register(subp
 its parser, and the ``run(args)`` that the parser points to. Errors in the user's input (bad values,
 missing files, unwritable folders) and every operating-system error (read-only file system, disk
 full, file too large, ``/dev/full`` as standard output) become one line on stderr naming the path
-and the reason, with exit status 2; ``--debug`` shows the traceback instead. A closed pipe on
+and the reason, with exit status 2, and so does a missing optional dependency (the line names the
+extra to install, e.g. ``linmaml[plots]``); ``--debug`` shows the traceback instead. A closed pipe on
 standard output (``linmaml verify | head -1``) ends the command quietly with status 141
 (128 + SIGPIPE, what a shell reports for a Unix tool stopped by the closed pipe).
 """
@@ -17,6 +18,8 @@ import os
 import re
 import signal
 import sys
+
+from linmaml._extras import missing_extra
 
 #: Subcommand modules, in the order ``linmaml --help`` lists them.
 COMMANDS = ("verify", "derive", "surface", "reproduce", "explore", "data", "train", "evaluate", "analyze", "plot",
@@ -157,6 +160,12 @@ def main(argv=None) -> int:
             return _report(args, error)
         _silence_stdout()
         return BROKEN_PIPE_STATUS
+    except ImportError as error:
+        # an optional dependency that is not installed (matplotlib for figures, ...): name the extra
+        missing = missing_extra(error)
+        if missing is None:
+            raise
+        return _report(args, missing)
     except USER_ERRORS as error:
         if isinstance(error, OSError) and error.filename == STDOUT:
             _silence_stdout()

@@ -33,6 +33,7 @@ def run(args) -> int:
 
     from linmaml import _io, _validate
     from linmaml.benchmarks import analyze
+    from linmaml._extras import require
     from linmaml.cli._paths import path_option
 
     from linmaml.benchmarks.config import EVAL_TASKS_MAX, STEPS_MAX, THREADS_MAX
@@ -48,6 +49,7 @@ def run(args) -> int:
     out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused
     if out is not None:
         folder_can_hold(out, "--out")  # before the analysis, not after it
+        require("matplotlib", "--out (drawing analyze.png)")
     if args.threads is not None:
         torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX))
     apply_for_command(args.allocator or default_policy(), "linmaml analyze")

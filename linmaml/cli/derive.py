@@ -13,6 +13,7 @@ matrix symbols, grouped by powers of α, and the vec-form preconditioner of the 
 from __future__ import annotations
 
 from linmaml import _validate
+from linmaml._extras import require
 from linmaml.errors import ArgumentError, argument_of
 
 
@@ -59,6 +60,7 @@ def _options(args) -> dict:
 
 def run(args) -> int:
     options = _options(args)
+    require("sympy", "symbolic derivations")
     if args.kind == "matrix":
         print(matrix_text(options["depth"], options["layers"], args.latex))
     else:

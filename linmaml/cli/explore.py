@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from linmaml._extras import require
 from linmaml.cli._paths import path_option
 from linmaml.errors import ArgumentError, renamed
 
@@ -96,6 +97,7 @@ def _check_save_folder(path: Path) -> None:
 
 
 def run(args) -> int:
+    require("matplotlib", "the interactive explorer")
     from linmaml.plots.explorer import SurfaceExplorer
 
     # Bad values are reported before anything about displays, and before any window opens.

@@ -1,6 +1,7 @@
 """``linmaml plot``: training and validation curves of ``linmaml train`` runs, from their metrics.jsonl."""
 from __future__ import annotations
 
+from linmaml._extras import require
 from linmaml.cli._paths import folder_can_hold, path_option
 
 
@@ -28,6 +29,8 @@ def run(args) -> int:
     from linmaml import _validate
     from linmaml.errors import renamed
     from linmaml.plots.training import WINDOW_MAX, plot_runs, read_runs
+
+    require("matplotlib", "drawing training curves")
 
     out = path_option(args.out, "--out")
     formats = _formats()

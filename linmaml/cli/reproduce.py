@@ -27,6 +27,7 @@ import tempfile
 import time
 
 from linmaml import _io
+from linmaml._extras import require
 
 RESULTS = "results.json"
 #: The package whose ``fig_*`` modules are the figures (a module attribute so tests can point it at
@@ -214,6 +215,7 @@ def run(args) -> int:
             print(f"{f.name:<16} {f.module_name}")
         return 0
     chosen = select(figures, args.only)
+    require("matplotlib", "drawing figures")  # before minutes of computing, not at the first drawing
     out = _output_folder(args.out)
     reproduce(out, chosen, quick=args.quick, merge=bool(args.only),
               progress=lambda message: print(message, file=sys.stderr, flush=True))

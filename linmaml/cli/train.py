@@ -1,4 +1,5 @@
-"""``linmaml train``: meta-train MAML / first-order MAML / ANIL on a few-shot benchmark.
+"""``linmaml train``: meta-train MAML / first-order MAML / ANIL, or with a meta-gradient estimator
+(Reptile, iMAML, truncated MAML, ES, HF-MAML: :mod:`linmaml.meta.estimators`), on a few-shot benchmark.
 
 Thin: parses the options and calls :func:`linmaml.benchmarks.train.train`. ``--config FILE`` reads
 the settings from a JSON file (bare fields, or a run's ``config.json`` with its ``{"config": {...}}``
@@ -48,10 +49,23 @@ _CONFIG_OPTIONS = {
     "checkpoint_every": (int, "write last.pt every C iterations (default 50)"),
     "seed": (int, "seed of the initial weights and the training tasks (default 0)"),
     "tasks_per_chunk": (int, "tasks computed together with --batching split or vmap (default 4)"),
+    "truncate": (int, "--algo truncated: backpropagate through the last K inner steps (default 1)"),
+    "imaml_lambda": (float, "--algo imaml: proximal regulariser lambda (default 1)"),
+    "cg_steps": (int, "--algo imaml: conjugate-gradient iterations (default 5)"),
+    "inner_tolerance": (float, "--algo imaml: stop the inner solver (at most --steps steps) at this gradient norm "
+                               "(default 1e-3)"),
+    "es_population": (int, "--algo es: antithetic pairs per meta-gradient (default 8)"),
+    "es_sigma": (float, "--algo es: Gaussian smoothing scale sigma (default 0.01)"),
+    "fd_delta": (float, "--algo hfmaml: finite-difference step of the Hessian-vector products (default 0.001; "
+                        "a step across ReLU kinks is wrong)"),
 }
 _CHOICE_OPTIONS = {
     "benchmark": (("omniglot", "cifar-fs", "mini-imagenet"), "the few-shot benchmark (default omniglot)"),
-    "algo": (("maml", "fomaml", "anil"), "meta-learning algorithm (default maml: second order)"),
+    "algo": (("maml", "fomaml", "anil", "reptile", "imaml", "truncated", "es", "hfmaml", "protonet", "r2d2"),
+             "meta-learning algorithm (default maml: second order); reptile, imaml, truncated, es and hfmaml are "
+             "meta-gradient estimators (linmaml.meta.estimators) set by --truncate, --imaml-lambda, --cg-steps, "
+             "--inner-tolerance, --es-population, --es-sigma, --fd-delta; protonet and r2d2 adapt in closed form "
+             "(ProtoNets, the R2-D2 ridge head) on the ConvNet's features"),
     "transform": (("none", "kfo", "metasgd", "metacurvature", "rates"), "meta-optimizer of the inner loop (default none)"),
     "pool": (("max", "stride"), "down-sampling of each conv block (default: stride for omniglot, max otherwise)"),
     "dtype": (("float32", "float64"), "parameter dtype (default float32)"),

@@ -172,9 +172,11 @@ def expected_post_adaptation_loss(weights, family, lr, steps: int = 1, populatio
       the expected support loss (Σ̂ → Σ, no noise in the gradient). ``population=False`` with
       ``steps`` ≥ 2 raises, since the finite-n expectation needs higher Wishart moments;
     * deep (two or more layers): one step with the population gradient on every layer, exact for any
-      depth, Σ and full Ω (:mod:`linmaml.closedform.gaussian_deep`, Isserlis). ``population`` None or
-      True; ``population=False`` (finite n) and ``steps`` ≥ 2 raise ``ValueError``: not implemented
-      (they need Wishart moments of order 2L jointly with D).
+      depth, Σ and full Ω (:mod:`linmaml.closedform.gaussian_deep`, Isserlis), with ``population``
+      None or True. ``population=False``: one step on the n sampled support points (Wishart
+      fluctuation of Σ̂ and support noise), exact for depth 2, any widths and d_out
+      (:mod:`linmaml.closedform.gaussian_deep_finite`); depth ≥ 3 at finite n and ``steps`` ≥ 2
+      raise ``ValueError`` (they need Wishart moments of order ≥ 6 jointly with D).
 
     For a :class:`TaskMixture` the result is the probability-weighted sum over components.
     :func:`expected_post_adaptation_loss_and_grad` also returns the gradient with respect to the weights.
@@ -188,7 +190,8 @@ def expected_post_adaptation_loss_and_grad(weights, family, lr, steps: int = 1, 
 
     The gradient has the shape of ``weights``: one (d_out, d_in) array for a matrix, a list of arrays
     for a list of layers. Shallow: the exact ∂/∂W = Σ_c π_c (W − M_c) B_c. Deep: the complex-step
-    derivative of the exact polynomial expectation (exact to rounding; see gaussian_deep).
+    derivative of the exact polynomial expectation (exact to rounding; see gaussian_deep); deep at
+    finite n: the hand-derived gradient of gaussian_deep_finite.
     """
     from linmaml.closedform import gaussian_deep
 
@@ -199,13 +202,20 @@ def expected_post_adaptation_loss_and_grad(weights, family, lr, steps: int = 1, 
         steps = _validate.integer(steps, "steps", minimum=0)
         if population is not None and not isinstance(population, (bool, np.bool_)):
             raise TypeError(f"population: expected True, False or None, got {population!r}")
-        if population is False:
-            raise ValueError("population: finite-n expectations are not implemented for deep models (they need "
-                             "Wishart moments of order 2L jointly with the task); pass population=True")
         if steps > 1:
             raise ValueError("steps: deep models are covered for 0 or 1 inner step (the adapted map has degree "
                              "L^k in the task after k steps)")
         rate = lr if steps == 1 else 0.0
+        if population is False and steps == 1:
+            if len(layers) != 2:
+                raise ValueError("population: finite-n expectations of deep models are implemented for depth 2 "
+                                 "only (depth L needs Wishart moments of order 2L jointly with the task); pass "
+                                 "population=True")
+            from linmaml.closedform import gaussian_deep_finite
+
+            if not _grad:
+                return gaussian_deep_finite.finite_n_expected_loss(layers, mixture, rate), None
+            return gaussian_deep_finite.finite_n_expected_loss_and_grad(layers, mixture, rate)
         if not _grad:
             return gaussian_deep.deep_expected_loss(layers, mixture, rate), None
         return gaussian_deep.deep_expected_loss_and_grad(layers, mixture, rate)

@@ -30,10 +30,10 @@ The gradient with respect to every layer is the complex-step derivative of that 
 Im f(W + ih·E)/h, evaluated for all coordinates at once (a leading batch axis): no subtraction, so its
 error is O(h²) relative with h = 1e-20, i.e. exact to rounding.
 
-Not covered (raises ``ValueError``): finite n support points for depth ≥ 2. The adapted map then
-contains Σ̂ up to degree L and the query loss Σ̂ up to degree 2L jointly with D; for depth 2 that needs
-fourth-order Wishart moments E[Σ̂ A Σ̂ B Σ̂ C Σ̂] jointly with the support noise, which this module does
-not implement. More than one step (degree L^k in D) is not covered either.
+Finite n support points: the adapted map then contains Σ̂ up to degree L and the query loss Σ̂ up to
+degree 2L jointly with D. Depth 2 (fourth-order Wishart moments jointly with the support noise) is
+:mod:`linmaml.closedform.gaussian_deep_finite`; depth ≥ 3 at finite n raises ``ValueError``. More
+than one step (degree L^k in D) is not covered either.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Same Gaussian setting and losses as :mod:`linmaml.closedform.gaussian` (shallow model W (d_out, d_in)).
 
 Training and test rates (Bernacchia 2021, "Meta-learning with negative learning rates")
---------------------------------------------------------------------------------------
+---------------------------------------------------------------------------------------
 MAML meta-trains an initialisation W0 with an inner rate ``lr_train`` and is evaluated after
 adaptation with ``lr_test``. With infinitely many training tasks W0 is the minimiser of the exact
 objective (:func:`~linmaml.closedform.gaussian.maml_fixed_point`), which is the task mean M for one
@@ -114,6 +114,90 @@ def optimal_one_step_map(family, population: bool = False):
     if not np.all(np.isfinite(Q)):
         raise ArgumentError("family", "the optimal map overflows float64; expected better-conditioned covariances")
     return family.task_mean.copy(), Q
+
+
+def optimal_diagonal_map(family, population: bool = False):
+    """(W0*, q*): the initialisation (d_out, d_in) and DIAGONAL step Q = diag(q) (q of shape (d_in,))
+    minimising :func:`expected_one_step_map_loss`: the best a per-coordinate step in the parameter
+    basis can do (what Meta-SGD on a shallow d_out = 1 model can at best learn).
+
+    Derivation: write the loss (module docstring) as
+    2·E = tr(SΣ) − 2 tr(QΣSΣ) + tr(B QΣQᵀ) + d_out σ², with B = (1 + 1/n)ΣSΣ + cΣ (population: B = ΣSΣ).
+    For Q = diag(q), tr(QΣSΣ) = Σ_i q_i (ΣSΣ)_ii and tr(B QΣQ) = Σ_ij B_ij q_j Σ_ji q_i = qᵀ(B ∘ Σ)q
+    (∘ the elementwise product; B and Σ are symmetric). B ∘ Σ is positive semi-definite (Schur), so
+    the loss is a convex quadratic in q, minimised at
+
+        q* = (B ∘ Σ)⁻¹ diag(ΣSΣ)
+
+    (least squares when singular). As for Q*, the loss depends on W0 only through S ⪰ Ω_in, so W0* = M.
+    For an axis-aligned Σ and S it equals Q*; otherwise it is worse by the off-diagonal part of Q*.
+    """
+    family = _single_family(family)
+    population = _population_flag(population)
+    S, Sigma = _map_pieces(family, None)
+    A = Sigma @ S @ Sigma
+    B = A if population else (1 + 1 / family.n_support) * A + (
+        np.trace(S @ Sigma) + family.d_out * family.noise_std ** 2) / family.n_support * Sigma
+    q, *_ = np.linalg.lstsq(B * Sigma, np.diag(A).copy(), rcond=None)
+    if not np.all(np.isfinite(q)):
+        raise ArgumentError("family", "the optimal diagonal map overflows float64; expected better-conditioned covariances")
+    return family.task_mean.copy(), q
+
+
+def apply_one_step_map(batch, Q, W0) -> np.ndarray:
+    """W′ = W0 − Ĝ Q for every task of ``batch`` (a :class:`~linmaml.tasks.TaskBatch`), Ĝ the support
+    gradient (W0 Xsᵀ − Ysᵀ)Xs/n at W0 (d_out, d_in); Q (d_in, d_in). Returns (T, d_out, d_in)."""
+    Q = _validate.real_matrix(Q, "Q")
+    W0 = np.asarray(W0, dtype=np.float64)
+    Xs, Ys = np.asarray(batch.Xs, dtype=np.float64), np.asarray(batch.Ys, dtype=np.float64)
+    if W0.ndim != 2 or W0.shape[1] != Xs.shape[2] or Q.shape != (Xs.shape[2], Xs.shape[2]):
+        raise ArgumentError("W0", f"expected W0 (d_out, {Xs.shape[2]}) and Q ({Xs.shape[2]}, {Xs.shape[2]}), "
+                                  f"got {W0.shape} and {Q.shape}")
+    residual = Xs @ W0.T - Ys  # (T, n, d_out)
+    G = np.einsum("tno,tni->toi", residual, Xs) / Xs.shape[1]
+    return W0[None] - G @ Q
+
+
+def _posterior_pieces(family):
+    family = _single_family(family)
+    if family.d_out != 1:
+        raise ArgumentError("family", f"the Bayes posterior is implemented for d_out = 1, got d_out = {family.d_out}")
+    if not family.noise_std > 0:
+        raise ArgumentError("family", "the Bayes posterior needs label noise (noise_std > 0)")
+    Omega = family.task_cov
+    if np.linalg.eigvalsh(Omega).min() <= 0:
+        raise ArgumentError("family", "the Bayes posterior needs a positive definite task covariance")
+    return family, np.linalg.inv(Omega)
+
+
+def bayes_posterior_mean(family, Xs, Ys) -> np.ndarray:
+    """E[W_τ | support set] for each task: the Bayes predictor, the best one-step predictor of ANY
+    form (linear or not) under the query loss, for a :class:`~linmaml.tasks.RegressionFamily` with
+    d_out = 1, Ω ≻ 0 and σ > 0. With the prior w ~ N(m, Ω) and y = Xw + ε,
+
+        Λ = Ω⁻¹ + XᵀX/σ²,   E[w | X, y] = Λ⁻¹(Ω⁻¹m + Xᵀy/σ²),   Cov[w | X, y] = Λ⁻¹
+
+    — linear in y, but not in the support gradient alone (Λ depends on X). ``Xs`` (T, n, d_in),
+    ``Ys`` (T, n, 1). Returns (T, 1, d_in).
+    """
+    family, Omega_inv = _posterior_pieces(family)
+    Xs, Ys = np.asarray(Xs, dtype=np.float64), np.asarray(Ys, dtype=np.float64)
+    var = family.noise_std ** 2
+    Lam = Omega_inv[None] + np.swapaxes(Xs, 1, 2) @ Xs / var
+    rhs = (Omega_inv @ family.task_mean[0])[None, :] + np.einsum("tni,tn->ti", Xs, Ys[..., 0]) / var
+    return np.linalg.solve(Lam, rhs[..., None])[..., 0][:, None, :]
+
+
+def bayes_conditional_loss(family, Xs) -> np.ndarray:
+    """The Bayes predictor's exact query loss given each task's support INPUTS (T, n, d_in):
+    E[½(ŵ − w)ᵀΣ(ŵ − w) + ½σ² | X] = ½ tr(Σ Λ⁻¹) + ½σ² (the posterior covariance depends on X only,
+    :func:`bayes_posterior_mean`). Averaged over sampled X it is the Bayes floor of the one-step
+    query loss, by Monte Carlo over X (its standard error from the (T,) values returned)."""
+    family, Omega_inv = _posterior_pieces(family)
+    Xs = np.asarray(Xs, dtype=np.float64)
+    Lam = Omega_inv[None] + np.swapaxes(Xs, 1, 2) @ Xs / family.noise_std ** 2
+    cov = np.linalg.inv(Lam)
+    return 0.5 * np.einsum("ij,tji->t", family.x_cov, cov) + 0.5 * family.noise_std ** 2
 
 
 def best_scalar_lr(family, population: bool = False) -> tuple[float, float]:

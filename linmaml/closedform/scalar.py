@@ -21,7 +21,7 @@ is the k = 0 case. For L = 2 this is 3, 19 and 163 nodes for 1, 3 and 5 steps. E
 non-negative, so the sum has no cancellation: the result is exact up to float64 rounding (relative
 error ~1e-14), not an approximation. Points where the inner loop overflows float64 give ``inf``.
 
-Rare tasks can dominate. E_a weighs tasks with large |a|, for which the inner loop diverges; with
+Rare tasks can dominate. E_a weighs tasks with large ``|a|``, for which the inner loop diverges; with
 deep chains and several steps their growth (degree D in a) can beat the Gaussian tail, and then J
 is genuinely astronomically large. Example: depth 6, 5 steps, α = 0.05, V = 1, w ≈ 0.85 and
 a ~ N(0.5, 0.3²): the integrand peaks near a = 0.5 + 0.3·370 at ~10^36615 (checked in 30-digit

@@ -15,7 +15,7 @@ J = E_a[½·v·(p_k − a)²] is a polynomial in (w_1 … w_L, α, m, s, v). It 
 Cost — measured, honest. The adapted weights have degree (2L − 1)^{t−1} in a, and the number of
 monomials explodes with depth and steps. :func:`scalar_objective` refuses (a ``ValueError`` naming
 depth and steps) before any single polynomial product would exceed ``max_work`` term products
-(default 10⁷). Measured on the 2-core development machine (monomials of J, seconds to derive):
+(default 10⁷). Measured on the 2-core development machine (monomials of J, seconds to derive)::
 
     depth 1, steps 0–5     4 … 44 terms           < 0.01 s
     depth 2, steps 1/2/3   47 / 1,334 / 69,981    0.01 / 0.02 / 1.4–2.8 s

@@ -45,7 +45,7 @@ is recorded for an outer backward pass: first-order memory at any order, and the
 modified (no flipping of ``learner.first_order``).
 
 Normalisation layers under vmap (why :func:`explicit_normalization` exists)
---------------------------------------------------------------------------
+---------------------------------------------------------------------------
 torch's batching rules for the backward of ``batch_norm``, ``instance_norm`` and ``layer_norm`` give
 wrong *second* derivatives (torch 2.13; pytorch/functorch#534): vmapping the inner loop of a model
 with BatchNorm returns first-order-correct but second-order-wrong meta-gradients, silently. Every

@@ -25,10 +25,10 @@ depends on φₖ₋₁, so ∇_φ ℓ(θₖ₋₁) = −αₖ₋₁ J_T(φₖ₋
 step's transform with the current gradient (Gₖ₋₁ held fixed: it does not depend on φₖ₋₁). The
 transform is updated first and the updated one transforms Gₖ.
 
-A stateful transform (``transform.stateful``: learned per-step rates, momentum; see
-:mod:`linmaml.meta.transforms`) is called as ``transform.step(Gₖ, φₖ, sₖ₋₁, k − 1) -> (Uₖ, sₖ)`` with
-the state s₀ = {} fresh for every call of the loop; with ``adapt_transform`` its vector-Jacobian
-product is taken at the state it was given, which is held fixed as Gₖ₋₁ is.
+The transform is called through its protocol (:mod:`linmaml.meta.transforms`) as
+``transform.step(Gₖ, φₖ, sₖ₋₁, k − 1) -> (Uₖ, sₖ)``, every transform the same way, with the state s₀
+(``transform.initial_state`` unless given) fresh for every call of the loop; with ``adapt_transform``
+its vector-Jacobian product is taken at the state it was given, which is held fixed as Gₖ₋₁ is.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from linmaml import _validate
-from linmaml.meta.transforms import Identity, Transform
+from linmaml.meta.transforms import Transform, tree_leaves, tree_map
 
 Params = dict[str, torch.Tensor]
 
@@ -54,7 +54,8 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
                *,
                first_order: bool = False,
                adapt_transform: bool = False,
-               buffers: Mapping[str, torch.Tensor] | None = None) -> tuple[Params, Params]:
+               buffers: Mapping[str, torch.Tensor] | None = None,
+               state=None) -> tuple[Params, object]:
     """Adapt ``params`` with ``len(lrs)`` transformed gradient steps on the support set (x, y).
 
     ``forward(params, buffers, x)`` returns the model's output with the adapted parameters
@@ -62,10 +63,12 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
     module state ``buffers`` (e.g. BatchNorm running statistics, default none), ``loss_fn(output, y)``
     a scalar. The buffers are an argument rather than captured by ``forward`` because a train-mode
     BatchNorm updates its running statistics in place, which ``torch.func.grad`` allows only on its
-    inputs; they are updated as by an ordinary forward pass. ``transform.update(grads,
-    transform_params)`` maps gradients to updates. Returns the adapted parameters and the (possibly
-    adapted) transform parameters, both differentiable with respect to the inputs; ``first_order``
-    detaches every inner gradient.
+    inputs; they are updated as by an ordinary forward pass. ``transform.step(grads,
+    transform_params, state, k)`` maps gradients to updates; ``transform_params`` is the transform's
+    params tree (``transform.params()``; a dict keyed as ``transform.named_parameters()`` is read as
+    that tree), ``state`` the state of the first step (default ``transform.initial_state``).
+    Returns the adapted parameters and the (possibly adapted) transform params tree, both
+    differentiable with respect to the inputs; ``first_order`` detaches every inner gradient.
 
     ``lrs`` holds one finite real number per step (a list, tuple or 1-d NumPy array; negative rates
     are gradient ascent and allowed). An empty sequence takes no step and returns the parameters
@@ -74,8 +77,9 @@ def inner_loop(forward: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch
     (learn step sizes with a transform such as ``MetaSGD``). Bad rates raise ``ValueError`` /
     ``TypeError`` naming ``lrs`` before any gradient is taken.
     """
-    return run_steps(forward, loss_fn, params, transform, transform_params, x, y, check_rates(lrs),
-                     first_order=first_order, adapt_transform=adapt_transform, buffers=buffers)
+    rates = check_rates(lrs)
+    return run_steps(forward, loss_fn, params, transform, transform.as_params(transform_params), x, y, rates,
+                     first_order=first_order, adapt_transform=adapt_transform, buffers=buffers, state=state)
 
 
 def under_function_transform() -> bool:
@@ -88,48 +92,43 @@ def under_function_transform() -> bool:
 
 
 def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: list[float], *,
-              first_order: bool, adapt_transform: bool, buffers=None) -> tuple[Params, Params]:
-    """:func:`inner_loop` with ``lrs`` already checked (a list of floats): what the learners call.
+              first_order: bool, adapt_transform: bool, buffers=None, state=None) -> tuple[Params, object]:
+    """:func:`inner_loop` with ``lrs`` already checked (a list of floats) and ``transform_params`` a
+    params tree: what the learners call.
 
-    Two code paths compute the same steps (tested equal in float64): under a function transform
-    (:func:`under_function_transform`) the gradients come from ``torch.func.grad``; otherwise from
+    Two code paths compute the same gradients (tested equal in float64): under a function transform
+    (:func:`under_function_transform`) they come from ``torch.func.grad``; otherwise from
     ``torch.autograd.grad`` directly, which skips functorch's per-call wrapping. On that path first
     order builds no graph the outer backward would carry: each inner gradient is taken at detached
     copies of the parameters and inputs (its value is all first order uses), so only the updates
     θₖ = θₖ₋₁ − αₖ T(Gₖ) stay on the outer graph. Without grad mode (``torch.no_grad``) the steps
-    are taken the same way: there is no outer graph to build.
+    are taken the same way: there is no outer graph to build. Every transform is called the same
+    way, ``transform.step``; with ``adapt_transform`` through ``torch.func.vjp``, whose pullback the
+    next step uses.
     """
     buffers = {} if buffers is None else buffers
     params = dict(params)
-    tparams = dict(transform_params)
-    adapt_transform = adapt_transform and bool(tparams)
+    tparams = transform_params
+    state = transform.initial_state if state is None else state
+    adapt_transform = adapt_transform and bool(tree_leaves(tparams))
     if under_function_transform():
         grad_fn = _functorch_gradients(forward, loss_fn, x, y, buffers, first_order)
     else:
         grad_fn = _autograd_gradients(forward, loss_fn, x, y, buffers,
                                       graph=torch.is_grad_enabled() and not first_order)
     pullback, previous_lr = None, None
-    stateful, state = transform.stateful, {}
     for k, lr in enumerate(lrs):
         grads = grad_fn(params)
         if pullback is not None:
             (jt_g,) = pullback(grads)
             # ∇_φ ℓ(θₖ₋₁) = −αₖ₋₁ J_Tᵀ Gₖ ; then φ ← φ − αₖ ∇_φ ℓ
-            tparams = {n: tparams[n] + (lr * previous_lr) * (jt_g[n].detach() if first_order else jt_g[n])
-                       for n in tparams}
-        if adapt_transform and stateful:
+            tparams = tree_map(lambda t, j: t + (lr * previous_lr) * (j.detach() if first_order else j), tparams, jt_g)
+        if adapt_transform:
             updates, pullback, state = torch.func.vjp(
                 lambda tp, g=grads, s=state, k=k: transform.step(g, tp, s, k), tparams, has_aux=True)
             previous_lr = lr
-        elif adapt_transform:
-            updates, pullback = torch.func.vjp(lambda tp, g=grads: transform.update(g, tp), tparams)
-            previous_lr = lr
-        elif type(transform) is Identity:  # noqa: E721 -- exactly plain MAML: U(G) = G, skip the call
-            updates = grads
-        elif stateful:
-            updates, state = transform.step(grads, tparams, state, k)
         else:
-            updates = transform.update(grads, tparams)
+            updates, state = transform.step(grads, tparams, state, k)
         # One autograd node per tensor (θ − α·U fused) rather than two: the loop is overhead-bound.
         params = {n: torch.sub(params[n], updates[n], alpha=lr) for n in params}
     return params, tparams
@@ -163,7 +162,8 @@ def _autograd_gradients(forward, loss_fn, x, y, buffers, graph: bool):
     ``torch.func.grad`` gives them.
     """
     if not graph:  # the gradients are constants: nothing may reach the outer graph through x or y
-        x, y = (v.detach() if isinstance(v, torch.Tensor) else v for v in (x, y))
+        # x and y may be any nesting of dicts, tuples and lists (a dict-input model, y=None)
+        x, y = (tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, v) for v in (x, y))
 
     def gradients(params):
         with torch.enable_grad():

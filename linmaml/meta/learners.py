@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ from torch.func import functional_call
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.inner_loop import run_steps, under_function_transform
-from linmaml.meta.transforms import Identity, Transform, as_transform
+from linmaml.meta.transforms import Transform, as_transform, tree_leaves
 
 #: The most inner steps a learner takes (each keeps its graph for the meta-gradient; MAML uses 1-10
 #: in training and up to 50 at test time).
@@ -59,13 +59,14 @@ MAX_STEPS = 10_000
 
 
 def check_task_inputs(x, y, x_name: str, y_name: str) -> None:
-    """Refuse, naming the argument, an empty set of examples and integer class labels below 0
-    (cheap checks outside function transforms; labels beyond the model's outputs are named when the
+    """Refuse, naming the argument, an empty set of examples and integer class labels below 0, where
+    they are plain tensors (cheap checks outside function transforms; labels beyond the model's outputs are named when the
     loss reports them, see :func:`named_input_failures`)."""
-    if x.ndim >= 1 and x.shape[0] == 0:
+    if isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] == 0:
         raise ArgumentError(x_name, f"an empty set of examples (shape {tuple(x.shape)}) has no loss to adapt on or "
                                     f"score")
-    if not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool) and y.numel() \
+    if isinstance(y, torch.Tensor) and not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool) \
+            and y.numel() \
             and not under_function_transform() and bool((y < 0).any()):
         raise ArgumentError(y_name, f"class labels must be 0 .. outputs-1, got {int(y.min())}")
 
@@ -133,52 +134,77 @@ def frozen_buffers(module: nn.Module):
             m.track_running_stats = True
 
 
-def head_parameter_names(model: nn.Module) -> list[str]:
+def state_policy(module: nn.Module, policy: str):
+    """The context of every forward with adapted parameters under the buffers ``policy`` ("update" or
+    "frozen", module docstring): :func:`frozen_buffers`, or nothing — except that under a function
+    transform (vmap) a train-mode norm layer with running statistics is refused, naming the layer."""
+    if policy == "frozen":
+        return frozen_buffers(module)
+    if under_function_transform():
+        layers = _running_stat_layers(module)
+        if layers:
+            name, m = layers[0]
+            raise ArgumentError("buffers", f"module {name!r} ({type(m).__name__}) updates its running statistics "
+                                f"in place, which torch.func.vmap cannot do; pass buffers='frozen' to the "
+                                f"learner (batch statistics, running statistics untouched), build the layer with "
+                                f"track_running_stats=False, or use the engine's strategy 'loop'")
+    return contextlib.nullcontext()
+
+
+def check_buffers_policy(buffers) -> str:
+    if buffers not in BUFFER_POLICIES:
+        raise ArgumentError("buffers", f"expected one of {', '.join(map(repr, BUFFER_POLICIES))}, got {buffers!r}")
+    return buffers
+
+
+def head_parameter_names(model: nn.Module, argument: str = "adapted") -> list[str]:
     """Names (as ``model.named_parameters()`` gives them) of the parameters of the model's head.
 
     The head is the *last* ``nn.Linear`` (subclasses included) in ``model.named_modules()``, i.e. in
     registration order, depth first. For ``nn.Sequential`` models, and for any model that registers
     its output layer last, that is the output layer. Only parameters that require gradients count.
+    ``argument``: the name errors give (the learner's argument that asked for the head).
     """
     heads = [m for _, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not heads:
-        raise ValueError("adapt: 'head' means the parameters of the model's last nn.Linear, but the model has "
-                         "no nn.Linear; pass a list of parameter names instead")
+        raise ArgumentError(argument, "'head' means the parameters of the model's last nn.Linear, but the model "
+                            "has no nn.Linear; pass a list of parameter names instead")
     # A tied parameter appears in named_parameters() once, under its first name: map by identity.
     canonical = {id(p): name for name, p in model.named_parameters()}
     names = [canonical[id(p)] for p in heads[-1].parameters(recurse=False) if p.requires_grad]
     if not names:
-        raise ValueError("adapt: the model's last nn.Linear has no parameters that require gradients")
+        raise ArgumentError(argument, "the model's last nn.Linear has no parameters that require gradients")
     return names
 
 
-def adapted_parameter_names(model: nn.Module, adapt) -> list[str]:
-    """Resolve ``adapt`` ("all", "head" or a list of parameter names) to parameter names, model order.
+def adapted_parameter_names(model: nn.Module, adapted, argument: str = "adapted") -> list[str]:
+    """Resolve ``adapted`` ("all", "head" or a list of parameter names) to parameter names, model order.
 
     "all" is every parameter that requires gradients (frozen ones stay frozen); a list may name any
-    parameter of the model, frozen or not.
+    parameter of the model, frozen or not. ``argument``: the name errors give.
     """
     params = dict(model.named_parameters())
-    if isinstance(adapt, str):
-        if adapt == "all":
+    if isinstance(adapted, str):
+        if adapted == "all":
             names = [n for n, p in params.items() if p.requires_grad]
             if not names:
-                raise ValueError("adapt: the model has no parameters that require gradients")
+                raise ArgumentError(argument, "the model has no parameters that require gradients")
             return names
-        if adapt == "head":
-            return head_parameter_names(model)
-        raise ValueError(f"adapt: expected 'all', 'head' or a list of parameter names, got {adapt!r}")
-    if not isinstance(adapt, Sequence):
-        raise TypeError(f"adapt: expected 'all', 'head' or a list of parameter names, got {type(adapt).__name__}")
-    if not adapt:
-        raise ValueError("adapt: expected at least one parameter name, got an empty list")
-    for name in adapt:
+        if adapted == "head":
+            return head_parameter_names(model, argument)
+        raise ArgumentError(argument, f"expected 'all', 'head' or a list of parameter names, got {adapted!r}")
+    if not isinstance(adapted, Sequence):
+        raise ArgumentTypeError(argument, f"expected 'all', 'head' or a list of parameter names, got "
+                                f"{type(adapted).__name__}")
+    if not adapted:
+        raise ArgumentError(argument, "expected at least one parameter name, got an empty list")
+    for name in adapted:
         if not isinstance(name, str):
-            raise TypeError(f"adapt: expected parameter names (str), got {name!r}")
+            raise ArgumentTypeError(argument, f"expected parameter names (str), got {name!r}")
         if name not in params:
-            raise ValueError(f"adapt: the model has no parameter named {name!r}; its parameters are "
-                             f"{', '.join(params) or 'none'}")
-    chosen = set(adapt)
+            raise ArgumentError(argument, f"the model has no parameter named {name!r}; its parameters are "
+                                f"{', '.join(params) or 'none'}")
+    chosen = set(adapted)
     return [n for n in params if n in chosen]
 
 
@@ -229,6 +255,36 @@ def _refuse_tensor_rates(lr) -> None:
                                     f"(meta.LearnedRates per tensor and step, meta.MetaSGD per element)")
 
 
+def _tensor_leaves(value) -> list[torch.Tensor]:
+    """The tensors in ``value``: a tensor, or any nesting of dicts, tuples and lists (others ignored)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [leaf for item in value.values() for leaf in _tensor_leaves(item)]
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in _tensor_leaves(item)]
+    return []
+
+
+def _check_adapt_call(x_support, y_support, loss_fn, closure) -> None:
+    """The two forms of ``adapt``: ``(x_support, y_support, loss_fn)`` or ``closure=`` alone."""
+    if closure is not None:
+        if not callable(closure):
+            raise ArgumentTypeError("closure", f"expected a callable params -> scalar loss, got {type(closure).__name__}")
+        given = [name for name, value in (("x_support", x_support), ("y_support", y_support), ("loss_fn", loss_fn))
+                 if value is not None]
+        if given:
+            raise ArgumentError("closure", f"pass either closure=... or (x_support, y_support, loss_fn), not both "
+                                f"(got closure and {', '.join(given)})")
+        return
+    if x_support is None:
+        raise ArgumentError("x_support", "missing; pass adapt(x_support, y_support, loss_fn), or for a support loss "
+                            "written as a function of the parameters adapt(closure=lambda params: ...)")
+    if not callable(loss_fn):
+        raise ArgumentTypeError("loss_fn", f"expected a callable (output, target) -> scalar, got "
+                                f"{type(loss_fn).__name__}; for a loss of the parameters alone pass closure=")
+
+
 def _apply(module: nn.Module, params, x):
     """``module(x)`` with the parameters ``params``: the quick swap outside function transforms, and
     ``functional_call`` (names of buffers allowed) inside them or for names it alone knows."""
@@ -254,28 +310,26 @@ class _Learner(nn.Module):
                            (check_finite, "check_finite")):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name}: expected True or False, got {flag!r}")
-        if buffers not in BUFFER_POLICIES:
-            raise ArgumentError("buffers", f"expected one of {', '.join(map(repr, BUFFER_POLICIES))}, got {buffers!r}")
+        check_buffers_policy(buffers)
         self.first_order = first_order
         self.adapt_transform = adapt_transform
-        self.buffers = buffers
+        # Not ``self.buffers``: that would hide nn.Module.buffers(), which SWA/EMA wrappers
+        # (torch.optim.swa_utils.AveragedModel) and nn.DataParallel call.
+        self.buffers_policy = buffers
         self.check_finite = check_finite
         self.transform = as_transform(transform)
         self._warned_steps = False
 
+    def __setstate__(self, state):
+        # A learner pickled before the policy was renamed kept it as ``buffers``, hiding the method.
+        if isinstance(state.get("buffers"), str):
+            state = dict(state)
+            state["buffers_policy"] = state.pop("buffers")
+        super().__setstate__(state)
+
     def _state_policy(self):
         """The context of every forward with adapted parameters: the buffers policy, enforced."""
-        if self.buffers == "frozen":
-            return frozen_buffers(self)
-        if under_function_transform():
-            layers = _running_stat_layers(self)
-            if layers:
-                name, m = layers[0]
-                raise ArgumentError("buffers", f"module {name!r} ({type(m).__name__}) updates its running statistics "
-                                    f"in place, which torch.func.vmap cannot do; pass buffers='frozen' to the "
-                                    f"learner (batch statistics, running statistics untouched), build the layer with "
-                                    f"track_running_stats=False, or use the engine's strategy 'loop'")
-        return contextlib.nullcontext()
+        return state_policy(self, self.buffers_policy)
 
     def _warn_steps(self, steps, tparams):
         if steps is not None and steps > self.steps and tparams and not self._warned_steps:
@@ -294,58 +348,76 @@ class _Learner(nn.Module):
         steps = _validate.integer(steps, "steps", minimum=1, maximum=MAX_STEPS)
         return [self.lrs[min(k, len(self.lrs) - 1)] for k in range(steps)]
 
-    def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps):
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn: expected a callable (output, target) -> scalar, got {type(loss_fn).__name__}")
-        for value, name in ((x, "x_support"), (y, "y_support")):
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps, closure=None):
+        """The adapted parameters of ``module`` (every name; ``names`` adapted): the support loss is
+        ``loss_fn(module(x), y)``, or ``closure(params)`` when a closure is given (then x, y, loss_fn
+        are None and ``params`` is the dict of every parameter name, the adapted ones current)."""
+        if closure is None and not callable(loss_fn):
+            raise ArgumentTypeError("loss_fn", f"expected a callable (output, target) -> scalar, got "
+                                    f"{type(loss_fn).__name__}")
         rates = self.lrs if steps is None else self.step_rates(steps)
         slots = parameter_slots(module)
         # The first slot of each name holds the parameter itself: named_parameters() without a second walk.
         base = {n: owner._parameters[attr] for n, ((owner, attr), *_) in slots.items()}
         dtype = base[names[0]].dtype
-        for value, name in ((x, "x_support"), (y, "y_support")):
-            if value.dtype.is_floating_point and value.dtype != dtype:
-                raise ArgumentTypeError(name, f"dtype {value.dtype} differs from the model's parameters ({dtype}); "
-                                        f"convert the data with .to({dtype})")
+        # Inputs and targets may be any nesting of dicts, tuples and lists (a dict-input model, y=None):
+        # their floating tensors are the ones checked.
+        data = [] if closure is not None else [(x, "x_support"), (y, "y_support")]
+        for value, name in data:
+            for leaf in _tensor_leaves(value):
+                if leaf.dtype.is_floating_point and leaf.dtype != dtype:
+                    raise ArgumentTypeError(name, f"dtype {leaf.dtype} differs from the model's parameters ({dtype}); "
+                                            f"convert the data with .to({dtype})")
         checking = self.check_finite and not under_function_transform()
         if checking:
-            for value, name in ((x, "x_support"), (y, "y_support")):
-                if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
-                    raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
+            for value, name in data:
+                for leaf in _tensor_leaves(value):
+                    if leaf.dtype.is_floating_point and not bool(torch.isfinite(leaf).all()):
+                        raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
 
         def scalar_loss(output, target):
             # The gradient needs a scalar; say which argument is at fault (shapes only: no sync).
-            value = loss_fn(output, target)
+            value = closure(output) if closure is not None else loss_fn(output, target)
             if not isinstance(value, torch.Tensor) or value.ndim != 0:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(f"loss_fn: expected a scalar tensor (e.g. a mean over examples), got {shape}")
+                raise ValueError(f"{'closure' if closure is not None else 'loss_fn'}: expected a scalar tensor "
+                                 f"(e.g. a mean over examples), got {shape}")
             return value
 
         if under_function_transform():
-            def forward(fast, buffers, inputs):
-                return functional_call(module, ({**base, **fast}, buffers), (inputs,))
+            if closure is not None:
+                def forward(fast, buffers, inputs):
+                    return {**base, **fast}
+            else:
+                def forward(fast, buffers, inputs):
+                    return functional_call(module, ({**base, **fast}, buffers), (inputs,))
             buffers = dict(module.named_buffers())
         else:
             # First order (and no_grad) use the inner gradients' values only: the parameters that
             # do not adapt enter those forwards detached, so no graph is recorded for them either.
             constant = self.first_order or not torch.is_grad_enabled()
             others = {n: p.detach() for n, p in base.items() if n not in names} if constant else {}
+            if closure is not None:
+                fixed = others or base
 
-            def forward(fast, buffers, inputs):
-                return call_with(module, slots, {**others, **fast} if others else fast, (inputs,))
+                def forward(fast, buffers, inputs):
+                    return {**fixed, **fast}
+            else:
+                def forward(fast, buffers, inputs):
+                    return call_with(module, slots, {**others, **fast} if others else fast, (inputs,))
             buffers = None  # the module's own buffers, updated in place as by any forward pass
 
-        tparams = {} if type(self.transform) is Identity else dict(self.transform.named_parameters())  # noqa: E721
-        for key, value in tparams.items():
-            if value.dtype != dtype:
-                raise ArgumentTypeError("transform", f"parameter {key!r} is {value.dtype} but the model's parameters "
-                                        f"are {dtype} (was the model converted after wrapping? convert the whole "
-                                        f"learner, e.g. learner.double(), so the transform follows)")
-            break  # one look suffices: a transform is built in one dtype and converted as a whole
-        self._warn_steps(steps, tparams)
-        check_task_inputs(x, y, "x_support", "y_support")
+        tparams = self.transform.params()
+        leaves = tree_leaves(tparams)
+        # one look suffices: a transform is built in one dtype and converted as a whole
+        if leaves and leaves[0].dtype != dtype:
+            first = next(name for name, _ in self.transform.named_parameters())
+            raise ArgumentTypeError("transform", f"parameter {first!r} is {leaves[0].dtype} but the model's parameters "
+                                    f"are {dtype} (was the model converted after wrapping? convert the whole "
+                                    f"learner, e.g. learner.double(), so the transform follows)")
+        self._warn_steps(steps, leaves)
+        if closure is None:
+            check_task_inputs(x, y, "x_support", "y_support")
         with named_input_failures(["x_support"], ["y_support"], (x,)):
             fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y,
                                 rates, first_order=self.first_order, adapt_transform=self.adapt_transform,
@@ -363,40 +435,64 @@ class MAML(_Learner):
 
     Parameters
     ----------
-    model: any ``nn.Module``; ``model(x)`` is its output.
-    lr: inner learning rate, a number or one number per step.
+    model: any ``nn.Module``; ``model(x)`` is its output (``x`` a tensor, a dict, …: anything it takes).
+    lr: inner learning rate, a number or one number per step. Default 0.1, with ``steps=5``: the
+        library's defaults (Finn et al.'s sinusoid setting), which differ from ``linmaml train``'s
+        (``--inner-lr 0.4 --steps 1``, the Omniglot setting): pass both explicitly when porting a run.
     steps: inner steps (≥ 1) at training time; ``adapt(..., steps=k)`` overrides it.
     transform: a :mod:`linmaml.meta.transforms` meta-optimizer (default ``Identity()``: plain MAML).
         It is built here for the adapted parameters' shapes.
     first_order: detach the inner gradients (first-order MAML); default second order.
-    adapt: "all" (every parameter requiring gradients), "head" (those of the last ``nn.Linear``, see
-        :func:`head_parameter_names`) or a list of parameter names.
+    adapted: which parameters the inner loop adapts: "all" (every parameter requiring gradients),
+        "head" (those of the last ``nn.Linear``, see :func:`head_parameter_names`) or a list of
+        parameter names. (Called ``adapt`` before, which clashed with the method ``adapt``; that
+        keyword still works, with a ``DeprecationWarning``.)
     adapt_transform: also adapt the transform's parameters in the inner loop, from the second step
         on, with the same step size (see :mod:`linmaml.meta.inner_loop`).
-    buffers: "update" (default) or "frozen": the module-state policy (module docstring).
+    buffers: "update" (default) or "frozen": the module-state policy (module docstring), kept as
+        ``learner.buffers_policy`` (``learner.buffers()`` is ``nn.Module.buffers``).
     check_finite: refuse non-finite support sets and diverged adaptations (module docstring; reads
         values back from the device, so off by default).
     """
 
     def __init__(self, model: nn.Module, lr=0.1, steps: int = 5, transform: Transform | None = None,
-                 first_order: bool = False, adapt="all", adapt_transform: bool = False, buffers: str = "update",
-                 check_finite: bool = False):
+                 first_order: bool = False, adapted="all", adapt_transform: bool = False, buffers: str = "update",
+                 check_finite: bool = False, *, adapt=None):
+        argument = "adapted"
+        if adapt is not None:  # the old name of ``adapted``
+            if not (isinstance(adapted, str) and adapted == "all"):
+                raise ArgumentError("adapt", "is the old name of 'adapted'; pass only adapted")
+            warnings.warn("adapt: MAML's argument 'adapt' is now called 'adapted' (it clashed with the method "
+                          "learner.adapt); pass adapted=...", DeprecationWarning, stacklevel=2)
+            adapted, argument = adapt, "adapt"
         super().__init__(lr, steps, transform, first_order, adapt_transform, buffers, check_finite)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.adapted_names = adapted_parameter_names(model, adapt)
+        self.adapted_names = adapted_parameter_names(model, adapted, argument)
         params = dict(model.named_parameters())
         self.transform.build({n: params[n] for n in self.adapted_names}, steps=self.steps)
 
-    def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor,
-              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-              steps: int | None = None) -> dict[str, torch.Tensor]:
+    def adapt(self, x_support: Any = None, y_support: Any = None,
+              loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+              steps: int | None = None, *, closure: Callable[[dict], torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
         """Adapted parameters for one task: a dict with every name of ``model.named_parameters()``
         (the adapted ones replaced, the others the model's own tensors), differentiable with respect
-        to the model's and the transform's parameters."""
+        to the model's and the transform's parameters.
+
+        Two forms. ``adapt(x_support, y_support, loss_fn)``: the support loss is
+        ``loss_fn(model(x_support), y_support)``; ``x_support`` is whatever the model takes (a tensor,
+        a dict of tensors, …) and ``y_support`` whatever ``loss_fn`` takes (None included).
+        ``adapt(closure=fn)``: the support loss is ``fn(params)``, a scalar, for ``params`` the dict
+        of every parameter name with the adapted ones at their current inner-loop values; evaluate the
+        model inside with ``learner(inputs, params=params)``. Any loss works: NLP batches, a
+        policy-gradient (REINFORCE) surrogate, a regulariser on the weights. ``steps`` as before.
+        """
+        _check_adapt_call(x_support, y_support, loss_fn, closure)
         with self._state_policy():
-            return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps)
+            return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps,
+                                        closure)
 
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The model's output on ``x``, with the parameters ``params`` (e.g. from ``adapt``) if given."""
@@ -412,8 +508,16 @@ class ANIL(_Learner):
     ``features`` maps inputs to representations and ``head`` maps those to outputs; the model is
     ``head(features(x))``. ``adapt`` evaluates the features of the support set once per task and runs
     the inner loop on the head alone, so it equals ``MAML(nn.Sequential(features, head),
-    adapt="head")`` when ``head`` is an ``nn.Linear``. ``adapt`` returns a dict keyed by
+    adapted="head")`` when ``head`` is an ``nn.Linear``. ``adapt`` returns a dict keyed by
     ``head.named_parameters()`` names; the other arguments are as for :class:`MAML`.
+
+    Porting from learn2learn: its ANIL examples compute ``features`` once on the support and query
+    images *together* (one batch) and split the result, so a BatchNorm in ``features`` normalises
+    both with their joint statistics. Here ``features`` sees the support set in ``adapt`` and the
+    query set in ``learner(x_query, params=fast)``, each normalised with its own statistics (as MAML
+    does). The two give different numbers with batch statistics; to reproduce learn2learn exactly,
+    compute ``z = features(torch.cat([x_s, x_q]))`` yourself and adapt the head on ``z[:n_s]`` (e.g.
+    ``MAML(head)`` or ``adapt(closure=...)``).
     """
 
     def __init__(self, features: nn.Module, head: nn.Module, lr=0.1, steps: int = 5,
@@ -431,13 +535,20 @@ class ANIL(_Learner):
             raise ValueError("head: expected a module with parameters that require gradients")
         self.transform.build({n: params[n] for n in self.adapted_names}, steps=self.steps)
 
-    def adapt(self, x_support, y_support, loss_fn, steps: int | None = None) -> dict[str, torch.Tensor]:
-        """Adapted head parameters for one task (dict keyed by ``head.named_parameters()`` names)."""
-        if not isinstance(x_support, torch.Tensor):
-            raise TypeError(f"x_support: expected a torch.Tensor, got {type(x_support).__name__}")
+    def adapt(self, x_support: Any = None, y_support: Any = None, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+              steps: int | None = None, *, closure: Callable[[dict], torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
+        """Adapted head parameters for one task (dict keyed by ``head.named_parameters()`` names).
+
+        The two forms of :meth:`MAML.adapt`. ``(x_support, y_support, loss_fn)``: the features of
+        ``x_support`` (any input ``features`` takes) are computed once and the head adapts on them.
+        ``closure=fn``: ``fn(head_params)`` is the support loss; ``learner(inputs, params=head_params)``
+        inside it recomputes the features at each inner step (cache them in the closure to avoid that).
+        """
+        _check_adapt_call(x_support, y_support, loss_fn, closure)
         with self._state_policy():
-            return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
-                                        loss_fn, steps)
+            features = None if closure is not None else self.features(x_support)
+            return self._run_inner_loop(self.head, self.adapted_names, features, y_support, loss_fn, steps, closure)
 
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``head(features(x))``, with the head's parameters ``params`` if given."""

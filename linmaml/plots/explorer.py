@@ -10,7 +10,7 @@ After a slider moves, the surface and the current run (same start, same standard
 z, so a = m + s·z follows the sliders) are recomputed.
 
 The class never picks a matplotlib backend: the CLI does that, and tests drive it under Agg by
-calling ``slider.set_val`` and sending ``button_press_event``s through the canvas.
+calling ``slider.set_val`` and sending ``button_press_event`` events through the canvas.
 """
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ def meta_train(starts, setting: TaskSetting, *, meta_lr: float, meta_steps: int,
     """Plain gradient descent w ← w − β·∇L(w) on the exact population MAML objective.
 
     ``starts``: (n_runs, L) or (L,) starting weights. All runs advance together through one
-    vectorised call of the closed-form gradient per meta-step. Runs that leave |w| ≤ ``bound`` or
+    vectorised call of the closed-form gradient per meta-step. Runs that leave ``|w| ≤ bound`` or
     meet a non-finite value are frozen (see :class:`Trajectory`).
     """
     starts = np.asarray(starts, dtype=np.float64)

@@ -14,6 +14,7 @@ import torch
 from scipy.special import stdtrit
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError
 from linmaml.simulator.models import LinearChain, accuracy, task_loss
 from linmaml.simulator.maml import adapt
 
@@ -112,3 +113,137 @@ def ratio_of_means_ci(numerator, denominator, level: float = 0.95) -> tuple[floa
     variance = cov[0, 0] - 2 * ratio * cov[0, 1] + ratio**2 * cov[1, 1]
     quantile = stdtrit(n - 1, 0.5 + level / 2)
     return float(ratio), float(quantile * np.sqrt(max(variance, 0.0)) / (abs(b.mean()) * np.sqrt(n)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Paired, exact scoring for the linear regression families
+
+
+def exact_query_loss(adapted, true, x_cov, noise_std: float) -> np.ndarray:
+    """The exact conditional query loss of each task: E over fresh query points and noise of the
+    squared loss 1/(2n)·‖X W′ᵀ − Y‖², given the adapted map W′ and the task's true map W_τ, for
+    x ~ N(0, Σ) and y = W_τ x + ε, ε ~ N(0, σ² I):
+
+        ½·tr((W′ − W_τ) Σ (W′ − W_τ)ᵀ) + ½·d_out·σ²
+
+    (it does not depend on the number of query points). ``adapted`` and ``true`` have shape
+    (T, d_out, d_in) (numpy or torch), ``x_cov`` Σ is (d_in, d_in). Returns (T,) float64.
+    """
+    A = np.asarray(adapted.detach() if isinstance(adapted, torch.Tensor) else adapted, dtype=np.float64)
+    W = np.asarray(true.detach() if isinstance(true, torch.Tensor) else true, dtype=np.float64)
+    Sigma = np.asarray(x_cov, dtype=np.float64)
+    if A.ndim != 3 or A.shape != W.shape:
+        raise ArgumentError("adapted", f"expected two arrays of one shape (T, d_out, d_in), got {A.shape} and {W.shape}")
+    if Sigma.shape != (A.shape[2], A.shape[2]):
+        raise ArgumentError("x_cov", f"expected shape {(A.shape[2], A.shape[2])}, got {Sigma.shape}")
+    noise_std = _validate.finite_number(noise_std, "noise_std", nonnegative=True)
+    D = A - W
+    return 0.5 * np.einsum("toi,ij,toj->t", D, Sigma, D) + 0.5 * A.shape[1] * noise_std ** 2
+
+
+def adapted_end_to_end(learner, tasks, steps: int = 1, chunk: int = 4096) -> np.ndarray:
+    """The end-to-end linear map (T, d_out, d_in) of a linear :mod:`linmaml.meta` learner after
+    ``steps`` inner steps on each task's support set (``tasks`` a :class:`linmaml.tasks.TaskBatch`).
+
+    The adaptation is the engine's own (:meth:`linmaml.meta.engine.Engine.adapted`, squared loss);
+    the map is read off by applying the adapted model to the identity input, f(I) = W′ᵀ, which holds
+    for any bias-free linear model (a chain, LinNet, a Linear with any transform).
+    """
+    from linmaml.meta.engine import Engine
+    from linmaml.simulator.models import squared_loss
+
+    steps = _validate.integer(steps, "steps", minimum=1)
+    engine = Engine(learner, squared_loss, strategy="vmap", tasks_per_chunk=None)
+    T = tasks.torch()
+    base = {n: p.detach() for n, p in learner.model.named_parameters()}  # the names adapt() uses
+    d_in = T.Xs.shape[-1]
+    eye = torch.eye(d_in, dtype=T.Xs.dtype)
+    out = []
+    for start in range(0, T.Xs.shape[0], chunk):
+        part = slice(start, start + chunk)
+        fast = engine.adapted(T.Xs[part], T.Ys[part], steps=steps)
+        with torch.no_grad():
+            maps = torch.func.vmap(lambda p: learner(eye, params={**base, **p}))(fast)  # (t, d_in, d_out)
+        out.append(maps.transpose(1, 2).numpy())
+    return np.concatenate(out)
+
+
+def paired_exact_losses(maps: dict, family, n_tasks: int, seed: int = 0, chunk: int = 10000) -> dict:
+    """Per-task exact conditional query losses of several one-step predictors on the SAME tasks.
+
+    ``maps``: name -> callable(TaskBatch) -> adapted maps (t, d_out, d_in) (e.g. a closure around
+    :func:`adapted_end_to_end`, or a closed-form map of the support gradient). ``family`` a
+    :class:`linmaml.tasks.RegressionFamily`; the ``n_tasks`` tasks are drawn chunk by chunk from one
+    generator seeded by ``seed`` (memory holds one chunk), each chunk handed to every map, and scored
+    by :func:`exact_query_loss`. Returns name -> (n_tasks,) float64.
+    """
+    n_tasks = _validate.integer(n_tasks, "n_tasks", minimum=2)
+    chunk = _validate.integer(chunk, "chunk", minimum=1)
+    rng = np.random.default_rng(seed)
+    out = {name: [] for name in maps}
+    done = 0
+    while done < n_tasks:
+        batch = family.sample(min(chunk, n_tasks - done), rng)
+        for name, fn in maps.items():
+            out[name].append(exact_query_loss(fn(batch), batch.W, family.x_cov, family.noise_std))
+        done += len(batch)
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def paired_ratio(model, reference, level: float = 0.95) -> dict:
+    """``{"ratio", "ci95"}``: mean(model)/mean(reference) on paired per-task losses (shape (T,)),
+    with the delta-method half-width of :func:`ratio_of_means_ci`."""
+    ratio, half = ratio_of_means_ci(model, reference, level)
+    return {"ratio": ratio, "ci95": half}
+
+
+def gain_captured(model, baseline, best, level: float = 0.95) -> dict:
+    """``{"fraction", "ci95"}``: the fraction of the best map's gain over a baseline that a model
+    captures, (L_baseline − L_model)/(L_baseline − L_best), as a ratio of means of the paired per-task
+    differences (all three of shape (T,), the same tasks), delta-method half-width. 1 means the model
+    reaches the best map, 0 the baseline; it can exceed 1 (beats the "best" map) or fall below 0."""
+    b = np.asarray(baseline, dtype=np.float64)
+    fraction, half = ratio_of_means_ci(b - np.asarray(model, dtype=np.float64), b - np.asarray(best, dtype=np.float64),
+                                       level)
+    return {"fraction": fraction, "ci95": half}
+
+
+def seed_ratio_summary(models, reference, level: float = 0.95) -> dict:
+    """Paired ratios of S trained seeds (``models`` (S, T) per-task losses, the same T tasks as
+    ``reference``) to a reference, with both sources of uncertainty. ``reference`` is (T,) (a fixed
+    map) or (S, T) (another trained model: seed i is paired with seed i).
+
+    ``per_seed``: each seed's ratio and its task half-width (:func:`paired_ratio`);
+    ``ratio``: the ratio of the seed-averaged per-task losses;
+    ``ci95_tasks``: its delta-method half-width over tasks; ``ci95_seeds``: the Student-t half-width
+    of the S per-seed ratios (t with S − 1 degrees of freedom: training-seed variation);
+    ``ci95``: sqrt(ci95_tasks² + ci95_seeds²), the interval reported (conservative: the seed term
+    already contains some task noise).
+    """
+    L = np.asarray(models, dtype=np.float64)
+    R = np.asarray(reference, dtype=np.float64)
+    if L.ndim != 2 or L.shape[0] < 2:
+        raise ArgumentError("models", f"expected per-task losses of at least 2 seeds, shape (S, T), got {L.shape}")
+    if R.shape not in (L.shape[1:], L.shape):
+        raise ArgumentError("reference", f"expected shape {L.shape[1:]} or {L.shape}, got {R.shape}")
+    rows = R if R.ndim == 2 else np.broadcast_to(R, L.shape)
+    per_seed = [paired_ratio(a, b, level) for a, b in zip(L, rows)]
+    pooled = paired_ratio(L.mean(axis=0), rows.mean(axis=0), level)
+    _, seeds_half = mean_ci([p["ratio"] for p in per_seed], level)
+    seeds_half = float(seeds_half)
+    return {"ratio": pooled["ratio"], "ci95": float(np.hypot(pooled["ci95"], seeds_half)),
+            "ci95_tasks": pooled["ci95"], "ci95_seeds": seeds_half, "per_seed": per_seed, "seeds": int(L.shape[0])}
+
+
+def seed_gain_summary(models, baseline, best, level: float = 0.95) -> dict:
+    """As :func:`seed_ratio_summary` for :func:`gain_captured`: ``fraction`` of the seed-averaged
+    model, ``ci95_tasks``, ``ci95_seeds`` (t over the per-seed fractions), ``ci95`` (both), ``per_seed``."""
+    L = np.asarray(models, dtype=np.float64)
+    if L.ndim != 2 or L.shape[0] < 2:
+        raise ArgumentError("models", f"expected per-task losses of at least 2 seeds, shape (S, T), got {L.shape}")
+    per_seed = [gain_captured(row, baseline, best, level) for row in L]
+    pooled = gain_captured(L.mean(axis=0), baseline, best, level)
+    _, seeds_half = mean_ci([p["fraction"] for p in per_seed], level)
+    seeds_half = float(seeds_half)
+    return {"fraction": pooled["fraction"], "ci95": float(np.hypot(pooled["ci95"], seeds_half)),
+            "ci95_tasks": pooled["ci95"], "ci95_seeds": seeds_half, "per_seed": per_seed, "seeds": int(L.shape[0])}

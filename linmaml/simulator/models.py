@@ -112,7 +112,7 @@ class LinearChain:
         ``adapt_layers`` with ``steps`` plain gradient steps of size ``lr`` (a number or one per
         step), second order unless ``first_order``. Its loss is :func:`loss_function` of ``loss``."""
         return meta.MAML(self.module(weights), lr=lr, steps=steps, first_order=first_order,
-                         adapt=self.parameter_names(self.adapt_layers))
+                         adapted=self.parameter_names(self.adapt_layers))
 
     def check_weights(self, weights, name: str = "weights") -> list[torch.Tensor]:
         """``weights`` as a list of float64 tensors of this chain's shapes (a task axis is allowed)."""

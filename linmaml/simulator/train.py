@@ -28,7 +28,7 @@ __all__ = ["Trajectory", "meta_train"]
 class Trajectory:
     """A meta-training run, recorded at every meta-step.
 
-    ``weights[j]`` has shape (S+1, *shape_j): parameter ``names[j]`` before meta-step 0, …, after
+    ``weights[j]`` has shape ``(S+1, *shape_j)``: parameter ``names[j]`` before meta-step 0, …, after
     the last (for a chain: layer j, shape (d_j, d_{j−1}), named ``"{j}.weight"``; for a learner:
     every parameter of ``learner.named_parameters()``, transform included); ``meta_loss`` (S,) is
     the meta-batch MAML objective at each step (before its update); ``preconditioner_eigenvalues``
@@ -59,7 +59,8 @@ class Trajectory:
 def meta_train(model, family, *, lr=None, steps: int | None = None, meta_steps: int = 1000,
                meta_batch: int = 32, meta_lr: float = 0.01, optimizer: str = "adam",
                first_order: bool | None = None, init=None, init_scale: float = 1.0, seed: int = 0,
-               record_preconditioner: bool = True, loss: str | None = None) -> Trajectory:
+               record_preconditioner: bool = True, loss: str | None = None,
+               schedule: str | None = None) -> Trajectory:
     """Meta-train ``model`` with MAML on tasks drawn from ``family`` (a :mod:`linmaml.tasks` family).
 
     ``model`` is a :class:`LinearChain` (then ``lr``, ``steps`` (default 1) and ``first_order``
@@ -73,12 +74,18 @@ def meta_train(model, family, *, lr=None, steps: int | None = None, meta_steps: 
     after adaptation (exact second order unless first order) and updates every parameter with
     ``optimizer`` ("adam" or "sgd", torch.optim defaults otherwise) at rate ``meta_lr``. Seeded: the
     start from ``SeedSequence(seed).spawn(2)[0]``, the tasks from ``spawn(2)[1]``.
+
+    ``schedule``: None (default) keeps ``meta_lr`` constant; "cosine" anneals it from ``meta_lr`` to 0
+    over the ``meta_steps`` (``torch.optim.lr_scheduler.CosineAnnealingLR``), a stated end point for
+    training to convergence rather than stopping mid-descent at a fixed rate.
     """
     meta_steps = _validate.integer(meta_steps, "meta_steps", minimum=0)
     meta_batch = _validate.integer(meta_batch, "meta_batch", minimum=1)
     meta_lr = _validate.finite_number(meta_lr, "meta_lr", positive=True)
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer: expected adam or sgd, got {optimizer!r}")
+    if schedule not in (None, "cosine"):
+        raise ValueError(f"schedule: expected None or 'cosine', got {schedule!r}")
     init_seq, task_seq = np.random.SeedSequence(_validate.integer(seed, "seed", minimum=0)).spawn(2)
     if isinstance(model, LinearChain):
         learner, net, settings = _chain_learner(model, family, lr, steps, first_order, init, init_scale, init_seq,
@@ -97,6 +104,7 @@ def meta_train(model, family, *, lr=None, steps: int | None = None, meta_steps: 
     loss_fn = loss_function(settings["loss"])
     params = list(net.parameters())
     opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(params, lr=meta_lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(meta_steps, 1)) if schedule else None
     task_rng = np.random.default_rng(task_seq)
 
     began = time.perf_counter()
@@ -109,6 +117,8 @@ def meta_train(model, family, *, lr=None, steps: int | None = None, meta_steps: 
             opt.zero_grad(set_to_none=True)
             value.backward()
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         losses[step] = float(value.detach())
         history.append([p.detach().clone() for p in params])
     stacked = [torch.stack([h[j] for h in history]) for j in range(len(params))]
@@ -118,7 +128,8 @@ def meta_train(model, family, *, lr=None, steps: int | None = None, meta_steps: 
             eigs = torch.linalg.eigvalsh(implicit_preconditioner(stacked, model.adapt_layers)).numpy()
         else:
             eigs = np.full((meta_steps + 1, model.d_in * model.d_out), np.nan)
-    settings.update(meta_steps=meta_steps, meta_batch=meta_batch, meta_lr=meta_lr, optimizer=optimizer, seed=seed)
+    settings.update(meta_steps=meta_steps, meta_batch=meta_batch, meta_lr=meta_lr, optimizer=optimizer, seed=seed,
+                    schedule=schedule)
     return Trajectory(model if isinstance(model, LinearChain) else None, [s.numpy() for s in stacked], losses, eigs,
                       settings, time.perf_counter() - began, names, learner if learner is not None else net)
 

@@ -102,11 +102,30 @@ def test_adaptation_numbers_recomputed_with_the_closed_forms(quick_runs):
     shallow_name, deep_name = (cv["name"] for cv in num["regression"]["curves"])
     logr_name, linnet_name = (cv["name"] for cv in num["classification"]["curves"])
     ratio = per_task[deep_name][0][1].mean() / per_task[shallow_name][0][1].mean()
-    assert num["criteria"]["deep_over_shallow_one_step_query_loss"]["value"] == pytest.approx(ratio, rel=1e-10)
-    gap = 100 * (per_task[linnet_name][1][1] - per_task[logr_name][1][1])
-    crit = num["criteria"]["linnet_minus_logr_one_step_accuracy_points"]
-    assert crit["value"] == pytest.approx(gap.mean(), abs=1e-9)
-    assert crit["ci95"] == pytest.approx(_t975(n) * gap.std(ddof=1) / math.sqrt(n), rel=1e-8)
+    assert num["regression"]["one_step"]["deep_over_shallow"]["ratio"] == pytest.approx(ratio, rel=1e-10)
+    # the exact paired block, seed 0, by hand: one closed-form inner step, then ½‖W′ − W_τ‖²_Σ + ½σ²
+    ex = num["regression"]["exact_paired"]
+    tasks = families["regression"].sample(ex["tasks"], np.random.default_rng(ex["seed"]))
+    exact = {}
+    for name in (shallow_name, deep_name):
+        weights = [np.array(W) for W in num["regression"]["models"][name]["weights"]]
+        D = np.stack([cf.end_to_end(cf.adapt(weights, Xs, Ys, cfg["inner_lr"], 1)) for Xs, Ys, _, _ in tasks]) - tasks.W
+        exact[name] = 0.5 * r["x_var"] * np.sum(D ** 2, axis=(1, 2)) + 0.5 * r["noise_std"] ** 2
+    seed0 = ex["deep_over_shallow"]["per_seed"][0]["ratio"]
+    assert seed0 == pytest.approx(exact[deep_name].mean() / exact[shallow_name].mean(), rel=1e-9)
+    assert num["criteria"]["deep_over_shallow_one_step_query_loss"]["value"] == ex["deep_over_shallow"]["ratio"]
+    # classification, seed 0 on the large-query tasks, by hand
+    sp = num["classification"]["seeds_paired"]
+    big = ClassificationFamily(c["d_in"], task_mean=c["task_mean"], task_cov=c["task_var"], x_cov=c["x_var"],
+                               flip=c["flip"], n_support=c["n_support"], n_query=sp["query_points"])
+    accs = {}
+    for name in (logr_name, linnet_name):
+        weights = [np.array(W) for W in num["classification"]["models"][name]["weights"]]
+        accs[name] = np.array([100 * np.mean((Xq @ cf.end_to_end(cf.adapt(weights, Xs, Ys, cfg["inner_lr"], 1,
+                                                                             "logistic")).T > 0) == (Yq > 0.5))
+                               for Xs, Ys, Xq, Yq in big.sample(sp["tasks"], sp["seed"])])
+    assert sp["accuracy_gap_points"]["per_seed"][0] == pytest.approx((accs[linnet_name] - accs[logr_name]).mean(),
+                                                                     abs=1e-9)
 
 
 def _one_step_losses_from_mean(f: dict, c_values, n_tasks: int, seed: int):
@@ -157,6 +176,38 @@ def test_preconditioner_quick_numbers_against_independent_computations(quick_run
         # (Isserlis) at the trained weights: within 3 standard errors (ci95 = 1.97 SE).
         held = m["trained"]["held_out_loss"]
         assert abs(held["mean"] - m["trained"]["exact_loss"]) < 3 * held["ci95"] / stats.t.ppf(0.975, held["tasks"] - 1)
+
+
+def test_preconditioner_finite_n_panel_against_independent_computations(quick_runs):
+    from linmaml.analysis import fig_preconditioner as fp
+    from linmaml.closedform.gaussian import expected_post_adaptation_loss_and_grad
+
+    _, record, _ = quick_runs("fig_preconditioner")
+    cfg, fn = record["settings"], record["numbers"]["finite_n"]
+    Sigma, _ = _anisotropic_covariances(cfg["family"])
+    # The simulator's sampled support sets and autograd step against the exact finite-n expectation.
+    held = fn["trained"]["held_out_loss_final"]
+    assert abs(held["mean"] - fn["trained"]["exact_loss_final"]) < 3 * held["ci95"] / stats.t.ppf(0.975,
+                                                                                                   held["tasks"] - 1)
+    # Every start reaches the same optimum; it is a stationary point of the exact expectation.
+    assert fn["optimum"]["value_spread_across_starts"] < 1e-10
+    assert max(s["gradient_max_abs"] for s in fn["optimum"]["starts"]) < 1e-6
+    # What changes at finite n: the optimum's α·P is the best linear map Q*_n, far from Σ⁻¹.
+    np.testing.assert_allclose(fn["optimum"]["alpha_P_eigenvalues"], fn["Q_star_along_target_eigenvectors"], rtol=1e-2)
+    assert fn["optimum"]["alpha_P_rel_distance_to_Sigma_inverse"] > 0.3
+    inverse_along = np.asarray(fn["Sigma_inverse_along_target_eigenvectors"])
+    assert inverse_along.sum() == pytest.approx(np.trace(np.linalg.inv(Sigma)), rel=1e-12)  # a basis of R^d
+    # Ordering of the exact losses, and the captured fraction recomputed from them.
+    scalar, linear, optimum = fn["best_scalar_step"]["loss"], fn["best_linear_map"]["loss"], fn["optimum"]["value"]
+    assert linear < scalar and optimum < scalar
+    assert fn["optimum"]["fraction_of_linear_gain_captured"] == pytest.approx((scalar - optimum) / (scalar - linear))
+    # The optimum recomputed here from one other start (seeded differently) reaches the same value.
+    fam = fp.family(cfg, fn["n_support"])
+    sizes = (cfg["family"]["d_in"], *cfg["deep_widths"][cfg["finite_n"]["model"]], 1)
+    again = fp.deep_optimum(sizes, fam, cfg["inner_lr"], starts=1, excess=None, seed=123, population=False)
+    assert again["value"] == pytest.approx(optimum, rel=1e-9)
+    _, grads = expected_post_adaptation_loss_and_grad(again["weights"], fam, cfg["inner_lr"], population=False)
+    assert max(np.abs(g).max() for g in grads) < 1e-6
 
 
 def _monte_carlo_one_population_step(layers, M, Sigma, Omega, noise_std, alpha, tasks, n_query, seed):
@@ -254,8 +305,28 @@ def test_remedies_one_step_losses_recomputed_by_hand(quick_runs):
         reported = num["one_step_query_loss"][kind]
         assert reported["mean"] == pytest.approx(values.mean(), rel=1e-9)
         assert reported["ci95"] == pytest.approx(_t975(n) * values.std(ddof=1) / math.sqrt(n), rel=1e-7)
+    # the exact paired block, seed 0: the same adapted maps on the exact tasks, scored by ½‖W′ − W_τ‖²_Σ + ½σ²
+    ex = num["exact_paired"]
+    tasks = fam.sample(ex["tasks"], np.random.default_rng(ex["seed"]))
+    exact = {}
+    for kind in p:
+        maps = np.empty_like(tasks.W)
+        for t, (Xs, Ys, _, _) in enumerate(tasks):
+            if kind in ("plain", "kfo"):
+                W = np.array(p[kind]["W"])
+                G = (Xs @ W.T - Ys).T @ Xs / len(Xs)
+                if kind == "kfo":
+                    G = np.array(p[kind]["LtL"]) @ G @ np.array(p[kind]["RtR"])
+                maps[t] = W - alpha * G
+            else:
+                maps[t] = cf.end_to_end(cf.adapt([np.array(W) for W in p[kind]["chain"]], Xs, Ys, alpha, 1))
+        D = maps - tasks.W
+        exact[kind] = 0.5 * f["x_var"] * np.sum(D ** 2, axis=(1, 2)) + 0.5 * f["noise_std"] ** 2
     for kind in ("plain", "kfo", "linnet"):
-        assert num["one_step_over_deep"][kind]["ratio"] == pytest.approx(losses[kind].mean() / losses["deep"].mean(), rel=1e-9)
+        seed0 = ex["models"][kind]["over_deep"]["per_seed"][0]["ratio"]
+        assert seed0 == pytest.approx(exact[kind].mean() / exact["deep"].mean(), rel=1e-9)
+        assert num["one_step_over_deep"][kind]["ratio"] == ex["models"][kind]["over_deep"]["ratio"]
+    assert ex["models"]["deep"]["mean_loss_per_seed"][0] == pytest.approx(exact["deep"].mean(), rel=1e-9)
 
 
 def test_lr_sweep_shallow_curve_is_the_closed_form_and_monte_carlo(quick_runs):
@@ -288,47 +359,71 @@ def test_lr_sweep_shallow_curve_is_the_closed_form_and_monte_carlo(quick_runs):
         assert all(0 <= r["query_accuracy"]["mean"] <= 1 for r in rows)
 
 
-def test_anisotropic_optimal_map_beats_perturbations_by_monte_carlo(quick_runs):
-    """Q* (the figure's derivation) against Monte Carlo over sampled tasks and support sets: its loss
-    agrees with the formula, and random symmetric perturbations of Q* are worse (paired, common
-    tasks); the closed forms' own optimal_one_step_map agrees where it exists; Shallow's best scalar
-    step is a grid-free minimum of the same Monte Carlo loss along Q = αI."""
-    module, record, _ = quick_runs("fig_anisotropic")
+def test_direction_references_against_independent_computations(quick_runs):
+    """The direction figure's references, recomputed here: Q* from ΩΣ·K⁻¹ (K = (1 + 1/n)ΣΩΣ +
+    (tr(ΩΣ) + σ²)Σ/n, another algebra than the library's), the best diagonal map by Nelder–Mead on the
+    exact loss written out here, the paired means on sampled tasks against the exact expectations and
+    the Bayes floor (standard errors), and each seed's ratio from its own mean losses."""
+    from scipy.optimize import minimize
+
+    module, record, _ = quick_runs("fig_direction")
     cfg, num = record["settings"], record["numbers"]
-    kappa = cfg["kappas"][-1]
-    fam = module.family(cfg, kappa)
-    parts = module.family_parts(cfg, kappa)
-    Q = module.optimal_map(parts["Sigma"], parts["Omega"], cfg["noise_std"], cfg["n_support"])
-    r = num["per_kappa"][str(kappa)]
-    np.testing.assert_allclose(np.linalg.eigvalsh(Q), r["optimal_map_eigenvalues"], rtol=1e-12)
-    # eigenvectors follow Σ: Q* is diagonal in Σ's eigenbasis
-    assert r["Q_star_in_Sigma_basis_offdiag_max"] < 1e-12
-    b = fam.sample(20000, 11)
-    m = np.asarray(cfg["task_mean"])
-    G = np.einsum("tni,tn->ti", b.Xs, b.Xs @ m - b.Ys[..., 0]) / cfg["n_support"]
+    n, sigma = cfg["n_support"], cfg["noise_std"]
+    for key, entry in num["per_kappa"].items():
+        kappa = entry["kappa"]
+        d = cfg["d_in"]
+        q, r = np.linalg.qr(np.random.default_rng(cfg["rotation_seed"]).standard_normal((d, d)))
+        U = q * np.sign(np.diag(r))
+        s = np.geomspace(1.0, 1.0 / kappa, d)
+        s = s * d / s.sum()
+        Sigma, Omega = (U * s) @ U.T, (U / s) @ U.T
+        assert np.linalg.cond(Sigma) == pytest.approx(kappa, rel=1e-9)
+        K = (1 + 1 / n) * Sigma @ Omega @ Sigma + (np.trace(Omega @ Sigma) + sigma ** 2) * Sigma / n
 
-    def mc(Qm):
-        W = m - G @ Qm.T
-        return 0.5 * ((np.einsum("tni,ti->tn", b.Xq, W) - b.Yq[..., 0]) ** 2).mean(axis=1)
+        def loss(Q):
+            return 0.5 * (np.trace(Sigma @ Omega) - 2 * np.trace(Q @ Sigma @ Omega @ Sigma)
+                          + np.trace(Q.T @ Sigma @ Q @ K)) + 0.5 * sigma ** 2
 
-    base = mc(Q)
-    se = base.std(ddof=1) / math.sqrt(base.size)
-    assert abs(base.mean() - r["optimal_matrix_step_loss"]) < 4 * se
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        E = rng.standard_normal(Q.shape)
-        diff = mc(Q + 0.15 * (E + E.T) / 2) - base
-        assert diff.mean() > 3 * diff.std(ddof=1) / math.sqrt(diff.size)
-    a = r["shallow_best_scalar_alpha"]
-    scalar = mc(a * np.eye(len(m)))
-    assert abs(scalar.mean() - r["shallow_best_scalar_loss"]) < 4 * scalar.std(ddof=1) / math.sqrt(scalar.size)
-    for other in (0.8 * a, 1.25 * a):
-        diff = mc(other * np.eye(len(m))) - scalar
-        assert diff.mean() > 0
-    cross = num["cross_check_closedform_optimal_one_step_map"]
-    if cross is not None:
-        assert max(cross.values()) < 1e-10
-    assert r["optimal_matrix_step_loss"] <= r["shallow_best_scalar_loss"] + 1e-12
+        Q = Omega @ Sigma @ np.linalg.inv(K)
+        np.testing.assert_allclose(entry["Q_star_eigenvalues"], np.sort(np.linalg.eigvals(Q).real), rtol=1e-9)
+        exact = entry["exact_expected_loss"]
+        assert exact["best_linear_map_Q_star"] == pytest.approx(loss(Q), rel=1e-10)
+        diag = minimize(lambda x: loss(np.diag(x)), np.ones(d), method="Nelder-Mead",
+                        options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 40_000, "maxfev": 40_000})
+        np.testing.assert_allclose(entry["best_diagonal_q"], diag.x, rtol=1e-5)
+        assert exact["best_diagonal_map"] == pytest.approx(loss(np.diag(diag.x)), rel=1e-8)
+        alpha = entry["inner_lr_alpha_star"]
+        assert exact["best_scalar_step"] == pytest.approx(loss(alpha * np.eye(d)), rel=1e-10)
+        for a in (0.9 * alpha, 1.1 * alpha):
+            assert loss(a * np.eye(d)) > exact["best_scalar_step"]
+        # the paired tasks' means agree with the exact expectations
+        paired = entry["paired_tasks"]["mean_loss"]
+        for name, key2 in (("best scalar step", "best_scalar_step"), ("best diagonal map", "best_diagonal_map"),
+                           ("best linear map Q*", "best_linear_map_Q_star")):
+            assert abs(paired[name]["mean"] - exact[key2]) < 4 * paired[name]["se"]
+        floor, bayes = entry["bayes_floor"], paired["Bayes posterior mean"]
+        assert abs(bayes["mean"] - floor["mean"]) < 4 * np.hypot(bayes["se"], floor["se"])
+        assert floor["mean"] < exact["best_linear_map_Q_star"] <= exact["best_diagonal_map"] <= exact["best_scalar_step"]
+        for label, m in entry["models"].items():
+            per_seed = [x["ratio"] for x in m["over_Q_star"]["per_seed"]]
+            np.testing.assert_allclose(per_seed, np.array(m["mean_loss_per_seed"]) / paired["best linear map Q*"]["mean"],
+                                       rtol=1e-12)
+            assert m["over_Q_star"]["ci95"] >= m["over_Q_star"]["ci95_tasks"] > 0
+    big = num["per_kappa"][str(max(cfg["kappas"]))]
+    assert big["best_scalar_over_Q_star_exact"] >= 5.0
+
+
+def test_direction_stored_training_matches_the_code():
+    """The committed figure's trained parameters were produced with the code's full-mode settings."""
+    from linmaml.analysis import fig_direction as fd
+
+    cfg = dict(fd.SETTINGS, **fd.FULL)
+    stored = fd.stored_training(cfg)
+    assert stored is not None, "run python -m linmaml.analysis.fig_direction --retrain"
+    assert set(stored["trained"]) == {str(k) for k in cfg["kappas"]}
+    for runs in stored["trained"].values():
+        assert set(runs) == set(fd.MODELS)
+        assert all(len(seeds) == len(cfg["seeds"]) for seeds in runs.values())
 
 
 def test_surface_zero_set_is_where_the_objective_vanishes(quick_runs):

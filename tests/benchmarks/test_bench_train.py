@@ -261,7 +261,7 @@ def test_every_learner_trains_and_evaluates(tmp_path, algo, transform, linnet):
 
 @pytest.mark.parametrize("bad, match", [({"ways": 1}, "^ways: "), ({"meta_batch": 0}, "^meta_batch: "),
                                         ({"outer_lr": 0.0}, "^outer_lr: "), ({"inner_lr": float("nan")}, "^inner_lr: "),
-                                        ({"algo": "reptile"}, "^algo: "), ({"val_tasks": 1}, "^val_tasks: "),
+                                        ({"algo": "sgd"}, "^algo: "), ({"val_tasks": 1}, "^val_tasks: "),
                                         ({"ways": 13}, "^ways: expected at most 12"),
                                         ({"shots": 5, "query": 4}, "^query: expected at most 3"),
                                         ({"linnet_width": 2}, "^linnet_width: "),

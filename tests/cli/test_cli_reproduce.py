@@ -166,7 +166,7 @@ def test_same_numbers(a, b, same):
 def test_figures_are_found_in_the_installed_package_not_by_path():
     figures = reproduce_cli.discover()
     names = [f.name for f in figures]
-    assert {"surface", "adaptation", "preconditioner", "remedies", "lr_sweep", "anisotropic"} <= set(names)
+    assert {"surface", "adaptation", "preconditioner", "remedies", "lr_sweep", "direction"} <= set(names)
     assert all(f.module_name.startswith("linmaml.analysis.fig_") for f in figures)
 
 

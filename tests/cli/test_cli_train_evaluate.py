@@ -69,7 +69,7 @@ def test_train_bad_arguments(tmp_path, capsys, small_run):
         (["train", "--out", out, "--ways", "x"], "--ways: invalid int value"),
         (["train", "--out", out, "--ways", "1"], "--ways: expected an integer >= 2"),
         (["train", "--out", out, "--shots", "0"], "--shots: "),
-        (["train", "--out", out, "--algo", "reptile"], "--algo: invalid choice"),
+        (["train", "--out", out, "--algo", "sgd"], "--algo: invalid choice"),
         (["train", "--out", out, "--transform", "adam"], "--transform: invalid choice"),
         (["train", "--out", out, "--benchmark", "mnist"], "--benchmark: invalid choice"),
         (["train", "--out", out, "--bogus", "1"], "unrecognized arguments: --bogus"),

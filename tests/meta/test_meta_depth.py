@@ -23,7 +23,7 @@ def test_depth_is_kfo_without_psd_and_the_identity_can_fail():
     X, Y = as_torch(rng.standard_normal((6, 3)), rng.standard_normal((6, 2)))
     loss_fn = loss_function("squared")
     deep = deep_linear_model([B, W, A])
-    deep_fast = meta.MAML(deep, lr=0.1, steps=3, adapt=["1.weight"]).adapt(X, Y, loss_fn)["1.weight"]
+    deep_fast = meta.MAML(deep, lr=0.1, steps=3, adapted=["1.weight"]).adapt(X, Y, loss_fn)["1.weight"]
     At, Bt = as_torch(A, B)
     end_to_end = At @ deep_fast @ Bt
     for left, right, agrees in ((At @ At.T, Bt.T @ Bt, True), (At @ At.T, torch.eye(3, dtype=torch.float64), False)):

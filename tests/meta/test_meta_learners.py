@@ -203,11 +203,11 @@ def test_anil_computes_the_features_once_per_task():
 
 def test_head_all_and_name_lists():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)))
-    assert meta.MAML(model, adapt="head").adapted_names == ["2.2.weight", "2.2.bias"]
-    assert meta.MAML(model, adapt=["2.0.bias", "0.weight"]).adapted_names == ["0.weight", "2.0.bias"]
+    assert meta.MAML(model, adapted="head").adapted_names == ["2.2.weight", "2.2.bias"]
+    assert meta.MAML(model, adapted=["2.0.bias", "0.weight"]).adapted_names == ["0.weight", "2.0.bias"]
     model[0].weight.requires_grad_(False)
     assert "0.weight" not in meta.MAML(model).adapted_names  # "all" leaves frozen parameters alone
-    learner = meta.MAML(model, adapt="head", transform=meta.KFO())
+    learner = meta.MAML(model, adapted="head", transform=meta.KFO())
     assert sorted(learner.transform.shapes) == ["2.2.bias", "2.2.weight"]
     X, Y = torch.randn(5, 3), torch.randn(5, 2)
     fast = learner.adapt(X, Y, SQUARED)
@@ -216,16 +216,27 @@ def test_head_all_and_name_lists():
     assert not torch.equal(fast["2.2.weight"], model[2][2].weight)
 
 
-def test_adapt_errors_name_the_problem():
+def test_the_old_keyword_adapt_still_works_and_warns():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.warns(DeprecationWarning, match="now called 'adapted'"):
+        old = meta.MAML(model, adapt="head")
+    assert old.adapted_names == meta.MAML(model, adapted="head").adapted_names == ["2.weight", "2.bias"]
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="^adapt: expected 'all', 'head'"):
+        meta.MAML(model, adapt="body")  # errors name the keyword the caller used
+    with pytest.raises(ValueError, match="^adapt: is the old name of 'adapted'"):
+        meta.MAML(model, adapted="head", adapt="head")
+
+
+def test_adapted_errors_name_the_problem():
     model = nn.Sequential(nn.Linear(3, 2))
-    with pytest.raises(ValueError, match=r"^adapt: the model has no parameter named '0\.wieght'"):
-        meta.MAML(model, adapt=["0.weight", "0.wieght"])
-    with pytest.raises(ValueError, match="^adapt: expected 'all', 'head'"):
-        meta.MAML(model, adapt="body")
-    with pytest.raises(ValueError, match="^adapt: expected at least one"):
-        meta.MAML(model, adapt=[])
-    with pytest.raises(ValueError, match="^adapt: .*no nn.Linear"):
-        meta.MAML(nn.Sequential(nn.Conv2d(1, 2, 3)), adapt="head")
+    with pytest.raises(ValueError, match=r"^adapted: the model has no parameter named '0\.wieght'"):
+        meta.MAML(model, adapted=["0.weight", "0.wieght"])
+    with pytest.raises(ValueError, match="^adapted: expected 'all', 'head'"):
+        meta.MAML(model, adapted="body")
+    with pytest.raises(ValueError, match="^adapted: expected at least one"):
+        meta.MAML(model, adapted=[])
+    with pytest.raises(ValueError, match="^adapted: .*no nn.Linear"):
+        meta.MAML(nn.Sequential(nn.Conv2d(1, 2, 3)), adapted="head")
     with pytest.raises(ValueError, match="^lr: expected 2 per-step"):
         meta.MAML(model, lr=[0.1, 0.2, 0.3], steps=2)
     with pytest.raises(ValueError, match="^steps: "):
@@ -326,9 +337,9 @@ def test_plain_autograd_path_equals_the_torch_func_path(first_order, transform, 
 def test_first_order_builds_no_graph_for_the_inner_gradients():
     """First order on the plain path: the adapted parameters are θ − α·(constant), so their graph
     holds one subtraction per step and nothing of the support forward; the parameters that do not
-    adapt (adapt='head') get no gradient from the adaptation at all."""
+    adapt (adapted='head') get no gradient from the adaptation at all."""
     model = random_mlp(np.random.default_rng(25), 3, 4, 2)
-    learner = meta.MAML(model, lr=0.1, steps=2, first_order=True, adapt="head")
+    learner = meta.MAML(model, lr=0.1, steps=2, first_order=True, adapted="head")
     Xs, Ys = data(26)
     fast = learner.adapt(Xs, Ys, SQUARED)
     head = learner.adapted_names
@@ -362,7 +373,7 @@ def test_frozen_and_tied_parameters_adapt_as_a_hand_written_loop():
     second.weight = first.weight  # tied
     first.bias.requires_grad_(False)  # frozen
     model = nn.Sequential(first, nn.Tanh(), second)
-    learner = meta.MAML(model, lr=0.3, steps=2, adapt=["0.weight", "0.bias"])
+    learner = meta.MAML(model, lr=0.3, steps=2, adapted=["0.weight", "0.bias"])
     X, Y = data(30, d_out=3)
     fast = learner.adapt(X, Y, SQUARED)
     w, b, b2 = first.weight, first.bias.detach().requires_grad_(), second.bias

@@ -126,14 +126,21 @@ def test_learned_rates_beyond_the_trained_steps_repeat_the_last_rate_and_warn_on
         meta.MAML(mlp(), lr=0.3, steps=2, transform=meta.KFO()).adapt(batch[0][0], batch[1][0], SQUARED, steps=2)
 
 
-def test_learned_rates_need_steps_and_refuse_the_stateless_call():
+def test_learned_rates_need_steps_and_give_one_update_per_call():
     with pytest.raises(ValueError, match="^steps:"):
         meta.LearnedRates().build({"w": torch.zeros(2, 2)})
     with pytest.raises(ValueError, match="^steps:"):
         meta.LearnedRates(steps=0)
     t = meta.LearnedRates(steps=2).build({"w": torch.zeros(2, 2)})
-    with pytest.raises(TypeError, match="^grads:.*step"):
-        t({"w": torch.zeros(2, 2)})
+    with torch.no_grad():
+        t.rates["w"].copy_(torch.tensor([0.5, 3.0]))
+    g = torch.arange(4.0).reshape(2, 2)
+    # the one-call form: step k's update from the start state (the first step by default; the last
+    # rate repeats beyond the steps it keeps)
+    assert torch.equal(t({"w": g})["w"], 0.5 * g)
+    assert torch.equal(t.update({"w": g}, k=1)["w"], 3.0 * g) and torch.equal(t.update({"w": g}, k=7)["w"], 3.0 * g)
+    with pytest.raises(ValueError, match="^grads:"):
+        t({"v": g})
 
 
 # --------------------------------------------------------------------------------------------------

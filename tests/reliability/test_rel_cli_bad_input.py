@@ -125,7 +125,7 @@ TABLE = [
     (["train", "--out", "{sandbox}/run", "--ways", "x", "--quiet"], "--ways: invalid int value"),
     (["train", "--out", "{sandbox}/run", "--ways", "1", "--quiet"], "--ways: expected an integer >= 2"),
     (["train", "--out", "{sandbox}/run", "--inner-lr", "inf", "--quiet"], "--inner-lr: expected a finite number"),
-    (["train", "--out", "{sandbox}/run", "--algo", "reptile", "--quiet"], "--algo: invalid choice"),
+    (["train", "--out", "{sandbox}/run", "--algo", "sgd", "--quiet"], "--algo: invalid choice"),
     (["train", "--out", "{sandbox}/run", "--batching", "threads", "--quiet"], "--batching: invalid choice"),
     (["train", "--out", "{sandbox}/run", "--tasks-per-chunk", "0", "--quiet"], "--tasks-per-chunk: expected an integer >= 1"),
     (["train", "--out", "{sandbox}/run", "--compile", "yes", "--quiet"], "unrecognized arguments: yes"),

@@ -196,7 +196,7 @@ def maml_problems(case, lr, steps) -> set[str]:
     if case["transform"] == "not-a-transform":
         wrong.add("transform")
     if case["adapt"] in ("unknown", "empty", "not-a-list"):
-        wrong.add("adapt")
+        wrong.add("adapted")
     return wrong
 
 
@@ -214,7 +214,7 @@ def test_maml_adapts_and_differentiates_like_a_hand_written_loop(case, lr_steps,
     transform = make_transform(case["transform"])
     adapt = resolve_adapt(case["adapt"], model)
     learner, error = call(meta.MAML, model, lr=lr, steps=steps, transform=transform, first_order=first_order,
-                          adapt=adapt)
+                          adapted=adapt)
     wrong = maml_problems(case, lr, steps)
     if wrong:
         assert_names(error, wrong)
@@ -251,7 +251,7 @@ def test_maml_refuses_bad_arguments_naming_them(case, lr_steps, assert_names):
     lr, steps = lr_steps
     model = build_model(case["sizes"], case["activations"], case["seed"])
     learner, error = call(meta.MAML, model, lr=lr, steps=steps, transform=make_transform(case["transform"]),
-                          adapt=resolve_adapt(case["adapt"], model))
+                          adapted=resolve_adapt(case["adapt"], model))
     wrong = maml_problems(case, lr, steps)
     if wrong:
         assert_names(error, wrong)

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from linmaml._extras import require as require_extra
 from linmaml.benchmarks.data._pickles import load_pickle, require, str_keys
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml import _io
@@ -170,6 +170,7 @@ def _read_csv(folder: Path, split: str, verify: bool) -> tuple[np.ndarray, list]
 def _read_image(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"{path}: listed in the CSV but missing; the data is incomplete")
+    Image = require_extra("PIL.Image", "reading image files")  # Pillow is an extra; the .npz format needs none
     try:
         with _io.open_regular(path, MAX_IMAGE_BYTES) as handle, _io.bounded_image(handle, MAX_IMAGE_PIXELS, str(path)) as image:
             image = image.convert("RGB")

@@ -36,9 +36,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from linmaml import _io
+from linmaml._extras import require as require_extra
 from linmaml._validate import integer
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES, DatasetError, verify_file
@@ -358,6 +358,7 @@ def _assemble(entries: dict, name: str, path: Path, fmt: str) -> OmniglotSet:
 
 def _decode_png(source, where: str) -> np.ndarray:
     """A 105×105 bool image, True = white background (what the official 1-bit PNGs hold)."""
+    require_extra("PIL.Image", "reading image files")  # Pillow is an extra; the .npz format needs none
     try:
         if not isinstance(source, bytes):
             source = _io.read_bytes(source, MAX_PNG_BYTES)

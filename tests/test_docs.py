@@ -1,0 +1,50 @@
+"""The documentation (docs/: tutorials, conventions, one API page per module) builds with warnings as
+errors, and a broken reference to a linmaml name fails the build."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build(source: Path, out: Path, modules: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LINMAML_DOCS_MODULES": modules}
+    return subprocess.run([sys.executable, "-m", "sphinx", "-E", "-b", "html", "-n", "-W", "--keep-going", "-q",
+                           str(source), str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.slow
+def test_the_docs_build_without_warnings(tmp_path):
+    source = tmp_path / "docs"
+    shutil.copytree(REPO / "docs", source, ignore=shutil.ignore_patterns("_build", "_generated"))
+    # the copy's relative paths (../examples, the package) must point at the repository
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    done = build(source, tmp_path / "html")
+    assert done.returncode == 0, done.stderr[-4000:]
+    pages = {p.name for p in (tmp_path / "html" / "_generated").glob("*.html")}
+    for module in ("linmaml.meta.learners", "linmaml.closedform.preconditioner", "linmaml.meta.inner_loop",
+                   "linmaml.tasks"):
+        assert f"{module}.html" in pages
+    # a module whose package re-exports a function under the module's name is documented as the module
+    text = (tmp_path / "html" / "_generated" / "linmaml.closedform.preconditioner.html").read_text()
+    assert "balanced_weights" in text
+
+
+def test_a_broken_reference_to_a_linmaml_name_fails_the_build(tmp_path):
+    source = tmp_path / "docs"
+    source.mkdir()
+    shutil.copy2(REPO / "docs" / "conf.py", source / "conf.py")
+    good = ":func:`linmaml.meta.learners.MAML` :class:`linmaml.meta.MAML` :class:`torch.Tensor`"
+    toc = "\n\n.. toctree::\n   :glob:\n\n   _generated/*\n"
+    (source / "index.rst").write_text(f"Test\n====\n\n{good}{toc}")
+    done = build(source, tmp_path / "good", modules="linmaml.meta")  # a few API pages: quick
+    assert done.returncode == 0, done.stderr[-3000:]
+    (source / "index.rst").write_text(f"Test\n====\n\n{good} :func:`linmaml.meta.no_such_function`{toc}")
+    done = build(source, tmp_path / "bad", modules="linmaml.meta")
+    assert done.returncode != 0 and "no_such_function" in done.stderr

@@ -2,7 +2,7 @@
 
 The network is an ordinary ``nn.Module`` written here (:class:`MyCNN`: stride-2 conv blocks with
 BatchNorm on batch statistics, flattened, and a linear head called ``classifier``).
-``linmaml.benchmarks.train(options, out_dir, model=MyCNN(), ...)`` builds the ANIL learner around it
+``train(options, out_dir, model=MyCNN(), ...)`` (``from linmaml.benchmarks.train import train``) builds the ANIL learner around it
 (``options["head"] = "classifier"`` names the adapted submodule; everything else is meta-trained in
 the outer loop) and writes the run folder: ``config.json``, ``metrics.jsonl``, ``last.pt``,
 ``best.pt``. ``load_learner(out_dir, model=MyCNN())`` rebuilds the trained learner around a fresh

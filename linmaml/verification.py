@@ -143,4 +143,10 @@ def format_table(report: dict) -> str:
     passed = sum(r["passed"] for r in rows)
     smoke = sum(r.get("kind") == "smoke" for r in rows)
     lines.append(f"{passed} of {len(rows)} rows hold ({len(rows) - smoke} identities, {smoke} smoke checks)")
+    lines.append(MAX_ERROR_NOTE)
     return "\n".join(lines)
+
+
+#: Printed under the table: the errors are the worst of random instances, not constants.
+MAX_ERROR_NOTE = ("max error: the largest error over this seed's random instances; it changes with --seed "
+                  "(only its order of magnitude against the tolerance means anything)")

@@ -199,3 +199,12 @@ def test_a_meta_row_with_one_nan_instance_fails(monkeypatch):
     (row,) = [i for i in IDENTITIES if i.name == "meta: first-order MAML meta-gradient = query gradient at the adapted weights"]
     result = row.run(0)
     assert len(calls) > 2 and not result["passed"]
+
+
+def test_the_printed_table_says_its_errors_are_maxima_over_random_instances():
+    from linmaml.verification import MAX_ERROR_NOTE
+
+    report = {"identities": [{"name": "x", "kind": "identity", "instances": 3, "max_rel_error": 1.6e-16,
+                              "tolerance": 1e-12, "passed": True}]}
+    lines = format_table(report).splitlines()
+    assert lines[-1] == MAX_ERROR_NOTE and "largest error over this seed's random instances" in lines[-1]

@@ -54,7 +54,7 @@ Method
   (``/proc/self/clear_refs``), runs one more iteration and reads ``VmHWM``: the peak resident
   memory of a process doing that step, in MiB, beside its resident size before the step. CUDA:
   ``torch.cuda.max_memory_allocated`` around one iteration.
-* Threads: ``torch.set_num_threads(threads)`` (default 2); numpy's surface kernel uses its own
+* Threads: ``torch.set_num_threads(threads)`` (default 1, as every linmaml command; the committed CNN cases used 2); numpy's surface kernel uses its own
   thread pool of at most the available cores.
 * Allocator: every case but ``allocator`` runs under the policy ``linmaml train`` uses by default,
   ``keep`` (glibc keeps freed memory for reuse; :mod:`linmaml.benchmarks.allocator`), or under
@@ -140,7 +140,7 @@ def memory_probe(case: str, variant: str, settings: dict, threads: int, allocato
 # --------------------------------------------------------------------------------------------------
 # Driver, table, CLI
 
-def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cpu", threads: int = 2,
+def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cpu", threads: int = 1,
         log=None, allocator: str | None = None) -> dict:
     """Run the cases (``only``: a subset of :data:`CASES`), print progress with ``log``, write
     ``<out_dir>/bench.json`` atomically and return its dict. ``allocator`` ("keep" or "system"), if
@@ -359,12 +359,13 @@ def main(argv=None, default_out: pathlib.Path | None = None) -> int:
     """The script form (``python -m linmaml.analysis.bench``, ``analysis/bench.py``); ``--out``
     defaults to ``default_out``, else ``figures/`` of the current folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=default_out or pathlib.Path("figures"))
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="output folder (default: figures/; with --quick ./figures-quick)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs and agrees")
     parser.add_argument("--only", action="append", choices=CASES, help="run only this case (repeatable)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default 2; 1 in quick mode, whose tiny ops only wait on each other)")
+                        help="torch threads (default 1, as every linmaml command; make bench passes 2)")
     parser.add_argument("--allocator", default=None, choices=("keep", "system"),
                         help="malloc policy of this process (default keep, as linmaml train, or $LINMAML_ALLOCATOR)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
@@ -378,7 +379,9 @@ def main(argv=None, default_out: pathlib.Path | None = None) -> int:
     if args.allocator_probe:
         print(json.dumps(allocator_probe(json.loads(args.allocator_probe))))
         return 0
-    threads = args.threads if args.threads is not None else (1 if args.quick else 2)
+    if args.out is None:  # a quick run never replaces the committed figures/bench.json
+        args.out = pathlib.Path.cwd() / "figures-quick" if args.quick else (default_out or pathlib.Path("figures"))
+    threads = args.threads if args.threads is not None else 1  # one policy for every command (run_settings)
     from linmaml.benchmarks.allocator import apply_for_command, default_policy
 
     apply_for_command(args.allocator or default_policy(), "bench")

@@ -36,6 +36,9 @@ SETTINGS = {
     "shallow_starts": [-3.0, -1.0, 2.0, 3.5],
 }
 FULL = {"grid": 201, "curve_points": 801, "meta_steps": 1500}
+#: Panel (b)'s y scale is linear below this loss and logarithmic above, so that 0 (the deep model's
+#: infimum) can be drawn where it is.
+SYMLOG_LINTHRESH = 1e-6
 #: The shallow runs' colours, distinct from the deep runs' C1, C2, …
 SHALLOW_COLORS = ["tab:blue", "tab:cyan", "tab:olive", "tab:pink", "tab:gray"]
 QUICK = {"grid": 61, "curve_points": 201, "meta_steps": 120}
@@ -128,39 +131,50 @@ def draw(result: dict, path: pathlib.Path) -> None:
     fig.colorbar(image, ax=ax_deep, label="MAML objective (log scale)")
     x, y = S.hyperbola(setting.mean, cfg["range"])
     ax_deep.plot(x, y, ":", color="white", lw=1, label="$w_1 w_2 = m$ (mean task solved)")
-    S.draw_trajectories(ax_deep, arr["deep_runs"], label="meta-training")
+    S.draw_trajectories(ax_deep, arr["deep_runs"])  # each run labelled in (c), same colours
     zeros = np.array(num["zero_set"])
-    ax_deep.plot(zeros[:, 0], zeros[:, 1], "*", color="gold", mec="k", ms=13, zorder=5,
-                 label=r"zero set: $w_1 w_2 = 0,\ w_1^2 + w_2^2 = 1/(\alpha V)$")
+    ax_deep.plot(zeros[:, 0], zeros[:, 1], "D", color="gold", mec="k", ms=8, zorder=5,
+                 label=r"objective 0: $w_1 w_2 = 0,\ w_1^2 + w_2^2 = 1/(\alpha V)$")
     ax_deep.set_xlim(-cfg["range"], cfg["range"])
     ax_deep.set_ylim(-cfg["range"], cfg["range"])
-    ax_deep.legend(loc="upper left", fontsize=7, framealpha=0.8)
-    finals = ", ".join(f"{v:.1g}" for v in num["deep_final_losses"])
-    ax_deep.set_title(f"(a) deep $f(x)=w_2 w_1 x$: infimum 0 at the stars\nruns end at {finals} (still falling)",
-                      fontsize=9)
+    handles, _ = ax_deep.get_legend_handles_labels()
+    ax_deep.legend(handles=handles + S.marker_legend_handles("run (colours as in c)"), loc="upper left",
+                   fontsize=7, framealpha=0.8)
+    ax_deep.set_title(f"(a) deep $f(x)=w_2 w_1 x$: infimum 0 at the gold diamonds\n{len(num['deep_final_losses'])} "
+                      f"meta-training runs approach them (final values in c)", fontsize=9)
 
     S.draw_shallow(ax_shallow, arr["w"], arr["shallow_loss"], arr["shallow_runs"], colors=SHALLOW_COLORS)
     ax_shallow.axhline(num["no_adaptation_loss"], color="gray", ls="--", lw=1,
                        label=r"no adaptation $\frac{1}{2}Vs^2$")
-    ax_shallow.axhline(num["deep_best_final_loss"], color="tab:red", ls="-.", lw=1, label="deep model's best")
-    ax_shallow.set_yscale("log")
+    # The deep model's infimum is exactly 0 (the zero set of a): drawn at 0 on a scale that is linear
+    # below 1e-6 and logarithmic above, with the runs' best value said, not drawn as if it were the floor.
+    ax_shallow.axhline(0.0, color="tab:red", ls="-.", lw=1.5,
+                       label=f"deep model's infimum: 0 (exact);\nits runs reach {num['deep_best_final_loss']:.1g} "
+                             f"and still fall")
+    ax_shallow.set_yscale("symlog", linthresh=SYMLOG_LINTHRESH)
+    top = float(np.nanmax(np.where(np.isfinite(arr["shallow_loss"]), arr["shallow_loss"], np.nan)))
+    ax_shallow.set_ylim(-0.3 * SYMLOG_LINTHRESH, 3 * top)
     ax_shallow.legend(fontsize=7, loc="center")
-    ax_shallow.set_title(f"(b) shallow $f(x)=w x$: best {num['shallow_best_final_loss']:.3g}", fontsize=10)
+    ax_shallow.set_title(f"(b) shallow $f(x)=w x$: best {num['shallow_best_final_loss']:.3g} "
+                         f"(stars: ends of its runs)", fontsize=10)
 
-    for r in range(arr["deep_runs"].weights.shape[1]):
+    for r, run_record in enumerate(num["deep_trajectories"]):
+        start = run_record["start"]
         ax_curve.plot(arr["deep_runs"].losses[:, r], color=f"C{(r % 9) + 1}", lw=1.5,
-                      label="deep runs (infimum 0, still falling)" if r == 0 else None)
-    for r in range(arr["shallow_runs"].weights.shape[1]):
+                      label=f"deep run from ({start['w1']:g}, {start['w2']:g}): ends at {run_record['final_loss']:.1g}")
+    shallow_runs = arr["shallow_runs"].weights.shape[1]
+    for r in range(shallow_runs):
         ax_curve.plot(arr["shallow_runs"].losses[:, r], color=SHALLOW_COLORS[r % len(SHALLOW_COLORS)], lw=1, ls="--",
-                      label="shallow runs" if r == 0 else None)
+                      label=f"the {shallow_runs} shallow runs (all end at {num['shallow_best_final_loss']:.3g})"
+                      if r == 0 else None)
     ax_curve.axhline(num["no_adaptation_loss"], color="gray", ls="--", lw=1, label="no adaptation")
     ax_curve.axhline(num["shallow_optimum_closed_form"], color="k", ls=":", lw=1,
                      label=r"shallow optimum $\frac{1}{2}V(1-\alpha V)^{2k}s^2$")
     ax_curve.set_yscale("log")
     ax_curve.set_xlabel("meta-iteration")
     ax_curve.set_ylabel("MAML objective (after adaptation)")
-    ax_curve.legend(fontsize=7)
-    ax_curve.set_title("(c) meta-training", fontsize=10)
+    ax_curve.legend(fontsize=6.5, loc="center right")
+    ax_curve.set_title("(c) meta-training (deep runs: infimum 0, still falling)", fontsize=10)
     fig.suptitle(f"MAML with a small inner learning rate: α={cfg['inner_lr']}, k={cfg['inner_steps']}, "
                  f"V={cfg['x_var']}, a ~ N({cfg['task_mean']}, {cfg['task_std']}²)", fontsize=11)
     fig.tight_layout()

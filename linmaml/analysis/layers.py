@@ -15,7 +15,7 @@ Not part of ``linmaml reproduce`` (training takes about 16 minutes on 2 cores). 
 4 blocks of 8 filters, 6 iterations, 10 test tasks (seconds), for the tests.
 
 Run: ``python analysis/fig_layers.py [--run DIR | --runs DIR] [--out DIR] [--tasks N] [--threads N]
-[--quick] [--data-root DIR]``.
+[--quick] [--data-root DIR]``; ``--redraw`` redraws ``layers.png`` from ``layers.json`` alone.
 """
 from __future__ import annotations
 
@@ -77,6 +77,20 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, run_dir=None, runs=None, ta
     return record
 
 
+def redraw(out_dir) -> int:
+    """Redraw ``<out_dir>/layers.png`` from ``<out_dir>/layers.json`` with the current drawing code
+    (:func:`linmaml.benchmarks.analyze.draw`): the numbers are the JSON's, unchanged."""
+    import json
+
+    from linmaml.benchmarks import analyze
+
+    out_dir = pathlib.Path(out_dir)
+    record = json.loads((out_dir / f"{NAME}.json").read_text(encoding="utf-8"))
+    analyze.draw(record, out_dir / f"{NAME}.png")
+    print(f"redrew {out_dir / (NAME + '.png')} from {NAME}.json", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
@@ -89,7 +103,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--data-root", default=None, help="datasets folder (default: $LINMAML_DATA)")
     parser.add_argument("--quick", action="store_true", help="4 blocks of 8 filters, 6 iterations, 10 tasks")
+    parser.add_argument("--redraw", action="store_true",
+                        help="only redraw <out>/layers.png from the numbers in <out>/layers.json (no training, no "
+                             "analysis): for a change of the drawing code")
     args = parser.parse_args(argv)
+    if args.redraw:
+        return redraw(args.out)
     command = shlex.join(["python", "analysis/fig_layers.py", *argv])
     try:
         record = run(args.out, args.quick, run_dir=args.run, runs=args.runs, tasks=args.tasks, threads=args.threads,

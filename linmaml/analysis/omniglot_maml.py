@@ -10,8 +10,9 @@ curve from ``metrics.jsonl``, and writes
   ``train_seconds`` (wall time of training, validation included, from the run's own log),
   ``iterations``, ``best_iteration``, the ``command`` that trained it (rebuilt from the run's
   settings), the published number beside it, and the ``machine``;
-- ``omniglot_maml.png``: validation accuracy (± 95 % CI) against wall time, and the training
-  accuracy, for every run (:func:`linmaml.plots.training.plot_runs`).
+- ``omniglot_maml.png``: validation accuracy (± 95 % CI) against wall time, with the published
+  numbers as dashed lines (± their CI), and the training accuracy, for every run
+  (:func:`linmaml.plots.training.plot_runs`).
 
     python analysis/omniglot_maml.py runs/omniglot-maml-1shot runs/omniglot-maml-5shot --out figures
 """
@@ -70,6 +71,21 @@ def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int 
     }
 
 
+def published_references(results: list[dict]) -> list[dict]:
+    """The published numbers to draw beside the runs' validation curves: one dashed line (± its CI)
+    per published setting, in the colour of the first run of that setting."""
+    references, seen = [], set()
+    for r in results:
+        pub = r.get("published")
+        if not pub or (r["ways"], r["shots"]) in seen:
+            continue
+        seen.add((r["ways"], r["shots"]))
+        references.append({"label": f"published {r['ways']}-way {r['shots']}-shot: {pub['accuracy']} ± {pub['ci95']} % "
+                                    f"({pub['source']})", "accuracy": pub["accuracy"], "ci95": pub["ci95"],
+                           "run": r["run"]})
+    return references
+
+
 def main(argv=None) -> dict:
     from linmaml import _io
     from linmaml.plots.training import plot_runs, read_runs
@@ -86,7 +102,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     results = [score_run(folder, tasks=args.tasks, data_root=args.data_root) for folder in args.runs]
     args.out.mkdir(parents=True, exist_ok=True)
-    drawn = plot_runs(read_runs(args.runs), args.out / "omniglot_maml.png", x="time")
+    drawn = plot_runs(read_runs(args.runs), args.out / "omniglot_maml.png", x="time",
+                      references=published_references(results))
     for result in results:
         curve = drawn["runs"].get(result["run"], {})
         result["validation"] = {"wall_time": curve.get("val_x"), "wall_time_axis": drawn["x_label"],

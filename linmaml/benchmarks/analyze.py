@@ -231,19 +231,24 @@ def ablation_subsets(learner) -> list[tuple[str, list[str]]]:
 
 
 def _progress(stream, label, total):
-    """``tick(done)``: a line on ``stream`` at most every 10 s with the rate and the ETA."""
-    started, last = time.perf_counter(), [0.0]
+    """``tick(done)``: a line on ``stream`` at most every 10 s with the tasks done and an ETA measured
+    past the first task (:class:`~linmaml.benchmarks.progress.RemainingTime`: none before 3 tasks)."""
+    from linmaml.benchmarks.progress import RemainingTime, eta_words
+
+    started = time.perf_counter()
+    last = [started]  # the first line after 10 s, not after the first (warm-up) task
+    remaining = RemainingTime(total)
 
     def tick(done):
         now = time.perf_counter()
+        eta = remaining.update(done, now - started)
         if stream is None or (now - last[0] < 10 and done < total):
             return
         last[0] = now
-        rate = done / max(now - started, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("inf")
         from linmaml.benchmarks.progress import safe_write
 
-        safe_write(stream, f"{label}: {done}/{total} tasks  {now - started:.0f} s  eta {eta:.0f} s\n")
+        safe_write(stream, f"{label}: {done}/{total} tasks  {now - started:.0f} s"
+                           + ("" if done == total else f"  {eta_words(eta)}") + "\n")
     return tick
 
 
@@ -480,6 +485,24 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+ALGO_WORDS = {"maml": "second-order MAML (every parameter adapts)", "fomaml": "first-order MAML (every parameter "
+              "adapts)", "anil": "ANIL (only the head adapts)"}
+TRANSFORM_WORDS = {"none": "plain gradient inner step", "kfo": "KFO inner step (LᵀL)G(RᵀR)",
+                   "metasgd": "Meta-SGD inner step", "metacurvature": "Meta-Curvature inner step",
+                   "rates": "learned per-step inner rates"}
+
+
+def describe_run(result: dict) -> str:
+    """The figure's title in words (not the settings' keys): algorithm, inner step, network, tasks, steps."""
+    s, steps = result.get("settings", {}), result["steps"]
+    algo, transform = s.get("algo", ""), s.get("transform", "")
+    words = [ALGO_WORDS.get(algo, algo), TRANSFORM_WORDS.get(transform, transform)]
+    if s.get("linnet"):
+        words.append(f"{s['linnet']} LinNet layers")
+    return (", ".join(w for w in words if w) + f"; {s.get('layers', '?')} conv blocks × {s.get('hidden', '?')} filters; "
+            f"{result['tasks']} test tasks, {steps} inner step{'' if steps == 1 else 's'}")
+
+
 def draw(result: dict, path) -> None:
     """The analysis as a PNG: relative updates, block CKA, ablation with CIs, preconditioner spectrum."""
     import matplotlib
@@ -489,30 +512,41 @@ def draw(result: dict, path) -> None:
 
     from linmaml.plots.figure import save_figure
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.8), gridspec_kw={"width_ratios": [1.6, 1, 1.2, 1]})
+    fig, axes = plt.subplots(1, 4, figsize=(19, 5.2), gridspec_kw={"width_ratios": [1.6, 1, 1.2, 1]})
+
+    def tick_labels(ax, labels, rotation, fontsize):
+        # rotated labels anchored at their right end, so each ends under its own bar
+        ax.set_xticks(range(len(labels)), labels, rotation=rotation, fontsize=fontsize, ha="right",
+                      rotation_mode="anchor")
+
     layers = result["layers"]
     ax = axes[0]
     values = [r["relative_update"] or 0.0 for r in layers]
     ax.bar(range(len(layers)), values, color=["C0" if r["adapted"] else "0.7" for r in layers])
-    ax.set_xticks(range(len(layers)), [r["name"] for r in layers], rotation=75, fontsize=6)
+    tick_labels(ax, [r["name"] for r in layers], 60, 6)
     ax.set_yscale("symlog", linthresh=1e-4)
+    top = max(values, default=1.0)
+    ax.set_ylim(0, 4 * max(top, 1e-4))  # room above the tallest bar (the head's, 2.7 in the README's run)
+    for i, value in enumerate(values):
+        if value == top and value > 0:
+            ax.annotate(f"{value:.2g}", (i, value), ha="center", va="bottom", fontsize=7)
     ax.set_ylabel(r"$\|\Delta\theta\| / \|\theta\|$ (mean over tasks)")
-    ax.set_title("inner-loop update per tensor", fontsize=10)
+    ax.set_title("inner-loop update per tensor (0: does not move; grey: not adapted)", fontsize=9)
     ax = axes[1]
     blocks = result["blocks"]
     ax.bar(range(len(blocks)), [b["cka"] or 0.0 for b in blocks], color="C2")
-    ax.set_xticks(range(len(blocks)), [b["name"] for b in blocks], rotation=45, fontsize=7)
+    tick_labels(ax, [b["name"] for b in blocks], 30, 7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("linear CKA, query features before vs after")
     ax.set_title("feature reuse (1) vs rapid learning (<1)", fontsize=10)
     ax = axes[2]
     rows = result["ablation"]
     ax.bar(range(len(rows)), [r["accuracy"] for r in rows], yerr=[r["ci95"] for r in rows], capsize=3, color="C1")
-    ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=45, fontsize=7)
+    tick_labels(ax, [r["label"] for r in rows], 30, 7)
     low = min(r["accuracy"] - r["ci95"] for r in rows)
     ax.set_ylim(max(0.0, low - 5), 100)
     ax.set_ylabel("query accuracy % (95% CI)")
-    ax.set_title("which parameters adapt", fontsize=10)
+    ax.set_title("accuracy when only these parameters adapt", fontsize=10)
     ax = axes[3]
     pre = result.get("preconditioner")
     if pre:
@@ -523,9 +557,6 @@ def draw(result: dict, path) -> None:
         ax.set_title(f"bottom-layer preconditioner: {pre['parameter']}", fontsize=8)
     else:
         ax.axis("off")
-    s = result.get("settings", {})
-    fig.suptitle(f"{s.get('algo', '')} {s.get('transform', '')}, {s.get('layers', '?')} blocks × "
-                 f"{s.get('hidden', '?')} filters, {result['tasks']} test tasks, {result['steps']} inner steps",
-                 fontsize=11)
+    fig.suptitle(describe_run(result), fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)

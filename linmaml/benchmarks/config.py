@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from linmaml import _validate
 from linmaml.benchmarks.learners import (ALGOS, ESTIMATOR_ALGOS, POOLS, TRANSFORMS, build_learner, model_class_name,
-                                         model_fingerprint)
+                                         model_fingerprint, same_model_class)
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta import estimators
 from linmaml.meta.engine import STRATEGIES, Engine
@@ -66,7 +66,8 @@ THREADS_MAX = 1024
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run. Defaults: 5-way 1-shot second-order MAML on Omniglot with
-    the 4-block CNN, 1 inner step of 0.4 in training and 3 at test, meta-batch 16, Adam 1e-3,
+    the 4-block CNN, 1 inner step of 0.4 in training and 3 at test (with a learned transform, the
+    training steps: see ``test_steps``), meta-batch 16, Adam 1e-3,
     4,000 iterations (chosen to reach 95% test accuracy on Omniglot within an hour of CPU).
     ``hidden=None`` and ``pool=None`` take the benchmark's usual values (64 filters and stride-2
     convolutions for Omniglot; 32 filters and max-pooling otherwise).
@@ -89,7 +90,9 @@ class TrainConfig:
     hidden: int | None = None
     pool: str | None = None
     steps: int = 1
-    test_steps: int = 3
+    #: None: 3 for plain MAML/ANIL (transform "none"); with a learned transform, ``steps`` (it is tuned
+    #: to the steps it was trained with; more would start with the "beyond training" note).
+    test_steps: int | None = None
     inner_lr: float = 0.4
     outer_lr: float = 1e-3
     outer_lr_schedule: str = "constant"
@@ -144,6 +147,8 @@ class TrainConfig:
         choice("on_nonfinite", ON_NONFINITE)
         choice("batching", BATCHING)
         choice("outer_lr_schedule", SCHEDULES)
+        if self.test_steps is None:
+            object.__setattr__(self, "test_steps", 3 if self.transform == "none" else self.steps)
         for name in ("model", "model_fingerprint", "head"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ArgumentTypeError(name, f"expected a string or None, got {type(getattr(self, name)).__name__}")
@@ -291,7 +296,9 @@ def check_model_matches(config: TrainConfig, model: torch.nn.Module | None, wher
         raise ArgumentError("model", f"{where} was trained on your own model ({config.model}); pass the same "
                          f"architecture again (model=...)")
     name, fingerprint = model_class_name(model), model_fingerprint(model)
-    if (name, fingerprint) != (config.model, config.model_fingerprint):
+    # by qualified class name and fingerprint, not by module: a script's __main__.MyCNN is the same
+    # class as my_script.MyCNN imported elsewhere
+    if not same_model_class(config.model, model) or fingerprint != config.model_fingerprint:
         raise ArgumentError("model", f"{where} was trained on {config.model} (fingerprint {config.model_fingerprint}), "
                          f"got {name} (fingerprint {fingerprint}): a different class or parameter shapes")
 

@@ -35,7 +35,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     """Score a training checkpoint on the fixed evaluation tasks of ``split``.
 
     ``path``: a ``.pt`` written by ``linmaml train`` or a training folder (its ``best.pt``).
-    ``steps``: inner steps at test time (default: the run's ``test_steps``). ``splits`` may supply
+    ``steps``: inner steps at test time (default: the run's ``test_steps``; 0 scores before adapting). ``splits`` may supply
     ``{split: FewShotSplit}`` directly instead of reading the benchmark from ``data_root``.
     ``model``: for a run on your own model, a module of the same architecture (as for
     :func:`~linmaml.benchmarks.loading.load_learner`). ``progress``: a status line with the tasks
@@ -49,7 +49,8 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     if split not in ("train", "val", "test"):
         raise ArgumentError("split", f"expected train, val or test, got {split!r}")
     file, payload, config = load_run_checkpoint(path)
-    steps = config.test_steps if steps is None else _validate.integer(steps, "steps", minimum=1)
+    # steps=0 scores the trained start before any adaptation: the baseline adaptation improves on
+    steps = config.test_steps if steps is None else _validate.integer(steps, "steps", minimum=0)
     dev = distributed.resolve_device(device)
     if splits is None:
         from linmaml.benchmarks.data import load_splits  # the data package is loaded only when needed

@@ -3,19 +3,19 @@
 ``build_learner(...)`` is the one place where the benchmark commands' words (``--algo anil
 --transform kfo --linnet 2``) become objects of :mod:`linmaml.meta`:
 
-=========  ==============================================================================
-algo       learner
-=========  ==============================================================================
-maml       ``meta.MAML(model, lr, steps, transform)``: every parameter adapts, second order
-fomaml     the same with ``first_order=True`` (inner gradients treated as constants)
-anil       ``meta.ANIL(features, head, ...)``: only the head adapts, on features computed once
-reptile,   ``meta.MAML(model, lr, steps)`` (plain gradient steps) whose meta-gradient is the
-imaml,     estimator of that name in :mod:`linmaml.meta.estimators` (Reptile, iMAML, truncated
-truncated, MAML, evolution strategies, Hessian-free MAML), applied by
-es, hfmaml :func:`linmaml.benchmarks.config.make_engine`; validation adapts by plain MAML steps
-protonet   ``meta.ProtoNet(features, ways)``: class means of the ConvNet's features, no inner loop
-r2d2       ``meta.R2D2(features, ways)``: a closed-form ridge head on them (learned λ, scale, bias)
-=========  ==============================================================================
+===========  ==============================================================================
+algo         learner
+===========  ==============================================================================
+maml         ``meta.MAML(model, lr, steps, transform)``: every parameter adapts, second order
+fomaml       the same with ``first_order=True`` (inner gradients treated as constants)
+anil         ``meta.ANIL(features, head, ...)``: only the head adapts, on features computed once
+reptile,     ``meta.MAML(model, lr, steps)`` (plain gradient steps) whose meta-gradient is the
+imaml,       estimator of that name in :mod:`linmaml.meta.estimators` (Reptile, iMAML, truncated
+truncated,   MAML, evolution strategies, Hessian-free MAML), applied by
+es, hfmaml   :func:`linmaml.benchmarks.config.make_engine`; validation adapts by plain MAML steps
+protonet     ``meta.ProtoNet(features, ways)``: class means of the ConvNet's features, no inner loop
+r2d2         ``meta.R2D2(features, ways)``: a closed-form ridge head on them (learned λ, scale, bias)
+===========  ==============================================================================
 
 ``protonet`` and ``r2d2`` use the ConvNet's ``features`` (its head is not built into the learner);
 ``transform``, ``linnet``, ``inner_lr`` and ``steps`` do not apply to them (a transform or LinNet
@@ -85,6 +85,18 @@ def model_class_name(model: nn.Module) -> str:
     """``module.QualifiedName`` of the model's class (recorded in a run's config)."""
     kind = type(model)
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def same_model_class(recorded: str | None, model: nn.Module) -> bool:
+    """Whether ``model``'s class is the one a run recorded as ``recorded`` (``module.QualifiedName``,
+    :func:`model_class_name`), compared by qualified class name only: the module a class is imported
+    from changes with the script (``__main__.MyCNN`` while training in ``my_kfo.py``,
+    ``my_kfo.MyCNN`` when another script imports it), the class does not. The parameter fingerprint
+    (:func:`model_fingerprint`) checks the architecture."""
+    if recorded is None:
+        return False
+    qualname = type(model).__qualname__
+    return recorded == qualname or recorded.endswith("." + qualname)
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -5,10 +5,16 @@ On a terminal the line is rewritten in place (at most 5 times a second); otherwi
 written every ``every`` seconds, so logs stay short. During a validation pass the line shows the
 tasks scored so far, so a long final validation is never silent.
 
+The first chunk of every validation pass is reported at once (then every ``every`` seconds), so a
+pass is never silent.
+
 The ETA is ``remaining iterations · (seconds per iteration) + remaining validation tasks ·
 (seconds per validation task)``, both rates measured in this process, training and validation
-apart. Before the first validation task is timed, a task is estimated at the cost of one training
-task (seconds per iteration / meta-batch): the order of magnitude, corrected after the first chunk.
+apart. The first iteration (warm-up) is left out of the rate and no ETA is printed before three
+iterations ("eta: measuring"): a first-iteration estimate was 14× too long. Before the first
+validation task is timed, a task is estimated at the cost of one training task (seconds per
+iteration / meta-batch): the order of magnitude, corrected after the first chunk. Scoring passes
+(``evaluate``, ``analyze``) use :class:`RemainingTime` likewise.
 """
 from __future__ import annotations
 
@@ -42,17 +48,27 @@ class Progress:
         self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
         self.window = collections.deque(maxlen=100)
         self.last_print = 0.0
-        self.train_seconds, self.train_iterations = 0.0, 0
+        self.train_seconds, self.train_iterations, self.first_seconds = 0.0, 0, 0.0
         self.val_seconds, self.val_done = 0.0, 0
+        self.val_pass: int | None = None  # the iteration whose validation pass is under way
 
     def validations_after(self, iteration: int) -> int:
         """How many validation passes come after ``iteration`` (every ``val_every``, and at the end)."""
         extra = 1 if self.total % self.val_every and iteration < self.total else 0
         return self.total // self.val_every - min(iteration, self.total) // self.val_every + extra
 
-    def eta(self, iteration: int, val_tasks_left: int = 0) -> float:
-        """Seconds still to go after ``iteration`` with ``val_tasks_left`` tasks of the current pass."""
-        per_iteration = self.train_seconds / max(self.train_iterations, 1)
+    def per_iteration(self) -> float | None:
+        """Seconds per training iteration, the first (warm-up) left out; None before 3 iterations."""
+        if self.train_iterations < 3:
+            return None
+        return (self.train_seconds - self.first_seconds) / (self.train_iterations - 1)
+
+    def eta(self, iteration: int, val_tasks_left: int = 0) -> float | None:
+        """Seconds still to go after ``iteration`` with ``val_tasks_left`` tasks of the current pass
+        (None while fewer than 3 iterations are measured)."""
+        per_iteration = self.per_iteration()
+        if per_iteration is None:
+            return None
         per_task = self.val_seconds / self.val_done if self.val_done else per_iteration / self.meta_batch
         tasks = val_tasks_left + self.validations_after(iteration) * self.val_tasks
         return (self.total - iteration) * per_iteration + tasks * per_task
@@ -61,12 +77,14 @@ class Progress:
                   force: bool = False) -> None:
         """An iteration finished after ``seconds`` of training work (validation not included)."""
         self.window.append(accuracy)
+        if self.train_iterations == 0:
+            self.first_seconds = seconds
         self.train_seconds += seconds
         self.train_iterations += 1
         if self._due(force):
-            per_iteration = self.train_seconds / self.train_iterations
+            per_iteration = self.per_iteration() or self.train_seconds / self.train_iterations
             self._emit(f"iter {iteration}/{self.total}  loss {loss:.4f}  acc {100 * np.mean(self.window):.1f} % (last "
-                       f"{len(self.window)})  {per_iteration:.2f} s/it  eta {_minutes(self.eta(iteration))}"
+                       f"{len(self.window)})  {per_iteration:.2f} s/it  {eta_words(self.eta(iteration))}"
                        + (f"  skipped {skipped}" if skipped else ""))
 
     def validation(self, iteration: int, done: int, total: int, seconds: float) -> None:
@@ -75,11 +93,20 @@ class Progress:
         if done == total:
             self.val_seconds += seconds
             self.val_done += total
-        elif self._due(False):
+            self.val_pass = None
+            return
+        starting = self.val_pass != iteration  # the first chunk of a pass is always said: never silent
+        self.val_pass = iteration
+        if self._due(starting):
             rate = (self.val_seconds + seconds) / (self.val_done + done) if done else None
             left = total - done
-            eta = (self.eta(iteration) + left * rate) if rate is not None else self.eta(iteration, left)
-            self._emit(f"iter {iteration}/{self.total}  validation {done}/{total} tasks  eta {_minutes(eta)}")
+            rest = self.eta(iteration)
+            if rest is None:
+                eta = None
+            else:
+                eta = (rest + left * rate) if rate is not None else self.eta(iteration, left)
+            self._emit(f"iter {iteration}/{self.total}  validation {done}/{total} tasks  {eta_words(eta)}",
+                       newline=starting and not self.tty)
 
     def line(self, text: str) -> None:
         if self.enabled:
@@ -111,6 +138,35 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+class RemainingTime:
+    """An ETA that is not fooled by a slow start: the rate is measured from the first report on (the
+    first item's time holds one-off work: building the scoring function, first allocations, a cold
+    cache; on a loaded machine a first task took 15× a later one), and no estimate is given until
+    ``reports`` reports (the first included) have come in.
+
+    ``update(done, seconds)`` with the items done and the seconds since the start; returns the
+    seconds still to go for ``total`` items, or None while too little is measured."""
+
+    def __init__(self, total: int, reports: int = 3):
+        self.total, self.reports = total, reports
+        self.first: tuple[int, float] | None = None
+        self.count = 0
+
+    def update(self, done: int, seconds: float) -> float | None:
+        self.count += 1
+        if self.first is None:
+            self.first = (done, seconds)
+        first_done, first_seconds = self.first
+        if self.count < self.reports or done <= first_done:
+            return None
+        return (seconds - first_seconds) / (done - first_done) * max(self.total - done, 0)
+
+
+def eta_words(seconds: float | None) -> str:
+    """``eta 1.5 min``, or ``eta: measuring`` while there is no estimate yet."""
+    return "eta: measuring" if seconds is None else f"eta {_minutes(seconds)}"
+
+
 class TaskProgress:
     """The status line of a scoring pass over ``total`` tasks (``linmaml evaluate``): tasks done and an
     ETA from the measured seconds per task; rewritten in place on a terminal (at most 5 times a
@@ -121,16 +177,19 @@ class TaskProgress:
         self.label, self.stream, self.enabled, self.every = label, stream, enabled, every
         self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
         self.last_print = 0.0
+        self.remaining: RemainingTime | None = None
 
     def on_progress(self, done: int, total: int, seconds: float) -> None:
         if not self.enabled:
             return
+        if self.remaining is None:
+            self.remaining = RemainingTime(total)
+        eta = self.remaining.update(done, seconds)  # every chunk is measured, printed or not
         now = time.perf_counter()
         if done < total and now - self.last_print < (0.2 if self.tty else self.every):
             return
         self.last_print = now
-        eta = seconds / done * (total - done) if done else 0.0
-        text = f"{self.label}: {done}/{total} tasks  {seconds:.0f} s  eta {_minutes(eta)}"
+        text = f"{self.label}: {done}/{total} tasks  {seconds:.0f} s" + ("" if done == total else f"  {eta_words(eta)}")
         if not safe_write(self.stream, ("\r\033[K" + text + ("\n" if done == total else "")) if self.tty
                           else text + "\n"):
             self.enabled = False

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from linmaml import _io, _validate
-from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder
+from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder, run_settings
 from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
                                        iteration_seed, make_engine, outer_lr_at, resume_config)
-from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint
+from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint, same_model_class
 from linmaml.benchmarks.progress import Progress, safe_write
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
@@ -136,6 +136,8 @@ class Trainer:
             safe_write(self.stream, f"linmaml train: note: validation {note}\n")
         self.metrics = None
         self.signals: StopSignals | None = None
+        # recorded in config.json for later commands on the run (linmaml.benchmarks.run_settings)
+        self.environment = {"data_root": None, "threads": torch.get_num_threads()}
 
     def _restore(self, payload: dict) -> None:
         """Load ``payload`` (checked by :func:`run_folder.check_resume_payload`) into the learner and
@@ -350,7 +352,9 @@ class Trainer:
             "config": self.config.to_dict(), "image_shape": list(self.image_shape),
             "world_size": self.ctx.world_size, "device": str(self.ctx.device),
             # the process's malloc settings (linmaml train's --allocator): they change the timings logged
-            "allocator": allocator.current()}, guard=self._require_folder)
+            "allocator": allocator.current(),
+            # where the data was read and with how many threads: evaluate, analyze, --resume reuse them
+            **self.environment}, guard=self._require_folder)
         self._require_folder()
         self.metrics = run_folder.MetricsLog(self.out_dir / run_folder.METRICS)
 
@@ -413,6 +417,8 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     layout. ``splits`` may supply ``{"train": FewShotSplit, "val":
     FewShotSplit}`` instead of reading the benchmark from ``data_root``. Under torchrun the
     meta-batch is split across processes (:mod:`linmaml.benchmarks.distributed`); rank 0 writes.
+    ``config.json`` records the data root read (None with ``splits``) and the torch threads; a resumed
+    run with ``data_root=None`` reads the recorded root (:mod:`linmaml.benchmarks.run_settings`).
     Bad settings raise ``ValueError``/``TypeError``; a folder owned by another run or holding an
     old run (without ``resume``/``overwrite``) raises ``FileExistsError``. ``on_iteration(record)``,
     if given, is called on rank 0 with each iteration's metrics record (a dict) after it is logged.
@@ -447,16 +453,24 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
         payload = distributed.broadcast_object(payload, ctx)
         if payload is not None:
             check_model_matches(TrainConfig.from_dict(payload["config"]), model, where=f"the run in {out_dir}")
+            if model is not None:  # the same class, perhaps imported from another module: keep the recorded name
+                given = {**given, "model": payload["config"]["model"]}
         config = resume_config(payload["config"], given) if payload is not None else TrainConfig.from_dict(given)
         if config.meta_batch < ctx.world_size:
             raise ArgumentError("meta_batch", f"{config.meta_batch} tasks cannot be shared by {ctx.world_size} processes")
+        root_read = None
         if splits is None:
             from linmaml.benchmarks.data import load_splits  # the data package is loaded only when needed
+            from linmaml.benchmarks.data.paths import resolve_data_root
 
+            if payload is not None and data_root is None:  # a resumed run reads where it read before
+                data_root = run_settings.data_root_for(None, out_dir)
             splits = load_splits(config.benchmark, ("train", "val"), data_root)
+            root_read = str(resolve_data_root(data_root).resolve())
         trainer = Trainer(config, out_dir, splits, ctx, lock=lock, payload=payload, overwrite=overwrite,
                           stream=stream, progress=progress, on_iteration=on_iteration, model=model,
                           payload_file=payload_file)
+        trainer.environment["data_root"] = root_read
         with StopSignals() as signals:
             return trainer.run(signals)
     except BaseException as caught:
@@ -540,6 +554,8 @@ def _with_model_record(given: dict, model) -> dict:
     if not isinstance(model, torch.nn.Module):
         raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     record = {"model": model_class_name(model), "model_fingerprint": model_fingerprint(model)}
+    if given.get("model") is not None and same_model_class(given["model"], model):
+        record["model"] = given["model"]  # the same class imported from another module keeps its recorded name
     for key, value in record.items():
         if given.get(key) is not None and given[key] != value:
             raise ArgumentError("model", f"the settings record {key} {given[key]!r}, the model given has {value!r}")

@@ -172,7 +172,7 @@ def hessian(weights, X, Y, loss: str) -> np.ndarray:
 
 
 def solver_rate(weights, tasks, loss: str, lam: float) -> float:
-    """A safe gradient-descent rate for the proximal problems: 1/(λ + 2·max |eig H_s(θ)| + 1) (a solver
+    """A safe gradient-descent rate for the proximal problems: 1/(λ + 2·max ``|eig H_s(θ)|`` + 1) (a solver
     setting shared by both sides, not part of the answer)."""
     largest = max(float(np.max(np.abs(np.linalg.eigvalsh(hessian(weights, t[0], t[1], loss))))) for t in tasks)
     return 1.0 / (lam + 2 * largest + 1.0)
@@ -233,7 +233,7 @@ def check_imaml_deep(rng):
 
 
 def es_z_score(rng, population: int = 200, sigma: float = 0.3) -> tuple[float, float]:
-    """(largest |mean − exact|/SE over the coordinates, relative error) of ES on a depth-1 linear model
+    """(largest ``|mean − exact|``/SE over the coordinates, relative error) of ES on a depth-1 linear model
     with the squared loss, whose post-adaptation loss is quadratic in θ (φ_k is affine in θ), so the
     smoothed gradient equals the exact MAML gradient (closed form) for every σ."""
     steps = int(rng.integers(1, 4))

@@ -32,3 +32,16 @@ def folder_can_hold(path: Path, flag: str) -> None:
                 where = "is a file" if parent.is_file() else "is not a folder"
                 raise ArgumentError(flag, f"{parent} {where}, so {path} cannot be created below it")
             return
+
+
+def user_model_error(run, error: BaseException, function: str = "evaluate_checkpoint",
+                     module: str = "linmaml.benchmarks.evaluate") -> ArgumentError:
+    """The command line's answer to a run trained on the user's own model class, which only Python can
+    rebuild: an error naming the run that points to the Python route (``function(run, model=...)``)
+    rather than to a ``model=`` option the command does not have."""
+    detail = getattr(error, "detail", str(error))
+    if "trained on your own model" in detail:
+        return ArgumentError(str(run), f"{detail.split(';')[0]}, which the command line cannot rebuild; score it "
+                                       f"from Python: from {module} import {function}; "
+                                       f"{function}({str(run)!r}, model=YourModel()) (README: Using the library)")
+    return ArgumentError(str(run), f"{detail} (the command line scores the built-in ConvNet only)")

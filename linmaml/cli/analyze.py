@@ -20,8 +20,11 @@ def register(subparsers):
     p.add_argument("--spectrum-tasks", type=int, default=20, metavar="N",
                    help="tasks whose support sets give the preconditioner spectrum (default 20; 0 skips it)")
     p.add_argument("--data-root", metavar="DIR", default=None,
-                   help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
-    p.add_argument("--threads", type=int, default=None, metavar="T", help="CPU threads for torch")
+                   help="datasets folder (default: the one the run was trained on, else $LINMAML_DATA, else the "
+                        "per-user cache)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="CPU threads for torch (default: the run's own, else 1; several threads on busy cores can "
+                        "run many times slower)")
     p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/analyze.{png,json}")
@@ -34,27 +37,36 @@ def run(args) -> int:
     from linmaml import _io, _validate
     from linmaml.benchmarks import analyze
     from linmaml._extras import require
-    from linmaml.cli._paths import path_option
+    from linmaml.benchmarks.run_settings import data_root_for, threads_for
+    from linmaml.cli._paths import path_option, user_model_error
 
     from linmaml.benchmarks.config import EVAL_TASKS_MAX, STEPS_MAX, THREADS_MAX
     from linmaml.cli._paths import folder_can_hold
 
     # maxima as for evaluate (explained in linmaml.benchmarks.config): checked before anything is read
+    if args.threads is not None:
+        _validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX)
     for value, name, minimum, maximum in ((args.tasks, "--tasks", 2, EVAL_TASKS_MAX),
                                           (args.spectrum_tasks, "--spectrum-tasks", 0, EVAL_TASKS_MAX)):
         _validate.integer(value, name, minimum=minimum, maximum=maximum)
     if args.steps is not None:
         _validate.integer(args.steps, "--steps", minimum=1, maximum=STEPS_MAX)
-    run = path_option(args.run, "RUN")  # ~ expanded (also in RUN=~/r), '' refused (not the current folder)
+    run_path = path_option(args.run, "RUN")  # ~ expanded (also in RUN=~/r), '' refused (not the current folder)
     out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused
     if out is not None:
         folder_can_hold(out, "--out")  # before the analysis, not after it
         require("matplotlib", "--out (drawing analyze.png)")
-    if args.threads is not None:
-        torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX))
+    # the run's own threads and data root unless given (linmaml.benchmarks.run_settings); was: every core
+    torch.set_num_threads(threads_for(args.threads, run_path))
+    data_root = data_root_for(path_option(args.data_root, "--data-root"), run_path)
     apply_for_command(args.allocator or default_policy(), "linmaml analyze")
-    result = analyze.analyze_run(run, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
-                                 data_root=args.data_root, stream=sys.stderr)
+    try:
+        result = analyze.analyze_run(run_path, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
+                                     data_root=data_root, stream=sys.stderr)
+    except ValueError as error:
+        if getattr(error, "argument", None) == "model":
+            raise user_model_error(run_path, error, "analyze_run", "linmaml.benchmarks.analyze") from error
+        raise
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         analyze.draw(result, out / "analyze.png")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import sys
 import tempfile
 
 from linmaml import _validate
@@ -30,10 +31,12 @@ def register(subparsers):
     p.add_argument("--only", action="append", metavar="CASE",
                    help=f"run only this case (repeatable): {', '.join(CASES)}; the other cases of an existing "
                         "bench.json of the same mode are kept, and the file says so")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: figures/ of the source tree, else ./figures)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: figures/ of the source tree, else ./figures; "
+                                                "with --quick ./figures-quick)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the meta-training cases on the GPU")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default 2; 1 with --quick, whose tiny operations only wait on each other)")
+                   help="torch threads (default 1, as every linmaml command; the committed figures/bench.json CNN "
+                        "cases were measured with --threads 2, as make bench runs it)")
     p.add_argument("--allocator", choices=ALLOCATORS, default=None,
                    help="malloc policy of the benchmark process (default keep, as linmaml train runs, or "
                         "$LINMAML_ALLOCATOR; the allocator case compares both in fresh processes)")
@@ -84,7 +87,7 @@ def run(args) -> int:
             raise ValueError(f"--only: expected one of {', '.join(CASES)}, got {case!r}")
     if args.device not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected cpu or cuda, got {args.device!r}")
-    threads = args.threads if args.threads is not None else (1 if args.quick else 2)
+    threads = args.threads if args.threads is not None else 1  # one policy for every command (run_settings)
     from linmaml.benchmarks.config import THREADS_MAX
 
     threads = _validate.integer(threads, "--threads", minimum=1, maximum=THREADS_MAX)
@@ -96,7 +99,10 @@ def run(args) -> int:
     if args.out is None:
         from linmaml.plots.figure import default_out  # the same default as linmaml reproduce
 
-        out = default_out()
+        out = default_out(args.quick)  # a quick run never replaces the committed figures/bench.json
+        if args.quick:
+            print(f"linmaml bench: --quick without --out writes to {out} (smoke-test numbers; --out figures to "
+                  f"replace the committed figures/bench.json)", file=sys.stderr, flush=True)
     else:
         from linmaml.cli._paths import path_option
 

@@ -68,6 +68,13 @@ def run(args) -> int:
     return 0
 
 
+#: Term-product bounds of the printed expansion (symbolic.scalar_objective's max_work): auto expands
+#: depth 1 × any steps, depth 2 × ≤ 2 steps, depth 3–4 × 1 step (at most 1,334 monomials, 30 kB, seconds);
+#: --form expanded adds depth 5 and 6 × 1 (3,231 and 12,480 monomials, 61 and 767 kB; minutes).
+AUTO_MAX_WORK = 10_000
+EXPANDED_MAX_WORK = 100_000
+
+
 def scalar_text(depth: int, steps: int, latex: bool = False, gradient: bool = False, form: str = "auto") -> str:
     """The text ``linmaml derive --kind scalar`` prints."""
     import sympy as sp
@@ -80,13 +87,21 @@ def scalar_text(depth: int, steps: int, latex: bool = False, gradient: bool = Fa
               f"J = E_a[½·v·(p_k − a)²]")
     derived, refusal = None, None
     if form != "nested":
+        # The work bound is also an output bound: auto expands only what prints in at most ~30 kB
+        # (1,334 monomials for depth 2 × 2 steps); --form expanded up to ~0.8 MB (depth 6 × 1). Beyond,
+        # the polynomial has tens of thousands of monomials (depth 3 × 2 steps: 142,248, 7.4 MB on one
+        # line), which no terminal reader wants; the Python API still expands those.
         try:
-            derived = symbolic.scalar_objective(depth, steps)
-        except ValueError as error:
-            detail = argument_of(error)[1]
+            derived = symbolic.scalar_objective(depth, steps,
+                                                max_work=EXPANDED_MAX_WORK if form == "expanded" else AUTO_MAX_WORK)
+        except ValueError:
             if form == "expanded":
-                raise ArgumentError("--depth, --steps", detail) from None
-            refusal = detail
+                raise ArgumentError("--depth, --steps", f"the expanded depth-{depth}, {steps}-step objective is too "
+                                    f"large to print (over ~12,500 monomials); --form nested prints it exactly, and "
+                                    f"linmaml.closedform.symbolic.scalar_objective({depth}, {steps}) expands it in "
+                                    f"Python") from None
+            refusal = (f"the expanded polynomial would be too long to print (over ~1,500 monomials); --form "
+                       f"expanded prints up to ~12,500, symbolic.scalar_objective({depth}, {steps}) expands it in Python")
     if derived is None:
         nested = symbolic.scalar_recursion(depth, steps)
         lines = [header, f"# exact nested form (degree {nested.degree_in_a} in a; "

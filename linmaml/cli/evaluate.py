@@ -5,7 +5,8 @@ import json
 import sys
 
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
-from linmaml.cli._paths import path_option
+from linmaml.benchmarks.run_settings import data_root_for, threads_for
+from linmaml.cli._paths import path_option, user_model_error
 
 
 def register(subparsers):
@@ -15,16 +16,17 @@ def register(subparsers):
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt written by linmaml train, or its --out folder"
                                                             " (then best.pt)")
     p.add_argument("--tasks", type=int, default=600, help="number of fixed test tasks (default 600)")
-    p.add_argument("--steps", type=int, default=None, help="inner steps at test time (default: the run's --test-steps)")
+    p.add_argument("--steps", type=int, default=None, help="inner steps at test time (default: the run's --test-steps; 0 scores before adaptation)")
     p.add_argument("--query", type=int, default=15, help="query examples per class (default 15)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
     p.add_argument("--task-seed", type=int, default=0, help="seed of the fixed task set (default 0)")
     p.add_argument("--data-root", metavar="DIR", default=None,
-                   help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
+                   help="datasets folder (default: the one the run was trained on, else $LINMAML_DATA, else the "
+                        "per-user cache)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads for torch (default 1: several threads on busy cores can run many times slower;"
-                        " on an idle machine with many cores try 4)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: the run's own, else 1: several threads on busy cores can "
+                        "run many times slower; on an idle machine with many cores try 4)")
     p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object (accuracy as a fraction)")
     p.add_argument("--quiet", action="store_true", help="no progress line (tasks scored, ETA) on stderr")
@@ -43,17 +45,23 @@ def run(args) -> int:
     # bound is the split's examples per class, known once the data is loaded.
     _validate.integer(args.tasks, "--tasks", minimum=2, maximum=EVAL_TASKS_MAX)
     if args.steps is not None:
-        _validate.integer(args.steps, "--steps", minimum=1, maximum=STEPS_MAX)
+        _validate.integer(args.steps, "--steps", minimum=0, maximum=STEPS_MAX)  # 0: before adaptation
     _validate.integer(args.task_seed, "--task-seed", minimum=0, maximum=SEED_MAX)
     # ~ expanded (also after '=', where the shell leaves it), '' refused; the checkpoint used is printed
     checkpoint, data_root = path_option(args.checkpoint, "CHECKPOINT"), path_option(args.data_root, "--data-root")
-    torch.set_num_threads(_validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX))
+    if args.threads is not None:
+        _validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX)
+    # the run's own threads and data root unless given (linmaml.benchmarks.run_settings)
+    torch.set_num_threads(threads_for(args.threads, checkpoint))
+    data_root = data_root_for(data_root, checkpoint)
     apply_for_command(args.allocator or default_policy(), "linmaml evaluate")
     try:
         result = evaluate_checkpoint(checkpoint, tasks=args.tasks, steps=args.steps, query=args.query,
                                      split=args.split, task_seed=args.task_seed, data_root=data_root,
                                      device=args.device, progress=not args.quiet)
     except ArgumentError as error:  # the library names its argument (error.argument); the user typed the flag
+        if error.argument == "model":
+            raise user_model_error(checkpoint, error) from error
         flag = renamed(error, {name: "--" + name.replace("_", "-") for name in ("tasks", "steps", "query", "task_seed")})
         if flag is error:
             raise
@@ -69,6 +77,11 @@ def run(args) -> int:
     else:
         s = result["settings"]
         print(f"accuracy {100 * result['accuracy']:.2f} % ± {100 * result['ci95']:.2f} % (95% CI over {result['tasks']} {s['split']}"
-              f" tasks, {s['ways']}-way {s['shots']}-shot, {s['steps']} inner steps; checkpoint {result['checkpoint']},"
+              f" tasks, {s['ways']}-way {s['shots']}-shot, {_steps_words(s['steps'])}; checkpoint {result['checkpoint']},"
               f" iteration {result['iteration']})")
     return 0
+
+
+def _steps_words(steps: int) -> str:
+    """``1 inner step``, ``3 inner steps``, ``0 inner steps (before adaptation)``."""
+    return f"{steps} inner step{'' if steps == 1 else 's'}" + (" (before adaptation)" if steps == 0 else "")

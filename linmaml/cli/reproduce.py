@@ -1,6 +1,6 @@
 """``linmaml reproduce``: regenerate every figure and ``figures/results.json`` (the main job).
 
-    linmaml reproduce [--out DIR] [--only NAME ...] [--quick] [--list]
+    linmaml reproduce [--out DIR] [--only NAME ...] [--quick] [--threads N] [--list]
 
 The figures are the modules ``fig_*`` of the installed package :mod:`linmaml.analysis`, found with
 ``pkgutil`` (no file paths: an installed wheel runs from any folder); each has a ``NAME`` and a
@@ -43,12 +43,16 @@ def register(subparsers):
         "reproduce", help="regenerate every figure and figures/results.json (the main job)",
         description="Regenerate every figure (the fig_* modules of linmaml.analysis) and figures/results.json; "
                     "files are replaced only after every figure has succeeded, and only where something changed.",
-        epilog="Default --out: figures/ of the source checkout when linmaml runs from one, else ./figures.")
+        epilog="Default --out: figures/ of the source checkout when linmaml runs from one, else ./figures; "
+               "with --quick, ./figures-quick (a quick run writes into figures/ only when told --out figures).")
     p.add_argument("--out", metavar="DIR",
-                   help="output folder (default: figures/ of the source tree, else ./figures)")
+                   help="output folder (default: figures/ of the source tree, else ./figures; with --quick "
+                        "./figures-quick)")
     p.add_argument("--only", action="append", metavar="NAME",
                    help="run only this figure (repeatable); its entry is merged into DIR/results.json")
     p.add_argument("--quick", action="store_true", help="each figure's quick mode (seconds; for smoke tests)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default 1, as every linmaml command)")
     p.add_argument("--list", action="store_true", help="list the figures and their modules, run nothing")
     p.set_defaults(func=run)
 
@@ -90,12 +94,18 @@ def select(figures: list[Figure], only: list[str] | None) -> list[Figure]:
     return [f for f in figures if f.name in set(only)]
 
 
-def _output_folder(out: pathlib.Path | None) -> pathlib.Path:
+def _output_folder(out: pathlib.Path | None, quick: bool = False) -> pathlib.Path:
     from linmaml.plots.figure import default_out
 
     from linmaml.cli._paths import path_option
 
-    # ~ expanded (also in --out=~/x), '' refused; the folder used is printed by reproduce()
+    # ~ expanded (also in --out=~/x), '' refused; the folder used is printed by reproduce(). A quick
+    # run without --out goes to ./figures-quick: smoke-test numbers never replace the committed figures.
+    if out is None and quick:
+        out = default_out(quick=True)
+        print(f"linmaml reproduce: --quick without --out writes to {out} (smoke-test numbers; --out figures to "
+              f"replace the committed figures)", file=sys.stderr, flush=True)
+        return out
     out = default_out() if out is None else path_option(out, "--out")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out: {out} exists and is not a folder")
@@ -216,7 +226,14 @@ def run(args) -> int:
         return 0
     chosen = select(figures, args.only)
     require("matplotlib", "drawing figures")  # before minutes of computing, not at the first drawing
-    out = _output_folder(args.out)
+    from linmaml import _validate
+    from linmaml.benchmarks.run_settings import threads_for
+
+    threads = threads_for(None if args.threads is None else _validate.integer(args.threads, "--threads", minimum=1))
+    out = _output_folder(args.out, args.quick)
+    import torch
+
+    torch.set_num_threads(threads)  # one policy for every command (linmaml.benchmarks.run_settings)
     reproduce(out, chosen, quick=args.quick, merge=bool(args.only),
               progress=lambda message: print(message, file=sys.stderr, flush=True))
     return 0

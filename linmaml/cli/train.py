@@ -16,15 +16,17 @@ import sys
 from pathlib import Path
 
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
+from linmaml.benchmarks.run_settings import DEFAULT_THREADS, threads_for  # noqa: F401 (re-exported)
 from linmaml.cli._paths import path_option
 
-#: Default CPU threads. torch's own default (one per core) collapses when the cores are busy: its
-#: worker threads wait for each other at every operation, and on a 2-core machine loaded by other
-#: work --threads 2 ran 17x slower than --threads 1 (7.6 vs 0.45 s per iteration). One thread is
-#: never that far from the best, and is predictable; raise it on an idle machine with many cores.
-DEFAULT_THREADS = 1
-THREADS_HELP = ("CPU threads for torch (default 1: predictable, and never the collapse of several threads "
-                "on busy cores, where 2 threads ran 17x slower than 1; on an idle machine with many cores try 4)")
+#: Default CPU threads (run_settings.DEFAULT_THREADS, 1). torch's own default (one per core) collapses
+#: when the cores are busy: its worker threads wait for each other at every operation, and on a 2-core
+#: machine loaded by other work --threads 2 ran 17x slower than --threads 1 (7.6 vs 0.45 s per
+#: iteration). One thread is never that far from the best, and is predictable; raise it on an idle
+#: machine with many cores.
+THREADS_HELP = ("CPU threads for torch (default 1, or with --resume the run's own: predictable, and never the "
+                "collapse of several threads on busy cores, where 2 threads ran 17x slower than 1; on an idle "
+                "machine with many cores try 4)")
 
 #: Options whose default comes from the run's config (None here means "not given on the command
 #: line", which matters for --resume: a resumed run keeps its saved settings).
@@ -39,7 +41,8 @@ _CONFIG_OPTIONS = {
     "layers": (int, "conv blocks of the CNN (default 4)"),
     "hidden": (int, "filters per conv block (default 64 for omniglot, 32 otherwise)"),
     "steps": (int, "inner steps in training (default 1)"),
-    "test_steps": (int, "inner steps at validation/test time (default 3)"),
+    "test_steps": (int, "inner steps at validation/test time (default 3; with a learned --transform, the training "
+                        "--steps, which it is tuned to)"),
     "inner_lr": (float, "inner learning rate (default 0.4)"),
     "outer_lr": (float, "Adam learning rate of the outer loop (default 1e-3)"),
     "meta_batch": (int, "tasks per outer step (default 16)"),
@@ -105,7 +108,7 @@ def register(subparsers):
                    help="auto (default): cuda when available")
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="datasets folder (default: $LINMAML_DATA, else the per-user cache)")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N", help=THREADS_HELP)
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
     p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
@@ -129,9 +132,17 @@ def run(args) -> int:
     # ~ expanded (also in --out=~/x, which the shell leaves alone), '' refused: the run goes where it says
     out, data_root = path_option(args.out, "--out"), path_option(args.data_root, "--data-root")
     apply_for_command(args.allocator or default_policy(), "linmaml train")
+    # one policy for every command (linmaml.benchmarks.run_settings): --threads, else a resumed run's
+    # own count, else 1; a resumed run reads its recorded data root unless --data-root is given
+    threads = threads_for(args.threads, out if args.resume else None)
     try:
         result = train(options, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                       data_root=data_root, progress=not args.quiet, threads=args.threads)
+                       data_root=data_root, progress=not args.quiet, threads=threads)
+    except (FileExistsError, NotADirectoryError) as error:
+        # the library names its argument out; the user typed --out
+        if error.errno is None and str(error).startswith("out: "):
+            raise type(error)("--out: " + str(error)[len("out: "):]) from error
+        raise
     except MemoryError as error:
         settings = getattr(error, "settings", None)
         if not settings:
@@ -162,9 +173,10 @@ def run(args) -> int:
         return 0
     from linmaml.benchmarks.progress import safe_write
 
+    message = "--out: " + result.message[len("out: "):] if result.message.startswith("out: ") else result.message
     # stderr may be closed or full; the exit status (3, 4, 130, 143) still says how the run ended
     safe_write(sys.stderr, f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}"
-                           f"{result.message}\n")
+                           f"{message}\n")
     return result.exit_code
 
 

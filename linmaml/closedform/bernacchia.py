@@ -160,7 +160,7 @@ def conditional_meta_error_parts(setting, Xt, Xv, lr_train, limit: bool = False)
 
     ``Xt`` (R, m, n_t, p) and ``Xv`` (R, m, n_v, p): R independent draws of the training inputs;
     ``lr_train`` a number or a 1-d sequence. Returns (2, len(lr_train), R): [s, c]. ``setting``'s ν
-    and σ are not used. ``limit=True``: the limit |α_t| → ∞ instead (the same at both ends; pass one
+    and σ are not used. ``limit=True``: the limit ``|α_t| → ∞`` instead (the same at both ends; pass one
     rate, whose value is ignored): K and R both grow as α_t², so tr(K⁺R) tends to its value at the
     leading terms (A → −a·X_vΣ̂n_t, the inner label noise dominating the outer).
     """
@@ -339,7 +339,7 @@ def simulate(setting, lr_train, lr_test, runs: int = 1000, test_tasks: int = 10,
 
 
 def meta_error_limit(setting, draws: int = 4000, seed=0) -> dict:
-    """lim e(α_t) for |α_t| → ∞ (the same at both ends): ``mean`` and ``se`` over ``draws`` input draws
+    """lim e(α_t) for ``|α_t| → ∞`` (the same at both ends): ``mean`` and ``se`` over ``draws`` input draws
     of the exact conditional value (K and R scale as α_t², so tr(K⁺R) has a finite limit)."""
     s = _setting(setting)
     Xt, Xv = sample_inputs(s, draws, seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed))

@@ -310,6 +310,10 @@ class Engine:
     def _chunk_losses(self, batch, steps, classification, compiled):
         """Per-task (losses (k,), accuracies (k,)) of one chunk, differentiable (graph kept)."""
         x_s, y_s, x_q, y_q = batch
+        if steps == 0:  # before adaptation: the learner's own parameters ({} adapts nothing), task by task
+            query = self._function("query", steps, classification, compiled)
+            out = [query({}, x_q[i], y_q[i]) for i in range(x_s.shape[0])]
+            return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
         if x_s.shape[0] == 1:
             loss, accuracy = self._function("task", steps, classification, compiled)(x_s[0], y_s[0], x_q[0], y_q[0])
             return loss.unsqueeze(0), accuracy.unsqueeze(0)
@@ -320,14 +324,14 @@ class Engine:
         out = [query({n: v[i] for n, v in stacked.items()}, x_q[i], y_q[i]) for i in range(x_s.shape[0])]
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
-    def _prepare(self, x_support, y_support, x_query, y_query, steps):
+    def _prepare(self, x_support, y_support, x_query, y_query, steps, minimum_steps: int = 1):
         tasks = check_batch(x_support, y_support, x_query, y_query)
         if getattr(self.learner, "check_finite", False):  # the learner cannot check inside vmap: check here
             for name, t in (("x_support", x_support), ("y_support", y_support)):
                 if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
                     raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
         if steps is not None:
-            steps = _validate.integer(steps, "steps", minimum=1, maximum=MAX_STEPS)
+            steps = _validate.integer(steps, "steps", minimum=minimum_steps, maximum=MAX_STEPS)
         return tasks, steps, _accuracy_kind(y_query)
 
     @contextlib.contextmanager
@@ -377,8 +381,9 @@ class Engine:
     def score(self, x_support, y_support, x_query, y_query, *, steps: int | None = None):
         """``(losses (M,), accuracies (M,) float64 or None)``, detached: the adapted learner's query
         scores without building any graph for an outer backward pass (module docstring). The learner
-        is not modified; its mode (train/eval) is the caller's."""
-        tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
+        is not modified; its mode (train/eval) is the caller's. ``steps=0`` scores the query sets
+        before any adaptation (the baseline that adaptation improves on)."""
+        tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps, minimum_steps=0)
         losses, accuracies = [], []
         with torch.no_grad(), self._named(x_support, y_support, x_query, y_query):
             for c in self._chunks(tasks):

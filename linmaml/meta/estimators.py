@@ -24,20 +24,20 @@ Hessian of the support loss, g_q = ∇ℓ_q(φ_k). Exact MAML is Π_{i=0}^{k−1
 Costs are per task, in gradient evaluations (one forward and one backward pass) of the support (s)
 or query (q) loss; "HVP" is a Hessian-vector product by double backward (about two gradients).
 
-=================  ====================================================  ===============================
-estimator          formula                                               cost (time; memory)
-=================  ====================================================  ===============================
-FirstOrderMAML     g_q (the inner Jacobians taken as I)                  k s + 1 q; one step's graph
-Reptile            (θ − φ_k) / Σᵢ αᵢ                                     k s (+1 query forward); none
-TruncatedMAML(K)   Π_{i=k−K}^{k−1}(I − αᵢ H_s(φᵢ)) g_q                   k s + 1 q + K HVP; K steps' graph
-iMAML(λ)           (I + H_s(φ*)/λ)⁻¹ ∇ℓ_q(φ*),                           T s + 1 q + C HVP; one graph
-                   φ* = argmin ℓ_s(φ) + λ/2‖φ − θ‖² (T solver steps,
-                   C conjugate-gradient iterations)
-HessianFreeMAML    the exact recursion with H v ≈ ‖v‖(∇ℓ_s(φ + δv̂)     3k s + 1 q; no second-order graph
-                   − ∇ℓ_s(φ − δv̂))/(2δ), v̂ = v/‖v‖
-EvolutionStrategies  (1/N) Σⱼ (F(θ + σεⱼ) − F(θ − σεⱼ))/(2σ) εⱼ        2N+1 adaptations, forward only
-                   (F the meta-batch's post-adaptation loss)
-=================  ====================================================  ===============================
+=====================  ====================================================  ===============================
+estimator              formula                                               cost (time; memory)
+=====================  ====================================================  ===============================
+FirstOrderMAML         g_q (the inner Jacobians taken as I)                  k s + 1 q; one step's graph
+Reptile                (θ − φ_k) / Σᵢ αᵢ                                     k s (+1 query forward); none
+TruncatedMAML(K)       Π_{i=k−K}^{k−1}(I − αᵢ H_s(φᵢ)) g_q                   k s + 1 q + K HVP; K steps' graph
+iMAML(λ)               (I + H_s(φ*)/λ)⁻¹ ∇ℓ_q(φ*),                           T s + 1 q + C HVP; one graph
+                       φ* = argmin ℓ_s(φ) + λ/2‖φ − θ‖² (T solver steps,
+                       C conjugate-gradient iterations)
+HessianFreeMAML        the exact recursion with H v ≈ ‖v‖(∇ℓ_s(φ + δu)       3k s + 1 q; no second-order graph
+                       − ∇ℓ_s(φ − δu))/(2δ), u = v/‖v‖
+EvolutionStrategies    (1/N) Σⱼ (F(θ + σεⱼ) − F(θ − σεⱼ))/(2σ) εⱼ            2N+1 adaptations, forward only
+                       (F the meta-batch's post-adaptation loss)
+=====================  ====================================================  ===============================
 
 Scope: Reptile, FirstOrderMAML and EvolutionStrategies adapt through the learner itself
 (:meth:`Engine.adapted` / :meth:`Engine.score`), so they work with every engine strategy and every

@@ -91,14 +91,21 @@ class SurfaceExplorer:
         self.w1, self.w2, self.loss = S.depth2_surface(s, self.grid, self.half_width)
         self.image = S.draw_surface(self.ax, self.w1, self.w2, self.loss, s)
         self.colorbar = figure.colorbar(self.image, cax=self.colorbar_ax)
-        self.colorbar.set_label("MAML objective (log scale)")
+        self._label_colorbar()
         self.ax.set_xlim(-self.half_width, self.half_width)
         self.ax.set_ylim(-self.half_width, self.half_width)
-        (self.task_curve,) = self.ax.plot([], [], ":", color="white", lw=1.2)
-        (self.trajectory_line,) = self.ax.plot([], [], "-", color="tab:red", lw=1.8)
-        (self.start_marker,) = self.ax.plot([], [], "o", mfc="none", mec="tab:red", ms=8)
-        (self.end_marker,) = self.ax.plot([], [], "*", color="tab:red", mec="k", mew=0.5, ms=13)
-        (self.adaptation_line,) = self.ax.plot([], [], "-o", color="magenta", ms=5, lw=1.5)
+        (self.task_curve,) = self.ax.plot([], [], ":", color="white", lw=1.2,
+                                          label="$w_1 w_2 = a$: the sampled task solved")
+        (self.trajectory_line,) = self.ax.plot([], [], "-", color="tab:red", lw=1.8, zorder=3,
+                                               label="meta-training from the clicked point")
+        (self.start_marker,) = self.ax.plot([], [], "o", mfc="none", mec="tab:red", ms=8, zorder=4,
+                                            label="start (where you clicked)")
+        # the inner path starts at the end of meta-training: drawn below the end star, which stays visible
+        (self.adaptation_line,) = self.ax.plot([], [], "--o", color="magenta", ms=4, lw=1.2, zorder=4,
+                                               label="inner-loop steps on the sampled task")
+        (self.end_marker,) = self.ax.plot([], [], "*", color="tab:red", mec="k", mew=0.5, ms=14, zorder=6,
+                                          label="end of meta-training")
+        self.ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
         self.status = self.ax.set_title("click the surface to meta-train from that point", fontsize=9)
 
         def slider(row, label, lo, hi, value, **kw):
@@ -148,6 +155,12 @@ class SurfaceExplorer:
         self.w1, self.w2, self.loss = S.depth2_surface(self.setting, self.grid, self.half_width)
         self.timings["surface_s"] = time.perf_counter() - began
         S.update_surface(self.image, self.w1, self.w2, self.loss, self.setting)
+        self._label_colorbar()
+
+    def _label_colorbar(self) -> None:
+        """The colour bar's label, saying when the scale is clipped (saturated colours are not values)."""
+        note = S.clipping_note(self.loss, self.setting)
+        self.colorbar.set_label("MAML objective (log scale)" + (f"\n{note}" if note else ""), fontsize=8)
 
     def start_run(self, w1: float, w2: float) -> None:
         """Meta-train from (w1, w2), sample a task, draw the trajectory and the adaptation path."""

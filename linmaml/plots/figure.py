@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 from typing import Callable
 
 from linmaml._io import atomic_path, atomic_write_json
 
-def default_out() -> pathlib.Path:
+#: Where quick (smoke-test) outputs go unless ``--out`` says otherwise: never the committed figures/.
+QUICK_OUT = "figures-quick"
+
+
+def default_out(quick: bool = False) -> pathlib.Path:
     """Where figures go by default: ``figures/`` of the source checkout linmaml runs from (an
-    editable install), else ``./figures`` (an installed wheel has no checkout to write into)."""
+    editable install), else ``./figures`` (an installed wheel has no checkout to write into).
+    ``quick``: ``./figures-quick`` of the current folder, so that smoke-test numbers never replace
+    the committed figures (only an explicit ``--out figures`` writes a quick run there)."""
+    if quick:
+        return pathlib.Path.cwd() / QUICK_OUT
     root = pathlib.Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file() and (root / "figures").is_dir():
         return root / "figures"
@@ -62,11 +71,15 @@ def figure_main(name: str, doc: str, run: Callable, argv=None, quick_help: str =
     """The command line of a figure module: ``--out DIR`` and ``--quick``; returns the record."""
     parser = argparse.ArgumentParser(description=(doc or name).strip().splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="output folder (default: figures/ of the source checkout, else ./figures)")
+                        help="output folder (default: figures/ of the source checkout, else ./figures; with "
+                             "--quick ./figures-quick)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     args = parser.parse_args(argv)
     if args.out is None:
-        args.out = default_out()
+        args.out = default_out(args.quick)
+        if args.quick:
+            print(f"--quick without --out: writing to {args.out} (smoke-test numbers; --out figures to replace "
+                  f"the committed figures)", file=sys.stderr)
     record = run(args.out, quick=args.quick)
     print(f"wrote {args.out / (name + '.png')} and {name}.json in {record['seconds']} s")
     return record

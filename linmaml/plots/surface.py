@@ -244,6 +244,20 @@ def color_limits(loss: np.ndarray, setting: TaskSetting) -> tuple[float, float]:
     return vmin, vmax
 
 
+def clipping_note(loss: np.ndarray, setting: TaskSetting) -> str:
+    """What the colour scale of :func:`color_limits` cuts off, in words for a colour-bar label: ""
+    when every finite value is inside it, else e.g. "clipped: values above 1.2e+02 share the top
+    colour" (and/or "below 3.4e-07 the bottom one")."""
+    vmin, vmax = color_limits(loss, setting)
+    finite = loss[np.isfinite(loss)]
+    parts = []
+    if finite.size and finite.max() > vmax:
+        parts.append(f"values above {vmax:.2g} share the top colour")
+    if finite.size and finite.min() < vmin:
+        parts.append(f"below {vmin:.2g} the bottom one")
+    return ("clipped: " + ", ".join(parts)) if parts else ""
+
+
 def _extent(w1: np.ndarray, w2: np.ndarray) -> tuple[float, float, float, float]:
     """Pixel edges half a grid step outside the grid points, so pixel centres sit on the points."""
     d1, d2 = (w1[-1] - w1[0]) / (w1.size - 1), (w2[-1] - w2[0]) / (w2.size - 1)
@@ -294,9 +308,11 @@ def hyperbola(task_slope: float, half_width: float, points: int = 400) -> tuple[
     return x, task_slope / x
 
 
-def draw_trajectories(ax, trajectory: Trajectory, *, colors=None, label: str | None = None):
-    """Draw each run of a depth-2 trajectory as a line from a hollow start to a filled end marker.
+def draw_trajectories(ax, trajectory: Trajectory, *, colors=None, label: str | None = None, labels=None):
+    """Draw each run of a depth-2 trajectory as a line from a hollow start (circle) to a filled end
+    marker (star); :func:`marker_legend_handles` explains the two markers in a legend.
 
+    ``label``: one legend entry for all runs; ``labels``: one per run (takes precedence).
     Returns a list of (line, start_marker, end_marker) per run; line data are the run's finite
     (w1, w2) rows.
     """
@@ -305,12 +321,21 @@ def draw_trajectories(ax, trajectory: Trajectory, *, colors=None, label: str | N
     colors = colors or [f"C{r % 10}" for r in range(1, n_runs + 1)]
     for r in range(n_runs):
         rows = trajectory.weights[: trajectory.stopped[r] + 1, r]
-        (line,) = ax.plot(rows[:, 0], rows[:, 1], "-", color=colors[r], lw=1.6,
-                          label=label if r == 0 else None)
+        run_label = labels[r] if labels is not None else (label if r == 0 else None)
+        (line,) = ax.plot(rows[:, 0], rows[:, 1], "-", color=colors[r], lw=1.6, label=run_label)
         (start,) = ax.plot(rows[:1, 0], rows[:1, 1], "o", mfc="none", mec=colors[r], ms=7)
         (end,) = ax.plot(rows[-1:, 0], rows[-1:, 1], "*", color=colors[r], mec="k", mew=0.5, ms=12)
         artists.append((line, start, end))
     return artists
+
+
+def marker_legend_handles(what: str = "meta-training run") -> list:
+    """Legend entries explaining :func:`draw_trajectories`' markers: a hollow circle where a run
+    starts, a star where it ends (grey: the colours are the runs')."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], ls="none", marker="o", mfc="none", mec="0.3", ms=7, label=f"start of a {what}"),
+            Line2D([], [], ls="none", marker="*", color="0.6", mec="k", mew=0.5, ms=12, label=f"end of a {what}")]
 
 
 def draw_adaptation_path(ax, path: np.ndarray, *, color: str = "white"):

@@ -132,11 +132,16 @@ def _time_unit(runs: Sequence[RunCurves]) -> tuple[str, float]:
     return "s", 1.0
 
 
-def plot_runs(runs: Sequence[RunCurves], path, *, x: str = "iteration", window: int | None = None) -> dict:
+def plot_runs(runs: Sequence[RunCurves], path, *, x: str = "iteration", window: int | None = None,
+              references: Sequence[dict] = ()) -> dict:
     """Draw the curves of ``runs`` into ``path`` (the format follows the suffix) and return what was
     drawn: ``{"x": x, "x_label", "window", "runs": {name: {"x", "loss", "accuracy", "val_x",
-    "val_accuracy", "val_ci95"}}}`` with lists of floats (accuracies in percent; the training
-    curves read back from the drawn lines)."""
+    "val_accuracy", "val_ci95"}}, "references": [...]}`` with lists of floats (accuracies in percent;
+    the training curves read back from the drawn lines).
+
+    ``references``: published accuracies to compare with, each ``{"label", "accuracy", "ci95"}`` in
+    percent and optionally ``"run"`` (a run's name: drawn in that run's colour); each is a dashed
+    line with its ± CI band on the validation panel, returned as drawn."""
     from matplotlib.figure import Figure
 
     from linmaml.plots.curves import band
@@ -171,6 +176,15 @@ def plot_runs(runs: Sequence[RunCurves], path, *, x: str = "iteration", window: 
                            "accuracy": [float(v) for v in acc_line.get_ydata()],
                            "val_x": [float(v) for v in val_xs], "val_accuracy": [float(v) for v in 100 * run.val_accuracy],
                            "val_ci95": [float(v) for v in 100 * run.val_ci95]}
+    colors = {run.name: f"C{i % 10}" for i, run in enumerate(runs)}
+    drawn_references = []
+    for ref in references:
+        color = colors.get(ref.get("run"), "k")
+        accuracy, ci = float(ref["accuracy"]), float(ref.get("ci95") or 0.0)
+        ax_val.axhline(accuracy, color=color, ls="--", lw=1.2, label=ref["label"])
+        if ci:
+            ax_val.axhspan(accuracy - ci, accuracy + ci, color=color, alpha=0.12, lw=0)
+        drawn_references.append({"label": ref["label"], "accuracy": accuracy, "ci95": ci, "run": ref.get("run")})
     ax_loss.set_title(f"training query loss (running mean of {window})")
     ax_acc.set_title(f"training query accuracy, % (running mean of {window})")
     ax_val.set_title("validation accuracy, % (95% CI)")
@@ -178,6 +192,7 @@ def plot_runs(runs: Sequence[RunCurves], path, *, x: str = "iteration", window: 
         ax.set_xlabel(x_label)
         ax.grid(alpha=0.3)
     # one legend, on the validation panel unless no run has validated yet
-    (ax_val if any(len(r.val_iteration) for r in runs) else ax_loss).legend(fontsize="small", loc="best")
+    (ax_val if any(len(r.val_iteration) for r in runs) or drawn_references else ax_loss).legend(
+        fontsize="small", loc="best")
     save_figure(fig, path)
-    return {"x": x, "x_label": x_label, "window": window, "runs": drawn}
+    return {"x": x, "x_label": x_label, "window": window, "runs": drawn, "references": drawn_references}

@@ -205,3 +205,11 @@ def test_every_case_records_how_it_was_measured(quick_run, bench, tmp_path):
     merged = bench.run(folder, quick=True, only=["deep_linear"], threads=2, log=lambda text: None)
     assert merged["cases"]["deep_linear"]["measured_with"]["torch_threads"] == 2
     assert merged["cases"]["surface"]["measured_with"]["torch_threads"] == 1  # kept with its own record
+
+
+def test_cli_bench_quick_without_out_writes_figures_quick(tmp_path, monkeypatch, capsys):
+    """``linmaml bench --quick`` without --out never touches figures/bench.json: ./figures-quick."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--quick", "--only", "deep_linear"]) == 0
+    assert json.loads((tmp_path / "figures-quick" / "bench.json").read_text())["cases"].keys() == {"deep_linear"}
+    assert "--quick without --out writes to" in capsys.readouterr().err

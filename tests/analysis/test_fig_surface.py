@@ -94,3 +94,25 @@ def test_nothing_half_written_when_drawing_fails(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         module.run(tmp_path, quick=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_drawing_labels_every_run_explains_the_markers_and_draws_the_deep_infimum_at_zero(monkeypatch, tmp_path):
+    """What a reader needs at a glance: one legend entry per deep run (panel c), the start circle and
+    end star explained (panel a), and the deep model's infimum drawn at exactly 0 in panel (b), not at
+    the best value its runs reached."""
+    from linmaml.plots import figure
+
+    module = load_script()
+    drawn = {}
+    monkeypatch.setattr(figure, "save_figure", lambda fig, path, **kw: drawn.setdefault("fig", fig))
+    result = module.compute(quick=True)
+    module.draw(result, tmp_path / "surface.png")
+    ax_deep, ax_shallow, ax_curve = drawn["fig"].axes[:3]  # the fourth is the colour bar
+    deep_runs = result["numbers"]["deep_trajectories"]
+    labels_a = [t.get_text() for t in ax_deep.get_legend().get_texts()]
+    assert any(t.startswith("start of a run") for t in labels_a) and any(t.startswith("end of a run") for t in labels_a)
+    labels_c = [t.get_text() for t in ax_curve.get_legend().get_texts()]
+    assert sum(t.startswith("deep run from") for t in labels_c) == len(deep_runs) == 5
+    zero_lines = [line for line in ax_shallow.get_lines() if line.get_label().startswith("deep model's infimum: 0")]
+    assert len(zero_lines) == 1 and list(zero_lines[0].get_ydata()) == [0.0, 0.0]
+    assert ax_shallow.get_ylim()[0] < 0.0 < ax_shallow.get_ylim()[1]  # 0 is inside the drawn range

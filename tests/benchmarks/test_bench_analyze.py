@@ -222,3 +222,28 @@ def test_every_algo_and_transform_runs(algo, transform):
     assert ("kfo_left" in result["preconditioner"]) == (transform == "kfo")
     for row in result["layers"]:
         assert set(row) >= {"name", "relative_update", "cka"}
+
+
+def test_the_drawing_keeps_the_tallest_bar_and_says_the_run_in_words(monkeypatch, tmp_path):
+    """analyze.png / layers.png: the tallest update bar (the head's, 2.7 in the README's run) is inside
+    the axes, rotated labels end under their bars, and the title is words, not "maml none"."""
+    from linmaml.benchmarks import analyze
+    from linmaml.plots import figure
+
+    drawn = {}
+    monkeypatch.setattr(figure, "save_figure", lambda fig, path, **kw: drawn.setdefault("fig", fig))
+    layers = [{"name": f"features.block{i}.conv.weight", "adapted": True, "relative_update": 0.01 * (i + 1)}
+              for i in range(3)] + [{"name": "head.weight", "adapted": True, "relative_update": 2.7}]
+    result = {"layers": layers, "blocks": [{"name": "head", "cka": 0.3}],
+              "ablation": [{"label": "all", "accuracy": 97.0, "ci95": 0.5}, {"label": "none", "accuracy": 20.0,
+                                                                           "ci95": 0.9}],
+              "preconditioner": None, "tasks": 600, "steps": 3,
+              "settings": {"algo": "maml", "transform": "none", "layers": 4, "hidden": 64, "linnet": 0}}
+    analyze.draw(result, tmp_path / "a.png")
+    fig = drawn["fig"]
+    updates = fig.axes[0]
+    assert updates.get_ylim()[1] > 2.7
+    assert all(label.get_ha() == "right" for label in updates.get_xticklabels())
+    title = fig._suptitle.get_text()
+    assert "maml none" not in title and title.startswith("second-order MAML") and "plain gradient inner step" in title
+    assert "3 inner steps" in title and "1 inner steps" not in analyze.describe_run({**result, "steps": 1})

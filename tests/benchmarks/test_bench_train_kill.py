@@ -75,11 +75,13 @@ def _start(out, mode, hook="none"):
     return proc
 
 
-def _kill_when(proc, condition, timeout=60.0):
+def _kill_when(proc, condition, timeout=900.0):
+    """SIGKILL ``proc`` once ``condition()`` holds; ``timeout`` is a hang guard, not a speed claim
+    (DESIGN.md: tests bound events, not seconds)."""
     start = time.monotonic()
     while not condition():
         assert proc.poll() is None, "the child ended before it could be killed"
-        assert time.monotonic() - start < timeout
+        assert time.monotonic() - start < timeout, f"hang guard: condition not met in {timeout} s"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -95,7 +97,7 @@ def _iterations_logged(out):
 def test_kill9_anywhere_then_resume_gives_the_uninterrupted_weights(tmp_path):
     reference = tmp_path / "reference" / "run"
     proc = _start(reference, "fresh")
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=900) == 0
 
     out = tmp_path / "killed" / "run"
     rng = random.Random(2024)
@@ -121,7 +123,7 @@ def test_kill9_anywhere_then_resume_gives_the_uninterrupted_weights(tmp_path):
         kills.append(hook)
     # 3) resume to the end.
     proc = _start(out, "resume")
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=900) == 0
     assert kills[0] < kills[1] < 40
 
     a, b = checkpoint.load(reference / "last.pt"), checkpoint.load(out / "last.pt")

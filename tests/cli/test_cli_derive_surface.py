@@ -132,6 +132,19 @@ def test_derive_nested_form_when_expansion_is_out_of_reach(capsys):
     assert "w_6^(5) = " in out and out.rstrip().splitlines()[-1].startswith("J = E_a[")
 
 
+@pytest.mark.parametrize("depth, steps", [(3, 2), (2, 3)])
+def test_derive_output_stays_small_where_the_expansion_is_huge(capsys, depth, steps):
+    """depth 3 × 2 steps expands to 142,248 monomials (7.4 MB on one line): the default prints the
+    exact nested form in a few lines, says why and how to get the expansion; --form expanded refuses
+    in one line naming --depth and --steps instead of printing megabytes."""
+    status, out, _ = run_cli(capsys, "derive", "--depth", str(depth), "--steps", str(steps))
+    assert status == 0 and len(out) < 5_000 and max(len(line) for line in out.splitlines()) < 1_000
+    assert "exact nested form" in out and "--form expanded" in out
+    assert f"scalar_objective({depth}, {steps})" in out
+    status, out, err = run_cli(capsys, "derive", "--depth", str(depth), "--steps", str(steps), "--form", "expanded")
+    assert status == 2 and out == "" and "--depth, --steps: " in err and "--form nested" in err
+
+
 def test_derive_matrix_depth2(capsys):
     status, out, _ = run_cli(capsys, "derive", "--kind", "matrix", "--depth", "2")
     assert status == 0
@@ -161,8 +174,8 @@ def test_derive_bad_input_one_line_exit_2(capsys, argv, option):
 
 def test_python_dash_m_runs_the_commands():
     result = subprocess.run([sys.executable, "-m", "linmaml", "surface", "--grid", "3", "--json"],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=600)  # hang guard only
     assert result.returncode == 0 and len(json.loads(result.stdout)["loss"]) == 3
     result = subprocess.run([sys.executable, "-m", "linmaml", "derive", "--steps", "-1"],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=600)  # hang guard only
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--steps" in result.stderr

@@ -156,3 +156,28 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, expected, two_run
     assert status == 2 and "Traceback" not in err and err.count("\n") == 1, err
     assert err.startswith("linmaml plot: error: ") and expected.replace("{tmp}", str(tmp_path)) in err, err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_published_references_are_drawn_beside_the_validation_curves(two_runs, tmp_path, monkeypatch):
+    """omniglot_maml.png's reference lines: each published number a dashed line (± its CI band) on the
+    validation panel, in its run's colour; analysis.omniglot_maml builds one per published setting."""
+    from linmaml.analysis.omniglot_maml import published_references
+
+    pub = {"accuracy": 98.7, "ci95": 0.4, "source": "Finn et al. 2017"}
+    results = [{"run": "alpha", "ways": 5, "shots": 1, "published": pub},
+               {"run": "beta", "ways": 5, "shots": 1, "published": pub},  # same setting: one line
+               {"run": "gamma", "ways": 3, "shots": 1, "published": None}]
+    references = published_references(results)
+    assert [(r["run"], r["accuracy"], r["ci95"]) for r in references] == [("alpha", 98.7, 0.4)]
+    assert references[0]["label"].startswith("published 5-way 1-shot: 98.7 ± 0.4 %")
+    from linmaml.plots import figure
+
+    saved = {}
+    save = figure.save_figure
+    monkeypatch.setattr(figure, "save_figure", lambda fig, path, **kw: (saved.setdefault("fig", fig), save(fig, path)))
+    drawn = plot_runs(read_runs(two_runs), tmp_path / "c.png", references=references)
+    ax_val = saved["fig"].axes[2]
+    (line,) = [ln for ln in ax_val.get_lines() if ln.get_label() == references[0]["label"]]
+    assert list(line.get_ydata()) == [98.7, 98.7] and line.get_color() == "C0"  # alpha's colour
+    assert drawn["references"] == [{"label": references[0]["label"], "accuracy": 98.7, "ci95": 0.4, "run": "alpha"}]
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG

@@ -186,3 +186,33 @@ def test_real_figure_in_quick_mode(tmp_path, monkeypatch):
     assert entry["module"] == "linmaml.analysis.fig_preconditioner" and entry["settings"]["quick"] is True
     assert json.loads((out / "preconditioner.json").read_text())["numbers"] == entry["numbers"]
     assert sorted(p.name for p in out.iterdir()) == ["preconditioner.json", "preconditioner.png", "results.json"]
+
+
+def test_quick_without_out_never_writes_into_the_default_figures(analysis, tmp_path, monkeypatch, capsys):
+    """--quick without --out goes to ./figures-quick and says so; the default figures/ (here a
+    stand-in) is written only by a full run or an explicit --out; --out figures takes a quick run."""
+    from linmaml.plots import figure
+
+    default = tmp_path / "committed"
+    default.mkdir()
+    monkeypatch.setattr(figure, "default_out", lambda quick=False: tmp_path / "cwd" / "figures-quick" if quick
+                        else default)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(["reproduce", "--quick"]) == 0
+    assert list(default.iterdir()) == []  # nothing in the default figures/
+    quick = tmp_path / "cwd" / "figures-quick"
+    assert json.loads((quick / "results.json").read_text())["figures"]["alpha"]["settings"] == {"quick": True}
+    assert f"--quick without --out writes to {quick}" in capsys.readouterr().err
+    assert main(["reproduce", "--quick", "--out", "figures"]) == 0  # asked for: the folder named
+    assert (tmp_path / "cwd" / "figures" / "alpha.png").is_file() and list(default.iterdir()) == []
+    assert main(["reproduce", "--only", "alpha"]) == 0  # a full run writes the default folder
+    assert sorted(p.name for p in default.iterdir()) == ["alpha.json", "alpha.png", "results.json"]
+
+
+def test_the_real_default_for_quick_is_figures_quick_in_the_current_folder(tmp_path, monkeypatch):
+    from linmaml.plots.figure import default_out
+
+    monkeypatch.chdir(tmp_path)
+    assert default_out(quick=True) == tmp_path / "figures-quick"
+    assert default_out().name == "figures" and default_out() != tmp_path / "figures-quick"

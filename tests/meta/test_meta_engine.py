@@ -146,6 +146,30 @@ def test_score_with_more_steps_equals_the_loop_with_more_steps():
         assert abs(float(accuracies.sum()) - want_accuracy) <= 1e-12
 
 
+@pytest.mark.parametrize("case", ["maml-2-steps-convnet", "kfo", "anil", "regression"])
+def test_score_with_zero_steps_is_the_unadapted_models_query_loss(case):
+    """``score(..., steps=0)``: the query loss before adaptation, computed here by calling the plain
+    model on each query set (no learner, no engine), for every strategy."""
+    learner, loss_fn, (xs, ys, xq, yq) = _make(case)
+    plain = learner.model if isinstance(learner, meta.MAML) else (lambda x: learner.head(learner.features(x)))
+    with torch.no_grad():
+        want = torch.stack([loss_fn(plain(xq[i]), yq[i]) for i in range(TASKS)])
+        correct = [(plain(xq[i]).argmax(-1) == yq[i]).double().mean() for i in range(TASKS)] \
+            if case != "regression" else None
+    for strategy, chunk in STRATEGIES:
+        losses, accuracies = Engine(learner, loss_fn, strategy=strategy, tasks_per_chunk=chunk).score(
+            xs, ys, xq, yq, steps=0)
+        assert torch.allclose(losses, want, rtol=1e-12, atol=0), strategy
+        if correct is not None:
+            assert torch.equal(accuracies, torch.stack(correct))
+    # adaptation changes the loss: steps=0 is not what the default steps give
+    assert not torch.allclose(Engine(learner, loss_fn).score(xs, ys, xq, yq)[0], want)
+    with pytest.raises(ValueError, match="^steps"):
+        Engine(learner, loss_fn).score(xs, ys, xq, yq, steps=-1)
+    with pytest.raises(ValueError, match="^steps"):
+        Engine(learner, loss_fn).task_losses(xs, ys, xq, yq, steps=0)  # training needs at least one step
+
+
 def test_bad_input_names_the_argument():
     learner, loss_fn, (xs, ys, xq, yq) = _make("kfo")
     with pytest.raises(ValueError, match="^strategy"):
@@ -162,7 +186,7 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="^y_query"):
         engine.score(xs, ys, xq, yq[:2])
     with pytest.raises(ValueError, match="^steps"):
-        engine.score(xs, ys, xq, yq, steps=0)
+        engine.score(xs, ys, xq, yq, steps=-1)  # 0 is allowed: before adaptation
     with pytest.raises(ValueError, match="^scale"):
         engine.meta_gradient(xs, ys, xq, yq, scale=float("inf"))
 

@@ -242,3 +242,34 @@ def test_cli_interactive_path_builds_and_shows(monkeypatch, ref_meta_train):
         np.testing.assert_allclose(line, ref, rtol=1e-7, atol=1e-9)
     finally:
         plt.close(explorer.figure)
+
+
+def test_legend_end_star_on_top_and_a_clipped_scale_is_said(make_explorer):
+    """The explorer explains what it draws (a legend), keeps the end star above the inner-loop path
+    that starts there, and labels a saturated colour scale as clipped."""
+    explorer = make_explorer()
+    labels = [t.get_text() for t in explorer.ax.get_legend().get_texts()]
+    assert labels == ["$w_1 w_2 = a$: the sampled task solved", "meta-training from the clicked point",
+                      "start (where you clicked)", "inner-loop steps on the sampled task", "end of meta-training"]
+    assert explorer.end_marker.get_zorder() > explorer.adaptation_line.get_zorder()
+    click(explorer, 0.5, 1.0)
+    end = explorer.trajectory.final_weights[0]
+    assert list(explorer.end_marker.get_xdata()) == [end[0]] and list(explorer.adaptation_line.get_xdata())[0] == end[0]
+    # A large inner rate makes the corners explode far above the scale's ceiling (100 × the zero
+    # model's loss ½V(m² + s²) = 0.625 here): the label says the top colour is clipped.
+    explorer.set_setting(lr=0.9)
+    label = explorer.colorbar.ax.get_ylabel()
+    finite = explorer.loss[np.isfinite(explorer.loss)]
+    assert finite.max() > 100 * 0.625 and "clipped: values above 62" in label
+
+
+def test_clipping_note_against_a_hand_computed_scale():
+    from linmaml.plots import surface as S
+
+    setting = S.TaskSetting(lr=0.1, steps=1, mean=0.5, std=1.0, x_var=1.0)  # zero model loss 0.625
+    top, bottom = 100 * 0.625, 100 * 0.625 * 1e-8  # the ceiling, and 8 decades below it
+    assert S.clipping_note(np.array([[1e-3, 1.0], [2.0, 3.0]]), setting) == ""
+    assert S.clipping_note(np.array([[1e-3, 1e6], [np.inf, 3.0]]), setting) == \
+        f"clipped: values above {top:.2g} share the top colour"
+    assert S.clipping_note(np.array([[1e-12, 1e6], [2.0, 3.0]]), setting) == \
+        f"clipped: values above {top:.2g} share the top colour, below {bottom:.2g} the bottom one"

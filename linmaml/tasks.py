@@ -36,6 +36,7 @@ from typing import Iterator
 import numpy as np
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError
 
 
 def _matrix_param(value, shape, name: str) -> np.ndarray:
@@ -395,11 +396,20 @@ class SinusoidFamily:
         return amplitude[:, None, None] * np.sin(X - phase[:, None, None])
 
 
+#: The largest magnitude of an interval bound of :class:`SinusoidFamily`: numpy's uniform draws
+#: need ``high - low`` finite, and the targets ``A sin(x - φ)`` need ``x - φ`` finite.
+INTERVAL_MAX = 1e100
+
+
 def _interval(value, name: str) -> tuple[float, float]:
-    """(low, high) finite numbers with low <= high, or raise naming ``name``."""
+    """(low, high) finite numbers within ±:data:`INTERVAL_MAX` with low <= high, or raise naming ``name``."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise TypeError(f"{name}: expected a (low, high) pair of numbers, got {value!r}")
     low, high = (_validate.finite_number(v, f"{name}[{i}]") for i, v in enumerate(value))
+    for i, v in enumerate((low, high)):
+        if abs(v) > INTERVAL_MAX:
+            raise ArgumentError(f"{name}[{i}]", f"expected a number within ±{INTERVAL_MAX:g} (the draws and the "
+                                                f"targets overflow float64 beyond it), got {v:g}")
     if low > high:
         raise ValueError(f"{name}: expected low <= high, got ({low}, {high})")
     return low, high

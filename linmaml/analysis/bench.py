@@ -85,6 +85,7 @@ import time
 
 import numpy as np
 
+from linmaml import _io
 from linmaml.analysis.bench_allocator import allocator_probe, bench_allocator
 from linmaml.analysis.bench_closedform import bench_deep_linear, bench_surface, deep_linear_functions
 from linmaml.analysis.bench_measure import (ALLOCATOR, THREADS, interleaved, machine, memory_probe_subprocess,  # noqa: F401
@@ -249,7 +250,7 @@ def _previous_cases(path: pathlib.Path, quick: bool, running) -> dict:
     """The cases of an earlier ``bench.json`` at ``path`` that this run does not redo (same mode),
     plus ``"_machine"``: that run's machine record; {} when there is none or it does not match."""
     try:
-        earlier = json.loads(path.read_text())
+        earlier = _io.load_json(path)  # a regular file of bounded size and depth (never a FIFO that blocks)
     except (OSError, ValueError):
         return {}
     if not isinstance(earlier, dict) or earlier.get("quick") != quick or not isinstance(earlier.get("cases"), dict):

@@ -124,7 +124,6 @@ def check_folder(run_dir: pathlib.Path, settings: dict) -> int:
     """The iterations already in a cell's folder (0 if none). A folder trained with other settings, or
     with more iterations than ``settings["iterations"]`` (the cell would not have the common budget),
     is a ValueError naming the setting — checked for every cell before any training."""
-    import json
 
     from linmaml.benchmarks import checkpoint
 
@@ -133,7 +132,9 @@ def check_folder(run_dir: pathlib.Path, settings: dict) -> int:
     payload = checkpoint.load_latest(run_dir)
     saved = payload["config"] if payload is not None else None
     if saved is None and (run_dir / "config.json").exists():
-        saved = json.loads((run_dir / "config.json").read_text()).get("config")
+        from linmaml import _io
+
+        saved = _io.load_json(run_dir / "config.json").get("config")  # bounded regular file, never a FIFO
     for key, value in settings.items():
         if saved is not None and key != "iterations" and saved.get(key) != value:
             raise ValueError(f"{key}: {run_dir} was trained with {saved.get(key)!r}, the sweep uses {value!r}; use"
@@ -160,7 +161,8 @@ def run_cell(algo: str, blocks: int, filters: int, size: dict, runs, data_root=N
     settings = options(size, algo, blocks, filters)
     check_folder(run_dir, settings)
     splits = _splits(data_root)
-    result = train(settings, run_dir, resume=True, splits=splits, progress=False, stream=io.StringIO())
+    # resume a cell that has a checkpoint; start one that has none (--resume refuses an empty folder)
+    result = train(settings, run_dir, resume=checkpoint.has_checkpoint(run_dir), splits=splits, progress=False, stream=io.StringIO())
     if result.status != "done":
         raise RuntimeError(f"{run_dir.name}: training ended with {result.status}: {result.message}")
     evaluation = evaluate_checkpoint(run_dir, tasks=size["test_tasks"], splits={"test": splits["test"]})

@@ -59,7 +59,10 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, run_dir=None, runs=None, ta
         runs = pathlib.Path(runs) if runs is not None else DEFAULT_RUNS / ("quick" if quick else "full")
         run_dir = runs / f"maml-b{size['train']['layers']}-f{size['train']['hidden']}"
         print(f"[layers] training (or resuming) {run_dir}", file=sys.stderr, flush=True)
-        result = train(size["train"], run_dir, resume=True, data_root=data_root, progress=not quick,
+        from linmaml.benchmarks import checkpoint
+
+        # resume a run that has a checkpoint; start one that has none (resume refuses an empty folder)
+        result = train(size["train"], run_dir, resume=checkpoint.has_checkpoint(run_dir), data_root=data_root, progress=not quick,
                        stream=sys.stderr if not quick else io.StringIO())
         if result.status != "done":
             raise RuntimeError(f"{run_dir}: training ended with {result.status}: {result.message}")

@@ -56,10 +56,13 @@ def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int 
     from linmaml.analysis.depth_width import machine
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
 
-    config = json.loads((folder / "config.json").read_text())["config"]
+    from linmaml import _io
+
+    config = _io.load_json(folder / "config.json")["config"]  # bounded regular file, never a FIFO
     scored = evaluate_checkpoint(folder, tasks=tasks, data_root=data_root, device="cpu")
     published = PUBLISHED.get(config["shots"]) if config["ways"] == 5 else None
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [_io.loads_json(line, f"{folder / 'metrics.jsonl'} line {n}")
+               for n, line in enumerate(_io.read_text(folder / "metrics.jsonl").splitlines(), start=1) if line.strip()]
     return {
         "run": folder.name,
         "ways": config["ways"], "shots": config["shots"],

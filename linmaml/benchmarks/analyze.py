@@ -245,9 +245,10 @@ def _progress(stream, label, total):
         if stream is None or (now - last[0] < 10 and done < total):
             return
         last[0] = now
-        stream.write(f"{label}: {done}/{total} tasks  {now - started:.0f} s"
-                     + ("" if done == total else f"  {eta_words(eta)}") + "\n")
-        stream.flush()
+        from linmaml.benchmarks.progress import safe_write
+
+        safe_write(stream, f"{label}: {done}/{total} tasks  {now - started:.0f} s"
+                           + ("" if done == total else f"  {eta_words(eta)}") + "\n")
     return tick
 
 
@@ -405,7 +406,7 @@ def load_run(path, model=None):
     → ValueError, each naming the path. ``model``: a freshly built module of the architecture a run on
     your own model trained (``train(model=...)``; ValueError naming ``model`` if it does not match)."""
     from linmaml.benchmarks import checkpoint
-    from linmaml.benchmarks.config import TrainConfig, build_from_config, check_model_matches
+    from linmaml.benchmarks.config import build_from_config, check_model_matches
 
     path = Path(path)
     if path.is_dir():
@@ -413,27 +414,27 @@ def load_run(path, model=None):
         if file.exists():
             payload = checkpoint.load(file)
         else:
-            payload = checkpoint.load_latest(path)
-            file = path / checkpoint.LAST
-            if payload is None:
+            found = checkpoint.latest(path)
+            if found is None:
                 raise FileNotFoundError(f"run: {path} holds no checkpoint ({checkpoint.BEST} or {checkpoint.LAST})")
+            payload, file = found
     elif path.exists():
         file, payload = path, checkpoint.load(path)
     else:
         raise FileNotFoundError(f"run: {path} does not exist")
-    if not isinstance(payload, dict) or not {"config", "learner", "image_shape"} <= set(payload):
-        raise ArgumentError("run", f"{file} was not written by linmaml train")
+    from linmaml.benchmarks.loading import check_run_payload, load_weights
+
     try:
-        config = TrainConfig.from_dict(payload["config"])
-    except (TypeError, ValueError) as error:
-        raise ArgumentError("run", f"{file} holds an unusable checkpoint ({str(error).splitlines()[0]})") from None
-    check_model_matches(config, model, where=f"the run in {file}")
-    try:
+        # the same checks as evaluate: settings, image shape, weights finite and fitting the network
+        config = check_run_payload(payload, file)
+        check_model_matches(config, model, where=f"the run in {file}")
         # in the run's dtype before loading, so float64 weights are not rounded through float32
         learner = build_from_config(config, tuple(payload["image_shape"]), model).to(dtype=config.torch_dtype)
-        learner.load_state_dict(payload["learner"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as error:
-        raise ArgumentError("run", f"{file} holds an unusable checkpoint ({str(error).splitlines()[0]})") from None
+        load_weights(learner, payload, file)
+    except ArgumentError as error:
+        if error.argument != "checkpoint":
+            raise
+        raise ArgumentError("run", error.detail) from None
     return config, learner.to(dtype=config.torch_dtype), file
 
 

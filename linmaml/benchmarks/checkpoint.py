@@ -8,9 +8,12 @@ File format (version 2): exactly the zip archive that ``torch.save`` writes, who
 
 So ``torch.load(path, weights_only=True)`` reads ``last.pt`` and ``best.pt`` like any PyTorch file
 (zip readers accept an archive comment), and :func:`load` verifies first: the digest covers every
-byte before the comment, the end record with its comment length included, so a truncated, padded,
-altered or bit-flipped file is detected (:class:`CorruptCheckpoint`, naming the file and the
-expected checksum). The digest is needed because ``torch.load`` itself does not check the archive's
+byte before the comment, the end record with its comment length included, so a damaged file
+(truncated, padded, bit-flipped) is detected (:class:`CorruptCheckpoint`, naming the file and the
+expected checksum). The digest protects against damage, not tampering: an edited file whose digest
+was recomputed passes it. What such a file can cost is bounded instead (:func:`load`: a regular file
+of at most :data:`MAX_BYTES`, members stored uncompressed, the pickle's nesting bounded, no tensor
+larger than the file; ``weights_only`` runs no code). The digest is needed because ``torch.load`` itself does not check the archive's
 CRCs: a flipped bit in a tensor's bytes loads silently as a different number. Files of version 1
 (one ``LINMAML-CHECKPOINT 1 sha256=… bytes=…`` header line, then the ``torch.save`` bytes) are
 still read and verified by :func:`load`; new files are always version 2.
@@ -70,13 +73,51 @@ def encode(payload: dict) -> bytes:
     return body + RECORD_PREFIX + hashlib.sha256(body).hexdigest().encode()
 
 
+#: The largest checkpoint file read (the built-in ConvNet's is about 1 MB; a user's model may be far
+#: larger): a bigger file, a sparse one or a device is refused before it is read or hashed.
+MAX_BYTES = 4 << 30
+
+
+def _check_archive(data: bytes, name: str) -> None:
+    """Refuse, before ``torch.load`` allocates anything, an archive that could cost more than its own
+    size: every member must be stored uncompressed (``torch.save`` never compresses; a deflated
+    member could unpack to gigabytes), the members' sizes must fit in the file, and ``data.pkl`` must
+    pass :func:`linmaml._io.check_pickle` (bounded nesting: a 2,000,000-deep tuple crashes CPython)."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+        declared = sum(info.file_size for info in members)
+        for info in members:
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CorruptCheckpoint(f"checkpoint: {name} is not a checkpoint written by linmaml (its member "
+                                        f"{info.filename} is compressed; torch.save stores members as they are)")
+        if declared > len(data):
+            raise CorruptCheckpoint(f"checkpoint: {name} declares {declared:,} bytes of members in a file of "
+                                    f"{len(data):,}; refusing it")
+        pickles = [info for info in members if info.filename.endswith("/data.pkl") or info.filename == "data.pkl"]
+        for info in pickles:
+            body = archive.read(info)
+            _io.check_pickle(io.BytesIO(body), len(body), f"checkpoint: {name}")
+    except CorruptCheckpoint:
+        raise
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, RecursionError) as error:
+        detail = str(error).removeprefix(f"checkpoint: {name}: ")
+        raise CorruptCheckpoint(f"checkpoint: {name} could not be unpacked ({detail})") from None
+
+
 def _unpack(data: bytes, name: str):
+    _check_archive(data, name)
     # weights_only: a checkpoint is data (tensors, numbers, strings, dicts), never code to run.
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        _io.check_sizes(payload, len(data), f"checkpoint: {name}")
+        return payload
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not our data"
+        detail = str(error).removeprefix(f"checkpoint: {name}: ")
         raise CorruptCheckpoint(f"checkpoint: {name} could not be unpacked"
-                                f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+                                f" ({type(error).__name__}: {detail.splitlines()[0] if detail else ''})") from None
 
 
 def decode(data: bytes, name: str = "checkpoint") -> dict:
@@ -128,28 +169,32 @@ def _decode_v1(data: bytes, name: str) -> dict:
     return _unpack(body, name)
 
 
-def save(path, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` atomically, with its checksum in the zip comment."""
-    return _io.atomic_write_bytes(path, encode(payload))
+def save(path, payload: dict, guard=None) -> Path:
+    """Write ``payload`` to ``path`` atomically, with its checksum in the zip comment. ``guard()`` is
+    called right before the file takes its name (:func:`linmaml._io.atomic_path`)."""
+    return _io.atomic_write_bytes(path, encode(payload), guard=guard)
 
 
 def load(path) -> dict:
-    """Read and verify a checkpoint file; raises :class:`CorruptCheckpoint` or ``FileNotFoundError``."""
+    """Read and verify a checkpoint file; raises :class:`CorruptCheckpoint`, ``FileNotFoundError``, or
+    ``OSError`` naming the file when it is not a regular file or larger than :data:`MAX_BYTES`."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint: {path} is a folder, expected a checkpoint file")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    return decode(path.read_bytes(), str(path))
+    # a regular file of at most MAX_BYTES: never a FIFO (which would block), a device or a sparse giant
+    return decode(_io.read_bytes(path, MAX_BYTES), str(path))
 
 
-def save_last(out_dir, payload: dict) -> Path:
+def save_last(out_dir, payload: dict, guard=None) -> Path:
     """Write ``<out>/last.pt``, keeping the previous one as ``last.prev.pt``.
 
     Order matters for ``kill -9`` at any moment: the new file is complete (fsynced) under a
     temporary name before anything is renamed, then ``last.pt`` becomes ``last.prev.pt`` and the new
     file becomes ``last.pt``. Between the two renames only ``last.prev.pt`` exists, which
-    :func:`load_latest` accepts.
+    :func:`load_latest` accepts. ``guard()`` is called before the first rename; what it raises
+    cancels the write and leaves both files as they were.
     """
     out_dir = Path(out_dir)
     target = out_dir / LAST
@@ -157,18 +202,32 @@ def save_last(out_dir, payload: dict) -> Path:
     with _io.atomic_path(target) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(data)
+        if guard is not None:
+            guard()
         if target.exists():
             os.replace(target, out_dir / LAST_PREV)
     return target
 
 
+def has_checkpoint(out_dir) -> bool:
+    """Whether ``out_dir`` holds a ``last.pt`` or ``last.prev.pt`` (valid or not) to resume from."""
+    return any((Path(out_dir) / name).exists() for name in (LAST, LAST_PREV))
+
+
 def load_latest(out_dir, report: Callable[[str], None] | None = None) -> dict | None:
     """The newest valid ``last.pt`` / ``last.prev.pt`` in ``out_dir`` (by ``payload['iteration']``).
 
-    Corrupt files are reported through ``report`` (one line each, naming the file) and skipped;
+    Corrupt files, and files whose payload is not a dict with a non-negative integer
+    ``iteration``, are reported through ``report`` (one line each, naming the file) and skipped;
     returns None when neither file exists. Raises :class:`CorruptCheckpoint` when files exist but
     none is valid.
     """
+    found = latest(out_dir, report)
+    return None if found is None else found[0]
+
+
+def latest(out_dir, report: Callable[[str], None] | None = None) -> tuple[dict, Path] | None:
+    """:func:`load_latest`, with the file the payload came from: ``(payload, path)`` or None."""
     out_dir = Path(out_dir)
     found, errors = [], []
     for name in (LAST, LAST_PREV):
@@ -176,15 +235,20 @@ def load_latest(out_dir, report: Callable[[str], None] | None = None) -> dict | 
         if not path.exists():
             continue
         try:
-            found.append((load(path), path))
+            payload = load(path)
+            iteration = payload.get("iteration") if isinstance(payload, dict) else None
+            if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+                raise CorruptCheckpoint(f"checkpoint: {path} is not a training checkpoint (its iteration is "
+                                        f"{iteration!r}, expected a whole number >= 0)")
+            found.append((payload, path))
         except CorruptCheckpoint as error:
             errors.append(str(error))
     if found:
-        payload, path = max(found, key=lambda item: int(item[0].get("iteration", -1)))
+        payload, path = max(found, key=lambda item: item[0]["iteration"])
         if report is not None:
             for error in errors:
                 report(f"{error}; using {path.name} (iteration {payload.get('iteration')}) instead")
-        return payload
+        return payload, path
     if errors:
         raise CorruptCheckpoint(f"{errors[0]} (and no older valid checkpoint in {out_dir})")
     return None
@@ -240,7 +304,7 @@ class RunLock:
 
     def _holder(self) -> str:
         try:
-            info = json.loads(self.path.read_text() or "{}")
+            info = json.loads(_io.read_text(self.path, 1 << 16) or "{}")
             return f"pid {info.get('pid')} on {info.get('host')}"
         except (OSError, ValueError):
             return "unknown process"

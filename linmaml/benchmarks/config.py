@@ -71,6 +71,9 @@ META_BATCH_MAX = 10_000
 EVAL_TASKS_MAX = 100_000
 #: Seeds are signed 64-bit integers wherever they go (torch, numpy, JSON readers).
 SEED_MAX = 2**63 - 1
+#: CPU threads for torch (``torch.set_num_threads`` takes a C int; beyond the cores, threads only
+#: wait for each other).
+THREADS_MAX = 1024
 
 
 @dataclasses.dataclass(frozen=True)

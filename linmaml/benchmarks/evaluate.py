@@ -15,12 +15,18 @@ from linmaml import _validate
 from linmaml.benchmarks import distributed, episodes
 from linmaml.benchmarks.config import build_from_config, check_task_fits, data_options, make_engine
 from linmaml.benchmarks.learners import check_user_model
-from linmaml.benchmarks.loading import load_run_checkpoint
-from linmaml.benchmarks.progress import TaskProgress
+from linmaml.benchmarks.loading import load_run_checkpoint, load_weights
+from linmaml.benchmarks.progress import TaskProgress, safe_write
 from linmaml.benchmarks.scoring import score_tasks, steps_note, summarize
 from linmaml.errors import ArgumentError
 
 __all__ = ["evaluate_checkpoint"]
+
+
+def _iteration_of(payload: dict) -> int:
+    """The iteration a checkpoint records, -1 when it records none (or not a whole number)."""
+    value = payload.get("iteration")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else -1
 
 
 def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, query: int = 15, split: str = "test",
@@ -59,11 +65,11 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
         check_user_model(model, image_shape, config.ways, config.batching)
     # In the run's dtype before loading: a float64 run's weights are not rounded through float32.
     learner = build_from_config(config, image_shape, model).to(dtype=config.torch_dtype)
-    learner.load_state_dict(payload["learner"])
+    load_weights(learner, payload, file)
     learner.to(device=dev)
     note = steps_note(learner, steps, config.steps)
     if note is not None and progress:  # once, instead of the library's warning
-        print(f"linmaml evaluate: note: evaluation {note}", file=sys.stderr if stream is None else stream, flush=True)
+        safe_write(sys.stderr if stream is None else stream, f"linmaml evaluate: note: evaluation {note}\n")
     start = time.perf_counter()
     status = TaskProgress(f"evaluate {split}", sys.stderr if stream is None else stream, enabled=progress)
     accuracies, losses = score_tasks(make_engine(learner, config), task_set, steps=steps, device=dev,
@@ -71,7 +77,7 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
                                      channels_last=config.model is None)
     result = summarize(accuracies, losses)
     result.update({
-        "checkpoint": str(file), "iteration": int(payload.get("iteration", -1)),
+        "checkpoint": str(file), "iteration": _iteration_of(payload),
         "settings": {"benchmark": config.benchmark, "split": split, "ways": config.ways, "shots": config.shots,
                      "class_split": config.class_split,
                      "query": query, "steps": steps, "task_seed": task_seed, "algo": config.algo,

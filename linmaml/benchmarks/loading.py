@@ -19,7 +19,7 @@ from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.config import TrainConfig, build_from_config
 from linmaml.errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["load_learner", "checkpoint_file", "load_run_checkpoint"]
+__all__ = ["load_learner", "checkpoint_file", "load_run_checkpoint", "check_run_payload", "load_weights"]
 
 
 def checkpoint_file(path) -> Path:
@@ -43,10 +43,45 @@ def load_run_checkpoint(path) -> tuple[Path, dict, TrainConfig]:
     ``ValueError`` if the file was not written by ``linmaml train``."""
     file = checkpoint_file(path)
     payload = checkpoint.load(file)
+    return file, payload, check_run_payload(payload, file)
+
+
+def check_run_payload(payload, file) -> TrainConfig:
+    """The settings of ``payload``, a checkpoint written by ``linmaml train`` read from ``file``;
+    ``ArgumentError`` naming ``checkpoint`` and the file when it is not one, holds unusable settings
+    or an unusable image shape, or weights that are not a dict of finite tensors."""
     if not isinstance(payload, dict) or "config" not in payload or "learner" not in payload \
             or "image_shape" not in payload:
         raise ArgumentError("checkpoint", f"{file} was not written by linmaml train")
-    return file, payload, TrainConfig.from_dict(payload["config"])
+    shape = payload["image_shape"]
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in shape):
+        raise ArgumentError("checkpoint", f"{file} holds an unusable image shape ({shape!r})")
+    if not isinstance(payload["learner"], dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["learner"].items()):
+        raise ArgumentError("checkpoint", f"{file} holds weights that are not a dict of tensors")
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as error:
+        raise ArgumentError("checkpoint", f"{file} holds unusable settings ({str(error).splitlines()[0]})") from None
+    for name, value in payload["learner"].items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ArgumentError("checkpoint", f"{file}: the weights are not finite (NaN or infinity in {name}); "
+                                              f"the run diverged before it was saved, nothing to score")
+    return config
+
+
+def load_weights(learner: torch.nn.Module, payload: dict, file) -> torch.nn.Module:
+    """``learner.load_state_dict(payload["learner"])``, with a payload that does not fit the learner
+    its settings build (another architecture, a missing or extra weight, a wrong shape) refused as
+    an :class:`ArgumentError` naming ``checkpoint`` and the file instead of torch's traceback."""
+    try:
+        learner.load_state_dict(payload["learner"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
+        detail = " ".join(str(error).split())[:300] if str(error).strip() else type(error).__name__
+        raise ArgumentError("checkpoint", f"{file}: the weights do not fit the network its settings build "
+                                          f"({detail})") from None
+    return learner
 
 
 def load_learner(run_or_checkpoint, map_location=None, model: torch.nn.Module | None = None) -> torch.nn.Module:
@@ -75,6 +110,6 @@ def load_learner(run_or_checkpoint, map_location=None, model: torch.nn.Module | 
     file, payload, config = load_run_checkpoint(run_or_checkpoint)
     learner = build_from_config(config, tuple(payload["image_shape"]), model)
     learner.to(dtype=config.torch_dtype)
-    learner.load_state_dict(payload["learner"])
+    load_weights(learner, payload, file)
     learner.train()
     return learner.to(device=device)

@@ -24,6 +24,18 @@ import time
 import numpy as np
 
 
+def safe_write(stream, text: str) -> bool:
+    """Write and flush ``text`` on ``stream``; False (nothing raised) when the stream is closed, a
+    broken pipe (``train … 2>&1 >/dev/null | head -c 100``) or full (``2>/dev/full``). Progress is
+    a courtesy: losing it must never stop a run."""
+    try:
+        stream.write(text)
+        stream.flush()
+        return True
+    except (OSError, ValueError):  # ValueError: "I/O operation on closed file"
+        return False
+
+
 class Progress:
     """``Progress(iterations, val_every, val_tasks, meta_batch, stream, enabled)``; call
     :meth:`iteration` after each step, :meth:`validation` as validation tasks are scored, and
@@ -111,15 +123,15 @@ class Progress:
 
     def _emit(self, text: str, newline: bool = False) -> None:
         if self.tty and not newline:
-            self.stream.write("\r\033[K" + text)
+            text = "\r\033[K" + text
         else:
-            self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
-        self.stream.flush()
+            text = ("\r\033[K" if self.tty else "") + text + "\n"
+        if not safe_write(self.stream, text):
+            self.enabled = self.tty = False  # the stream is gone: train on without progress output
 
     def close(self) -> None:
         if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+            safe_write(self.stream, "\n")
 
 
 def _minutes(seconds: float) -> str:
@@ -178,5 +190,6 @@ class TaskProgress:
             return
         self.last_print = now
         text = f"{self.label}: {done}/{total} tasks  {seconds:.0f} s" + ("" if done == total else f"  {eta_words(eta)}")
-        self.stream.write(("\r\033[K" + text + ("\n" if done == total else "")) if self.tty else text + "\n")
-        self.stream.flush()
+        if not safe_write(self.stream, ("\r\033[K" + text + ("\n" if done == total else "")) if self.tty
+                          else text + "\n"):
+            self.enabled = False

@@ -5,15 +5,25 @@ A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON line per iterati
 (:class:`linmaml.benchmarks.checkpoint.RunLock`). :func:`open_folder` creates and locks it and
 returns the checkpoint to resume; :func:`remove_if_unused` removes a folder that a failed run
 created and left empty, so bad input leaves no trace.
+
+``--resume`` of a folder without a checkpoint is refused (it never starts over in place of a run),
+and a checkpoint to resume is checked whole (:func:`check_resume_payload`) before any file of the
+folder is touched: a crafted ``last.pt`` with a valid digest cannot empty ``metrics.jsonl``.
 """
 from __future__ import annotations
 
+import errno
 import json
+import math
+import numbers
 import os
 from pathlib import Path
 
+import torch
+
 from linmaml import _io
 from linmaml.benchmarks import checkpoint
+from linmaml.errors import ArgumentError
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
@@ -21,39 +31,119 @@ CONFIG = "config.json"
 RUN_FILES = (METRICS, CONFIG, checkpoint.LAST, checkpoint.LAST_PREV, checkpoint.BEST)
 
 
-def open_folder(out_dir: Path, *, resume: bool, overwrite: bool, report) -> tuple[checkpoint.RunLock, dict | None]:
-    """Create ``out_dir`` if needed, take its lock, and return ``(lock, checkpoint to resume or None)``.
+def open_folder(out_dir: Path, *, resume: bool, overwrite: bool, report) \
+        -> tuple[checkpoint.RunLock, dict | None, Path | None]:
+    """Create ``out_dir`` if needed, take its lock, and return ``(lock, checkpoint to resume or None,
+    the file it came from or None)``.
 
-    Raises ``PermissionError`` for a folder that cannot be written and ``FileExistsError`` for one
-    that holds another run (without ``resume``/``overwrite``) or is locked by a live run.
+    Raises ``PermissionError`` for a folder that cannot be written, ``FileExistsError`` for one
+    that holds another run (without ``resume``/``overwrite``) or is locked by a live run, and
+    ``ArgumentError`` naming ``resume`` when ``resume`` finds no checkpoint to continue.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"out: {out_dir} is not writable")
     lock = checkpoint.RunLock(out_dir).acquire(overwrite=overwrite)
     try:
-        return lock, _prepare(out_dir, resume, overwrite, report)
+        return (lock, *_prepare(out_dir, resume, overwrite, report))
     except BaseException:
         lock.release()
         raise
 
 
-def _prepare(out_dir: Path, resume: bool, overwrite: bool, report) -> dict | None:
+def _prepare(out_dir: Path, resume: bool, overwrite: bool, report) -> tuple[dict | None, Path | None]:
     # Temporary files of a killed writer (linmaml._io names them ".<target>.<random>"): we hold the
     # lock, so no live process is writing them.
     for name in RUN_FILES:
         for stale in out_dir.glob(f".{name}.*"):
             stale.unlink(missing_ok=True)
     if resume:
-        payload = checkpoint.load_latest(out_dir, report=report)
-        if payload is None:
-            report(f"resume: no checkpoint in {out_dir} yet; starting from iteration 0")
-        return payload
+        found = checkpoint.latest(out_dir, report=report)
+        if found is None:
+            raise ArgumentError("resume", f"{out_dir} holds no checkpoint ({checkpoint.LAST} or {checkpoint.LAST_PREV}) "
+                                          f"to continue; nothing was changed (leave out --resume to start a run there, "
+                                          f"with --overwrite if it holds an old one)")
+        check_resume_payload(*found)
+        return found
     existing = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if existing == [CONFIG] and not overwrite and not _is_run_config(out_dir / CONFIG):
+        raise FileExistsError(f"out: {out_dir} holds a {CONFIG} that linmaml train did not write; refusing to "
+                              f"replace it (choose another --out, or --overwrite to replace it)")
     if existing and not overwrite:
         raise FileExistsError(f"out: {out_dir} already holds a run ({', '.join(existing)}); use --resume to continue"
                               f" it or --overwrite to start afresh")
-    return None
+    return None, None
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is the config.json of a linmaml run (``{"config": {...}, "image_shape": ...}``)."""
+    try:
+        data = _io.load_json(path, max_bytes=1 << 20)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("config"), dict) and "image_shape" in data
+
+
+def _whole(value, minimum: int = 0) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= minimum
+
+
+def _plain(value) -> bool:
+    return value is None or isinstance(value, (bool, str)) or (isinstance(value, numbers.Real) and
+                                                                 math.isfinite(float(value)))
+
+
+def check_resume_payload(payload: dict, path: Path) -> None:
+    """Raise :class:`~linmaml.benchmarks.checkpoint.CorruptCheckpoint` naming ``path`` unless
+    ``payload`` is a whole ``last.pt`` of ``linmaml train``: a non-negative iteration, the run's
+    settings, image shape, weights and Adam state, and counters consistent with the iteration.
+    Whether the weights fit the settings is checked when they are loaded (``Trainer``), still
+    before any file is touched."""
+    def bad(what: str):
+        raise checkpoint.CorruptCheckpoint(f"checkpoint: {path} cannot be resumed: {what}")
+
+    if not isinstance(payload, dict):
+        bad(f"it holds a {type(payload).__name__}, not a training checkpoint")
+    missing = [k for k in ("iteration", "config", "image_shape", "learner", "optimizer", "skipped", "elapsed", "best")
+               if k not in payload]
+    if missing:
+        bad(f"it lacks {', '.join(missing)}")
+    iteration = payload["iteration"]
+    if not _whole(iteration):
+        bad(f"its iteration is {iteration!r}, expected a whole number >= 0")
+    if not isinstance(payload["config"], dict):
+        bad("its settings are not a dict")
+    shape = payload["image_shape"]
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(_whole(v, 1) for v in shape):
+        bad(f"its image shape is {shape!r}, expected three positive whole numbers")
+    learner = payload["learner"]
+    if not isinstance(learner, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in learner.items()):
+        bad("its weights are not a dict of tensors")
+    optimizer = payload["optimizer"]
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
+            or not isinstance(optimizer.get("param_groups"), list):
+        bad("its optimizer state is not Adam's")
+    if not _whole(payload["skipped"]) or payload["skipped"] > iteration:
+        bad(f"it counts {payload['skipped']!r} skipped steps in {iteration} iterations")
+    elapsed = payload["elapsed"]
+    if isinstance(elapsed, bool) or not isinstance(elapsed, numbers.Real) or not math.isfinite(elapsed) or elapsed < 0:
+        bad(f"its elapsed time is {elapsed!r}")
+    best = payload["best"]
+    if best is not None and not (isinstance(best, dict) and _whole(best.get("iteration"), 1)
+                                 and best["iteration"] <= iteration and all(_plain(v) for v in best.values())
+                                 and isinstance(best.get("val_accuracy"), numbers.Real)):
+        bad(f"its best validation record is {best!r}")
+    pending = payload.get("pending_validation")
+    if pending is not None and not (isinstance(pending, dict) and pending.get("iteration") == iteration
+                                    and all(isinstance(k, str) and _plain(v) for k, v in pending.items())):
+        bad(f"its pending validation record {pending!r} is not that of iteration {iteration}")
+    try:
+        from linmaml.benchmarks.config import TrainConfig
+
+        TrainConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as error:
+        bad(f"its settings are unusable ({str(error).splitlines()[0]})")
 
 
 def clear(out_dir: Path) -> None:
@@ -62,23 +152,35 @@ def clear(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def trim_metrics(path: Path, iteration: int) -> None:
+def trim_metrics(path: Path, iteration: int, guard=None) -> None:
     """Keep the metrics of iterations ``<= iteration`` (a resumed run re-runs the later ones) and
-    drop a torn last line left by a kill; rewritten atomically. A symlink at ``path`` is refused
-    (``OSError`` naming it), not read through."""
+    drop a torn last line left by a kill; rewritten atomically (``guard`` as in
+    :func:`linmaml._io.atomic_path`). A symlink at ``path`` is refused (``OSError`` naming it), not
+    read through; a line whose ``iteration`` is not a whole number is refused with ``ValueError``
+    naming the file and the line."""
     if not os.path.lexists(path):
         return
     with _io.open_nofollow(path, "r+") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > _io.MAX_TEXT_BYTES:
+            raise OSError(errno.EFBIG, f"is {size:,} bytes, more than the {_io.MAX_TEXT_BYTES:,} a metrics log may "
+                                       f"have", str(path))
         text = file.buffer.read().decode("utf-8", errors="replace")
     kept = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         try:
-            record = json.loads(line)
+            record = _io.loads_json(line, f"{path} line {number}")
         except ValueError:
+            continue  # a line torn by a kill (only the last can be) is dropped
+        if not isinstance(record, dict):
             continue
-        if isinstance(record, dict) and int(record.get("iteration", 0)) <= iteration:
+        value = record.get("iteration", 0)
+        if not _whole(value):
+            raise ValueError(f"resume: {path} line {number}: 'iteration' is {value!r}, not a whole number >= 0; "
+                             f"correct or delete that line to resume")
+        if value <= iteration:
             kept.append(line)
-    _io.atomic_write_text(path, "".join(line + "\n" for line in kept))
+    _io.atomic_write_text(path, "".join(line + "\n" for line in kept), guard=guard)
 
 
 def remove_if_unused(out_dir: Path) -> None:

@@ -48,7 +48,7 @@ from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_mod
                                        iteration_seed, make_engine, outer_lr_at, resume_config)
 from linmaml.benchmarks.config import data_options, first_order_at, msl_weights
 from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint, same_model_class
-from linmaml.benchmarks.progress import Progress
+from linmaml.benchmarks.progress import Progress, safe_write
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
 from linmaml.errors import ArgumentError, ArgumentTypeError
@@ -76,6 +76,10 @@ class TrainResult:
     writer: bool = True  # False on the ranks > 0 of a distributed run, which print nothing
 
 
+class _LostFolder(Exception):
+    """Raised before a write when another run has taken the folder over (``--overwrite``)."""
+
+
 def _first_nonfinite(named_parameters) -> str | None:
     """The name of the first parameter whose gradient has a NaN or infinity (None if all finite)."""
     for name, p in named_parameters:
@@ -98,7 +102,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, out_dir: Path, splits: Mapping, ctx, *, lock=None, payload=None,
-                 overwrite: bool = False, stream=None, progress: bool = True, on_iteration=None, model=None):
+                 overwrite: bool = False, stream=None, progress: bool = True, on_iteration=None, model=None,
+                 payload_file=None):
         for name in ("train", "val"):
             if name not in splits:
                 raise ArgumentError("splits", f"expected a {name!r} split")
@@ -123,28 +128,48 @@ class Trainer:
         self.state = {"iteration": 0, "skipped": 0, "elapsed": 0.0, "best": None}
         self.pending: dict | None = None  # the record of an iteration whose validation was interrupted
         self.saved_iteration: int | None = None  # the iteration last.pt holds, None while there is none
+        self.payload_file = payload_file or (self.out_dir / checkpoint.LAST)
+        # --overwrite clears the old run's files when this run starts writing (run()), after its
+        # ownership of the folder is checked, not while the data is still being read.
+        self.clear_first = payload is None and overwrite
         if payload is not None:
             self._restore(payload)
-        elif overwrite and self.writer:
-            run_folder.clear(self.out_dir)
         self.stream = sys.stderr if stream is None else stream
         self.progress = Progress(config.iterations, config.val_every, config.val_tasks, config.meta_batch,
                                  self.stream, progress and self.writer)
         self.on_iteration = on_iteration if self.writer else None
         note = steps_note(self.learner, config.test_steps, config.steps)
         if note is not None and progress and self.writer:  # once, instead of a warning at every validation
-            print(f"linmaml train: note: validation {note}", file=self.stream, flush=True)
+            safe_write(self.stream, f"linmaml train: note: validation {note}\n")
         self.metrics = None
         self.signals: StopSignals | None = None
         # recorded in config.json for later commands on the run (linmaml.benchmarks.run_settings)
         self.environment = {"data_root": None, "threads": torch.get_num_threads()}
 
     def _restore(self, payload: dict) -> None:
+        """Load ``payload`` (checked by :func:`run_folder.check_resume_payload`) into the learner and
+        Adam; a payload that does not fit the run's settings is refused naming its file, before any
+        file of the folder is touched."""
         if tuple(payload["image_shape"]) != self.image_shape:
             raise ArgumentError("benchmark", f"the checkpoint's images are {tuple(payload['image_shape'])}, the data's"
                              f" {self.image_shape}")
-        self.learner.load_state_dict(payload["learner"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        try:
+            self.learner.load_state_dict(payload["learner"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            # Adam's load_state_dict does not compare shapes; a mismatch would fail at the first step
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    for key, value in self.optimizer.state.get(p, {}).items():
+                        if key != "step" and (not isinstance(value, torch.Tensor) or value.shape != p.shape):
+                            raise ValueError(f"Adam's {key} has shape {tuple(getattr(value, 'shape', ()))}, "
+                                             f"its weight {tuple(p.shape)}")
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+            raise checkpoint.CorruptCheckpoint(
+                f"checkpoint: {self.payload_file} does not fit the run's settings "
+                f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})") from None
+        if not all(bool(torch.isfinite(p).all()) for p in self.learner.parameters()):
+            raise checkpoint.CorruptCheckpoint(f"checkpoint: {self.payload_file} holds weights that are not finite "
+                                               f"(NaN or infinity); resume from an earlier run or start afresh")
         for key in self.state:
             self.state[key] = payload[key]
         self.pending = payload.get("pending_validation")
@@ -158,19 +183,24 @@ class Trainer:
         self.started = time.perf_counter()
         self.elapsed_before = self.state["elapsed"]
         start = self.state["iteration"]
-        self._open_folder_files()
+        result = None
         try:
-            self.learner.train()
-            result = self._finish_pending() if self.pending is not None else None
-            for t in range(start + 1, self.config.iterations + 1):
-                if result is not None:
-                    break
-                received = self._stop_requested()
-                if received:
-                    result = self._interrupted(f"stopped by {StopSignals.name(received)} after iteration {t - 1}",
-                                               received)
-                    break
-                result = self._iteration(t)
+            try:
+                self._open_folder_files()
+                self.learner.train()
+                result = self._finish_pending() if self.pending is not None else None
+                for t in range(start + 1, self.config.iterations + 1):
+                    if result is not None:
+                        break
+                    received = self._stop_requested()
+                    if received:
+                        result = self._interrupted(f"stopped by {StopSignals.name(received)} after iteration {t - 1}",
+                                                   received)
+                        break
+                    result = self._iteration(t)
+            except _LostFolder:
+                result = TrainResult("lost-lock", self.state["iteration"], EXIT_LOST_LOCK, f"out: another run took "
+                                     f"over {self.out_dir} (--overwrite); stopped without writing into it again")
             if result is None:
                 result = TrainResult("done", self.config.iterations, 0, f"finished {self.config.iterations} iterations")
                 if start >= self.config.iterations:
@@ -268,13 +298,12 @@ class Trainer:
         config = self.config
         record["elapsed"] = self.state["elapsed"] = self._elapsed()
         if self.metrics is not None:
+            self._require_folder()
             self.metrics.write(record)
         if self.on_iteration is not None:
             self.on_iteration(record)
         if t % config.checkpoint_every == 0 or t == config.iterations or t % config.val_every == 0:
-            if not self._save_last(t):
-                return TrainResult("lost-lock", t, EXIT_LOST_LOCK, f"out: another run took over {self.out_dir} "
-                                   f"(--overwrite); stopping without writing")
+            self._save_last(t)
         return None
 
     # -- validation --------------------------------------------------------------------------------
@@ -309,24 +338,37 @@ class Trainer:
             self.state["best"] = {"iteration": iteration, **record}
         if self.writer:
             if improved:
-                checkpoint.save(self.out_dir / checkpoint.BEST, self._snapshot(iteration, with_optimizer=False))
+                checkpoint.save(self.out_dir / checkpoint.BEST, self._snapshot(iteration, with_optimizer=False),
+                                guard=self._require_folder)
             self.progress.line(f"iter {iteration}: validation accuracy {100 * accuracy:.2f} % ± {100 * ci95:.2f} % "
                                f"({n} tasks)" + ("  [best]" if improved else ""))
         return record
 
     # -- files, signals --------------------------------------------------------------------------
 
+    def _require_folder(self) -> None:
+        """Raise :class:`_LostFolder` unless this process still owns the folder: called before every
+        write into it (and by the atomic writers right before a file takes its name), so that after
+        another run takes the folder with ``--overwrite`` this one writes nothing more."""
+        if self.lock is not None and not self.lock.still_owned():
+            raise _LostFolder()
+
     def _open_folder_files(self) -> None:
         if not self.writer:
             return
+        self._require_folder()
+        if self.clear_first:
+            run_folder.clear(self.out_dir)
+        # metrics first: an odd line refuses the resume before config.json is rewritten
+        run_folder.trim_metrics(self.out_dir / run_folder.METRICS, self.state["iteration"], guard=self._require_folder)
         _io.atomic_write_json(self.out_dir / run_folder.CONFIG, {
             "config": self.config.to_dict(), "image_shape": list(self.image_shape),
             "world_size": self.ctx.world_size, "device": str(self.ctx.device),
             # the process's malloc settings (linmaml train's --allocator): they change the timings logged
             "allocator": allocator.current(),
             # where the data was read and with how many threads: evaluate, analyze, --resume reuse them
-            **self.environment})
-        run_folder.trim_metrics(self.out_dir / run_folder.METRICS, self.state["iteration"])
+            **self.environment}, guard=self._require_folder)
+        self._require_folder()
         self.metrics = run_folder.MetricsLog(self.out_dir / run_folder.METRICS)
 
     def _snapshot(self, iteration: int, with_optimizer: bool = True) -> dict:
@@ -338,16 +380,14 @@ class Trainer:
             payload["pending_validation"] = self.pending
         return payload
 
-    def _save_last(self, iteration: int) -> bool:
-        """Write last.pt for ``iteration`` (rank 0); False if another run has taken the folder."""
+    def _save_last(self, iteration: int) -> None:
+        """Write last.pt for ``iteration`` (rank 0); :class:`_LostFolder` if another run has taken the folder."""
         if not self.writer:
-            return True
-        if self.lock is not None and not self.lock.still_owned():
-            return False
+            return
+        self._require_folder()
         self.metrics.sync()
-        checkpoint.save_last(self.out_dir, self._snapshot(iteration))
+        checkpoint.save_last(self.out_dir, self._snapshot(iteration), guard=self._require_folder)
         self.saved_iteration = iteration
-        return True
 
     def _checkpoint_words(self) -> str:
         """What the folder holds to resume from, said truthfully."""
@@ -356,9 +396,7 @@ class Trainer:
         return f"last.pt holds the weights after iteration {self.saved_iteration}"
 
     def _interrupted(self, message: str, received: int) -> TrainResult:
-        if not self._save_last(self.state["iteration"]):
-            return TrainResult("lost-lock", self.state["iteration"], EXIT_LOST_LOCK,
-                               f"out: another run took over {self.out_dir} (--overwrite); stopping without writing")
+        self._save_last(self.state["iteration"])
         return TrainResult("interrupted", self.state["iteration"], 128 + received, message)
 
     def _stop_requested(self) -> int | None:
@@ -404,7 +442,9 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     if not resume:
         TrainConfig.from_dict(given)  # fail on bad settings before touching the folder
     if threads is not None:
-        torch.set_num_threads(_validate.integer(threads, "threads", minimum=1))
+        from linmaml.benchmarks.config import THREADS_MAX
+
+        torch.set_num_threads(_validate.integer(threads, "threads", minimum=1, maximum=THREADS_MAX))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"out: {out_dir} is not a folder")
@@ -412,14 +452,14 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     # A folder this call creates is removed again if the run fails before writing anything into
     # it (bad data root, say), so bad input leaves no trace.
     created = ctx.is_writer and not out_dir.exists()
-    lock, failed = None, False
+    lock, failed, config, payload_file = None, False, None, None
     try:
         payload, error = None, None
         if ctx.is_writer:
             try:
-                lock, payload = run_folder.open_folder(
+                lock, payload, payload_file = run_folder.open_folder(
                     out_dir, resume=resume, overwrite=overwrite,
-                    report=lambda text: print(f"linmaml train: {text}", file=stream, flush=True))
+                    report=lambda text: safe_write(stream, f"linmaml train: {text}\n"))
             except Exception as caught:  # noqa: BLE001 - re-raised on every rank just below
                 error = caught
         distributed.raise_if_any_failed(error, ctx)
@@ -441,21 +481,24 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
             splits = load_splits(config.benchmark, ("train", "val"), data_root, **data_options(config))
             root_read = str(resolve_data_root(data_root).resolve())
         trainer = Trainer(config, out_dir, splits, ctx, lock=lock, payload=payload, overwrite=overwrite,
-                          stream=stream, progress=progress, on_iteration=on_iteration, model=model)
+                          stream=stream, progress=progress, on_iteration=on_iteration, model=model,
+                          payload_file=payload_file)
         trainer.environment["data_root"] = root_read
         with StopSignals() as signals:
             return trainer.run(signals)
     except BaseException as caught:
         failed = True
         if is_out_of_memory(caught):
-            raise MemoryError(OUT_OF_MEMORY) from caught
+            raise out_of_memory(config) from caught
         raise
     finally:
+        # a folder another run has taken (--overwrite) is that run's: nothing of it is tidied here
+        owned = lock is None or lock.still_owned()
         if lock is not None:
-            if failed:
+            if failed and owned:
                 _discard_unstarted(out_dir)
             lock.release()
-        if failed and created:
+        if failed and created and owned:
             run_folder.remove_if_unused(out_dir)
         distributed.teardown(ctx, synchronize=not failed)
 
@@ -487,9 +530,31 @@ class _derivative_order:
             self.learner.first_order = self.saved
 
 
-#: What a run out of memory is told (raised as ``MemoryError``; the CLI names the flags).
-OUT_OF_MEMORY = ("out of memory: lower the settings that size an iteration (meta_batch, tasks_per_chunk, query, "
-                 "steps, hidden) or use batching='loop'")
+#: What a run out of memory is told when it ran out before its settings were known.
+OUT_OF_MEMORY = "out of memory before training began (while reading the data or the checkpoint)"
+
+
+def out_of_memory(config: TrainConfig | None) -> MemoryError:
+    """The ``MemoryError`` a run out of memory raises: it names the settings in play that size the model
+    and an iteration (``.settings``, a list of ``(name, value)``; the CLI prints them as flags), not a
+    guess at which one was the cause."""
+    if config is None:
+        error = MemoryError(OUT_OF_MEMORY)
+        error.settings = []
+        return error
+    names = ["meta_batch", "tasks_per_chunk", "query", "test_query", "val_tasks", "steps", "test_steps", "ways",
+             "shots"]
+    if config.model is None:
+        names += ["layers", "hidden"]
+    if config.linnet:
+        names += ["linnet", "linnet_width"]
+    names += ["dtype", "batching"]
+    settings = [(name, getattr(config, name)) for name in names]
+    error = MemoryError("out of memory: the model and an iteration with these settings need more memory than is "
+                        "free (" + ", ".join(f"{n}={v}" for n, v in settings) + "); lower the ones that size your "
+                        "run, or use batching='loop'")
+    error.settings = settings
+    return error
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import signal
 import sys
 
@@ -47,8 +48,18 @@ def package_version() -> str:
         return __version__
 
 
+#: A negative number in any spelling float() reads (``-1e3``, ``-.5``, ``-inf``): argparse's own pattern
+#: knows only ``-5`` and ``-0.5``, and took ``--inner-lr -1e3`` for a missing value followed by a flag.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error message (argparse's default prints the whole usage)."""
+    """argparse with a one-line error message (argparse's default prints the whole usage), and negative
+    numbers such as ``-1e3`` read as values (no option of ours looks like a number)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -141,7 +152,8 @@ def main(argv=None) -> int:
         status = args.func(args)
         sys.stdout.flush()  # a full disk or closed pipe on stdout surfaces here, not at exit
     except KeyboardInterrupt:
-        print("linmaml: interrupted", file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):
+            print("linmaml: interrupted", file=sys.stderr, flush=True)
         return 130
     except BrokenPipeError as error:
         if error.filename != STDOUT or args.debug:
@@ -166,5 +178,7 @@ def main(argv=None) -> int:
 def _report(args, error: BaseException) -> int:
     if args.debug:
         raise error
-    print(f"linmaml {args.command}: error: {_message(error)}", file=sys.stderr)
+    # stderr may be closed or full (2>/dev/full): the exit status still says what happened
+    with contextlib.suppress(OSError, ValueError):
+        print(f"linmaml {args.command}: error: {_message(error)}", file=sys.stderr, flush=True)
     return 2

@@ -22,6 +22,18 @@ def path_option(value, flag: str) -> Path | None:
     return Path(text).expanduser()
 
 
+def folder_can_hold(path: Path, flag: str) -> None:
+    """Refuse (``ArgumentError`` naming ``flag``) an output path below something that is not a folder
+    (``--out afile/x.png``): checked before any work, so the error is not "File exists" from
+    ``mkdir`` after a whole analysis."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent.is_file() else "is not a folder"
+                raise ArgumentError(flag, f"{parent} {where}, so {path} cannot be created below it")
+            return
+
+
 def user_model_error(run, error: BaseException, function: str = "evaluate_checkpoint",
                      module: str = "linmaml.benchmarks.evaluate") -> ArgumentError:
     """The command line's answer to a run trained on the user's own model class, which only Python can

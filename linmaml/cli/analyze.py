@@ -40,21 +40,25 @@ def run(args) -> int:
     from linmaml.benchmarks.run_settings import data_root_for, threads_for
     from linmaml.cli._paths import path_option, user_model_error
 
+    from linmaml.benchmarks.config import EVAL_TASKS_MAX, STEPS_MAX, THREADS_MAX
+    from linmaml.cli._paths import folder_can_hold
+
+    # maxima as for evaluate (explained in linmaml.benchmarks.config): checked before anything is read
     if args.threads is not None:
-        _validate.integer(args.threads, "--threads", minimum=1)
-    run_path = path_option(args.run, "RUN")
+        _validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX)
+    for value, name, minimum, maximum in ((args.tasks, "--tasks", 2, EVAL_TASKS_MAX),
+                                          (args.spectrum_tasks, "--spectrum-tasks", 0, EVAL_TASKS_MAX)):
+        _validate.integer(value, name, minimum=minimum, maximum=maximum)
+    if args.steps is not None:
+        _validate.integer(args.steps, "--steps", minimum=1, maximum=STEPS_MAX)
+    run_path = path_option(args.run, "RUN")  # ~ expanded (also in RUN=~/r), '' refused (not the current folder)
+    out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused
+    if out is not None:
+        folder_can_hold(out, "--out")  # before the analysis, not after it
+        require("matplotlib", "--out (drawing analyze.png)")
     # the run's own threads and data root unless given (linmaml.benchmarks.run_settings); was: every core
     torch.set_num_threads(threads_for(args.threads, run_path))
     data_root = data_root_for(path_option(args.data_root, "--data-root"), run_path)
-    for value, name, minimum in ((args.tasks, "--tasks", 2), (args.spectrum_tasks, "--spectrum-tasks", 0)):
-        _validate.integer(value, name, minimum=minimum)
-    if args.steps is not None:
-        _validate.integer(args.steps, "--steps", minimum=1)
-    out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused
-    if out is not None and out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out: {out} is not a folder")
-    if out is not None:
-        require("matplotlib", "--out (drawing analyze.png)")
     apply_for_command(args.allocator or default_policy(), "linmaml analyze")
     try:
         result = analyze.analyze_run(run_path, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
@@ -67,7 +71,9 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         analyze.draw(result, out / "analyze.png")
         _io.atomic_write_json(out / "analyze.json", result)
-        print(f"linmaml analyze: wrote {out / 'analyze.png'} and {out / 'analyze.json'}", file=sys.stderr)
+        from linmaml.benchmarks.progress import safe_write
+
+        safe_write(sys.stderr, f"linmaml analyze: wrote {out / 'analyze.png'} and {out / 'analyze.json'}\n")
     if args.json:
         print(json.dumps(result))
     else:

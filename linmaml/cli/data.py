@@ -40,8 +40,9 @@ def register(subparsers):
     download.add_argument("--url-base", metavar="URL",
                           help="where the zips are (default: the official brendenlake/omniglot repository)")
     download.add_argument("--force", action="store_true", help="download even if a verified copy is present")
-    download.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                          help=f"network timeout in seconds, at most {MAX_TIMEOUT:g} (default 60)")
+    download.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                          help=f"seconds each file's download may take in all (a deadline, not per read), at most "
+                               f"{MAX_TIMEOUT:g} (default 600)")
     download.set_defaults(func=run_download)
     p.set_defaults(func=lambda args: p.error("expected an action: check or download"))
 

@@ -37,7 +37,7 @@ def run(args) -> int:
     import torch
 
     from linmaml import _validate
-    from linmaml.benchmarks.config import EVAL_TASKS_MAX, SEED_MAX, STEPS_MAX
+    from linmaml.benchmarks.config import EVAL_TASKS_MAX, SEED_MAX, STEPS_MAX, THREADS_MAX
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
     from linmaml.errors import ArgumentError, renamed
 
@@ -50,7 +50,7 @@ def run(args) -> int:
     # ~ expanded (also after '=', where the shell leaves it), '' refused; the checkpoint used is printed
     checkpoint, data_root = path_option(args.checkpoint, "CHECKPOINT"), path_option(args.data_root, "--data-root")
     if args.threads is not None:
-        _validate.integer(args.threads, "--threads", minimum=1)
+        _validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX)
     # the run's own threads and data root unless given (linmaml.benchmarks.run_settings)
     torch.set_num_threads(threads_for(args.threads, checkpoint))
     data_root = data_root_for(data_root, checkpoint)
@@ -67,8 +67,11 @@ def run(args) -> int:
             raise
         raise flag from error
     if result.get("nonfinite_tasks"):
-        print(f"linmaml evaluate: warning: the adapted query loss is not finite on {result['nonfinite_tasks']} of "
-              f"{result['tasks']} tasks (the inner loop diverged); try fewer --steps", file=sys.stderr)
+        from linmaml.benchmarks.progress import safe_write
+
+        safe_write(sys.stderr, f"linmaml evaluate: warning: the adapted query loss is not finite on "
+                               f"{result['nonfinite_tasks']} of {result['tasks']} tasks (the inner loop diverged); "
+                               f"try fewer --steps\n")
     if args.json:
         print(json.dumps(result, indent=2))
     else:

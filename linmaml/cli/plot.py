@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from linmaml._extras import require
-from linmaml.cli._paths import path_option
+from linmaml.cli._paths import folder_can_hold, path_option
 
 
 def register(subparsers):
@@ -28,7 +28,7 @@ def _formats() -> dict:
 def run(args) -> int:
     from linmaml import _validate
     from linmaml.errors import renamed
-    from linmaml.plots.training import plot_runs, read_runs
+    from linmaml.plots.training import WINDOW_MAX, plot_runs, read_runs
 
     require("matplotlib", "drawing training curves")
 
@@ -36,10 +36,11 @@ def run(args) -> int:
     formats = _formats()
     if out.is_dir():
         raise ValueError(f"--out: {out} is a folder; give a file name, e.g. {out / 'curves.png'}")
+    folder_can_hold(out.parent, "--out")
     if out.suffix.lower().lstrip(".") not in formats:
         raise ValueError(f"--out: expected a file ending in one of .{', .'.join(sorted(formats))}, got {out.name!r}")
     if args.window is not None:
-        _validate.integer(args.window, "--window", minimum=1)
+        _validate.integer(args.window, "--window", minimum=1, maximum=WINDOW_MAX)
     folders = [path_option(folder, "RUN") for folder in args.runs]
     try:
         runs = read_runs(folders)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 import os
 import pathlib
@@ -27,6 +26,7 @@ import sys
 import tempfile
 import time
 
+from linmaml import _io
 from linmaml._extras import require
 
 RESULTS = "results.json"
@@ -122,7 +122,7 @@ def _read_results(path: pathlib.Path) -> dict:
     if not path.exists():
         return {"generated_by": "linmaml reproduce", "figures": {}}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _io.load_json(path)  # a regular file of bounded size and depth (never a FIFO that blocks)
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: cannot merge into an unreadable results file ({error}); move it away first") from None
     if not isinstance(data, dict) or not isinstance(data.get("figures"), dict):
@@ -158,8 +158,7 @@ def _unchanged(name: str, stage: pathlib.Path, out: pathlib.Path) -> bool:
     if not old.is_file() or not (out / f"{name}.png").is_file():
         return False
     try:
-        return same_numbers(json.loads(old.read_text(encoding="utf-8")),
-                            json.loads((stage / f"{name}.json").read_text(encoding="utf-8")))
+        return same_numbers(_io.load_json(old), _io.load_json(stage / f"{name}.json"))
     except (OSError, ValueError):
         return False
 

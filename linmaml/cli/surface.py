@@ -61,7 +61,7 @@ def run(args) -> int:
     except (ValueError, TypeError) as error:  # the library names its argument (steps); the user typed --steps
         raise renamed(error, _FLAGS) from error
     loss = surface["loss"]
-    _refuse_overflow(np.count_nonzero(~np.isfinite(loss)), loss.size)
+    _refuse_overflow(np.count_nonzero(~np.isfinite(loss)), loss.size, settings)
     if args.json:
         print(json.dumps({key: value.tolist() for key, value in surface.items()}))
     else:
@@ -74,18 +74,45 @@ _FLAGS = {"lr": "--lr", "steps": "--steps", "mean": "--task-mean", "std": "--tas
           "grid": "--grid", "range": "--range", "depth": "--depth"}
 
 
-def _refuse_overflow(overflowed: int, total: int) -> None:
+def _refuse_overflow(overflowed: int, total: int, settings: dict | None = None) -> None:
     """Text and JSON alike refuse a grid where the objective overflows float64 (one behaviour).
 
-    Overflow everywhere (even near the origin, where the objective is small) comes from the inner
-    step itself: --lr or --steps; overflow at some points comes from the far corners: --range.
+    Overflow everywhere comes from the inner step itself (--lr or --steps) or from the task family
+    (--task-mean, --task-std, --x-var: the loss before any step already overflows); the culprit is
+    found by probing the objective without the step and with each task setting made harmless in
+    turn. Overflow at some points only comes from the far corners: --range.
     """
     if overflowed == total:
-        raise ArgumentError("--lr", f"the objective overflows float64 at all {total} grid points; "
-                                    "use a smaller --lr or --steps")
+        flag = _overflow_cause(settings) if settings is not None else "--lr"
+        if flag == "--lr":
+            raise ArgumentError("--lr", f"the objective overflows float64 at all {total} grid points; "
+                                        "use a smaller --lr or --steps")
+        raise ArgumentError(flag, f"the objective overflows float64 at all {total} grid points even before any "
+                                  f"inner step; use a smaller {flag}")
     if overflowed:
         raise ArgumentError("--range", f"the objective overflows float64 at {overflowed} of {total} grid points; "
                                        "use a smaller --range, --lr or --steps")
+
+
+def _overflow_cause(settings: dict) -> str:
+    """The flag to blame when the objective overflows everywhere (see :func:`_refuse_overflow`)."""
+    from linmaml.closedform.scalar import surface_grid
+
+    probe = {**settings, "grid": 2, "range": min(settings["range"], 1.0), "steps": 0}
+
+    def finite(**change) -> bool:
+        with np.errstate(all="ignore"):
+            try:
+                return bool(np.all(np.isfinite(surface_grid(**{**probe, **change})["loss"])))
+            except (ValueError, OverflowError, ArithmeticError):
+                return False
+
+    if finite():
+        return "--lr"  # harmless without the inner step: the step is what overflows
+    for flag, change in (("--x-var", {"x_var": 1.0}), ("--task-mean", {"mean": 0.0}), ("--task-std", {"std": 0.0})):
+        if finite(**change):
+            return flag
+    return "--task-mean"
 
 
 def _summary(settings: dict, surface: dict) -> str:

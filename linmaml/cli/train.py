@@ -12,7 +12,6 @@ written first; ``--resume`` continues).
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -159,14 +158,19 @@ def run(args) -> int:
             raise type(error)("--out: " + str(error)[len("out: "):]) from error
         raise
     except MemoryError as error:
-        raise ValueError("out of memory: lower --meta-batch, --tasks-per-chunk, --query, --steps or --hidden, or use "
-                         "--batching loop") from error
+        settings = getattr(error, "settings", None)
+        if not settings:
+            raise ValueError(str(error).splitlines()[0] if str(error) else "out of memory") from error
+        # the settings in play, as flags; which of them matters depends on the run, so none is singled out
+        raise ValueError("out of memory: the model and an iteration with these settings need more memory than is "
+                         "free (" + ", ".join(f"{_flag(n)} {v}" for n, v in settings) + "); lower the ones that "
+                         "size your run, or use --batching loop") from error
     except (ArgumentError, ArgumentTypeError) as error:
         # The library names the setting (error.argument, e.g. meta_batch); the user typed --meta-batch,
         # or the --config file said it.
         if error.argument in from_file and error.argument not in given:
             raise ArgumentError("--config", f"{args.config}: {error}") from error
-        if error.argument in fields or error.argument in ("threads", "device", "data_root"):
+        if error.argument in fields or error.argument in ("threads", "device", "data_root", "resume"):
             raise renamed(error, {error.argument: _flag(error.argument)}) from error
         raise
     if not result.writer:  # another process of a torchrun job reports
@@ -181,9 +185,12 @@ def run(args) -> int:
             summary += f"; {result.skipped} non-finite steps skipped"
         print(summary + f"; run in {result.out_dir}")
         return 0
+    from linmaml.benchmarks.progress import safe_write
+
     message = "--out: " + result.message[len("out: "):] if result.message.startswith("out: ") else result.message
-    print(f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}{message}",
-          file=sys.stderr)
+    # stderr may be closed or full; the exit status (3, 4, 130, 143) still says how the run ended
+    safe_write(sys.stderr, f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}"
+                           f"{message}\n")
     return result.exit_code
 
 
@@ -191,17 +198,20 @@ def read_config(path, fields) -> dict:
     """The settings in the JSON file ``path``: an object of training settings, or a run's config.json
     (``{"config": {...}, ...}``). Unknown keys, a file that is not such an object, and the config of a
     run on a user model (which only Python can supply) raise ``ValueError`` starting ``--config:``."""
+    from linmaml import _io
+
     file = Path(path).expanduser()
     try:
-        text = file.read_text(encoding="utf-8")
+        # a regular file of at most 1 MiB (never a FIFO that would block), nesting bounded
+        text = _io.read_text(file, max_bytes=1 << 20)
     except OSError as error:
         raise ValueError(f"--config: cannot read {file} ({error.strerror or type(error).__name__})") from None
-    except UnicodeDecodeError:
+    except ValueError:
         raise ValueError(f"--config: {file} is not UTF-8 text") from None
     try:
-        data = json.loads(text)
+        data = _io.loads_json(text, str(file))
     except ValueError as error:
-        raise ValueError(f"--config: {file} is not valid JSON ({error})") from None
+        raise ValueError(f"--config: {error}") from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]  # a run's config.json; its other keys (image_shape, device, ...) describe the run
     if not isinstance(data, dict):

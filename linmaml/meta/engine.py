@@ -71,7 +71,7 @@ from torch.overrides import TorchFunctionMode
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
-from linmaml.meta.learners import norm_steps
+from linmaml.meta.learners import MAX_STEPS, check_task_inputs, named_input_failures, norm_steps
 
 __all__ = ["Engine", "STRATEGIES", "explicit_normalization"]
 
@@ -192,6 +192,8 @@ def check_batch(x_support, y_support, x_query, y_query) -> int:
         if y.ndim < 2 or x.ndim < 2 or x.shape[1] != y.shape[1]:
             raise ArgumentError(f"y_{split}", f"expected one target per example, (M, n, …) beside x_{split} "
                                 f"{tuple(x.shape)}, got {tuple(y.shape)}")
+        # an empty set has no loss (the query's mean would be NaN); labels below 0 index nothing
+        check_task_inputs(x[0], y, f"x_{split}", f"y_{split}")
     return tasks
 
 
@@ -381,8 +383,37 @@ class Engine:
                 if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
                     raise ArgumentError(name, "contains NaN or infinite values (check_finite=True)")
         if steps is not None:
-            steps = _validate.integer(steps, "steps", minimum=minimum_steps)
+            steps = _validate.integer(steps, "steps", minimum=minimum_steps, maximum=MAX_STEPS)
         return tasks, steps, _accuracy_kind(y_query)
+
+    @contextlib.contextmanager
+    def _named(self, x_support, y_support, x_query, y_query):
+        """:func:`~linmaml.meta.learners.named_input_failures` for a meta-batch; a failure inside the
+        vmapped strategies (where torch says only "index 7 is out of bounds") is diagnosed after the
+        fact: labels at or past the model's number of outputs are named."""
+        try:
+            with named_input_failures(["x_support", "x_query"], ["y_support", "y_query"], (x_support, x_query)):
+                yield
+        except (RuntimeError, ArgumentError) as error:
+            if isinstance(error, ArgumentError) and error.argument != "y_support, y_query":
+                raise
+            width = self._output_width(x_support)
+            for name, y in (("y_support", y_support), ("y_query", y_query)):
+                if width and not (y.dtype.is_floating_point or y.dtype.is_complex) and y.numel() \
+                        and int(y.max()) >= width:
+                    raise ArgumentError(name, f"class labels must be below the model's {width} outputs, got "
+                                              f"{int(y.max())}") from None
+            raise
+
+    def _output_width(self, x_support) -> int | None:
+        """The size of the learner's last output axis on the first task's support set (None if unknown);
+        computed only to explain a failure."""
+        try:
+            with torch.no_grad():
+                out = self.learner(x_support[0])
+            return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.ndim >= 2 else None
+        except Exception:  # noqa: BLE001 - a diagnosis, never a new failure
+            return None
 
     # -- public methods ----------------------------------------------------------------------------
 
@@ -415,8 +446,9 @@ class Engine:
         ``step_weights``: the multi-step losses, as in :meth:`meta_gradient`."""
         tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps)
         weights = self._step_weights(step_weights, steps, x_support)
-        parts = [self._chunk_losses((x_support[c], y_support[c], x_query[c], y_query[c]), steps, classification,
-                                    self.compile, weights) for c in self._chunks(tasks)]
+        with self._named(x_support, y_support, x_query, y_query):
+            parts = [self._chunk_losses((x_support[c], y_support[c], x_query[c], y_query[c]), steps, classification,
+                                        self.compile, weights) for c in self._chunks(tasks)]
         losses, accuracies = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return losses, (accuracies if classification else None)
 
@@ -427,7 +459,7 @@ class Engine:
         before any adaptation (the baseline that adaptation improves on)."""
         tasks, steps, classification = self._prepare(x_support, y_support, x_query, y_query, steps, minimum_steps=0)
         losses, accuracies = [], []
-        with torch.no_grad():
+        with torch.no_grad(), self._named(x_support, y_support, x_query, y_query):
             for c in self._chunks(tasks):
                 loss, accuracy = self._chunk_losses((x_support[c], y_support[c], x_query[c], y_query[c]), steps,
                                                     classification, compiled=False)
@@ -442,7 +474,7 @@ class Engine:
         features); scores come from :meth:`score`."""
         tasks, steps, _ = self._prepare(x_support, y_support, x_support, y_support, steps)
         parts = []
-        with torch.no_grad():
+        with torch.no_grad(), self._named(x_support, y_support, x_support, y_support):
             for c in self._chunks(tasks):
                 if c.stop - c.start == 1:
                     fast = self._adapt(steps)(x_support[c.start], y_support[c.start])
@@ -473,12 +505,13 @@ class Engine:
         accuracy_sum = torch.zeros((), dtype=torch.float64, device=x_support.device)
         for c in self._chunks(tasks):
             batch = (x_support[c], y_support[c], x_query[c], y_query[c])
-            if self.strategy == "split" and batch[0].shape[0] > 1:
-                loss, accuracy = self._split_backward(batch, steps, classification, scale, weights)
-            else:
-                losses, accuracies = self._chunk_losses(batch, steps, classification, self.compile, weights)
-                loss, accuracy = losses.sum(), accuracies.sum()
-                (loss * scale).backward()
+            with self._named(x_support, y_support, x_query, y_query):
+                if self.strategy == "split" and batch[0].shape[0] > 1:
+                    loss, accuracy = self._split_backward(batch, steps, classification, scale, weights)
+                else:
+                    losses, accuracies = self._chunk_losses(batch, steps, classification, self.compile, weights)
+                    loss, accuracy = losses.sum(), accuracies.sum()
+                    (loss * scale).backward()
             loss_sum += loss.detach()
             accuracy_sum += accuracy
         return float(loss_sum), float(accuracy_sum)

@@ -53,6 +53,43 @@ from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.inner_loop import run_steps, under_function_transform
 from linmaml.meta.transforms import Transform, as_transform, tree_leaves
 
+#: The most inner steps a learner takes (each keeps its graph for the meta-gradient; MAML uses 1-10
+#: in training and up to 50 at test time).
+MAX_STEPS = 10_000
+
+
+def check_task_inputs(x, y, x_name: str, y_name: str) -> None:
+    """Refuse, naming the argument, an empty set of examples and integer class labels below 0, where
+    they are plain tensors (cheap checks outside function transforms; labels beyond the model's outputs are named when the
+    loss reports them, see :func:`named_input_failures`)."""
+    if isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] == 0:
+        raise ArgumentError(x_name, f"an empty set of examples (shape {tuple(x.shape)}) has no loss to adapt on or "
+                                    f"score")
+    if isinstance(y, torch.Tensor) and not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool) \
+            and y.numel() \
+            and not under_function_transform() and bool((y < 0).any()):
+        raise ArgumentError(y_name, f"class labels must be 0 .. outputs-1, got {int(y.min())}")
+
+
+@contextlib.contextmanager
+def named_input_failures(x_names, y_names, inputs=()):
+    """Turn what torch raises for labels past the model's outputs (``IndexError: Target 7 is out of
+    bounds``) and for integer inputs to a floating-point model (a dtype ``RuntimeError``) into an
+    :class:`ArgumentError` / :class:`ArgumentTypeError` naming the argument."""
+    try:
+        yield
+    except IndexError as error:
+        raise ArgumentError(", ".join(y_names), f"a class label is not below the model's number of outputs "
+                                                f"({str(error).splitlines()[0]})") from None
+    except RuntimeError as error:
+        integer = [name for name, value in zip(x_names, inputs)
+                   if isinstance(value, torch.Tensor) and not (value.dtype.is_floating_point or value.dtype.is_complex)]
+        if not integer:
+            raise
+        raise ArgumentTypeError(integer[0], f"the model could not take {inputs[0].dtype} inputs "
+                                            f"({str(error).splitlines()[0]}); convert them with .float() or .to(dtype)"
+                                ) from None
+
 __all__ = ["MAML", "ANIL", "head_parameter_names", "adapted_parameter_names", "StepsBeyondTrainingWarning",
            "BUFFER_POLICIES"]
 
@@ -274,7 +311,7 @@ class _Learner(nn.Module):
 
     def __init__(self, lr, steps, transform, first_order, adapt_transform, buffers="update", check_finite=False):
         super().__init__()
-        self.steps = _validate.integer(steps, "steps", minimum=1)
+        self.steps = _validate.integer(steps, "steps", minimum=1, maximum=MAX_STEPS)
         _refuse_tensor_rates(lr)
         self.lrs = _validate.learning_rates(lr, self.steps, "lr")
         for flag, name in ((first_order, "first_order"), (adapt_transform, "adapt_transform"),
@@ -316,7 +353,7 @@ class _Learner(nn.Module):
         with per-step rates, a longer run repeats the last rate and a shorter one uses the first."""
         if steps is None:
             return list(self.lrs)
-        steps = _validate.integer(steps, "steps", minimum=1)
+        steps = _validate.integer(steps, "steps", minimum=1, maximum=MAX_STEPS)
         return [self.lrs[min(k, len(self.lrs) - 1)] for k in range(steps)]
 
     def _run_inner_loop(self, module: nn.Module, names: Sequence[str], x, y, loss_fn, steps, closure=None,
@@ -389,9 +426,12 @@ class _Learner(nn.Module):
                                     f"are {dtype} (was the model converted after wrapping? convert the whole "
                                     f"learner, e.g. learner.double(), so the transform follows)")
         self._warn_steps(steps, leaves)
-        fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y, rates,
-                            first_order=self.first_order, adapt_transform=self.adapt_transform, buffers=buffers,
-                            trajectory=trajectory, step_forward=norm_steps(module) > 0)
+        if closure is None:
+            check_task_inputs(x, y, "x_support", "y_support")
+        with named_input_failures(["x_support"], ["y_support"], (x,)):
+            fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y,
+                                rates, first_order=self.first_order, adapt_transform=self.adapt_transform,
+                                buffers=buffers, trajectory=trajectory, step_forward=norm_steps(module) > 0)
         if trajectory:  # every step's parameters (MAML++'s multi-step loss); the last one checked below
             visited, fast = fast, fast[-1]
         if checking:

@@ -13,13 +13,14 @@ in percent. The figure is built without pyplot, so no backend is chosen or neede
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from linmaml import _io
 from linmaml.errors import ArgumentError
 
 METRICS = "metrics.jsonl"  # the name linmaml.benchmarks.run_folder gives it (plots do not import benchmarks)
@@ -43,6 +44,10 @@ class RunCurves:
     val_ci95: np.ndarray
 
 
+#: The longest running mean drawn (a billion iterations: beyond any run).
+WINDOW_MAX = 10 ** 9
+
+
 def _number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         else math.nan
@@ -51,8 +56,9 @@ def _number(value) -> float:
 def read_run(folder, name: str | None = None) -> RunCurves:
     """The metrics of the run in ``folder`` (``name`` defaults to the folder's name).
 
-    Lines that are not JSON objects with an integer ``iteration`` (a line torn by a kill) are
-    skipped; an iteration logged twice keeps its last record. ``ArgumentError`` naming ``run`` when
+    Lines that are not JSON objects with an integer ``iteration`` in 0..2**63-1 (a line torn by a
+    kill, one nested absurdly deep) are skipped; the file must be a regular file of at most
+    :data:`linmaml._io.MAX_TEXT_BYTES` (``OSError`` naming it: never a FIFO that would block); an iteration logged twice keeps its last record. ``ArgumentError`` naming ``run`` when
     ``folder`` is not a folder, holds no ``metrics.jsonl``, or records no iteration.
     """
     folder = Path(folder)
@@ -62,14 +68,14 @@ def read_run(folder, name: str | None = None) -> RunCurves:
     if not path.is_file():
         raise ArgumentError("run", f"{folder} holds no {METRICS} (not a run folder of linmaml train)")
     records = {}
-    with open(path, encoding="utf-8", errors="replace") as file:
-        for line in file:
+    with _io.open_regular(path, _io.MAX_TEXT_BYTES) as raw:
+        for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8", errors="replace"), start=1):
             try:
-                record = json.loads(line)
+                record = _io.loads_json(line, f"{path} line {number}")
             except ValueError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("iteration"), int) \
-                    and not isinstance(record["iteration"], bool):
+                    and not isinstance(record["iteration"], bool) and 0 <= record["iteration"] < 2 ** 63:
                 records[record["iteration"]] = record
     if not records:
         raise ArgumentError("run", f"{path} records no iteration yet")
@@ -106,7 +112,7 @@ def running_mean(values, window: int) -> np.ndarray:
     sums = np.concatenate([[0.0], np.cumsum(np.where(finite, values, 0.0))])
     counts = np.concatenate([[0], np.cumsum(finite)])
     end = np.arange(1, values.size + 1)
-    start = np.maximum(0, end - int(window))
+    start = np.maximum(0, end - min(int(window), values.size))  # a window past the run is the whole run
     n = counts[end] - counts[start]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, (sums[end] - sums[start]) / np.maximum(n, 1), np.nan)
@@ -148,8 +154,8 @@ def plot_runs(runs: Sequence[RunCurves], path, *, x: str = "iteration", window: 
         raise ArgumentError("runs", "expected at least one run")
     if window is None:
         window = default_window(runs)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ArgumentError("window", f"expected an integer >= 1, got {window!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= WINDOW_MAX:
+        raise ArgumentError("window", f"expected an integer from 1 to {WINDOW_MAX:,}, got {window!r}")
     unit, scale = _time_unit(runs) if x == "time" else ("", 1.0)
     x_label = f"wall time ({unit})" if x == "time" else "iteration"
 

@@ -179,16 +179,16 @@ def test_resume_reproduces_an_uninterrupted_run_bitwise(tmp_path):
     assert strip(tmp_path / "full" / "metrics.jsonl") == strip(tmp_path / "part" / "metrics.jsonl")
 
 
-def test_resume_refuses_changed_settings_and_resuming_nothing_starts_fresh(tmp_path):
+def test_resume_refuses_changed_settings_and_resuming_nothing(tmp_path):
     run(tmp_path, options={"iterations": 2})
     with pytest.raises(ValueError, match=r"^inner_lr: the run being resumed used 0.4"):
         train({"inner_lr": 0.1, "iterations": 4}, tmp_path, resume=True, splits=synthetic_splits(), progress=False)
     cfg = resume_config(checkpoint.load(tmp_path / "last.pt")["config"], {"iterations": 9, "val_tasks": 5})
     assert cfg.iterations == 9 and cfg.val_tasks == 5 and cfg.hidden == 4
-    messages = []
-    fresh = train(TINY, tmp_path / "new", resume=True, splits=synthetic_splits(), progress=False,
-                  stream=type("S", (), {"write": lambda self, t: messages.append(t), "flush": lambda self: None})())
-    assert fresh.status == "done" and any("no checkpoint" in m for m in messages)
+    # resuming a folder without a checkpoint is refused (it never starts over), and leaves no folder behind
+    with pytest.raises(ValueError, match=r"^resume: .*new holds no checkpoint \(last.pt or last.prev.pt\)"):
+        train(TINY, tmp_path / "new", resume=True, splits=synthetic_splits(), progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_an_old_run_in_the_folder_needs_resume_or_overwrite(tmp_path):

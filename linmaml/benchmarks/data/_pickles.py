@@ -9,11 +9,19 @@ runs any code it likes. These files are therefore read with :class:`DataUnpickle
 only what numpy needs to rebuild arrays, dtypes and scalars (see :data:`ALLOWED`); dicts, lists,
 tuples, strings, bytes and numbers need no such name. Anything else is refused by its name
 (``refused to load os.system from <file>``) before it is called.
+
+Before it is unpickled, a file is scanned opcode by opcode (:func:`linmaml._io.check_pickle`): a
+pickle nested more than :data:`linmaml._io.MAX_DEPTH` deep (a 2,000,000-deep tuple crashes CPython's
+``hash``) or declaring more bytes than the file holds is refused; after unpickling, an array with
+more elements or bytes than the file (a crafted zero-stride or zero-itemsize view) is refused too.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
+
+from linmaml import _io
 
 from linmaml.benchmarks.data.integrity import DatasetError
 
@@ -49,20 +57,29 @@ class DataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent references are not data")
 
 
-def load_pickle(handle, where: str):
+def load_pickle(handle, where: str, size: int | None = None):
     """Unpickle one object from an open binary file without running code from it.
 
+    ``size``: the bytes of the pickle from the handle's position (default: the rest of the file).
     DatasetError naming ``where``: ``refused to load <module>.<name> from <where>`` when the file
-    names anything but numpy's array rebuilders, and "not a readable pickle" when it is broken.
+    names anything but numpy's array rebuilders, "not a readable pickle" when it is broken, and a
+    refusal when it nests too deep, declares more bytes than it holds, or holds a crafted view.
     """
+    if size is None:
+        size = os.fstat(handle.fileno()).st_size - handle.tell()
     try:
-        return DataUnpickler(handle, encoding="latin1").load()
+        _io.check_pickle(handle, size, where)
+        value = DataUnpickler(_io.BoundedReader(handle, size, where), encoding="latin1").load()
+        _io.check_sizes(value, size, where)
+        return value
     except RefusedGlobal as error:
         raise DatasetError(f"refused to load {error.name} from {where}: data pickles may hold only numpy "
                            f"arrays, dicts, lists, strings and numbers; the file is not the published "
                            f"data (or was altered)") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, zipfile.BadZipFile, OSError) as error:
+            IndexError, KeyError, zipfile.BadZipFile, OSError, RecursionError, MemoryError) as error:
+        if isinstance(error, ValueError) and str(error).startswith(f"{where}: "):
+            raise DatasetError(f"{where}: not a readable pickle ({str(error)[len(where) + 2:]})") from None
         raise DatasetError(f"{where}: not a readable pickle ({type(error).__name__}: {error}); "
                            f"the file is truncated or altered") from None
 

@@ -21,6 +21,7 @@ and the counts (100 classes, 600 images each).
 from __future__ import annotations
 
 import dataclasses
+import os
 import tarfile
 import time
 from pathlib import Path
@@ -29,13 +30,17 @@ import numpy as np
 
 from linmaml.benchmarks.data._pickles import load_pickle, require, str_keys
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
-from linmaml.benchmarks.data.integrity import DatasetError, verify_file
+from linmaml import _io
+from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES, DatasetError, verify_file
 from linmaml.benchmarks.data.paths import resolve_data_root
 
 FOLDER = "cifar-fs"
 ARCHIVE_DIR = "cifar-100-python"
 TARBALL = "cifar-100-python.tar.gz"
 SPLIT_DIR = Path(__file__).resolve().parent.parent / "splits"
+#: A member of the tarball may unpack to at most this many times the tarball's size (CIFAR-100's
+#: pickles barely compress: about 1.1x), so a small crafted archive cannot cost gigabytes.
+MAX_UNPACK_RATIO = 8
 HOW_TO_GET = ("download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into "
               "<data root>/cifar-fs/ (it is read in place) and point --data-root or LINMAML_DATA at the data root")
 
@@ -89,16 +94,21 @@ def _read_members(fmt: str, path: Path, verify: bool) -> tuple[dict, dict]:
         if verify:
             checksums[path.name] = verify_file(path, SPEC.tarball_md5, "md5", hint=HOW_TO_GET)
         try:
-            with tarfile.open(path, "r:gz") as archive:
+            with _io.open_regular(path, MAX_DATA_BYTES) as raw, tarfile.open(fileobj=raw, mode="r:gz") as archive:
+                budget = MAX_UNPACK_RATIO * max(os.fstat(raw.fileno()).st_size, 1 << 20)
                 for name, _ in SPEC.file_md5:
                     member = f"{ARCHIVE_DIR}/{name}"
                     try:
-                        handle = archive.extractfile(member)
+                        info = archive.getmember(member)
+                        handle = archive.extractfile(info)
                     except KeyError:
                         handle = None
                     if handle is None:
                         raise DatasetError(f"{path}: lacks the member {member}; {HOW_TO_GET}")
-                    out[name] = str_keys(load_pickle(handle, f"{path}:{member}"), f"{path}:{member}")
+                    if info.size > budget:
+                        raise DatasetError(f"{path}: the member {member} declares {info.size:,} bytes, more than "
+                                           f"{MAX_UNPACK_RATIO}x the archive; refusing to unpack it; {HOW_TO_GET}")
+                    out[name] = str_keys(load_pickle(handle, f"{path}:{member}", info.size), f"{path}:{member}")
         except (tarfile.TarError, OSError, EOFError) as error:
             raise DatasetError(f"{path}: not a readable tar.gz archive ({error}); the file is truncated "
                                f"or altered, {HOW_TO_GET}") from None
@@ -109,8 +119,11 @@ def _read_members(fmt: str, path: Path, verify: bool) -> tuple[dict, dict]:
             raise DatasetError(f"cifar-fs: {file} is missing; {HOW_TO_GET}")
         if verify:
             checksums[name] = verify_file(file, md5, "md5", hint=HOW_TO_GET)
-        with open(file, "rb") as handle:
-            out[name] = str_keys(load_pickle(handle, str(file)), str(file))
+        try:
+            with _io.open_regular(file, MAX_DATA_BYTES) as handle:
+                out[name] = str_keys(load_pickle(handle, str(file)), str(file))
+        except OSError as error:
+            raise DatasetError(f"{file}: cannot be read ({error.strerror or error}); {HOW_TO_GET}") from None
     return out, checksums
 
 

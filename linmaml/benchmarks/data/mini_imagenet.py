@@ -34,11 +34,16 @@ import numpy as np
 from linmaml._extras import require as require_extra
 from linmaml.benchmarks.data._pickles import load_pickle, require, str_keys
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
-from linmaml.benchmarks.data.integrity import DatasetError
+from linmaml import _io
+from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES, DatasetError
 from linmaml.benchmarks.data.paths import benchmark_dir
 
 FOLDER = "mini-imagenet"
 SIZE = 84
+#: The largest image file and picture read from images/ (ImageNet's largest photos are a few
+#: megapixels); larger ones are refused before they are decoded.
+MAX_IMAGE_BYTES = 64 << 20
+MAX_IMAGE_PIXELS = 64_000_000
 HOW_TO_GET = ("put the pickle cache (mini-imagenet-cache-{train,val,test}.pkl) or the Ravi & Larochelle "
               "images/ folder with train.csv, val.csv, test.csv into <data root>/mini-imagenet/ and point "
               "--data-root or LINMAML_DATA at the data root")
@@ -96,8 +101,11 @@ def _check_counts(split: str, names: list, per_class: list, where: str) -> None:
 
 
 def _read_pickle(path: Path, split: str, verify: bool) -> tuple[np.ndarray, list]:
-    with open(path, "rb") as handle:
-        cache = str_keys(load_pickle(handle, str(path)), str(path))
+    try:
+        with _io.open_regular(path, MAX_DATA_BYTES) as handle:
+            cache = str_keys(load_pickle(handle, str(path)), str(path))
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot be read ({error.strerror or error})") from None
     require(cache, ["image_data", "class_dict"], str(path))
     images = np.asarray(cache["image_data"])
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (SIZE, SIZE, 3):
@@ -164,13 +172,13 @@ def _read_image(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: listed in the CSV but missing; the data is incomplete")
     Image = require_extra("PIL.Image", "reading image files")  # Pillow is an extra; the .npz format needs none
     try:
-        with Image.open(path) as image:
+        with _io.open_regular(path, MAX_IMAGE_BYTES) as handle, _io.bounded_image(handle, MAX_IMAGE_PIXELS, str(path)) as image:
             image = image.convert("RGB")
             if image.size != (SIZE, SIZE):
                 image = image.resize((SIZE, SIZE), Image.LANCZOS)
             return np.asarray(image, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as error:
-        raise DatasetError(f"{path}: not a readable image ({error})") from None
+        raise DatasetError(f"{path}: not a readable image ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
 
 
 def load_mini_imagenet(split: str, data_root=None, *, verify: bool = True) -> FewShotSplit:

@@ -40,11 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
+from linmaml import _io
 from linmaml._extras import require as require_extra
 from linmaml._validate import integer
 from linmaml.errors import ArgumentError
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
-from linmaml.benchmarks.data.integrity import DatasetError, verify_file
+from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES, DatasetError, verify_file
 from linmaml.benchmarks.data.paths import benchmark_dir
 from linmaml.benchmarks.data.resize import METHODS, resize_stack
 
@@ -227,17 +228,52 @@ def verify_counts(omniset: OmniglotSet) -> None:
                            f"found {len(np.unique(ids))} distinct ids in {ids.min()}..{ids.max()}")
 
 
+#: The largest array an omniglot npz may declare (the images of the background set are 964 x 20 x
+#: 105 x 105 booleans, 213 MB), and the largest PNG (a 105x105 drawing is about 300 bytes).
+MAX_NPZ_ARRAY_BYTES = 1 << 30
+MAX_PNG_BYTES = 1 << 20
+
+
+def _check_npz(handle, path: Path) -> None:
+    """Refuse an npz whose arrays declare (in their .npy headers) more bytes than
+    :data:`MAX_NPZ_ARRAY_BYTES` or than their stored member holds: numpy allocates what the header
+    says before it reads a byte, so a tiny deflated file could otherwise cost any amount of memory."""
+    from numpy.lib import format as npy
+
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = npy.read_magic(member)
+                    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                    shape, _, dtype = read_header(member, max_header_size=10_000)
+                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if declared > MAX_NPZ_ARRAY_BYTES or declared > info.file_size:
+                        raise DatasetError(f"{path}: {info.filename} declares {declared:,} bytes of {dtype} "
+                                           f"{tuple(shape)} in a member of {info.file_size:,}; the file is "
+                                           f"altered, {FRESH_COPY}")
+    finally:
+        handle.seek(0)
+
+
 def _read_npz(path: Path, name: str) -> OmniglotSet:
     keys = ("images", "char_id", "alphabet_names", "char_alphabet", "char_folder", "drawer")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in keys if k not in archive.files]
-            if missing:
-                raise DatasetError(f"{path}: lacks the arrays {', '.join(missing)} of the omniglot npz format")
-            arrays = {k: archive[k] for k in keys}
+        with _io.open_regular(path, MAX_DATA_BYTES) as handle:
+            _check_npz(handle, path)
+            archive = np.load(handle, allow_pickle=False)
+            if not hasattr(archive, "files"):
+                raise DatasetError(f"{path}: a single array, not an omniglot npz archive")
+            with archive:
+                missing = [k for k in keys if k not in archive.files]
+                if missing:
+                    raise DatasetError(f"{path}: lacks the arrays {', '.join(missing)} of the omniglot npz format")
+                arrays = {k: archive[k] for k in keys}
     except DatasetError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as error:
         raise DatasetError(f"{path}: not a readable omniglot npz file ({error})") from None
     images = arrays["images"]
     if images.dtype != np.bool_ or images.ndim != 4 or images.shape[1:] != (DRAWERS, IMAGE_SIZE, IMAGE_SIZE):
@@ -272,7 +308,7 @@ def _read_folder(path: Path, name: str) -> OmniglotSet:
 
 def _read_zip(path: Path, name: str) -> OmniglotSet:
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(_io.open_regular(path, MAX_DATA_BYTES))
     except (OSError, zipfile.BadZipFile) as error:
         raise DatasetError(f"{path}: not a readable zip file ({error})") from None
     with archive:
@@ -287,7 +323,15 @@ def _read_zip(path: Path, name: str) -> OmniglotSet:
             key = (parts[-3], parts[-2])
             entry = entries.setdefault(key, (f"{path}:{'/'.join(parts[:-1])}", {}, None))
             entry[1][parts[-1]] = member
-        entries = {k: (where, files, archive.read) for k, (where, files, _) in entries.items()}
+        def read(member: str) -> bytes:
+            # a member declaring more than a drawing can hold is refused before it is inflated
+            info = archive.getinfo(member)
+            if info.file_size > MAX_PNG_BYTES:
+                raise DatasetError(f"{path}:{member}: declares {info.file_size:,} bytes, more than the "
+                                   f"{MAX_PNG_BYTES:,} a drawing may have; the file is altered, {FRESH_COPY}")
+            return archive.read(info)
+
+        entries = {k: (where, files, read) for k, (where, files, _) in entries.items()}
         return _assemble(entries, name, path, "zip")
 
 
@@ -326,13 +370,15 @@ def _assemble(entries: dict, name: str, path: Path, fmt: str) -> OmniglotSet:
 
 def _decode_png(source, where: str) -> np.ndarray:
     """A 105×105 bool image, True = white background (what the official 1-bit PNGs hold)."""
-    Image = require_extra("PIL.Image", "reading image files")  # Pillow is an extra; the .npz format needs none
+    require_extra("PIL.Image", "reading image files")  # Pillow is an extra; the .npz format needs none
     try:
-        with Image.open(source if not isinstance(source, bytes) else io.BytesIO(source)) as image:
+        if not isinstance(source, bytes):
+            source = _io.read_bytes(source, MAX_PNG_BYTES)
+        with _io.bounded_image(io.BytesIO(source), IMAGE_SIZE * IMAGE_SIZE, where) as image:
             image.load()
             pixels = np.asarray(image) if image.mode == "1" else np.asarray(image.convert("L")) >= 128
     except (OSError, ValueError, SyntaxError) as error:
-        raise DatasetError(f"{where}: not a readable PNG image ({error})") from None
+        raise DatasetError(f"{where}: not a readable PNG image ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
     if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
         raise DatasetError(f"{where}: expected {IMAGE_SIZE}x{IMAGE_SIZE} pixels, found {pixels.shape[::-1]}")
     return pixels

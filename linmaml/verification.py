@@ -150,3 +150,22 @@ def format_table(report: dict) -> str:
 #: Printed under the table: the errors are the worst of random instances, not constants.
 MAX_ERROR_NOTE = ("max error: the largest error over this seed's random instances; it changes with --seed "
                   "(only its order of magnitude against the tolerance means anything)")
+
+
+def format_markdown(report: dict, seconds: float | None = None) -> str:
+    """The table as the README shows it: one Markdown row per identity (``|`` in names escaped) and
+    the headline that counts identities and smoke checks apart. ``seconds``: the run's wall time."""
+    rows = report["identities"]
+    lines = ["| row | kind | instances | max error | tolerance |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        name = r["name"].replace("|", "\\|")
+        lines.append(f"| {name} | {r.get('kind', 'identity')} | {r['instances']} | {r['max_rel_error']:.1e} | "
+                     f"{r['tolerance']:.0e} |" + ("" if r["passed"] else " **FAILS** |"))
+    smoke = [r for r in rows if r.get("kind") == "smoke"]
+    ident = [r for r in rows if r.get("kind") != "smoke"]
+    took = f" in {seconds:.0f} s" if seconds is not None else ""
+    lines += ["", f"`linmaml verify` (seed {report.get('seed', 0)}): **{sum(r['passed'] for r in ident)} of {len(ident)} "
+                  f"identities hold**, each with two independent sides, **and {sum(r['passed'] for r in smoke)} of "
+                  f"{len(smoke)} smoke checks** (plumbing whose sides share the code under test, counted apart): "
+                  f"{len(rows)} rows{took} (`linmaml verify --markdown`, which printed this table)."]
+    return "\n".join(lines)

@@ -208,3 +208,19 @@ def test_the_printed_table_says_its_errors_are_maxima_over_random_instances():
                               "tolerance": 1e-12, "passed": True}]}
     lines = format_table(report).splitlines()
     assert lines[-1] == MAX_ERROR_NOTE and "largest error over this seed's random instances" in lines[-1]
+
+
+def test_markdown_table_escapes_pipes_and_counts_smoke_rows_apart():
+    from linmaml.verification import format_markdown
+
+    rows = [{"name": "a |x| row", "kind": "identity", "instances": 3, "max_rel_error": 1.24e-16, "tolerance": 1e-12,
+             "passed": True},
+            {"name": "smoke: b", "kind": "smoke", "instances": 2, "max_rel_error": 0.0, "tolerance": 1e-15,
+             "passed": True},
+            {"name": "c", "kind": "identity", "instances": 1, "max_rel_error": 2.0, "tolerance": 1.0, "passed": False}]
+    text = format_markdown({"identities": rows, "seed": 3}, seconds=12.4)
+    lines = text.splitlines()
+    assert lines[2] == "| a \\|x\\| row | identity | 3 | 1.2e-16 | 1e-12 |"
+    assert lines[4].endswith("**FAILS** |")
+    assert "(seed 3): **1 of 2 identities hold**" in text and "**and 1 of 1 smoke checks**" in text
+    assert "3 rows in 12 s" in text

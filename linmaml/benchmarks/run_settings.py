@@ -55,7 +55,15 @@ def recorded(run_or_checkpoint) -> dict:
         return empty
     root, threads = data.get("data_root"), data.get("threads")
     return {"data_root": root if isinstance(root, str) and root else None,
-            "threads": threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None}
+            # a recorded count beyond what --threads accepts (a crafted file) is not reused
+            "threads": threads if isinstance(threads, int) and not isinstance(threads, bool)
+            and 1 <= threads <= _threads_max() else None}
+
+
+def _threads_max() -> int:
+    from linmaml.benchmarks.config import THREADS_MAX
+
+    return THREADS_MAX
 
 
 def threads_for(given: int | None, run=None) -> int:

@@ -44,7 +44,8 @@ def test_recorded_settings_and_their_precedence(tmp_path):
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", "{not json", json.dumps({"threads": True, "data_root": 5}),
-                                     json.dumps({"threads": 0, "data_root": ""})])
+                                     json.dumps({"threads": 0, "data_root": ""}), json.dumps({"threads": 10 ** 20}),
+                                     json.dumps({"threads": 1025})])
 def test_an_older_or_odd_config_records_nothing(tmp_path, content):
     run = tmp_path / "run"
     run.mkdir()

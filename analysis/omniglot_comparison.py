@@ -136,7 +136,9 @@ def train_command(options: dict, run_dir, threads: int | None, device: str) -> s
     words = ["linmaml", "train"]
     for key, value in options.items():
         words += [f"--{key.replace('_', '-')}", str(value)]
-    words += ["--out", str(run_dir), "--resume"]
+    # no --resume: the command starts the run afresh in a new folder (which --resume refuses); rerun in
+    # the same folder with --resume added to continue an interrupted run
+    words += ["--out", str(run_dir)]
     if threads is not None:
         words += ["--threads", str(threads)]
     if device != "auto":

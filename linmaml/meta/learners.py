@@ -75,9 +75,19 @@ def check_task_inputs(x, y, x_name: str, y_name: str) -> None:
 def named_input_failures(x_names, y_names, inputs=()):
     """Turn what torch raises for labels past the model's outputs (``IndexError: Target 7 is out of
     bounds``) and for integer inputs to a floating-point model (a dtype ``RuntimeError``) into an
-    :class:`ArgumentError` / :class:`ArgumentTypeError` naming the argument."""
+    :class:`ArgumentError` / :class:`ArgumentTypeError` naming the argument; likewise the ``TypeError``
+    of a model handed an input that holds no tensor at all (a NumPy array, a list of numbers): any
+    input the model takes is allowed, so only the model's own refusal says the input was wrong."""
     try:
         yield
+    except TypeError as error:
+        tensorless = [(name, value) for name, value in zip(x_names, inputs)
+                      if value is not None and not _tensor_leaves(value)]
+        if not tensorless:
+            raise
+        name, value = tensorless[0]
+        raise ArgumentTypeError(name, f"the model could not take a {type(value).__name__} holding no tensor "
+                                      f"({str(error).splitlines()[0]}); convert it with torch.as_tensor") from None
     except IndexError as error:
         raise ArgumentError(", ".join(y_names), f"a class label is not below the model's number of outputs "
                                                 f"({str(error).splitlines()[0]})") from None

@@ -1,13 +1,12 @@
 """``algo="protonet"`` and ``algo="r2d2"`` in the benchmark pipeline: built on the ConvNet's features,
 trained and loaded back by train()/load_learner on tiny synthetic data, refused with a transform,
 LinNet layers or your own model."""
-import numpy as np
 import pytest
 import torch
 
+from linmaml.benchmarks.data.fewshot import synthetic_splits
 from linmaml import meta
 from linmaml.benchmarks import checkpoint
-from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.learners import build_learner
 from linmaml.benchmarks.loading import load_learner
 from linmaml.benchmarks.models import ConvNet
@@ -15,18 +14,6 @@ from linmaml.benchmarks.train import train
 from linmaml.errors import ArgumentError
 
 
-def synthetic_splits(size=12, classes=(12, 8), examples=8, seed=0):
-    """Each class a fixed random pattern plus per-example noise (as tests/benchmarks/test_bench_train.py)."""
-    rng = np.random.default_rng(seed)
-    out, offset = {}, 0
-    for name, count in zip(("train", "val"), classes):
-        prototypes = rng.random((count, 1, 1, size, size)).astype(np.float32)
-        pixels = np.clip(prototypes + 0.3 * rng.standard_normal((count, examples, 1, size, size)), 0, 1)
-        out[name] = FewShotSplit("omniglot", name, pixels.astype(np.float32), np.arange(count),
-                                 np.zeros(count, np.int64), offset + np.arange(count),
-                                 tuple(f"c{offset + i}" for i in range(count)))
-        offset += count
-    return out
 
 
 TINY = dict(ways=3, shots=2, query=2, test_query=3, layers=1, hidden=4, meta_batch=3, iterations=2, val_every=2,

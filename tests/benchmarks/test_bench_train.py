@@ -1,14 +1,13 @@
 """Meta-training loop: meta-gradient, exact resume, folder rules, non-finite stop/skip (tiny synthetic data)."""
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from linmaml.benchmarks.data.fewshot import synthetic_splits
 from linmaml.benchmarks import checkpoint
-from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.learners import build_learner
 from linmaml.benchmarks.config import TrainConfig, iteration_seed, make_engine, resume_config
 from linmaml.benchmarks.scoring import model_layout
@@ -16,20 +15,6 @@ from linmaml.benchmarks.train import train
 from linmaml.meta.engine import Engine
 
 
-def synthetic_splits(size=12, classes=(12, 8), examples=8, seed=0):
-    """Train/val splits built through the data package's API: each class is a fixed random pattern
-    plus per-example noise, so tasks are learnable and tiny."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    offset = 0
-    for name, count in zip(("train", "val"), classes):
-        prototypes = rng.random((count, 1, 1, size, size)).astype(np.float32)
-        pixels = np.clip(prototypes + 0.3 * rng.standard_normal((count, examples, 1, size, size)), 0, 1)
-        out[name] = FewShotSplit("omniglot", name, pixels.astype(np.float32), np.arange(count),
-                                 np.zeros(count, np.int64), offset + np.arange(count),
-                                 tuple(f"c{offset + i}" for i in range(count)))
-        offset += count
-    return out
 
 
 TINY = dict(ways=3, shots=1, query=2, test_query=3, layers=1, hidden=4, meta_batch=3, iterations=6, val_every=3,

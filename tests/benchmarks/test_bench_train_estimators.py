@@ -1,5 +1,6 @@
 """``linmaml train --algo reptile|imaml|truncated|es|hfmaml``: each estimator trains (the loss falls),
 resumes bitwise, and its settings are checked (tiny synthetic data, as tests/benchmarks/test_bench_train.py)."""
+import functools
 import json
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from linmaml.benchmarks import checkpoint
+from linmaml.benchmarks.data.fewshot import synthetic_splits as _synthetic_splits
 from linmaml.benchmarks.config import TrainConfig, make_engine, make_estimator
-from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.train import train
 from linmaml.cli import main
 from linmaml.errors import ArgumentError
@@ -20,18 +21,8 @@ TINY = dict(ways=3, shots=1, query=2, test_query=3, layers=1, hidden=4, meta_bat
             es_sigma=0.05, fd_delta=1e-3, truncate=1, cg_steps=3)
 
 
-def synthetic_splits(size=10, classes=(10, 6), examples=6, seed=0):
-    """Each class a fixed random pattern plus per-example noise (learnable, tiny)."""
-    rng = np.random.default_rng(seed)
-    out, offset = {}, 0
-    for name, count in zip(("train", "val"), classes):
-        prototypes = rng.random((count, 1, 1, size, size)).astype(np.float32)
-        pixels = np.clip(prototypes + 0.3 * rng.standard_normal((count, examples, 1, size, size)), 0, 1)
-        out[name] = FewShotSplit("omniglot", name, pixels.astype(np.float32), np.arange(count),
-                                 np.zeros(count, np.int64), offset + np.arange(count),
-                                 tuple(f"c{offset + i}" for i in range(count)))
-        offset += count
-    return out
+# the splits of linmaml.benchmarks.data.fewshot.synthetic_splits, smaller for these slower algos
+synthetic_splits = functools.partial(_synthetic_splits, size=10, classes=(10, 6), examples=6)
 
 
 def run(out, algo, resume=False, **options):

@@ -125,3 +125,21 @@ class FewShotSplit:
                 "source_classes": int(len(np.unique(self.source_ids))),
                 "examples_per_class": self.examples_per_class, "image_shape": list(self.image_shape),
                 "rotations": sorted({int(k) * 90 for k in np.unique(self.quarter_turns)})}
+
+
+def synthetic_splits(size: int = 12, classes: tuple[int, int] = (12, 8), examples: int = 8,
+                     seed: int = 0) -> dict[str, FewShotSplit]:
+    """Tiny learnable ``{"train", "val"}`` splits for smoke runs and tests (``train(..., splits=...)``):
+    each class a fixed random ``(1, size, size)`` pattern in [0, 1] plus per-example Gaussian noise of
+    standard deviation 0.3 (clipped to [0, 1]), float32; ``classes`` per split, ``examples`` per class,
+    seeded. Posed as Omniglot classes (one channel, no rotation), with distinct source ids."""
+    rng = np.random.default_rng(seed)
+    out, offset = {}, 0
+    for name, count in zip(("train", "val"), classes):
+        prototypes = rng.random((count, 1, 1, size, size)).astype(np.float32)
+        pixels = np.clip(prototypes + 0.3 * rng.standard_normal((count, examples, 1, size, size)), 0, 1)
+        out[name] = FewShotSplit("omniglot", name, pixels.astype(np.float32), np.arange(count),
+                                 np.zeros(count, np.int64), offset + np.arange(count),
+                                 tuple(f"c{offset + i}" for i in range(count)))
+        offset += count
+    return out

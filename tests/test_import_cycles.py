@@ -126,8 +126,8 @@ FOUNDATION_MAY_IMPORT = {"errors"}
 #: (importing module, imported module) -> why it is tolerated for now. Each entry is a debt.
 KNOWN_EXCEPTIONS = {
     # benchmarks -> plots: analyze draws its spectra itself; it goes when analyze is split into
-    # measurement (library) and drawing (plots/), issue 20 item 2.
-    ("linmaml.benchmarks.analyze", "linmaml.plots.figure"): "issue 20 item 2",
+    # measurement (library) and drawing (plots/).
+    ("linmaml.benchmarks.analyze", "linmaml.plots.figure"): "analyze draws; to go when it is split into measurement and drawing",
 }
 
 

@@ -352,7 +352,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     ax_reg.set_xlabel("inner learning rate α (meta-training and test)")
     ax_reg.set_ylabel("query loss after one step (held-out tasks)")
     ax_reg.set_title("(a) regression (exact, paired): depth matters at small α only", fontsize=10)
-    # below the axes: inside, the legend covered the Shallow curve (issue 25)
+    # below the axes: inside, the legend covered the Shallow curve
     ax_reg.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     cls = num["classification"]["models"]
     _trained(ax_acc, cls, "query_accuracy", scale=100.0)

@@ -287,7 +287,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     ex = num["exact_paired"]
     means = [ex["models"][k]["mean_loss"] for k in kinds]
     errs = [ex["models"][k]["mean_loss_ci95"] for k in kinds]
-    # a linear axis from 0: bar heights are losses, so their ratios read off the picture (issue 25)
+    # a linear axis from 0: bar heights are losses, so their ratios read off the picture
     ax_bar.bar(range(4), means, yerr=errs, color=colors, capsize=4)
     ax_bar.set_xticks(range(4), [LABELS[k].replace(", ", "\n") for k in kinds], fontsize=8)
     ax_bar.set_ylim(0, max(m + e for m, e in zip(means, errs)) * 1.25)

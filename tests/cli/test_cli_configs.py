@@ -16,7 +16,7 @@ from linmaml.cli.train import read_config
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FILES = sorted(CONFIGS.glob("*.json"))
 
-#: What each file must say (the recipes of issue 21): every other setting is TrainConfig's default.
+#: What each file must say: every other setting is TrainConfig's default.
 RECIPES = {
     "omniglot-5w1s.json": dict(ways=5, shots=1),
     "omniglot-5w5s.json": dict(ways=5, shots=5),

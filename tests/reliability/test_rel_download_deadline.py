@@ -1,4 +1,4 @@
-"""``linmaml data download`` against a server that trickles (issue 25): ``--timeout`` is a deadline for
+"""``linmaml data download`` against a server that trickles: ``--timeout`` is a deadline for
 the whole file, and neither the deadline nor SIGTERM leaves a temporary file behind."""
 from __future__ import annotations
 

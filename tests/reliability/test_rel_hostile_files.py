@@ -1,4 +1,4 @@
-"""The red team's file attacks (issue 25): a run folder is never lost or corrupted, and no file the
+"""The red team's file attacks: a run folder is never lost or corrupted, and no file the
 toolkit reads can hang it, crash the interpreter or cost more than a small multiple of its size.
 
 Each test builds the hostile file itself (a crafted checkpoint re-digested so that its sha256 is

@@ -1,4 +1,4 @@
-"""The red team's tracebacks and misleading messages (issue 25): each ends as one line naming the file
+"""The red team's tracebacks and misleading messages: each ends as one line naming the file
 or the argument at fault (exit status 2 at the command line, ``ArgumentError`` in Python), and a
 closed or full stderr never stops a run. Synthetic data (put in place of ``load_splits``): fast."""
 from __future__ import annotations

@@ -55,6 +55,13 @@ LAST = "last.pt"
 LAST_PREV = "last.prev.pt"
 BEST = "best.pt"
 LOCK = "run.lock"
+#: Folder of the weights kept every ``snapshot_every`` iterations (``linmaml train --snapshot-every``).
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_path(out_dir, iteration: int) -> Path:
+    """``<out>/snapshots/iter-<iteration, six digits>.pt``: the weights after ``iteration`` outer steps."""
+    return Path(out_dir) / SNAPSHOTS / f"iter-{int(iteration):06d}.pt"
 
 
 class CorruptCheckpoint(ValueError):

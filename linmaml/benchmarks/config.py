@@ -121,6 +121,9 @@ class TrainConfig:
     val_every: int = 250
     val_tasks: int = 200
     checkpoint_every: int = 50
+    #: Keep the weights of every S-th iteration (and of iteration 0) as ``snapshots/iter-<t>.pt``
+    #: (0: none); for analyses over training, such as how representations change (CKA).
+    snapshot_every: int = 0
     seed: int = 0
     dtype: str = "float32"
     on_nonfinite: str = "stop"
@@ -186,7 +189,7 @@ class TrainConfig:
                 ("linnet", 0, DEPTH_MAX), ("tasks_per_chunk", 1, META_BATCH_MAX), ("layers", 1, DEPTH_MAX),
                 ("steps", 1, STEPS_MAX), ("test_steps", 1, STEPS_MAX), ("meta_batch", 1, META_BATCH_MAX),
                 ("iterations", 1, None), ("val_every", 1, None), ("val_tasks", 2, EVAL_TASKS_MAX),
-                ("checkpoint_every", 1, None), ("seed", 0, None)):
+                ("checkpoint_every", 1, None), ("snapshot_every", 0, None), ("seed", 0, None)):
             _validate.integer(getattr(self, name), name, minimum=minimum, maximum=maximum)
         if self.seed > SEED_MAX:
             raise ArgumentError("seed", f"expected an integer below 2**63 (seeds are signed 64-bit), got {self.seed}")

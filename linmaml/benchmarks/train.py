@@ -188,6 +188,8 @@ class Trainer:
             try:
                 self._open_folder_files()
                 self.learner.train()
+                if start == 0 and self.config.snapshot_every:
+                    self._save_snapshot(0)
                 result = self._finish_pending() if self.pending is not None else None
                 for t in range(start + 1, self.config.iterations + 1):
                     if result is not None:
@@ -304,6 +306,8 @@ class Trainer:
             self.on_iteration(record)
         if t % config.checkpoint_every == 0 or t == config.iterations or t % config.val_every == 0:
             self._save_last(t)
+        if config.snapshot_every and t % config.snapshot_every == 0:
+            self._save_snapshot(t)
         return None
 
     # -- validation --------------------------------------------------------------------------------
@@ -388,6 +392,15 @@ class Trainer:
         self.metrics.sync()
         checkpoint.save_last(self.out_dir, self._snapshot(iteration), guard=self._require_folder)
         self.saved_iteration = iteration
+
+    def _save_snapshot(self, iteration: int) -> None:
+        """Keep this iteration's weights as ``snapshots/iter-<iteration>.pt`` (rank 0; weights only)."""
+        if not self.writer:
+            return
+        self._require_folder()
+        (self.out_dir / checkpoint.SNAPSHOTS).mkdir(exist_ok=True)
+        checkpoint.save(checkpoint.snapshot_path(self.out_dir, iteration),
+                        self._snapshot(iteration, with_optimizer=False), guard=self._require_folder)
 
     def _checkpoint_words(self) -> str:
         """What the folder holds to resume from, said truthfully."""

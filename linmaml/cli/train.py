@@ -50,6 +50,8 @@ _CONFIG_OPTIONS = {
     "val_every": (int, "validate every V iterations (default 250)"),
     "val_tasks": (int, "fixed validation tasks (default 200)"),
     "checkpoint_every": (int, "write last.pt every C iterations (default 50)"),
+    "snapshot_every": (int, "also keep the weights of iteration 0 and every S-th iteration in snapshots/ "
+                            "(default 0: none)"),
     "seed": (int, "seed of the initial weights and the training tasks (default 0)"),
     # MAML++'s training recipe (Antoniou, Edwards & Storkey 2019, "How to train your MAML"); off by default
     "msl_iterations": (int, "multi-step loss (MAML++): weigh the query loss after every inner step for the first A "
@@ -101,7 +103,7 @@ def register(subparsers):
         p.add_argument("--" + name.replace("_", "-"), dest=name, choices=choices, default=None, help=help_text)
     for name, (kind, help_text) in _CONFIG_OPTIONS.items():
         metavar = {"linnet": "K", "layers": "B", "hidden": "H", "steps": "S", "test_steps": "T", "meta_batch": "M",
-                   "iterations": "I", "val_every": "V", "val_tasks": "N", "checkpoint_every": "C",
+                   "iterations": "I", "val_every": "V", "val_tasks": "N", "checkpoint_every": "C", "snapshot_every": "S",
                    "msl_iterations": "A", "first_order_iterations": "N"}.get(name)
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, metavar=metavar,
                        help=help_text)

@@ -9,7 +9,7 @@ from torch.func import functional_call
 from linmaml.benchmarks.data.fewshot import synthetic_splits
 from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.learners import build_learner
-from linmaml.benchmarks.config import TrainConfig, iteration_seed, make_engine, resume_config
+from linmaml.benchmarks.config import TrainConfig, build_from_config, iteration_seed, make_engine, resume_config
 from linmaml.benchmarks.scoring import model_layout
 from linmaml.benchmarks.train import train
 from linmaml.meta.engine import Engine
@@ -422,3 +422,24 @@ def test_a_learned_transform_validated_beyond_its_steps_is_noted_once_without_wa
                             transform="kfo")
     with pytest.warns(meta.StepsBeyondTrainingWarning):
         learner.adapt(torch.rand(3, 1, 12, 12), torch.arange(3), F.cross_entropy, steps=3)
+
+
+def test_snapshots_hold_the_weights_of_iteration_0_and_every_s_th_iteration(tmp_path):
+    """Independent sides: a separate run stopped at iteration 4 (the constant schedule does not depend
+    on the run's length) and a separate run of zero iterations' starting weights (its iteration-0 file)."""
+    run(tmp_path / "long", options={"snapshot_every": 2})
+    kept = sorted(p.name for p in (tmp_path / "long" / checkpoint.SNAPSHOTS).iterdir())
+    assert kept == ["iter-000000.pt", "iter-000002.pt", "iter-000004.pt", "iter-000006.pt"]
+    run(tmp_path / "short", options={"iterations": 4})
+    at_4 = weights(checkpoint.snapshot_path(tmp_path / "long", 4))["learner"]
+    want_4 = weights(tmp_path / "short" / checkpoint.LAST)["learner"]
+    assert at_4.keys() == want_4.keys()
+    for name in want_4:
+        assert torch.equal(at_4[name], want_4[name]), name
+    start = weights(checkpoint.snapshot_path(tmp_path / "long", 0))
+    assert start["iteration"] == 0 and "optimizer" not in start
+    torch.manual_seed(TINY["seed"])  # the trainer seeds the initial weights with the run's seed
+    fresh = build_from_config(TrainConfig(**TINY), tuple(start["image_shape"])).state_dict()
+    for name in fresh:
+        assert torch.equal(start["learner"][name], fresh[name]), name
+    assert any(not torch.equal(start["learner"][n], at_4[n]) for n in at_4)

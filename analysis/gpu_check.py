@@ -1,4 +1,4 @@
-"""Thin wrapper: the GPU check lives in :mod:`linmaml.analysis.gpu_check` (so an installed wheel runs it too).
+"""Thin wrapper: the GPU check lives in :mod:`linmaml.bench.gpu_check` (so an installed wheel runs it too).
 
     python analysis/gpu_check.py --out gpu_check.json [--data-root DIR] [--iterations 200] [--bench-reps 5] [--no-bench]
 
@@ -8,7 +8,7 @@ Besides ``--data-root`` and ``$LINMAML_DATA``, the Omniglot files are looked for
 import pathlib
 import sys
 
-from linmaml.analysis.gpu_check import main
+from linmaml.bench.gpu_check import main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

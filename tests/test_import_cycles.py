@@ -114,7 +114,7 @@ LAYERS = {
     2: {"meta", "closedform"},
     3: {"simulator", "benchmarks", "plots"},
     4: {"checks", "verification"},
-    5: {"analysis"},
+    5: {"analysis", "bench"},
     6: {"cli"},
     7: {"__main__"},
 }

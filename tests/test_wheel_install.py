@@ -60,7 +60,7 @@ def installed(tmp_path_factory):
 
 def test_the_wheel_is_imported_from_the_environment(installed):
     python, script, env, work = installed
-    where = _run([str(python), "-c", "import linmaml, linmaml.analysis.bench; print(linmaml.__file__)"],
+    where = _run([str(python), "-c", "import linmaml, linmaml.bench.harness; print(linmaml.__file__)"],
                  cwd=work, env=env).stdout.strip()
     assert pathlib.Path(where).resolve().is_relative_to((work / "env").resolve()), where
     assert not pathlib.Path(where).resolve().is_relative_to(ROOT)

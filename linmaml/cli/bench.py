@@ -1,4 +1,4 @@
-"""``linmaml bench``: the performance benchmark (:mod:`linmaml.analysis.bench`), printed as a table.
+"""``linmaml bench``: the performance benchmark (:mod:`linmaml.bench.harness`), printed as a table.
 
     linmaml bench [--quick] [--only CASE ...] [--out DIR] [--device cpu|cuda] [--threads N]
                   [--allocator keep|system]
@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 from linmaml import _validate
-from linmaml.analysis.bench_settings import CASES
+from linmaml.bench.sizes import CASES
 from linmaml.benchmarks.allocator import ALLOCATORS, apply_for_command, default_policy
 
 
@@ -112,7 +112,7 @@ def run(args) -> int:
     apply_for_command(args.allocator or default_policy(), "linmaml bench")
     created = _writable_folder(out)
     try:
-        from linmaml.analysis import bench
+        from linmaml.bench import harness as bench
 
         record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads)
     except BaseException:

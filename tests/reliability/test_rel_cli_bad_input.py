@@ -182,10 +182,10 @@ def sandbox(tmp_path, monkeypatch):
     (analysis / "fig_alpha.py").write_text(STAND_IN)
     (analysis / "bench.py").write_text(BENCH_STAND_IN)
     monkeypatch.setenv("LINMAML_ANALYSIS", str(analysis))
-    if HAS_BENCH:  # linmaml bench imports linmaml.analysis.bench: its run() is the stand-in's
+    if HAS_BENCH:  # linmaml bench imports linmaml.bench.harness: its run() is the stand-in's
         namespace = {}
         exec(BENCH_STAND_IN, namespace)
-        monkeypatch.setattr("linmaml.analysis.bench.run", namespace["run"])
+        monkeypatch.setattr("linmaml.bench.harness.run", namespace["run"])
     box = tmp_path / "box"
     box.mkdir()
     (box / "file").write_text("not a folder, not a checkpoint\n")

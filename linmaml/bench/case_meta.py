@@ -1,4 +1,4 @@
-"""Benchmark cases of the meta-training iteration on Omniglot-sized episodes (:mod:`linmaml.analysis.bench`):
+"""Benchmark cases of the meta-training iteration on Omniglot-sized episodes (:mod:`linmaml.bench.harness`):
 ``maml``, ``kfo`` and ``anil``, every variant against a plain per-task loop written here."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from linmaml.analysis.bench_measure import cuda_peak_mib, interleaved, memory_probe_subprocess, ratios, relative_error
-from linmaml.analysis.bench_settings import META_CASES, TARGETS
+from linmaml.bench.timing import cuda_peak_mib, interleaved, memory_probe_subprocess, ratios, relative_error
+from linmaml.bench.sizes import META_CASES, TARGETS
 
 # --------------------------------------------------------------------------------------------------
 # Cases 3-4: meta-training iterations

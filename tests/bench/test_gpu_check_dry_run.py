@@ -1,4 +1,4 @@
-"""linmaml.analysis.gpu_check (analysis/gpu_check.py is its thin wrapper), the prepared GPU check, run as its CPU dry run on real Omniglot so that the
+"""linmaml.bench.gpu_check (analysis/gpu_check.py is its thin wrapper), the prepared GPU check, run as its CPU dry run on real Omniglot so that the
 script cannot rot between GPU sessions: the per-task CPU loop against `linmaml train`'s step with
 each --batching (an independent computation: a plain loop over tasks against vmapped inner loops),
 a 2-iteration training run with evaluation, and the meta-iteration benchmark at its quick sizes.
@@ -18,7 +18,7 @@ DATA = os.environ.get("LINMAML_DATA", "")
 @pytest.mark.skipif(not (pathlib.Path(DATA) / "omniglot").is_dir(),
                     reason="needs the real Omniglot files: set LINMAML_DATA (make test does)")
 def test_dry_run_on_the_cpu(tmp_path, capsys):
-    from linmaml.analysis import gpu_check as module
+    from linmaml.bench import gpu_check as module
 
     out = tmp_path / "gpu.json"
     status = module.main(["--device", "cpu", "--iterations", "2", "--bench-reps", "1", "--out", str(out)])

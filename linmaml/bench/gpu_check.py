@@ -13,7 +13,7 @@
    "trains" when that accuracy clears 0.6 (chance is 0.2).
 3. **Throughput**: median seconds per training iteration (validation iterations excluded) and
    iterations per second.
-4. **Meta-iteration benchmark**: :mod:`linmaml.analysis.bench`'s MAML, KFO and ANIL cases on CUDA
+4. **Meta-iteration benchmark**: :mod:`linmaml.bench.harness`'s MAML, KFO and ANIL cases on CUDA
    at full size (28×28, 5-way 1-shot, 15 queries, meta-batch 32, 4-block 64-filter CNN): every
    variant against the plain reference on the same GPU, iterations per second, peak GPU memory, and
    float64 agreement. TF32 is allowed here (timings only) and switched off again afterwards.
@@ -21,7 +21,7 @@
 Prints a compact summary and writes the numbers as JSON to ``--out``. Exit status 0 when every
 check passes, 1 when one fails, 2 when there is no CUDA device (or bad arguments).
 
-    python -m linmaml.analysis.gpu_check --out gpu_check.json [--data-root DIR] [--iterations 200]
+    python -m linmaml.bench.gpu_check --out gpu_check.json [--data-root DIR] [--iterations 200]
                                          [--bench-reps 5] [--no-bench]
 
 (``python analysis/gpu_check.py …`` in a source tree is the same.) The Omniglot files are looked for
@@ -123,17 +123,17 @@ def agreement(splits, device, dtype_name: str) -> dict:
 
 
 def meta_benchmark(device: str, reps: int) -> dict:
-    """:mod:`linmaml.analysis.bench`'s meta-iteration cases on ``device`` (TF32 allowed while timing)."""
+    """:mod:`linmaml.bench.harness`'s meta-iteration cases on ``device`` (TF32 allowed while timing)."""
     import torch
 
-    from linmaml.analysis import bench_meta, bench_settings
+    from linmaml.bench import case_meta, sizes
 
-    settings = dict(bench_settings.FULL["meta"] if device == "cuda" else bench_settings.QUICK["meta"])
+    settings = dict(sizes.FULL["meta"] if device == "cuda" else sizes.QUICK["meta"])
     settings.update(compiled=False, memory=device == "cuda", batched_cases=["maml", "kfo", "anil"])
     previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
-        cases = {case: bench_meta.bench_meta(case, settings, reps, device, settings["memory"], print)
+        cases = {case: case_meta.bench_meta(case, settings, reps, device, settings["memory"], print)
                  for case in ("maml", "kfo", "anil")}
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous

@@ -1,4 +1,4 @@
-"""linmaml.analysis.bench (the harness behind `linmaml bench` and analysis/bench.py) in quick mode: every case runs, writes bench.json, and its agreement checks hold
+"""linmaml.bench.harness (the harness behind `linmaml bench`, `python -m linmaml.bench` and analysis/bench.py) in quick mode: every case runs, writes bench.json, and its agreement checks hold
 (each case compares two independent computations: closed form vs torch autograd, the benchmark's
 plain loop vs the engine and linmaml train's step, the per-task sinusoid loop vs learn2learn- and
 higher-style loops written in the benchmark). Timings are not checked here, only that they
@@ -17,7 +17,7 @@ from linmaml.cli import main
 
 @pytest.fixture(scope="module")
 def bench():
-    from linmaml.analysis import bench as module
+    from linmaml.bench import harness as module
 
     return module
 
@@ -105,7 +105,7 @@ def test_sinusoid_agreement_catches_a_wrong_loop(bench):
     computed where second order is asked) differs from the reference far beyond 1e-10."""
     import torch
 
-    from linmaml.analysis import bench_sinusoid as case
+    from linmaml.bench import case_sinusoid as case
 
     s = {**bench.QUICK["sinusoid"], "lr": 0.5}
     model, batch = case.setup(s, torch.float64)

@@ -1,4 +1,4 @@
-"""Benchmark cases of the closed forms (:mod:`linmaml.analysis.bench`): ``surface`` (the exact scalar-chain
+"""Benchmark cases of the closed forms (:mod:`linmaml.bench.harness`): ``surface`` (the exact scalar-chain
 MAML objective on a grid against the torch simulator) and ``deep_linear`` (the deep linear
 meta-gradient against the simulator's autograd)."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
-from linmaml.analysis.bench_measure import (interleaved, memory_probe_subprocess, ratios, relative_error,
+from linmaml.bench.timing import (interleaved, memory_probe_subprocess, ratios, relative_error,
                                             tracemalloc_peak_mib)
-from linmaml.analysis.bench_settings import TARGETS
+from linmaml.bench.sizes import TARGETS
 
 # --------------------------------------------------------------------------------------------------
 # Case 1: exact scalar-chain surface

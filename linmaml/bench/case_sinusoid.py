@@ -1,4 +1,4 @@
-"""Benchmark case ``sinusoid`` (:mod:`linmaml.analysis.bench`): the per-task MAML loop a new user writes.
+"""Benchmark case ``sinusoid`` (:mod:`linmaml.bench.harness`): the per-task MAML loop a new user writes.
 
 The classic regression benchmark of Finn et al. (2017) — :class:`linmaml.tasks.SinusoidFamily`, a
 1-40-40-1 ReLU MLP, K support and Q query points, one meta-batch of tasks, mean squared error — and
@@ -24,7 +24,7 @@ three configurations: second order with 1 inner step, first order with 1 step, s
                        computation (the fast path).
 
 All start from the same weights and tasks; their float64 meta-gradients are compared with the
-reference's (max over tensors of ‖Δ‖/‖g‖, floored as in :func:`~linmaml.analysis.bench_measure.relative_error`).
+reference's (max over tensors of ‖Δ‖/‖g‖, floored as in :func:`~linmaml.bench.timing.relative_error`).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linmaml.analysis.bench_measure import interleaved, ratios, relative_error
-from linmaml.analysis.bench_settings import TARGETS
+from linmaml.bench.timing import interleaved, ratios, relative_error
+from linmaml.bench.sizes import TARGETS
 
 #: name -> (inner steps, first order)
 CONFIGS = {"second_order_1_step": (1, False), "first_order_1_step": (1, True), "second_order_5_steps": (5, False)}

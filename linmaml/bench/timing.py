@@ -1,4 +1,4 @@
-"""Measurement helpers of the benchmark (:mod:`linmaml.analysis.bench`): interleaved timings and their
+"""Measurement helpers of the benchmark (:mod:`linmaml.bench.harness`): interleaved timings and their
 ratios, memory peaks (tracemalloc, a fresh process's resident high-water mark, CUDA), one relative
 error for gradients, and the machine record. Nothing here knows the cases."""
 from __future__ import annotations
@@ -144,16 +144,16 @@ def cuda_peak_mib(fn) -> dict:
 
 
 def memory_probe_subprocess(case: str, variant: str, settings: dict, threads: int | None = None) -> dict:
-    """Run :func:`linmaml.analysis.bench.memory_probe` in a fresh interpreter; returns its JSON (or
+    """Run :func:`linmaml.bench.harness.memory_probe` in a fresh interpreter; returns its JSON (or
     {"error": ...})."""
     return probe_subprocess("memory", {"case": case, "variant": variant, "settings": settings,
                                        "threads": threads or THREADS[0], "allocator": ALLOCATOR[0]})
 
 
 def probe_subprocess(kind: str, spec: dict) -> dict:
-    """Run ``python -m linmaml.analysis.bench --<kind>-probe SPEC`` (the installed package, not a file
+    """Run ``python -m linmaml.bench.harness --<kind>-probe SPEC`` (the installed package, not a file
     path) in a fresh interpreter and return the JSON it prints last (or {"error": ...})."""
-    command = [sys.executable, "-m", "linmaml.analysis.bench", f"--{kind}-probe", json.dumps(spec)]
+    command = [sys.executable, "-m", "linmaml.bench.harness", f"--{kind}-probe", json.dumps(spec)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
     except subprocess.TimeoutExpired:

@@ -19,11 +19,11 @@ Cases
                  the same meta-iteration with the KFO meta-optimizer, and with ANIL.
 ``allocator``    the ``maml`` case's ``linmaml train`` step and reference in fresh processes under
                  glibc's own malloc settings and under ``--allocator keep`` (memory freed by a step
-                 kept for the next), alternated (:mod:`linmaml.analysis.bench_allocator`).
+                 kept for the next), alternated (:mod:`linmaml.bench.case_allocator`).
 ``sinusoid``     the per-task MAML loop (``learner.adapt`` per task) on Finn et al.'s sinusoid MLP
                  against learn2learn-style and higher-style loops written in the benchmark, and the
                  vmapped engine, at 1 step second/first order and 5 steps (see
-                 :mod:`linmaml.analysis.bench_sinusoid`).
+                 :mod:`linmaml.bench.case_sinusoid`).
 
 Meta-iteration variants: ``reference`` (above, on the textbook CNN — conv, BatchNorm, ReLU, max-pool
 — with the episodes in torch's default layout); ``reference_convnet`` (the same loop on linmaml's
@@ -60,15 +60,15 @@ Method
   ``keep`` (glibc keeps freed memory for reuse; :mod:`linmaml.benchmarks.allocator`), or under
   ``--allocator system``; the record's machine entry says which, and the memory probes use the same.
 
-Modules: :mod:`~linmaml.analysis.bench_settings` (sizes, targets), :mod:`~linmaml.analysis.bench_measure`
-(timing and memory helpers), :mod:`~linmaml.analysis.bench_closedform` (surface, deep_linear),
-:mod:`~linmaml.analysis.bench_sinusoid` (sinusoid), :mod:`~linmaml.analysis.bench_meta` (maml, kfo,
-anil), :mod:`~linmaml.analysis.bench_allocator` (allocator); this module runs them and writes the
+Modules: :mod:`~linmaml.bench.sizes` (sizes, targets), :mod:`~linmaml.bench.timing`
+(timing and memory helpers), :mod:`~linmaml.bench.case_closedform` (surface, deep_linear),
+:mod:`~linmaml.bench.case_sinusoid` (sinusoid), :mod:`~linmaml.bench.case_meta` (maml, kfo,
+anil), :mod:`~linmaml.bench.case_allocator` (allocator); this module runs them and writes the
 record.
 
 Run: ``linmaml bench [--quick] [--only CASE ...] [--out DIR] [--device cpu|cuda] [--threads N]
 [--allocator keep|system]`` (or
-``python -m linmaml.analysis.bench``, or ``analysis/bench.py`` in a source tree); prints the table and
+``python -m linmaml.bench``); prints the table and
 writes ``DIR/bench.json``.
 """
 from __future__ import annotations
@@ -86,14 +86,14 @@ import time
 import numpy as np
 
 from linmaml import _io
-from linmaml.analysis.bench_allocator import allocator_probe, bench_allocator
-from linmaml.analysis.bench_closedform import bench_deep_linear, bench_surface, deep_linear_functions
-from linmaml.analysis.bench_measure import (ALLOCATOR, THREADS, interleaved, machine, memory_probe_subprocess,  # noqa: F401
+from linmaml.bench.case_allocator import allocator_probe, bench_allocator
+from linmaml.bench.case_closedform import bench_deep_linear, bench_surface, deep_linear_functions
+from linmaml.bench.timing import (ALLOCATOR, THREADS, interleaved, machine, memory_probe_subprocess,  # noqa: F401
                                             proc_status_kib, ratios, relative_error, release_free_memory,
                                             tracemalloc_peak_mib)
-from linmaml.analysis.bench_meta import bench_meta, meta_setup, meta_variants, run_variant
-from linmaml.analysis.bench_settings import CASES, FULL, NAME, QUICK, TARGETS  # noqa: F401
-from linmaml.analysis.bench_sinusoid import bench_sinusoid
+from linmaml.bench.case_meta import bench_meta, meta_setup, meta_variants, run_variant
+from linmaml.bench.sizes import CASES, FULL, NAME, QUICK, TARGETS  # noqa: F401
+from linmaml.bench.case_sinusoid import bench_sinusoid
 
 
 def memory_probe(case: str, variant: str, settings: dict, threads: int, allocator: str = "keep") -> dict:
@@ -356,7 +356,7 @@ def table(record: dict) -> str:
 
 
 def main(argv=None, default_out: pathlib.Path | None = None) -> int:
-    """The script form (``python -m linmaml.analysis.bench``, ``analysis/bench.py``); ``--out``
+    """The script form (``python -m linmaml.bench``); ``--out``
     defaults to ``default_out``, else ``figures/`` of the current folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, default=None,

@@ -1,4 +1,4 @@
-"""Sizes, cases and targets of the benchmark (:mod:`linmaml.analysis.bench`), full and quick."""
+"""Sizes, cases and targets of the benchmark (:mod:`linmaml.bench.harness`), full and quick."""
 from __future__ import annotations
 
 NAME = "bench"

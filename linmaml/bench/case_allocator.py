@@ -1,4 +1,4 @@
-"""Benchmark case ``allocator`` (:mod:`linmaml.analysis.bench`): the MAML meta-iteration under glibc's
+"""Benchmark case ``allocator`` (:mod:`linmaml.bench.harness`): the MAML meta-iteration under glibc's
 own malloc settings and under ``--allocator keep`` (:mod:`linmaml.benchmarks.allocator`).
 
 The allocator is a setting of the whole process, and once changed it cannot be put back, so the two
@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from linmaml.analysis.bench_measure import THREADS, interleaved, probe_subprocess
+from linmaml.bench.timing import THREADS, interleaved, probe_subprocess
 
 #: What each probe times: the meta cases' variants of these names.
 TIMED = ("reference", "train_step")
@@ -25,7 +25,7 @@ def allocator_probe(spec: dict) -> dict:
     ``spec["settings"]`` and time :data:`TIMED` interleaved, ``spec["reps"]`` times."""
     import torch
 
-    from linmaml.analysis.bench_meta import meta_setup, meta_variants, run_variant
+    from linmaml.bench.case_meta import meta_setup, meta_variants, run_variant
     from linmaml.benchmarks.allocator import use_allocator
 
     applied = use_allocator(spec["allocator"])

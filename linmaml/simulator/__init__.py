@@ -2,7 +2,7 @@
 :mod:`linmaml.meta` engine under the closed forms' names, meta-training with trajectory recording,
 and held-out evaluation with confidence intervals.
 
-Layout: :mod:`~linmaml.simulator.models` (LinearChain and the four models, losses, the autograd
+Layout: :mod:`~linmaml.simulator.chains` (LinearChain and the four models, losses, the autograd
 implicit preconditioner J Jᵀ), :mod:`~linmaml.simulator.maml` (``adapt``, ``maml_loss``,
 ``maml_grad``, ``maml_value_and_grad``: same arguments as :mod:`linmaml.closedform.deep_linear`),
 :mod:`~linmaml.simulator.train` (``meta_train`` of a chain or any meta learner, ``Trajectory``),
@@ -14,7 +14,7 @@ side, hand-derived recursions on the other, which is what lets the two cross-che
 """
 from linmaml.simulator.evaluate import AdaptationCurve, adaptation_curve, mean_ci, per_task_curves, ratio_of_means_ci
 from linmaml.simulator.maml import adapt, maml_grad, maml_loss, maml_value_and_grad
-from linmaml.simulator.models import (
+from linmaml.simulator.chains import (
     LinearChain,
     accuracy,
     deep,

@@ -15,7 +15,7 @@ from scipy.special import stdtrit
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError
-from linmaml.simulator.models import LinearChain, accuracy, task_loss
+from linmaml.simulator.chains import LinearChain, accuracy, task_loss
 from linmaml.simulator.maml import adapt
 
 
@@ -150,7 +150,7 @@ def adapted_end_to_end(learner, tasks, steps: int = 1, chunk: int = 4096) -> np.
     for any bias-free linear model (a chain, LinNet, a Linear with any transform).
     """
     from linmaml.meta.engine import Engine
-    from linmaml.simulator.models import squared_loss
+    from linmaml.simulator.chains import squared_loss
 
     steps = _validate.integer(steps, "steps", minimum=1)
     engine = Engine(learner, squared_loss, strategy="vmap", tasks_per_chunk=None)

@@ -25,7 +25,7 @@ from torch.func import functional_call
 
 from linmaml import _validate
 from linmaml.meta.engine import Engine
-from linmaml.simulator.models import DTYPE, LinearChain, loss_function
+from linmaml.simulator.chains import DTYPE, LinearChain, loss_function
 
 __all__ = ["adapt", "maml_loss", "maml_grad", "maml_value_and_grad", "mean_query_loss", "stacked_tasks"]
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from linmaml import _validate
 from linmaml.simulator.maml import mean_query_loss, stacked_tasks
-from linmaml.simulator.models import DTYPE, LinearChain, implicit_preconditioner, loss_function
+from linmaml.simulator.chains import DTYPE, LinearChain, implicit_preconditioner, loss_function
 
 __all__ = ["Trajectory", "meta_train"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from linmaml.simulator import models as M
+from linmaml.simulator import chains as M
 from linmaml.simulator.maml import adapt
 
 

@@ -15,7 +15,7 @@ Curves: mean query loss (and accuracy) after 0…10 inner steps over held-out ta
 Student-t bands. The one-step claims come from ``len(seeds)`` training seeds (Adam with a cosine
 schedule to 0 over the meta-iterations; the loss at ``snapshot_fraction`` of it is reported for
 convergence): regression by the exact conditional query loss ½‖W′ − W_τ‖²_Σ + ½σ² of every seed's
-adapted map on the same ``exact_tasks`` fresh tasks (``simulator.evaluate``; paired ratios with
+adapted map on the same ``exact_tasks`` fresh tasks (``simulator.held_out``; paired ratios with
 intervals over tasks and seeds, and the fraction of the gain from Shallow's step α·G to the best linear
 one-step map captured — for this isotropic family the best linear map is the best scalar step c*·I);
 classification, which has no simple exact conditional loss, on the same ``test_tasks`` tasks with
@@ -179,7 +179,7 @@ def _exact_regression(cfg: dict, family, trained: dict, shallow_name: str, deep_
     """Every seed's adapted Shallow and Deep maps (final and at ``snapshot_fraction``) and the closed-form
     maps, scored by the exact conditional loss on the same tasks (module docstring)."""
     from linmaml.closedform import gaussian_lr as glr
-    from linmaml.simulator.evaluate import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
+    from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
                                             seed_ratio_summary)
 
     alpha, level = cfg["inner_lr"], cfg["ci_level"]

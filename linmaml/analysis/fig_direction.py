@@ -25,7 +25,7 @@ loss at ``snapshot_fraction`` = 90 % of the schedule is reported beside the fina
 converged when the two differ by less than ``convergence_tolerance``), on tasks whose query set gives the exact conditional
 loss (``analysis._common.ExactQuery``: same optimum as sampled query points, less gradient noise),
 ``len(seeds)`` training seeds each. All maps are scored PAIRED on the same ``test_tasks`` fresh tasks
-by the exact conditional query loss ½(w′ − w_τ)ᵀΣ(w′ − w_τ) + ½σ² (``simulator.evaluate``), reported
+by the exact conditional query loss ½(w′ − w_τ)ᵀΣ(w′ − w_τ) + ½σ² (``simulator.held_out``), reported
 as ratios to Q* and to the best diagonal map (delta method over tasks, combined with a Student-t
 interval over seeds) and as the fraction of the gain from the best scalar step to Q* captured.
 
@@ -234,7 +234,7 @@ def _chain_linear_part(module, alpha: float, adapt_layers):
 
 def compute(quick: bool = False, retrained: dict | None = None) -> dict:
     from linmaml.closedform import gaussian_lr as glr
-    from linmaml.simulator.evaluate import (adapted_end_to_end, mean_ci, paired_exact_losses, paired_ratio,
+    from linmaml.simulator.held_out import (adapted_end_to_end, mean_ci, paired_exact_losses, paired_ratio,
                                             seed_gain_summary, seed_ratio_summary)
 
     size = QUICK if quick else FULL
@@ -345,9 +345,9 @@ def compute(quick: bool = False, retrained: dict | None = None) -> dict:
     numbers["summary"] = _summary(numbers["per_kappa"], cfg)
     settings = dict(cfg, models=MODELS, evaluation=(
         "every map scored on the same fresh tasks (family.sample chunks from test_seed + kappa) by the exact "
-        "conditional query loss 1/2 (w'-w)^T Sigma (w'-w) + 1/2 sigma^2 (simulator.evaluate.exact_query_loss); "
+        "conditional query loss 1/2 (w'-w)^T Sigma (w'-w) + 1/2 sigma^2 (simulator.held_out.exact_query_loss); "
         "ratios of means with delta-method intervals over tasks combined (root sum of squares) with Student-t "
-        "intervals over training seeds (simulator.evaluate.seed_ratio_summary)"),
+        "intervals over training seeds (simulator.held_out.seed_ratio_summary)"),
         convergence=("Adam with a cosine schedule from meta_lr to 0 over meta_steps; converged = the paired exact "
                      "loss at snapshot_fraction of the schedule and at its end differ by less than "
                      "convergence_tolerance (relative), on convergence_tasks tasks"))
@@ -355,7 +355,7 @@ def compute(quick: bool = False, retrained: dict | None = None) -> dict:
 
 
 def _gain(model, baseline, best, level):
-    from linmaml.simulator.evaluate import gain_captured
+    from linmaml.simulator.held_out import gain_captured
 
     g = gain_captured(model, baseline, best, level)
     return g["fraction"], g["ci95"]
@@ -363,7 +363,7 @@ def _gain(model, baseline, best, level):
 
 def _pooled_ratio(L, lin, level):
     """Seed-averaged full loss over seed-averaged linear-part loss (paired over tasks), per-seed too."""
-    from linmaml.simulator.evaluate import paired_ratio
+    from linmaml.simulator.held_out import paired_ratio
 
     out = paired_ratio(L.mean(axis=0), lin.mean(axis=0), level)
     out["per_seed"] = [paired_ratio(a, b, level)["ratio"] for a, b in zip(L, lin)]

@@ -21,7 +21,7 @@ reported beside the final one) and ``len(seeds)`` training seeds. Regression is 
 query set gives the exact conditional loss (``analysis._common.ExactQuery``) and scored PAIRED: every
 seed's adapted map and the closed-form maps (Shallow's step α·G and the best linear map, which for this
 isotropic family is the best scalar step c*·I) on the same ``exact_tasks`` fresh tasks by the exact
-conditional query loss (``simulator.evaluate``), as ratios with intervals over tasks and seeds and as
+conditional query loss (``simulator.held_out``), as ratios with intervals over tasks and seeds and as
 the fraction of the gain from Shallow at α to the best map captured. Classification has no simple
 exact conditional loss: its models are scored on the same ``test_tasks`` tasks with
 ``classification_eval_query`` query points each (paired, large query sets), mean over seeds with
@@ -173,7 +173,7 @@ def _regression_alpha(cfg: dict, family, alpha: float, runs: dict) -> dict:
     """Paired exact scoring at one α of every label's seeds against Shallow at α and the best map."""
     from linmaml.closedform import depth_step
     from linmaml.closedform import gaussian_lr as glr
-    from linmaml.simulator.evaluate import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
+    from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
                                             seed_ratio_summary)
 
     level = cfg["ci_level"]
@@ -228,7 +228,7 @@ def _regression_alpha(cfg: dict, family, alpha: float, runs: dict) -> dict:
 def _classification_alpha(cfg: dict, runs: dict, tasks) -> dict:
     """Per label: per-task one-step loss and accuracy of each seed on the same tasks (large query sets)."""
     from linmaml.analysis._common import logistic_loss, meta_learner_curves
-    from linmaml.simulator.evaluate import mean_ci
+    from linmaml.simulator.held_out import mean_ci
 
     level = cfg["ci_level"]
     rows = {}

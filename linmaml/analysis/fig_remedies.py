@@ -15,7 +15,7 @@ seeds, Adam with a cosine schedule from ``meta_lr`` to 0 over ``meta_iterations`
 reported: the exact loss at ``snapshot_fraction`` of the schedule against the final one), on tasks
 whose query sets give the exact conditional loss (``analysis._common.ExactQuery``). The one-step
 numbers are the exact conditional query loss ½‖W′ − W_τ‖²_Σ + ½σ² of every seed's adapted map on the
-same ``exact_tasks`` fresh tasks (``simulator.evaluate.paired_exact_losses``): paired ratios to Deep
+same ``exact_tasks`` fresh tasks (``simulator.held_out.paired_exact_losses``): paired ratios to Deep
 (seed i with seed i) and to the best linear one-step map (for this isotropic family the best linear map
 is the best scalar step c*·I, ``closedform.gaussian_lr.optimal_one_step_map``), with intervals over
 tasks and seeds, and the fraction of the gain from plain MAML's step α·G (at the task mean) to the best
@@ -124,7 +124,7 @@ def _exact_paired(cfg: dict, fam, learners: dict) -> dict:
     """Every seed's final and snapshot adapted maps, and the references, scored on the same tasks by
     the exact conditional loss; ratios, gain captured and convergence (module docstring)."""
     from linmaml.closedform import gaussian_lr as glr
-    from linmaml.simulator.evaluate import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
+    from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
                                             seed_ratio_summary)
 
     alpha, level = cfg["inner_lr"], cfg["ci_level"]

@@ -116,11 +116,11 @@ def check_preconditioner(rng: np.random.Generator) -> CheckResult:
 
 @identity("simulator: exact conditional query loss vs Monte Carlo over query points (standard errors)", 3.0)
 def check_exact_query_loss(rng: np.random.Generator) -> CheckResult:
-    """Checks linmaml.simulator.evaluate.exact_query_loss, ½tr((W′ − W_τ)Σ(W′ − W_τ)ᵀ) + ½d_out σ², vs the
+    """Checks linmaml.simulator.held_out.exact_query_loss, ½tr((W′ − W_τ)Σ(W′ − W_τ)ᵀ) + ½d_out σ², vs the
     squared loss 1/(2n)‖X W′ᵀ − Y‖² on sampled query sets (the family's sampler: x ~ N(0, Σ), y = W_τ x + ε),
     averaged over tasks; the deviation of the paired difference's mean in its standard errors."""
     from linmaml.checks._common import random_spd
-    from linmaml.simulator.evaluate import exact_query_loss
+    from linmaml.simulator.held_out import exact_query_loss
     from linmaml.tasks import RegressionFamily
 
     worst, tasks = 0.0, 20_000

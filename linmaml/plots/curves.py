@@ -21,7 +21,7 @@ def band(ax, x, mean, half_width, *, label: str | None = None, color=None, alpha
 def adaptation_panel(ax, curves: Sequence[dict], key: str = "loss", *, colors=None, logy: bool = False,
                      percent: bool = False, mark_step: int | None = 1):
     """Held-out adaptation curves: ``curves`` are dicts with "name", "steps", "<key>_mean", "<key>_ci"
-    (as :meth:`linmaml.simulator.evaluate.AdaptationCurve.to_dict` gives). ``percent`` scales by 100;
+    (as :meth:`linmaml.simulator.held_out.AdaptationCurve.to_dict` gives). ``percent`` scales by 100;
     ``mark_step`` draws a dotted vertical line at that inner step."""
     scale = 100.0 if percent else 1.0
     for i, curve in enumerate(curves):

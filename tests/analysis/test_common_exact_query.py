@@ -1,9 +1,9 @@
 """ExactQuery: the query set whose squared loss is the exact conditional query loss (less ½d_out σ²),
-against simulator.evaluate.exact_query_loss; support sets are the family's own draws."""
+against simulator.held_out.exact_query_loss; support sets are the family's own draws."""
 import numpy as np
 
 from linmaml.analysis._common import ExactQuery
-from linmaml.simulator.evaluate import exact_query_loss
+from linmaml.simulator.held_out import exact_query_loss
 from linmaml.tasks import RegressionFamily
 
 

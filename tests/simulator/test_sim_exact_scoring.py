@@ -13,7 +13,7 @@ from linmaml.closedform import deep_linear as cf
 from linmaml.closedform import gaussian_lr as glr
 from linmaml.errors import ArgumentError
 from linmaml.simulator import deep, linnet, shallow
-from linmaml.simulator.evaluate import (adapted_end_to_end, exact_query_loss, gain_captured, paired_exact_losses,
+from linmaml.simulator.held_out import (adapted_end_to_end, exact_query_loss, gain_captured, paired_exact_losses,
                                         paired_ratio, seed_gain_summary, seed_ratio_summary)
 from linmaml.tasks import RegressionFamily
 

@@ -39,7 +39,7 @@ suppress_warnings = []
 
 def _resolve_reexport(app, env, node, contnode):
     """Resolve a reference through a re-export (``linmaml.meta.MAML``) to the page of the module that
-    defines the object (``linmaml.meta.learners.MAML``); a name that does not import stays broken."""
+    defines the object (``linmaml.meta.maml_learners.MAML``); a name that does not import stays broken."""
     import importlib
 
     target = node.get("reftarget", "")

@@ -28,7 +28,7 @@ def test_the_docs_build_without_warnings(tmp_path):
     done = build(source, tmp_path / "html")
     assert done.returncode == 0, done.stderr[-4000:]
     pages = {p.name for p in (tmp_path / "html" / "_generated").glob("*.html")}
-    for module in ("linmaml.meta.learners", "linmaml.closedform.preconditioner", "linmaml.meta.inner_loop",
+    for module in ("linmaml.meta.maml_learners", "linmaml.closedform.preconditioner", "linmaml.meta.inner_loop",
                    "linmaml.tasks"):
         assert f"{module}.html" in pages
     # a module whose package re-exports a function under the module's name is documented as the module

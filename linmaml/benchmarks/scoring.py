@@ -22,7 +22,7 @@ from linmaml.benchmarks import episodes
 from linmaml.benchmarks.models import to_channels_last
 from linmaml.errors import ArgumentError
 from linmaml.meta.engine import Engine
-from linmaml.meta.learners import StepsBeyondTrainingWarning
+from linmaml.meta.maml_learners import StepsBeyondTrainingWarning
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 

@@ -18,7 +18,7 @@ surrogate, a penalty on the weights) pass a closure of the parameters instead,
 (``buffers="update"``/``"frozen"``) is ``learner.buffers_policy``; ``learner.buffers()`` is
 ``nn.Module``'s, so SWA/EMA wrappers (``torch.optim.swa_utils.AveragedModel``) take a learner.
 
-Modules: :mod:`~linmaml.meta.inner_loop` (the pure inner loop), :mod:`~linmaml.meta.learners`
+Modules: :mod:`~linmaml.meta.inner_loop` (the pure inner loop), :mod:`~linmaml.meta.maml_learners`
 (MAML, ANIL), :mod:`~linmaml.meta.protonets` (ProtoNet: class means and squared distances, Snell et
 al. 2017), :mod:`~linmaml.meta.ridge` (R2D2: a closed-form ridge head with learned λ, scale and
 bias, Bertinetto et al. 2019), :mod:`~linmaml.meta.transforms` (the protocol ``init``/``step``,
@@ -34,8 +34,8 @@ learn2learn's ANIL examples normalise them together (:class:`~linmaml.meta.ANIL`
 """
 from linmaml.meta.engine import STRATEGIES, Engine
 from linmaml.meta.inner_loop import inner_loop
-from linmaml.meta.learners import (ANIL, BUFFER_POLICIES, MAML, StepsBeyondTrainingWarning, adapted_parameter_names,
-                                   frozen_buffers, head_parameter_names)
+from linmaml.meta.maml_learners import (ANIL, BUFFER_POLICIES, MAML, StepsBeyondTrainingWarning, adapted_parameter_names,
+                                        frozen_buffers, head_parameter_names)
 from linmaml.meta.linnet import LinNet
 from linmaml.meta.protonets import ProtoNet
 from linmaml.meta.ridge import R2D2

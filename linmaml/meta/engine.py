@@ -15,7 +15,7 @@ stacked along a leading axis: ``x_support (M, n_s, …)``, ``y_support (M, n_s, 
 
 ``step_weights`` (training only) weighs the query loss after every inner step (:meth:`Engine.meta_gradient`);
 a model with per-step BatchNorm (``norm_steps > 0``, MAML++'s BNWB) is scored after k steps with its set
-k − 1 (:func:`linmaml.meta.learners.norm_steps`).
+k − 1 (:func:`linmaml.meta.maml_learners.norm_steps`).
 
 One setting, ``strategy``, says how the tasks are computed; it never changes the result beyond
 floating-point rounding (tests/meta/test_meta_engine.py checks every strategy against a per-task
@@ -71,7 +71,7 @@ from torch.overrides import TorchFunctionMode
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
-from linmaml.meta.learners import MAX_STEPS, check_task_inputs, named_input_failures, norm_steps
+from linmaml.meta.maml_learners import MAX_STEPS, check_task_inputs, named_input_failures, norm_steps
 
 __all__ = ["Engine", "STRATEGIES", "explicit_normalization"]
 
@@ -346,7 +346,7 @@ class Engine:
     def _norm_step(self, steps):
         """The normalisation set that scores the parameters after ``steps`` inner steps (default the
         learner's) for a model with per-step BatchNorm (MAML++'s BNWB,
-        :func:`linmaml.meta.learners.norm_steps`): ``steps − 1``, the set of the last step (the model
+        :func:`linmaml.meta.maml_learners.norm_steps`): ``steps − 1``, the set of the last step (the model
         clamps it to its sets; 0 before adaptation, ``steps=0``); None for every other model."""
         if not norm_steps(getattr(self.learner, "model", None)):
             return None
@@ -388,7 +388,7 @@ class Engine:
 
     @contextlib.contextmanager
     def _named(self, x_support, y_support, x_query, y_query):
-        """:func:`~linmaml.meta.learners.named_input_failures` for a meta-batch; a failure inside the
+        """:func:`~linmaml.meta.maml_learners.named_input_failures` for a meta-batch; a failure inside the
         vmapped strategies (where torch says only "index 7 is out of bounds") is diagnosed after the
         fact: labels at or past the model's number of outputs are named."""
         try:

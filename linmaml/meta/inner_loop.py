@@ -111,7 +111,7 @@ def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: 
     each step ``[θ₁, …, θ_S]`` (one dict per step, the same tensors the loop computes: what MAML++'s
     multi-step loss scores, :meth:`linmaml.meta.Engine.meta_gradient` with ``step_weights``).
     ``step_forward=True`` calls ``forward(params, buffers, x, step=k)`` at step k = 0, 1, … (a model
-    with per-step normalisation, MAML++'s BNWB: :func:`linmaml.meta.learners.norm_steps`).
+    with per-step normalisation, MAML++'s BNWB: :func:`linmaml.meta.maml_learners.norm_steps`).
     """
     buffers = {} if buffers is None else buffers
     visited = []

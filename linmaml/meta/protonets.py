@@ -22,7 +22,7 @@ inputs ``(n, …)`` to embeddings, flattened to ``(n, d)``; ``y_support`` holds 
 the largest support label), but the engine's ``split``/``vmap`` strategies need it (a shape cannot
 depend on data under vmap). ``loss_fn`` is accepted and unused (the adaptation minimises no inner
 loss), as is ``steps``; a ``closure`` does not apply and is refused. ``buffers`` is the learners'
-module-state policy (:mod:`linmaml.meta.learners`), kept as ``buffers_policy``. ``learner(x)``
+module-state policy (:mod:`linmaml.meta.maml_learners`), kept as ``buffers_policy``. ``learner(x)``
 without ``params`` returns the embeddings ``(n, d)``.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch import nn
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.inner_loop import under_function_transform
-from linmaml.meta.learners import check_buffers_policy, state_policy
+from linmaml.meta.maml_learners import check_buffers_policy, state_policy
 
 __all__ = ["ProtoNet"]
 

@@ -106,6 +106,15 @@ class ExactQuery:
         return TaskBatch(b.Xs, b.Ys, Xq, Xq @ np.swapaxes(b.W, 1, 2), b.W)
 
 
+def convergence(final, snapshot, tolerance: float) -> dict:
+    """Whether each training seed converged, as the figures record it: ``final`` and ``snapshot`` hold,
+    per seed, the per-task exact losses (S, T) of the model at the end of training and at its
+    snapshot, on the same paired tasks. The relative change mean(snapshot) / mean(final) − 1 per
+    seed, and whether its size is below ``tolerance``."""
+    change = [float(np.mean(s) / np.mean(f) - 1) for f, s in zip(final, snapshot)]
+    return {"relative_change_after_snapshot": change, "converged": [abs(c) < tolerance for c in change]}
+
+
 def load_trajectory_step(module, run, step: int) -> None:
     """Copy the parameters that ``run`` (a :class:`linmaml.simulator.Trajectory`) recorded after meta-step
     ``step`` into ``module`` (the trained learner's twin, or for a chain its module), by name."""

@@ -30,6 +30,9 @@ import pathlib
 
 import numpy as np
 
+from linmaml.analysis._common import convergence
+from linmaml.plots.figure import figure_module
+
 
 NAME = "adaptation"
 
@@ -199,11 +202,8 @@ def _exact_regression(cfg: dict, family, trained: dict, shallow_name: str, deep_
     stack = {name: np.stack([losses[(name, i, "final")] for i in S]) for name in trained}
     shallow, deep = stack[shallow_name], stack[deep_name]
     base, best = losses["shallow step"], losses["best"]
-    convergence = {}
-    for name in trained:
-        change = [float(losses[(name, i, "snapshot")].mean() / losses[(name, i, "final")].mean() - 1) for i in S]
-        convergence[name] = {"relative_change_after_snapshot": change,
-                             "converged": [abs(c) < cfg["convergence_tolerance"] for c in change]}
+    converged = {name: convergence([losses[(name, i, "final")] for i in S], [losses[(name, i, "snapshot")] for i in S],
+                                   cfg["convergence_tolerance"]) for name in trained}
     return {"tasks": int(best.size), "seed": cfg["test_seed"] + 1,
             "best_linear_map_step": float(Q[0, 0]),
             "best_linear_map_loss_exact": glr.expected_one_step_map_loss(family, Q),
@@ -214,7 +214,7 @@ def _exact_regression(cfg: dict, family, trained: dict, shallow_name: str, deep_
             "deep_over_best_linear_map": seed_ratio_summary(deep, best, level),
             "shallow_over_best_linear_map": seed_ratio_summary(shallow, best, level),
             "deep_gain_captured_shallow_step_to_best": seed_gain_summary(deep, base, best, level),
-            "convergence": convergence}
+            "convergence": converged}
 
 
 def _classification_seeds(cfg: dict, trained: dict, logr_name: str, linnet_name: str) -> dict:
@@ -302,22 +302,14 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/adaptation.png`` and write ``<out_dir>/adaptation.json``; return the JSON's dict."""
-    from linmaml.plots.figure import run_figure
+def summary(record: dict) -> list[str]:
+    """The criteria, one line each (printed by ``main``)."""
+    return [f"{key}: {value['value']:.3f} ± {value['ci95']:.3f} (required {value['required']}: "
+            f"{'met' if value['met'] else 'NOT met'})" for key, value in record["numbers"]["criteria"].items()]
 
-    return run_figure(NAME, compute, draw, out_dir, quick)
 
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    record = figure_main(NAME, __doc__, run, argv, quick_help="short meta-training, fewer test tasks (a few seconds)")
-    crit = record["numbers"]["criteria"]
-    for key, value in crit.items():
-        print(f"  {key}: {value['value']:.3f} ± {value['ci95']:.3f} (required {value['required']}: "
-              f"{'met' if value['met'] else 'NOT met'})")
-
+run, main = figure_module(NAME, __doc__, compute, draw, summary=summary,
+                          quick_help="short meta-training, fewer test tasks (a few seconds)")
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,8 @@ import pathlib
 
 import numpy as np
 
+from linmaml.plots.figure import figure_module
+
 NAME = "bernacchia"
 PAPER = ("A. Bernacchia, 'Meta-learning with negative learning rates', ICLR 2021, Figure 2 "
          "(mixed linear regression)")
@@ -222,18 +224,8 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/bernacchia.png`` and write ``<out_dir>/bernacchia.json``."""
-    from linmaml.plots.figure import run_figure
-
-    return run_figure(NAME, compute, draw, out_dir, quick)
-
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    figure_main(NAME, __doc__, run, argv, quick_help="100 input draws and 60 runs instead of 4,000 and 2,000 (seconds)")
-
+run, main = figure_module(NAME, __doc__, compute, draw,
+                          quick_help="100 input draws and 60 runs instead of 4,000 and 2,000 (seconds)")
 
 if __name__ == "__main__":
     main()

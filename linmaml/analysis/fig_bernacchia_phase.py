@@ -23,6 +23,8 @@ import pathlib
 
 import numpy as np
 
+from linmaml.plots.figure import figure_module
+
 NAME = "bernacchia_phase"
 PAPER = ("A. Bernacchia, 'Meta-learning with negative learning rates', ICLR 2021: the optimal training "
          "rate is negative (over-parameterised mixed linear regression)")
@@ -187,18 +189,8 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/bernacchia_phase.png`` and write ``<out_dir>/bernacchia_phase.json``."""
-    from linmaml.plots.figure import run_figure
-
-    return run_figure(NAME, compute, draw, out_dir, quick)
-
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    figure_main(NAME, __doc__, run, argv, quick_help="a 2 × 5 and a 2 × 2 grid with 12 input draws (seconds)")
-
+run, main = figure_module(NAME, __doc__, compute, draw,
+                          quick_help="a 2 × 5 and a 2 × 2 grid with 12 input draws (seconds)")
 
 if __name__ == "__main__":
     main()

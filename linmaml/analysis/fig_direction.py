@@ -46,6 +46,9 @@ import time
 
 import numpy as np
 
+from linmaml.analysis._common import convergence
+from linmaml.plots.figure import figure_module
+
 NAME = "direction"
 
 SETTINGS = {
@@ -329,9 +332,8 @@ def compute(quick: bool = False, retrained: dict | None = None) -> dict:
                 "training": [{k: r[k] for k in ("seconds", "meta_loss_first50", "meta_loss_last50",
                                                 "snapshot_step", "meta_lr")} for r in runs[label]],
             }
-            change = [float(conv[("snapshot", label, i)].mean() / conv[("final", label, i)].mean() - 1) for i in S]
-            model["convergence"] = {"relative_change_after_snapshot": change,
-                                    "converged": [abs(c) < cfg["convergence_tolerance"] for c in change]}
+            model["convergence"] = convergence([conv[("final", label, i)] for i in S],
+                                               [conv[("snapshot", label, i)] for i in S], cfg["convergence_tolerance"])
             if label in CHAINS:
                 lin = np.stack([losses[(label + " linear part", i)] for i in S])
                 model["linear_part_alpha_P"] = {
@@ -468,29 +470,30 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/direction.png`` and write ``<out_dir>/direction.json``; return the JSON's dict."""
-    from linmaml.plots.figure import run_figure
-
-    return run_figure(NAME, compute, draw, out_dir, quick)
-
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main, run_figure
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--retrain" in argv:
-        argv.remove("--retrain")
-        data = retrain()
-        print(f"stored {STORED} ({data['seconds']} s of training)")
-
-    record = figure_main(NAME, __doc__, run, argv, quick_help="two families, a few meta-steps, 2,000 tasks (seconds)")
+def summary(record: dict) -> list[str]:
+    """One line per κ (printed by ``main``)."""
+    lines = []
     for kappa, entry in record["numbers"]["per_kappa"].items():
         line = [f"kappa={kappa}: scalar/Q*={entry['best_scalar_over_Q_star_exact']:.2f}",
                 f"diag/Q*={entry['best_diagonal_over_Q_star_exact']:.2f}"]
         for label, m in entry["models"].items():
             line.append(f"{label} {m['over_Q_star']['ratio']:.3f}±{m['over_Q_star']['ci95']:.3f}")
-        print("  " + "; ".join(line))
+        lines.append("; ".join(line))
+    return lines
+
+
+run, _figure_main = figure_module(NAME, __doc__, compute, draw, summary=summary,
+                                  quick_help="two families, a few meta-steps, 2,000 tasks (seconds)")
+
+
+def main(argv=None) -> None:
+    """The figure's command line; ``--retrain`` first retrains the stored models (``STORED``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--retrain" in argv:
+        argv.remove("--retrain")
+        data = retrain()
+        print(f"stored {STORED} ({data['seconds']} s of training)")
+    _figure_main(argv)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import weakref
 
 import numpy as np
 
+from linmaml.plots.figure import figure_module
+
 NAME = "estimators"
 
 SETTINGS = {
@@ -488,20 +490,14 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/estimators.png`` and write ``<out_dir>/estimators.json``; return the JSON's dict."""
-    from linmaml.plots.figure import run_figure
+def summary(record: dict) -> list[str]:
+    """Where each estimator stays within 10% (printed by ``main``)."""
+    return [f"{name} within 10%: " + "; ".join(f"{a} {v}" for a, v in axes.items())
+            for name, axes in record["numbers"]["within_10_percent"].items()]
 
-    return run_figure(NAME, compute, draw, out_dir, quick)
 
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    record = figure_main(NAME, __doc__, run, argv, quick_help="two meta-batches per point, 4 training steps (seconds)")
-    for name, axes in record["numbers"]["within_10_percent"].items():
-        print(f"  {name} within 10%: " + "; ".join(f"{a} {v}" for a, v in axes.items()))
-
+run, main = figure_module(NAME, __doc__, compute, draw, summary=summary,
+                          quick_help="two meta-batches per point, 4 training steps (seconds)")
 
 if __name__ == "__main__":
     main()

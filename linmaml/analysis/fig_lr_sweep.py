@@ -44,6 +44,9 @@ import time
 
 import numpy as np
 
+from linmaml.analysis._common import convergence
+from linmaml.plots.figure import figure_module
+
 NAME = "lr_sweep"
 
 SETTINGS = {
@@ -195,7 +198,6 @@ def _regression_alpha(cfg: dict, family, alpha: float, runs: dict) -> dict:
         L = np.stack([losses[(label, i)] for i in S])
         early = np.stack([losses[(label, i, "snapshot")] for i in S])
         over_best = seed_ratio_summary(L, best, level)
-        change = (early.mean(axis=1) / L.mean(axis=1) - 1).tolist()
         row = {"alpha": alpha, "seconds": round(sum(r["seconds"] for r in seeds), 3),
                "meta_loss_last20": float(np.mean([r["meta_loss"][-20:].mean() for r in seeds])),
                "query_loss": {"mean": float(L.mean()), "ci95": over_best["ci95"] * float(best.mean()),
@@ -205,8 +207,7 @@ def _regression_alpha(cfg: dict, family, alpha: float, runs: dict) -> dict:
                "over_best_linear_map": over_best,
                "over_shallow_at_alpha": seed_ratio_summary(L, shallow, level),
                "gain_captured_shallow_to_best": seed_gain_summary(L, shallow, best, level) if has_gain else None,
-               "convergence": {"relative_change_after_snapshot": change,
-                               "converged": [abs(c) < cfg["convergence_tolerance"] for c in change]}}
+               "convergence": convergence(L, early, cfg["convergence_tolerance"])}
         if seeds[0]["weights"] is not None and label.startswith("Deep"):
             depth = len(seeds[0]["weights"])
             steps, floors, imbalance, norms = [], [], [], []
@@ -385,23 +386,18 @@ def _trained(ax, models: dict, key: str, scale: float = 1.0) -> None:
         ax.errorbar(alphas, mean, yerr=half, marker="o", ms=4, capsize=3, lw=1.2, color=COLORS.get(label), label=label)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/lr_sweep.png`` and write ``<out_dir>/lr_sweep.json``; return the JSON's dict."""
-    from linmaml.plots.figure import run_figure
-
-    return run_figure(NAME, compute, draw, out_dir, quick)
-
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    record = figure_main(NAME, __doc__, run, argv, quick_help="two learning rates, a few meta-iterations (seconds)")
-    summary = record["numbers"]["regression"]["summary"]
-    for entry in summary["per_alpha"]:
+def summary(record: dict) -> list[str]:
+    """One line per inner rate α (printed by ``main``)."""
+    lines = []
+    for entry in record["numbers"]["regression"]["summary"]["per_alpha"]:
         deep = entry["over_best_scalar"]["Deep L=2"]  # exact, paired, over seeds
-        print(f"  alpha={entry['alpha']:<6} Shallow/best={entry['shallow_over_best_scalar']:.2f}  "
-              f"Deep L=2/best={deep['ratio']:.2f} ± {deep['ci95']:.2f}")
+        lines.append(f"alpha={entry['alpha']:<6} Shallow/best={entry['shallow_over_best_scalar']:.2f}  "
+                     f"Deep L=2/best={deep['ratio']:.2f} ± {deep['ci95']:.2f}")
+    return lines
 
+
+run, main = figure_module(NAME, __doc__, compute, draw, summary=summary,
+                          quick_help="two learning rates, a few meta-iterations (seconds)")
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import pathlib
 
+from linmaml.plots.figure import figure_module
+
 NAME = "negative_lr"
 
 SETTINGS = {
@@ -102,18 +104,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/negative_lr.png`` and write ``<out_dir>/negative_lr.json``."""
-    from linmaml.plots.figure import run_figure
-
-    return run_figure(NAME, compute, draw, out_dir, quick)
-
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    figure_main(NAME, __doc__, run, argv, quick_help="40 draws instead of 400 (a second)")
-
+run, main = figure_module(NAME, __doc__, compute, draw, quick_help="40 draws instead of 400 (a second)")
 
 if __name__ == "__main__":
     main()

@@ -55,6 +55,8 @@ import pathlib
 
 import numpy as np
 
+from linmaml.plots.figure import figure_module
+
 NAME = "preconditioner"
 
 SETTINGS = {
@@ -562,22 +564,15 @@ def _draw_finite_n(axes, fn: dict, a: dict, alpha: float, dir_colors) -> None:
     ax.legend(fontsize=7)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/preconditioner.png`` and write ``<out_dir>/preconditioner.json``."""
-    from linmaml.plots.figure import run_figure
+def summary(record: dict) -> list[str]:
+    """One line per deep model (printed by ``main``)."""
+    return [f"Deep {label}: last-100 mean ratio of alpha*P to the deep optimum per direction "
+            f"{np.round(m['last100']['ratio_to_target_per_direction'], 3).tolist()}, off-diagonal part "
+            f"{m['last100']['offdiagonal_fraction']:.4f}" for label, m in record["numbers"]["models"].items()]
 
-    return run_figure(NAME, compute, draw, out_dir, quick)
 
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    record = figure_main(NAME, __doc__, run, argv, quick_help="short meta-training (a few seconds)")
-    for label, m in record["numbers"]["models"].items():
-        print(f"  Deep {label}: last-100 mean ratio of alpha*P to the deep optimum per direction "
-              f"{np.round(m['last100']['ratio_to_target_per_direction'], 3).tolist()}, off-diagonal part "
-              f"{m['last100']['offdiagonal_fraction']:.4f}")
-
+run, main = figure_module(NAME, __doc__, compute, draw, summary=summary,
+                          quick_help="short meta-training (a few seconds)")
 
 if __name__ == "__main__":
     main()

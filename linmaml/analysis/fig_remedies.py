@@ -30,6 +30,9 @@ import time
 
 import numpy as np
 
+from linmaml.analysis._common import convergence
+from linmaml.plots.figure import figure_module
+
 NAME = "remedies"
 
 SETTINGS = {
@@ -149,7 +152,6 @@ def _exact_paired(cfg: dict, fam, learners: dict) -> dict:
     for kind in learners:
         L = np.stack([losses[(kind, i)] for i in S])
         early = np.stack([losses[(kind, i, "snapshot")] for i in S])
-        change = (early.mean(axis=1) / L.mean(axis=1) - 1).tolist()
         mean, se_seeds = L.mean(), L.mean(axis=1).std(ddof=1) / np.sqrt(len(S))
         out["models"][kind] = {
             "mean_loss": float(mean), "mean_loss_per_seed": L.mean(axis=1).tolist(),
@@ -158,8 +160,7 @@ def _exact_paired(cfg: dict, fam, learners: dict) -> dict:
             "over_deep": seed_ratio_summary(L, deep, level) if kind != "deep" else None,
             "over_best_linear_map": seed_ratio_summary(L, best, level),
             "gain_captured_plain_to_best": seed_gain_summary(L, base, best, level),
-            "convergence": {"relative_change_after_snapshot": change,
-                            "converged": [abs(c) < cfg["convergence_tolerance"] for c in change]},
+            "convergence": convergence(L, early, cfg["convergence_tolerance"]),
         }
     return out
 
@@ -318,21 +319,14 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/remedies.png`` and write ``<out_dir>/remedies.json``; return the JSON's dict."""
-    from linmaml.plots.figure import run_figure
+def summary(record: dict) -> list[str]:
+    """The criteria, one line each (printed by ``main``)."""
+    return [f"{key}: {value['value']:.3f} ± {value['ci95']:.3f} (required {value['required']}: "
+            f"{'met' if value['met'] else 'NOT met'})" for key, value in record["numbers"]["criteria"].items()]
 
-    return run_figure(NAME, compute, draw, out_dir, quick)
 
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    record = figure_main(NAME, __doc__, run, argv, quick_help="short meta-training, fewer test tasks (a few seconds)")
-    for key, value in record["numbers"]["criteria"].items():
-        print(f"  {key}: {value['value']:.3f} ± {value['ci95']:.3f} (required {value['required']}: "
-              f"{'met' if value['met'] else 'NOT met'})")
-
+run, main = figure_module(NAME, __doc__, compute, draw, summary=summary,
+                          quick_help="short meta-training, fewer test tasks (a few seconds)")
 
 if __name__ == "__main__":
     main()

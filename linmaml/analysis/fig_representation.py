@@ -40,6 +40,8 @@ import pathlib
 
 import numpy as np
 
+from linmaml.plots.figure import figure_module
+
 NAME = "representation"
 
 SOURCE = {"paper": "L. Collins, A. Mokhtari, S. Oh, S. Shakkottai, MAML and ANIL Provably Learn Representations, "
@@ -252,18 +254,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/representation.png`` and write ``<out_dir>/representation.json``."""
-    from linmaml.plots.figure import run_figure
-
-    return run_figure(NAME, compute, draw, out_dir, quick)
-
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    figure_main(NAME, __doc__, run, argv, quick_help="30 iterations, 2 seeds (seconds)")
-
+run, main = figure_module(NAME, __doc__, compute, draw, quick_help="30 iterations, 2 seeds (seconds)")
 
 if __name__ == "__main__":
     main()

@@ -36,6 +36,8 @@ import pathlib
 
 import numpy as np
 
+from linmaml.plots.figure import figure_module
+
 NAME = "sample_complexity"
 
 SOURCE = {"paper": "N. Saunshi, Y. Zhang, M. Khodak, S. Arora, A Sample Complexity Separation between Non-Convex and "
@@ -244,18 +246,8 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/sample_complexity.png`` and write ``<out_dir>/sample_complexity.json``."""
-    from linmaml.plots.figure import run_figure
-
-    return run_figure(NAME, compute, draw, out_dir, quick)
-
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    figure_main(NAME, __doc__, run, argv, quick_help="d in {10, 30}, 2 seeds, 20 meta-iterations (seconds)")
-
+run, main = figure_module(NAME, __doc__, compute, draw,
+                          quick_help="d in {10, 30}, 2 seeds, 20 meta-iterations (seconds)")
 
 if __name__ == "__main__":
     main()

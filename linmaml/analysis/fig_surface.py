@@ -22,6 +22,8 @@ import pathlib
 
 import numpy as np
 
+from linmaml.plots.figure import figure_module
+
 NAME = "surface"
 
 SETTINGS = {
@@ -181,18 +183,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/surface.png`` and write ``<out_dir>/surface.json``; return the JSON's dict."""
-    from linmaml.plots.figure import run_figure
-
-    return run_figure(NAME, compute, draw, out_dir, quick)
-
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    figure_main(NAME, __doc__, run, argv, quick_help="small grids and short runs (a few seconds)")
-
+run, main = figure_module(NAME, __doc__, compute, draw, quick_help="small grids and short runs (a few seconds)")
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,8 @@ import pathlib
 
 import numpy as np
 
+from linmaml.plots.figure import figure_module
+
 NAME = "task_landscape"
 PAPER = ("L. Collins, A. Mokhtari, S. Shakkottai, 'How does the task landscape affect MAML performance?', "
          "arXiv 2010.14672 (2020): two-component mixture of easy and hard linear regression tasks")
@@ -182,18 +184,8 @@ def draw(result: dict, path: pathlib.Path) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
-    """Compute, draw ``<out_dir>/task_landscape.png`` and write ``<out_dir>/task_landscape.json``."""
-    from linmaml.plots.figure import run_figure
-
-    return run_figure(NAME, compute, draw, out_dir, quick)
-
-
-def main(argv=None) -> None:
-    from linmaml.plots.figure import figure_main
-
-    figure_main(NAME, __doc__, run, argv, quick_help="a 7 × 7 grid and 2,000 Monte Carlo tasks per check (seconds)")
-
+run, main = figure_module(NAME, __doc__, compute, draw,
+                          quick_help="a 7 × 7 grid and 2,000 Monte Carlo tasks per check (seconds)")
 
 if __name__ == "__main__":
     main()

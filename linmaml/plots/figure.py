@@ -1,13 +1,15 @@
 """What every figure module of :mod:`linmaml.analysis` shares: atomic saving, the ``run`` contract, ``main``.
 
-A figure module defines ``NAME``, ``compute(quick) -> dict`` and ``draw(result, path)``; then
+A figure module defines ``NAME``, ``compute(quick) -> dict`` and ``draw(result, path)``, and takes
+its ``run`` and ``main`` from the runner in one line:
 
-    def run(out_dir, quick=False):
-        return run_figure(NAME, compute, draw, out_dir, quick)
+    run, main = figure_module(NAME, __doc__, compute, draw, quick_help="…", summary=None)
 
-writes ``<out_dir>/<NAME>.png`` and ``<out_dir>/<NAME>.json`` (the result without its private
-``_``-prefixed keys, plus the seconds it took) and returns that JSON's dict, which is what
-``linmaml reproduce`` collects into ``figures/results.json``.
+``run(out_dir, quick)`` writes ``<out_dir>/<NAME>.png`` and ``<out_dir>/<NAME>.json`` (the result
+without its private ``_``-prefixed keys, plus the seconds it took) and returns that JSON's dict,
+which is what ``linmaml reproduce`` collects into ``figures/results.json``; ``main(argv)`` is the
+``python -m linmaml.analysis.fig_<name>`` command line (``--out``, ``--quick``), printing the
+``summary(record)`` lines after the file names.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import argparse
 import pathlib
 import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from linmaml._io import atomic_path, atomic_write_json
 
@@ -83,3 +85,23 @@ def figure_main(name: str, doc: str, run: Callable, argv=None, quick_help: str =
     record = run(args.out, quick=args.quick)
     print(f"wrote {args.out / (name + '.png')} and {name}.json in {record['seconds']} s")
     return record
+
+
+def figure_module(name: str, doc: str, compute: Callable[[bool], dict], draw: Callable[[dict, pathlib.Path], None], *,
+                  quick_help: str, summary: Callable[[dict], Sequence[str]] | None = None):
+    """``(run, main)`` of a figure module (module docstring): ``run(out_dir, quick=False) -> dict`` by
+    :func:`run_figure`, and ``main(argv=None)`` by :func:`figure_main`, then each line of
+    ``summary(record)`` (if given) printed indented by two spaces."""
+
+    def run(out_dir, quick: bool = False) -> dict:
+        return run_figure(name, compute, draw, out_dir, quick)
+
+    def main(argv=None) -> None:
+        record = figure_main(name, doc, run, argv, quick_help=quick_help)
+        for line in summary(record) if summary is not None else ():
+            print("  " + line)
+
+    run.__doc__ = (f"Compute, draw ``<out_dir>/{name}.png`` and write ``<out_dir>/{name}.json``; return the "
+                   f"JSON's dict.")
+    main.__doc__ = f"The command line of the {name} figure (``--out DIR``, ``--quick``: {quick_help})."
+    return run, main

@@ -110,7 +110,7 @@ def test_the_detector_finds_a_cycle_through_an_import_inside_a_function(tmp_path
 #: ``checks`` and ``verification`` (rows and their runner), which also import each other.
 LAYERS = {
     0: {"errors", "_validate", "_io", "_extras"},
-    1: {"tasks"},
+    1: {"tasks", "intervals"},
     2: {"meta", "closedform"},
     3: {"simulator", "benchmarks", "plots"},
     4: {"checks", "verification"},

@@ -5,8 +5,8 @@ Meta-training of a ``linmaml.meta`` learner or a deep linear chain is ``simulato
 engine, :class:`linmaml.meta.engine.Engine`); evaluation scores the query sets through
 :meth:`Engine.score`. Nothing here re-implements the inner loop.
 
-Losses follow DESIGN.md: squared ``1/(2n)·‖output − target‖²_F`` per task, logistic the mean binary
-cross-entropy on the logits.
+Losses follow DESIGN.md and are :mod:`linmaml.meta.losses`' (squared ``1/(2n)·‖output − target‖²_F``
+per task, logistic the mean binary cross-entropy on the logits).
 """
 from __future__ import annotations
 
@@ -126,18 +126,6 @@ def load_trajectory_step(module, run, step: int) -> None:
             p.copy_(torch.as_tensor(values[name][step]))
 
 
-def squared_loss(output, target):
-    """1/(2n)·‖output − target‖²_F for one task (output, target of shape (n, d_out))."""
-    return 0.5 * ((output - target) ** 2).sum() / target.shape[-2]
-
-
-def logistic_loss(output, target):
-    """Mean binary cross-entropy on the logits (output, target of shape (n, 1), target in {0, 1})."""
-    import torch.nn.functional as F
-
-    return F.binary_cross_entropy_with_logits(output, target)
-
-
 def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bool = False) -> dict:
     """Per-task query loss after 0…``max_steps`` inner steps (the learner's own steps), shape (K+1, T);
     with ``accuracy`` (one logit, labels in {0, 1}) also the per-task query accuracy of the logit's
@@ -148,19 +136,17 @@ def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bo
     import torch
 
     from linmaml.meta import StepsBeyondTrainingWarning
+    from linmaml.meta.losses import binary_accuracy
     from linmaml.meta.engine import Engine
 
     engine = Engine(learner, loss_fn, strategy="vmap", tasks_per_chunk=None)
     T = tasks.torch()
 
-    def zero_one(output, target):  # fraction of query points whose logit sign matches the label
-        return ((output > 0).to(target.dtype) == target).to(torch.float64).mean()
-
     out = {"loss": [], "accuracy": []}
     with torch.no_grad():
         out["loss"].append(torch.func.vmap(lambda x, y: loss_fn(learner(x), y))(T.Xq, T.Yq))
         if accuracy:
-            out["accuracy"].append(torch.func.vmap(lambda x, y: zero_one(learner(x), y))(T.Xq, T.Yq))
+            out["accuracy"].append(torch.func.vmap(lambda x, y: binary_accuracy(learner(x), y))(T.Xq, T.Yq))
     for k in range(1, max_steps + 1):
         with warnings.catch_warnings():
             # The curves go beyond the trained steps on purpose (they show where a learned transform

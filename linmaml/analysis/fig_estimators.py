@@ -125,7 +125,7 @@ def _engine(weights, lr, steps, strategy="vmap"):
     import torch.nn.functional  # noqa: F401
 
     from linmaml import meta
-    from linmaml.analysis._common import squared_loss
+    from linmaml.meta.losses import squared_loss
     from linmaml.checks.meta import deep_linear_model
     from linmaml.meta.engine import Engine
 

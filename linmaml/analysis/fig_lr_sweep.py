@@ -228,7 +228,8 @@ def _regression_alpha(cfg: dict, family, alpha: float, runs: dict) -> dict:
 
 def _classification_alpha(cfg: dict, runs: dict, tasks) -> dict:
     """Per label: per-task one-step loss and accuracy of each seed on the same tasks (large query sets)."""
-    from linmaml.analysis._common import logistic_loss, meta_learner_curves
+    from linmaml.analysis._common import meta_learner_curves
+    from linmaml.meta.losses import logistic_loss
     from linmaml.simulator.held_out import mean_ci
 
     level = cfg["ci_level"]

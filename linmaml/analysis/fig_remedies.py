@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from linmaml.analysis._common import convergence
+from linmaml.intervals import t_quantile
 from linmaml.plots.figure import figure_module
 
 NAME = "remedies"
@@ -167,13 +168,12 @@ def _exact_paired(cfg: dict, fam, learners: dict) -> dict:
 
 def stats_t(n: int) -> float:
     """The 0.975 Student-t quantile with n − 1 degrees of freedom."""
-    from scipy.special import stdtrit
-
-    return float(stdtrit(n - 1, 0.975))
+    return t_quantile(n - 1, 0.95)
 
 
 def compute(quick: bool = False) -> dict:
-    from linmaml.analysis._common import meta_learner_curves, squared_loss
+    from linmaml.analysis._common import meta_learner_curves
+    from linmaml.meta.losses import squared_loss
     from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves, shallow
 
     size = QUICK if quick else FULL

@@ -40,6 +40,7 @@ import pathlib
 
 import numpy as np
 
+from linmaml.intervals import t_quantile
 from linmaml.plots.figure import figure_module
 
 NAME = "representation"
@@ -133,12 +134,10 @@ def head_norms(W2_path: np.ndarray) -> tuple[float | None, int | None]:
 
 def summarise(curves: np.ndarray, cfg: dict) -> dict:
     """Per-step geometric mean and t band of the distance over seeds (rows), end values, fitted rates."""
-    from scipy import stats
-
     seeds = curves.shape[0]
     finite = np.all(np.isfinite(curves), axis=1)
     logs = np.log10(np.clip(curves[finite], 1e-300, None))
-    t = stats.t.ppf(0.5 + cfg["ci_level"] / 2, max(logs.shape[0] - 1, 1))
+    t = t_quantile(max(logs.shape[0] - 1, 1), cfg["ci_level"])
     mean = logs.mean(axis=0) if logs.size else np.full(curves.shape[1], np.nan)
     half = t * logs.std(axis=0, ddof=1) / np.sqrt(logs.shape[0]) if logs.shape[0] > 1 else np.zeros_like(mean)
     low, high = cfg["rate_window"]
@@ -148,7 +147,7 @@ def summarise(curves: np.ndarray, cfg: dict) -> dict:
         if inside.size >= 5:  # slope of log10 distance per 100 iterations (least squares on the window)
             rates.append(100 * np.polyfit(inside, np.log10(row[inside]), 1)[0])
     rates = np.array(rates)
-    rate_half = (stats.t.ppf(0.5 + cfg["ci_level"] / 2, rates.size - 1) * rates.std(ddof=1) / np.sqrt(rates.size)
+    rate_half = (t_quantile(rates.size - 1, cfg["ci_level"]) * rates.std(ddof=1) / np.sqrt(rates.size)
                  if rates.size > 1 else float("nan"))
     if not finite.any():  # every seed diverged: nothing to average
         mean = half = np.full(curves.shape[1], np.nan)

@@ -10,7 +10,6 @@ in training.
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 
@@ -21,18 +20,17 @@ import torch.nn.functional as F
 from linmaml.benchmarks import episodes
 from linmaml.benchmarks.models import to_channels_last
 from linmaml.errors import ArgumentError
+from linmaml.intervals import mean_ci
 from linmaml.meta.engine import Engine
 from linmaml.meta.maml_learners import StepsBeyondTrainingWarning
-
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
-
 
 def mean_ci95(values) -> tuple[float, float]:
     """``(mean, 1.96 · std(ddof=1) / √n)`` of a 1-d sequence of at least two finite numbers."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if values.size < 2:
         raise ArgumentError("values", f"a confidence interval needs at least 2 tasks, got {values.size}")
-    return float(values.mean()), float(Z95 * values.std(ddof=1) / math.sqrt(values.size))
+    mean, half = mean_ci(values, 0.95, normal=True)
+    return float(mean), float(half)
 
 
 def model_layout(batch):

@@ -71,6 +71,7 @@ from torch.overrides import TorchFunctionMode
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.meta.losses import binary_accuracy
 from linmaml.meta.maml_learners import MAX_STEPS, check_task_inputs, named_input_failures, norm_steps
 
 __all__ = ["Engine", "STRATEGIES", "explicit_normalization"]
@@ -291,7 +292,7 @@ class Engine:
             if classification == "labels":
                 accuracy = (out.detach().argmax(dim=-1) == y_q).to(torch.float64).mean()
             elif classification == "binary":  # one logit: class 1 where it is positive
-                accuracy = ((out.detach() > 0).to(y_q.dtype) == y_q).to(torch.float64).mean()
+                accuracy = binary_accuracy(out.detach(), y_q)
             else:
                 accuracy = torch.zeros((), dtype=torch.float64, device=loss.device)
             return loss, accuracy

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from linmaml import _validate, meta
+from linmaml.meta.losses import LOSSES, binary_accuracy, logistic_loss, squared_loss  # noqa: F401 (the simulator's API)
 
 DTYPE = torch.float64
 
@@ -181,21 +182,6 @@ def logits(weights: Sequence[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
     return X @ end_to_end(weights).mT
 
 
-def squared_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``1/(2n)·‖output − target‖²_F`` over the last two axes (n, d_L): a scalar per task."""
-    return 0.5 * (output - target).pow(2).sum(dim=(-2, -1)) / target.shape[-2]
-
-
-def logistic_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy of the logits ``output`` (n, 1) against 0/1 ``target``, per task."""
-    # softplus(z) − y·z is the binary cross-entropy on logits, stable for large |z|. Its linear
-    # branch starts at z = 40, where σ(z) = 1 in float64: with the default 20 the gradient would be
-    # 1 instead of σ(z) = 1 − 2e-9. (logaddexp(0, z) has a NaN second derivative below z ≈ −750.)
-    return (nn.functional.softplus(output, threshold=40.0) - target * output).mean(dim=(-2, -1))
-
-
-LOSSES = {"squared": squared_loss, "logistic": logistic_loss}
-
 
 def loss_function(loss: str):
     """The loss ``(output, target) -> per-task loss`` named ``loss`` ("squared" or "logistic")."""
@@ -211,9 +197,8 @@ def task_loss(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor,
 
 
 def accuracy(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """Per-task fraction of correct labels for a binary classifier (logit > 0 ↔ label 1)."""
-    predicted = (logits(weights, X) > 0).to(X.dtype)
-    return (predicted == Y).to(X.dtype).mean(dim=(-2, -1))
+    """Per-task fraction of correct labels for a binary classifier (logit > 0 ↔ label 1), float64."""
+    return binary_accuracy(logits(weights, X), Y)
 
 
 def vec(A: torch.Tensor) -> torch.Tensor:

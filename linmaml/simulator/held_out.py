@@ -11,29 +11,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.special import stdtrit
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError
+from linmaml.intervals import mean_ci, t_quantile  # noqa: F401 (mean_ci: the simulator's API)
 from linmaml.simulator.chains import LinearChain, accuracy, task_loss
 from linmaml.simulator.maml import adapt
-
-
-def mean_ci(values, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and half-width of the two-sided Student-t confidence interval along ``axis``.
-
-    ``values`` holds one number per independent sample along ``axis`` (at least two). Returns
-    ``(mean, half_width)`` with the other axes kept.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    level = _validate.finite_number(level, "level", positive=True)
-    if level >= 1:
-        raise ValueError(f"level: expected a probability in (0, 1), got {level}")
-    n = values.shape[axis]
-    if n < 2:
-        raise ValueError(f"values: expected at least 2 samples along axis {axis}, got {n}")
-    quantile = stdtrit(n - 1, 0.5 + level / 2)
-    return values.mean(axis=axis), quantile * values.std(axis=axis, ddof=1) / np.sqrt(n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +94,7 @@ def ratio_of_means_ci(numerator, denominator, level: float = 0.95) -> tuple[floa
     ratio = a.mean() / b.mean()
     cov = np.cov(a, b, ddof=1)
     variance = cov[0, 0] - 2 * ratio * cov[0, 1] + ratio**2 * cov[1, 1]
-    quantile = stdtrit(n - 1, 0.5 + level / 2)
+    quantile = t_quantile(n - 1, level)
     return float(ratio), float(quantile * np.sqrt(max(variance, 0.0)) / (abs(b.mean()) * np.sqrt(n)))
 
 

@@ -1,4 +1,4 @@
-"""Plotting helpers for curves with confidence bands and eigenvalue trajectories (matplotlib).
+"""Plotting helpers for curves with confidence bands and running means (matplotlib).
 
 The helpers draw onto an ``Axes`` they are given and take plain arrays, so they do not depend on
 where the numbers came from; the caller picks the backend (analysis scripts use Agg).
@@ -42,19 +42,6 @@ def adaptation_panel(ax, curves: Sequence[dict], key: str = "loss", *, colors=No
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("inner steps on the support set")
-    ax.grid(alpha=0.3)
-
-
-def eigenvalue_panel(ax, steps, eigenvalues, *, optimum: float | None = None, optimum_label: str = "optimum",
-                     color="C0", label: str = "eigenvalues of α·P"):
-    """Eigenvalue trajectories: ``eigenvalues`` of shape (S, m), one line per eigenvalue, against
-    ``steps`` (S,), with a dashed horizontal line at ``optimum``."""
-    eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
-    for i in range(eigenvalues.shape[1]):
-        ax.plot(steps, eigenvalues[:, i], color=color, lw=1.2, alpha=0.85, label=label if i == 0 else None)
-    if optimum is not None:
-        ax.axhline(optimum, color="k", ls="--", lw=1.2, label=optimum_label)
-    ax.set_xlabel("meta-iteration")
     ax.grid(alpha=0.3)
 
 

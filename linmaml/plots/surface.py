@@ -338,12 +338,6 @@ def marker_legend_handles(what: str = "meta-training run") -> list:
             Line2D([], [], ls="none", marker="*", color="0.6", mec="k", mew=0.5, ms=12, label=f"end of a {what}")]
 
 
-def draw_adaptation_path(ax, path: np.ndarray, *, color: str = "white"):
-    """Draw an inner-loop path ((k+1, 2) weights) as a dashed line with dots at each step."""
-    (line,) = ax.plot(path[:, 0], path[:, 1], "--o", color=color, ms=4, lw=1.2)
-    return line
-
-
 def draw_shallow(ax, w: np.ndarray, loss: np.ndarray, trajectory: Trajectory, *, colors=None):
     """The shallow model's objective as a curve, with each meta-training run's iterates on it.
 

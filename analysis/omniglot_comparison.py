@@ -60,9 +60,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = REPO / "runs" / "omniglot-comparison"
 DEFAULT_OUT = REPO / "figures"
 
-#: From ``--measure 20 --threads 1 --jobs 2`` on this project's 2-core machine (busy: load ~5):
-#: all five runs, their validations and the 600-task tests take about 35 minutes with
-#: ``--jobs 2 --threads 1`` (KFO evaluated as Lᵀ(L G) and (G Rᵀ) R; see the module docstring).
+#: The default budget; ``--measure N`` times N iterations of each configuration on the machine at hand
+#: and says how long the whole comparison would take there (KFO evaluated as Lᵀ(L G) and (G Rᵀ) R;
+#: see the module docstring).
 DEFAULT_ITERATIONS = 1250
 DEFAULT_TEST_TASKS = 600
 

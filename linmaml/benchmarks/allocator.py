@@ -50,8 +50,8 @@ TRIM_THRESHOLD = 2**30
 
 #: The command-line option's help (train, evaluate, analyze, bench).
 ALLOCATOR_HELP = ("keep (default, or $LINMAML_ALLOCATOR): glibc keeps the memory a step frees for the next step "
-                  "instead of returning it to the kernel (the MAML training step measured 1.10x faster: linmaml "
-                  "bench --only allocator); resident memory then stays near its high-water mark. system: the C "
+                  "instead of returning it to the kernel (a faster MAML training step: linmaml bench --only "
+                  "allocator measures by how much); resident memory then stays near its high-water mark. system: the C "
                   "library's own settings")
 
 #: The environment variable that sets the command-line tools' default policy.

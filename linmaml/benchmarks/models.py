@@ -15,8 +15,8 @@ mini-ImageNet; the paper's "too shallow to adapt" models use 1 or 2 blocks.
 
 Memory layout: the network accepts any layout. Inputs in channels-last layout (channel innermost,
 :func:`to_channels_last`) keep every activation channels-last, which the CPU's convolution,
-BatchNorm and pooling kernels run faster: about 1.3× for a whole second-order meta-iteration of
-the 4-block CNN (``analysis/bench.py``). The training step and evaluation convert their episodes
+BatchNorm and pooling kernels run faster (``linmaml bench --only maml`` times a whole second-order
+meta-iteration of the 4-block CNN with and without it). The training step and evaluation convert their episodes
 once.
 
 BatchNorm policy (explicit, as DESIGN.md asks): every BatchNorm normalises with the statistics of

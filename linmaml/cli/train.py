@@ -20,12 +20,11 @@ from linmaml.benchmarks.run_settings import DEFAULT_THREADS, threads_for  # noqa
 from linmaml.cli._paths import path_option
 
 #: Default CPU threads (run_settings.DEFAULT_THREADS, 1). torch's own default (one per core) collapses
-#: when the cores are busy: its worker threads wait for each other at every operation, and on a 2-core
-#: machine loaded by other work --threads 2 ran 17x slower than --threads 1 (7.6 vs 0.45 s per
-#: iteration). One thread is never that far from the best, and is predictable; raise it on an idle
-#: machine with many cores.
+#: when the cores are busy: its worker threads wait for each other at every operation, so on a small
+#: machine loaded by other work two threads can run many times slower than one. One thread is never
+#: that far from the best, and is predictable; raise it on an idle machine with many cores.
 THREADS_HELP = ("CPU threads for torch (default 1, or with --resume the run's own: predictable, and never the "
-                "collapse of several threads on busy cores, where 2 threads ran 17x slower than 1; on an idle "
+                "collapse of several threads on busy cores, which can run many times slower than 1; on an idle "
                 "machine with many cores try 4)")
 
 #: Options whose default comes from the run's config (None here means "not given on the command

@@ -70,6 +70,13 @@ def test_the_wheel_is_imported_from_the_environment(installed):
                    "print(len(list((pathlib.Path(linmaml.__file__).parent / 'benchmarks' / 'splits').iterdir())))"],
                   cwd=work, env=env).stdout.strip()
     assert int(splits) > 0
+    # the analyses of trained runs train into and write to the current folder, never site-packages
+    elsewhere = work / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    defaults = _run([str(python), "-c", "from linmaml.analysis import depth_width, layers; "
+                     "print(layers.DEFAULT_RUNS, layers.DEFAULT_OUT, depth_width.DEFAULT_RUNS, depth_width.DEFAULT_OUT)"],
+                    cwd=elsewhere, env=env).stdout.split()
+    assert defaults == [str(elsewhere.resolve() / p) for p in ("runs/layers", "figures", "runs/depth-width", "figures")]
 
 
 def test_bench_quick_from_another_folder(installed):

@@ -59,10 +59,13 @@ import shlex
 import sys
 import time
 
+from linmaml.plots.figure import default_out, default_runs
+
 NAME = "depth_width"
-REPO = pathlib.Path(__file__).resolve().parents[2]
-DEFAULT_RUNS = REPO / "runs" / "depth-width"
-DEFAULT_OUT = REPO / "figures"
+# The source checkout's runs/ and figures/ when linmaml runs from one, else the current folder's
+# (a wheel's package folder is in site-packages: never a place to train into or write figures).
+DEFAULT_RUNS = default_runs("depth-width")
+DEFAULT_OUT = default_out()
 
 #: The same training budget for every cell (TrainConfig fields). ``iterations``: module docstring.
 FULL = {"algos": ("maml", "anil"), "blocks": (1, 2, 3, 4), "filters": (8, 16, 32, 64), "test_tasks": 600,

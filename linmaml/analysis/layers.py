@@ -26,10 +26,13 @@ import shlex
 import sys
 import time
 
+from linmaml.plots.figure import default_out, default_runs
+
 NAME = "layers"
-REPO = pathlib.Path(__file__).resolve().parents[2]
-DEFAULT_RUNS = REPO / "runs" / "layers"
-DEFAULT_OUT = REPO / "figures"
+# The source checkout's runs/ and figures/ when linmaml runs from one, else the current folder's
+# (a wheel's package folder is in site-packages: never a place to train into or write figures).
+DEFAULT_RUNS = default_runs("layers")
+DEFAULT_OUT = default_out()
 
 FULL = {"tasks": 600, "train": {"algo": "maml", "layers": 4, "hidden": 64, "iterations": 4000}}
 QUICK = {"tasks": 10, "train": {"algo": "maml", "layers": 4, "hidden": 8, "iterations": 6, "meta_batch": 4,

@@ -25,6 +25,16 @@ from linmaml._io import atomic_path, atomic_write_json
 QUICK_OUT = "figures-quick"
 
 
+def source_checkout() -> pathlib.Path | None:
+    """The root of the source checkout linmaml runs from (an editable install: the folder above the
+    package with ``pyproject.toml`` and ``figures/``), else None (an installed wheel, whose package
+    folder sits in site-packages with no checkout around it)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "figures").is_dir():
+        return root
+    return None
+
+
 def default_out(quick: bool = False) -> pathlib.Path:
     """Where figures go by default: ``figures/`` of the source checkout linmaml runs from (an
     editable install), else ``./figures`` (an installed wheel has no checkout to write into).
@@ -32,10 +42,15 @@ def default_out(quick: bool = False) -> pathlib.Path:
     the committed figures (only an explicit ``--out figures`` writes a quick run there)."""
     if quick:
         return pathlib.Path.cwd() / QUICK_OUT
-    root = pathlib.Path(__file__).resolve().parents[2]
-    if (root / "pyproject.toml").is_file() and (root / "figures").is_dir():
-        return root / "figures"
-    return pathlib.Path.cwd() / "figures"
+    root = source_checkout()
+    return (root if root is not None else pathlib.Path.cwd()) / "figures"
+
+
+def default_runs(name: str) -> pathlib.Path:
+    """Where an analysis trains its runs by default: ``runs/<name>`` of the source checkout, else of
+    the current folder (never inside site-packages)."""
+    root = source_checkout()
+    return (root if root is not None else pathlib.Path.cwd()) / "runs" / name
 
 
 #: PNG metadata: no "Software" line with matplotlib's version, so the same picture gives the same

@@ -25,6 +25,7 @@ import numpy as np
 from linmaml import _validate
 from linmaml.closedform.preconditioner import check_weights, preconditioner, vec
 from linmaml.errors import ArgumentError
+from linmaml.closedform import gaussian_lr as glr
 
 
 def step_floor(end_to_end_norm, lr, depth: int) -> float:
@@ -62,8 +63,6 @@ def overshoot_loss_floor(family, lr, depth: int) -> float:
     loss is −2a·tr Q + b·‖Q‖²_F + const, so raising uᵀQu to the floor and keeping the rest at c* is
     optimal. This is what a deep chain sitting at W_e = M pays with its α² terms ignored; it need
     not bound a trained net, which may move W_e or use the α² terms (the figure says so)."""
-    from linmaml.closedform import gaussian_lr as glr
-
     family = glr._single_family(family)
     d = family.d_in
     if family.d_out != 1:

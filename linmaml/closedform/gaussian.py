@@ -35,9 +35,12 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
+from scipy.linalg import pinvh
+from scipy.optimize import brentq
 
 from linmaml import _validate
 from linmaml.tasks import RegressionFamily
+from linmaml.closedform import gaussian_deep
 
 
 def wishart_moment(Sigma, A, n) -> np.ndarray:
@@ -193,8 +196,6 @@ def expected_post_adaptation_loss_and_grad(weights, family, lr, steps: int = 1, 
     derivative of the exact polynomial expectation (exact to rounding; see gaussian_deep); deep at
     finite n: the hand-derived gradient of gaussian_deep_finite.
     """
-    from linmaml.closedform import gaussian_deep
-
     mixture = _mixture(family)
     lr = _validate.finite_number(lr, "lr")
     if gaussian_deep.is_layer_list(weights) and len(weights) >= 2:
@@ -315,8 +316,6 @@ def _is_isotropic(Sigma: np.ndarray) -> bool:
 
 def _convex_power_sum_minimiser(scales: np.ndarray, coefficients: np.ndarray, steps: int) -> float:
     """argmin over α of Σ_i coefficient_i·(1 − α·scale_i)^{2k} (coefficients ≥ 0, scales ≥ 0)."""
-    from scipy.optimize import brentq
-
     active = (coefficients > 0) & (scales > 0)
     if not np.any(active):
         return 0.0
@@ -368,8 +367,6 @@ def _quadratic_minimiser(mixture: TaskMixture, lr: float, steps: int, population
                              f"learning rate")
         raise ValueError("family: the curvature overflows float64; expected smaller covariances or task means")
     # B is symmetric PSD; pinvh thresholds its negligible eigenvalues (rank-deficient curvature).
-    from scipy.linalg import pinvh
-
     with np.errstate(all="ignore"):
         out = C_total @ pinvh(0.5 * B_total + 0.5 * B_total.T)
     if not np.all(np.isfinite(out)):

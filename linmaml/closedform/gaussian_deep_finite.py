@@ -63,6 +63,8 @@ import weakref
 
 import numpy as np
 
+from linmaml.errors import ArgumentError
+
 #: Weight slots (open in the environments) and their shapes in terms of (o, d).
 _SLOTS = ("mu", "A", "B", "Vt")
 #: Largest environment or Wishart moment tensor built (entries; 2^24 float64 = 128 MiB).
@@ -258,8 +260,6 @@ def _value_and_grad(layers, mixture, lr, grad: bool):
 
 
 def _finite_or_raise(value, grads, layers, mixture, lr):
-    from linmaml.errors import ArgumentError
-
     if np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads):
         return
     if lr != 0 and np.isfinite(_value_and_grad(layers, mixture, 0.0, False)[0]):

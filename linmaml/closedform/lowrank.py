@@ -35,6 +35,7 @@ from linmaml import _validate
 from linmaml.closedform import gaussian as _g
 from linmaml.closedform import gaussian_lr as _glr
 from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.tasks import RegressionFamily
 
 
 def _two_layers(layers, family) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +75,6 @@ def anil_expected_loss_and_grad(layers, family, lr, population: bool = False, *,
     2·∂loss/∂Q = −2ΣSKΣ + 2[ΣSΣQΣ + (tr(SΣ) + ν)ΣQΣ]/n, then ∂/∂W0 = 2D·∂/∂S,
     ∂/∂W1 = W2ᵀ∂/∂W0 + α W1 (∂/∂Q + ∂/∂Qᵀ), ∂/∂W2 = ∂/∂W0 W1ᵀ.
     """
-    from linmaml.tasks import RegressionFamily
-
     if not isinstance(family, RegressionFamily):
         raise ArgumentTypeError("family", f"expected a RegressionFamily, got {type(family).__name__}")
     if not isinstance(population, (bool, np.bool_)):

@@ -52,8 +52,10 @@ from typing import Callable, Sequence
 
 import sympy as sp
 from sympy.polys.rings import ring
+import numpy as np
 
 from linmaml import _validate
+from linmaml.closedform.scalar import quadrature_nodes
 
 #: Depth and steps that the symbolic scalar derivations accept.
 MAX_DEPTH, MAX_STEPS = 6, 5
@@ -191,8 +193,6 @@ class ScalarObjective:
 
 def _numpy_polynomial(poly, depth: int, scale_by_half_v: bool) -> Callable:
     """A numpy function of (w_1 … w_L, alpha, m, s, v) for a ring element over (w…, α, v, m, s)."""
-    import numpy as np
-
     items = list(poly.items())
     exponents = np.array([monomial for monomial, _ in items], dtype=np.int64).reshape(len(items), depth + 4)
     coefficients = np.array([float(c) for _, c in items], dtype=np.float64)
@@ -318,8 +318,6 @@ class ScalarRecursion:
 
 def scalar_recursion(depth: int, steps: int) -> ScalarRecursion:
     """The exact nested form of the depth-L, k-step objective (any depth ≤ 6, steps ≤ 5; cheap)."""
-    from linmaml.closedform.scalar import quadrature_nodes
-
     depth, steps = _check_depth_steps(depth, steps)
     symbols = scalar_symbols(depth)
     alpha, v, a = symbols["alpha"], symbols["v"], symbols["a"]
@@ -393,8 +391,6 @@ class MatrixUpdate:
         return _evaluate_matrix(self.kronecker, self._values(weights, None))
 
     def _values(self, weights, G) -> dict:
-        import numpy as np
-
         if len(weights) != self.depth:
             raise ValueError(f"weights: expected {self.depth} matrices, got {len(weights)}")
         values = {sym: np.asarray(value, dtype=np.float64) for sym, value in zip(self.weights, weights)}
@@ -417,8 +413,6 @@ class MatrixUpdate:
 def _evaluate_matrix(expr, values):
     """Evaluate a sympy matrix expression (sums, products, transposes, identities, Kronecker
     products, scalar factors) with the numpy arrays in ``values`` (``values["sizes"]``: dimensions)."""
-    import numpy as np
-
     if isinstance(expr, sp.MatrixSymbol):
         return values[expr]
     if isinstance(expr, sp.Identity):

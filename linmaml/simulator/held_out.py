@@ -15,8 +15,9 @@ import torch
 from linmaml import _validate
 from linmaml.errors import ArgumentError
 from linmaml.intervals import mean_ci, t_quantile  # noqa: F401 (mean_ci: the simulator's API)
-from linmaml.simulator.chains import LinearChain, accuracy, task_loss
+from linmaml.simulator.chains import LinearChain, accuracy, squared_loss, task_loss
 from linmaml.simulator.maml import adapt
+from linmaml.meta.engine import Engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +133,6 @@ def adapted_end_to_end(learner, tasks, steps: int = 1, chunk: int = 4096) -> np.
     the map is read off by applying the adapted model to the identity input, f(I) = W′ᵀ, which holds
     for any bias-free linear model (a chain, LinNet, a Linear with any transform).
     """
-    from linmaml.meta.engine import Engine
-    from linmaml.simulator.chains import squared_loss
-
     steps = _validate.integer(steps, "steps", minimum=1)
     engine = Engine(learner, squared_loss, strategy="vmap", tasks_per_chunk=None)
     T = tasks.torch()

@@ -55,7 +55,7 @@ from sympy.polys.rings import ring
 import numpy as np
 
 from linmaml import _validate
-from linmaml.closedform.scalar import quadrature_nodes
+from linmaml.closedform import scalar as scalar_forms  # by module: tests swap its quadrature_nodes
 
 #: Depth and steps that the symbolic scalar derivations accept.
 MAX_DEPTH, MAX_STEPS = 6, 5
@@ -334,7 +334,7 @@ def scalar_recursion(depth: int, steps: int) -> ScalarRecursion:
     task_loss = sp.Rational(1, 2) * v * (sp.Mul(*weights[-1]) - a) ** 2
     degree = 2 if steps == 0 else 2 * depth * (2 * depth - 1) ** (steps - 1)
     return ScalarRecursion(depth, steps, symbols, tuple(weights), tuple(updates), task_loss, degree,
-                           quadrature_nodes(depth, steps))
+                           scalar_forms.quadrature_nodes(depth, steps))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from linmaml import _validate
+from linmaml._io import atomic_path
 from linmaml.plots import surface as S
 
 #: Slider ranges: at least these, widened to contain the starting values.
@@ -78,10 +79,10 @@ class SurfaceExplorer:
 
     # -- layout -------------------------------------------------------------------------------
     def _build(self, figure):
-        from matplotlib.widgets import Slider
+        from matplotlib.widgets import Slider  # lazy: an optional extra (linmaml/_extras.py)
 
         if figure is None:
-            import matplotlib.pyplot as plt
+            import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
             figure = plt.figure(figsize=(7.5, 8.0))
         self.figure = figure
@@ -209,12 +210,10 @@ class SurfaceExplorer:
 
     def save(self, path) -> None:
         """Write the current view to ``path`` (atomically; the format follows the extension)."""
-        from linmaml._io import atomic_path
-
         with atomic_path(path) as tmp:
             self.figure.savefig(tmp, dpi=120)
 
     def show(self) -> None:
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
         plt.show()

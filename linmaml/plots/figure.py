@@ -61,7 +61,7 @@ PNG_METADATA = {"Software": None}
 def save_figure(fig, path, dpi: int = 110) -> None:
     """Save a matplotlib figure atomically (the format follows the suffix) and close it; PNGs are
     byte-reproducible (no version or time stamp)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
     path = pathlib.Path(path)
     try:

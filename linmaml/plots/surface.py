@@ -270,8 +270,8 @@ def draw_surface(ax, w1: np.ndarray, w2: np.ndarray, loss: np.ndarray, setting: 
 
     Returns the ``AxesImage``; its array is ``loss.T`` (non-finite entries masked).
     """
-    import matplotlib
-    import matplotlib.colors as mcolors
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
+    import matplotlib.colors as mcolors  # lazy: an optional extra (linmaml/_extras.py)
 
     colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")
     vmin, vmax = color_limits(loss, setting)
@@ -287,7 +287,7 @@ def update_surface(image, w1: np.ndarray, w2: np.ndarray, loss: np.ndarray, sett
     """Replace an image's surface (same conventions as :func:`draw_surface`) and its colour scale."""
     image.set_data(np.ma.masked_invalid(loss.T))
     image.set_extent(_extent(w1, w2))
-    import matplotlib.colors as mcolors
+    import matplotlib.colors as mcolors  # lazy: an optional extra (linmaml/_extras.py)
 
     # One new norm rather than two assignments: each assignment makes the colorbar redo its ticks.
     image.set_norm(mcolors.LogNorm(*color_limits(loss, setting), clip=True))
@@ -332,7 +332,7 @@ def draw_trajectories(ax, trajectory: Trajectory, *, colors=None, label: str | N
 def marker_legend_handles(what: str = "meta-training run") -> list:
     """Legend entries explaining :func:`draw_trajectories`' markers: a hollow circle where a run
     starts, a star where it ends (grey: the colours are the runs')."""
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # lazy: an optional extra (linmaml/_extras.py)
 
     return [Line2D([], [], ls="none", marker="o", mfc="none", mec="0.3", ms=7, label=f"start of a {what}"),
             Line2D([], [], ls="none", marker="*", color="0.6", mec="k", mew=0.5, ms=12, label=f"end of a {what}")]

@@ -22,6 +22,7 @@ import numpy as np
 
 from linmaml import _io
 from linmaml.errors import ArgumentError
+from linmaml.plots.curves import band
 
 METRICS = "metrics.jsonl"  # the name linmaml.benchmarks.run_folder gives it (plots do not import benchmarks)
 X_AXES = ("iteration", "time")
@@ -142,10 +143,9 @@ def plot_runs(runs: Sequence[RunCurves], path, *, x: str = "iteration", window: 
     ``references``: published accuracies to compare with, each ``{"label", "accuracy", "ci95"}`` in
     percent and optionally ``"run"`` (a run's name: drawn in that run's colour); each is a dashed
     line with its ± CI band on the validation panel, returned as drawn."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.curves import band
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     if x not in X_AXES:
         raise ArgumentError("x", f"expected one of {', '.join(X_AXES)}, got {x!r}")

@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from linmaml.checks._common import RELATIVE_ERROR
+import linmaml.checks
 
 #: Row modules in the order of the printed table; any other module in linmaml/checks/ follows.
 ROW_ORDER = ("closedform", "gaussian", "symbolic", "simulator", "meta")
@@ -105,8 +106,6 @@ def identity(name: str, tolerance: float):
 
 
 def all_identities() -> list[Identity]:
-    import linmaml.checks
-
     found = [m.name for m in pkgutil.iter_modules(linmaml.checks.__path__) if not m.name.startswith("_")]
     order = [m for m in ROW_ORDER if m in found] + sorted(set(found) - set(ROW_ORDER))
     for module in order:

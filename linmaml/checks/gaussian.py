@@ -14,6 +14,7 @@ Rows start with "gaussian:".
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
 
 from linmaml.checks._common import (central_difference, gauss_hermite_rule, random_spd, relative_error, worst_of,
                                     z_score)
@@ -104,7 +105,7 @@ def _depth2_finite_adapted(layers, Xs: np.ndarray, Ys: np.ndarray, lr: float) ->
 def _exact_gaussian_expectation_of_wishart_product(L, A, n: int):
     """E[Σ̂ A Σ̂] in sympy, with x = L z, z ~ N(0, I): expand in the z's and replace each monomial
     by its moment E[∏ z^k] = ∏ (k − 1)!! (0 for odd k). Exact, shares nothing with the closed form."""
-    import sympy as sp
+    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
 
     d = L.shape[0]
     zs = [[sp.Symbol(f"z{i}_{k}") for k in range(d)] for i in range(n)]
@@ -136,7 +137,7 @@ def _wishart_symbolic(rng):
     """Checks linmaml.closedform.gaussian.wishart_moment: symbolic d = 2 (n = 1, 2, general A, Σ = LLᵀ) holds
     identically; then the numeric moment equals the exact rational expectation at random rational instances (d = 2,
     3)."""
-    import sympy as sp
+    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
 
     l11, l21, l22 = sp.symbols("l11 l21 l22")
     L = sp.Matrix([[l11, 0], [l21, l22]])
@@ -534,8 +535,6 @@ def _matrix_map_optimiser(rng):
     W′ = W0 − Ĝ Q on the nodes of the exact product Gauss–Hermite rule over every Gaussian variable (task map,
     support inputs and noise; the rule of the quadrature row), then the conditional query loss, with its own
     hand-derived gradient. κ(Σ) = 100; the optimiser must not find a lower loss than the closed form's."""
-    from scipy.optimize import minimize
-
     worst = 0.0
     for d_in, d_out, n in ((2, 1, 2), (3, 1, 1), (2, 2, 1)):
         family = _family(rng, d_in, d_out, condition=100.0, n_support=n)
@@ -612,8 +611,6 @@ def _diagonal_map_optimiser(rng):
     """Checks linmaml.closedform.gaussian_lr.optimal_diagonal_map (the Hadamard solve (B ∘ Σ)⁻¹ diag(ΣSΣ)) vs
     BFGS over q on expected_one_step_map_loss(diag(q)) (whose value is itself a Monte Carlo row), finite n
     and population, rotated Σ with κ = 30; the optimiser must not find a lower loss."""
-    from scipy.optimize import minimize
-
     worst = 0.0
     for population in (False, True, False):
         d_in = int(rng.integers(2, 5))

@@ -11,8 +11,9 @@ differences. Rows start with "lowrank:".
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize, minimize_scalar
 
-from linmaml.checks._common import central_difference, random_spd, relative_error, worst_of, z_score
+from linmaml.checks._common import central_difference, random_spd, refine_argmin, relative_error, worst_of, z_score
 from linmaml.closedform import gaussian as g
 from linmaml.closedform import gaussian_lr as glr
 from linmaml.closedform import lowrank as lr_forms
@@ -108,8 +109,6 @@ def _optimal_maps(rng):
     minimiser of the exact loss, and linmaml.closedform.gaussian_lr.optimal_one_step_map (Q* = [(1 + 1/n)SΣ + cI]⁻¹S
     with S = Ω_in singular) against BFGS over (W0, Q) on expected_one_step_map_loss; the optimisers must not find a
     lower loss. Relative error of the minimisers."""
-    from scipy.optimize import minimize, minimize_scalar
-
     worst = 0.0
     for _ in range(2):
         family = _family(rng)
@@ -164,8 +163,6 @@ def _anil_gradient(rng):
     """Checks linmaml.closedform.lowrank.anil_expected_loss_and_grad (finite n and population) against the
     fourth-order central difference of anil_expected_loss over both layers, and
     linmaml.closedform.lowrank.best_head_lr against grid refinement of the same loss (relative errors)."""
-    from linmaml.checks._common import refine_argmin
-
     worst = 0.0
     for population in (False, True):
         family = _family(rng)

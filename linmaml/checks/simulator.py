@@ -20,6 +20,7 @@ from linmaml.checks._common import (
     LOSSES,
     random_layers,
     random_rates,
+    random_spd,
     random_tasks,
     random_weights,
     random_widths,
@@ -29,6 +30,8 @@ from linmaml.checks._common import (
 from linmaml.closedform import deep_linear as cf
 from linmaml.closedform.preconditioner import preconditioner as cf_preconditioner
 from linmaml.verification import CheckResult, identity
+from linmaml.simulator.held_out import exact_query_loss
+from linmaml.tasks import RegressionFamily
 
 INSTANCES_PER_LOSS = 12
 TOLERANCE = 1e-10
@@ -119,10 +122,6 @@ def check_exact_query_loss(rng: np.random.Generator) -> CheckResult:
     """Checks linmaml.simulator.held_out.exact_query_loss, ½tr((W′ − W_τ)Σ(W′ − W_τ)ᵀ) + ½d_out σ², vs the
     squared loss 1/(2n)‖X W′ᵀ − Y‖² on sampled query sets (the family's sampler: x ~ N(0, Σ), y = W_τ x + ε),
     averaged over tasks; the deviation of the paired difference's mean in its standard errors."""
-    from linmaml.checks._common import random_spd
-    from linmaml.simulator.held_out import exact_query_loss
-    from linmaml.tasks import RegressionFamily
-
     worst, tasks = 0.0, 20_000
     for d_out in (1, 2, 1):
         d_in = int(rng.integers(2, 5))

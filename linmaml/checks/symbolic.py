@@ -11,9 +11,10 @@ symbols is compared with ``deep_linear.adapt`` and ``preconditioner``. Errors ar
 from __future__ import annotations
 
 import numpy as np
+from scipy import integrate
 
 from linmaml.checks._common import random_layers, random_weights, random_widths, relative_error, worst_of
-from linmaml.closedform import scalar, symbolic
+from linmaml.closedform import deep_linear as dl, scalar, symbolic
 from linmaml.verification import CheckResult, identity
 
 
@@ -77,8 +78,6 @@ def _lambdify_vs_exact(rng):
 def _quadrature_vs_quad(rng):
     """Gauss–Hermite quadrature (checks linmaml.closedform.scalar.scalar_maml_loss) vs
     scipy.integrate.quad over the Gaussian density of a plain inner loop (depths 1–4)."""
-    from scipy import integrate
-
     cases = [(1, 2), (2, 1), (2, 3), (3, 2), (4, 1), (4, 2)]
     worst = 0.0
     for depth, steps in cases:
@@ -114,7 +113,7 @@ def _product(polys, one):
 
 def _hermite(n: int, z):
     """The probabilists' Hermite polynomial He_n (monic, orthogonal for N(0, 1)) by its recurrence."""
-    import sympy as sp
+    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
 
     previous, current = sp.Poly(1, z, domain=sp.QQ), sp.Poly(z, z, domain=sp.QQ)
     if n == 0:
@@ -126,7 +125,7 @@ def _hermite(n: int, z):
 
 def _gaussian_mean(poly):
     """E[poly(z)], z ~ N(0, 1), exactly: E[z^k] = (k − 1)!! for even k, 0 for odd k."""
-    import sympy as sp
+    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
 
     return sum((c * sp.factorial2(k - 1) for (k,), c in poly.terms() if k % 2 == 0), sp.Rational(0))
 
@@ -145,7 +144,7 @@ def _node_count_minimal(rng):
     far below float resolution. The error is the float rule's relative error against the exact
     expectation, and infinite if N − 1 nodes were already exact or N were not.
     """
-    import sympy as sp
+    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
 
     z = sp.Symbol("z")
     cases = [(1, 0), (1, 3), (2, 1), (2, 2), (2, 3), (2, 4), (3, 1), (3, 2), (4, 1), (4, 2)]
@@ -174,8 +173,6 @@ def _matrix_update_vs_adapt(rng):
     """Σ_r α^r·(grouped term r) from MatrixSymbols (checks linmaml.closedform.symbolic.matrix_update)
     vs W_e after one step of linmaml.closedform.deep_linear.adapt (depths 1–4, random widths, random
     adapted layers, squared loss)."""
-    from linmaml.closedform import deep_linear as dl
-
     worst, instances = 0.0, 0
     for depth in (1, 2, 3, 4):
         for _ in range(2):
@@ -201,6 +198,7 @@ def _kronecker_vs_preconditioner(rng):
     so evaluating it at every basis matrix G = E_k gives P column by column, vec(α¹ term at E_k) = −P e_k. No
     Kronecker product is formed on this side; both the closed form's Kronecker sum and the symbolic one are
     compared with it."""
+    # looked up when the row runs, so that a test can swap preconditioner() for a wrong one and see the row fail
     from linmaml.closedform.preconditioner import preconditioner
 
     worst, instances = 0.0, 0

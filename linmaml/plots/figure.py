@@ -102,6 +102,13 @@ def figure_main(name: str, doc: str, run: Callable, argv=None, quick_help: str =
     return record
 
 
+def _current(function: Callable) -> Callable:
+    """The function of this name in its module when called (as a plain module-level call would find
+    it), so that swapping ``module.draw`` (a test, a user's variant) takes effect; the function
+    itself when its module is not imported (code run by ``exec``)."""
+    return getattr(sys.modules.get(function.__module__), function.__name__, function)
+
+
 def figure_module(name: str, doc: str, compute: Callable[[bool], dict], draw: Callable[[dict, pathlib.Path], None], *,
                   quick_help: str, summary: Callable[[dict], Sequence[str]] | None = None):
     """``(run, main)`` of a figure module (module docstring): ``run(out_dir, quick=False) -> dict`` by
@@ -109,7 +116,7 @@ def figure_module(name: str, doc: str, compute: Callable[[bool], dict], draw: Ca
     ``summary(record)`` (if given) printed indented by two spaces."""
 
     def run(out_dir, quick: bool = False) -> dict:
-        return run_figure(name, compute, draw, out_dir, quick)
+        return run_figure(name, _current(compute), _current(draw), out_dir, quick)
 
     def main(argv=None) -> None:
         record = figure_main(name, doc, run, argv, quick_help=quick_help)

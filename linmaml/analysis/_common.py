@@ -11,8 +11,15 @@ per task, logistic the mean binary cross-entropy on the logits).
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
+import torch
+
+from linmaml.meta import StepsBeyondTrainingWarning
+from linmaml.meta.engine import Engine
+from linmaml.meta.losses import binary_accuracy
+from linmaml.tasks import ClassificationFamily, RegressionFamily, TaskBatch
 
 
 def report_error(prog: str, error: BaseException) -> int:
@@ -26,8 +33,6 @@ def report_error(prog: str, error: BaseException) -> int:
 def regression_family(f: dict):
     """A :class:`linmaml.tasks.RegressionFamily` from a settings dict (d_in, d_out, task_mean,
     task_var, x_var, noise_std, n_support, n_query; ``x_cov``/``task_cov`` override the scalars)."""
-    from linmaml.tasks import RegressionFamily
-
     return RegressionFamily(f["d_in"], f["d_out"], task_mean=f["task_mean"], task_cov=f.get("task_cov", f["task_var"]),
                             x_cov=f.get("x_cov", f["x_var"]), noise_std=f["noise_std"], n_support=f["n_support"],
                             n_query=f["n_query"])
@@ -35,8 +40,6 @@ def regression_family(f: dict):
 
 def classification_family(c: dict):
     """A :class:`linmaml.tasks.ClassificationFamily` from a settings dict."""
-    from linmaml.tasks import ClassificationFamily
-
     return ClassificationFamily(c["d_in"], task_mean=c["task_mean"], task_cov=c["task_var"], x_cov=c["x_var"],
                                 flip=c["flip"], n_support=c["n_support"], n_query=c["n_query"])
 
@@ -54,8 +57,6 @@ class PopulationSupport:
     """
 
     def __init__(self, family):
-        from linmaml.tasks import RegressionFamily
-
         if not isinstance(family, RegressionFamily):
             raise TypeError(f"family: expected a RegressionFamily, got {type(family).__name__}")
         self.family, self.d_in, self.d_out = family, family.d_in, family.d_out
@@ -63,8 +64,6 @@ class PopulationSupport:
         self.support_x = (vecs * np.sqrt(np.clip(vals, 0, None) * family.d_in)) @ vecs.T
 
     def sample(self, n_tasks: int, seed=0):
-        from linmaml.tasks import TaskBatch
-
         b = self.family.sample(n_tasks, seed)
         Xs = np.broadcast_to(self.support_x, (len(b), self.d_in, self.d_in)).copy()
         return TaskBatch(Xs, Xs @ np.swapaxes(b.W, 1, 2), b.Xq, b.Yq, b.W)
@@ -90,8 +89,6 @@ class ExactQuery:
     """
 
     def __init__(self, family):
-        from linmaml.tasks import RegressionFamily
-
         if not isinstance(family, RegressionFamily):
             raise TypeError(f"family: expected a RegressionFamily, got {type(family).__name__}")
         self.family, self.d_in, self.d_out = family, family.d_in, family.d_out
@@ -99,8 +96,6 @@ class ExactQuery:
         self.query_x = (vecs * np.sqrt(np.clip(vals, 0, None) * family.d_in)) @ vecs.T
 
     def sample(self, n_tasks: int, seed=0):
-        from linmaml.tasks import TaskBatch
-
         b = self.family.sample(n_tasks, seed)
         Xq = np.broadcast_to(self.query_x, (len(b), self.d_in, self.d_in)).copy()
         return TaskBatch(b.Xs, b.Ys, Xq, Xq @ np.swapaxes(b.W, 1, 2), b.W)
@@ -118,8 +113,6 @@ def convergence(final, snapshot, tolerance: float) -> dict:
 def load_trajectory_step(module, run, step: int) -> None:
     """Copy the parameters that ``run`` (a :class:`linmaml.simulator.Trajectory`) recorded after meta-step
     ``step`` into ``module`` (the trained learner's twin, or for a chain its module), by name."""
-    import torch
-
     values = dict(zip(run.names, run.weights))
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -131,14 +124,6 @@ def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bo
     with ``accuracy`` (one logit, labels in {0, 1}) also the per-task query accuracy of the logit's
     sign. After k ≥ 1 steps both come from :meth:`Engine.score` (binary accuracy for a single logit
     with float 0/1 labels); step 0 is the unadapted learner."""
-    import warnings
-
-    import torch
-
-    from linmaml.meta import StepsBeyondTrainingWarning
-    from linmaml.meta.losses import binary_accuracy
-    from linmaml.meta.engine import Engine
-
     engine = Engine(learner, loss_fn, strategy="vmap", tasks_per_chunk=None)
     T = tasks.torch()
 

@@ -59,6 +59,13 @@ import shlex
 import sys
 import time
 
+import torch
+
+from linmaml import _io, _validate
+from linmaml.benchmarks import analyze, checkpoint, episodes
+from linmaml.benchmarks.evaluate import evaluate_checkpoint
+from linmaml.benchmarks.scoring import mean_ci95
+from linmaml.benchmarks.train import train
 from linmaml.plots.figure import default_out, default_runs
 
 NAME = "depth_width"
@@ -128,8 +135,6 @@ def check_folder(run_dir: pathlib.Path, settings: dict) -> int:
     with more iterations than ``settings["iterations"]`` (the cell would not have the common budget),
     is a ValueError naming the setting — checked for every cell before any training."""
 
-    from linmaml.benchmarks import checkpoint
-
     if not run_dir.exists():
         return 0
     payload = checkpoint.load_latest(run_dir)
@@ -151,13 +156,6 @@ def check_folder(run_dir: pathlib.Path, settings: dict) -> int:
 
 def run_cell(algo: str, blocks: int, filters: int, size: dict, runs, data_root=None, threads: int | None = None) -> dict:
     """Train (or reuse, or resume) one cell, score it, and return its record (accuracies in percent)."""
-    import torch
-
-    from linmaml.benchmarks import analyze, checkpoint, episodes
-    from linmaml.benchmarks.evaluate import evaluate_checkpoint
-    from linmaml.benchmarks.scoring import mean_ci95
-    from linmaml.benchmarks.train import train
-
     if threads is not None:
         torch.set_num_threads(threads)
     run_dir = pathlib.Path(runs) / cell_name(algo, blocks, filters)
@@ -254,8 +252,6 @@ def sweep(size: dict, runs, *, jobs: int = 1, threads: int | None = 1, data_root
 
 
 def machine() -> dict:
-    import torch
-
     try:
         load = os.getloadavg()
     except OSError:
@@ -267,12 +263,12 @@ def machine() -> dict:
 
 def draw(record: dict, path) -> None:
     """Accuracy after (solid) and before (dashed) adaptation against width, one panel per algo."""
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     algos = list(dict.fromkeys(c["algo"] for c in record["cells"]))
     fig, axes = plt.subplots(1, len(algos), figsize=(6.2 * len(algos), 4.6), sharey=True, squeeze=False)
@@ -301,8 +297,6 @@ def draw(record: dict, path) -> None:
 def run(out_dir=DEFAULT_OUT, quick: bool = False, *, runs=None, jobs: int = 1, threads: int | None = 1,
         iterations: int | None = None, data_root=None, command: str | None = None) -> dict:
     """Sweep, write ``<out_dir>/depth_width.{png,json}``, return the JSON's dict."""
-    from linmaml import _io, _validate
-
     size = {**(QUICK if quick else FULL)}
     size["train"] = dict(size["train"])
     if iterations is not None:

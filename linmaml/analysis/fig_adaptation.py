@@ -30,8 +30,13 @@ import pathlib
 
 import numpy as np
 
-from linmaml.analysis._common import convergence
+from linmaml.analysis._common import classification_family, convergence, regression_family
+from linmaml.closedform import gaussian_lr as glr
+from linmaml.plots.curves import adaptation_panel
 from linmaml.plots.figure import figure_module
+from linmaml.simulator import deep, linnet, logr, mean_ci, meta_train, per_task_curves, ratio_of_means_ci, shallow
+from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
+                                        seed_ratio_summary)
 
 
 NAME = "adaptation"
@@ -72,15 +77,11 @@ MIN_ACCURACY_GAP_POINTS = 10.0
 
 def families(settings: dict):
     """The regression and classification task families the settings describe."""
-    from linmaml.analysis._common import classification_family, regression_family
-
     return regression_family(settings["regression"]), classification_family(settings["classification"])
 
 
 def models(settings: dict):
     """{"regression": [Shallow, Deep], "classification": [LogR, LogR+LinNet]} as LinearChains."""
-    from linmaml.simulator import deep, linnet, logr, shallow
-
     r, c = settings["regression"], settings["classification"]
     return {
         "regression": [shallow(r["d_in"], r["d_out"]), deep(r["d_in"], r["d_out"], r["deep_widths"])],
@@ -89,16 +90,12 @@ def models(settings: dict):
 
 
 def _summary(values, level) -> dict:
-    from linmaml.simulator import mean_ci
-
     mean, half = mean_ci(values, level)
     return {"mean": float(mean), "ci95": float(half)}
 
 
 def compute(quick: bool = False) -> dict:
     """Meta-train the four models, evaluate them on held-out tasks; every number the figure draws."""
-    from linmaml.simulator import mean_ci, meta_train, per_task_curves, ratio_of_means_ci
-
     size = QUICK if quick else FULL
     cfg = dict(SETTINGS, **size, quick=bool(quick))
     level = cfg["ci_level"]
@@ -181,10 +178,6 @@ def compute(quick: bool = False) -> dict:
 def _exact_regression(cfg: dict, family, trained: dict, shallow_name: str, deep_name: str) -> dict:
     """Every seed's adapted Shallow and Deep maps (final and at ``snapshot_fraction``) and the closed-form
     maps, scored by the exact conditional loss on the same tasks (module docstring)."""
-    from linmaml.closedform import gaussian_lr as glr
-    from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
-                                            seed_ratio_summary)
-
     alpha, level = cfg["inner_lr"], cfg["ci_level"]
     M = family.task_mean
     _, Q = glr.optimal_one_step_map(family)
@@ -220,9 +213,6 @@ def _exact_regression(cfg: dict, family, trained: dict, shallow_name: str, deep_
 def _classification_seeds(cfg: dict, trained: dict, logr_name: str, linnet_name: str) -> dict:
     """One-step accuracy and loss of every seed on the same tasks with large query sets; the LinNet −
     LogR accuracy gap paired by task and by seed, intervals over tasks and seeds combined."""
-    from linmaml.analysis._common import classification_family
-    from linmaml.simulator import mean_ci, per_task_curves
-
     level = cfg["ci_level"]
     family = classification_family(dict(cfg["classification"], n_query=cfg["classification_eval_query"]))
     tasks = family.sample(cfg["test_tasks"], cfg["test_seed"] + 1)
@@ -264,13 +254,12 @@ def _ideal_step(reg: dict, inner_lr: float) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
-    from linmaml.plots.curves import adaptation_panel
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     num, cfg = result["numbers"], result["settings"]
     fig, (ax_reg, ax_loss, ax_acc) = plt.subplots(1, 3, figsize=(15, 4.6))

@@ -27,6 +27,7 @@ import pathlib
 
 import numpy as np
 
+from linmaml.closedform import bernacchia as b
 from linmaml.plots.figure import figure_module
 
 NAME = "bernacchia"
@@ -57,8 +58,6 @@ def _grid(spec):
 def _panel_over_rates(setting, rates, draws, seed, lr_test):
     """Theory curve of the test loss against α_t (exact in α_r given e), its SE, and the best α_t
     with its paired advantage over α_t = 0 (rates must contain 0)."""
-    from linmaml.closedform import bernacchia as b
-
     e = b.meta_error(setting, rates, draws=draws, seed=seed)
     h = float(b.adaptation_factor(setting, lr_test)[0])
     loss = b.test_loss(setting, np.maximum(e["mean"], 0.0), lr_test)
@@ -103,8 +102,6 @@ def _paired_point_gap(per_run, rates, best_rate):
 
 
 def compute(quick: bool = False) -> dict:
-    from linmaml.closedform import bernacchia as b
-
     size = QUICK if quick else FULL
     cfg = SETTINGS
     seed = cfg["seed"]
@@ -171,12 +168,12 @@ def compute(quick: bool = False) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     n, s = result["numbers"], result["settings"]
     fig, axes = plt.subplots(1, 3, figsize=(14.5, 4.4))

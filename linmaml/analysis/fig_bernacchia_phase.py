@@ -23,6 +23,7 @@ import pathlib
 
 import numpy as np
 
+from linmaml.closedform import bernacchia as b
 from linmaml.plots.figure import figure_module
 
 NAME = "bernacchia_phase"
@@ -46,8 +47,6 @@ def _rates():
 
 
 def _best_loss(setting, e):
-    from linmaml.closedform import bernacchia as b
-
     e = max(float(e), 0.0)
     rate = b.best_test_rate(setting, e)
     return float(b.test_loss(setting, e, rate)[0]), rate
@@ -55,8 +54,6 @@ def _best_loss(setting, e):
 
 def analyse(setting, parts: np.ndarray, rates: np.ndarray) -> dict:
     """Best α_t, and the paired gain at the best test rate, from the (2, rates, draws) parts."""
-    from linmaml.closedform import bernacchia as b
-
     samples = setting.nu**2 * parts[0] + setting.sigma**2 * parts[1]
     mean = samples.mean(axis=1)
     best = int(np.argmin(mean))
@@ -74,8 +71,6 @@ def analyse(setting, parts: np.ndarray, rates: np.ndarray) -> dict:
 
 
 def compute(quick: bool = False) -> dict:
-    from linmaml.closedform import bernacchia as b
-
     cfg = SETTINGS
     draws = (QUICK if quick else FULL)["draws"]
     rates = _rates()
@@ -117,13 +112,13 @@ def compute(quick: bool = False) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm, TwoSlopeNorm
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
+    from matplotlib.colors import LogNorm, TwoSlopeNorm  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     n, s = result["numbers"], result["settings"]
     low = s["lr_train_grid"][0]

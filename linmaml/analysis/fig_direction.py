@@ -45,9 +45,19 @@ import sys
 import time
 
 import numpy as np
+import torch
+from torch import nn
 
-from linmaml.analysis._common import convergence
+from linmaml import meta
+from linmaml._io import atomic_write_json
+from linmaml.analysis._common import ExactQuery, convergence
+from linmaml.closedform import gaussian_lr as glr
+from linmaml.closedform.preconditioner import preconditioner
 from linmaml.plots.figure import figure_module
+from linmaml.simulator import deep, linnet, meta_train, shallow
+from linmaml.simulator.held_out import (adapted_end_to_end, gain_captured, mean_ci, paired_exact_losses,
+                                        paired_ratio, seed_gain_summary, seed_ratio_summary)
+from linmaml.tasks import RegressionFamily
 
 NAME = "direction"
 
@@ -98,8 +108,6 @@ def family_parts(cfg: dict, kappa: float) -> dict:
 def family(cfg: dict, kappa: float):
     """The :class:`linmaml.tasks.RegressionFamily` of condition number ``kappa`` (module docstring);
     one query point (the scorer never uses sampled query points)."""
-    from linmaml.tasks import RegressionFamily
-
     p = family_parts(cfg, kappa)
     return RegressionFamily(cfg["d_in"], 1, task_mean=np.asarray(cfg["task_mean"])[None, :], task_cov=p["Omega"],
                             x_cov=p["Sigma"], noise_std=cfg["noise_std"], n_support=cfg["n_support"], n_query=1)
@@ -111,8 +119,6 @@ def family(cfg: dict, kappa: float):
 
 def _start(cfg: dict, seed: int):
     """The shallow start weights of seed ``seed`` (the same generator meta_train gives a chain)."""
-    from linmaml.simulator import shallow
-
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
     return shallow(cfg["d_in"], 1).init(rng, cfg["init_scale"])[0]
 
@@ -121,12 +127,6 @@ def build(label: str, cfg: dict, alpha: float, seed: int):
     """(model given to meta_train, the learner that adapts, the module whose named parameters are the
     trained ones). Chains: ``simulator.deep`` / ``simulator.linnet(shallow)``; the others
     ``meta.MAML(Linear, transform=KFO(psd=True) | MetaSGD() | LearnedRates())``."""
-    import torch
-    from torch import nn
-
-    from linmaml import meta
-    from linmaml.simulator import deep, linnet, shallow
-
     d = cfg["d_in"]
     if label in CHAINS:
         chain = deep(d, 1, cfg["deep_widths"][label]) if label in cfg["deep_widths"] else \
@@ -144,8 +144,6 @@ def build(label: str, cfg: dict, alpha: float, seed: int):
 
 
 def _load(module, values: dict) -> None:
-    import torch
-
     with torch.no_grad():
         for name, p in module.named_parameters():
             p.copy_(torch.as_tensor(values[name], dtype=p.dtype))
@@ -153,9 +151,6 @@ def _load(module, values: dict) -> None:
 
 def train_one(label: str, cfg: dict, fam, alpha: float, seed: int) -> dict:
     """Meta-train one model; its parameters at the end and at snapshot_fraction of the schedule, and a summary."""
-    from linmaml.analysis._common import ExactQuery
-    from linmaml.simulator import meta_train
-
     model, _, _ = build(label, cfg, alpha, seed)
     rate = cfg["meta_lr"].get(label, cfg["meta_lr"]["default"])
     common = dict(meta_steps=cfg["meta_steps"], meta_batch=cfg["meta_batch"], meta_lr=rate,
@@ -176,8 +171,6 @@ def train_one(label: str, cfg: dict, fam, alpha: float, seed: int) -> dict:
 
 def train_all(cfg: dict, log=None) -> dict:
     """Every model, seed and κ of ``cfg``: {str(κ): {label: [train_one(...) per seed]}}."""
-    from linmaml.closedform import gaussian_lr as glr
-
     out = {}
     for kappa in cfg["kappas"]:
         fam = family(cfg, kappa)
@@ -207,8 +200,6 @@ def stored_training(cfg: dict):
 
 def retrain(log=sys.stdout) -> dict:
     """Train the full mode's models and store them in :data:`STORED` (atomically); returns the data."""
-    from linmaml._io import atomic_write_json
-
     cfg = dict(SETTINGS, **FULL)
     began = time.perf_counter()
     trained = train_all(cfg, log)
@@ -226,8 +217,6 @@ def retrain(log=sys.stdout) -> dict:
 def _chain_linear_part(module, alpha: float, adapt_layers):
     """(W_e, α·P) of a chain module: its end-to-end map and first-order step (the α² terms dropped;
     P of the adapted layers, d_out = 1 so P is (d_in, d_in) and the step is g ↦ g·αP)."""
-    from linmaml.closedform.preconditioner import preconditioner
-
     weights = [p.detach().numpy() for _, p in module.named_parameters()]
     W_e = weights[0]
     for W in weights[1:]:
@@ -236,10 +225,6 @@ def _chain_linear_part(module, alpha: float, adapt_layers):
 
 
 def compute(quick: bool = False, retrained: dict | None = None) -> dict:
-    from linmaml.closedform import gaussian_lr as glr
-    from linmaml.simulator.held_out import (adapted_end_to_end, mean_ci, paired_exact_losses, paired_ratio,
-                                            seed_gain_summary, seed_ratio_summary)
-
     size = QUICK if quick else FULL
     cfg = dict(SETTINGS, **size, quick=bool(quick))
     level = cfg["ci_level"]
@@ -357,16 +342,12 @@ def compute(quick: bool = False, retrained: dict | None = None) -> dict:
 
 
 def _gain(model, baseline, best, level):
-    from linmaml.simulator.held_out import gain_captured
-
     g = gain_captured(model, baseline, best, level)
     return g["fraction"], g["ci95"]
 
 
 def _pooled_ratio(L, lin, level):
     """Seed-averaged full loss over seed-averaged linear-part loss (paired over tasks), per-seed too."""
-    from linmaml.simulator.held_out import paired_ratio
-
     out = paired_ratio(L.mean(axis=0), lin.mean(axis=0), level)
     out["per_seed"] = [paired_ratio(a, b, level)["ratio"] for a, b in zip(L, lin)]
     return out
@@ -397,12 +378,12 @@ def _summary(per_kappa: dict, cfg: dict) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     num, cfg = result["numbers"], result["settings"]
     per = num["per_kappa"]

@@ -37,6 +37,15 @@ import weakref
 
 import numpy as np
 
+from linmaml import meta
+from linmaml.analysis._common import PopulationSupport, regression_family
+from linmaml.checks._common import random_weights
+from linmaml.checks.meta import deep_linear_model
+from linmaml.closedform import deep_linear as dl
+from linmaml.closedform.gaussian import expected_post_adaptation_loss
+from linmaml.meta import estimators
+from linmaml.meta.engine import Engine
+from linmaml.meta.losses import squared_loss
 from linmaml.plots.figure import figure_module
 
 NAME = "estimators"
@@ -82,8 +91,6 @@ COLORS = {"fomaml": "tab:blue", "reptile": "tab:orange", "imaml": "tab:green", "
 
 
 def _family(cfg):
-    from linmaml.analysis._common import regression_family
-
     return regression_family(cfg["family"])
 
 
@@ -93,14 +100,10 @@ def _widths(cfg, depth: int) -> list[int]:
 
 
 def _init(cfg, depth: int) -> list[np.ndarray]:
-    from linmaml.checks._common import random_weights
-
     return random_weights(np.random.default_rng(cfg["init_seed"] + depth), _widths(cfg, depth), cfg["init_scale"])
 
 
 def _estimator(name: str, cfg: dict, lr: float, steps: int, **override):
-    from linmaml.meta import estimators
-
     e = {k: dict(v) for k, v in cfg["estimators"].items()}
     for key, value in override.items():
         e[name][key] = value
@@ -123,11 +126,6 @@ def _estimator(name: str, cfg: dict, lr: float, steps: int, **override):
 
 def _engine(weights, lr, steps, strategy="vmap"):
     import torch.nn.functional  # noqa: F401
-
-    from linmaml import meta
-    from linmaml.meta.losses import squared_loss
-    from linmaml.checks.meta import deep_linear_model
-    from linmaml.meta.engine import Engine
 
     learner = meta.MAML(deep_linear_model(weights), lr=lr, steps=steps)
     return Engine(learner, squared_loss, strategy=strategy, tasks_per_chunk=None)
@@ -188,8 +186,6 @@ def _point(cfg, run_cfg, lr, steps, depth, names, overrides=None):
 
 
 def _point_uncached(cfg, run_cfg, lr, steps, depth, names, overrides=None):
-    from linmaml.closedform import deep_linear as dl
-
     weights = _init(cfg, depth)
     engine = _engine(weights, lr, steps)
     batches = _batches(cfg, run_cfg["batches"])
@@ -285,9 +281,6 @@ def _costs(cfg, run_cfg) -> dict:
 def _train(cfg, run_cfg) -> dict:
     """Meta-train with each estimator and exact MAML; exact expected one-step loss of the results."""
     import torch
-
-    from linmaml.analysis._common import PopulationSupport
-    from linmaml.closedform.gaussian import expected_post_adaptation_loss
 
     t = cfg["train"]
     fam = _family(cfg)
@@ -388,12 +381,12 @@ def compute(quick: bool = False) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     num, cfg = result["numbers"], result["settings"]
     fig, axes = plt.subplots(2, 4, figsize=(19, 8.6))

@@ -43,9 +43,18 @@ import pathlib
 import time
 
 import numpy as np
+import torch
+from torch import nn
 
-from linmaml.analysis._common import convergence
+from linmaml import meta
+from linmaml.analysis._common import (ExactQuery, classification_family, convergence, load_trajectory_step,
+                                      meta_learner_curves, regression_family)
+from linmaml.closedform import depth_step, gaussian, gaussian_lr as glr
+from linmaml.meta.losses import logistic_loss
 from linmaml.plots.figure import figure_module
+from linmaml.simulator import deep, linnet, logr, meta_train, shallow
+from linmaml.simulator.held_out import (adapted_end_to_end, mean_ci, paired_exact_losses, seed_gain_summary,
+                                        seed_ratio_summary)
 
 NAME = "lr_sweep"
 
@@ -89,8 +98,6 @@ COLORS = {"Deep L=2": "tab:red", "Deep L=3": "tab:purple", "Shallow+LinNet": "ta
 
 
 def families(cfg: dict):
-    from linmaml.analysis._common import classification_family, regression_family
-
     return {"regression": regression_family(cfg["regression"]),
             "classification": classification_family(cfg["classification"])}
 
@@ -98,8 +105,6 @@ def families(cfg: dict):
 def shallow_exact(family, alphas) -> dict:
     """The Shallow model's exact one-step query loss after meta-training, at every α: the expected
     loss at the MAML fixed point (the task mean for one Gaussian family), and the optimal α."""
-    from linmaml.closedform import gaussian
-
     losses = [gaussian.expected_post_adaptation_loss(gaussian.maml_fixed_point(family, a, 1), family, a, 1)
               for a in alphas]
     M = np.asarray(family.task_mean)
@@ -111,8 +116,6 @@ def shallow_exact(family, alphas) -> dict:
 
 
 def _chain(label: str, cfg: dict, problem: str):
-    from linmaml.simulator import deep, linnet, logr, shallow
-
     r, c = cfg["regression"], cfg["classification"]
     if problem == "regression":
         if label in cfg["deep_widths"]:
@@ -123,12 +126,6 @@ def _chain(label: str, cfg: dict, problem: str):
 
 def _meta_learner(label: str, cfg: dict, problem: str, alpha: float, seed: int = 0):
     """Meta-SGD or KFO (``linmaml.meta``) on a bias-free float64 linear map, started like the chains."""
-    import torch
-    from torch import nn
-
-    from linmaml import meta
-    from linmaml.simulator import logr, shallow
-
     f = cfg[problem]
     d_out = f.get("d_out", 1)
     base = shallow(f["d_in"], d_out) if problem == "regression" else logr(f["d_in"])
@@ -143,9 +140,6 @@ def _meta_learner(label: str, cfg: dict, problem: str, alpha: float, seed: int =
 def train(label: str, cfg: dict, problem: str, family, alpha: float, seed: int) -> dict:
     """Meta-train one model at inner lr ``alpha`` with seed ``seed``: the trained learner, its twin at
     ``snapshot_fraction`` of the schedule, the meta-losses, and for chains the final weights."""
-    from linmaml.analysis._common import ExactQuery, load_trajectory_step
-    from linmaml.simulator import meta_train
-
     budget = dict(meta_steps=cfg["meta_iterations"], meta_batch=cfg["meta_batch"], meta_lr=cfg["meta_lr"],
                   optimizer=cfg["meta_optimizer"], seed=seed, schedule=cfg["schedule"])
     tasks = ExactQuery(family) if problem == "regression" else family
@@ -174,11 +168,6 @@ def _imbalance(weights) -> float:
 
 def _regression_alpha(cfg: dict, family, alpha: float, runs: dict) -> dict:
     """Paired exact scoring at one α of every label's seeds against Shallow at α and the best map."""
-    from linmaml.closedform import depth_step
-    from linmaml.closedform import gaussian_lr as glr
-    from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
-                                            seed_ratio_summary)
-
     level = cfg["ci_level"]
     M = family.task_mean
     _, Q = glr.optimal_one_step_map(family)
@@ -228,10 +217,6 @@ def _regression_alpha(cfg: dict, family, alpha: float, runs: dict) -> dict:
 
 def _classification_alpha(cfg: dict, runs: dict, tasks) -> dict:
     """Per label: per-task one-step loss and accuracy of each seed on the same tasks (large query sets)."""
-    from linmaml.analysis._common import meta_learner_curves
-    from linmaml.meta.losses import logistic_loss
-    from linmaml.simulator.held_out import mean_ci
-
     level = cfg["ci_level"]
     rows = {}
     for label, seeds in runs.items():
@@ -255,9 +240,6 @@ def _classification_alpha(cfg: dict, runs: dict, tasks) -> dict:
 
 
 def compute(quick: bool = False) -> dict:
-    from linmaml.analysis._common import classification_family
-    from linmaml.closedform import depth_step
-
     size = QUICK if quick else FULL
     cfg = dict(SETTINGS, **size, quick=bool(quick))
     fams = families(cfg)
@@ -327,12 +309,12 @@ def _regression_summary(table: dict, exact: dict, shallow_at_grid: list, alphas:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     num, cfg = result["numbers"], result["settings"]
     fig, (ax_reg, ax_acc, ax_cls) = plt.subplots(1, 3, figsize=(16, 6.6))

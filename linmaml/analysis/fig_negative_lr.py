@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import pathlib
 
+from linmaml.closedform.gaussian_lr import negative_lr_table
 from linmaml.plots.figure import figure_module
+from linmaml.tasks import RegressionFamily
 
 NAME = "negative_lr"
 
@@ -37,8 +39,6 @@ QUICK = {"repeats": 40}
 
 
 def family(settings: dict):
-    from linmaml.tasks import RegressionFamily
-
     f = settings["family"]
     return RegressionFamily(f["d_in"], f["d_out"], task_mean=f["task_mean"], task_cov=f["task_cov"],
                             x_cov=f["x_cov"], noise_std=f["noise_std"], n_support=f["n_support"],
@@ -46,8 +46,6 @@ def family(settings: dict):
 
 
 def compute(quick: bool = False) -> dict:
-    from linmaml.closedform.gaussian_lr import negative_lr_table
-
     size = QUICK if quick else FULL
     table = negative_lr_table(family(SETTINGS), SETTINGS["lr_train"], n_tasks=SETTINGS["n_tasks"],
                               repeats=size["repeats"], seed=SETTINGS["seed"])
@@ -62,12 +60,12 @@ def compute(quick: bool = False) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     n = result["numbers"]
     s = result["settings"]

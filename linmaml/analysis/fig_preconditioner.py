@@ -54,8 +54,16 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+from scipy.optimize import minimize
 
+from linmaml.analysis._common import PopulationSupport
+from linmaml.closedform import gaussian, gaussian_lr
+from linmaml.closedform.gaussian import expected_post_adaptation_loss_and_grad
+from linmaml.closedform.preconditioner import preconditioner
+from linmaml.plots.curves import running_mean
 from linmaml.plots.figure import figure_module
+from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves
+from linmaml.tasks import RegressionFamily
 
 NAME = "preconditioner"
 
@@ -105,8 +113,6 @@ def covariances(f: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def family(settings: dict, n_support: int | None = None):
     """The anisotropic :class:`linmaml.tasks.RegressionFamily` (``n_support`` defaults to d_in: the
     sampled support set is replaced by :class:`PopulationSupport` for training anyway)."""
-    from linmaml.tasks import RegressionFamily
-
     f = settings["family"]
     Sigma, Omega, _ = covariances(f)
     return RegressionFamily(f["d_in"], 1, task_mean=np.asarray(f["task_mean"])[None, :], task_cov=Omega, x_cov=Sigma,
@@ -125,11 +131,6 @@ def deep_optimum(sizes, fam, lr: float, *, starts: int, excess: float | None, se
     Returns {"weights": best layers, "value", "floor", "starts": [{"value", "iterations",
     "gradient_max_abs", "alpha_P"}]} with α·P from ``closedform.preconditioner`` at each start's end.
     """
-    from scipy.optimize import minimize
-
-    from linmaml.closedform.gaussian import expected_post_adaptation_loss_and_grad
-    from linmaml.closedform.preconditioner import preconditioner
-
     shapes = [(sizes[j + 1], sizes[j]) for j in range(len(sizes) - 1)]
     cuts = np.cumsum([0] + [a * b for a, b in shapes])
     floor = 0.5 * fam.d_out * fam.noise_std ** 2
@@ -200,10 +201,6 @@ def finite_n_panel(cfg: dict, population_weights: dict) -> tuple[dict, dict]:
 
     ``population_weights``: {"optimum": layers, "trained": layers} of the population panel's L = 2
     model, scored here at finite n. Returns (numbers for the JSON, arrays for the drawing)."""
-    from linmaml.closedform import gaussian, gaussian_lr
-    from linmaml.closedform.preconditioner import preconditioner
-    from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves
-
     f, alpha, window = cfg["family"], cfg["inner_lr"], cfg["window"]
     settings = cfg["finite_n"]
     n = settings["n_support"]
@@ -302,11 +299,6 @@ def finite_n_panel(cfg: dict, population_weights: dict) -> tuple[dict, dict]:
 
 
 def compute(quick: bool = False) -> dict:
-    from linmaml.analysis._common import PopulationSupport
-    from linmaml.closedform import gaussian, gaussian_lr
-    from linmaml.closedform.preconditioner import preconditioner
-    from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves
-
     size = QUICK if quick else FULL
     cfg = dict(SETTINGS, **size, quick=bool(quick))
     fam = family(cfg)
@@ -411,13 +403,12 @@ def compute(quick: bool = False) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.curves import running_mean
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     num, cfg, arr = result["numbers"], result["settings"], result["_arrays"]
     alpha, labels = cfg["inner_lr"], [label for label in arr if label != "finite_n"]

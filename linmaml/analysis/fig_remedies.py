@@ -29,10 +29,20 @@ import pathlib
 import time
 
 import numpy as np
+import torch
+from torch import nn
 
-from linmaml.analysis._common import convergence
+from linmaml import meta
+from linmaml.analysis._common import (ExactQuery, convergence, load_trajectory_step, meta_learner_curves,
+                                      regression_family)
+from linmaml.closedform import gaussian, gaussian_lr as glr
 from linmaml.intervals import t_quantile
+from linmaml.meta.losses import squared_loss
+from linmaml.plots.curves import adaptation_panel, running_mean
 from linmaml.plots.figure import figure_module
+from linmaml.simulator import deep, implicit_preconditioner, mean_ci, meta_train, per_task_curves, shallow
+from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
+                                        seed_ratio_summary)
 
 NAME = "remedies"
 
@@ -68,18 +78,11 @@ LABELS = {"plain": "Shallow, MAML", "kfo": "Shallow, MAML+KFO", "linnet": "Shall
 
 
 def family(settings: dict):
-    from linmaml.analysis._common import regression_family
-
     return regression_family(settings["family"])
 
 
 def _learner(kind: str, cfg: dict, start):
     """A linmaml.meta learner around a bias-free float64 linear map initialised to ``start``."""
-    import torch
-    from torch import nn
-
-    from linmaml import meta
-
     f = cfg["family"]
     linear = nn.Linear(f["d_in"], f["d_out"], bias=False, dtype=torch.float64)
     with torch.no_grad():
@@ -95,10 +98,6 @@ def _learner(kind: str, cfg: dict, start):
 
 def _effective_step(kind: str, learner, alpha: float) -> list[float]:
     """Eigenvalues of the learned one-step map α·P on vec W_e (sorted)."""
-    import torch
-
-    from linmaml.simulator import implicit_preconditioner
-
     with torch.no_grad():
         if kind == "plain":
             d = learner.model.weight.numel()
@@ -127,10 +126,6 @@ def _parameters(kind: str, learner) -> dict:
 def _exact_paired(cfg: dict, fam, learners: dict) -> dict:
     """Every seed's final and snapshot adapted maps, and the references, scored on the same tasks by
     the exact conditional loss; ratios, gain captured and convergence (module docstring)."""
-    from linmaml.closedform import gaussian_lr as glr
-    from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
-                                            seed_ratio_summary)
-
     alpha, level = cfg["inner_lr"], cfg["ci_level"]
     M = fam.task_mean
     _, Q = glr.optimal_one_step_map(fam)
@@ -172,17 +167,11 @@ def stats_t(n: int) -> float:
 
 
 def compute(quick: bool = False) -> dict:
-    from linmaml.analysis._common import meta_learner_curves
-    from linmaml.meta.losses import squared_loss
-    from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves, shallow
-
     size = QUICK if quick else FULL
     cfg = dict(SETTINGS, **size, quick=bool(quick))
     fam = family(cfg)
     f, alpha = cfg["family"], cfg["inner_lr"]
     tasks = fam.sample(cfg["test_tasks"], cfg["test_seed"])
-
-    from linmaml.analysis._common import ExactQuery, load_trajectory_step
 
     per_task, meta_losses, steps_eig, seconds, params = {}, {}, {}, {}, {}
     learners = {k: [] for k in ("plain", "kfo", "linnet", "deep")}  # per seed: (final, snapshot) learners
@@ -227,7 +216,6 @@ def compute(quick: bool = False) -> dict:
         one_step[kind] = {"mean": float(mean[1]), "ci95": float(half[1])}
         ratios[kind] = {"ratio": exact["models"][kind]["over_deep"]["ratio"] if kind != "deep" else 1.0,
                         "ci95": exact["models"][kind]["over_deep"]["ci95"] if kind != "deep" else 0.0}
-    from linmaml.closedform import gaussian
 
     M = np.asarray(fam.task_mean)
     c_star = float(gaussian.optimal_inner_lr(M, fam, 1))
@@ -268,13 +256,12 @@ def compute(quick: bool = False) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
-    from linmaml.plots.curves import adaptation_panel, running_mean
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     num, cfg = result["numbers"], result["settings"]
     colors = ["tab:blue", "tab:green", "tab:orange", "tab:red"]

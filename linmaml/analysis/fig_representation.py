@@ -39,9 +39,14 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+import torch
 
+from linmaml.analysis._common import PopulationSupport
+from linmaml.closedform.lowrank import anil_expected_loss_and_grad
 from linmaml.intervals import t_quantile
 from linmaml.plots.figure import figure_module
+from linmaml.simulator import LinearChain, meta_train
+from linmaml.tasks import LowRankRegressionFamily, orthonormal_basis, principal_angle_distance
 
 NAME = "representation"
 
@@ -72,8 +77,6 @@ QUICK = {"meta_iterations": 30, "seeds": 2, "finite_seeds": 2}
 
 
 def family(cfg: dict, n: int):
-    from linmaml.tasks import LowRankRegressionFamily
-
     k = cfg["k"]
     return LowRankRegressionFamily(cfg["d"], 1, rank=k, head_cov=[1.0] * (k - 1) + [cfg["mu"] ** 2],
                                    noise_std=cfg["noise_std"], n_support=n, n_query=n, basis_seed=cfg["basis_seed"])
@@ -81,25 +84,17 @@ def family(cfg: dict, n: int):
 
 def start(cfg: dict, seed: int) -> list[np.ndarray]:
     """W1 with orthonormal rows on a random subspace (seeded), W2 = 0."""
-    from linmaml.tasks import orthonormal_basis
-
     return [orthonormal_basis(cfg["d"], cfg["k"], seed=10_000 + seed).T.copy(), np.zeros((1, cfg["k"]))]
 
 
 def distances(W1_path: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """dist(W1ᵀ, B*) at every recorded step (W1_path (S+1, k, d)); NaN where the run diverged."""
-    from linmaml.tasks import principal_angle_distance
-
     with np.errstate(all="ignore"):
         return np.array([principal_angle_distance(W.T, basis) if np.all(np.isfinite(W)) and np.abs(W).max() < 1e150
                          else np.nan for W in W1_path])
 
 
 def train(cfg: dict, fam, method: str, seed: int, meta_iterations: int) -> np.ndarray:
-    import torch
-
-    from linmaml.simulator import LinearChain, meta_train
-
     adapt, first_order, steps = METHODS[method]
     chain = LinearChain((cfg["d"], cfg["k"], 1), adapt_layers=adapt)
     init = [torch.as_tensor(W) for W in start(cfg, seed)]
@@ -112,8 +107,6 @@ def train(cfg: dict, fam, method: str, seed: int, meta_iterations: int) -> np.nd
 def anil_theory(cfg: dict, fam, seed: int, meta_iterations: int) -> np.ndarray:
     """Deterministic gradient descent (rate meta_lr) on the exact expected ANIL objective with the
     population inner step, from the same start: the infinite-meta-batch limit of the ANIL runs."""
-    from linmaml.closedform.lowrank import anil_expected_loss_and_grad
-
     layers = start(cfg, seed)
     path = [layers[0].copy()]
     for _ in range(meta_iterations):
@@ -178,10 +171,7 @@ def _json_safe(value):
 
 
 def compute(quick: bool = False) -> dict:
-    import torch
-
     torch.set_num_threads(1)
-    from linmaml.analysis._common import PopulationSupport
 
     size = QUICK if quick else FULL
     cfg = {**SETTINGS, **size}
@@ -213,12 +203,12 @@ COLORS = {"ANIL": "C0", "MAML": "C1", "FO-ANIL": "C2", "FO-MAML": "C3", "average
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     n = result["numbers"]
     s = result["settings"]

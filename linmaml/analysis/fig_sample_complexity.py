@@ -32,11 +32,19 @@ Run: ``python -m linmaml.analysis.fig_sample_complexity [--out DIR] [--quick]``;
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import numpy as np
+import torch
+from scipy import stats
 
+from linmaml.closedform import lowrank
+from linmaml.closedform.gaussian import optimal_inner_lr
+from linmaml.meta.engine import Engine
 from linmaml.plots.figure import figure_module
+from linmaml.simulator import LinearChain, meta_train, squared_loss
+from linmaml.tasks import LowRankRegressionFamily, orthonormal_basis, principal_angle_distance
 
 NAME = "sample_complexity"
 
@@ -55,19 +63,12 @@ QUICK = {"dims": [10, 30], "seeds": 2, "meta_iterations": [10, 10], "test_tasks"
 
 
 def family(cfg: dict, d: int, n: int = 1):
-    from linmaml.tasks import LowRankRegressionFamily
-
     return LowRankRegressionFamily(d, 1, rank=cfg["k"], head_cov=1.0, noise_std=cfg["noise_std"], n_support=n,
                                    n_query=n, basis_seed=cfg["basis_seed"])
 
 
 def train_network(cfg: dict, d: int, seed: int) -> list[np.ndarray]:
     """ANIL meta-training through the engine in two SGD stages; returns [W1 (k, d), W2 (1, k)]."""
-    import torch
-
-    from linmaml.simulator import LinearChain, meta_train
-    from linmaml.tasks import orthonormal_basis
-
     chain = LinearChain((d, cfg["k"], 1), adapt_layers=(1,))
     fam = family(cfg, d, cfg["train_n"])
     weights = [orthonormal_basis(d, cfg["k"], seed=10_000 + seed).T.copy(), np.zeros((1, cfg["k"]))]
@@ -87,11 +88,6 @@ def ideal_samples(cfg: dict) -> int:
 def monte_carlo_losses(cfg: dict, fam, layers, lr: float, tasks: int, seed: int) -> np.ndarray:
     """Per-task exact conditional loss ½‖w′ − w_τ‖² (+ ½σ²) after one engine step at rate ``lr`` on sampled
     support sets; ``layers`` = [w] (the linear model, all adapted) or [W1, W2] (head adapted)."""
-    import torch
-
-    from linmaml.meta.engine import Engine
-    from linmaml.simulator import LinearChain, squared_loss
-
     sizes = (fam.d_in, 1) if len(layers) == 1 else (fam.d_in, cfg["k"], 1)
     chain = LinearChain(sizes, adapt_layers=None if len(layers) == 1 else (1,))
     learner = chain.learner([torch.as_tensor(W) for W in layers], lr, steps=1)
@@ -107,15 +103,6 @@ def monte_carlo_losses(cfg: dict, fam, layers, lr: float, tasks: int, seed: int)
 
 
 def compute(quick: bool = False) -> dict:
-    import dataclasses
-
-    import torch
-    from scipy import stats
-
-    from linmaml.closedform import lowrank
-    from linmaml.closedform.gaussian import optimal_inner_lr
-    from linmaml.tasks import principal_angle_distance
-
     torch.set_num_threads(1)
     size = QUICK if quick else FULL
     cfg = {**SETTINGS, **size}
@@ -185,12 +172,12 @@ def compute(quick: bool = False) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     n = result["numbers"]
     s = result["settings"]

@@ -22,6 +22,7 @@ import pathlib
 
 import numpy as np
 
+from linmaml.plots import surface as S
 from linmaml.plots.figure import figure_module
 
 NAME = "surface"
@@ -68,8 +69,6 @@ def zero_set(setting) -> list[list[float]]:
 
 def compute(quick: bool = False) -> dict:
     """Every number the figure draws (no plotting): surfaces, trajectories and summary numbers."""
-    from linmaml.plots import surface as S
-
     size = QUICK if quick else FULL
     cfg = SETTINGS
     setting = S.TaskSetting(lr=cfg["inner_lr"], steps=cfg["inner_steps"], mean=cfg["task_mean"],
@@ -117,13 +116,12 @@ def compute(quick: bool = False) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
-    from linmaml.plots import surface as S
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     arr, num, cfg = result["_arrays"], result["numbers"], result["settings"]
     setting = arr["setting"]

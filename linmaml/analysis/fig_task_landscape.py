@@ -27,6 +27,7 @@ import pathlib
 
 import numpy as np
 
+from linmaml.closedform.mixture import easy_hard_mixture, maml_gain, simulate
 from linmaml.plots.figure import figure_module
 
 NAME = "task_landscape"
@@ -55,8 +56,6 @@ def _lr(regime, family) -> float:
 
 
 def _mixture(regime, spread_hard, distance, rho_hard=None):
-    from linmaml.closedform.mixture import easy_hard_mixture
-
     family = dict(SETTINGS["family"])
     if rho_hard is not None:
         family["rho_hard"] = rho_hard
@@ -65,15 +64,11 @@ def _mixture(regime, spread_hard, distance, rho_hard=None):
 
 
 def _exact(regime, spread_hard, distance, rho_hard=None) -> dict:
-    from linmaml.closedform.mixture import maml_gain
-
     mixture = _mixture(regime, spread_hard, distance, rho_hard)
     return maml_gain(mixture, _lr(regime, SETTINGS["family"]), population=(regime == "population"))
 
 
 def _monte_carlo(regime, spread_hard, distance, tasks, seed, rho_hard=None) -> dict:
-    from linmaml.closedform.mixture import simulate
-
     exact = _exact(regime, spread_hard, distance, rho_hard)
     mc = simulate(_mixture(regime, spread_hard, distance, rho_hard), exact["W_maml"], exact["W_erm"],
                   _lr(regime, SETTINGS["family"]), tasks=tasks, population=(regime == "population"), seed=seed)
@@ -128,12 +123,12 @@ def compute(quick: bool = False) -> dict:
 
 
 def draw(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure
+    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     n, s = result["numbers"], result["settings"]
     spreads, distances = np.array(n["spread_hard"]), np.array(n["distance"])

@@ -21,11 +21,19 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import pathlib
 import shlex
 import sys
 import time
 
+import torch
+
+from linmaml import _io, _validate
+from linmaml.analysis.depth_width import machine
+from linmaml.benchmarks import analyze
+from linmaml.benchmarks.analyze import format_table
+from linmaml.benchmarks.train import train
 from linmaml.plots.figure import default_out, default_runs
 
 NAME = "layers"
@@ -42,13 +50,6 @@ QUICK = {"tasks": 10, "train": {"algo": "maml", "layers": 4, "hidden": 8, "itera
 def run(out_dir=DEFAULT_OUT, quick: bool = False, *, run_dir=None, runs=None, tasks: int | None = None,
         threads: int | None = None, data_root=None, command: str = "") -> dict:
     """Train or reuse the run, analyze it, write ``<out_dir>/layers.{png,json}``; return the JSON's dict."""
-    import torch
-
-    from linmaml import _io, _validate
-    from linmaml.analysis.depth_width import machine
-    from linmaml.benchmarks import analyze
-    from linmaml.benchmarks.train import train
-
     size = QUICK if quick else FULL
     tasks = size["tasks"] if tasks is None else _validate.integer(tasks, "tasks", minimum=2)
     if threads is not None:
@@ -83,10 +84,6 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, run_dir=None, runs=None, ta
 def redraw(out_dir) -> int:
     """Redraw ``<out_dir>/layers.png`` from ``<out_dir>/layers.json`` with the current drawing code
     (:func:`linmaml.benchmarks.analyze.draw`): the numbers are the JSON's, unchanged."""
-    import json
-
-    from linmaml.benchmarks import analyze
-
     out_dir = pathlib.Path(out_dir)
     record = json.loads((out_dir / f"{NAME}.json").read_text(encoding="utf-8"))
     analyze.draw(record, out_dir / f"{NAME}.png")
@@ -120,7 +117,6 @@ def main(argv=None) -> int:
         from linmaml.analysis._common import report_error
 
         return report_error("fig_layers", error)
-    from linmaml.benchmarks.analyze import format_table
 
     print(format_table(record))
     print(f"wrote {args.out / (NAME + '.png')} and {NAME}.json in {record['total_seconds']:.0f} s", file=sys.stderr)

@@ -30,6 +30,15 @@ import json
 import math
 import pathlib
 
+import torch
+from scipy import stats
+
+from linmaml import _io
+from linmaml.analysis.depth_width import machine
+from linmaml.benchmarks.config import TrainConfig
+from linmaml.benchmarks.evaluate import evaluate_checkpoint
+from linmaml.plots.training import plot_runs, read_runs
+
 PUBLISHED = {1: (98.7, 0.4), 5: (99.9, 0.1)}  # Finn et al. 2017, Omniglot 5-way, percent ± 95 % CI
 #: TrainConfig fields left out of the rebuilt command when they hold their defaults.
 _COMMAND_FIELDS = ("benchmark", "ways", "shots", "algo", "transform", "layers", "hidden", "steps", "test_steps",
@@ -39,8 +48,6 @@ _COMMAND_FIELDS = ("benchmark", "ways", "shots", "algo", "transform", "layers", 
 
 def command_of(config: dict, out: str, threads: int | None) -> str:
     """The ``linmaml train`` command that gives a run with ``config`` (non-default settings only)."""
-    from linmaml.benchmarks.config import TrainConfig
-
     default = TrainConfig().to_dict()
     words = ["linmaml train"]
     for name in _COMMAND_FIELDS:
@@ -53,11 +60,6 @@ def command_of(config: dict, out: str, threads: int | None) -> str:
 
 
 def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int | None = 1) -> dict:
-    from linmaml.analysis.depth_width import machine
-    from linmaml.benchmarks.evaluate import evaluate_checkpoint
-
-    from linmaml import _io
-
     config = _io.load_json(folder / "config.json")["config"]  # bounded regular file, never a FIFO
     scored = evaluate_checkpoint(folder, tasks=tasks, data_root=data_root, device="cpu")
     published = PUBLISHED.get(config["shots"]) if config["ways"] == 5 else None
@@ -104,8 +106,6 @@ def recipe_key(settings: dict) -> str:
 def seed_groups(results: list[dict]) -> list[dict]:
     """One entry per recipe: ``runs``, ``seeds``, ``mean_accuracy`` and ``ci95_over_seeds`` (95 %
     Student-t over the seeds' test accuracies; None for one seed), ``mean_train_minutes``."""
-    from scipy import stats
-
     groups: dict[str, list[dict]] = {}
     for r in results:
         groups.setdefault(recipe_key(r["settings"]), []).append(r)
@@ -135,9 +135,6 @@ def merged(previous: list[dict], new: list[dict]) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    from linmaml import _io
-    from linmaml.plots.training import plot_runs, read_runs
-
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run folders of linmaml train")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("figures"), help="output folder")
@@ -147,7 +144,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--fresh", action="store_true",
                         help="start a new record instead of adding the runs to the one in --out")
     args = parser.parse_args(argv)
-    import torch
 
     torch.set_num_threads(args.threads)
     results = [score_run(folder, tasks=args.tasks, data_root=args.data_root) for folder in args.runs]

@@ -14,7 +14,11 @@ from __future__ import annotations
 import statistics
 import time
 
+import torch
+
+from linmaml.bench.case_meta import meta_setup, meta_variants, run_variant
 from linmaml.bench.timing import THREADS, interleaved, probe_subprocess
+from linmaml.benchmarks.allocator import use_allocator
 
 #: What each probe times: the meta cases' variants of these names.
 TIMED = ("reference", "train_step")
@@ -23,11 +27,6 @@ TIMED = ("reference", "train_step")
 def allocator_probe(spec: dict) -> dict:
     """In this (fresh) process: apply ``spec["allocator"]``, set up the maml case with
     ``spec["settings"]`` and time :data:`TIMED` interleaved, ``spec["reps"]`` times."""
-    import torch
-
-    from linmaml.bench.case_meta import meta_setup, meta_variants, run_variant
-    from linmaml.benchmarks.allocator import use_allocator
-
     applied = use_allocator(spec["allocator"])
     torch.set_num_threads(spec["threads"])
     settings = spec["settings"]

@@ -6,10 +6,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
+from linmaml import simulator
+from linmaml.bench.sizes import TARGETS
 from linmaml.bench.timing import (interleaved, memory_probe_subprocess, ratios, relative_error,
                                             tracemalloc_peak_mib)
-from linmaml.bench.sizes import TARGETS
+from linmaml.closedform import deep_linear, scalar
+from linmaml.tasks import RegressionFamily
 
 # --------------------------------------------------------------------------------------------------
 # Case 1: exact scalar-chain surface
@@ -32,10 +36,6 @@ def surface_reference(w1, w2, lr, steps, mean, std, x_var):
     with a single input x = √V and target a·√V, so its squared loss is ½V(p − a)²; ``simulator.adapt``
     runs the inner loop by autograd; the objective is the π-weighted sum over nodes. Points go
     through the simulator in chunks of about :data:`SURFACE_REFERENCE_TASKS` tasks."""
-    import torch
-
-    from linmaml import simulator
-
     a, pi = _gauss_hermite_tasks(mean, std, 2, steps)
     nodes = len(a)
     per_call = max(1, SURFACE_REFERENCE_TASKS // nodes)
@@ -54,8 +54,6 @@ def surface_reference(w1, w2, lr, steps, mean, std, x_var):
 
 
 def bench_surface(s: dict, reps: int, log) -> dict:
-    from linmaml.closedform import scalar
-
     rng = np.random.default_rng(0)
     axis = scalar.symmetric_grid(s["grid"], s["range"])
     result = {"what": f"exact depth-2 population MAML objective on a {s['grid']}x{s['grid']} grid "
@@ -111,9 +109,6 @@ def bench_surface(s: dict, reps: int, log) -> dict:
 
 
 def _deep_linear_setup(s: dict):
-    from linmaml import simulator
-    from linmaml.tasks import RegressionFamily
-
     family = RegressionFamily(d_in=s["d_in"], d_out=s["d_out"], task_cov=s["task_std"] ** 2,
                               noise_std=s["noise_std"], n_support=s["n_support"], n_query=s["n_query"])
     tasks = family.sample(s["tasks"], 0)
@@ -123,11 +118,6 @@ def _deep_linear_setup(s: dict):
 
 
 def deep_linear_functions(s: dict):
-    import torch
-
-    from linmaml import simulator
-    from linmaml.closedform import deep_linear
-
     tasks, weights = _deep_linear_setup(s)
     torch_weights = [torch.as_tensor(w) for w in weights]
     torch_tasks = tasks.torch()
@@ -138,8 +128,6 @@ def deep_linear_functions(s: dict):
 
 
 def bench_deep_linear(s: dict, reps: int, memory: bool, log) -> dict:
-    from linmaml.closedform import deep_linear
-
     functions, tasks, weights = deep_linear_functions(s)
     timings = interleaved(functions, reps)
     ratios(timings, "reference")

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import time
+import types
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
-from linmaml.bench.timing import cuda_peak_mib, interleaved, memory_probe_subprocess, ratios, relative_error
 from linmaml.bench.sizes import META_CASES, TARGETS
+from linmaml.bench.timing import cuda_peak_mib, interleaved, memory_probe_subprocess, ratios, relative_error
+from linmaml.benchmarks.config import TrainConfig, make_engine
+from linmaml.benchmarks.learners import build_learner
+from linmaml.benchmarks.models import ConvNet, to_channels_last
+from linmaml.benchmarks.scoring import model_layout
+from linmaml.meta import ANIL
+from linmaml.meta.engine import Engine
 
 # --------------------------------------------------------------------------------------------------
 # Cases 3-4: meta-training iterations
@@ -16,10 +26,6 @@ from linmaml.bench.sizes import META_CASES, TARGETS
 def meta_setup(s: dict, case: str, dtype_name: str = "float32", device: str = "cpu", tasks: int | None = None):
     """A learner (seeded weights) and a meta-batch of synthetic Omniglot-sized episodes (pixels in
     [0, 1), labels grouped by class) for ``case`` (maml, kfo, anil)."""
-    import torch
-
-    from linmaml.benchmarks.learners import build_learner
-
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     learner = build_learner(image_shape=(1, s["image"], s["image"]), ways=s["ways"], inner_lr=s["inner_lr"],
@@ -42,12 +48,6 @@ def textbook_twin(learner, s: dict):
     names, for the plain reference. Its own parameters are never used: the reference calls it through
     ``functional_call`` with the learner's tensors, so the gradients reach the learner. (linmaml's
     :class:`~linmaml.benchmarks.models.ConvNet` pools before its ReLU: the same function.)"""
-    import types
-
-    import torch
-
-    from linmaml.benchmarks.models import ConvNet
-
     def textbook_forward(block, x):
         return block.pool(torch.relu(block.norm(block.conv(x))))
 
@@ -63,12 +63,6 @@ def reference_meta_gradient(learner, batch, scale: float, network=None) -> None:
     gradients to updates: the identity for MAML, KFO's Kronecker factors for KFO), the query loss,
     and ``(scale · loss).backward()`` before the next task. ``network``: the module evaluated with
     the learner's parameters (default the learner's own; :func:`textbook_twin` for the textbook CNN)."""
-    import torch
-    import torch.nn.functional as F
-    from torch.func import functional_call
-
-    from linmaml.meta import ANIL
-
     anil = isinstance(learner, ANIL)
     own = learner.head if anil else learner.model
     names = list(learner.adapted_names)
@@ -96,13 +90,6 @@ def reference_meta_gradient(learner, batch, scale: float, network=None) -> None:
 
 def meta_variants(learner, case: str, s: dict, compiled: bool, device: str, only=None) -> dict:
     """name -> step(batch, scale) for every variant that is available (``only``: just that one)."""
-    import torch.nn.functional as F
-
-    from linmaml.benchmarks.config import TrainConfig, make_engine
-    from linmaml.benchmarks.models import to_channels_last
-    from linmaml.benchmarks.scoring import model_layout
-    from linmaml.meta.engine import Engine
-
     def step_of(engine, layout=True):
         """The engine's meta-gradient as a step(batch, scale); ``layout``: channels-last episodes
         (converted inside the timing), as ``linmaml train`` runs it."""
@@ -194,8 +181,6 @@ def meta_agreement(case: str, s: dict, device: str) -> dict:
 
 
 def bench_meta(case: str, s: dict, reps: int, device: str, memory: bool, log) -> dict:
-    import torch
-
     sync = torch.cuda.synchronize if device == "cuda" else None
     if s["compiled"]:
         # torch.compile caches by code object, which every Engine shares: without a reset, the cases

@@ -32,8 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linmaml.bench.timing import interleaved, ratios, relative_error
+from linmaml import meta
 from linmaml.bench.sizes import TARGETS
+from linmaml.bench.timing import interleaved, ratios, relative_error
+from linmaml.meta.engine import Engine
+from linmaml.tasks import SinusoidFamily
 
 #: name -> (inner steps, first order)
 CONFIGS = {"second_order_1_step": (1, False), "first_order_1_step": (1, True), "second_order_5_steps": (5, False)}
@@ -42,8 +45,6 @@ VARIANTS = ("learn2learn_style", "linmaml", "higher_style", "vmapped")
 
 def setup(s: dict, dtype=torch.float32):
     """The seeded MLP (1-h-h-1, ReLU) and one meta-batch of sinusoid tasks as tensors of ``dtype``."""
-    from linmaml.tasks import SinusoidFamily
-
     torch.manual_seed(0)
     h = s["hidden"]
     model = nn.Sequential(nn.Linear(1, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1)).to(dtype)
@@ -118,15 +119,11 @@ def linmaml_loop(learner):
 
 
 def vmapped(learner):
-    from linmaml.meta.engine import Engine
-
     engine = Engine(learner, F.mse_loss, strategy="vmap", tasks_per_chunk=None)
     return lambda batch, scale: engine.meta_gradient(*batch, scale=scale)
 
 
 def variants(model, steps: int, first_order: bool, lr: float) -> dict:
-    from linmaml import meta
-
     learner = meta.MAML(model, lr=lr, steps=steps, first_order=first_order)
     return {"learn2learn_style": learn2learn_style(model, steps, first_order, lr),
             "linmaml": linmaml_loop(learner),

@@ -40,6 +40,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from linmaml import _io
+from linmaml.bench import case_meta, sizes
+from linmaml.benchmarks import episodes
+from linmaml.benchmarks.config import TrainConfig, build_from_config, make_engine
+from linmaml.benchmarks.evaluate import evaluate_checkpoint
+from linmaml.benchmarks.scoring import model_layout
+from linmaml.benchmarks.train import train
+from linmaml.meta.engine import Engine
+
 TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
 TRAINS_THRESHOLD = 0.6
 
@@ -69,15 +81,6 @@ def relative_error(a, b, floor: float = 1e-30) -> float:
 
 def agreement(splits, device, dtype_name: str) -> dict:
     """One meta-step from the same weights on CPU and on ``device``; the largest relative errors."""
-    import torch
-
-    import torch.nn.functional as F
-
-    from linmaml.benchmarks import episodes
-    from linmaml.benchmarks.config import TrainConfig, build_from_config, make_engine
-    from linmaml.benchmarks.scoring import model_layout
-    from linmaml.meta.engine import Engine
-
     dtype = getattr(torch, dtype_name)
     config = TrainConfig(meta_batch=8)
     sampler = episodes.EpisodeSampler(splits["train"], config.ways, config.shots, config.query, seed=0)
@@ -124,10 +127,6 @@ def agreement(splits, device, dtype_name: str) -> dict:
 
 def meta_benchmark(device: str, reps: int) -> dict:
     """:mod:`linmaml.bench.harness`'s meta-iteration cases on ``device`` (TF32 allowed while timing)."""
-    import torch
-
-    from linmaml.bench import case_meta, sizes
-
     settings = dict(sizes.FULL["meta"] if device == "cuda" else sizes.QUICK["meta"])
     settings.update(compiled=False, memory=device == "cuda", batched_cases=["maml", "kfo", "anil"])
     previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -143,10 +142,6 @@ def meta_benchmark(device: str, reps: int) -> dict:
 
 def training(splits, test_split, device: str, iterations: int, workdir: Path) -> dict:
     """A default-settings run of ``iterations`` iterations, its throughput and its test accuracy."""
-    from linmaml.benchmarks.config import TrainConfig
-    from linmaml.benchmarks.evaluate import evaluate_checkpoint
-    from linmaml.benchmarks.train import train
-
     start = time.perf_counter()
     result = train({"iterations": iterations, "val_every": max(1, iterations // 2), "val_tasks": 100},
                    workdir / "run", splits=splits, device=device, progress=True)
@@ -183,8 +178,6 @@ def main(argv=None, data_roots=()) -> int:
     if args.bench_reps < 1:
         parser.exit(2, "gpu_check: error: --bench-reps: expected an integer >= 1\n")
 
-    import torch
-
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: error: no CUDA device visible to torch " + torch.__version__
               + " (a CPU build of torch, or no GPU); run it on a machine with a GPU", file=sys.stderr)
@@ -197,7 +190,7 @@ def main(argv=None, data_roots=()) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    from linmaml.benchmarks.data import load_splits
+    from linmaml.benchmarks.data import load_splits  # lazy: the data package only when data is read
 
     started = time.perf_counter()
     splits = load_splits("omniglot", ("train", "val", "test"), root)
@@ -212,8 +205,6 @@ def main(argv=None, data_roots=()) -> int:
     report["seconds"] = time.perf_counter() - started
     report["passed"] = bool(all(a["passed"] for a in report["agreement"].values()) and report["training"]["passed"]
                             and report.get("meta_benchmark", {}).get("agreement_ok", True))
-
-    from linmaml import _io
 
     _io.atomic_write_json(args.out, report)
     a, t = report["agreement"], report["training"]

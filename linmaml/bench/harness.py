@@ -84,25 +84,25 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from linmaml import _io
+from linmaml._io import atomic_write_json
 from linmaml.bench.case_allocator import allocator_probe, bench_allocator
 from linmaml.bench.case_closedform import bench_deep_linear, bench_surface, deep_linear_functions
+from linmaml.bench.case_meta import bench_meta, meta_setup, meta_variants, run_variant
+from linmaml.bench.case_sinusoid import bench_sinusoid
+from linmaml.bench.sizes import CASES, FULL, NAME, QUICK, TARGETS  # noqa: F401
 from linmaml.bench.timing import (ALLOCATOR, THREADS, interleaved, machine, memory_probe_subprocess,  # noqa: F401
                                             proc_status_kib, ratios, relative_error, release_free_memory,
                                             tracemalloc_peak_mib)
-from linmaml.bench.case_meta import bench_meta, meta_setup, meta_variants, run_variant
-from linmaml.bench.sizes import CASES, FULL, NAME, QUICK, TARGETS  # noqa: F401
-from linmaml.bench.case_sinusoid import bench_sinusoid
+from linmaml.benchmarks import allocator as malloc_policy
+from linmaml.benchmarks.allocator import apply_for_command, default_policy, use_allocator
 
 
 def memory_probe(case: str, variant: str, settings: dict, threads: int, allocator: str = "keep") -> dict:
     """In this (fresh) process: set up ``case``, run ``variant`` once (warm-up, compilation), reset
     the resident high-water mark, run it once more and report the peak (MiB)."""
-    import torch
-
-    from linmaml.benchmarks.allocator import use_allocator
-
     use_allocator(allocator)
     torch.set_num_threads(threads)
     # Load the code torch.func brings in on first use (tens of MiB of modules) in every probe alike,
@@ -147,11 +147,6 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
     given, is applied to this process first (:func:`linmaml.benchmarks.allocator.use_allocator`);
     None leaves the process's malloc as it is (the command line applies its policy itself). The
     record says which settings were in effect."""
-    import torch
-
-    from linmaml._io import atomic_write_json
-    from linmaml.benchmarks import allocator as malloc_policy
-
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     cases = list(CASES) if not only else list(only)
     for case in cases:
@@ -382,7 +377,6 @@ def main(argv=None, default_out: pathlib.Path | None = None) -> int:
     if args.out is None:  # a quick run never replaces the committed figures/bench.json
         args.out = pathlib.Path.cwd() / "figures-quick" if args.quick else (default_out or pathlib.Path("figures"))
     threads = args.threads if args.threads is not None else 1  # one policy for every command (run_settings)
-    from linmaml.benchmarks.allocator import apply_for_command, default_policy
 
     apply_for_command(args.allocator or default_policy(), "bench")
     record = run(args.out, quick=args.quick, only=args.only, device=args.device, threads=threads)

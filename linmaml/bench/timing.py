@@ -15,6 +15,7 @@ import time
 import tracemalloc
 
 import numpy as np
+import torch
 
 #: torch threads of the current run (the memory probes' processes use the same number).
 THREADS = [2]
@@ -131,8 +132,6 @@ def machine() -> dict:
 
 
 def cuda_peak_mib(fn) -> dict:
-    import torch
-
     fn()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+from importlib import metadata
 
 from linmaml._extras import missing_extra
 
@@ -38,8 +39,6 @@ STDOUT = "<standard output>"
 
 def package_version() -> str:
     """The installed distribution's version, else the package's ``__version__`` (source checkout)."""
-    from importlib import metadata
-
     try:
         return metadata.version("linmaml")
     except metadata.PackageNotFoundError:

@@ -88,7 +88,7 @@ def run(args) -> int:
     if args.device not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected cpu or cuda, got {args.device!r}")
     threads = args.threads if args.threads is not None else 1  # one policy for every command (run_settings)
-    from linmaml.benchmarks.config import THREADS_MAX
+    from linmaml.benchmarks.config import THREADS_MAX  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     threads = _validate.integer(threads, "--threads", minimum=1, maximum=THREADS_MAX)
     if args.device == "cuda":

@@ -59,7 +59,7 @@ def run(args) -> int:
 
 def run_check(args) -> int:
     """Verify one benchmark and print the report (text or JSON)."""
-    from linmaml.benchmarks.data import check_dataset
+    from linmaml.benchmarks.data import check_dataset  # lazy: the data package only when data is read
 
     report = check_dataset(args.benchmark, path_option(args.data_root, "--data-root"))
     if args.json:
@@ -71,7 +71,7 @@ def run_check(args) -> int:
 
 def run_download(args) -> int:
     """Fetch the official Omniglot zips into ``<root>/omniglot/``, md5-verified."""
-    from linmaml.benchmarks.data.download import download_omniglot
+    from linmaml.benchmarks.data.download import download_omniglot  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     _check_timeout(args.timeout)
     # progress goes to stdout: stderr carries only the one-line error, if any

@@ -77,9 +77,9 @@ EXPANDED_MAX_WORK = 100_000
 
 def scalar_text(depth: int, steps: int, latex: bool = False, gradient: bool = False, form: str = "auto") -> str:
     """The text ``linmaml derive --kind scalar`` prints."""
-    import sympy as sp
+    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.closedform import symbolic
+    from linmaml.closedform import symbolic  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     chain = "·".join(f"w_{j}" for j in range(depth, 0, -1))
     header = (f"# scalar chain f(x) = {chain}·x, {steps} inner step(s) of lr alpha on tasks y = a·x, "
@@ -128,9 +128,9 @@ def scalar_text(depth: int, steps: int, latex: bool = False, gradient: bool = Fa
 
 def matrix_text(depth: int, layers=None, latex: bool = False) -> str:
     """The text ``linmaml derive --kind matrix`` prints."""
-    import sympy as sp
+    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.closedform import symbolic
+    from linmaml.closedform import symbolic  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     update = symbolic.matrix_update(depth, layers)
     adapted = ", ".join(f"W_{j + 1}" for j in update.adapt_layers)

@@ -51,10 +51,10 @@ def register(subparsers):
 
 def _interactive_backend() -> str | None:
     """The interactive matplotlib backend pyplot would use, or None when only non-interactive ones work."""
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     import matplotlib.pyplot as plt  # noqa: F401  (resolves the automatic backend choice)
-    from matplotlib.backends import BackendFilter, backend_registry
+    from matplotlib.backends import BackendFilter, backend_registry  # lazy: an optional extra (linmaml/_extras.py)
 
     backend = matplotlib.get_backend().lower()
     non_interactive = set(backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE))
@@ -69,7 +69,7 @@ def _explorer_arguments(args) -> dict:
 
 def _check_save_format(path: str) -> None:
     """Reject an unknown file format before any work (matplotlib would only fail when saving)."""
-    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backend_bases import FigureCanvasBase  # lazy: an optional extra (linmaml/_extras.py)
 
     suffix = os.path.splitext(path)[1].lstrip(".").lower()
     formats = FigureCanvasBase.get_supported_filetypes()
@@ -98,7 +98,7 @@ def _check_save_folder(path: Path) -> None:
 
 def run(args) -> int:
     require("matplotlib", "the interactive explorer")
-    from linmaml.plots.explorer import SurfaceExplorer
+    from linmaml.plots.explorer import SurfaceExplorer  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     # Bad values are reported before anything about displays, and before any window opens.
     try:
@@ -112,13 +112,13 @@ def run(args) -> int:
         for name, value in zip(("--start W1", "--start W2"), args.start):
             _validate.finite_number(value, name)
     if save is not None:
-        import matplotlib
+        import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
         matplotlib.use("Agg", force=True)
         _check_save_folder(save)
         _check_save_format(str(save))
     elif _interactive_backend() is None:
-        import matplotlib
+        import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
         where = "DISPLAY is not set" if sys.platform.startswith("linux") and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) else \

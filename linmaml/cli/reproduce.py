@@ -15,9 +15,11 @@ and ``results.json`` entry, so ``make reproduce`` does not dirty a git checkout 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
 import math
+import multiprocessing
 import os
 import pathlib
 import pkgutil
@@ -26,8 +28,12 @@ import sys
 import tempfile
 import time
 
-from linmaml import _io
+from linmaml import _io, _validate
 from linmaml._extras import require
+from linmaml._io import atomic_write_json
+from linmaml.benchmarks.run_settings import threads_for
+from linmaml.cli._paths import path_option
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.default_out
 
 RESULTS = "results.json"
 #: The package whose ``fig_*`` modules are the figures (a module attribute so tests can point it at
@@ -101,18 +107,14 @@ def select(figures: list[Figure], only: list[str] | None) -> list[Figure]:
 
 
 def _output_folder(out: pathlib.Path | None, quick: bool = False) -> pathlib.Path:
-    from linmaml.plots.figure import default_out
-
-    from linmaml.cli._paths import path_option
-
     # ~ expanded (also in --out=~/x), '' refused; the folder used is printed by reproduce(). A quick
     # run without --out goes to ./figures-quick: smoke-test numbers never replace the committed figures.
     if out is None and quick:
-        out = default_out(quick=True)
+        out = plots_figure.default_out(quick=True)
         print(f"linmaml reproduce: --quick without --out writes to {out} (smoke-test numbers; --out figures to "
               f"replace the committed figures)", file=sys.stderr, flush=True)
         return out
-    out = default_out() if out is None else path_option(out, "--out")
+    out = plots_figure.default_out() if out is None else path_option(out, "--out")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out: {out} exists and is not a folder")
     return out
@@ -166,7 +168,7 @@ def _unchanged(name: str, stage: pathlib.Path, out: pathlib.Path) -> bool:
 def _run_in_worker(module_name: str, stage: str, quick: bool, threads: int) -> tuple[dict, float]:
     """One figure in a worker process (forked, so the parent's already imported figure modules are
     there): ``(record, seconds)``."""
-    import torch
+    import torch  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     torch.set_num_threads(threads)
     module = importlib.import_module(module_name)
@@ -190,10 +192,8 @@ def _computed(figures: list[Figure], stage: pathlib.Path, quick: bool, jobs: int
                 raise
             yield figure, record, time.perf_counter() - start
         return
-    import concurrent.futures
-    import multiprocessing
 
-    import torch
+    import torch  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     threads = threads or torch.get_num_threads()
     # fork, not spawn: the workers inherit the imported figure modules (also stand-ins a test planted),
@@ -222,8 +222,6 @@ def reproduce(out: pathlib.Path, figures: list[Figure], *, quick: bool = False, 
               progress=None, jobs: int = 1, threads: int | None = None) -> dict:
     """Run ``figures`` into ``out`` transactionally (``jobs`` at a time, each in its own process when
     ``jobs > 1``); returns the results written to ``out/results.json``."""
-    from linmaml._io import atomic_write_json
-
     say = progress or (lambda message: None)
     results_path = out / RESULTS
     results = _read_results(results_path) if merge else {"generated_by": "linmaml reproduce", "figures": {}}
@@ -283,12 +281,10 @@ def run(args) -> int:
         return 0
     chosen = select(figures, args.only)
     require("matplotlib", "drawing figures")  # before minutes of computing, not at the first drawing
-    from linmaml import _validate
-    from linmaml.benchmarks.run_settings import threads_for
 
     threads = threads_for(None if args.threads is None else _validate.integer(args.threads, "--threads", minimum=1))
     out = _output_folder(args.out, args.quick)
-    import torch
+    import torch  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     torch.set_num_threads(threads)  # one policy for every command (linmaml.benchmarks.run_settings)
     jobs = (DEFAULT_JOBS if args.jobs is None

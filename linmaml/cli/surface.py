@@ -53,7 +53,7 @@ def _settings(args) -> dict:
 
 
 def run(args) -> int:
-    from linmaml.closedform.scalar import surface_grid
+    from linmaml.closedform.scalar import surface_grid  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     settings = _settings(args)
     try:
@@ -96,7 +96,7 @@ def _refuse_overflow(overflowed: int, total: int, settings: dict | None = None) 
 
 def _overflow_cause(settings: dict) -> str:
     """The flag to blame when the objective overflows everywhere (see :func:`_refuse_overflow`)."""
-    from linmaml.closedform.scalar import surface_grid
+    from linmaml.closedform.scalar import surface_grid  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     probe = {**settings, "grid": 2, "range": min(settings["range"], 1.0), "steps": 0}
 

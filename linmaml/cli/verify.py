@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 
 def register(subparsers):
@@ -15,9 +16,7 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    import time
-
-    from linmaml.verification import format_markdown, format_table, run_all
+    from linmaml.verification import format_markdown, format_table, run_all  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
     if args.seed < 0:  # checked before any identity runs (numpy would refuse it halfway through)
         raise ValueError(f"--seed: expected an integer >= 0, got {args.seed}")

@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import sys
-from importlib import metadata
 
 from linmaml._extras import missing_extra
 
@@ -39,6 +38,8 @@ STDOUT = "<standard output>"
 
 def package_version() -> str:
     """The installed distribution's version, else the package's ``__version__`` (source checkout)."""
+    from importlib import metadata  # lazy: importlib.metadata costs more to import than the rest of linmaml.cli
+
     try:
         return metadata.version("linmaml")
     except metadata.PackageNotFoundError:

@@ -39,8 +39,8 @@ from scipy.linalg import pinvh
 from scipy.optimize import brentq
 
 from linmaml import _validate
+from linmaml.closedform import gaussian_deep, gaussian_deep_finite
 from linmaml.tasks import RegressionFamily
-from linmaml.closedform import gaussian_deep
 
 
 def wishart_moment(Sigma, A, n) -> np.ndarray:
@@ -212,8 +212,6 @@ def expected_post_adaptation_loss_and_grad(weights, family, lr, steps: int = 1, 
                 raise ValueError("population: finite-n expectations of deep models are implemented for depth 2 "
                                  "only (depth L needs Wishart moments of order 2L jointly with the task); pass "
                                  "population=True")
-            from linmaml.closedform import gaussian_deep_finite
-
             if not _grad:
                 return gaussian_deep_finite.finite_n_expected_loss(layers, mixture, rate), None
             return gaussian_deep_finite.finite_n_expected_loss_and_grad(layers, mixture, rate)

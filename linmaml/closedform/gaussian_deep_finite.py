@@ -153,8 +153,6 @@ class _Environment:
     def __init__(self, family):
         o, d = family.d_out, family.d_in
         if max((o * d) ** 6, d ** 8) > _MAX_ENTRIES:
-            from linmaml.errors import ArgumentError
-
             raise ArgumentError("family", f"the exact finite-n expectation needs tensors of (d_out·d_in)^6 = "
                                           f"{(o * d) ** 6} and d_in^8 = {d ** 8} entries, above {_MAX_ENTRIES}; "
                                           f"expected d_out·d_in ≤ 16 and d_in ≤ 8")

@@ -39,6 +39,7 @@ s / ((1 + 1/n) s λ + c) on Σ's eigenvalue λ.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import pinvh
 
 from linmaml import _validate
 from linmaml.closedform import gaussian as _g
@@ -105,8 +106,6 @@ def optimal_one_step_map(family, population: bool = False):
     d = family.d_in
     c = (np.trace(S @ Sigma) + family.d_out * family.noise_std ** 2) / family.n_support
     if population or not c > 0:
-        from scipy.linalg import pinvh
-
         Q = pinvh(Sigma)
     else:
         Q = np.linalg.solve((1 + 1 / family.n_support) * S @ Sigma + c * np.eye(d), S)

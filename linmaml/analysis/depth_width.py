@@ -62,6 +62,7 @@ import time
 import torch
 
 from linmaml import _io, _validate
+from linmaml.analysis._common import report_error
 from linmaml.benchmarks import analyze, checkpoint, episodes
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.scoring import mean_ci95
@@ -124,7 +125,7 @@ def _splits(data_root):
     """Omniglot's three splits, loaded once per process."""
     key = str(data_root)
     if key not in _SPLITS:
-        from linmaml.benchmarks.data import load_splits
+        from linmaml.benchmarks.data import load_splits  # lazy: the data package only when data is read
 
         _SPLITS[key] = load_splits("omniglot", ("train", "val", "test"), data_root)
     return _SPLITS[key]
@@ -140,8 +141,6 @@ def check_folder(run_dir: pathlib.Path, settings: dict) -> int:
     payload = checkpoint.load_latest(run_dir)
     saved = payload["config"] if payload is not None else None
     if saved is None and (run_dir / "config.json").exists():
-        from linmaml import _io
-
         saved = _io.load_json(run_dir / "config.json").get("config")  # bounded regular file, never a FIFO
     for key, value in settings.items():
         if saved is not None and key != "iterations" and saved.get(key) != value:
@@ -348,8 +347,6 @@ def main(argv=None) -> int:
         record = run(args.out, args.quick, runs=args.runs, jobs=args.jobs, threads=args.threads,
                      iterations=args.iterations, data_root=args.data_root, command=command)
     except (ValueError, TypeError, OSError) as error:
-        from linmaml.analysis._common import report_error
-
         return report_error("fig_depth_width", error)
     print(markdown(record))
     print(f"wrote {args.out / (NAME + '.png')} and {NAME}.json in {record['seconds']:.0f} s", file=sys.stderr)

@@ -36,6 +36,7 @@ import time
 import weakref
 
 import numpy as np
+import torch
 
 from linmaml import meta
 from linmaml.analysis._common import PopulationSupport, regression_family
@@ -125,8 +126,6 @@ def _estimator(name: str, cfg: dict, lr: float, steps: int, **override):
 
 
 def _engine(weights, lr, steps, strategy="vmap"):
-    import torch.nn.functional  # noqa: F401
-
     learner = meta.MAML(deep_linear_model(weights), lr=lr, steps=steps)
     return Engine(learner, squared_loss, strategy=strategy, tasks_per_chunk=None)
 
@@ -210,8 +209,6 @@ class _SavedBytes:
     """Peak bytes of the tensors autograd saves for backward while inside (graph memory)."""
 
     def __init__(self):
-        import torch
-
         self.live = self.peak = 0
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
@@ -247,8 +244,6 @@ class _Box:
 
 def _costs(cfg, run_cfg) -> dict:
     """Median seconds and peak saved bytes per meta-gradient at the defaults (one meta-batch)."""
-    import torch
-
     d = cfg["defaults"]
     weights = _init(cfg, d["depth"])
     # one task at a time for every method (saved-tensor hooks do not run under torch.func.vmap)
@@ -280,8 +275,6 @@ def _costs(cfg, run_cfg) -> dict:
 
 def _train(cfg, run_cfg) -> dict:
     """Meta-train with each estimator and exact MAML; exact expected one-step loss of the results."""
-    import torch
-
     t = cfg["train"]
     fam = _family(cfg)
     tasks = PopulationSupport(fam)
@@ -333,8 +326,6 @@ def _train(cfg, run_cfg) -> dict:
 
 
 def compute(quick: bool = False) -> dict:
-    import torch
-
     torch.set_num_threads(1)
     _CACHE.clear()
     run_cfg = QUICK if quick else FULL

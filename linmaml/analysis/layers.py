@@ -30,8 +30,9 @@ import time
 import torch
 
 from linmaml import _io, _validate
+from linmaml.analysis._common import report_error
 from linmaml.analysis.depth_width import machine
-from linmaml.benchmarks import analyze
+from linmaml.benchmarks import analyze, checkpoint
 from linmaml.benchmarks.analyze import format_table
 from linmaml.benchmarks.train import train
 from linmaml.plots.figure import default_out, default_runs
@@ -63,8 +64,6 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, run_dir=None, runs=None, ta
         runs = pathlib.Path(runs) if runs is not None else DEFAULT_RUNS / ("quick" if quick else "full")
         run_dir = runs / f"maml-b{size['train']['layers']}-f{size['train']['hidden']}"
         print(f"[layers] training (or resuming) {run_dir}", file=sys.stderr, flush=True)
-        from linmaml.benchmarks import checkpoint
-
         # resume a run that has a checkpoint; start one that has none (resume refuses an empty folder)
         result = train(size["train"], run_dir, resume=checkpoint.has_checkpoint(run_dir), data_root=data_root, progress=not quick,
                        stream=sys.stderr if not quick else io.StringIO())
@@ -114,8 +113,6 @@ def main(argv=None) -> int:
         record = run(args.out, args.quick, run_dir=args.run, runs=args.runs, tasks=args.tasks, threads=args.threads,
                      data_root=args.data_root, command=command)
     except (ValueError, TypeError, OSError) as error:
-        from linmaml.analysis._common import report_error
-
         return report_error("fig_layers", error)
 
     print(format_table(record))

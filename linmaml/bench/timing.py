@@ -168,7 +168,7 @@ def release_free_memory() -> None:
     """Hand memory freed after the warm-up back to the system (glibc ``malloc_trim``), so that the
     resident size before the measured iteration is live memory, not the allocator's free lists."""
     try:
-        import ctypes
+        import ctypes  # inside the try: only where glibc's libc.so.6 is there to load
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

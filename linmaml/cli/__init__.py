@@ -43,7 +43,7 @@ def package_version() -> str:
     try:
         return metadata.version("linmaml")
     except metadata.PackageNotFoundError:
-        from linmaml import __version__
+        from linmaml import __version__  # only without installed metadata (a source checkout)
 
         return __version__
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 from linmaml import _validate
+from linmaml.cli._paths import path_option
 from linmaml.bench.sizes import CASES
 from linmaml.benchmarks.allocator import ALLOCATORS, apply_for_command, default_policy
 
@@ -92,7 +93,7 @@ def run(args) -> int:
 
     threads = _validate.integer(threads, "--threads", minimum=1, maximum=THREADS_MAX)
     if args.device == "cuda":
-        import torch
+        import torch  # lazy: keeps `linmaml --help` light (build_parser imports every command module)
 
         if not torch.cuda.is_available():
             raise ValueError("--device: cuda requested, but torch sees no GPU on this machine")
@@ -104,15 +105,13 @@ def run(args) -> int:
             print(f"linmaml bench: --quick without --out writes to {out} (smoke-test numbers; --out figures to "
                   f"replace the committed figures/bench.json)", file=sys.stderr, flush=True)
     else:
-        from linmaml.cli._paths import path_option
-
         out = path_option(args.out, "--out")  # ~ expanded (also in --out=~/x), '' refused; printed below
     # Every check on the input comes before the benchmark: a full run takes minutes, and an
     # output folder that cannot be written must not be discovered only at its end.
     apply_for_command(args.allocator or default_policy(), "linmaml bench")
     created = _writable_folder(out)
     try:
-        from linmaml.bench import harness as bench
+        from linmaml.bench import harness as bench  # lazy: as torch above
 
         record = bench.run(out, quick=args.quick, only=args.only, device=args.device, threads=threads)
     except BaseException:

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from linmaml import _validate
 from linmaml._extras import require
 from linmaml.cli._paths import path_option
 from linmaml.errors import ArgumentError, renamed
@@ -107,8 +108,6 @@ def run(args) -> int:
         raise renamed(error, _FLAGS) from error
     save = path_option(args.save, "--save")
     if args.start is not None:
-        from linmaml import _validate
-
         for name, value in zip(("--start W1", "--start W2"), args.start):
             _validate.finite_number(value, name)
     if save is not None:

@@ -44,6 +44,8 @@ from typing import Callable
 import torch
 
 from linmaml import _io
+# The run folder's file names, defined once in run_files (re-exported here for the writers).
+from linmaml.benchmarks.run_files import BEST, LAST, LAST_PREV, LOCK, SNAPSHOTS, snapshot_path  # noqa: F401
 
 MAGIC = b"LINMAML-CHECKPOINT"  # version 1's header line
 VERSION = 2
@@ -51,17 +53,6 @@ VERSION = 2
 RECORD_PREFIX = b"linmaml-checkpoint 2 sha256="
 RECORD_SIZE = len(RECORD_PREFIX) + 64
 _END_RECORD = b"PK\x05\x06"  # zip end-of-central-directory signature; 22 bytes with an empty comment
-LAST = "last.pt"
-LAST_PREV = "last.prev.pt"
-BEST = "best.pt"
-LOCK = "run.lock"
-#: Folder of the weights kept every ``snapshot_every`` iterations (``linmaml train --snapshot-every``).
-SNAPSHOTS = "snapshots"
-
-
-def snapshot_path(out_dir, iteration: int) -> Path:
-    """``<out>/snapshots/iter-<iteration, six digits>.pt``: the weights after ``iteration`` outer steps."""
-    return Path(out_dir) / SNAPSHOTS / f"iter-{int(iteration):06d}.pt"
 
 
 class CorruptCheckpoint(ValueError):

@@ -23,10 +23,9 @@ import torch
 
 from linmaml import _io
 from linmaml.benchmarks import checkpoint
+from linmaml.benchmarks.run_files import CONFIG, METRICS
 from linmaml.errors import ArgumentError
 
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
 #: Files a run writes into its folder; ``overwrite`` removes exactly these.
 RUN_FILES = (METRICS, CONFIG, checkpoint.LAST, checkpoint.LAST_PREV, checkpoint.BEST)
 

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from linmaml import _validate
-from linmaml.benchmarks.learners import (ALGOS, ESTIMATOR_ALGOS, POOLS, TRANSFORMS, build_learner, model_class_name,
-                                         model_fingerprint, same_model_class)
+from linmaml.benchmarks.learners import ALGOS, ESTIMATOR_ALGOS, POOLS, TRANSFORMS, build_learner, check_model_record
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta import estimators
 from linmaml.meta.engine import STRATEGIES, Engine
@@ -370,23 +369,9 @@ def build_from_config(config: TrainConfig, image_shape, model: torch.nn.Module |
 
 
 def check_model_matches(config: TrainConfig, model: torch.nn.Module | None, where: str = "the run") -> None:
-    """``ValueError`` naming ``model`` unless ``model`` is what ``config`` was trained on: None for the
-    built-in ConvNet, else a module of the recorded class with the recorded fingerprint."""
-    if model is not None and not isinstance(model, torch.nn.Module):
-        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    if config.model is None:
-        if model is not None:
-            raise ArgumentError("model", f"{where} used the built-in ConvNet, not a model of your own; leave model out")
-        return
-    if model is None:
-        raise ArgumentError("model", f"{where} was trained on your own model ({config.model}); pass the same "
-                         f"architecture again (model=...)")
-    name, fingerprint = model_class_name(model), model_fingerprint(model)
-    # by qualified class name and fingerprint, not by module: a script's __main__.MyCNN is the same
-    # class as my_script.MyCNN imported elsewhere
-    if not same_model_class(config.model, model) or fingerprint != config.model_fingerprint:
-        raise ArgumentError("model", f"{where} was trained on {config.model} (fingerprint {config.model_fingerprint}), "
-                         f"got {name} (fingerprint {fingerprint}): a different class or parameter shapes")
+    """``ArgumentError`` naming ``model`` unless ``model`` is what ``config`` was trained on
+    (:func:`~linmaml.benchmarks.learners.check_model_record`, the one check)."""
+    check_model_record(config.to_dict(), model, where)
 
 
 def make_engine(learner, config: TrainConfig) -> Engine:

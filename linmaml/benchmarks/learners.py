@@ -114,6 +114,40 @@ def model_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
 
 
+def check_model_record(recorded, model: nn.Module | None, where: str = "the run") -> dict:
+    """The model record ``{"model": class name, "model_fingerprint": ...}`` of ``model`` (both None
+    for ``model=None``, the built-in ConvNet), checked against ``recorded``: the one check of a model
+    against what a run or its settings record (training a new run with given settings, resuming,
+    opening a run with :class:`~linmaml.benchmarks.run.Run`).
+
+    ``recorded``: a mapping with the keys ``model`` and ``model_fingerprint`` (a run's config), or
+    None when nothing is recorded yet (any model is accepted). A recorded class name of None means
+    the built-in ConvNet, which refuses a model; a recorded class refuses ``model=None`` and a model
+    of another class (by qualified name, :func:`same_model_class`) or other parameter shapes
+    (:func:`model_fingerprint`). Refusals are ``ArgumentError`` naming ``model`` and ``where``. The
+    returned record keeps the recorded class name when the class is the same (imported from another
+    module)."""
+    if model is not None and not isinstance(model, nn.Module):
+        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
+    record = {"model": None, "model_fingerprint": None} if model is None else \
+        {"model": model_class_name(model), "model_fingerprint": model_fingerprint(model)}
+    if recorded is None:
+        return record
+    name, fingerprint = recorded.get("model"), recorded.get("model_fingerprint")
+    if name is None:
+        if model is not None:
+            raise ArgumentError("model", f"{where}: the built-in ConvNet, not a model of your own; leave model out")
+        return record
+    if model is None:
+        raise ArgumentError("model", f"{where}: trained on your own model ({name}); pass the same architecture "
+                                     f"again (model=...)")
+    if not same_model_class(name, model) or (fingerprint is not None and fingerprint != record["model_fingerprint"]):
+        raise ArgumentError("model", f"{where}: trained on {name} (fingerprint {fingerprint}), got "
+                                     f"{record['model']} (fingerprint {record['model_fingerprint']}): a different "
+                                     f"class or parameter shapes")
+    return {**record, "model": name}
+
+
 def resolve_head(model: nn.Module, head: str | None) -> tuple[str, list[str]]:
     """``(submodule name, its parameter names as model.named_parameters() gives them)`` for ANIL.
 

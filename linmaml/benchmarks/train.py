@@ -44,14 +44,15 @@ import torch
 
 from linmaml import _io, _validate
 from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder, run_settings
-from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
-                                       iteration_seed, make_engine, outer_lr_at, resume_config)
+from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_splits, iteration_seed, make_engine,
+                                       outer_lr_at, resume_config)
 from linmaml.benchmarks.config import data_options, first_order_at, msl_weights
-from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint, same_model_class
+from linmaml.benchmarks.learners import check_model_record, check_user_model
+from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.progress import Progress, safe_write
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
-from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.errors import ArgumentError
 
 __all__ = ["train", "Trainer", "TrainResult"]
 
@@ -103,7 +104,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir: Path, splits: Mapping, ctx, *, lock=None, payload=None,
                  overwrite: bool = False, stream=None, progress: bool = True, on_iteration=None, model=None,
-                 payload_file=None):
+                 payload_file=None, resumed: Run | None = None):
         for name in ("train", "val"):
             if name not in splits:
                 raise ArgumentError("splits", f"expected a {name!r} split")
@@ -122,13 +123,22 @@ class Trainer:
         # The built-in ConvNet runs faster on channels-last images; a user's model may reshape with .view().
         self.channels_last = model is None
         torch.manual_seed(config.seed)
-        self.learner = build_from_config(config, self.image_shape, model).to(device=ctx.device, dtype=config.torch_dtype)
+        self.payload_file = payload_file or (self.out_dir / checkpoint.LAST)
+        if payload is None:
+            self.learner = build_from_config(config, self.image_shape, model)
+        else:
+            # a resumed run's learner is opened as every run is (linmaml.benchmarks.run: model check,
+            # build in the run's dtype, weights), after its images are checked against the data's
+            if tuple(payload["image_shape"]) != self.image_shape:
+                raise ArgumentError("benchmark", f"the checkpoint's images are {tuple(payload['image_shape'])}, the "
+                                                 f"data's {self.image_shape}")
+            self.learner = (resumed or Run.from_payload(payload, self.payload_file, model)).learner
+        self.learner.to(device=ctx.device, dtype=config.torch_dtype)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.outer_lr)
         self.engine = make_engine(self.learner, config)
         self.state = {"iteration": 0, "skipped": 0, "elapsed": 0.0, "best": None}
         self.pending: dict | None = None  # the record of an iteration whose validation was interrupted
         self.saved_iteration: int | None = None  # the iteration last.pt holds, None while there is none
-        self.payload_file = payload_file or (self.out_dir / checkpoint.LAST)
         # --overwrite clears the old run's files when this run starts writing (run()), after its
         # ownership of the folder is checked, not while the data is still being read.
         self.clear_first = payload is None and overwrite
@@ -147,14 +157,11 @@ class Trainer:
         self.environment = {"data_root": None, "threads": torch.get_num_threads()}
 
     def _restore(self, payload: dict) -> None:
-        """Load ``payload`` (checked by :func:`run_folder.check_resume_payload`) into the learner and
-        Adam; a payload that does not fit the run's settings is refused naming its file, before any
-        file of the folder is touched."""
-        if tuple(payload["image_shape"]) != self.image_shape:
-            raise ArgumentError("benchmark", f"the checkpoint's images are {tuple(payload['image_shape'])}, the data's"
-                             f" {self.image_shape}")
+        """Load Adam's state and the counters of ``payload`` (checked by
+        :func:`run_folder.check_resume_payload`; its weights are already in the learner, opened by
+        :class:`~linmaml.benchmarks.run.Run`); a payload that does not fit the run's settings is refused
+        naming its file, before any file of the folder is touched."""
         try:
-            self.learner.load_state_dict(payload["learner"])
             self.optimizer.load_state_dict(payload["optimizer"])
             # Adam's load_state_dict does not compare shapes; a mismatch would fail at the first step
             for group in self.optimizer.param_groups:
@@ -167,9 +174,6 @@ class Trainer:
             raise checkpoint.CorruptCheckpoint(
                 f"checkpoint: {self.payload_file} does not fit the run's settings "
                 f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})") from None
-        if not all(bool(torch.isfinite(p).all()) for p in self.learner.parameters()):
-            raise checkpoint.CorruptCheckpoint(f"checkpoint: {self.payload_file} holds weights that are not finite "
-                                               f"(NaN or infinity); resume from an earlier run or start afresh")
         for key in self.state:
             self.state[key] = payload[key]
         self.pending = payload.get("pending_validation")
@@ -451,7 +455,11 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     """
     stream = sys.stderr if stream is None else stream
     given = options.to_dict() if isinstance(options, TrainConfig) else dict(options)
-    given = _with_model_record(given, model)
+    if model is not None:  # the model's class and fingerprint, checked against any the settings record
+        given = {**given, **check_model_record(given if given.get("model") is not None else None, model,
+                                               where="these settings")}
+    elif given.get("model") is not None:
+        check_model_record(given, None, where="these settings")  # settings of a run on your own model
     if not resume:
         TrainConfig.from_dict(given)  # fail on bad settings before touching the folder
     if threads is not None:
@@ -477,8 +485,10 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
                 error = caught
         distributed.raise_if_any_failed(error, ctx)
         payload = distributed.broadcast_object(payload, ctx)
+        resumed = None
         if payload is not None:
-            check_model_matches(TrainConfig.from_dict(payload["config"]), model, where=f"the run in {out_dir}")
+            # opened as every run is (linmaml.benchmarks.run.Run): settings, model record, learner, weights
+            resumed = Run.from_payload(payload, payload_file or out_dir / checkpoint.LAST, model)
             if model is not None:  # the same class, perhaps imported from another module: keep the recorded name
                 given = {**given, "model": payload["config"]["model"]}
         config = resume_config(payload["config"], given) if payload is not None else TrainConfig.from_dict(given)
@@ -495,7 +505,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
             root_read = str(resolve_data_root(data_root).resolve())
         trainer = Trainer(config, out_dir, splits, ctx, lock=lock, payload=payload, overwrite=overwrite,
                           stream=stream, progress=progress, on_iteration=on_iteration, model=model,
-                          payload_file=payload_file)
+                          payload_file=payload_file, resumed=resumed)
         trainer.environment["data_root"] = root_read
         with StopSignals() as signals:
             return trainer.run(signals)
@@ -594,22 +604,3 @@ def _discard_unstarted(out_dir: Path) -> None:
         (out_dir / run_folder.CONFIG).unlink(missing_ok=True)
     except OSError:
         pass  # best effort: never mask the error that made the run fail
-
-
-def _with_model_record(given: dict, model) -> dict:
-    """``given`` with the user model's class name and fingerprint (checked against any already there,
-    e.g. from a repeated run's config.json)."""
-    if model is None:
-        if given.get("model") is not None:
-            raise ArgumentError("model", f"these settings are of a run on your own model ({given['model']}); pass the same "
-                             f"architecture (model=...)")
-        return given
-    if not isinstance(model, torch.nn.Module):
-        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    record = {"model": model_class_name(model), "model_fingerprint": model_fingerprint(model)}
-    if given.get("model") is not None and same_model_class(given["model"], model):
-        record["model"] = given["model"]  # the same class imported from another module keeps its recorded name
-    for key, value in record.items():
-        if given.get(key) is not None and given[key] != value:
-            raise ArgumentError("model", f"the settings record {key} {given[key]!r}, the model given has {value!r}")
-    return {**given, **record}

@@ -28,7 +28,8 @@ def _formats() -> dict:
 def run(args) -> int:
     from linmaml import _validate
     from linmaml.errors import renamed
-    from linmaml.plots.training import WINDOW_MAX, plot_runs, read_runs
+    from linmaml.benchmarks.run import read_runs
+    from linmaml.plots.training import WINDOW_MAX, plot_runs
 
     require("matplotlib", "drawing training curves")
 

@@ -1,4 +1,4 @@
-"""linmaml.benchmarks.analyze against direct computations.
+"""linmaml.benchmarks.layerwise (the measurement of ``linmaml analyze``) against direct computations.
 
 * CKA against the HSIC formula with explicit centring matrices, and its invariances (orthogonal
   transforms, isotropic scaling) as property tests;
@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from linmaml import meta
-from linmaml.benchmarks import analyze as A
+from linmaml.benchmarks import layerwise as A
 from linmaml.benchmarks.learners import ALGOS, CLOSED_FORM_ALGOS, TRANSFORMS, build_learner
 from linmaml.benchmarks.models import ConvNet
 
@@ -194,7 +194,7 @@ def test_bottom_preconditioner_of_a_deep_linear_net_matches_its_closed_form(use_
     np.testing.assert_allclose(out["eigenvalues"], np.sort(np.linalg.eigvalsh(theta))[::-1], atol=1e-10 * theta.max())
     np.testing.assert_allclose(out["eigenvalues_plain"], np.sort(np.linalg.eigvalsh(plain))[::-1],
                                atol=1e-10 * plain.max())
-    summary = A._summarize_spectra(learner, [out])
+    summary = A.summarize_spectra(learner, [out])
     if use_kfo:
         np.testing.assert_allclose(summary["kfo_left"], np.sort(np.linalg.eigvalsh(left))[::-1], rtol=1e-10)
         np.testing.assert_allclose(summary["kfo_right"], np.sort(np.linalg.eigvalsh(right))[::-1], rtol=1e-10)
@@ -239,8 +239,8 @@ def test_every_algo_and_transform_runs(algo, transform):
 def test_the_drawing_keeps_the_tallest_bar_and_says_the_run_in_words(monkeypatch, tmp_path):
     """analyze.png / layers.png: the tallest update bar (the head's, 2.7 in the README's run) is inside
     the axes, rotated labels end under their bars, and the title is words, not "maml none"."""
-    from linmaml.benchmarks import analyze
     from linmaml.plots import figure
+    from linmaml.plots import layerwise as analyze
 
     drawn = {}
     monkeypatch.setattr(figure, "save_figure", lambda fig, path, **kw: drawn.setdefault("fig", fig))

@@ -102,7 +102,7 @@ def test_user_cnn_trains_resumes_bitwise_loads_and_torch_loads(tmp_path, splits,
     assert result["accuracy"] == pytest.approx(float(np.mean(by_hand)), abs=1e-12)
     # linmaml analyze's library call takes the model too; its "all" row is the same score (the
     # user's .view() needs its images contiguous: no channels-last layout for a user's model).
-    from linmaml.benchmarks import analyze
+    from linmaml.benchmarks import layerwise as analyze
 
     analyzed = analyze.analyze_run(out, tasks=4, steps=3, spectrum_tasks=0, splits={"test": splits["test"]},
                                    model=make_model(9))
@@ -186,7 +186,7 @@ class Wide(nn.Module):
     (Wide(dropout=0.5), {}, ValueError, r"^model: drop \(Dropout\) draws random numbers"),
     (Wide(), {"algo": "anil", "head": "nope"}, ValueError, r"^head: the model has no submodule 'nope'"),
     (Wide(), {"head": "out"}, ValueError, r"^head: "),
-    (Wide(), {"model": "other.Class", "model_fingerprint": "0" * 16}, ValueError, r"^model: the settings record"),
+    (Wide(), {"model": "other.Class", "model_fingerprint": "0" * 16}, ValueError, r"^model: these settings: trained on other.Class"),
     (None, {"model": "other.Class", "model_fingerprint": "0" * 16}, ValueError, r"^model: these settings"),
     (None, {"head": "out", "algo": "anil"}, ValueError, r"^head: "),
 ])

@@ -97,7 +97,7 @@ def test_train_bad_arguments(tmp_path, capsys, small_run):
         (["train", "--out", out, "--config", str(configs["unknown"])], "unknown.json: 'wyas' is not a training setting"),
         (["train", "--out", out, "--config", str(configs["list"])], "list.json must hold a JSON object"),
         (["train", "--out", out, "--config", str(configs["broken"])], "broken.json is not valid JSON"),
-        (["train", "--out", out, "--config", str(configs["user"])], "a run on your own model (my.Net)"),
+        (["train", "--out", out, "--config", str(configs["user"])], "trained on your own model (my.Net)"),
         (["train", "--out", out, "--config", str(configs["badvalue"])], "badvalue.json: ways: expected an integer >= 2"),
         (["train", "--out", out, "--config", str(configs["wrapped"])], "wrapped.json: meta_batch: expected"),
         # the command line overrides the file, and its errors name the flag
@@ -125,7 +125,7 @@ def test_evaluate_bad_arguments(tmp_path, capsys, small_run):
     cases = [
         (["evaluate"], "CHECKPOINT"),
         (["evaluate", str(tmp_path / "missing.pt")], "missing.pt does not exist"),
-        (["evaluate", str(empty)], "holds no best.pt"),
+        (["evaluate", str(empty)], "holds no checkpoint (best.pt, last.pt or last.prev.pt)"),
         (["evaluate", str(corrupt)], "corrupt.pt is corrupt (sha256"),
         (["evaluate", str(text)], "notes.txt is not a linmaml checkpoint"),
         (["evaluate", good, "--tasks", "1"], "--tasks: expected an integer >= 2"),

@@ -1,4 +1,4 @@
-"""One way to open a trained run: :class:`Run`.
+"""One way to open a trained run: :class:`Run`. ::
 
     from linmaml.benchmarks.run import Run
     run = Run.open("runs/maml")                 # a run folder, best.pt / last.pt, or snapshots/iter-<t>.pt

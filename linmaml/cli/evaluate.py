@@ -13,8 +13,9 @@ def register(subparsers):
     p = subparsers.add_parser("evaluate", help="score a training checkpoint on the fixed meta-test tasks",
                               description="Adapt on each fixed test task's support set and score its query set;"
                                           " prints mean accuracy ± 95% CI (1.96·s/√n over tasks).")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt written by linmaml train, or its --out folder"
-                                                            " (then best.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt written by linmaml train (best.pt, last.pt, "
+                                                            "snapshots/iter-<t>.pt), or its --out folder (then its "
+                                                            "best.pt, else its newest last.pt)")
     p.add_argument("--tasks", type=int, default=600, help="number of fixed test tasks (default 600)")
     p.add_argument("--steps", type=int, default=None, help="inner steps at test time (default: the run's --test-steps; 0 scores before adaptation)")
     p.add_argument("--query", type=int, default=15, help="query examples per class (default 15)")

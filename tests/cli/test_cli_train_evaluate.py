@@ -97,7 +97,7 @@ def test_train_bad_arguments(tmp_path, capsys, small_run):
         (["train", "--out", out, "--config", str(configs["unknown"])], "unknown.json: 'wyas' is not a training setting"),
         (["train", "--out", out, "--config", str(configs["list"])], "list.json must hold a JSON object"),
         (["train", "--out", out, "--config", str(configs["broken"])], "broken.json is not valid JSON"),
-        (["train", "--out", out, "--config", str(configs["user"])], "trained on your own model (my.Net)"),
+        (["train", "--out", out, "--config", str(configs["user"])], "a run on your own model (my.Net)"),
         (["train", "--out", out, "--config", str(configs["badvalue"])], "badvalue.json: ways: expected an integer >= 2"),
         (["train", "--out", out, "--config", str(configs["wrapped"])], "wrapped.json: meta_batch: expected"),
         # the command line overrides the file, and its errors name the flag

@@ -13,8 +13,10 @@ def register(subparsers):
     p = subparsers.add_parser("evaluate", help="score a training checkpoint on the fixed meta-test tasks",
                               description="Adapt on each fixed test task's support set and score its query set;"
                                           " prints mean accuracy ± 95% CI (1.96·s/√n over tasks).")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt written by linmaml train, or its --out folder"
-                                                            " (then best.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                   help="a .pt written by linmaml train, or its --out folder (then best.pt)")
+    p.add_argument("--pretrained", metavar="NAME", default=None,
+                   help="score a released network instead of a CHECKPOINT (names: linmaml.benchmarks.pretrained.names())")
     p.add_argument("--tasks", type=int, default=600, help="number of fixed test tasks (default 600)")
     p.add_argument("--steps", type=int, default=None, help="inner steps at test time (default: the run's --test-steps; 0 scores before adaptation)")
     p.add_argument("--query", type=int, default=15, help="query examples per class (default 15)")
@@ -48,7 +50,7 @@ def run(args) -> int:
         _validate.integer(args.steps, "--steps", minimum=0, maximum=STEPS_MAX)  # 0: before adaptation
     _validate.integer(args.task_seed, "--task-seed", minimum=0, maximum=SEED_MAX)
     # ~ expanded (also after '=', where the shell leaves it), '' refused; the checkpoint used is printed
-    checkpoint, data_root = path_option(args.checkpoint, "CHECKPOINT"), path_option(args.data_root, "--data-root")
+    checkpoint, data_root = _checkpoint_of(args), path_option(args.data_root, "--data-root")
     if args.threads is not None:
         _validate.integer(args.threads, "--threads", minimum=1, maximum=THREADS_MAX)
     # the run's own threads and data root unless given (linmaml.benchmarks.run_settings)
@@ -80,6 +82,23 @@ def run(args) -> int:
               f" tasks, {s['ways']}-way {s['shots']}-shot, {_steps_words(s['steps'])}; checkpoint {result['checkpoint']},"
               f" iteration {result['iteration']})")
     return 0
+
+
+def _checkpoint_of(args):
+    """CHECKPOINT, or the released network ``--pretrained NAME`` (checked against its sha256); one of the two."""
+    from linmaml.errors import ArgumentError
+
+    if (args.checkpoint is None) == (args.pretrained is None):
+        raise ArgumentError("--pretrained", "give a CHECKPOINT or --pretrained NAME" +
+                            (", not both" if args.checkpoint is not None else ""))
+    if args.pretrained is None:
+        return path_option(args.checkpoint, "CHECKPOINT")
+    from linmaml.benchmarks import pretrained
+
+    try:
+        return pretrained.path(args.pretrained)
+    except ArgumentError as error:
+        raise ArgumentError("--pretrained", error.detail) from error
 
 
 def _steps_words(steps: int) -> str:

@@ -446,8 +446,19 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     ``config.json`` records the data root read (None with ``splits``) and the torch threads; a resumed
     run with ``data_root=None`` reads the recorded root (:mod:`linmaml.benchmarks.run_settings`).
     Bad settings raise ``ValueError``/``TypeError``; a folder owned by another run or holding an
-    old run (without ``resume``/``overwrite``) raises ``FileExistsError``. ``on_iteration(record)``,
-    if given, is called on rank 0 with each iteration's metrics record (a dict) after it is logged.
+    old run (without ``resume``/``overwrite``) raises ``FileExistsError``.
+
+    ``on_iteration(record)``, if given, is called once per completed iteration, on rank 0 only (the
+    process that writes; other ranks never call it), right after the record is appended to
+    ``metrics.jsonl`` and before that iteration's checkpoint. ``record`` is that line as a dict:
+    ``iteration``, ``loss`` and ``accuracy`` (the meta-batch's mean query loss and accuracy; None
+    when not finite), ``skipped`` (non-finite steps skipped so far), ``step_skipped``, ``elapsed``
+    (training seconds so far, validation included); ``outer_lr`` under a schedule; at a validation
+    iteration (every ``val_every`` and the last) also ``val_accuracy``, ``val_ci95`` and ``val_loss``;
+    ``msl_weights``/``first_order`` while those recipe options are on. A resumed run calls it from
+    the first iteration it runs (after a validation a signal interrupted, first for that iteration).
+    An exception raised by the hook propagates out of ``train``.
+    :mod:`linmaml.benchmarks.loggers` has ready hooks: a CSV file and TensorBoard.
     """
     stream = sys.stderr if stream is None else stream
     given = options.to_dict() if isinstance(options, TrainConfig) else dict(options)

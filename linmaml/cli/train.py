@@ -127,6 +127,9 @@ def register(subparsers):
     p.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
     p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--log", action="append", default=None, metavar="KIND:PATH",
+                   help="also log each iteration's metrics record: csv:FILE (a CSV table) or tensorboard:DIR "
+                        "(needs linmaml[tensorboard]); repeatable; not a run setting (not in config.json)")
     p.set_defaults(func=run)
 
 
@@ -136,6 +139,7 @@ def _flag(name: str) -> str:
 
 def run(args) -> int:
     from linmaml.benchmarks.config import TrainConfig
+    from linmaml.benchmarks.loggers import combine, from_spec
     from linmaml.benchmarks.train import train
     from linmaml.errors import ArgumentError, ArgumentTypeError, renamed
 
@@ -151,9 +155,12 @@ def run(args) -> int:
     # one policy for every command (linmaml.benchmarks.run_settings): --threads, else a resumed run's
     # own count, else 1; a resumed run reads its recorded data root unless --data-root is given
     threads = threads_for(args.threads, out if args.resume else None)
+    # built before training, so a missing extra or a bad --log stops the command before any work
+    loggers = [from_spec(spec, append=args.resume, argument="--log") for spec in args.log or ()]
     try:
         result = train(options, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                       data_root=data_root, progress=not args.quiet, threads=threads)
+                       data_root=data_root, progress=not args.quiet, threads=threads,
+                       on_iteration=combine(*loggers))
     except (FileExistsError, NotADirectoryError) as error:
         # the library names its argument out; the user typed --out
         if error.errno is None and str(error).startswith("out: "):
@@ -175,6 +182,9 @@ def run(args) -> int:
         if error.argument in fields or error.argument in ("threads", "device", "data_root", "resume"):
             raise renamed(error, {error.argument: _flag(error.argument)}) from error
         raise
+    finally:
+        for logger in loggers:
+            logger.close()
     if not result.writer:  # another process of a torchrun job reports
         return result.exit_code
     if result.status == "done":

@@ -1,5 +1,5 @@
 """Loggers for ``train(..., on_iteration=...)``: each iteration's metrics record as a CSV row or as
-TensorBoard scalars, beside the run's own ``metrics.jsonl``.
+TensorBoard scalars, beside the run's own ``metrics.jsonl``::
 
     from linmaml.benchmarks.loggers import CSVLogger, TensorBoardLogger, combine
     with CSVLogger("runs/maml/metrics.csv") as csv_log, TensorBoardLogger("tb/maml") as tb_log:

@@ -88,9 +88,10 @@ def _checkpoint_of(args):
     """CHECKPOINT, or the released network ``--pretrained NAME`` (checked against its sha256); one of the two."""
     from linmaml.errors import ArgumentError
 
-    if (args.checkpoint is None) == (args.pretrained is None):
-        raise ArgumentError("--pretrained", "give a CHECKPOINT or --pretrained NAME" +
-                            (", not both" if args.checkpoint is not None else ""))
+    if args.checkpoint is None and args.pretrained is None:
+        raise ArgumentError("CHECKPOINT", "required (a .pt or a run folder; or --pretrained NAME for a released network)")
+    if args.checkpoint is not None and args.pretrained is not None:
+        raise ArgumentError("--pretrained", "give a CHECKPOINT or --pretrained NAME, not both")
     if args.pretrained is None:
         return path_option(args.checkpoint, "CHECKPOINT")
     from linmaml.benchmarks import pretrained

@@ -174,7 +174,7 @@ def test_cli_evaluates_a_released_network(data_root, capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["evaluate", "--pretrained", "nope"], "--pretrained: no released network is called 'nope'"),
-    (["evaluate"], "--pretrained: give a CHECKPOINT or --pretrained NAME"),
+    (["evaluate"], "CHECKPOINT: required (a .pt or a run folder; or --pretrained NAME for a released network)"),
     (["evaluate", "runs/x", "--pretrained", "omniglot-5w1s-maml-seed0"], "not both"),
 ])
 def test_cli_pretrained_refusals(argv, words, capsys):

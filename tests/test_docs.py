@@ -23,8 +23,9 @@ def build(source: Path, out: Path, modules: str = "") -> subprocess.CompletedPro
 def test_the_docs_build_without_warnings(tmp_path):
     source = tmp_path / "docs"
     shutil.copytree(REPO / "docs", source, ignore=shutil.ignore_patterns("_build", "_generated"))
-    # the copy's relative paths (../examples, the package) must point at the repository
-    (tmp_path / "examples").symlink_to(REPO / "examples")
+    # the copy's relative paths (../examples, the guide pages' ../../figures) must point at the repository
+    for name in ("examples", "figures"):
+        (tmp_path / name).symlink_to(REPO / name)
     done = build(source, tmp_path / "html")
     assert done.returncode == 0, done.stderr[-4000:]
     pages = {p.name for p in (tmp_path / "html" / "_generated").glob("*.html")}

@@ -4,7 +4,6 @@ conv → batch-statistics BatchNorm → ReLU network written out here, adapted w
 run's inner rate for its test steps, in float64); the release script's round trip on a tiny run."""
 import copy
 import hashlib
-import importlib.util
 import shutil
 import tomllib
 from fnmatch import fnmatch
@@ -184,9 +183,8 @@ def test_cli_pretrained_refusals(argv, words, capsys):
 
 
 def test_release_script_round_trip(tmp_path):
-    spec = importlib.util.spec_from_file_location("release_weights", REPO / "analysis" / "release_weights.py")
-    release = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(release)
+    from linmaml.analysis import release_weights as release
+
     splits = synthetic_splits()
     run = tmp_path / "run"
     train(dict(ways=3, shots=1, query=2, test_query=3, layers=1, hidden=4, meta_batch=3, iterations=4, val_every=2,

@@ -86,6 +86,19 @@ def add(name: str, run_dir, *, folder=None, commit: str | None = None, tasks: in
     return entry
 
 
+def table_rows(name: str, entry: dict) -> tuple[str, str]:
+    """The rows of ``name`` for the README's table and for the Released weights table of
+    docs/guide/benchmarks.md (``tests/benchmarks/test_bench_pretrained.py`` checks both list every
+    released network with these numbers)."""
+    test = entry["test"]
+    accuracy = f"**{100 * test['accuracy']:.2f} % ± {100 * test['ci95']:.2f} %**"
+    size, sha = f"{entry['bytes']:,} bytes", entry["sha256"][:12]
+    readme = f"| `{name}` | {accuracy} | {size} | `{sha}…` | `pretrained.load(\"{name}\")` |"
+    iterations = entry["settings"]["iterations"]
+    guide = f"| `{name}` | {accuracy} | {entry['iteration']:,} of {iterations:,} | {size} | `{sha}` |"
+    return readme, guide
+
+
 def remove(name: str, *, folder=None) -> None:
     from linmaml import _io
     from linmaml.benchmarks import pretrained
@@ -116,6 +129,9 @@ def main(argv=None) -> int:
     entry = add(args.add[0], args.add[1], folder=args.folder, commit=args.commit, tasks=args.tasks,
                 data_root=args.data_root)
     print(f"{args.add[0]}: sha256 {entry['sha256']}")
+    readme, guide = table_rows(args.add[0], entry)
+    print(f"add to the table of README.md (On real data):\n{readme}\n"
+          f"and to the table of docs/guide/benchmarks.md (Released weights):\n{guide}")
     return 0
 
 

@@ -54,6 +54,22 @@ def test_manifest_entry_matches_the_shipped_file(name):
         assert any(fnmatch(relative, pattern) for pattern in patterns), relative
 
 
+def test_the_tables_of_the_readme_and_the_guide_list_every_released_network():
+    """After ``release_weights --add`` the tables must get the new rows (the script prints them)."""
+    from linmaml.analysis.release_weights import table_rows
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    guide = (REPO / "docs" / "guide" / "benchmarks.md").read_text(encoding="utf-8").splitlines()
+    for name in NAMES:
+        entry = pretrained.info(name)
+        row_readme, row_guide = table_rows(name, entry)
+        assert row_readme in readme, row_readme
+        assert row_guide in guide, row_guide
+        # the printed rows say what the manifest says (an independent formatting of two numbers)
+        accuracy = "%.2f %% ± %.2f %%" % (entry["test"]["accuracy"] * 100, entry["test"]["ci95"] * 100)
+        assert accuracy in row_readme and entry["sha256"][:12] in row_readme
+
+
 def test_unknown_name_and_damaged_file_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ArgumentError, match=r"^name: no released network is called 'nope' \(released: omniglot"):
         pretrained.info("nope")

@@ -234,10 +234,11 @@ MAX_NPZ_ARRAY_BYTES = 1 << 30
 MAX_PNG_BYTES = 1 << 20
 
 
-def _check_npz(handle, path: Path) -> None:
-    """Refuse an npz whose arrays declare (in their .npy headers) more bytes than
-    :data:`MAX_NPZ_ARRAY_BYTES` or than their stored member holds: numpy allocates what the header
-    says before it reads a byte, so a tiny deflated file could otherwise cost any amount of memory."""
+def _check_npz(handle, path: Path, limit: int = MAX_NPZ_ARRAY_BYTES, hint: str = FRESH_COPY) -> None:
+    """Refuse an npz whose arrays declare (in their .npy headers) more bytes than ``limit`` (default
+    :data:`MAX_NPZ_ARRAY_BYTES`) or than their stored member holds: numpy allocates what the header
+    says before it reads a byte, so a tiny deflated file could otherwise cost any amount of memory.
+    ``hint`` ends the message (what to do about it)."""
     from numpy.lib import format as npy
 
     try:
@@ -250,10 +251,10 @@ def _check_npz(handle, path: Path) -> None:
                     read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
                     shape, _, dtype = read_header(member, max_header_size=10_000)
                     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                    if declared > MAX_NPZ_ARRAY_BYTES or declared > info.file_size:
+                    if declared > limit or declared > info.file_size:
                         raise DatasetError(f"{path}: {info.filename} declares {declared:,} bytes of {dtype} "
                                            f"{tuple(shape)} in a member of {info.file_size:,}; the file is "
-                                           f"altered, {FRESH_COPY}")
+                                           f"altered, {hint}")
     finally:
         handle.seek(0)
 

@@ -137,6 +137,8 @@ def _as_labels(y, n: int, where: str, argument: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != n:
         raise ArgumentError(argument, f"{where}: expected {n} labels (one per example), got shape {y.shape}")
+    if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+        y = y.astype(np.int64)  # whole numbers stored as floats
     if y.dtype == object or y.dtype.kind not in "biuUS":
         raise ArgumentTypeError(argument, f"{where}: expected integer or string labels, got {y.dtype}")
     return y
@@ -211,14 +213,13 @@ def _load_npz(path: Path, argument: str) -> dict[str, np.ndarray]:
 
 
 def array_splits(data, *, name: str | None = None, classes: Mapping | None = None, split_dir=None,
-                 splits=SPLITS, argument: str = "data") -> dict[str, FewShotSplit]:
+                 splits=None, argument: str = "data") -> dict[str, FewShotSplit]:
     """Few-shot splits from arrays (module docstring): ``data`` is an ``.npz`` path, a mapping
     ``{split: (x, y)}``, or ``(x, y)`` with ``classes={split: labels}`` or ``split_dir``. ``name``
-    (default: the file's stem, else ``"arrays"``) names the splits. Returns the splits among
-    ``splits`` that the data holds, in that order; ``train`` and ``val`` are required when asked for."""
-    if isinstance(splits, str):
-        splits = (splits,)
-    splits = tuple(splits)
+    (default: the file's stem, else ``"arrays"``) names the splits. Returns the ``splits`` asked for
+    (each required), in that order; by default (None) ``train``, ``val`` and ``test`` if the data has it."""
+    optional_test = splits is None
+    splits = SPLITS if splits is None else ((splits,) if isinstance(splits, str) else tuple(splits))
     if isinstance(data, (str, os.PathLike)):
         path = Path(data).expanduser()
         if not path.is_file():
@@ -252,6 +253,8 @@ def array_splits(data, *, name: str | None = None, classes: Mapping | None = Non
             raise ArgumentError(argument, f"expected splits among {', '.join(SPLITS)}, got {unknown[0]!r}")
         per_split = {}
         for s in splits:
+            if s not in data and s == "test" and optional_test:
+                continue
             if s not in data:
                 raise ArgumentError(argument, f"the data of {name} has no {s} split")
             try:
@@ -275,6 +278,8 @@ def array_splits(data, *, name: str | None = None, classes: Mapping | None = Non
     _disjoint(classes, "data_splits")
     per_split = {}
     for s in splits:
+        if s not in classes and s == "test" and optional_test:
+            continue
         if s not in classes:
             raise ArgumentError("data_splits", f"no class list for the {s} split of {name}")
         per_split[s] = (x, y, classes[s])
@@ -351,15 +356,17 @@ def _layout(root: Path, split_dir, splits, argument: str) -> dict[str, dict[str,
     return out
 
 
-def folder_splits(root, *, name: str | None = None, split_dir=None, splits=SPLITS, cache: bool = True,
+def folder_splits(root, *, name: str | None = None, split_dir=None, splits=None, cache: bool = True,
                   argument: str = "data") -> dict[str, FewShotSplit]:
     """Few-shot splits from an image folder tree (module docstring). ``name`` defaults to the root
     folder's name; ``split_dir`` holds split files (default: split sub-folders, else files in the
-    root). Returns the asked ``splits`` in order. ``cache``: keep the decoded pixels in the cache of
+    root). Returns the ``splits`` asked for (each required) in order; by default (None) ``train``,
+    ``val`` and ``test`` if the tree has it. ``cache``: keep the decoded pixels in the cache of
     preprocessed data (:mod:`.cache`)."""
-    if isinstance(splits, str):
-        splits = (splits,)
-    splits = tuple(splits)
+    if splits is None:
+        has_test = (Path(root) / "test").is_dir() or (Path(split_dir or root) / "test.txt").is_file()
+        splits = SPLITS if has_test else ("train", "val")
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
     if not isinstance(root, (str, os.PathLike)):
         raise ArgumentTypeError(argument, f"expected the path of an image folder, got {type(root).__name__}")
     root = Path(root).expanduser()

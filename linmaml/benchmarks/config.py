@@ -241,7 +241,7 @@ class TrainConfig:
             if given is not None:
                 raise ArgumentError(given, f"is for your own data (benchmark arrays or folder), not {self.benchmark}")
             return
-        if not self.data:
+        if not self.data and self.data_name is None:  # (data_name alone: arrays handed to train(splits=...))
             raise ArgumentError("data", f"benchmark {self.benchmark!r} reads your own data: give the "
                                         f"{'.npz file' if self.benchmark == 'arrays' else 'image folder'}")
         from linmaml.benchmarks.data.own import check_name, default_name

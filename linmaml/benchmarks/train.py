@@ -447,7 +447,9 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     FewShotSplit}`` instead of reading the benchmark from ``data_root``. Under torchrun the
     meta-batch is split across processes (:mod:`linmaml.benchmarks.distributed`); rank 0 writes.
     ``benchmark="arrays"``/``"folder"`` with ``options["data"]`` trains on your own data
-    (:mod:`linmaml.benchmarks.data.own`; the path is recorded absolute, with ``data_name``).
+    (:mod:`linmaml.benchmarks.data.own`; the path is recorded absolute, with ``data_name``); arrays in
+    memory go in as ``splits=array_splits({"train": (x, y), "val": (x, y)}, name=...)`` with
+    ``benchmark="arrays"`` (their name recorded as ``data_name``).
     ``config.json`` records the data root read (None with ``splits``) and the torch threads; a resumed
     run with ``data_root=None`` reads the recorded root (:mod:`linmaml.benchmarks.run_settings`).
     Bad settings raise ``ValueError``/``TypeError``; a folder owned by another run or holding an
@@ -457,6 +459,9 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     stream = sys.stderr if stream is None else stream
     given = options.to_dict() if isinstance(options, TrainConfig) else dict(options)
     given = _with_model_record(given, model)
+    if splits is not None and given.get("benchmark") in OWN_DATA and not given.get("data") \
+            and given.get("data_name") is None and "train" in splits:
+        given["data_name"] = getattr(splits["train"], "benchmark", None)  # arrays in memory: their name
     for key in ("data", "data_splits"):  # your own data: recorded absolute, so a resume finds it from anywhere
         if isinstance(given.get(key), (str, Path)) and str(given[key]).strip():
             given[key] = str(Path(given[key]).expanduser().resolve())

@@ -32,7 +32,9 @@ of width ``linnet_width`` (default: the number of ways) after the backbone's hea
 identity (:class:`linmaml.meta.LinNet`); with ANIL those layers belong to the adapted head.
 
 The backbone is :class:`~linmaml.benchmarks.models.ConvNet` (``layers`` blocks of ``hidden``
-filters), whose BatchNorm always normalises with the statistics of the batch it sees: the support
+filters; any height, width and channels), or for feature vectors (``image_shape = (D,)``, your own
+data) :class:`~linmaml.benchmarks.models.MLP` (``layers`` hidden layers of ``hidden`` units;
+:func:`built_in_model`). The ConvNet's BatchNorm always normalises with the statistics of the batch it sees: the support
 set inside the inner loop, the query set when the query loss is computed.
 
 **Your own model** (``model=``): any ``nn.Module`` mapping images ``(n, C, H, W)`` to logits

@@ -22,6 +22,8 @@ size of the ``.npz``. Both are written atomically (:func:`linmaml._io.atomic_wri
 lacks an array is treated as absent and rebuilt (and overwritten): a damaged cache is never trusted.
 Arrays are stored without pickles (``allow_pickle=False``); text arrays as numpy unicode arrays.
 A cache that cannot be written (read-only, disk full) is skipped: the data is still returned.
+Entries of older contents are not removed (each is one file pair, about 100 MB for Omniglot at 28x28):
+delete the folder to reclaim the space.
 """
 from __future__ import annotations
 

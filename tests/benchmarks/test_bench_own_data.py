@@ -230,3 +230,17 @@ def test_too_few_classes_or_examples_are_named_and_the_cli_says_one_line(tmp_pat
                                "--quiet", *flags], capture_output=True, text=True, timeout=600)
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith(expected) and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_arrays_in_memory_train_under_their_own_name(tmp_path):
+    rng = np.random.default_rng(8)
+    splits = array_splits({"train": labelled(rng, 5, 4, (2, 6, 5)), "val": labelled(rng, 4, 4, (2, 6, 5))},
+                          name="in-memory")
+    result = train({**TINY, "benchmark": "arrays"}, tmp_path / "run", splits=splits, progress=False, device="cpu",
+                   threads=1)
+    assert result.status == "done"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert (config["benchmark"], config["data_name"], config["data"]) == ("arrays", "in-memory", None)
+    # without the splits there is nothing to read: the error names data
+    with pytest.raises(ArgumentError, match=r"^data: benchmark 'arrays' reads your own data"):
+        train({"iterations": 3}, tmp_path / "run", resume=True, progress=False, device="cpu", threads=1)

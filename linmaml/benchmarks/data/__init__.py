@@ -6,6 +6,10 @@ where known, always counts and shapes; problems raise :class:`DatasetError`, a `
 one-line message naming the file), and handed out as :class:`FewShotSplit` objects — images grouped
 by class, the form :mod:`linmaml.benchmarks.episodes` samples tasks from.
 
+Your own data (:mod:`.own`): :func:`array_splits` (an .npz or numpy arrays, examples of any shape) and
+:func:`folder_splits` (an image folder tree), or ``load_splits("arrays" | "folder", data=PATH)``. The
+preprocessed Omniglot and decoded folders are kept in a cache keyed by the sources' bytes (:mod:`.cache`).
+
 Typical use::
 
     from linmaml.benchmarks.data import load_splits
@@ -30,6 +34,7 @@ from linmaml.benchmarks.data.integrity import DatasetError, file_digest, verify_
 from linmaml.benchmarks.data.mini_imagenet import check_mini_imagenet, load_mini_imagenet
 from linmaml.benchmarks.data import omniglot
 from linmaml.benchmarks.data.omniglot import Omniglot, check_omniglot, load_omniglot
+from linmaml.benchmarks.data.own import array_splits, folder_splits
 from linmaml.benchmarks.data.paths import default_data_root, resolve_data_root, user_cache_dir
 from linmaml.errors import ArgumentError, ArgumentTypeError
 
@@ -39,7 +44,7 @@ BUILT_IN = ("omniglot", "cifar-fs", "mini-imagenet")
 OWN_DATA = ("arrays", "folder")
 BENCHMARKS = BUILT_IN + OWN_DATA
 
-__all__ = ["BENCHMARKS", "BUILT_IN", "OWN_DATA", "SPLITS", "CifarFS", "DatasetError", "FewShotSplit", "Omniglot", "check_dataset",
+__all__ = ["BENCHMARKS", "BUILT_IN", "OWN_DATA", "array_splits", "folder_splits", "SPLITS", "CifarFS", "DatasetError", "FewShotSplit", "Omniglot", "check_dataset",
            "check_cifar_fs", "check_mini_imagenet", "check_omniglot", "default_data_root", "file_digest",
            "load_cifar_fs", "load_mini_imagenet", "load_omniglot", "load_splits", "resolve_data_root",
            "user_cache_dir", "verify_file"]

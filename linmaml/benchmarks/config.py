@@ -31,11 +31,20 @@ from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta import estimators
 from linmaml.meta.engine import STRATEGIES, Engine
 
-BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
-DEFAULT_FILTERS = {"omniglot": 64, "cifar-fs": 32, "mini-imagenet": 32}
+#: The built-in benchmarks, then your own data (``data=``: an .npz of arrays, an image folder tree;
+#: :mod:`linmaml.benchmarks.data.own`).
+OWN_DATA = ("arrays", "folder")
+BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet") + OWN_DATA
+DEFAULT_FILTERS = {"omniglot": 64, "cifar-fs": 32, "mini-imagenet": 32, "arrays": 64, "folder": 64}
 #: Omniglot's usual MAML backbone down-samples with stride-2 convolutions (Finn et al. 2017), the
-#: others with 2x2 max-pooling; the stride version costs about a quarter of the arithmetic.
-DEFAULT_POOL = {"omniglot": "stride", "cifar-fs": "max", "mini-imagenet": "max"}
+#: others with 2x2 max-pooling; the stride version costs about a quarter of the arithmetic. Your own
+#: data gets stride-2 convolutions too: they never shrink a side below one pixel, whatever the size.
+DEFAULT_POOL = {"omniglot": "stride", "cifar-fs": "max", "mini-imagenet": "max", "arrays": "stride",
+                "folder": "stride"}
+#: ``torch.func.vmap``'s randomness for a model that draws random numbers (Dropout) under the vmapped
+#: strategies: "different" (independent per task, as the loop), "same" (shared within a chunk) or
+#: "error" (refuse such a model).
+RANDOMNESS = ("different", "same", "error")
 ON_NONFINITE = ("stop", "skip")
 #: How a meta-batch's tasks are computed: the engine's strategies (:mod:`linmaml.meta.engine`).
 BATCHING = STRATEGIES
@@ -147,6 +156,14 @@ class TrainConfig:
     es_population: int = 8
     es_sigma: float = 1e-2
     fd_delta: float = 1e-3
+    #: Your own data (``benchmark`` "arrays" or "folder"; :mod:`linmaml.benchmarks.data.own`): the .npz
+    #: file or image folder, its name (default: the file's stem or the folder's name) and a folder of
+    #: split files (train.txt, val.txt, test.txt listing classes; None: the data's own split).
+    data: str | None = None
+    data_name: str | None = None
+    data_splits: str | None = None
+    #: vmap's randomness for a model with random layers (Dropout) under batching split/vmap (:data:`RANDOMNESS`).
+    randomness: str = "different"
 
     #: Settings that change the sequence of weights; a resumed run must keep them (the last three
     #: only through floating-point rounding, but a resumed run is bitwise the uninterrupted one).
@@ -155,6 +172,8 @@ class TrainConfig:
                 "batching", "tasks_per_chunk", "compile", "model", "model_fingerprint", "head", "truncate",
                 "imaml_lambda", "cg_steps", "inner_tolerance", "es_population", "es_sigma", "fd_delta")
     IDENTITY += ("msl_iterations", "first_order_iterations", "bn_per_step", "class_split")
+    #: (your own data's paths may move between a run and its resume; its name and classes may not)
+    IDENTITY += ("data_name", "randomness")
 
     def __post_init__(self):
         def choice(name, allowed):
@@ -171,6 +190,8 @@ class TrainConfig:
         choice("on_nonfinite", ON_NONFINITE)
         choice("batching", BATCHING)
         choice("outer_lr_schedule", SCHEDULES)
+        choice("randomness", RANDOMNESS)
+        self._check_own_data()
         if self.test_steps is None:
             object.__setattr__(self, "test_steps", 3 if self.transform == "none" else self.steps)
         for name in ("model", "model_fingerprint", "head"):
@@ -208,6 +229,26 @@ class TrainConfig:
         object.__setattr__(self, "outer_lr", float(self.outer_lr))
         self._check_recipe()
         self._check_estimator_settings()
+
+    def _check_own_data(self) -> None:
+        """``data`` goes with benchmark "arrays"/"folder" (and only with them); the name defaults to the
+        file's stem or the folder's name."""
+        for name in ("data", "data_name", "data_splits"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ArgumentTypeError(name, f"expected a string or None, got {type(getattr(self, name)).__name__}")
+        if self.benchmark not in OWN_DATA:
+            given = next((n for n in ("data", "data_name", "data_splits") if getattr(self, n) is not None), None)
+            if given is not None:
+                raise ArgumentError(given, f"is for your own data (benchmark arrays or folder), not {self.benchmark}")
+            return
+        if not self.data and self.data_name is None:  # (data_name alone: arrays handed to train(splits=...))
+            raise ArgumentError("data", f"benchmark {self.benchmark!r} reads your own data: give the "
+                                        f"{'.npz file' if self.benchmark == 'arrays' else 'image folder'}")
+        from linmaml.benchmarks.data.own import check_name, default_name
+
+        if self.data_name is None:
+            object.__setattr__(self, "data_name", default_name(self.data, self.benchmark))
+        check_name(self.data_name, "data_name")
 
     def _check_recipe(self) -> None:
         """The training-recipe options (module docstring) and the class split."""
@@ -327,6 +368,8 @@ def first_order_at(config: TrainConfig, iteration: int) -> bool:
 
 def data_options(config: TrainConfig) -> dict:
     """The options :func:`linmaml.benchmarks.data.load_splits` needs for ``config``'s classes."""
+    if config.benchmark in OWN_DATA:
+        return {"data": config.data, "name": config.data_name, "split_dir": config.data_splits}
     return {} if config.class_split == "standard" else {"class_split": config.class_split}
 
 
@@ -392,7 +435,7 @@ def check_model_matches(config: TrainConfig, model: torch.nn.Module | None, wher
 def make_engine(learner, config: TrainConfig) -> Engine:
     """The engine a run of ``config`` trains and validates ``learner`` with (cross-entropy on labels)."""
     engine = Engine(learner, F.cross_entropy, strategy=config.batching, tasks_per_chunk=config.tasks_per_chunk,
-                    compile=config.compile)
+                    compile=config.compile, randomness=config.randomness)
     if config.algo in ESTIMATOR_ALGOS:
         return estimators.EstimatorEngine(engine, make_estimator(config))
     return engine

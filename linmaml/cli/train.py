@@ -59,6 +59,12 @@ _CONFIG_OPTIONS = {
                             " default 0: off)"),
     "first_order_iterations": (int, "derivative-order annealing (MAML++): first-order meta-gradients for the first N "
                                     "iterations, second order after (default 0: off)"),
+    "data": (str, "--benchmark arrays or folder: the .npz file (train_x, train_y, val_x, val_y, ... or x, y and "
+                  "split files) or the image folder (ROOT/<split>/<class>/<images>, or ROOT/<class>/<images> with "
+                  "split files)"),
+    "data_name": (str, "the name of your own data (default: the file's stem or the folder's name)"),
+    "data_splits": (str, "a folder holding split files train.txt, val.txt (, test.txt) listing the classes of each "
+                         "split, one per line"),
     "tasks_per_chunk": (int, "tasks computed together with --batching split or vmap (default 4)"),
     "truncate": (int, "--algo truncated: backpropagate through the last K inner steps (default 1)"),
     "imaml_lambda": (float, "--algo imaml: proximal regulariser lambda (default 1)"),
@@ -71,7 +77,12 @@ _CONFIG_OPTIONS = {
                         "a step across ReLU kinks is wrong)"),
 }
 _CHOICE_OPTIONS = {
-    "benchmark": (("omniglot", "cifar-fs", "mini-imagenet"), "the few-shot benchmark (default omniglot)"),
+    "benchmark": (("omniglot", "cifar-fs", "mini-imagenet", "arrays", "folder"),
+                  "the few-shot benchmark (default omniglot), or your own data given by --data: arrays (an .npz "
+                  "of arrays) or folder (an image folder tree)"),
+    "randomness": (("different", "same", "error"), "random layers (Dropout) of your own model under --batching "
+                                                   "split or vmap: drawn independently per task (default), shared "
+                                                   "within a chunk, or refused"),
     "algo": (("maml", "fomaml", "anil", "reptile", "imaml", "truncated", "es", "hfmaml", "protonet", "r2d2"),
              "meta-learning algorithm (default maml: second order); reptile, imaml, truncated, es and hfmaml are "
              "meta-gradient estimators (linmaml.meta.estimators) set by --truncate, --imaml-lambda, --cg-steps, "
@@ -104,7 +115,8 @@ def register(subparsers):
     for name, (kind, help_text) in _CONFIG_OPTIONS.items():
         metavar = {"linnet": "K", "layers": "B", "hidden": "H", "steps": "S", "test_steps": "T", "meta_batch": "M",
                    "iterations": "I", "val_every": "V", "val_tasks": "N", "checkpoint_every": "C", "snapshot_every": "S",
-                   "msl_iterations": "A", "first_order_iterations": "N"}.get(name)
+                   "msl_iterations": "A", "first_order_iterations": "N", "data": "PATH", "data_name": "NAME",
+                   "data_splits": "DIR"}.get(name)
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, metavar=metavar,
                        help=help_text)
     p.add_argument("--bn-per-step", action="store_const", const=True, default=None,

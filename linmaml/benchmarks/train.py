@@ -120,7 +120,7 @@ class Trainer:
         if model is not None:
             check_user_model(model, self.image_shape, config.ways, config.batching)
         # The built-in ConvNet runs faster on channels-last images; a user's model may reshape with .view().
-        self.channels_last = model is None
+        self.channels_last = config.model is None
         torch.manual_seed(config.seed)
         self.learner = build_from_config(config, self.image_shape, model).to(device=ctx.device, dtype=config.torch_dtype)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.outer_lr)

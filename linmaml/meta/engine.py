@@ -70,13 +70,11 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from linmaml import _validate
+from linmaml._strategies import STRATEGIES
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.learners import MAX_STEPS, check_task_inputs, named_input_failures, norm_steps
 
 __all__ = ["Engine", "STRATEGIES", "explicit_normalization"]
-
-#: The ways to compute a meta-batch's tasks (module docstring).
-STRATEGIES = ("loop", "split", "vmap")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

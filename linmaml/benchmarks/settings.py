@@ -109,8 +109,9 @@ class Setting:
     resumed run must keep it); ``choices``: the allowed values (one shared tuple) or None;
     ``minimum``/``maximum``: the inclusive range of an int (a field's name for a bound that is
     another setting's value); ``sign``: ``"positive"`` or ``"nonnegative"`` for a float, else any
-    finite value; ``flag``/``metavar``: the command-line option (``flag`` None: the field is recorded
-    by the library, not chosen, and has no option); ``convnet_only``: applies to the built-in
+    finite value; ``flag``/``metavar``: the command-line option (``flag`` True: ``--`` and the field's name
+    with dashes; a string: that option; None: the field is recorded by the library, not chosen, and
+    has no option); ``convnet_only``: applies to the built-in
     ConvNet alone (recorded None on a run on the user's own model); ``note``: why the maximum, said when
     a float exceeds it."""
 
@@ -121,17 +122,17 @@ class Setting:
     minimum: int | str | None = None
     maximum: int | None = None
     sign: str | None = None
-    flag: str | None = None
+    flag: str | bool | None = True
     metavar: str | None = None
     convnet_only: bool = False
     note: str = ""
 
 
-def setting(default, kind: type, help: str, *, identity: bool, flag: str | None | bool = True, **declared):
+def setting(default, kind: type, help: str, *, identity: bool, flag: str | None | bool = True, **more):
     """A :class:`TrainConfig` field with its :class:`Setting`. ``flag``: True for the option named after
     the field (``--meta-batch`` for ``meta_batch``), a string for another name, None for none."""
     return dataclasses.field(default=default, metadata={"setting": Setting(kind=kind, help=help, identity=identity,
-                                                                             flag=flag, **declared)})
+                                                                             flag=flag, **more)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,8 +167,8 @@ class TrainConfig:
                         "features", identity=True, choices=ALGOS)
     transform: str = setting("none", str, "meta-optimizer of the inner loop (default none)", identity=True,
                              choices=TRANSFORMS)
-    linnet: int = setting(0, int, "append K identity-initialised linear layers after the head (LinNet; default 0: none)",
-                          identity=True, minimum=0, maximum=DEPTH_MAX, metavar="K")
+    linnet: int = setting(0, int, "append K identity-initialised linear layers after the head (LinNet; default 0: "
+                          "none)", identity=True, minimum=0, maximum=DEPTH_MAX, metavar="K")
     linnet_width: int | None = setting(None, int, "width of the LinNet layers (default: the number of ways)",
                                        identity=True, minimum="ways", maximum=WIDTH_MAX)
     layers: int | None = setting(None, int, "conv blocks of the CNN (default 4)", identity=True, minimum=1,

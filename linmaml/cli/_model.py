@@ -6,19 +6,32 @@ options from its settings (:class:`linmaml.benchmarks.settings.TrainConfig`'s ``
 without being told."""
 from __future__ import annotations
 
-from linmaml.benchmarks.settings import declared, flag
+import argparse
+import json
+
+from linmaml.benchmarks.settings import check_model_kwargs, declared, flag
+
+
+def model_kwargs_option(text: str) -> dict:
+    """``--model-kwargs``: a JSON object of keyword arguments (argparse reports a refusal as one line)."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"hidden\": 32}}' ({error})") from None
+    try:
+        return check_model_kwargs(value)
+    except TypeError as error:
+        raise argparse.ArgumentTypeError(getattr(error, "detail", str(error))) from None
 
 
 def add_model_options(parser) -> None:
     """``--model MODULE:CLASS`` and ``--model-kwargs JSON``, with the training settings' help."""
-    from linmaml.cli.train import _model_kwargs
-
     settings = declared()
     parser.add_argument(flag("model_import"), dest="model_import", default=None,
                         metavar=settings["model_import"].metavar,
                         help="a run on your own network that its config.json does not say where to import from: "
                              "the class, as for linmaml train (default: the one the run records)")
-    parser.add_argument(flag("model_kwargs"), dest="model_kwargs", default=None, type=_model_kwargs,
+    parser.add_argument(flag("model_kwargs"), dest="model_kwargs", default=None, type=model_kwargs_option,
                         metavar=settings["model_kwargs"].metavar, help=settings["model_kwargs"].help)
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
 from linmaml.benchmarks.run_settings import DEFAULT_THREADS, threads_for  # noqa: F401 (re-exported)
-from linmaml.benchmarks.settings import SEED_MAX, TrainConfig, check_model_kwargs, declared, flag
+from linmaml.benchmarks.settings import SEED_MAX, TrainConfig, declared, flag
+from linmaml.cli._model import model_kwargs_option
 from linmaml.cli._paths import path_option
 
 #: Default CPU threads (run_settings.DEFAULT_THREADS, 1). torch's own default (one per core) collapses
@@ -31,6 +32,7 @@ from linmaml.cli._paths import path_option
 THREADS_HELP = ("CPU threads for torch (default 1, or with --resume the run's own: predictable, and never the "
                 "collapse of several threads on busy cores, where 2 threads ran 17x slower than 1; on an idle "
                 "machine with many cores try 4)")
+
 
 def register(subparsers):
     p = subparsers.add_parser("train", help="meta-train on a few-shot benchmark (Omniglot, CIFAR-FS, mini-ImageNet)",
@@ -69,24 +71,8 @@ def add_setting_options(parser) -> None:
         elif setting.choices is not None:
             option["choices"] = setting.choices
         else:
-            option.update(type=_model_kwargs if setting.kind is dict else setting.kind, metavar=setting.metavar)
+            option.update(type=model_kwargs_option if setting.kind is dict else setting.kind, metavar=setting.metavar)
         parser.add_argument(flag(name), **option)
-
-
-def _model_kwargs(text: str) -> dict:
-    """``--model-kwargs``: a JSON object of keyword arguments (argparse reports a refusal as one line)."""
-    import argparse
-    import json
-
-    try:
-        value = json.loads(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"hidden\": 32}}' ({error})") from None
-    try:
-        return check_model_kwargs(value)
-    except TypeError as error:
-        raise argparse.ArgumentTypeError(getattr(error, "detail", str(error))) from None
-
 
 
 def run(args) -> int:

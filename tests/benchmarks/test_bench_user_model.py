@@ -124,7 +124,8 @@ def test_the_builtin_convnet_given_as_a_user_model_trains_like_the_builtin_one(t
     model = ConvNet(in_channels=1, ways=5, blocks=1, filters=4, image_size=28, pool="stride")
     head = {"head": "head"} if algo == "anil" else {}
     convnet_only = ("layers", "hidden", "pool")  # a user-model run takes (and records) no ConvNet settings
-    run(tmp_path / "user", splits, model, options={k: v for k, v in {**options, **head}.items() if k not in convnet_only})
+    run(tmp_path / "user", splits, model,
+        options={k: v for k, v in {**options, **head}.items() if k not in convnet_only})
     a = checkpoint.load(tmp_path / "builtin" / "last.pt")["learner"]
     b = checkpoint.load(tmp_path / "user" / "last.pt")["learner"]
     b = {k[len("model."):] if algo == "anil" else k: v for k, v in b.items()}

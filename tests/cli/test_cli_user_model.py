@@ -163,8 +163,8 @@ def test_a_library_run_on_your_own_model_is_evaluated_with_the_model_flag(tmp_pa
                  "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["tasks"] == 2
     # the wrong architecture is refused naming the flag
-    status, err = one_line_error(capsys, ["evaluate", str(run), "--tasks", "2", "--query", "2", "--model", f"{MODULE}:TinyNet",
-                                          "--model-kwargs", '{"hidden": 5}'])
+    status, err = one_line_error(capsys, ["evaluate", str(run), "--tasks", "2", "--query", "2", "--model",
+                                          f"{MODULE}:TinyNet", "--model-kwargs", '{"hidden": 5}'])
     assert status == 2 and "different class or parameter shapes" in err, err
 
 

@@ -189,3 +189,28 @@ def test_bad_model_options_are_one_line_naming_the_flag(tmp_path, capsys, extra,
                                           "--threads", "1"])
     assert status == 2 and expected in err, err
     assert not (out / "config.json").exists()
+
+
+def test_the_model_is_imported_from_pythonpath(tmp_path, user_module):
+    """The real route, in a fresh interpreter: the class is found through PYTHONPATH, and without it
+    the one-line error names --model and says where to look (both before any data is read)."""
+    import os
+    import subprocess
+
+    def linmaml_train(*extra, pythonpath):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH"))
+                                                           if p)}
+        return subprocess.run([sys.executable, "-m", "linmaml", "train", *extra, "--out", str(tmp_path / "r"),
+                               "--data-root", str(tmp_path / "no-data"), "--quiet", "--threads", "1"],
+                              capture_output=True, text=True, env=env, timeout=600)
+
+    found = linmaml_train("--model", f"{MODULE}:NotAModule", pythonpath=str(user_module))
+    assert found.returncode == 2 and found.stderr.count("\n") == 1, found.stderr
+    assert f"--model: {MODULE}:NotAModule is the class NotAModule, not a torch.nn.Module class" in found.stderr
+    missing = linmaml_train("--model", f"{MODULE}:TinyNet", pythonpath=None)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    assert f"--model: cannot import module '{MODULE}'" in missing.stderr and "PYTHONPATH" in missing.stderr
+    # with the module found and the data root empty, the run gets as far as the data
+    data = linmaml_train("--model", f"{MODULE}:TinyNet", pythonpath=str(user_module))
+    assert data.returncode == 2 and "--model" not in data.stderr and "no-data" in data.stderr, data.stderr
+    assert not (tmp_path / "r").exists()

@@ -138,6 +138,13 @@ def test_a_cli_run_on_your_own_model_is_the_library_run(tmp_path, capsys):
                                   model=module.TinyNet(hidden=6))
     assert scored["accuracy"] == by_hand["accuracy"] and scored["tasks"] == 4
 
+    # --config config.json repeats the run: the model rebuilt from the recorded import path and kwargs
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(cli_run / "config.json"), "--out", str(again), "--threads", "1",
+                 "--quiet"]) == 0
+    for name, value in weights(again).items():
+        assert torch.equal(value, lib_weights[name]), name
+
     # --resume without --model continues with the recorded model; equal to the library run resumed
     assert main(["train", "--out", str(cli_run), "--resume", "--iterations", "5", "--threads", "1", "--quiet"]) == 0
     torch.manual_seed(0)

@@ -321,7 +321,8 @@ class TrainConfig:
         if self.model_kwargs is not None:
             if self.model_import is None:
                 raise ArgumentError("model_kwargs", "are the keyword arguments of an imported model (model_import)")
-            check_model_kwargs(self.model_kwargs)
+            # a copy: the caller's dict changing later does not change the (frozen) config
+            object.__setattr__(self, "model_kwargs", dict(check_model_kwargs(self.model_kwargs)))
         if self.head is not None and (self.model is None or self.algo != "anil"):
             raise ArgumentError("head", "names the adapted submodule of your own model with algo 'anil'")
         convnet = {"layers": DEFAULT_LAYERS, "hidden": DEFAULT_FILTERS.get(self.benchmark, 32),

@@ -75,16 +75,14 @@ from torch import nn
 
 from linmaml import _validate, meta
 from linmaml.benchmarks.models import MLP, ConvNet
+from linmaml.benchmarks.settings import ALGOS, POOLS, TRANSFORMS
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.learners import frozen_buffers
 
-ALGOS = ("maml", "fomaml", "anil", "reptile", "imaml", "truncated", "es", "hfmaml", "protonet", "r2d2")
 #: The algorithms whose meta-gradient is an estimator of :mod:`linmaml.meta.estimators`.
 ESTIMATOR_ALGOS = ("reptile", "imaml", "truncated", "es", "hfmaml")
 #: The algorithms whose adaptation is a closed form (no inner loop, no transform).
 CLOSED_FORM_ALGOS = {"protonet": meta.ProtoNet, "r2d2": meta.R2D2}
-TRANSFORMS = ("none", "kfo", "metasgd", "metacurvature", "rates")
-POOLS = ("max", "stride")
 
 
 def make_transform(name: str) -> meta.Transform:

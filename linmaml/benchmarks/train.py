@@ -119,9 +119,9 @@ class Trainer:
         self.image_shape = tuple(int(v) for v in splits["train"].image_shape)
         if model is not None:
             check_user_model(model, self.image_shape, config.ways, config.batching, config.randomness)
-        # The built-in ConvNet runs faster on channels-last images; a user's model may reshape with .view(),
-        # and feature vectors have no channels.
-        self.channels_last = model is None and len(self.image_shape) == 3
+        # The built-in ConvNet runs faster on channels-last images; a user's model (given, or rebuilt
+        # from its recorded import path) may reshape with .view(), and feature vectors have no channels.
+        self.channels_last = config.model is None and model is None and len(self.image_shape) == 3
         torch.manual_seed(config.seed)
         self.learner = build_from_config(config, self.image_shape, model).to(device=ctx.device, dtype=config.torch_dtype)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.outer_lr)

@@ -54,7 +54,7 @@ def check_run_payload(payload, file) -> TrainConfig:
             or "image_shape" not in payload:
         raise ArgumentError("checkpoint", f"{file} was not written by linmaml train")
     shape = payload["image_shape"]
-    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(
+    if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 8 or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in shape):
         raise ArgumentError("checkpoint", f"{file} holds an unusable image shape ({shape!r})")
     if not isinstance(payload["learner"], dict) or not all(

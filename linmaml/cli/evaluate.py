@@ -6,6 +6,7 @@ import sys
 
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
 from linmaml.benchmarks.run_settings import data_root_for, threads_for
+from linmaml.cli._model import add_model_options, model_from_args
 from linmaml.cli._paths import path_option, user_model_error
 
 
@@ -30,6 +31,7 @@ def register(subparsers):
                    help="CPU threads for torch (default: the run's own, else 1: several threads on busy cores can "
                         "run many times slower; on an idle machine with many cores try 4)")
     p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (accuracy as a fraction)")
     p.add_argument("--quiet", action="store_true", help="no progress line (tasks scored, ETA) on stderr")
     p.set_defaults(func=run)
@@ -60,7 +62,7 @@ def run(args) -> int:
     try:
         result = evaluate_checkpoint(checkpoint, tasks=args.tasks, steps=args.steps, query=args.query,
                                      split=args.split, task_seed=args.task_seed, data_root=data_root,
-                                     device=args.device, progress=not args.quiet)
+                                     device=args.device, progress=not args.quiet, model=model_from_args(args))
     except ArgumentError as error:  # the library names its argument (error.argument); the user typed the flag
         if error.argument == "model":
             raise user_model_error(checkpoint, error) from error

@@ -83,7 +83,7 @@ def check_run_payload(payload, file) -> TrainConfig:
             or "image_shape" not in payload:
         raise ArgumentError("checkpoint", f"{file} was not written by linmaml train")
     shape = payload["image_shape"]
-    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(
+    if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 8 or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in shape):
         raise ArgumentError("checkpoint", f"{file} holds an unusable image shape ({shape!r})")
     if not isinstance(payload["learner"], dict) or not all(
@@ -148,7 +148,7 @@ class Run:
         check_model_matches(config, model, where=f"the run in {file}")
         image_shape = tuple(payload["image_shape"])
         if model is not None:
-            check_user_model(model, image_shape, config.ways, config.batching)
+            check_user_model(model, image_shape, config.ways, config.batching, config.randomness)
         # in the run's dtype before loading, so float64 weights are not rounded through float32
         learner = build_from_config(config, image_shape, model).to(dtype=config.torch_dtype)
         _load_weights(learner, payload["learner"], file)

@@ -113,8 +113,8 @@ def check_resume_payload(payload: dict, path: Path) -> None:
     if not isinstance(payload["config"], dict):
         bad("its settings are not a dict")
     shape = payload["image_shape"]
-    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(_whole(v, 1) for v in shape):
-        bad(f"its image shape is {shape!r}, expected three positive whole numbers")
+    if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 8 or not all(_whole(v, 1) for v in shape):
+        bad(f"its image shape is {shape!r}, expected positive whole numbers ((C, H, W), or (D,) for feature vectors)")
     learner = payload["learner"]
     if not isinstance(learner, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in learner.items()):

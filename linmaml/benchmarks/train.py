@@ -46,7 +46,7 @@ from linmaml import _io, _validate
 from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder, run_settings
 from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_splits, iteration_seed, make_engine,
                                        outer_lr_at, resume_config)
-from linmaml.benchmarks.config import data_options, first_order_at, msl_weights
+from linmaml.benchmarks.config import OWN_DATA, data_options, first_order_at, msl_weights
 from linmaml.benchmarks.learners import check_model_record, check_user_model
 from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.progress import Progress, safe_write
@@ -119,9 +119,10 @@ class Trainer:
                                                    count=config.val_tasks, seed=0)
         self.image_shape = tuple(int(v) for v in splits["train"].image_shape)
         if model is not None:
-            check_user_model(model, self.image_shape, config.ways, config.batching)
-        # The built-in ConvNet runs faster on channels-last images; a user's model may reshape with .view().
-        self.channels_last = model is None
+            check_user_model(model, self.image_shape, config.ways, config.batching, config.randomness)
+        # The built-in ConvNet runs faster on channels-last images; a user's model (given, or rebuilt
+        # from its recorded import path) may reshape with .view(), and feature vectors have no channels.
+        self.channels_last = config.model is None and model is None and len(self.image_shape) == 3
         torch.manual_seed(config.seed)
         self.payload_file = payload_file or (self.out_dir / checkpoint.LAST)
         if payload is None:
@@ -437,8 +438,10 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
 
     ``model``: your own ``nn.Module`` mapping images ``(n, C, H, W)`` to logits ``(n, ways)``, used
     instead of the built-in ConvNet (``layers``/``hidden``/``pool`` are then unused); the learner of
-    ``algo``/``transform``/``linnet`` is built around it (:mod:`linmaml.benchmarks.learners` states the
-    requirements: BatchNorm with ``track_running_stats=False``, no Dropout unless ``batching="loop"``).
+    ``algo``/``transform``/``linnet`` is built around it (:mod:`linmaml.benchmarks.learners` states how
+    it runs: BatchNorm with running statistics under the buffers policy "frozen" — batch statistics in
+    every pass, running statistics left as they were — and Dropout drawn per task, under the vmapped
+    strategies with ``options["randomness"]``, default "different").
     With ``algo="anil"``, ``options["head"]`` names the submodule that adapts (default: the last module
     with parameters). The model is trained in place (moved to the run's device and dtype). Its class
     name and parameter-shape fingerprint are recorded in ``config.json``; to resume, pass a freshly
@@ -447,11 +450,26 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     layout. ``splits`` may supply ``{"train": FewShotSplit, "val":
     FewShotSplit}`` instead of reading the benchmark from ``data_root``. Under torchrun the
     meta-batch is split across processes (:mod:`linmaml.benchmarks.distributed`); rank 0 writes.
+    ``benchmark="arrays"``/``"folder"`` with ``options["data"]`` trains on your own data
+    (:mod:`linmaml.benchmarks.data.own`; the path is recorded absolute, with ``data_name``); arrays in
+    memory go in as ``splits=array_splits({"train": (x, y), "val": (x, y)}, name=...)`` with
+    ``benchmark="arrays"`` (their name recorded as ``data_name``).
     ``config.json`` records the data root read (None with ``splits``) and the torch threads; a resumed
     run with ``data_root=None`` reads the recorded root (:mod:`linmaml.benchmarks.run_settings`).
     Bad settings raise ``ValueError``/``TypeError``; a folder owned by another run or holding an
-    old run (without ``resume``/``overwrite``) raises ``FileExistsError``. ``on_iteration(record)``,
-    if given, is called on rank 0 with each iteration's metrics record (a dict) after it is logged.
+    old run (without ``resume``/``overwrite``) raises ``FileExistsError``.
+
+    ``on_iteration(record)``, if given, is called once per completed iteration, on rank 0 only (the
+    process that writes; other ranks never call it), right after the record is appended to
+    ``metrics.jsonl`` and before that iteration's checkpoint. ``record`` is that line as a dict:
+    ``iteration``, ``loss`` and ``accuracy`` (the meta-batch's mean query loss and accuracy; None
+    when not finite), ``skipped`` (non-finite steps skipped so far), ``step_skipped``, ``elapsed``
+    (training seconds so far, validation included); ``outer_lr`` under a schedule; at a validation
+    iteration (every ``val_every`` and the last) also ``val_accuracy``, ``val_ci95`` and ``val_loss``;
+    ``msl_weights``/``first_order`` while those recipe options are on. A resumed run calls it from
+    the first iteration it runs (after a validation a signal interrupted, first for that iteration).
+    An exception raised by the hook propagates out of ``train``.
+    :mod:`linmaml.benchmarks.loggers` has ready hooks: a CSV file and TensorBoard.
     """
     stream = sys.stderr if stream is None else stream
     given = options.to_dict() if isinstance(options, TrainConfig) else dict(options)
@@ -460,6 +478,12 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
                                                where="these settings")}
     elif given.get("model") is not None:
         check_model_record(given, None, where="these settings")  # settings of a run on your own model
+    if splits is not None and given.get("benchmark") in OWN_DATA and not given.get("data") \
+            and given.get("data_name") is None and "train" in splits:
+        given["data_name"] = getattr(splits["train"], "benchmark", None)  # arrays in memory: their name
+    for key in ("data", "data_splits"):  # your own data: recorded absolute, so a resume finds it from anywhere
+        if isinstance(given.get(key), (str, Path)) and str(given[key]).strip():
+            given[key] = str(Path(given[key]).expanduser().resolve())
     if not resume:
         TrainConfig.from_dict(given)  # fail on bad settings before touching the folder
     if threads is not None:
@@ -502,7 +526,8 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
             if payload is not None and data_root is None:  # a resumed run reads where it read before
                 data_root = run_settings.data_root_for(None, out_dir)
             splits = load_splits(config.benchmark, ("train", "val"), data_root, **data_options(config))
-            root_read = str(resolve_data_root(data_root).resolve())
+            if config.benchmark not in OWN_DATA:  # your own data is read from config.data, not the data root
+                root_read = str(resolve_data_root(data_root).resolve())
         trainer = Trainer(config, out_dir, splits, ctx, lock=lock, payload=payload, overwrite=overwrite,
                           stream=stream, progress=progress, on_iteration=on_iteration, model=model,
                           payload_file=payload_file, resumed=resumed)

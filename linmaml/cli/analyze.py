@@ -6,6 +6,7 @@ import json
 import sys
 
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
+from linmaml.cli._model import add_model_options, model_from_args
 
 
 def register(subparsers):
@@ -28,6 +29,7 @@ def register(subparsers):
                    help="CPU threads for torch (default: the run's own, else 1; several threads on busy cores can "
                         "run many times slower)")
     p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/analyze.{png,json}")
     p.set_defaults(func=run)
@@ -64,8 +66,9 @@ def run(args) -> int:
     data_root = data_root_for(path_option(args.data_root, "--data-root"), run_path)
     apply_for_command(args.allocator or default_policy(), "linmaml analyze")
     try:
-        result = layerwise.analyze_run(run_path, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
-                                     data_root=data_root, stream=sys.stderr)
+        result = layerwise.analyze_run(run_path, tasks=args.tasks, steps=args.steps,
+                                       spectrum_tasks=args.spectrum_tasks, data_root=data_root, stream=sys.stderr,
+                                       model=model_from_args(args))
     except ValueError as error:
         if getattr(error, "argument", None) == "model":
             raise user_model_error(run_path, error, "analyze_run", "linmaml.benchmarks.layerwise") from error

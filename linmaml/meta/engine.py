@@ -70,13 +70,11 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from linmaml import _validate
+from linmaml._strategies import RANDOMNESS, STRATEGIES
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.learners import MAX_STEPS, check_task_inputs, named_input_failures, norm_steps
 
-__all__ = ["Engine", "STRATEGIES", "explicit_normalization"]
-
-#: The ways to compute a meta-batch's tasks (module docstring).
-STRATEGIES = ("loop", "split", "vmap")
+__all__ = ["Engine", "RANDOMNESS", "STRATEGIES", "explicit_normalization"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -251,8 +249,8 @@ class Engine:
             if explicit_norms is None else explicit_norms
         # vmap's randomness ("error", "different", "same"): a model drawing random numbers (Dropout in
         # training mode) needs "different" (independent per task, as the loop) or "same" under vmap.
-        if randomness not in ("error", "different", "same"):
-            raise ArgumentError("randomness", f"expected 'error', 'different' or 'same', got {randomness!r}")
+        if randomness not in RANDOMNESS:
+            raise ArgumentError("randomness", f"expected one of {', '.join(map(repr, RANDOMNESS))}, got {randomness!r}")
         self.randomness = randomness
         # adapted: the engine adapts only these of the learner's adapted names (an ablation of which
         # layers adapt), passed to every adaptation; the learner itself is never changed.

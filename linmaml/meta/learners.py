@@ -349,8 +349,11 @@ class _Learner(nn.Module):
         """The context of every forward with adapted parameters: the buffers policy, enforced."""
         return state_policy(self, self.buffers_policy)
 
-    def _warn_steps(self, steps, tparams):
-        if steps is not None and steps > self.steps and tparams and not self._warned_steps:
+    def _warn_steps(self, steps, tparams, named_params):
+        # A transform still at its initialisation (identity KFO factors, unit Meta-SGD rates) is plain
+        # MAML, which has no trained step count to overshoot: no warning then.
+        if (steps is not None and steps > self.steps and tparams and not self._warned_steps
+                and not self.transform.at_initialisation(named_params)):
             self._warned_steps = True
             warnings.warn(f"steps: adapting for {steps} inner steps with a learned transform "
                           f"({type(self.transform).__name__}) trained for {self.steps}: a learned "
@@ -451,7 +454,7 @@ class _Learner(nn.Module):
             raise ArgumentTypeError("transform", f"parameter {first!r} is {leaves[0].dtype} but the model's parameters "
                                     f"are {dtype} (was the model converted after wrapping? convert the whole "
                                     f"learner, e.g. learner.double(), so the transform follows)")
-        self._warn_steps(steps, leaves)
+        self._warn_steps(steps, leaves, {n: base[n] for n in names})
         if closure is None:
             check_task_inputs(x, y, "x_support", "y_support")
         with named_input_failures(["x_support"], ["y_support"], (x,)):

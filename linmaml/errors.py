@@ -4,7 +4,13 @@
 name in ``.argument`` and what was wrong with it in ``.detail``; their message is
 ``"<argument>: <detail>"``, so code that catches ``ValueError``/``TypeError`` and prints the message
 keeps working. The command line maps ``.argument`` to its flag (``lr`` → ``--lr``) with
-:func:`renamed` instead of parsing messages.
+:func:`renamed` instead of parsing messages. ``ArgumentExistsError`` and ``ArgumentNotADirectoryError``
+are the same for an output folder that already holds something, or is not a folder (``FileExistsError``
+and ``NotADirectoryError``, so ``except OSError`` callers keep working).
+
+``FileContentError`` (a ``ValueError``) is for a file whose content a reader refuses (not UTF-8, not
+JSON, a crafted pickle): it names the file in ``.where`` (a path, or a path and line) and what is
+wrong in ``.detail``.
 
 Some modules still raise plain ``ValueError("name: …")``; :func:`argument_of` reads the name from
 such a message as a stop-gap (the one place that does), until they raise these classes.
@@ -13,7 +19,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ArgumentError", "ArgumentTypeError", "argument_of", "renamed"]
+__all__ = ["ArgumentError", "ArgumentTypeError", "ArgumentExistsError", "ArgumentNotADirectoryError",
+           "FileContentError", "argument_of", "renamed"]
 
 
 class _CarriesArgument:
@@ -34,6 +41,29 @@ class ArgumentError(_CarriesArgument, ValueError):
 
 class ArgumentTypeError(_CarriesArgument, TypeError):
     """A value of the wrong type; ``str(e) == f"{e.argument}: {e.detail}"``."""
+
+
+class ArgumentExistsError(_CarriesArgument, FileExistsError):
+    """An output folder argument that already holds something it may not replace (``errno`` is None)."""
+
+
+class ArgumentNotADirectoryError(_CarriesArgument, NotADirectoryError):
+    """A folder argument that names something other than a folder (``errno`` is None)."""
+
+
+class FileContentError(ValueError):
+    """A file a reader refuses for its content; ``.where`` names it, ``.detail`` says why.
+
+    ``str(e) == f"{e.where}{e.separator}{e.detail}"``: the separator is ``": "`` unless the sentence
+    reads on from the name (``"x.json is not valid JSON (…)"``).
+    """
+
+    def __init__(self, where: str, detail: str, separator: str = ": "):
+        self.where, self.detail, self.separator = str(where), str(detail), separator
+        super().__init__(f"{self.where}{separator}{self.detail}")
+
+    def __reduce__(self):
+        return type(self), (self.where, self.detail, self.separator)
 
 
 # A legacy message "name: detail": a name made of identifier characters, brackets, dots, commas,
@@ -69,5 +99,7 @@ def renamed(error: BaseException, names: dict[str, str]) -> BaseException:
     if base not in names:
         return error
     new = names[base] + (f"[{rest}" if rest else "")
+    if isinstance(error, _CarriesArgument):
+        return type(error)(new, detail)
     cls = ArgumentTypeError if isinstance(error, TypeError) else ArgumentError
     return cls(new, detail)

@@ -94,6 +94,7 @@ from linmaml.analysis.bench_measure import (ALLOCATOR, THREADS, interleaved, mac
 from linmaml.analysis.bench_meta import bench_meta, meta_setup, meta_variants, run_variant
 from linmaml.analysis.bench_settings import CASES, FULL, NAME, QUICK, TARGETS  # noqa: F401
 from linmaml.analysis.bench_sinusoid import bench_sinusoid
+from linmaml.errors import ArgumentError
 
 
 def memory_probe(case: str, variant: str, settings: dict, threads: int, allocator: str = "keep") -> dict:
@@ -156,13 +157,13 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
     cases = list(CASES) if not only else list(only)
     for case in cases:
         if case not in CASES:
-            raise ValueError(f"only: expected case names among {', '.join(CASES)}, got {case!r}")
+            raise ArgumentError("only", f"expected case names among {', '.join(CASES)}, got {case!r}")
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected cpu or cuda, got {device!r}")
+        raise ArgumentError("device", f"expected cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda requested but torch sees no GPU")
+        raise ArgumentError("device", "cuda requested but torch sees no GPU")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected a positive integer, got {threads!r}")
+        raise ArgumentError("threads", f"expected a positive integer, got {threads!r}")
     settings = QUICK if quick else FULL
     out_dir = pathlib.Path(out_dir)
     applied_allocator = malloc_policy.current() if allocator is None else malloc_policy.use_allocator(allocator)

@@ -51,7 +51,7 @@ from linmaml.benchmarks.learners import check_user_model, model_class_name, mode
 from linmaml.benchmarks.progress import Progress, safe_write
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
-from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.errors import ArgumentError, ArgumentNotADirectoryError, ArgumentTypeError
 
 __all__ = ["train", "Trainer", "TrainResult"]
 
@@ -460,7 +460,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
         torch.set_num_threads(_validate.integer(threads, "threads", minimum=1, maximum=THREADS_MAX))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"out: {out_dir} is not a folder")
+        raise ArgumentNotADirectoryError("out", f"{out_dir} is not a folder")
     ctx = distributed.setup(device)
     # A folder this call creates is removed again if the run fails before writing anything into
     # it (bad data root, say), so bad input leaves no trace.

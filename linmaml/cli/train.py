@@ -18,6 +18,7 @@ from pathlib import Path
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
 from linmaml.benchmarks.run_settings import DEFAULT_THREADS, threads_for  # noqa: F401 (re-exported)
 from linmaml.cli._paths import path_option
+from linmaml.errors import ArgumentError
 
 #: Default CPU threads (run_settings.DEFAULT_THREADS, 1). torch's own default (one per core) collapses
 #: when the cores are busy: its worker threads wait for each other at every operation, and on a 2-core
@@ -140,7 +141,7 @@ def run(args) -> int:
     from linmaml.errors import ArgumentError, ArgumentTypeError, renamed
 
     if args.resume and args.overwrite:
-        raise ValueError("--resume: cannot be combined with --overwrite (continue the run, or start afresh)")
+        raise ArgumentError("--resume", "cannot be combined with --overwrite (continue the run, or start afresh)")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
     from_file = read_config(args.config, fields) if args.config is not None else {}
@@ -156,9 +157,10 @@ def run(args) -> int:
                        data_root=data_root, progress=not args.quiet, threads=threads)
     except (FileExistsError, NotADirectoryError) as error:
         # the library names its argument out; the user typed --out
-        if error.errno is None and str(error).startswith("out: "):
-            raise type(error)("--out: " + str(error)[len("out: "):]) from error
-        raise
+        flagged = renamed(error, {"out": "--out"})
+        if flagged is error:
+            raise
+        raise flagged from error
     except MemoryError as error:
         settings = getattr(error, "settings", None)
         if not settings:
@@ -207,21 +209,21 @@ def read_config(path, fields) -> dict:
         # a regular file of at most 1 MiB (never a FIFO that would block), nesting bounded
         text = _io.read_text(file, max_bytes=1 << 20)
     except OSError as error:
-        raise ValueError(f"--config: cannot read {file} ({error.strerror or type(error).__name__})") from None
+        raise ArgumentError("--config", f"cannot read {file} ({error.strerror or type(error).__name__})") from None
     except ValueError:
-        raise ValueError(f"--config: {file} is not UTF-8 text") from None
+        raise ArgumentError("--config", f"{file} is not UTF-8 text") from None
     try:
         data = _io.loads_json(text, str(file))
     except ValueError as error:
-        raise ValueError(f"--config: {error}") from None
+        raise ArgumentError("--config", str(error)) from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]  # a run's config.json; its other keys (image_shape, device, ...) describe the run
     if not isinstance(data, dict):
-        raise ValueError(f"--config: {file} must hold a JSON object of training settings")
+        raise ArgumentError("--config", f"{file} must hold a JSON object of training settings")
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"--config: {file}: {unknown[0]!r} is not a training setting (settings: {', '.join(sorted(fields))})")
+        raise ArgumentError("--config", f"{file}: {unknown[0]!r} is not a training setting (settings: {', '.join(sorted(fields))})")
     if data.get("model") is not None:
-        raise ValueError(f"--config: {file} is the config of a run on your own model ({data['model']}); repeat it from "
-                         f"Python: linmaml.benchmarks.train.train(settings, out, model=...)")
+        raise ArgumentError("--config", f"{file} is the config of a run on your own model ({data['model']}); repeat it from "
+                                        f"Python: linmaml.benchmarks.train.train(settings, out, model=...)")
     return {k: v for k, v in data.items() if k not in ("model", "model_fingerprint", "head")}

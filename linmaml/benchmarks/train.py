@@ -369,7 +369,7 @@ class Trainer:
             "config": self.config.to_dict(), "image_shape": list(self.image_shape),
             "world_size": self.ctx.world_size, "device": str(self.ctx.device),
             # the process's malloc settings (linmaml train's --allocator): they change the timings logged
-            "allocator": allocator.current(),
+            "allocator": str(allocator.current()),
             # where the data was read and with how many threads: evaluate, analyze, --resume reuse them
             **self.environment}, guard=self._require_folder)
         self._require_folder()

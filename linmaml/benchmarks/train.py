@@ -63,7 +63,8 @@ EXIT_LOST_LOCK = 4
 @dataclasses.dataclass
 class TrainResult:
     """What :func:`train` ended with. ``status``: ``"done"``, ``"interrupted"`` (a signal),
-    ``"nonfinite"`` or ``"lost-lock"``; ``exit_code`` is what the CLI exits with."""
+    ``"nonfinite"`` or ``"lost-lock"``; ``exit_code`` is what the CLI exits with; ``argument``: the
+    argument ``message`` is about (``"out"`` for a lost lock), else ``""``."""
 
     status: str
     iteration: int
@@ -74,6 +75,7 @@ class TrainResult:
     seconds: float = 0.0
     out_dir: str = ""
     writer: bool = True  # False on the ranks > 0 of a distributed run, which print nothing
+    argument: str = ""
 
 
 class _LostFolder(Exception):
@@ -201,8 +203,9 @@ class Trainer:
                         break
                     result = self._iteration(t)
             except _LostFolder:
-                result = TrainResult("lost-lock", self.state["iteration"], EXIT_LOST_LOCK, f"out: another run took "
-                                     f"over {self.out_dir} (--overwrite); stopped without writing into it again")
+                result = TrainResult("lost-lock", self.state["iteration"], EXIT_LOST_LOCK, f"another run took over "
+                                     f"{self.out_dir} (--overwrite); stopped without writing into it again",
+                                     argument="out")
             if result is None:
                 result = TrainResult("done", self.config.iterations, 0, f"finished {self.config.iterations} iterations")
                 if start >= self.config.iterations:

@@ -191,7 +191,7 @@ def run(args) -> int:
         return 0
     from linmaml.benchmarks.progress import safe_write
 
-    message = "--out: " + result.message[len("out: "):] if result.message.startswith("out: ") else result.message
+    message = f"{_flag(result.argument)}: {result.message}" if result.argument else result.message
     # stderr may be closed or full; the exit status (3, 4, 130, 143) still says how the run ended
     safe_write(sys.stderr, f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}"
                            f"{message}\n")

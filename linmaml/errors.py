@@ -1,4 +1,4 @@
-"""Exceptions that carry the name of the argument that was wrong.
+"""Exceptions that carry what was wrong as values, not as text to parse.
 
 ``ArgumentError`` (a ``ValueError``) and ``ArgumentTypeError`` (a ``TypeError``) hold the argument's
 name in ``.argument`` and what was wrong with it in ``.detail``; their message is
@@ -12,12 +12,10 @@ and ``NotADirectoryError``, so ``except OSError`` callers keep working).
 JSON, a crafted pickle): it names the file in ``.where`` (a path, or a path and line) and what is
 wrong in ``.detail``.
 
-Some modules still raise plain ``ValueError("name: …")``; :func:`argument_of` reads the name from
-such a message as a stop-gap (the one place that does), until they raise these classes.
+Every public function raises these for bad input; tests/test_errors.py walks the package and fails
+on a plain ``raise ValueError(...)``/``raise TypeError(...)`` outside its commented allow-list.
 """
 from __future__ import annotations
-
-import re
 
 __all__ = ["ArgumentError", "ArgumentTypeError", "ArgumentExistsError", "ArgumentNotADirectoryError",
            "FileContentError", "argument_of", "renamed"]
@@ -66,40 +64,23 @@ class FileContentError(ValueError):
         return type(self), (self.where, self.detail, self.separator)
 
 
-# A legacy message "name: detail": a name made of identifier characters, brackets, dots, commas,
-# dashes and spaces between names (e.g. "depth, steps"), never a sentence.
-_LEGACY = re.compile(r"^(-{0,2}[A-Za-z_][\w.\[\]-]*(?:, -{0,2}[A-Za-z_][\w.\[\]-]*)*): (.*)$", re.S)
-
-
 def argument_of(error: BaseException) -> tuple[str | None, str]:
-    """``(argument, detail)`` of ``error``: from the attributes, else from a legacy ``"name: …"`` message.
-
-    ``(None, message)`` when the error names no argument.
-    """
+    """``(error.argument, error.detail)`` for the exceptions above that carry an argument, else
+    ``(None, str(error))``: messages are never parsed for a name."""
     if isinstance(error, _CarriesArgument):
         return error.argument, error.detail
-    message = str(error)
-    match = _LEGACY.match(message)
-    if match and isinstance(error, (ValueError, TypeError)):
-        return match.group(1), match.group(2)
-    return None, message
+    return None, str(error)
 
 
 def renamed(error: BaseException, names: dict[str, str]) -> BaseException:
-    """``error`` with its argument renamed through ``names`` (e.g. ``{"lr": "--lr"}``), same class family.
+    """``error`` with its argument renamed through ``names`` (e.g. ``{"lr": "--lr"}``), same class.
 
-    Returns ``error`` itself when it names no argument or one not in ``names``. The result is an
-    :class:`ArgumentError` for a ``ValueError`` and an :class:`ArgumentTypeError` for a ``TypeError``.
+    Returns ``error`` itself when it carries no argument or one not in ``names``.
     """
-    argument, detail = argument_of(error)
-    if argument is None:
+    if not isinstance(error, _CarriesArgument):
         return error
     # "lr[2]" is the third entry of lr: rename the base, keep the index
-    base, _, rest = argument.partition("[")
+    base, _, rest = error.argument.partition("[")
     if base not in names:
         return error
-    new = names[base] + (f"[{rest}" if rest else "")
-    if isinstance(error, _CarriesArgument):
-        return type(error)(new, detail)
-    cls = ArgumentTypeError if isinstance(error, TypeError) else ArgumentError
-    return cls(new, detail)
+    return type(error)(names[base] + (f"[{rest}" if rest else ""), error.detail)

@@ -59,6 +59,8 @@ import shlex
 import sys
 import time
 
+from linmaml.errors import ArgumentError, ArgumentNotADirectoryError
+
 NAME = "depth_width"
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = REPO / "runs" / "depth-width"
@@ -137,12 +139,12 @@ def check_folder(run_dir: pathlib.Path, settings: dict) -> int:
         saved = _io.load_json(run_dir / "config.json").get("config")  # bounded regular file, never a FIFO
     for key, value in settings.items():
         if saved is not None and key != "iterations" and saved.get(key) != value:
-            raise ValueError(f"{key}: {run_dir} was trained with {saved.get(key)!r}, the sweep uses {value!r}; use"
-                             f" another --runs")
+            raise ArgumentError(key, f"{run_dir} was trained with {saved.get(key)!r}, the sweep uses {value!r}; use"
+                                     f" another --runs")
     done = 0 if payload is None else int(payload["iteration"])
     if done > settings["iterations"]:
-        raise ValueError(f"iterations: {run_dir} holds {done} iterations, more than the sweep's "
-                         f"{settings['iterations']}; use another --runs")
+        raise ArgumentError("iterations", f"{run_dir} holds {done} iterations, more than the sweep's "
+                                          f"{settings['iterations']}; use another --runs")
     return done
 
 
@@ -312,7 +314,7 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, runs=None, jobs: int = 1, t
     runs = pathlib.Path(runs) if runs is not None else DEFAULT_RUNS / ("quick" if quick else "full")
     out_dir = pathlib.Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"out: {out_dir} is not a folder")
+        raise ArgumentNotADirectoryError("out", f"{out_dir} is not a folder")
     began = time.perf_counter()
     records = sweep(size, runs, jobs=jobs, threads=threads, data_root=data_root)
     record = {"figure": NAME, "settings": {**size, "quick": bool(quick), "jobs": jobs, "threads": threads,

@@ -26,6 +26,8 @@ import shlex
 import sys
 import time
 
+from linmaml.errors import ArgumentNotADirectoryError
+
 NAME = "layers"
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = REPO / "runs" / "layers"
@@ -53,7 +55,7 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, run_dir=None, runs=None, ta
         torch.set_num_threads(_validate.integer(threads, "threads", minimum=1))
     out_dir = pathlib.Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"out: {out_dir} is not a folder")
+        raise ArgumentNotADirectoryError("out", f"{out_dir} is not a folder")
     began = time.perf_counter()
     trained = None
     if run_dir is None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from linmaml.errors import ArgumentError
+
 
 def slim_payload(payload: dict) -> dict:
     """The inference part of a ``linmaml train`` checkpoint: no optimizer, counters or pending state."""
@@ -41,12 +43,12 @@ def add(name: str, run_dir, *, folder=None, commit: str | None = None, tasks: in
     from linmaml.benchmarks.run import check_run_payload, checkpoint_file
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", name):
-        raise ValueError(f"--add: the name {name!r} must be lower-case letters, digits, '-' and '.'")
+        raise ArgumentError("--add", f"the name {name!r} must be lower-case letters, digits, '-' and '.'")
     folder = pretrained.FOLDER if folder is None else Path(folder)
     source, payload = checkpoint_file(run_dir)  # the one rule of linmaml.benchmarks.run: best.pt, else the newest last.pt
     config = check_run_payload(payload, source)
     if config.model is not None:
-        raise ValueError(f"--add: {source} is a run on a user's model; only the built-in networks are released")
+        raise ArgumentError("--add", f"{source} is a run on a user's model; only the built-in networks are released")
     slim = slim_payload(payload)
     data = checkpoint.encode(slim)
     target = folder / f"{name}.pt"
@@ -108,7 +110,7 @@ def remove(name: str, *, folder=None) -> None:
     folder = pretrained.FOLDER if folder is None else Path(folder)
     networks = pretrained._manifest(folder)
     if name not in networks:
-        raise ValueError(f"--remove: no released network is called {name!r}")
+        raise ArgumentError("--remove", f"no released network is called {name!r}")
     (folder / networks.pop(name)["file"]).unlink(missing_ok=True)
     _io.atomic_write_json(folder / pretrained.MANIFEST.name, {"networks": dict(sorted(networks.items()))})
 

@@ -46,6 +46,7 @@ import torch
 from linmaml import _io
 # The run folder's file names, defined once in run_files (re-exported here for the writers).
 from linmaml.benchmarks.run_files import BEST, LAST, LAST_PREV, LOCK, SNAPSHOTS, snapshot_path  # noqa: F401
+from linmaml.errors import ArgumentExistsError, FileContentError
 
 MAGIC = b"LINMAML-CHECKPOINT"  # version 1's header line
 VERSION = 2
@@ -101,8 +102,13 @@ def _check_archive(data: bytes, name: str) -> None:
     except CorruptCheckpoint:
         raise
     except (ValueError, zipfile.BadZipFile, OSError, EOFError, RecursionError) as error:
-        detail = str(error).removeprefix(f"checkpoint: {name}: ")
+        detail = _detail(error, f"checkpoint: {name}")
         raise CorruptCheckpoint(f"checkpoint: {name} could not be unpacked ({detail})") from None
+
+
+def _detail(error: BaseException, where: str) -> str:
+    """What ``error`` says, without the file name when it is one of _io's refusals naming ``where``."""
+    return error.detail if isinstance(error, FileContentError) and error.where == where else str(error)
 
 
 def _unpack(data: bytes, name: str):
@@ -113,7 +119,7 @@ def _unpack(data: bytes, name: str):
         _io.check_sizes(payload, len(data), f"checkpoint: {name}")
         return payload
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not our data"
-        detail = str(error).removeprefix(f"checkpoint: {name}: ")
+        detail = _detail(error, f"checkpoint: {name}")
         raise CorruptCheckpoint(f"checkpoint: {name} could not be unpacked"
                                 f" ({type(error).__name__}: {detail.splitlines()[0] if detail else ''})") from None
 
@@ -278,8 +284,8 @@ class RunLock:
                 holder = self._holder()
                 handle.close()
                 if not overwrite:
-                    raise FileExistsError(
-                        f"out: {self.path.parent} is in use by another run ({holder}; lock file {self.path});"
+                    raise ArgumentExistsError(
+                        "out", f"{self.path.parent} is in use by another run ({holder}; lock file {self.path});"
                         f" use --overwrite to take it over") from None
                 # Break the lock: a new inode under the same name, which the old holder can detect.
                 with contextlib.suppress(FileNotFoundError):
@@ -293,7 +299,7 @@ class RunLock:
             self._handle = None
             handle.close()
         else:
-            raise FileExistsError(f"out: could not lock {self.path} (it keeps changing under us)")
+            raise ArgumentExistsError("out", f"could not lock {self.path} (it keeps changing under us)")
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")

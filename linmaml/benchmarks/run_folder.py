@@ -24,7 +24,7 @@ import torch
 from linmaml import _io
 from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.run_files import CONFIG, METRICS
-from linmaml.errors import ArgumentError
+from linmaml.errors import ArgumentError, ArgumentExistsError
 
 #: Files a run writes into its folder; ``overwrite`` removes exactly these.
 RUN_FILES = (METRICS, CONFIG, checkpoint.LAST, checkpoint.LAST_PREV, checkpoint.BEST)
@@ -66,11 +66,11 @@ def _prepare(out_dir: Path, resume: bool, overwrite: bool, report) -> tuple[dict
         return found
     existing = [name for name in RUN_FILES if (out_dir / name).exists()]
     if existing == [CONFIG] and not overwrite and not _is_run_config(out_dir / CONFIG):
-        raise FileExistsError(f"out: {out_dir} holds a {CONFIG} that linmaml train did not write; refusing to "
-                              f"replace it (choose another --out, or --overwrite to replace it)")
+        raise ArgumentExistsError("out", f"{out_dir} holds a {CONFIG} that linmaml train did not write; "
+                                         f"refusing to replace it (choose another --out, or --overwrite to replace it)")
     if existing and not overwrite:
-        raise FileExistsError(f"out: {out_dir} already holds a run ({', '.join(existing)}); use --resume to continue"
-                              f" it or --overwrite to start afresh")
+        raise ArgumentExistsError("out", f"{out_dir} already holds a run ({', '.join(existing)}); use --resume "
+                                         f"to continue it or --overwrite to start afresh")
     return None, None
 
 
@@ -175,8 +175,8 @@ def trim_metrics(path: Path, iteration: int, guard=None) -> None:
             continue
         value = record.get("iteration", 0)
         if not _whole(value):
-            raise ValueError(f"resume: {path} line {number}: 'iteration' is {value!r}, not a whole number >= 0; "
-                             f"correct or delete that line to resume")
+            raise ArgumentError("resume", f"{path} line {number}: 'iteration' is {value!r}, not a whole number >= 0; "
+                                          f"correct or delete that line to resume")
         if value <= iteration:
             kept.append(line)
     _io.atomic_write_text(path, "".join(line + "\n" for line in kept), guard=guard)

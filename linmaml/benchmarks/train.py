@@ -52,7 +52,7 @@ from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.progress import Progress, safe_write
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
-from linmaml.errors import ArgumentError
+from linmaml.errors import ArgumentError, ArgumentNotADirectoryError
 
 __all__ = ["train", "Trainer", "TrainResult"]
 
@@ -64,7 +64,8 @@ EXIT_LOST_LOCK = 4
 @dataclasses.dataclass
 class TrainResult:
     """What :func:`train` ended with. ``status``: ``"done"``, ``"interrupted"`` (a signal),
-    ``"nonfinite"`` or ``"lost-lock"``; ``exit_code`` is what the CLI exits with."""
+    ``"nonfinite"`` or ``"lost-lock"``; ``exit_code`` is what the CLI exits with; ``argument``: the
+    argument ``message`` is about (``"out"`` for a lost lock), else ``""``."""
 
     status: str
     iteration: int
@@ -75,6 +76,7 @@ class TrainResult:
     seconds: float = 0.0
     out_dir: str = ""
     writer: bool = True  # False on the ranks > 0 of a distributed run, which print nothing
+    argument: str = ""
 
 
 class _LostFolder(Exception):
@@ -206,8 +208,9 @@ class Trainer:
                         break
                     result = self._iteration(t)
             except _LostFolder:
-                result = TrainResult("lost-lock", self.state["iteration"], EXIT_LOST_LOCK, f"out: another run took "
-                                     f"over {self.out_dir} (--overwrite); stopped without writing into it again")
+                result = TrainResult("lost-lock", self.state["iteration"], EXIT_LOST_LOCK, f"another run took over "
+                                     f"{self.out_dir} (--overwrite); stopped without writing into it again",
+                                     argument="out")
             if result is None:
                 result = TrainResult("done", self.config.iterations, 0, f"finished {self.config.iterations} iterations")
                 if start >= self.config.iterations:
@@ -374,7 +377,7 @@ class Trainer:
             "config": self.config.to_dict(), "image_shape": list(self.image_shape),
             "world_size": self.ctx.world_size, "device": str(self.ctx.device),
             # the process's malloc settings (linmaml train's --allocator): they change the timings logged
-            "allocator": allocator.current(),
+            "allocator": str(allocator.current()),
             # where the data was read and with how many threads: evaluate, analyze, --resume reuse them
             **self.environment}, guard=self._require_folder)
         self._require_folder()
@@ -492,7 +495,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
         torch.set_num_threads(_validate.integer(threads, "threads", minimum=1, maximum=THREADS_MAX))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"out: {out_dir} is not a folder")
+        raise ArgumentNotADirectoryError("out", f"{out_dir} is not a folder")
     ctx = distributed.setup(device)
     # A folder this call creates is removed again if the run fails before writing anything into
     # it (bad data root, say), so bad input leaves no trace.

@@ -23,6 +23,7 @@ from linmaml.benchmarks.run_settings import DEFAULT_THREADS, threads_for  # noqa
 from linmaml.benchmarks.settings import SEED_MAX, TrainConfig, declared, flag
 from linmaml.cli._model import model_kwargs_option
 from linmaml.cli._paths import path_option
+from linmaml.errors import ArgumentError
 
 #: Default CPU threads (run_settings.DEFAULT_THREADS, 1). torch's own default (one per core) collapses
 #: when the cores are busy: its worker threads wait for each other at every operation, and on a 2-core
@@ -112,9 +113,10 @@ def run(args) -> int:
                        on_iteration=combine(*loggers))
     except (FileExistsError, NotADirectoryError) as error:
         # the library names its argument out; the user typed --out
-        if error.errno is None and str(error).startswith("out: "):
-            raise type(error)("--out: " + str(error)[len("out: "):]) from error
-        raise
+        flagged = renamed(error, {"out": "--out"})
+        if flagged is error:
+            raise
+        raise flagged from error
     except MemoryError as error:
         settings = getattr(error, "settings", None)
         if not settings:
@@ -150,7 +152,7 @@ def run(args) -> int:
         return 0
     from linmaml.benchmarks.progress import safe_write
 
-    message = "--out: " + result.message[len("out: "):] if result.message.startswith("out: ") else result.message
+    message = f"{_flag(result.argument)}: {result.message}" if result.argument else result.message
     # stderr may be closed or full; the exit status (3, 4, 130, 143) still says how the run ended
     safe_write(sys.stderr, f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}"
                            f"{message}\n")

@@ -327,7 +327,7 @@ class _Learner(nn.Module):
         for flag, name in ((first_order, "first_order"), (adapt_transform, "adapt_transform"),
                            (check_finite, "check_finite")):
             if not isinstance(flag, bool):
-                raise TypeError(f"{name}: expected True or False, got {flag!r}")
+                raise ArgumentTypeError(name, f"expected True or False, got {flag!r}")
         check_buffers_policy(buffers)
         self.first_order = first_order
         self.adapt_transform = adapt_transform
@@ -419,8 +419,8 @@ class _Learner(nn.Module):
             value = closure(output) if closure is not None else loss_fn(output, target)
             if not isinstance(value, torch.Tensor) or value.ndim != 0:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(f"{'closure' if closure is not None else 'loss_fn'}: expected a scalar tensor "
-                                 f"(e.g. a mean over examples), got {shape}")
+                raise ArgumentError("closure" if closure is not None else "loss_fn",
+                                    f"expected a scalar tensor (e.g. a mean over examples), got {shape}")
             return value
 
         if under_function_transform():
@@ -510,7 +510,7 @@ class MAML(_Learner):
             adapted, argument = adapt, "adapt"
         super().__init__(lr, steps, transform, first_order, adapt_transform, buffers, check_finite)
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+            raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.adapted_names = adapted_parameter_names(model, adapted, argument)
         params = dict(model.named_parameters())
@@ -590,13 +590,13 @@ class ANIL(_Learner):
         super().__init__(lr, steps, transform, first_order, adapt_transform, buffers, check_finite)
         for value, name in ((features, "features"), (head, "head")):
             if not isinstance(value, nn.Module):
-                raise TypeError(f"{name}: expected a torch.nn.Module, got {type(value).__name__}")
+                raise ArgumentTypeError(name, f"expected a torch.nn.Module, got {type(value).__name__}")
         self.features = features
         self.head = head
         params = dict(head.named_parameters())
         self.adapted_names = [n for n, p in params.items() if p.requires_grad]
         if not self.adapted_names:
-            raise ValueError("head: expected a module with parameters that require gradients")
+            raise ArgumentError("head", "expected a module with parameters that require gradients")
         self.transform.build({n: params[n] for n in self.adapted_names}, steps=self.steps)
 
     def adapt(self, x_support: Any = None, y_support: Any = None, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,

@@ -41,7 +41,7 @@ OPTIONS_BEFORE = {
     "--es-population", "--es-sigma", "--fd-delta", "--bn-per-step", "--compile", "--config", "--out", "--resume",
     "--overwrite", "--device", "--data-root", "--threads", "--allocator", "--quiet"}
 #: Options of the command that are not settings.
-COMMAND_OPTIONS = {"help", "config", "out", "resume", "overwrite", "device", "data_root", "threads", "allocator",
+COMMAND_OPTIONS = {"help", "config", "out", "resume", "overwrite", "device", "data_root", "threads", "allocator", "log",
                    "quiet"}
 
 

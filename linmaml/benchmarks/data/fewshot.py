@@ -28,6 +28,8 @@ import dataclasses
 
 import numpy as np
 
+from linmaml.errors import ArgumentError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -58,26 +60,26 @@ class FewShotSplit:
 
     def __post_init__(self):
         if self.pixels.ndim < 3:
-            raise ValueError(f"pixels: expected shape (S, E, C, H, W) or (S, E, *example_shape), got {self.pixels.shape}")
+            raise ArgumentError("pixels", f"expected shape (S, E, C, H, W) or (S, E, *example_shape), got {self.pixels.shape}")
         if self.pixels.dtype not in (np.float32, np.uint8):
-            raise ValueError(f"pixels: expected float32 or uint8, got {self.pixels.dtype}")
+            raise ArgumentError("pixels", f"expected float32 or uint8, got {self.pixels.dtype}")
         n = len(self.sources)
         for name in ("quarter_turns", "source_ids"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"{name}: expected {n} entries (one per class), got {len(getattr(self, name))}")
+                raise ArgumentError(name, f"expected {n} entries (one per class), got {len(getattr(self, name))}")
         if len(self.class_names) != n:
-            raise ValueError(f"class_names: expected {n} names, got {len(self.class_names)}")
+            raise ArgumentError("class_names", f"expected {n} names, got {len(self.class_names)}")
         if n and (self.sources.min() < 0 or self.sources.max() >= self.pixels.shape[0]):
-            raise ValueError("sources: index out of range of pixels")
+            raise ArgumentError("sources", "index out of range of pixels")
         if n and (self.quarter_turns.min() < 0 or self.quarter_turns.max() > 3):
-            raise ValueError("quarter_turns: expected values in 0..3")
+            raise ArgumentError("quarter_turns", "expected values in 0..3")
         if self.quarter_turns.any() and (self.pixels.ndim < 4 or self.pixels.shape[-1] != self.pixels.shape[-2]):
-            raise ValueError("quarter_turns: rotations need square images")
+            raise ArgumentError("quarter_turns", "rotations need square images")
         if self.counts is not None:
             counts = np.asarray(self.counts)
             if counts.shape != self.pixels.shape[:1] or counts.min(initial=1) < 1 \
                     or counts.max(initial=0) > self.pixels.shape[1]:
-                raise ValueError(f"counts: expected {self.pixels.shape[0]} counts in 1..{self.pixels.shape[1]}")
+                raise ArgumentError("counts", f"expected {self.pixels.shape[0]} counts in 1..{self.pixels.shape[1]}")
 
     @property
     def name(self) -> str:
@@ -119,12 +121,12 @@ class FewShotSplit:
         classes = np.asarray(classes, dtype=np.int64)
         examples = np.asarray(examples, dtype=np.int64)
         if classes.ndim != 1 or examples.ndim != 2 or len(examples) != len(classes):
-            raise ValueError(f"examples: expected shape ({len(classes)}, m) for classes of shape "
-                             f"{classes.shape}, got {examples.shape}")
+            raise ArgumentError("examples", f"expected shape ({len(classes)}, m) for classes of shape "
+                                            f"{classes.shape}, got {examples.shape}")
         if classes.size and (classes.min() < 0 or classes.max() >= self.num_classes):
-            raise ValueError(f"classes: expected indices in 0..{self.num_classes - 1} of {self.name}")
+            raise ArgumentError("classes", f"expected indices in 0..{self.num_classes - 1} of {self.name}")
         if examples.size and (examples.min() < 0 or (examples >= self.class_counts(classes)[:, None]).any()):
-            raise ValueError(f"examples: expected indices below each class's count of examples in {self.name}")
+            raise ArgumentError("examples", f"expected indices below each class's count of examples in {self.name}")
         out = self.pixels[self.sources[classes][:, None], examples]
         if out.dtype == np.uint8:
             out = out.astype(np.float32) * np.float32(1 / 255)

@@ -43,7 +43,7 @@ import numpy as np
 from linmaml import _io
 from linmaml._extras import require as require_extra
 from linmaml._validate import integer
-from linmaml.errors import ArgumentError
+from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES, DatasetError, verify_file
 from linmaml.benchmarks.data.paths import benchmark_dir
@@ -184,9 +184,9 @@ def read_set(fmt: str, path, name: str, *, verify: bool = True) -> OmniglotSet:
     :data:`SETS` are checked; without it only the structure is (shapes, drawer numbering).
     """
     if name not in SETS:
-        raise ValueError(f"name: expected one of {', '.join(SETS)}, got {name!r}")
+        raise ArgumentError("name", f"expected one of {', '.join(SETS)}, got {name!r}")
     if fmt not in FORMATS:
-        raise ValueError(f"fmt: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ArgumentError("fmt", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
     spec, path = SETS[name], Path(path)
     checksum = None
     if fmt == "npz":
@@ -470,17 +470,17 @@ def rotation_turns(rotations) -> tuple[int, ...]:
     try:
         rotations = tuple(rotations)
     except TypeError:
-        raise TypeError(f"rotations: expected a sequence of angles in degrees, got {rotations!r}") from None
+        raise ArgumentTypeError("rotations", f"expected a sequence of angles in degrees, got {rotations!r}") from None
     if not rotations:
-        raise ValueError("rotations: expected at least one angle (use (0,) for no rotation)")
+        raise ArgumentError("rotations", "expected at least one angle (use (0,) for no rotation)")
     turns = []
     for angle in rotations:
         angle = integer(angle, "rotations")
         if angle % 90 != 0 or not 0 <= angle < 360:
-            raise ValueError(f"rotations: expected angles among 0, 90, 180, 270, got {angle}")
+            raise ArgumentError("rotations", f"expected angles among 0, 90, 180, 270, got {angle}")
         turns.append(angle // 90)
     if len(set(turns)) != len(turns):
-        raise ValueError(f"rotations: expected distinct angles, got {rotations}")
+        raise ArgumentError("rotations", f"expected distinct angles, got {rotations}")
     return tuple(turns)
 
 
@@ -500,7 +500,7 @@ class Omniglot:
     def __init__(self, sets: dict[str, OmniglotSet], *, size: int = 28, resize: str = "box"):
         size = integer(size, "size", minimum=1, maximum=IMAGE_SIZE)
         if resize not in METHODS:
-            raise ValueError(f"resize: expected one of {', '.join(METHODS)}, got {resize!r}")
+            raise ArgumentError("resize", f"expected one of {', '.join(METHODS)}, got {resize!r}")
         start = time.perf_counter()
         ordered = sorted(sets.values(), key=lambda s: s.name)
         char_id = np.concatenate([s.char_id for s in ordered])
@@ -536,7 +536,7 @@ class Omniglot:
         """
         size = integer(size, "size", minimum=1, maximum=IMAGE_SIZE)
         if resize not in METHODS:
-            raise ValueError(f"resize: expected one of {', '.join(METHODS)}, got {resize!r}")
+            raise ArgumentError("resize", f"expected one of {', '.join(METHODS)}, got {resize!r}")
         start = time.perf_counter()
         located = locate(data_root)
         built = {}
@@ -581,7 +581,7 @@ class Omniglot:
         ``rotations[r]``. ``table`` overrides the shipped :func:`split_table`.
         """
         if split not in SPLITS:
-            raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+            raise ArgumentError("split", f"expected one of {', '.join(SPLITS)}, got {split!r}")
         turns = rotation_turns(rotations)
         ids = (split_table() if table is None else table)[split]
         position = np.searchsorted(self.char_id, ids)
@@ -603,7 +603,7 @@ def load_omniglot(split: str, data_root=None, *, size: int = 28, resize: str = "
                   rotations=DEFAULT_ROTATIONS, verify: bool = True) -> FewShotSplit:
     """One split of Omniglot (reads and preprocesses both sets; use :class:`Omniglot` for several)."""
     if split not in SPLITS:
-        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        raise ArgumentError("split", f"expected one of {', '.join(SPLITS)}, got {split!r}")
     return Omniglot.load(data_root, size=size, resize=resize, verify=verify).split(split, rotations)
 
 

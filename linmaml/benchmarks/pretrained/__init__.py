@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 
 from linmaml.benchmarks.checkpoint import CorruptCheckpoint
-from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.errors import ArgumentError, ArgumentTypeError, FileContentError
 
 __all__ = ["FOLDER", "MANIFEST", "names", "info", "path", "load", "sha256_of"]
 
@@ -48,7 +48,7 @@ def _manifest(folder: Path | None = None) -> dict:
     data = _io.load_json(file)
     networks = data.get("networks") if isinstance(data, dict) else None
     if not isinstance(networks, dict):
-        raise ValueError(f"{file} is not a manifest of released weights (no 'networks' object)")
+        raise FileContentError(str(file), "is not a manifest of released weights (no 'networks' object)", separator=" ")
     return networks
 
 
@@ -87,7 +87,7 @@ def path(name: str) -> Path:
     entry = info(name)
     file = FOLDER / entry["file"]
     if Path(entry["file"]).name != entry["file"]:  # the manifest names files in this folder only
-        raise ValueError(f"{MANIFEST}: the file of {name!r} must be a plain file name, got {entry['file']!r}")
+        raise FileContentError(MANIFEST, f"the file of {name!r} must be a plain file name, got {entry['file']!r}")
     if not file.is_file():
         raise FileNotFoundError(f"pretrained: the weights of {name!r} ({file}) are missing from the installation")
     actual = sha256_of(file)

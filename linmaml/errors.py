@@ -18,7 +18,7 @@ on a plain ``raise ValueError(...)``/``raise TypeError(...)`` outside its commen
 from __future__ import annotations
 
 __all__ = ["ArgumentError", "ArgumentTypeError", "ArgumentExistsError", "ArgumentNotADirectoryError",
-           "FileContentError", "argument_of", "renamed"]
+           "FileContentError", "argument_of", "renamed", "ModelRequiredError"]
 
 
 class _CarriesArgument:
@@ -35,6 +35,11 @@ class _CarriesArgument:
 
 class ArgumentError(_CarriesArgument, ValueError):
     """A value out of range or otherwise impossible; ``str(e) == f"{e.argument}: {e.detail}"``."""
+
+
+class ModelRequiredError(ArgumentError):
+    """A run trained on the user's own model, opened without that model (``argument`` is ``"model"``):
+    the command line answers it by naming ``--model``; Python callers pass ``model=...``."""
 
 
 class ArgumentTypeError(_CarriesArgument, TypeError):

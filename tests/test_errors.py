@@ -264,3 +264,19 @@ def test_a_rank_0_error_reaches_the_other_ranks_with_its_fields(monkeypatch, err
     assert type(info.value) is type(error) and str(info.value) == str(error)
     assert getattr(info.value, "argument", None) == getattr(error, "argument", None)
     assert getattr(info.value, "where", None) == getattr(error, "where", None)
+
+
+def test_a_run_on_your_own_model_opened_without_it_is_told_by_its_class_not_its_words():
+    """The command line names --model for a ModelRequiredError, whatever the wording; an ordinary
+    ArgumentError that happens to use the same words gets the ordinary answer."""
+    from linmaml.benchmarks.learners import check_model_record
+    from linmaml.cli._paths import user_model_error
+    from linmaml.errors import ModelRequiredError
+
+    with pytest.raises(ModelRequiredError) as caught:
+        check_model_record({"model": "pkg.Net", "model_fingerprint": "0" * 16}, None, "run")
+    assert caught.value.argument == "model"
+    told = user_model_error("runs/x", caught.value)
+    assert "--model package.module:Class" in str(told)
+    lookalike = ArgumentError("model", "run: trained on your own model (pkg.Net); pass it")
+    assert "--model package.module:Class" not in str(user_model_error("runs/x", lookalike))

@@ -76,7 +76,7 @@ from torch import nn
 from linmaml import _validate, meta
 from linmaml.benchmarks.models import MLP, ConvNet
 from linmaml.benchmarks.settings import ALGOS, POOLS, TRANSFORMS
-from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.errors import ArgumentError, ArgumentTypeError, ModelRequiredError
 from linmaml.meta.learners import frozen_buffers
 
 #: The algorithms whose meta-gradient is an estimator of :mod:`linmaml.meta.estimators`.
@@ -148,7 +148,7 @@ def check_model_record(recorded, model: nn.Module | None, where: str = "the run"
             raise ArgumentError("model", f"{where}: the built-in ConvNet, not a model of your own; leave model out")
         return record
     if model is None:
-        raise ArgumentError("model", f"{where}: trained on your own model ({name}); pass the same architecture "
+        raise ModelRequiredError("model", f"{where}: trained on your own model ({name}); pass the same architecture "
                                      f"again (model=...)")
     if not same_model_class(name, model) or (fingerprint is not None and fingerprint != record["model_fingerprint"]):
         raise ArgumentError("model", f"{where}: trained on {name} (fingerprint {fingerprint}), got "

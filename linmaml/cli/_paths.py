@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from linmaml.errors import ArgumentError
+from linmaml.errors import ArgumentError, ModelRequiredError
 
 
 def path_option(value, flag: str) -> Path | None:
@@ -41,7 +41,7 @@ def user_model_error(run, error: BaseException, function: str = "evaluate_checkp
     names the flag to pass (``--model package.module:Class``) and the Python route
     (``function(run, model=...)``)."""
     detail = getattr(error, "detail", str(error))
-    if "trained on your own model" in detail:
+    if isinstance(error, ModelRequiredError):
         return ArgumentError(str(run), f"{detail.split(';')[0]}, and its config.json does not say where to import it "
                                        f"from: pass --model package.module:Class (and --model-kwargs JSON), or score "
                                        f"it from Python: from {module} import {function}; "

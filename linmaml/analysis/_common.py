@@ -21,6 +21,8 @@ from linmaml.meta.engine import Engine
 from linmaml.meta.losses import binary_accuracy
 from linmaml.tasks import ClassificationFamily, RegressionFamily, TaskBatch
 
+from linmaml.errors import ArgumentError, ArgumentTypeError
+
 
 def report_error(prog: str, error: BaseException) -> int:
     """Print ``<prog>: error: <the message's first line>`` (the error's type name when the message is
@@ -58,7 +60,7 @@ class PopulationSupport:
 
     def __init__(self, family):
         if not isinstance(family, RegressionFamily):
-            raise TypeError(f"family: expected a RegressionFamily, got {type(family).__name__}")
+            raise ArgumentTypeError("family", f"expected a RegressionFamily, got {type(family).__name__}")
         self.family, self.d_in, self.d_out = family, family.d_in, family.d_out
         vals, vecs = np.linalg.eigh(family.x_cov)
         self.support_x = (vecs * np.sqrt(np.clip(vals, 0, None) * family.d_in)) @ vecs.T
@@ -90,7 +92,7 @@ class ExactQuery:
 
     def __init__(self, family):
         if not isinstance(family, RegressionFamily):
-            raise TypeError(f"family: expected a RegressionFamily, got {type(family).__name__}")
+            raise ArgumentTypeError("family", f"expected a RegressionFamily, got {type(family).__name__}")
         self.family, self.d_in, self.d_out = family, family.d_in, family.d_out
         vals, vecs = np.linalg.eigh(family.x_cov)
         self.query_x = (vecs * np.sqrt(np.clip(vals, 0, None) * family.d_in)) @ vecs.T
@@ -141,6 +143,6 @@ def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bo
         out["loss"].append(losses)
         if accuracy:
             if accuracies is None:
-                raise ValueError("tasks: accuracy needs float 0/1 labels of one logit (a classification family)")
+                raise ArgumentError("tasks", "accuracy needs float 0/1 labels of one logit (a classification family)")
             out["accuracy"].append(accuracies)
     return {key: torch.stack(rows).numpy() for key, rows in out.items() if rows}

@@ -49,6 +49,8 @@ from linmaml.meta.engine import Engine
 from linmaml.meta.losses import squared_loss
 from linmaml.plots.figure import figure_module
 
+from linmaml.errors import ArgumentError
+
 NAME = "estimators"
 
 SETTINGS = {
@@ -122,7 +124,7 @@ def _estimator(name: str, cfg: dict, lr: float, steps: int, **override):
         return estimators.EvolutionStrategies(e["es"]["population"], e["es"]["sigma"], seed=e["es"].get("seed", 0))
     if name == "hfmaml":
         return estimators.HessianFreeMAML(e["hfmaml"]["delta"])
-    raise ValueError(name)
+    raise ArgumentError("name", f"no estimator {name!r}")
 
 
 def _engine(weights, lr, steps, strategy="vmap"):

@@ -37,7 +37,8 @@ from linmaml import _io
 from linmaml.analysis.depth_width import machine
 from linmaml.benchmarks.config import TrainConfig
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
-from linmaml.plots.training import plot_runs, read_runs
+from linmaml.benchmarks.run import read_runs
+from linmaml.plots.training import plot_runs
 
 PUBLISHED = {1: (98.7, 0.4), 5: (99.9, 0.1)}  # Finn et al. 2017, Omniglot 5-way, percent ± 95 % CI
 #: TrainConfig fields left out of the rebuilt command when they hold their defaults.

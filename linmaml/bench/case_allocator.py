@@ -17,7 +17,7 @@ import time
 import torch
 
 from linmaml.bench.case_meta import meta_setup, meta_variants, run_variant
-from linmaml.bench.timing import THREADS, interleaved, probe_subprocess
+from linmaml.bench.timing import PROBES, interleaved, probe_subprocess
 from linmaml.benchmarks.allocator import use_allocator
 
 #: What each probe times: the meta cases' variants of these names.
@@ -35,7 +35,7 @@ def allocator_probe(spec: dict) -> dict:
     variants = meta_variants(learner, "maml", settings, False, "cpu")
     functions = {name: (lambda step=variants[name]: run_variant(learner, step, batch, 1.0 / M)) for name in TIMED}
     timings = interleaved(functions, spec["reps"])
-    return {"allocator": applied, **{name: {"median": t["median"], "samples": t["samples"]}
+    return {"allocator": str(applied), **{name: {"median": t["median"], "samples": t["samples"]}
                                      for name, t in timings.items()}}
 
 
@@ -49,7 +49,7 @@ def bench_allocator(s: dict, rounds: int, reps: int, log) -> dict:
         results = {}
         for policy in order:
             results[policy] = probe_subprocess("allocator", {"allocator": policy, "settings": s, "reps": reps,
-                                                             "threads": THREADS[0]})
+                                                             "threads": PROBES.threads})
             if "error" in results[policy]:
                 raise RuntimeError(f"allocator case: the {policy!r} process failed: {results[policy]['error']}")
         per_round.append(results)

@@ -7,5 +7,7 @@ is its script form); :mod:`~linmaml.bench.sizes` holds the sizes, cases and targ
 cases: :mod:`~linmaml.bench.case_closedform` (surface, deep_linear), :mod:`~linmaml.bench.case_sinusoid`,
 :mod:`~linmaml.bench.case_meta` (maml, kfo, anil), :mod:`~linmaml.bench.case_allocator`.
 :mod:`~linmaml.bench.gpu_check` is the prepared check for a machine with a GPU, which reuses the
-meta cases. The speed ratios quoted in help texts and comments elsewhere are measured here.
+meta cases; :mod:`~linmaml.bench.data_cache` times a cold against a warm load of the real Omniglot
+through the cache of preprocessed data. The speed ratios quoted in help texts and comments elsewhere
+are measured here.
 """

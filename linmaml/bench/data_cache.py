@@ -19,14 +19,15 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
+from linmaml import _io
+from linmaml.benchmarks.data.cache import ENV_VAR
+from linmaml.benchmarks.data.omniglot import Omniglot
+
 
 def measure(data_root=None, repeats: int = 3) -> dict:
     """``{"cold_s": [...], "warm_s": [...], "cold_median_s", "warm_median_s", "ratio", ...}``."""
-    import numpy as np
-
-    from linmaml.benchmarks.data.cache import ENV_VAR
-    from linmaml.benchmarks.data.omniglot import Omniglot
-
     cold, warm = [], []
     saved = os.environ.get(ENV_VAR)
     try:
@@ -66,8 +67,6 @@ def main(argv=None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        from linmaml import _io
-
         _io.atomic_write_text(args.out, text + "\n")
     return 0
 

@@ -187,9 +187,9 @@ def _sample():
     from linmaml.tasks import RegressionFamily
 
     # the modules themselves (linmaml.closedform re-exports functions under some module names)
-    deep_linear, gaussian, gaussian_lr, preconditioner, scalar, evaluate = (importlib.import_module(f"linmaml.{name}") for name in (
+    deep_linear, gaussian, gaussian_lr, preconditioner, scalar, held_out = (importlib.import_module(f"linmaml.{name}") for name in (
         "closedform.deep_linear", "closedform.gaussian", "closedform.gaussian_lr", "closedform.preconditioner",
-        "closedform.scalar", "simulator.evaluate"))
+        "closedform.scalar", "simulator.held_out"))
 
     eye = np.eye(2)
     return [
@@ -204,7 +204,7 @@ def _sample():
         (lambda: preconditioner.balanced_weights(eye, [1.5]), ArgumentTypeError, "hidden_widths"),
         (lambda: preconditioner.balanced_weights(eye, [2], rng="seed"), ArgumentTypeError, "rng"),
         (lambda: scalar.scalar_maml_loss([], 0.1, 1, 1.0, 1.0, 1.0), ArgumentError, "ws"),
-        (lambda: evaluate.mean_ci([1.0, 2.0], level=1.5), ArgumentError, "level"),
+        (lambda: held_out.mean_ci([1.0, 2.0], level=1.5), ArgumentError, "level"),
         (lambda: _io.open_nofollow("unused", "w"), ArgumentError, "mode"),
         # overflow: the argument to blame is a value, not a message prefix the caller parses
         (lambda: gaussian_lr.meta_test_loss(RegressionFamily(d_in=2), 0.1, 1e200), ArgumentError, "lr_test"),

@@ -30,7 +30,7 @@ class ProbeSettings:
 
 
 #: The settings of the current benchmark run, for its probes. Scope: this process; set by
-#: :func:`linmaml.analysis.bench.run` when it starts (they stay after it returns), read when a probe starts.
+#: :func:`linmaml.bench.harness.run` when it starts (they stay after it returns), read when a probe starts.
 PROBES = ProbeSettings()
 
 def _quantiles(samples):

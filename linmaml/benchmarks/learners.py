@@ -46,7 +46,7 @@ same function and meta-gradient as ANIL, which computes the features once only w
 split into ``features`` and ``head`` as the ConvNet is. What the model may hold, and how it runs:
 
 - **buffers, BatchNorm with running statistics**: the learner is built with the buffers policy
-  ``buffers="frozen"`` of :mod:`linmaml.meta.learners` (:data:`USER_MODEL_BUFFERS`). Adaptation and
+  ``buffers="frozen"`` of :mod:`linmaml.meta.maml_learners` (:data:`USER_MODEL_BUFFERS`). Adaptation and
   query passes (the model is in train mode throughout training, validation and evaluation) normalise
   every batch with its own statistics, as MAML and the built-in ConvNet do, and leave the running
   statistics, and every other buffer, as they were: a pretrained backbone keeps its statistics for use
@@ -77,7 +77,7 @@ from linmaml import _validate, meta
 from linmaml.benchmarks.models import MLP, ConvNet
 from linmaml.benchmarks.settings import ALGOS, POOLS, TRANSFORMS
 from linmaml.errors import ArgumentError, ArgumentTypeError, ModelRequiredError
-from linmaml.meta.learners import frozen_buffers
+from linmaml.meta.maml_learners import frozen_buffers
 
 #: The algorithms whose meta-gradient is an estimator of :mod:`linmaml.meta.estimators`.
 ESTIMATOR_ALGOS = ("reptile", "imaml", "truncated", "es", "hfmaml")

@@ -142,7 +142,7 @@ def test_other_clicks_are_ignored(make_explorer):
 
 
 def test_redraw_200_grid_draws_the_closed_form(make_explorer, ref_objective):
-    # Speed is measured by analysis/bench.py, not asserted here (shared machines are noisy).
+    # Speed is measured by linmaml bench (linmaml/bench/), not asserted here (shared machines are noisy).
     explorer = make_explorer(grid=200, half_width=4.0)
     explorer.sliders["steps"].set_val(3)
     explorer.sliders["lr"].set_val(0.07)

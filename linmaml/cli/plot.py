@@ -9,7 +9,7 @@ from linmaml.errors import ArgumentError
 def register(subparsers):
     p = subparsers.add_parser("plot", help="training and validation curves of runs (from their metrics.jsonl)",
                               description="Draw the running mean of the training query loss and accuracy and the "
-                                          "validation accuracy with its 95%% CI of one or more linmaml train runs, "
+                                          "validation accuracy with its 95% CI of one or more linmaml train runs, "
                                           "against iterations (default) or wall time; one colour per run, named by "
                                           "its folder.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders of linmaml train (each holds metrics.jsonl)")

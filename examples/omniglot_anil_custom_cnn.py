@@ -16,8 +16,9 @@ buffers policy "frozen" (batch statistics in every pass, as MAML uses them; runn
 they were), and Dropout draws per task (``randomness``); :mod:`linmaml.benchmarks.learners` says how.
 
 Data: the real Omniglot from ``--data-root`` (default ``$LINMAML_DATA``, then ``~/.cache/linmaml``),
-holding ``omniglot/`` (``linmaml data download omniglot --root DIR`` fetches it). Reading and
-preprocessing it takes 10–15 s on a busy CPU, included in every run.
+holding ``omniglot/`` (``linmaml data download omniglot --root DIR`` fetches it). The first read
+preprocesses it (seconds) into a cache keyed by the files' bytes (``$LINMAML_CACHE``); later runs
+read the cache (``python analysis/bench_data_cache.py`` measures both).
 
 Measured (``python examples/omniglot_anil_custom_cnn.py``: 200 iterations of 8 tasks, one thread on
 a 2-core CPU shared with other jobs, 51 s in all, 33 s of it training): on 100 held-out test tasks the

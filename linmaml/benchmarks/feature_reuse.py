@@ -47,7 +47,7 @@ from linmaml.meta.inner_loop import check_rates, inner_loop
 
 __all__ = ["linear_cka", "network_of", "Layer", "network_layers", "adapt_parameters", "query_accuracies",
            "freezing_table", "layer_outputs", "penultimate_features", "cka_before_after", "nil_accuracies",
-           "network_similarity", "NORM_TYPES"]
+           "network_similarity", "adapted_names_of", "NORM_TYPES"]
 
 #: Modules whose multi-dimensional parameters are not weights of a layer of their own (a per-step
 #: BatchNorm holds (steps, channels) affine parameters).
@@ -236,7 +236,7 @@ def freezing_table(learner, tasks, lrs: Sequence[float], *, device=None) -> list
     ``{"frozen": [layer names], "adapted": [parameter names], "accuracies": (tasks,) array}``."""
     network = network_of(learner)
     layers = network_layers(network)
-    adaptable = _adapted_by(learner, network)
+    adaptable = adapted_names_of(learner, network)
     rows = []
     for k in range(len(layers)):
         frozen = {n for layer in layers[:k] for n in layer.parameters}
@@ -246,8 +246,10 @@ def freezing_table(learner, tasks, lrs: Sequence[float], *, device=None) -> list
     return rows
 
 
-def _adapted_by(learner, network) -> list[str]:
-    """The learner's adapted parameters in :func:`network_of` names (ANIL's head names get ``head.``)."""
+def adapted_names_of(learner, network: nn.Module | None = None) -> list[str]:
+    """The parameters ``learner`` adapts, in :func:`network_of` names (ANIL's head names get ``head.``;
+    a bare module: all of its parameters)."""
+    network = network_of(learner) if network is None else network
     names = list(getattr(learner, "adapted_names", [n for n, _ in network.named_parameters()]))
     if isinstance(learner, meta.ANIL):
         names = ["head." + n for n in names]
@@ -306,7 +308,7 @@ def cka_before_after(learner, tasks, lrs: Sequence[float], *, device=None) -> di
     before and after the inner loop)."""
     network = network_of(learner)
     names = [layer.name for layer in network_layers(network)]
-    adapted = _adapted_by(learner, network)
+    adapted = adapted_names_of(learner, network)
     base = {n: p.detach() for n, p in network.named_parameters()}
     out = {name: [] for name in names}
     with torch.no_grad():
@@ -363,7 +365,7 @@ def network_similarity(first, second, tasks, *, device=None, adapted: bool = Fal
         for x_s, y_s, x_q, _ in _tasks(tasks, device, _dtype(nets[0])):
             reps = []
             for learner, net in zip(learners, nets):
-                params = adapt_parameters(net, x_s, y_s, _adapted_by(learner, net), lrs) if adapted else \
+                params = adapt_parameters(net, x_s, y_s, adapted_names_of(learner, net), lrs) if adapted else \
                     {n: p.detach() for n, p in net.named_parameters()}
                 reps.append(layer_outputs(net, params, x_q, names[0]))
             for name in names[0]:

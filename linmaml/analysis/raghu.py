@@ -135,6 +135,10 @@ def own_accuracies(learner, tasks, lrs) -> np.ndarray:
     return fr.query_accuracies(network, tasks, fr.adapted_names_of(learner, network), lrs)
 
 
+#: The record's sections that depend only on the --maml, --anil and --control files and the tasks.
+FIXED_PARTS = ("freezing", "nil", "similarity")
+
+
 def compute(args, previous: dict | None = None) -> dict:
     from linmaml.analysis.depth_width import machine
     from linmaml.benchmarks import episodes
@@ -177,14 +181,17 @@ def compute(args, previous: dict | None = None) -> dict:
              "control": control_record["sha256"] if control is not None else None,
              "tasks": args.tasks, "ways": config.ways, "shots": config.shots, "query": config.test_query}
     result["basis"] = basis
-    if previous is not None and previous.get("basis") == basis:
-        for part in ("freezing", "nil", "similarity"):
+    if previous is not None and previous.get("basis") == basis and all(k in previous for k in FIXED_PARTS):
+        for part in FIXED_PARTS:
             result[part] = previous[part]
         say("(a), (c), (d) taken from the previous record (same checkpoints and tasks)")
-    else:
+    elif "fixed" in args.parts:
         compute_fixed_parts(result, maml, anil, control, config, anil_config, tasks, lrs, anil_lrs, payload, layers,
                             say)
-    compute_trajectory(result, args, few, previous, say)
+    if "trajectory" in args.parts:
+        compute_trajectory(result, args, few, previous, say)
+    elif previous is not None and previous.get("settings", {}).get("trajectory_tasks") == args.trajectory_tasks:
+        result["trajectory"] = previous.get("trajectory", [])
     result["machine"] = machine()
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -377,10 +384,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("figures"), help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--data-root", default=None, help="datasets folder (default: $LINMAML_DATA)")
+    parser.add_argument("--parts", choices=("all", "fixed", "trajectory"), default="all",
+                        help="compute (a), (c), (d) ('fixed'), (b) ('trajectory') or all (default); the others are "
+                             "kept from the record in --out where it matches")
     parser.add_argument("--fresh", action="store_true",
                         help="recompute everything (default: numbers of unchanged files are taken from the record "
                              "already in --out)")
     args = parser.parse_args(argv)
+    args.parts = ("fixed", "trajectory") if args.parts == "all" else (args.parts,)
     for name in ("tasks", "trajectory_tasks", "threads"):
         if getattr(args, name) < (2 if name != "threads" else 1):
             parser.error(f"--{name.replace('_', '-')}: expected at least {2 if name != 'threads' else 1}")
@@ -394,8 +405,12 @@ def main(argv=None) -> dict:
     words = sys.argv[1:] if argv is None else list(argv)
     result["command"] = "python -m linmaml.analysis.raghu " + " ".join(shlex.quote(str(w)) for w in words)
     args.out.mkdir(parents=True, exist_ok=True)
-    draw(result, args.out / f"{NAME}.png")
     _io.atomic_write_json(args.out / f"{NAME}.json", result)
+    missing = [part for part in FIXED_PARTS + ("trajectory",) if part not in result]
+    if missing:  # a partial record (--parts): the figure waits for the rest
+        print(f"raghu: wrote {args.out / (NAME + '.json')} without {', '.join(missing)}; no figure drawn")
+        return result
+    draw(result, args.out / f"{NAME}.png")
     print(format_summary(result))
     return result
 

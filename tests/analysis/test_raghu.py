@@ -66,3 +66,22 @@ def test_raghu_runner_refuses_too_few_tasks(capsys):
         raghu.main(["--maml", "x", "--anil", "y", "--tasks", "1"])
     assert stop.value.code == 2
     assert "--tasks" in capsys.readouterr().err
+
+
+def test_initial_weights_are_those_the_trainer_starts_from(tmp_path):
+    """The iteration-0 point rebuilt from a run's seed equals the iteration-0 snapshot a real (tiny,
+    synthetic-data) training run writes."""
+    from linmaml.benchmarks.data.fewshot import synthetic_splits
+    from linmaml.benchmarks.train import train
+
+    options = dict(ways=3, shots=1, query=2, test_query=3, layers=2, hidden=4, meta_batch=2, iterations=1,
+                   val_every=1, val_tasks=2, snapshot_every=1, seed=7)
+    train(options, tmp_path / "run", splits=synthetic_splits(), progress=False, device="cpu")
+    snapshot = checkpoint.load(checkpoint.snapshot_path(tmp_path / "run", 0))
+    config = TrainConfig.from_dict(snapshot["config"])
+    rebuilt = raghu.initial_learner(config, snapshot["image_shape"]).state_dict()
+    assert rebuilt.keys() == snapshot["learner"].keys()
+    for name, value in rebuilt.items():
+        assert torch.equal(value, snapshot["learner"][name]), name
+    later = checkpoint.load(checkpoint.snapshot_path(tmp_path / "run", 1))["learner"]
+    assert any(not torch.equal(rebuilt[n], later[n]) for n in rebuilt)  # the check can fail

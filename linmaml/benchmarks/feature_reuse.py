@@ -23,6 +23,16 @@ map), and a layer is the largest submodule holding exactly one weight. For the C
 conv blocks (conv, BatchNorm, pooling, ReLU: the block's output is the layer's representation) and the
 linear head; a layer's parameters are all the parameters of that submodule (its BatchNorm included).
 
+    from linmaml.benchmarks import load_learner, feature_reuse as fr
+    learner = load_learner("runs/maml")                         # MAML or ANIL
+    lrs = learner.step_rates(3)                                 # the test-time inner steps
+    rows = fr.freezing_table(learner, tasks, lrs)              # [{"frozen", "adapted", "accuracies"}, …]
+    cka = fr.cka_before_after(learner, tasks, lrs)             # {layer: (tasks,)}
+    nil = fr.nil_accuracies(learner, tasks)                    # {"cosine": (tasks,), "euclidean": (tasks,)}
+    sim = fr.network_similarity(learner, other_learner, tasks) # {layer: (tasks,)}
+
+``python analysis/raghu.py`` (:mod:`linmaml.analysis.raghu`) runs all four on trained runs.
+
 Conventions: a task is ``(x_support (n_s, …), y_support (n_s,), x_query (n_q, …), y_query (n_q,))``
 with integer class labels 0..ways−1; a *network* is the ``nn.Module`` whose ``named_parameters()``
 names are used throughout (:func:`network_of`: MAML's model, ANIL's features and head as one module

@@ -73,9 +73,25 @@ def load(path):
     learner = build_from_config(config, tuple(payload["image_shape"])).to(dtype=config.torch_dtype)
     load_weights(learner, payload, file)
     learner.train()  # the ConvNet's BatchNorm uses batch statistics in either mode; as evaluate scores it
-    record = {"path": str(pathlib.Path(file).resolve()), "iteration": payload.get("iteration"),
-              "sha256": sha256(file), "algo": config.algo, "seed": config.seed, "iterations": config.iterations}
+    from linmaml.analysis.omniglot_maml import command_of
+
+    file = pathlib.Path(file).resolve()
+    folder = file.parent.parent if file.parent.name == "snapshots" else file.parent
+    record = {"path": str(file), "iteration": payload.get("iteration"),
+              "sha256": sha256(file), "algo": config.algo, "seed": config.seed, "iterations": config.iterations,
+              "train_command": command_of(config.to_dict(), str(folder), config_threads(folder))
+              + (f" --snapshot-every {config.snapshot_every}" if config.snapshot_every else "")}
     return learner, config, record, payload
+
+
+def config_threads(folder) -> int | None:
+    """The torch threads a run folder's training used (its config.json), None if unknown."""
+    from linmaml import _io
+
+    try:
+        return _io.load_json(pathlib.Path(folder) / "config.json").get("threads")
+    except (OSError, ValueError):
+        return None
 
 
 def initial_learner(config, image_shape):

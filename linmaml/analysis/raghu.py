@@ -330,8 +330,12 @@ def draw(result: dict, path) -> None:
     labels = ["none"] + ["1–" + str(len(r["frozen"])) if len(r["frozen"]) > 1 else "1" for r in rows[1:]]
     ax.errorbar(range(len(rows)), [r["accuracy"] for r in rows], yerr=[r["ci95"] for r in rows], fmt="o-",
                 capsize=3, label="MAML-trained, test-time freezing")
+    for k, r in enumerate(rows[1:], start=1):  # the paired difference is what the claim is about
+        d = r["minus_full"]
+        ax.annotate(f"Δ {d['difference']:+.2f}\n± {d['ci95']:.2f}", (k, r["accuracy"]), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize=7)
     ax.set_xticks(range(len(rows)), labels)
-    ax.set_xlabel("conv layers frozen at test time")
+    ax.set_xlabel("conv layers frozen at test time (Δ: paired vs none frozen, points)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("(a) freezing layers at test time")
     ax.legend(fontsize=8)

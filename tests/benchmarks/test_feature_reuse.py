@@ -298,3 +298,18 @@ def test_network_similarity_is_one_for_a_permuted_copy_and_matches_hsic_otherwis
     with pytest.raises(ArgumentError) as error:
         fr.network_similarity(model, nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3)).double(), tasks)
     assert error.value.argument == "second"
+
+
+def test_nil_never_predicts_a_class_without_support_examples():
+    model = tiny_model(6)
+    x_s, y_s, x_q, _ = tiny_tasks(1, shots=2, query=6, seed=7)[0]
+    keep = y_s != 2  # class 2 has no support example
+    y_q = torch.zeros(len(x_q), dtype=torch.long)
+    with torch.no_grad():
+        f_s, f_q = model[:-1](x_s[keep]).numpy(), model[:-1](x_q).numpy()
+    got = fr.nil_accuracies(model, [(x_s[keep], y_s[keep], x_q, y_q)], ways=3)
+    means = np.stack([f_s[y_s[keep].numpy() == c].mean(axis=0) for c in (0, 1)])
+    cosine = (f_q @ means.T) / np.linalg.norm(f_q, axis=1, keepdims=True) / np.linalg.norm(means, axis=1)
+    euclid = np.linalg.norm(f_q[:, None, :] - means[None], axis=2)
+    assert got["cosine"][0] == pytest.approx(np.mean(cosine.argmax(1) == 0), abs=0)
+    assert got["euclidean"][0] == pytest.approx(np.mean(euclid.argmin(1) == 0), abs=0)

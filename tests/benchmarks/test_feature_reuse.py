@@ -313,3 +313,32 @@ def test_nil_never_predicts_a_class_without_support_examples():
     euclid = np.linalg.norm(f_q[:, None, :] - means[None], axis=2)
     assert got["cosine"][0] == pytest.approx(np.mean(cosine.argmax(1) == 0), abs=0)
     assert got["euclidean"][0] == pytest.approx(np.mean(euclid.argmin(1) == 0), abs=0)
+
+
+def test_freezing_a_convnet_holds_each_block_with_its_batchnorm():
+    """On the benchmark ConvNet (BatchNorm folded into the first conv): row k leaves the first k blocks'
+    conv and BatchNorm parameters exactly at θ, and its accuracies are those of the hand-written loop."""
+    from linmaml.benchmarks.models import ConvNet
+
+    torch.manual_seed(1)
+    net = ConvNet(ways=3, blocks=2, filters=4, image_size=8, pool="stride").double()
+    learner = meta.MAML(net, lr=0.5, steps=1)
+    g = torch.Generator().manual_seed(2)
+    tasks = [(torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(3),
+              torch.randn(9, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(3).repeat(3)) for _ in range(4)]
+    rows = fr.freezing_table(learner, tasks, [0.5, 0.5])
+    assert [r["frozen"] for r in rows] == [[], ["features.block0"], ["features.block0", "features.block1"]]
+    all_names = [n for n, _ in net.named_parameters()]
+    for k, row in enumerate(rows):
+        frozen = [n for n in all_names if any(n.startswith(f"features.block{i}.") for i in range(k))]
+        assert row["adapted"] == [n for n in all_names if n not in frozen]
+        want = []
+        for x_s, y_s, x_q, y_q in tasks:
+            params = hand_adapt(net, x_s, y_s, row["adapted"], [0.5, 0.5])
+            for n in frozen:
+                assert torch.equal(params[n], dict(net.named_parameters())[n].detach())
+            got = fr.adapt_parameters(net, x_s, y_s, row["adapted"], [0.5, 0.5])
+            for n in all_names:
+                torch.testing.assert_close(got[n], params[n], rtol=1e-10, atol=1e-12)
+            want.append(float((functional_call(net, params, (x_q,)).argmax(1) == y_q).double().mean()))
+        np.testing.assert_array_equal(row["accuracies"], np.asarray(want))

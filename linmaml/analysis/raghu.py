@@ -147,6 +147,7 @@ def engine_accuracies(learner, config, tasks, steps) -> np.ndarray:
 def own_accuracies(learner, tasks, lrs) -> np.ndarray:
     from linmaml.benchmarks import feature_reuse as fr
 
+    fr.check_plain_steps(learner)
     network = fr.network_of(learner)
     return fr.query_accuracies(network, tasks, fr.adapted_names_of(learner, network), lrs)
 

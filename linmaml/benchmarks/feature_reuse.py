@@ -57,7 +57,7 @@ from linmaml.meta.inner_loop import check_rates, inner_loop
 
 __all__ = ["linear_cka", "network_of", "Layer", "network_layers", "adapt_parameters", "query_accuracies",
            "freezing_table", "layer_outputs", "penultimate_features", "cka_before_after", "nil_accuracies",
-           "network_similarity", "adapted_names_of", "NORM_TYPES"]
+           "network_similarity", "adapted_names_of", "check_plain_steps", "NORM_TYPES"]
 
 #: Modules whose multi-dimensional parameters are not weights of a layer of their own (a per-step
 #: BatchNorm holds (steps, channels) affine parameters).
@@ -244,6 +244,7 @@ def freezing_table(learner, tasks, lrs: Sequence[float], *, device=None) -> list
     :func:`network_layers` frozen at test time and every other parameter the learner adapts adapted
     (k = 0: the learner's own adaptation; k = L−1: the head alone). Rows:
     ``{"frozen": [layer names], "adapted": [parameter names], "accuracies": (tasks,) array}``."""
+    check_plain_steps(learner)
     network = network_of(learner)
     layers = network_layers(network)
     adaptable = adapted_names_of(learner, network)
@@ -254,6 +255,16 @@ def freezing_table(learner, tasks, lrs: Sequence[float], *, device=None) -> list
         rows.append({"frozen": [layer.name for layer in layers[:k]], "adapted": adapted,
                      "accuracies": query_accuracies(network, tasks, adapted, lrs, device=device)})
     return rows
+
+
+def check_plain_steps(learner) -> None:
+    """``ArgumentError`` naming ``learner`` when its inner loop is not plain gradient steps: the
+    measurements here adapt with θ ← θ − α∇ℓ (a learned transform such as KFO or Meta-SGD would be
+    silently dropped, and it is built for the learner's own adapted set only)."""
+    transform = getattr(learner, "transform", None)
+    if transform is not None and not isinstance(transform, meta.Identity):
+        raise ArgumentError("learner", f"its inner loop uses a learned transform ({type(transform).__name__}); "
+                                       f"these measurements take plain gradient steps (a learner without one)")
 
 
 def adapted_names_of(learner, network: nn.Module | None = None) -> list[str]:
@@ -316,6 +327,7 @@ def cka_before_after(learner, tasks, lrs: Sequence[float], *, device=None) -> di
     outputs on each task's query set under the meta-learned θ and under θ' adapted by the learner's
     adapted parameters with ``lrs`` on the support set (Raghu et al.'s representation similarity
     before and after the inner loop)."""
+    check_plain_steps(learner)
     network = network_of(learner)
     names = [layer.name for layer in network_layers(network)]
     adapted = adapted_names_of(learner, network)
@@ -365,6 +377,9 @@ def network_similarity(first, second, tasks, *, device=None, adapted: bool = Fal
     examples of each task (the layers of :func:`network_layers`, which must have the same names in
     both, e.g. a MAML- and an ANIL-trained ConvNet). At the meta-learned parameters; ``adapted=True``
     after each learner's own adaptation with ``lrs`` on the support set."""
+    if adapted:
+        check_plain_steps(first)
+        check_plain_steps(second)
     nets = [network_of(first), network_of(second)]
     names = [[layer.name for layer in network_layers(net)] for net in nets]
     if names[0] != names[1]:

@@ -342,3 +342,12 @@ def test_freezing_a_convnet_holds_each_block_with_its_batchnorm():
                 torch.testing.assert_close(got[n], params[n], rtol=1e-10, atol=1e-12)
             want.append(float((functional_call(net, params, (x_q,)).argmax(1) == y_q).double().mean()))
         np.testing.assert_array_equal(row["accuracies"], np.asarray(want))
+
+
+def test_a_learner_with_a_learned_transform_is_refused_naming_it():
+    learner = meta.MAML(tiny_model(), lr=0.4, steps=1, transform=meta.MetaSGD())
+    for call in (lambda: fr.freezing_table(learner, tiny_tasks(1), [0.4]),
+                 lambda: fr.cka_before_after(learner, tiny_tasks(1), [0.4])):
+        with pytest.raises(ArgumentError) as error:
+            call()
+        assert error.value.argument == "learner"

@@ -66,7 +66,7 @@ def run(out_dir: pathlib.Path, quick: bool = False, allocator: str | None = None
     from linmaml.benchmarks.train import train
 
     policy = malloc_policy.current() if allocator is None else malloc_policy.use_allocator(allocator)
-    settings = {**SETTINGS, **(QUICK if quick else {}), "allocator": policy}
+    settings = {**SETTINGS, **(QUICK if quick else {}), "allocator": str(policy)}
     torch.set_num_threads(settings["threads"])
     keys = ("ways", "shots", "query", "test_query", "layers", "hidden", "meta_batch", "iterations", "val_every", "val_tasks",
             "checkpoint_every", "seed")

@@ -14,7 +14,11 @@ project = "linmaml"
 author = "the linmaml developers"
 copyright = "2026, the linmaml developers"
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "sphinx.ext.viewcode"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "sphinx.ext.viewcode",
+              "myst_parser"]
+# The guide pages (docs/guide/*.md) are Markdown, read by MyST; the reference pages are reStructuredText.
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+myst_heading_anchors = 3
 # Every public name is documented (autosummary's tables link to each); a package page describes the
 # package and lists its modules, and leaves the names it re-exports to the modules that define them
 # ("ignore-module-all"), so no object is described twice.

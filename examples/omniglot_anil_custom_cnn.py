@@ -11,9 +11,9 @@ on a few fixed 5-way 1-shot tasks of the 423 held-out test characters and prints
 before and after adaptation.
 
 Requirements on your model (checked by ``train``, refused with a message naming ``model``): it maps
-images ``(n, 1, 28, 28)`` to logits ``(n, ways)``; BatchNorm layers with
-``track_running_stats=False`` (batch statistics, as MAML uses them); no Dropout unless
-``batching="loop"``.
+images ``(n, 1, 28, 28)`` to logits ``(n, ways)``. A BatchNorm with running statistics runs under the
+buffers policy "frozen" (batch statistics in every pass, as MAML uses them; running statistics left as
+they were), and Dropout draws per task (``randomness``); :mod:`linmaml.benchmarks.learners` says how.
 
 Data: the real Omniglot from ``--data-root`` (default ``$LINMAML_DATA``, then ``~/.cache/linmaml``),
 holding ``omniglot/`` (``linmaml data download omniglot --root DIR`` fetches it). Reading and

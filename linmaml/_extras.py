@@ -3,7 +3,8 @@
 ``pip install linmaml`` brings what the meta-learning library, the closed forms and the simulator
 need (torch, numpy, scipy). Drawing needs matplotlib (``linmaml[plots]``), symbolic derivations
 need sympy (``linmaml[symbolic]``; torch itself depends on sympy, so it is usually there), reading
-image files needs Pillow (``linmaml[images]``); ``linmaml[all]`` brings every one.
+image files needs Pillow (``linmaml[images]``), the TensorBoard logger of ``linmaml train --log``
+needs tensorboard (``linmaml[tensorboard]``); ``linmaml[all]`` brings every one.
 
 :func:`require` imports an optional module or raises :class:`MissingExtraError`, an ``ImportError``
 whose message names the extra; :func:`missing_extra` recognises a plain ``ModuleNotFoundError``
@@ -17,7 +18,7 @@ import importlib
 __all__ = ["EXTRAS", "MissingExtraError", "require", "missing_extra"]
 
 #: Top-level module → the extra of linmaml that installs it.
-EXTRAS = {"matplotlib": "plots", "sympy": "symbolic", "PIL": "images"}
+EXTRAS = {"matplotlib": "plots", "sympy": "symbolic", "PIL": "images", "tensorboard": "tensorboard"}
 
 
 class MissingExtraError(ImportError):

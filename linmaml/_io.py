@@ -20,6 +20,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from linmaml.errors import ArgumentError, FileContentError
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None, guard=None):
@@ -78,7 +80,7 @@ def open_nofollow(path, mode: str = "a"):
     """
     flags = {"a": os.O_RDWR | os.O_APPEND, "r+": os.O_RDWR}.get(mode)
     if flags is None:
-        raise ValueError(f"mode: expected 'a' or 'r+', got {mode!r}")
+        raise ArgumentError("mode", f"expected 'a' or 'r+', got {mode!r}")
     # O_RDWR and O_NONBLOCK: a FIFO opens at once (write-only would wait for a reader, or fail with
     # ENXIO under O_NONBLOCK), so that the fstat below can name the problem.
     flags |= os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -199,7 +201,7 @@ def read_text(path, max_bytes: int = MAX_TEXT_BYTES, encoding: str = "utf-8") ->
     try:
         return data.decode(encoding)
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: is not {encoding.upper()} text") from None
+        raise FileContentError(path, f"is not {encoding.upper()} text") from None
 
 
 def depth_of(obj, limit: int = MAX_DEPTH) -> int:
@@ -227,11 +229,11 @@ def loads_json(text, where: str, max_depth: int = MAX_DEPTH):
     try:
         value = json.loads(text)
     except RecursionError:
-        raise ValueError(f"{where} nests JSON more than {max_depth} levels deep; refusing it") from None
+        raise FileContentError(where, f"nests JSON more than {max_depth} levels deep; refusing it", " ") from None
     except ValueError as error:
-        raise ValueError(f"{where} is not valid JSON ({error})") from None
+        raise FileContentError(where, f"is not valid JSON ({error})", " ") from None
     if depth_of(value, max_depth) > max_depth:
-        raise ValueError(f"{where} nests JSON more than {max_depth} levels deep; refusing it")
+        raise FileContentError(where, f"nests JSON more than {max_depth} levels deep; refusing it", " ")
     return value
 
 
@@ -252,8 +254,8 @@ class BoundedReader:
     def _room(self, n: int) -> None:
         left = self.size - (self.handle.tell() - self.start)
         if n is not None and n > left:
-            raise ValueError(f"{self.where}: declares {n:,} bytes where {max(left, 0):,} remain; the file is "
-                             f"truncated or crafted")
+            raise FileContentError(self.where, f"declares {n:,} bytes where {max(left, 0):,} remain; the file is "
+                                               f"truncated or crafted")
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
@@ -333,12 +335,12 @@ def check_pickle(handle, size: int, where: str, max_depth: int = MAX_DEPTH) -> N
                 cell = [1 + max((c[0] for c in popped), default=0)] if popped else [1 if name.startswith(
                     ("EMPTY", "TUPLE", "LIST", "DICT", "FROZENSET")) else 0]
             if cell[0] > max_depth:
-                raise ValueError(f"{where}: nests containers more than {max_depth} levels deep; refusing it")
+                raise FileContentError(where, f"nests containers more than {max_depth} levels deep; refusing it")
             stack.append(cell)
-    except ValueError as error:
-        if str(error).startswith(f"{where}: "):
-            raise
-        raise ValueError(f"{where}: {error}") from None
+    except FileContentError:
+        raise
+    except ValueError as error:  # pickletools' own complaint about a broken stream
+        raise FileContentError(where, str(error)) from None
     finally:
         handle.seek(start)
 
@@ -359,8 +361,8 @@ def check_sizes(obj, limit: int, where: str) -> None:
         else:
             count = _elements(item)
             if count is not None and count > limit:
-                raise ValueError(f"{where}: holds an array of {count[0]:,} elements ({count[1]:,} bytes) in a "
-                                 f"file of {limit:,} bytes; refusing it (a crafted view)")
+                raise FileContentError(where, f"holds an array of {count[0]:,} elements ({count[1]:,} bytes) in a "
+                                              f"file of {limit:,} bytes; refusing it (a crafted view)")
 
 
 class _Count(tuple):
@@ -397,10 +399,10 @@ def bounded_image(handle, max_pixels: int, where: str):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(handle)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(f"{where}: the picture is too large to decode ({str(error).split('.')[0]})") from None
+        raise FileContentError(where, f"the picture is too large to decode ({str(error).split('.')[0]})") from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
-            raise ValueError(f"{where}: {width}x{height} pixels, more than the {max_pixels:,} this reader decodes; "
-                             f"refusing it")
+            raise FileContentError(where, f"{width}x{height} pixels, more than the {max_pixels:,} this reader "
+                                          f"decodes; refusing it")
         yield image

@@ -1,19 +1,24 @@
-"""Exceptions that carry the name of the argument that was wrong.
+"""Exceptions that carry what was wrong as values, not as text to parse.
 
 ``ArgumentError`` (a ``ValueError``) and ``ArgumentTypeError`` (a ``TypeError``) hold the argument's
 name in ``.argument`` and what was wrong with it in ``.detail``; their message is
 ``"<argument>: <detail>"``, so code that catches ``ValueError``/``TypeError`` and prints the message
 keeps working. The command line maps ``.argument`` to its flag (``lr`` → ``--lr``) with
-:func:`renamed` instead of parsing messages.
+:func:`renamed` instead of parsing messages. ``ArgumentExistsError`` and ``ArgumentNotADirectoryError``
+are the same for an output folder that already holds something, or is not a folder (``FileExistsError``
+and ``NotADirectoryError``, so ``except OSError`` callers keep working).
 
-Some modules still raise plain ``ValueError("name: …")``; :func:`argument_of` reads the name from
-such a message as a stop-gap (the one place that does), until they raise these classes.
+``FileContentError`` (a ``ValueError``) is for a file whose content a reader refuses (not UTF-8, not
+JSON, a crafted pickle): it names the file in ``.where`` (a path, or a path and line) and what is
+wrong in ``.detail``.
+
+Every public function raises these for bad input; tests/test_errors.py walks the package and fails
+on a plain ``raise ValueError(...)``/``raise TypeError(...)`` outside its commented allow-list.
 """
 from __future__ import annotations
 
-import re
-
-__all__ = ["ArgumentError", "ArgumentTypeError", "argument_of", "renamed"]
+__all__ = ["ArgumentError", "ArgumentTypeError", "ArgumentExistsError", "ArgumentNotADirectoryError",
+           "FileContentError", "argument_of", "renamed", "ModelRequiredError"]
 
 
 class _CarriesArgument:
@@ -32,42 +37,55 @@ class ArgumentError(_CarriesArgument, ValueError):
     """A value out of range or otherwise impossible; ``str(e) == f"{e.argument}: {e.detail}"``."""
 
 
+class ModelRequiredError(ArgumentError):
+    """A run trained on the user's own model, opened without that model (``argument`` is ``"model"``):
+    the command line answers it by naming ``--model``; Python callers pass ``model=...``."""
+
+
 class ArgumentTypeError(_CarriesArgument, TypeError):
     """A value of the wrong type; ``str(e) == f"{e.argument}: {e.detail}"``."""
 
 
-# A legacy message "name: detail": a name made of identifier characters, brackets, dots, commas,
-# dashes and spaces between names (e.g. "depth, steps"), never a sentence.
-_LEGACY = re.compile(r"^(-{0,2}[A-Za-z_][\w.\[\]-]*(?:, -{0,2}[A-Za-z_][\w.\[\]-]*)*): (.*)$", re.S)
+class ArgumentExistsError(_CarriesArgument, FileExistsError):
+    """An output folder argument that already holds something it may not replace (``errno`` is None)."""
+
+
+class ArgumentNotADirectoryError(_CarriesArgument, NotADirectoryError):
+    """A folder argument that names something other than a folder (``errno`` is None)."""
+
+
+class FileContentError(ValueError):
+    """A file a reader refuses for its content; ``.where`` names it, ``.detail`` says why.
+
+    ``str(e) == f"{e.where}{e.separator}{e.detail}"``: the separator is ``": "`` unless the sentence
+    reads on from the name (``"x.json is not valid JSON (…)"``).
+    """
+
+    def __init__(self, where: str, detail: str, separator: str = ": "):
+        self.where, self.detail, self.separator = str(where), str(detail), separator
+        super().__init__(f"{self.where}{separator}{self.detail}")
+
+    def __reduce__(self):
+        return type(self), (self.where, self.detail, self.separator)
 
 
 def argument_of(error: BaseException) -> tuple[str | None, str]:
-    """``(argument, detail)`` of ``error``: from the attributes, else from a legacy ``"name: …"`` message.
-
-    ``(None, message)`` when the error names no argument.
-    """
+    """``(error.argument, error.detail)`` for the exceptions above that carry an argument, else
+    ``(None, str(error))``: messages are never parsed for a name."""
     if isinstance(error, _CarriesArgument):
         return error.argument, error.detail
-    message = str(error)
-    match = _LEGACY.match(message)
-    if match and isinstance(error, (ValueError, TypeError)):
-        return match.group(1), match.group(2)
-    return None, message
+    return None, str(error)
 
 
 def renamed(error: BaseException, names: dict[str, str]) -> BaseException:
-    """``error`` with its argument renamed through ``names`` (e.g. ``{"lr": "--lr"}``), same class family.
+    """``error`` with its argument renamed through ``names`` (e.g. ``{"lr": "--lr"}``), same class.
 
-    Returns ``error`` itself when it names no argument or one not in ``names``. The result is an
-    :class:`ArgumentError` for a ``ValueError`` and an :class:`ArgumentTypeError` for a ``TypeError``.
+    Returns ``error`` itself when it carries no argument or one not in ``names``.
     """
-    argument, detail = argument_of(error)
-    if argument is None:
+    if not isinstance(error, _CarriesArgument):
         return error
     # "lr[2]" is the third entry of lr: rename the base, keep the index
-    base, _, rest = argument.partition("[")
+    base, _, rest = error.argument.partition("[")
     if base not in names:
         return error
-    new = names[base] + (f"[{rest}" if rest else "")
-    cls = ArgumentTypeError if isinstance(error, TypeError) else ArgumentError
-    return cls(new, detail)
+    return type(error)(names[base] + (f"[{rest}" if rest else ""), error.detail)

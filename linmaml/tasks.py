@@ -36,7 +36,7 @@ from typing import Iterator
 import numpy as np
 
 from linmaml import _validate
-from linmaml.errors import ArgumentError
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 
 def _matrix_param(value, shape, name: str) -> np.ndarray:
@@ -45,9 +45,9 @@ def _matrix_param(value, shape, name: str) -> np.ndarray:
     if array.ndim == 0:
         array = np.full(shape, float(array))
     if array.shape != tuple(shape):
-        raise ValueError(f"{name}: expected a number or an array of shape {tuple(shape)}, got {array.shape}")
+        raise ArgumentError(name, f"expected a number or an array of shape {tuple(shape)}, got {array.shape}")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name}: contains non-finite values")
+        raise ArgumentError(name, "contains non-finite values")
     return array
 
 
@@ -58,13 +58,13 @@ def _covariance(value, size: int, name: str) -> np.ndarray:
         _validate.finite_number(float(array), name, nonnegative=True)
         return float(array) * np.eye(size)
     if array.shape != (size, size):
-        raise ValueError(f"{name}: expected a number or a ({size}, {size}) matrix, got shape {array.shape}")
+        raise ArgumentError(name, f"expected a number or a ({size}, {size}) matrix, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name}: contains non-finite values")
+        raise ArgumentError(name, "contains non-finite values")
     if not np.allclose(array, array.T, atol=1e-12 * max(1.0, np.abs(array).max())):
-        raise ValueError(f"{name}: expected a symmetric matrix")
+        raise ArgumentError(name, "expected a symmetric matrix")
     if np.linalg.eigvalsh(array).min() < -1e-10 * max(1.0, np.abs(array).max()):
-        raise ValueError(f"{name}: expected a positive semi-definite matrix")
+        raise ArgumentError(name, "expected a positive semi-definite matrix")
     return array
 
 
@@ -97,7 +97,7 @@ class TaskBatch:
         if isinstance(index, slice):
             return TaskBatch(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index: expected an integer or a slice, got {type(index).__name__}")
+            raise ArgumentTypeError("index", f"expected an integer or a slice, got {type(index).__name__}")
         count = len(self)
         if not -count <= index < count:
             raise IndexError(f"index: task {index} out of range for {count} tasks")
@@ -283,10 +283,7 @@ class LowRankRegressionFamily(RegressionFamily):
                 raise ArgumentError("head_cov", f"expected {k} finite non-negative variances, got {head.tolist()}")
             head = np.diag(head)
         else:
-            try:
-                head = _covariance(head, k, "head_cov")
-            except ValueError as error:
-                raise ArgumentError("head_cov", str(error).split(": ", 1)[-1]) from None
+            head = _covariance(head, k, "head_cov")  # raises naming head_cov
         object.__setattr__(self, "basis", B)
         object.__setattr__(self, "head_cov", head)
         object.__setattr__(self, "task_cov", np.kron(B @ head @ B.T, np.eye(self.d_out)))
@@ -329,7 +326,7 @@ class ClassificationFamily(_GaussianFamily):
         _validate.integer(self.n_query, "n_query", minimum=1)
         flip = _validate.finite_number(self.flip, "flip", nonnegative=True)
         if flip > 0.5:
-            raise ValueError(f"flip: expected a probability in [0, 0.5], got {flip}")
+            raise ArgumentError("flip", f"expected a probability in [0, 0.5], got {flip}")
         mean = np.asarray(self.task_mean, dtype=np.float64)
         mean = mean.reshape(1, -1) if mean.ndim == 1 else mean
         object.__setattr__(self, "task_mean", _matrix_param(mean, (1, self.d_in), "task_mean"))
@@ -404,12 +401,12 @@ INTERVAL_MAX = 1e100
 def _interval(value, name: str) -> tuple[float, float]:
     """(low, high) finite numbers within ±:data:`INTERVAL_MAX` with low <= high, or raise naming ``name``."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise TypeError(f"{name}: expected a (low, high) pair of numbers, got {value!r}")
+        raise ArgumentTypeError(name, f"expected a (low, high) pair of numbers, got {value!r}")
     low, high = (_validate.finite_number(v, f"{name}[{i}]") for i, v in enumerate(value))
     for i, v in enumerate((low, high)):
         if abs(v) > INTERVAL_MAX:
             raise ArgumentError(f"{name}[{i}]", f"expected a number within ±{INTERVAL_MAX:g} (the draws and the "
                                                 f"targets overflow float64 beyond it), got {v:g}")
     if low > high:
-        raise ValueError(f"{name}: expected low <= high, got ({low}, {high})")
+        raise ArgumentError(name, f"expected low <= high, got ({low}, {high})")
     return low, high

@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from linmaml.checks._common import RELATIVE_ERROR
+from linmaml.errors import ArgumentError
 
 #: Row modules in the order of the printed table; any other module in linmaml/checks/ follows.
 ROW_ORDER = ("closedform", "gaussian", "symbolic", "simulator", "meta")
@@ -95,7 +96,7 @@ def identity(name: str, tolerance: float):
 
     def register(check):
         if name in _REGISTRY:
-            raise ValueError(f"identity {name!r} is registered twice")
+            raise ArgumentError("name", f"identity {name!r} is registered twice")
         group = check.__module__.rsplit(".", 1)[-1]
         doc = (check.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[name] = Identity(name, tolerance, check, group, doc, checked_names(check.__doc__))

@@ -44,3 +44,18 @@ def data_root() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _preprocessed_data_cache(tmp_path_factory):
+    """The suite's cache of preprocessed data (:mod:`linmaml.benchmarks.data.cache`) lives in a session
+    folder, never in the user's ~/.cache; set for the CLI's subprocesses too. An explicit
+    ``$LINMAML_CACHE`` (e.g. ``off``) is kept."""
+    if os.environ.get("LINMAML_CACHE", "").strip():
+        yield
+        return
+    os.environ["LINMAML_CACHE"] = str(tmp_path_factory.mktemp("preprocessed-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("LINMAML_CACHE", None)

@@ -23,10 +23,13 @@ def build(source: Path, out: Path, modules: str = "") -> subprocess.CompletedPro
 def test_the_docs_build_without_warnings(tmp_path):
     source = tmp_path / "docs"
     shutil.copytree(REPO / "docs", source, ignore=shutil.ignore_patterns("_build", "_generated"))
-    # the copy's relative paths (../examples, the package) must point at the repository
-    (tmp_path / "examples").symlink_to(REPO / "examples")
+    # the copy's relative paths (../examples, the guide pages' ../../figures) must point at the repository
+    for name in ("examples", "figures", "DESIGN.md"):
+        (tmp_path / name).symlink_to(REPO / name)
     done = build(source, tmp_path / "html")
     assert done.returncode == 0, done.stderr[-4000:]
+    guide = {p.stem for p in (tmp_path / "html" / "guide").glob("*.html")}
+    assert guide == {p.stem for p in (REPO / "docs" / "guide").glob("*.md")}, guide
     pages = {p.name for p in (tmp_path / "html" / "_generated").glob("*.html")}
     for module in ("linmaml.meta.learners", "linmaml.closedform.preconditioner", "linmaml.meta.inner_loop",
                    "linmaml.tasks"):
@@ -50,3 +53,14 @@ def test_a_broken_reference_to_a_linmaml_name_fails_the_build(tmp_path):
     (source / "index.rst").write_text(f"Test\n====\n\n{good} :func:`linmaml.errors.no_such_function`{toc}")
     done = build(source, tmp_path / "bad", modules="linmaml.errors,linmaml.tasks")
     assert done.returncode != 0 and "no_such_function" in done.stderr
+
+
+def test_every_relative_link_of_the_readme_and_the_guide_pages_names_a_file():
+    """The README is the front door to docs/guide/: a link or picture that names no file is a dead end."""
+    import re
+    for page in [REPO / "README.md", *sorted((REPO / "docs" / "guide").glob("*.md"))]:
+        targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8"))
+        local = [t for t in targets if not re.match(r"[a-z]+://", t)]
+        assert local or page.name != "README.md", "the README links nowhere"
+        missing = [t for t in local if not (page.parent / t).exists()]
+        assert not missing, f"{page.relative_to(REPO)}: links to missing files {missing}"

@@ -33,7 +33,7 @@ def test_the_core_dependencies_are_torch_numpy_scipy_and_every_extra_is_declared
             for requirement in project["dependencies"]}
     assert core == {"torch", "numpy", "scipy"}
     extras = project["optional-dependencies"]
-    distribution = {"matplotlib": "matplotlib", "sympy": "sympy", "PIL": "pillow"}
+    distribution = {"matplotlib": "matplotlib", "sympy": "sympy", "PIL": "pillow", "tensorboard": "tensorboard"}
     for module, extra in EXTRAS.items():
         assert any(r.lower().startswith(distribution[module]) for r in extras[extra]), (module, extra)
         assert any(r.lower().startswith(distribution[module]) for r in extras["all"]), module

@@ -1,8 +1,9 @@
-"""Every ```python block of README.md runs as written: each in a fresh interpreter (a fresh
-namespace), in order, in a temporary folder, one thread, with a timeout.
+"""Every ```python block of README.md and of the manual's guide pages (docs/guide/*.md) runs as
+written: each in a fresh interpreter (a fresh namespace), in order, in a temporary folder, one
+thread, with a timeout.
 
 ``LINMAML_README`` may name another file to check (e.g. a draft of the README); default: the
-repository's README.md.
+repository's README.md and docs/guide/*.md.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-README = Path(os.environ.get("LINMAML_README", "").strip() or REPO / "README.md")
+_GIVEN = os.environ.get("LINMAML_README", "").strip()
+PAGES = [Path(_GIVEN)] if _GIVEN else [REPO / "README.md", *sorted((REPO / "docs" / "guide").glob("*.md"))]
+README = PAGES[0]
 TIMEOUT_S = 900  # a hang guard only (DESIGN.md: tests bound events, not seconds)
 
 # A fenced block opened by ```python at the start of a line and closed by ``` at the start of a line.
@@ -27,17 +30,18 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in BLOCK.finditer(text)]
 
 
-BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+#: (page, line of the opening fence, code) of every block of every page, in order
+BLOCKS = [(page, line, code) for page in PAGES for line, code in python_blocks(page.read_text(encoding="utf-8"))]
 
 
 def test_the_extraction_finds_blocks_and_only_python_ones():
     text = ("intro\n```python\na = 1\n```\n```sh\nls\n```\n  ```python\nnot at line start\n```\n"
             "```python\nb = 2\nc = 3\n```\n")
     assert python_blocks(text) == [(2, "a = 1\n"), (11, "b = 2\nc = 3\n")]
-    assert BLOCKS, f"{README} holds no ```python block"
+    assert BLOCKS, f"{', '.join(map(str, PAGES))} hold no ```python block"
 
 
-def _run_block(tmp_path, request, line, code) -> str:
+def _run_block(tmp_path, request, page, line, code) -> str:
     """Run one block as a new user would (a fresh interpreter in an empty folder, one thread); blocks
     on real data get ``$LINMAML_DATA`` from the ``data_root`` fixture. Returns its stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -45,7 +49,7 @@ def _run_block(tmp_path, request, line, code) -> str:
         env["LINMAML_DATA"] = str(request.getfixturevalue("data_root"))
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)  # a hang guard, not a speed claim
-    assert done.returncode == 0, (f"{README.name} block at line {line} failed (exit {done.returncode}):\n{code}\n"
+    assert done.returncode == 0, (f"{page.name} block at line {line} failed (exit {done.returncode}):\n{code}\n"
                                   f"--- stderr ---\n{done.stderr[-4000:]}")
     return done.stdout
 
@@ -57,9 +61,9 @@ def _printed_claim(code: str) -> list[float]:
     return [float(x) for x in re.findall(r"\d+\.\d+", claims[0])]
 
 
-@pytest.mark.parametrize("line, code", BLOCKS, ids=[f"line{line}" for line, _ in BLOCKS])
-def test_readme_python_block_runs(tmp_path, request, line, code):
-    out = _run_block(tmp_path, request, line, code)
+@pytest.mark.parametrize("page, line, code", BLOCKS, ids=[f"{page.stem}-line{line}" for page, line, _ in BLOCKS])
+def test_readme_python_block_runs(tmp_path, request, page, line, code):
+    out = _run_block(tmp_path, request, page, line, code)
     if "held-out query MSE after" in code:
         # The first snippet shows adaptation: the error before adapting (steps=0), after 1 and 10
         # inner steps, each smaller than the one before, and the numbers the README quotes.

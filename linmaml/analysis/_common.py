@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from linmaml.errors import ArgumentError, ArgumentTypeError
+
 
 def report_error(prog: str, error: BaseException) -> int:
     """Print ``<prog>: error: <the message's first line>`` (the error's type name when the message is
@@ -57,7 +59,7 @@ class PopulationSupport:
         from linmaml.tasks import RegressionFamily
 
         if not isinstance(family, RegressionFamily):
-            raise TypeError(f"family: expected a RegressionFamily, got {type(family).__name__}")
+            raise ArgumentTypeError("family", f"expected a RegressionFamily, got {type(family).__name__}")
         self.family, self.d_in, self.d_out = family, family.d_in, family.d_out
         vals, vecs = np.linalg.eigh(family.x_cov)
         self.support_x = (vecs * np.sqrt(np.clip(vals, 0, None) * family.d_in)) @ vecs.T
@@ -93,7 +95,7 @@ class ExactQuery:
         from linmaml.tasks import RegressionFamily
 
         if not isinstance(family, RegressionFamily):
-            raise TypeError(f"family: expected a RegressionFamily, got {type(family).__name__}")
+            raise ArgumentTypeError("family", f"expected a RegressionFamily, got {type(family).__name__}")
         self.family, self.d_in, self.d_out = family, family.d_in, family.d_out
         vals, vecs = np.linalg.eigh(family.x_cov)
         self.query_x = (vecs * np.sqrt(np.clip(vals, 0, None) * family.d_in)) @ vecs.T
@@ -161,6 +163,6 @@ def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bo
         out["loss"].append(losses)
         if accuracy:
             if accuracies is None:
-                raise ValueError("tasks: accuracy needs float 0/1 labels of one logit (a classification family)")
+                raise ArgumentError("tasks", "accuracy needs float 0/1 labels of one logit (a classification family)")
             out["accuracy"].append(accuracies)
     return {key: torch.stack(rows).numpy() for key, rows in out.items() if rows}

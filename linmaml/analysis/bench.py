@@ -88,12 +88,13 @@ import numpy as np
 from linmaml import _io
 from linmaml.analysis.bench_allocator import allocator_probe, bench_allocator
 from linmaml.analysis.bench_closedform import bench_deep_linear, bench_surface, deep_linear_functions
-from linmaml.analysis.bench_measure import (ALLOCATOR, THREADS, interleaved, machine, memory_probe_subprocess,  # noqa: F401
+from linmaml.analysis.bench_measure import (PROBES, interleaved, machine, memory_probe_subprocess,  # noqa: F401
                                             proc_status_kib, ratios, relative_error, release_free_memory,
                                             tracemalloc_peak_mib)
 from linmaml.analysis.bench_meta import bench_meta, meta_setup, meta_variants, run_variant
 from linmaml.analysis.bench_settings import CASES, FULL, NAME, QUICK, TARGETS  # noqa: F401
 from linmaml.analysis.bench_sinusoid import bench_sinusoid
+from linmaml.errors import ArgumentError
 
 
 def memory_probe(case: str, variant: str, settings: dict, threads: int, allocator: str = "keep") -> dict:
@@ -156,19 +157,19 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
     cases = list(CASES) if not only else list(only)
     for case in cases:
         if case not in CASES:
-            raise ValueError(f"only: expected case names among {', '.join(CASES)}, got {case!r}")
+            raise ArgumentError("only", f"expected case names among {', '.join(CASES)}, got {case!r}")
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected cpu or cuda, got {device!r}")
+        raise ArgumentError("device", f"expected cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda requested but torch sees no GPU")
+        raise ArgumentError("device", "cuda requested but torch sees no GPU")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected a positive integer, got {threads!r}")
+        raise ArgumentError("threads", f"expected a positive integer, got {threads!r}")
     settings = QUICK if quick else FULL
     out_dir = pathlib.Path(out_dir)
     applied_allocator = malloc_policy.current() if allocator is None else malloc_policy.use_allocator(allocator)
     torch.set_num_threads(threads)
     # the probes' fresh processes take the same settings
-    THREADS[0], ALLOCATOR[0] = threads, "keep" if applied_allocator.startswith("keep") else "system"
+    PROBES.threads, PROBES.allocator = threads, "keep" if applied_allocator.in_effect == "keep" else "system"
     if device == "cuda":
         # TF32 for the benchmark's timings only (the exactness checks run in float64, untouched by it).
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -176,7 +177,7 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
         torch.backends.cudnn.benchmark = True
     began = time.perf_counter()
     info = machine()
-    info.update(torch=torch.__version__, torch_threads=threads, device=device, allocator=applied_allocator)
+    info.update(torch=torch.__version__, torch_threads=threads, device=device, allocator=str(applied_allocator))
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     record = {"figure": NAME, "quick": quick, "machine": info,
@@ -217,7 +218,7 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
             # keep it beside cases measured otherwise (other threads, allocator, day).
             record["cases"][case]["measured_with"] = {
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_model": info.get("cpu_model"),
-                "torch_threads": threads, "device": device, "allocator": applied_allocator,
+                "torch_threads": threads, "device": device, "allocator": str(applied_allocator),
                 "load_average_at_start": load_before, "load_average_at_end": _load_average(),
                 "seconds": round(time.perf_counter() - case_began, 1)}
     if hasattr(os, "getloadavg"):

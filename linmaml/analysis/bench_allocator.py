@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from linmaml.analysis.bench_measure import THREADS, interleaved, probe_subprocess
+from linmaml.analysis.bench_measure import PROBES, interleaved, probe_subprocess
 
 #: What each probe times: the meta cases' variants of these names.
 TIMED = ("reference", "train_step")
@@ -36,7 +36,7 @@ def allocator_probe(spec: dict) -> dict:
     variants = meta_variants(learner, "maml", settings, False, "cpu")
     functions = {name: (lambda step=variants[name]: run_variant(learner, step, batch, 1.0 / M)) for name in TIMED}
     timings = interleaved(functions, spec["reps"])
-    return {"allocator": applied, **{name: {"median": t["median"], "samples": t["samples"]}
+    return {"allocator": str(applied), **{name: {"median": t["median"], "samples": t["samples"]}
                                      for name, t in timings.items()}}
 
 
@@ -50,7 +50,7 @@ def bench_allocator(s: dict, rounds: int, reps: int, log) -> dict:
         results = {}
         for policy in order:
             results[policy] = probe_subprocess("allocator", {"allocator": policy, "settings": s, "reps": reps,
-                                                             "threads": THREADS[0]})
+                                                             "threads": PROBES.threads})
             if "error" in results[policy]:
                 raise RuntimeError(f"allocator case: the {policy!r} process failed: {results[policy]['error']}")
         per_round.append(results)

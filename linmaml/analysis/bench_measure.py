@@ -3,6 +3,7 @@ ratios, memory peaks (tracemalloc, a fresh process's resident high-water mark, C
 error for gradients, and the machine record. Nothing here knows the cases."""
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -16,10 +17,20 @@ import tracemalloc
 
 import numpy as np
 
-#: torch threads of the current run (the memory probes' processes use the same number).
-THREADS = [2]
-#: The allocator policy of the current run (:mod:`linmaml.benchmarks.allocator`), used alike by its probes.
-ALLOCATOR = ["keep"]
+
+
+@dataclasses.dataclass
+class ProbeSettings:
+    """What the fresh probe processes of a benchmark run repeat from it: torch ``threads`` and the
+    ``allocator`` policy ("keep" or "system", :mod:`linmaml.benchmarks.allocator`)."""
+
+    threads: int = 2
+    allocator: str = "keep"
+
+
+#: The settings of the current benchmark run, for its probes. Scope: this process; set by
+#: :func:`linmaml.analysis.bench.run` when it starts (they stay after it returns), read when a probe starts.
+PROBES = ProbeSettings()
 
 def _quantiles(samples):
     q = np.quantile(np.asarray(samples), [0.25, 0.5, 0.75])
@@ -147,7 +158,7 @@ def memory_probe_subprocess(case: str, variant: str, settings: dict, threads: in
     """Run :func:`linmaml.analysis.bench.memory_probe` in a fresh interpreter; returns its JSON (or
     {"error": ...})."""
     return probe_subprocess("memory", {"case": case, "variant": variant, "settings": settings,
-                                       "threads": threads or THREADS[0], "allocator": ALLOCATOR[0]})
+                                       "threads": threads or PROBES.threads, "allocator": PROBES.allocator})
 
 
 def probe_subprocess(kind: str, spec: dict) -> dict:

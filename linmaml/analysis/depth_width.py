@@ -7,7 +7,7 @@ need only a shallow one. Each cell of the grid (algo ∈ {maml (second order), a
 training and 3 at test, Adam 1e-3, 5 query examples per class, seed 0, validation on 100 fixed tasks
 every 200 iterations — then its ``best.pt`` (by validation) is scored on the 600 fixed test tasks
 (:func:`linmaml.benchmarks.evaluate.evaluate_checkpoint`, mean ± 95% CI), and also *before*
-adaptation (0 inner steps, :func:`linmaml.benchmarks.analyze.accuracy_before_adaptation`), so the
+adaptation (0 inner steps, :func:`linmaml.benchmarks.layerwise.accuracy_before_adaptation`), so the
 figure separates "learns better features" (accuracy before) from "adapts better" (the gain).
 
 Budget: 800 iterations per cell. Measured with ``--threads 1`` on this project's 2-core machine
@@ -58,6 +58,8 @@ import platform
 import shlex
 import sys
 import time
+
+from linmaml.errors import ArgumentError, ArgumentNotADirectoryError
 
 NAME = "depth_width"
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -137,12 +139,12 @@ def check_folder(run_dir: pathlib.Path, settings: dict) -> int:
         saved = _io.load_json(run_dir / "config.json").get("config")  # bounded regular file, never a FIFO
     for key, value in settings.items():
         if saved is not None and key != "iterations" and saved.get(key) != value:
-            raise ValueError(f"{key}: {run_dir} was trained with {saved.get(key)!r}, the sweep uses {value!r}; use"
-                             f" another --runs")
+            raise ArgumentError(key, f"{run_dir} was trained with {saved.get(key)!r}, the sweep uses {value!r}; use"
+                                     f" another --runs")
     done = 0 if payload is None else int(payload["iteration"])
     if done > settings["iterations"]:
-        raise ValueError(f"iterations: {run_dir} holds {done} iterations, more than the sweep's "
-                         f"{settings['iterations']}; use another --runs")
+        raise ArgumentError("iterations", f"{run_dir} holds {done} iterations, more than the sweep's "
+                                          f"{settings['iterations']}; use another --runs")
     return done
 
 
@@ -150,7 +152,8 @@ def run_cell(algo: str, blocks: int, filters: int, size: dict, runs, data_root=N
     """Train (or reuse, or resume) one cell, score it, and return its record (accuracies in percent)."""
     import torch
 
-    from linmaml.benchmarks import analyze, checkpoint, episodes
+    from linmaml.benchmarks import checkpoint, episodes, layerwise
+    from linmaml.benchmarks.run import Run
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
     from linmaml.benchmarks.scoring import mean_ci95
     from linmaml.benchmarks.train import train
@@ -166,10 +169,11 @@ def run_cell(algo: str, blocks: int, filters: int, size: dict, runs, data_root=N
     if result.status != "done":
         raise RuntimeError(f"{run_dir.name}: training ended with {result.status}: {result.message}")
     evaluation = evaluate_checkpoint(run_dir, tasks=size["test_tasks"], splits={"test": splits["test"]})
-    config, learner, _ = analyze.load_run(run_dir)
+    run = Run.open(run_dir)
+    config, learner = run.config, run.learner
     tasks = episodes.evaluation_tasks(splits["test"], config.ways, config.shots, config.test_query,
                                       count=size["test_tasks"], seed=0)
-    before, before_ci = mean_ci95(100 * analyze.accuracy_before_adaptation(learner, tasks, dtype=config.torch_dtype))
+    before, before_ci = mean_ci95(100 * layerwise.accuracy_before_adaptation(learner, tasks, dtype=config.torch_dtype))
     last = checkpoint.load_latest(run_dir)
     return {"algo": algo, "blocks": blocks, "filters": filters,
             "accuracy": 100 * evaluation["accuracy"], "ci95": 100 * evaluation["ci95"],
@@ -310,7 +314,7 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, runs=None, jobs: int = 1, t
     runs = pathlib.Path(runs) if runs is not None else DEFAULT_RUNS / ("quick" if quick else "full")
     out_dir = pathlib.Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"out: {out_dir} is not a folder")
+        raise ArgumentNotADirectoryError("out", f"{out_dir} is not a folder")
     began = time.perf_counter()
     records = sweep(size, runs, jobs=jobs, threads=threads, data_root=data_root)
     record = {"figure": NAME, "settings": {**size, "quick": bool(quick), "jobs": jobs, "threads": threads,

@@ -37,6 +37,8 @@ import weakref
 
 import numpy as np
 
+from linmaml.errors import ArgumentError
+
 NAME = "estimators"
 
 SETTINGS = {
@@ -116,7 +118,7 @@ def _estimator(name: str, cfg: dict, lr: float, steps: int, **override):
         return estimators.EvolutionStrategies(e["es"]["population"], e["es"]["sigma"], seed=e["es"].get("seed", 0))
     if name == "hfmaml":
         return estimators.HessianFreeMAML(e["hfmaml"]["delta"])
-    raise ValueError(name)
+    raise ArgumentError("name", f"no estimator {name!r}")
 
 
 def _engine(weights, lr, steps, strategy="vmap"):

@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from linmaml.errors import ArgumentError
+
 NAME = "remedies"
 
 SETTINGS = {
@@ -86,7 +88,7 @@ def _learner(kind: str, cfg: dict, start):
         return meta.MAML(linear, lr=cfg["inner_lr"], steps=cfg["inner_steps_meta_training"], transform=meta.KFO(**cfg["kfo"]))
     if kind == "linnet":
         return meta.MAML(meta.LinNet(linear, **cfg["linnet"]), lr=cfg["inner_lr"], steps=cfg["inner_steps_meta_training"])
-    raise ValueError(f"kind: expected plain, kfo or linnet, got {kind!r}")
+    raise ArgumentError("kind", f"expected plain, kfo or linnet, got {kind!r}")
 
 
 def _effective_step(kind: str, learner, alpha: float) -> list[float]:
@@ -106,7 +108,7 @@ def _effective_step(kind: str, learner, alpha: float) -> list[float]:
         if kind == "linnet":
             chain = [learner.model.model.weight] + [m.weight for m in learner.model.linear]
             return sorted((alpha * torch.linalg.eigvalsh(implicit_preconditioner(chain))).tolist())
-    raise ValueError(kind)
+    raise ArgumentError("kind", f"expected plain, kfo or linnet, got {kind!r}")
 
 
 def _parameters(kind: str, learner) -> dict:

@@ -4,11 +4,11 @@ Trains second-order MAML on Omniglot 5-way 1-shot with ``linmaml train``'s defau
 filters, stride-2 convolutions, 1 inner step of 0.4 in training and 3 at test, meta-batch 16,
 Adam 1e-3, 4,000 iterations: the README's run) into ``<runs>/maml-b4-f64/`` — or reuses a given
 run folder (``--run``), or resumes an interrupted one — and then runs
-:func:`linmaml.benchmarks.analyze.analyze_run` on the 600 fixed test tasks: per-tensor relative
+:func:`linmaml.benchmarks.layerwise.analyze_run` on the 600 fixed test tasks: per-tensor relative
 inner-loop update, per-block CKA of the query features before and after adaptation, the
 adaptation ablation (all / head / all but head / each block / none, 95% CIs) and the bottom
 layer's effective preconditioner spectrum. Writes ``<out>/layers.png`` (the four panels of
-:func:`linmaml.benchmarks.analyze.draw`) and ``<out>/layers.json`` (the analysis, the training
+:func:`linmaml.plots.layerwise.draw`) and ``<out>/layers.json`` (the analysis, the training
 settings, the command and the machine).
 
 Not part of ``linmaml reproduce`` (training takes about 16 minutes on 2 cores). ``--quick``:
@@ -25,6 +25,8 @@ import pathlib
 import shlex
 import sys
 import time
+
+from linmaml.errors import ArgumentNotADirectoryError
 
 NAME = "layers"
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -43,8 +45,9 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, run_dir=None, runs=None, ta
 
     from linmaml import _io, _validate
     from linmaml.analysis.depth_width import machine
-    from linmaml.benchmarks import analyze
+    from linmaml.benchmarks import layerwise
     from linmaml.benchmarks.train import train
+    from linmaml.plots import layerwise as drawing
 
     size = QUICK if quick else FULL
     tasks = size["tasks"] if tasks is None else _validate.integer(tasks, "tasks", minimum=2)
@@ -52,7 +55,7 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, run_dir=None, runs=None, ta
         torch.set_num_threads(_validate.integer(threads, "threads", minimum=1))
     out_dir = pathlib.Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"out: {out_dir} is not a folder")
+        raise ArgumentNotADirectoryError("out", f"{out_dir} is not a folder")
     began = time.perf_counter()
     trained = None
     if run_dir is None:
@@ -67,26 +70,26 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, run_dir=None, runs=None, ta
         if result.status != "done":
             raise RuntimeError(f"{run_dir}: training ended with {result.status}: {result.message}")
         trained = {"status": result.status, "message": result.message}
-    result = analyze.analyze_run(run_dir, tasks=tasks, data_root=data_root, stream=sys.stderr)
+    result = layerwise.analyze_run(run_dir, tasks=tasks, data_root=data_root, stream=sys.stderr)
     record = {"figure": NAME, **result, "run": str(run_dir), "training": trained,
               "settings_requested": {**size, "quick": bool(quick)}, "command": command, "machine": machine(),
               "total_seconds": round(time.perf_counter() - began, 2)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    analyze.draw(result, out_dir / f"{NAME}.png")
+    drawing.draw(result, out_dir / f"{NAME}.png")
     _io.atomic_write_json(out_dir / f"{NAME}.json", record)
     return record
 
 
 def redraw(out_dir) -> int:
     """Redraw ``<out_dir>/layers.png`` from ``<out_dir>/layers.json`` with the current drawing code
-    (:func:`linmaml.benchmarks.analyze.draw`): the numbers are the JSON's, unchanged."""
+    (:func:`linmaml.plots.layerwise.draw`): the numbers are the JSON's, unchanged."""
     import json
 
-    from linmaml.benchmarks import analyze
+    from linmaml.plots import layerwise as drawing
 
     out_dir = pathlib.Path(out_dir)
     record = json.loads((out_dir / f"{NAME}.json").read_text(encoding="utf-8"))
-    analyze.draw(record, out_dir / f"{NAME}.png")
+    drawing.draw(record, out_dir / f"{NAME}.png")
     print(f"redrew {out_dir / (NAME + '.png')} from {NAME}.json", file=sys.stderr)
     return 0
 
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
         from linmaml.analysis._common import report_error
 
         return report_error("fig_layers", error)
-    from linmaml.benchmarks.analyze import format_table
+    from linmaml.plots.layerwise import format_table
 
     print(format_table(record))
     print(f"wrote {args.out / (NAME + '.png')} and {NAME}.json in {record['total_seconds']:.0f} s", file=sys.stderr)

@@ -136,7 +136,8 @@ def merged(previous: list[dict], new: list[dict]) -> list[dict]:
 
 def main(argv=None) -> dict:
     from linmaml import _io
-    from linmaml.plots.training import plot_runs, read_runs
+    from linmaml.benchmarks.run import read_runs
+    from linmaml.plots.training import plot_runs
 
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run folders of linmaml train")

@@ -64,19 +64,15 @@ def sha256(path) -> str:
 
 
 def load(path):
-    """``(learner, config, record)`` of a run folder (its best.pt) or a checkpoint file; record:
-    path, iteration, sha256, algo, seed."""
-    from linmaml.benchmarks.config import build_from_config
-    from linmaml.benchmarks.loading import load_run_checkpoint, load_weights
-
-    file, payload, config = load_run_checkpoint(path)
-    learner = build_from_config(config, tuple(payload["image_shape"])).to(dtype=config.torch_dtype)
-    load_weights(learner, payload, file)
-    learner.train()  # the ConvNet's BatchNorm uses batch statistics in either mode; as evaluate scores it
+    """``(learner, config, record, payload)`` of a run folder (its best.pt) or a checkpoint file
+    (:meth:`linmaml.benchmarks.run.Run.open`); record: path, iteration, sha256, algo, seed, the run's
+    ``linmaml train`` command."""
     from linmaml.analysis.omniglot_maml import command_of
+    from linmaml.benchmarks.run import Run
 
-    file = pathlib.Path(file).resolve()
-    folder = file.parent.parent if file.parent.name == "snapshots" else file.parent
+    run = Run.open(path)  # the one way to open a trained run: its rule for folders, checked weights
+    file, payload, config, learner = pathlib.Path(run.file).resolve(), run.payload, run.config, run.learner
+    folder = pathlib.Path(run.folder).resolve()
     record = {"path": str(file), "iteration": payload.get("iteration"),
               "sha256": sha256(file), "algo": config.algo, "seed": config.seed, "iterations": config.iterations,
               "train_command": command_of(config.to_dict(), str(folder), config_threads(folder))

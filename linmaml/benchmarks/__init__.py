@@ -1,10 +1,11 @@
 """Few-shot benchmarks: data, episodes, backbones, training (:mod:`linmaml.benchmarks.train`),
 evaluation and checkpoints.
 
-``load_learner`` (:mod:`linmaml.benchmarks.loading`) is importable from here; it is loaded on first
-use, so importing a submodule does not pull in torch's training stack.
+``load_learner`` (:mod:`linmaml.benchmarks.loading`) and ``Run`` (:mod:`linmaml.benchmarks.run`, the
+one way to open a trained run) are importable from here; they are loaded on first use, so importing a
+submodule does not pull in torch's training stack.
 """
-__all__ = ["load_learner"]
+__all__ = ["load_learner", "Run"]
 
 
 def __getattr__(name):
@@ -12,4 +13,8 @@ def __getattr__(name):
         from linmaml.benchmarks.loading import load_learner
 
         return load_learner
+    if name == "Run":
+        from linmaml.benchmarks.run import Run
+
+        return Run
     raise AttributeError(f"module 'linmaml.benchmarks' has no attribute {name!r}")

@@ -30,14 +30,15 @@ not glibc's ``mallopt``, which then still reports success: use ``--allocator sys
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import platform
 import sys
 
 from linmaml.errors import ArgumentError
 
-__all__ = ["ALLOCATORS", "ALLOCATOR_HELP", "use_allocator", "current", "default_policy", "apply_for_command",
-           "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["ALLOCATORS", "ALLOCATOR_HELP", "AllocatorState", "use_allocator", "current", "default_policy",
+           "apply_for_command", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 #: The policies: "keep" (thresholds raised, module docstring) or "system" (the C library's own).
 ALLOCATORS = ("keep", "system")
@@ -60,8 +61,26 @@ ENVIRONMENT = "LINMAML_ALLOCATOR"
 # mallopt's parameter numbers (glibc's malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
-#: What this process's malloc settings are, as linmaml last set them (None: never touched).
-_state: list = [None]
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocatorState:
+    """What a process's malloc settings are: ``in_effect`` is "keep" (both thresholds raised),
+    "partly" (the mmap threshold only) or "system" (the C library's own); ``detail`` says how.
+    ``str(state)`` is the one line for logs and records: ``"<in_effect>: <detail>"``."""
+
+    in_effect: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.in_effect}: {self.detail}"
+
+
+_UNTOUCHED = AllocatorState("system", "the C library's malloc settings (not changed by linmaml in this process)")
+
+#: What this process's malloc settings are, as linmaml last set them (None: never touched). Process-wide
+#: like malloc itself; written only by :func:`use_allocator`.
+_state: AllocatorState | None = None
 
 
 def _glibc():
@@ -79,14 +98,14 @@ def _glibc():
     return libc
 
 
-def current() -> str:
-    """One line saying what this process's malloc settings are, as far as linmaml knows."""
-    return _state[0] or "system: the C library's malloc settings (not changed by linmaml in this process)"
+def current() -> AllocatorState:
+    """What this process's malloc settings are, as far as linmaml knows (``str()`` of it: one line)."""
+    return _state or _UNTOUCHED
 
 
-def use_allocator(policy: str) -> str:
-    """Apply ``policy`` ("keep" or "system", :data:`ALLOCATORS`) to this process; return one line
-    saying what is in effect (for logs, run folders and the benchmark's record).
+def use_allocator(policy: str) -> AllocatorState:
+    """Apply ``policy`` ("keep" or "system", :data:`ALLOCATORS`) to this process; return what is in
+    effect (its ``str()`` is the line for logs, run folders and the benchmark's record).
 
     "keep" sets glibc's mmap threshold to :data:`MMAP_THRESHOLD` and then its trim threshold to
     :data:`TRIM_THRESHOLD` (module docstring). The trim threshold is set only once the mmap threshold
@@ -98,21 +117,23 @@ def use_allocator(policy: str) -> str:
     """
     if policy not in ALLOCATORS:
         raise ArgumentError("allocator", f"expected one of {', '.join(ALLOCATORS)}, got {policy!r}")
+    global _state
     if policy == "system":
         return current()
     libc = _glibc()
     if libc is None:
-        return f"system: 'keep' needs glibc's mallopt, which this platform ({platform.system()}) lacks; malloc unchanged"
+        return AllocatorState("system", f"'keep' needs glibc's mallopt, which this platform ({platform.system()}) "
+                                        f"lacks; malloc unchanged")
     if libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
-        return (f"system: glibc refused an mmap threshold of {MMAP_THRESHOLD // 2**20} MiB (mallopt returned 0); "
-                f"malloc unchanged")
+        return AllocatorState("system", f"glibc refused an mmap threshold of {MMAP_THRESHOLD // 2**20} MiB (mallopt "
+                                        f"returned 0); malloc unchanged")
     if libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
-        _state[0] = (f"partly: glibc mmap threshold {MMAP_THRESHOLD // 2**20} MiB, but it refused a trim threshold "
-                     f"of {TRIM_THRESHOLD // 2**20} MiB")
-        return _state[0]
-    _state[0] = (f"keep: glibc mmap threshold {MMAP_THRESHOLD // 2**20} MiB, trim threshold "
-                 f"{TRIM_THRESHOLD // 2**20} MiB (freed memory reused by the next step)")
-    return _state[0]
+        _state = AllocatorState("partly", f"glibc mmap threshold {MMAP_THRESHOLD // 2**20} MiB, but it refused a trim "
+                                          f"threshold of {TRIM_THRESHOLD // 2**20} MiB")
+        return _state
+    _state = AllocatorState("keep", f"glibc mmap threshold {MMAP_THRESHOLD // 2**20} MiB, trim threshold "
+                                    f"{TRIM_THRESHOLD // 2**20} MiB (freed memory reused by the next step)")
+    return _state
 
 
 def default_policy() -> str:
@@ -120,14 +141,14 @@ def default_policy() -> str:
     return os.environ.get(ENVIRONMENT) or "keep"
 
 
-def apply_for_command(policy: str, prog: str, stream=None) -> str:
+def apply_for_command(policy: str, prog: str, stream=None) -> AllocatorState:
     """:func:`use_allocator` for a command-line tool: a bad policy is an error naming ``--allocator``
     (or the environment variable it came from), and a "keep" that could not be applied is said in one
-    line on ``stream`` (default stderr). Returns the line of :func:`use_allocator`."""
+    line on ``stream`` (default stderr). Returns what :func:`use_allocator` returns."""
     if policy not in ALLOCATORS:
         source = ENVIRONMENT if policy == os.environ.get(ENVIRONMENT) else "--allocator"
         raise ArgumentError(source, f"expected one of {', '.join(ALLOCATORS)}, got {policy!r}")
-    line = use_allocator(policy)
-    if policy == "keep" and not line.startswith("keep"):
-        print(f"{prog}: note: --allocator keep not applied: {line}", file=stream or sys.stderr, flush=True)
-    return line
+    state = use_allocator(policy)
+    if policy == "keep" and state.in_effect != "keep":
+        print(f"{prog}: note: --allocator keep not applied: {state}", file=stream or sys.stderr, flush=True)
+    return state

@@ -44,6 +44,9 @@ from typing import Callable
 import torch
 
 from linmaml import _io
+# The run folder's file names, defined once in run_files (re-exported here for the writers).
+from linmaml.benchmarks.run_files import BEST, LAST, LAST_PREV, LOCK, SNAPSHOTS, snapshot_path  # noqa: F401
+from linmaml.errors import ArgumentExistsError, FileContentError
 
 MAGIC = b"LINMAML-CHECKPOINT"  # version 1's header line
 VERSION = 2
@@ -51,17 +54,6 @@ VERSION = 2
 RECORD_PREFIX = b"linmaml-checkpoint 2 sha256="
 RECORD_SIZE = len(RECORD_PREFIX) + 64
 _END_RECORD = b"PK\x05\x06"  # zip end-of-central-directory signature; 22 bytes with an empty comment
-LAST = "last.pt"
-LAST_PREV = "last.prev.pt"
-BEST = "best.pt"
-LOCK = "run.lock"
-#: Folder of the weights kept every ``snapshot_every`` iterations (``linmaml train --snapshot-every``).
-SNAPSHOTS = "snapshots"
-
-
-def snapshot_path(out_dir, iteration: int) -> Path:
-    """``<out>/snapshots/iter-<iteration, six digits>.pt``: the weights after ``iteration`` outer steps."""
-    return Path(out_dir) / SNAPSHOTS / f"iter-{int(iteration):06d}.pt"
 
 
 class CorruptCheckpoint(ValueError):
@@ -110,8 +102,13 @@ def _check_archive(data: bytes, name: str) -> None:
     except CorruptCheckpoint:
         raise
     except (ValueError, zipfile.BadZipFile, OSError, EOFError, RecursionError) as error:
-        detail = str(error).removeprefix(f"checkpoint: {name}: ")
+        detail = _detail(error, f"checkpoint: {name}")
         raise CorruptCheckpoint(f"checkpoint: {name} could not be unpacked ({detail})") from None
+
+
+def _detail(error: BaseException, where: str) -> str:
+    """What ``error`` says, without the file name when it is one of _io's refusals naming ``where``."""
+    return error.detail if isinstance(error, FileContentError) and error.where == where else str(error)
 
 
 def _unpack(data: bytes, name: str):
@@ -122,7 +119,7 @@ def _unpack(data: bytes, name: str):
         _io.check_sizes(payload, len(data), f"checkpoint: {name}")
         return payload
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not our data"
-        detail = str(error).removeprefix(f"checkpoint: {name}: ")
+        detail = _detail(error, f"checkpoint: {name}")
         raise CorruptCheckpoint(f"checkpoint: {name} could not be unpacked"
                                 f" ({type(error).__name__}: {detail.splitlines()[0] if detail else ''})") from None
 
@@ -287,8 +284,8 @@ class RunLock:
                 holder = self._holder()
                 handle.close()
                 if not overwrite:
-                    raise FileExistsError(
-                        f"out: {self.path.parent} is in use by another run ({holder}; lock file {self.path});"
+                    raise ArgumentExistsError(
+                        "out", f"{self.path.parent} is in use by another run ({holder}; lock file {self.path});"
                         f" use --overwrite to take it over") from None
                 # Break the lock: a new inode under the same name, which the old holder can detect.
                 with contextlib.suppress(FileNotFoundError):
@@ -302,7 +299,7 @@ class RunLock:
             self._handle = None
             handle.close()
         else:
-            raise FileExistsError(f"out: could not lock {self.path} (it keeps changing under us)")
+            raise ArgumentExistsError("out", f"could not lock {self.path} (it keeps changing under us)")
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")

@@ -170,11 +170,18 @@ def raise_if_any_failed(error: BaseException | None, ctx: Context) -> None:
         if error is not None:
             raise error
         return
-    packed = None if error is None else pickle.dumps((type(error), str(error)))
+    # the error itself, with its fields (an ArgumentError's .argument, say); one that does not
+    # pickle travels as a RuntimeError with its message
+    if error is None:
+        packed = None
+    else:
+        try:
+            packed = pickle.dumps(error)
+        except Exception:  # noqa: BLE001 - any pickling failure
+            packed = pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
     packed = broadcast_object(packed, ctx)
     if packed is None:
         return
     if error is not None:
         raise error
-    kind, message = pickle.loads(packed)
-    raise kind(message)
+    raise pickle.loads(packed)

@@ -113,7 +113,12 @@ def draw_task(split: FewShotSplit, ways: int, shots: int, query: int, rng: np.ra
     """Draw one task from ``split`` with generator ``rng`` (arguments already validated)."""
     classes = rng.choice(split.num_classes, size=ways, replace=False)
     # a random ordering of each class's examples; its first shots + query are the task's
-    picks = np.argsort(rng.random((ways, split.examples_per_class)), axis=1)[:, :shots + query]
+    if split.counts is None:
+        picks = np.argsort(rng.random((ways, split.examples_per_class)), axis=1)[:, :shots + query]
+    else:  # classes of own data hold different counts: the padding sorts last and is never picked
+        keys = rng.random((ways, split.pixels.shape[1]))
+        keys[np.arange(keys.shape[1])[None, :] >= split.class_counts(classes)[:, None]] = np.inf
+        picks = np.argsort(keys, axis=1, kind="stable")[:, :shots + query]
     images = split.images(classes, picks)
     rest = images.shape[2:]
     labels = np.arange(ways, dtype=np.int64)

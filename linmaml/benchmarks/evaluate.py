@@ -12,21 +12,13 @@ import sys
 import time
 
 from linmaml import _validate
-from linmaml.benchmarks import distributed, episodes
-from linmaml.benchmarks.config import build_from_config, check_task_fits, data_options, make_engine
-from linmaml.benchmarks.learners import check_user_model
-from linmaml.benchmarks.loading import load_run_checkpoint, load_weights
+from linmaml.benchmarks import distributed
 from linmaml.benchmarks.progress import TaskProgress, safe_write
+from linmaml.benchmarks.run import SPLITS, Run
 from linmaml.benchmarks.scoring import score_tasks, steps_note, summarize
 from linmaml.errors import ArgumentError
 
 __all__ = ["evaluate_checkpoint"]
-
-
-def _iteration_of(payload: dict) -> int:
-    """The iteration a checkpoint records, -1 when it records none (or not a whole number)."""
-    value = payload.get("iteration")
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else -1
 
 
 def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, query: int = 15, split: str = "test",
@@ -34,7 +26,8 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
                         progress: bool = False, stream=None) -> dict:
     """Score a training checkpoint on the fixed evaluation tasks of ``split``.
 
-    ``path``: a ``.pt`` written by ``linmaml train`` or a training folder (its ``best.pt``).
+    ``path``: a ``.pt`` written by ``linmaml train`` or a training folder (its ``best.pt``, else its
+    newest ``last.pt``: :class:`~linmaml.benchmarks.run.Run` states the rule).
     ``steps``: inner steps at test time (default: the run's ``test_steps``; 0 scores before adapting). ``splits`` may supply
     ``{split: FewShotSplit}`` directly instead of reading the benchmark from ``data_root``.
     ``model``: for a run on your own model, a module of the same architecture (as for
@@ -46,38 +39,26 @@ def evaluate_checkpoint(path, *, tasks: int = 600, steps: int | None = None, que
     tasks = _validate.integer(tasks, "tasks", minimum=2)
     query = _validate.integer(query, "query", minimum=1)
     task_seed = _validate.integer(task_seed, "task_seed", minimum=0)
-    if split not in ("train", "val", "test"):
+    if split not in SPLITS:  # before the checkpoint is read
         raise ArgumentError("split", f"expected train, val or test, got {split!r}")
-    file, payload, config = load_run_checkpoint(path)
+    run = Run.open(path, model)
+    config, learner = run.config, run.learner
     # steps=0 scores the trained start before any adaptation: the baseline adaptation improves on
     steps = config.test_steps if steps is None else _validate.integer(steps, "steps", minimum=0)
     dev = distributed.resolve_device(device)
-    if splits is None:
-        from linmaml.benchmarks.data import load_splits  # the data package is loaded only when needed
-
-        splits = load_splits(config.benchmark, (split,), data_root, **data_options(config))
-    if split not in splits:
-        raise ArgumentError("splits", f"no {split!r} split given")
-    check_task_fits(splits[split], config.ways, config.shots, query, "query")  # names query, not shots
-    task_set = episodes.evaluation_tasks(splits[split], config.ways, config.shots, query, count=tasks, seed=task_seed)
-    image_shape = tuple(payload["image_shape"])
-    if model is not None:
-        check_user_model(model, image_shape, config.ways, config.batching)
-    # In the run's dtype before loading: a float64 run's weights are not rounded through float32.
-    learner = build_from_config(config, image_shape, model).to(dtype=config.torch_dtype)
-    load_weights(learner, payload, file)
-    learner.to(device=dev)
+    task_set = run.tasks(split, count=tasks, query=query, seed=task_seed, data_root=data_root, splits=splits)
+    run.to(dev)
     note = steps_note(learner, steps, config.steps)
     if note is not None and progress:  # once, instead of the library's warning
         safe_write(sys.stderr if stream is None else stream, f"linmaml evaluate: note: evaluation {note}\n")
     start = time.perf_counter()
     status = TaskProgress(f"evaluate {split}", sys.stderr if stream is None else stream, enabled=progress)
-    accuracies, losses = score_tasks(make_engine(learner, config), task_set, steps=steps, device=dev,
+    accuracies, losses = score_tasks(run.engine(), task_set, steps=steps, device=dev,
                                      dtype=config.torch_dtype, on_progress=status.on_progress,
                                      channels_last=config.model is None)
     result = summarize(accuracies, losses)
     result.update({
-        "checkpoint": str(file), "iteration": _iteration_of(payload),
+        "checkpoint": str(run.file), "iteration": run.iteration,
         "settings": {"benchmark": config.benchmark, "split": split, "ways": config.ways, "shots": config.shots,
                      "class_split": config.class_split,
                      "query": query, "steps": steps, "task_seed": task_seed, "algo": config.algo,

@@ -32,7 +32,9 @@ of width ``linnet_width`` (default: the number of ways) after the backbone's hea
 identity (:class:`linmaml.meta.LinNet`); with ANIL those layers belong to the adapted head.
 
 The backbone is :class:`~linmaml.benchmarks.models.ConvNet` (``layers`` blocks of ``hidden``
-filters), whose BatchNorm always normalises with the statistics of the batch it sees: the support
+filters; any height, width and channels), or for feature vectors (``image_shape = (D,)``, your own
+data) :class:`~linmaml.benchmarks.models.MLP` (``layers`` hidden layers of ``hidden`` units;
+:func:`built_in_model`). The ConvNet's BatchNorm always normalises with the statistics of the batch it sees: the support
 set inside the inner loop, the query set when the query loss is computed.
 
 **Your own model** (``model=``): any ``nn.Module`` mapping images ``(n, C, H, W)`` to logits
@@ -41,16 +43,24 @@ and ``pool`` are then unused). With ``algo="anil"`` the adapted head is the subm
 ``head`` (e.g. ``"classifier"``; default: the last module, in ``named_modules()`` order, that holds
 parameters of its own), and the learner is ``meta.MAML(model, adapt=<the head's parameters>)`` — the
 same function and meta-gradient as ANIL, which computes the features once only when the model is
-split into ``features`` and ``head`` as the ConvNet is. Requirements, checked by
-:func:`check_user_model` (``ValueError`` naming ``model``):
+split into ``features`` and ``head`` as the ConvNet is. What the model may hold, and how it runs:
 
-- the model is a pure function of (parameters, input) during adaptation: no buffer updated in place
-  (BatchNorm must be built with ``track_running_stats=False``, which normalises every batch with its
-  own statistics, as MAML does) — the inner-loop buffers policy of :mod:`linmaml.meta` governs any
-  other buffer;
-- no random layers (Dropout) unless ``batching="loop"``: the vmapped strategies cannot draw per-task
-  randomness;
-- its output for a batch of ``n`` images has shape ``(n, ways)``.
+- **buffers, BatchNorm with running statistics**: the learner is built with the buffers policy
+  ``buffers="frozen"`` of :mod:`linmaml.meta.learners` (:data:`USER_MODEL_BUFFERS`). Adaptation and
+  query passes (the model is in train mode throughout training, validation and evaluation) normalise
+  every batch with its own statistics, as MAML and the built-in ConvNet do, and leave the running
+  statistics, and every other buffer, as they were: a pretrained backbone keeps its statistics for use
+  in eval mode outside meta-learning. Why this policy: the other ("update") changes the running
+  statistics at every inner step with each task's few support examples (a mix of all tasks that
+  depends on the order they ran in), and cannot run under the vmapped strategies at all; "frozen" runs
+  under every strategy and gives them all the same meta-gradient.
+- **random layers (Dropout)**: drawn per task under ``batching="loop"``; under "split"/"vmap" with
+  ``torch.func.vmap``'s ``randomness`` (the run's setting, default "different": independent draws per
+  task, as the loop makes, though not the same numbers; "error" refuses such a model). Draws come from
+  torch's generator, seeded per iteration, so a resumed run repeats them. Dropout stays active in
+  validation and evaluation (train mode, as for BatchNorm's batch statistics).
+- its output for a batch of ``n`` images has shape ``(n, ways)``, checked by :func:`check_user_model`
+  (``ArgumentError`` naming ``model``).
 
 :func:`model_fingerprint` (class name and a digest of the parameter and buffer names and shapes) is
 recorded in the run's config so a resumed run or :func:`~linmaml.benchmarks.loading.load_learner` can
@@ -64,16 +74,15 @@ import torch
 from torch import nn
 
 from linmaml import _validate, meta
-from linmaml.benchmarks.models import ConvNet
-from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.benchmarks.models import MLP, ConvNet
+from linmaml.benchmarks.settings import ALGOS, POOLS, TRANSFORMS
+from linmaml.errors import ArgumentError, ArgumentTypeError, ModelRequiredError
+from linmaml.meta.learners import frozen_buffers
 
-ALGOS = ("maml", "fomaml", "anil", "reptile", "imaml", "truncated", "es", "hfmaml", "protonet", "r2d2")
 #: The algorithms whose meta-gradient is an estimator of :mod:`linmaml.meta.estimators`.
 ESTIMATOR_ALGOS = ("reptile", "imaml", "truncated", "es", "hfmaml")
 #: The algorithms whose adaptation is a closed form (no inner loop, no transform).
 CLOSED_FORM_ALGOS = {"protonet": meta.ProtoNet, "r2d2": meta.R2D2}
-TRANSFORMS = ("none", "kfo", "metasgd", "metacurvature", "rates")
-POOLS = ("max", "stride")
 
 
 def make_transform(name: str) -> meta.Transform:
@@ -114,6 +123,40 @@ def model_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
 
 
+def check_model_record(recorded, model: nn.Module | None, where: str = "the run") -> dict:
+    """The model record ``{"model": class name, "model_fingerprint": ...}`` of ``model`` (both None
+    for ``model=None``, the built-in ConvNet), checked against ``recorded``: the one check of a model
+    against what a run or its settings record (training a new run with given settings, resuming,
+    opening a run with :class:`~linmaml.benchmarks.run.Run`).
+
+    ``recorded``: a mapping with the keys ``model`` and ``model_fingerprint`` (a run's config), or
+    None when nothing is recorded yet (any model is accepted). A recorded class name of None means
+    the built-in ConvNet, which refuses a model; a recorded class refuses ``model=None`` and a model
+    of another class (by qualified name, :func:`same_model_class`) or other parameter shapes
+    (:func:`model_fingerprint`). Refusals are ``ArgumentError`` naming ``model`` and ``where``. The
+    returned record keeps the recorded class name when the class is the same (imported from another
+    module)."""
+    if model is not None and not isinstance(model, nn.Module):
+        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
+    record = {"model": None, "model_fingerprint": None} if model is None else \
+        {"model": model_class_name(model), "model_fingerprint": model_fingerprint(model)}
+    if recorded is None:
+        return record
+    name, fingerprint = recorded.get("model"), recorded.get("model_fingerprint")
+    if name is None:
+        if model is not None:
+            raise ArgumentError("model", f"{where}: the built-in ConvNet, not a model of your own; leave model out")
+        return record
+    if model is None:
+        raise ModelRequiredError("model", f"{where}: trained on your own model ({name}); pass the same architecture "
+                                     f"again (model=...)")
+    if not same_model_class(name, model) or (fingerprint is not None and fingerprint != record["model_fingerprint"]):
+        raise ArgumentError("model", f"{where}: trained on {name} (fingerprint {fingerprint}), got "
+                                     f"{record['model']} (fingerprint {record['model_fingerprint']}): a different "
+                                     f"class or parameter shapes")
+    return {**record, "model": name}
+
+
 def resolve_head(model: nn.Module, head: str | None) -> tuple[str, list[str]]:
     """``(submodule name, its parameter names as model.named_parameters() gives them)`` for ANIL.
 
@@ -139,25 +182,30 @@ def resolve_head(model: nn.Module, head: str | None) -> tuple[str, list[str]]:
     return head, names
 
 
-def check_user_model(model: nn.Module, image_shape, ways: int, batching: str = "loop") -> None:
-    """Refuse, with a ``ValueError`` naming ``model``, a model that breaks the requirements of the
-    module docstring: BatchNorm with running statistics, Dropout under a vmapped strategy, or logits of
-    the wrong shape on a batch of two zero images of ``image_shape`` (run without gradients)."""
+#: The buffers policy of a learner around your own model (module docstring: why "frozen").
+USER_MODEL_BUFFERS = "frozen"
+
+
+def check_user_model(model: nn.Module, image_shape, ways: int, batching: str = "loop",
+                     randomness: str = "different") -> None:
+    """Refuse, with an ``ArgumentError`` naming the argument, a model that breaks the requirements of
+    the module docstring: Dropout under a vmapped strategy with ``randomness="error"`` (naming
+    ``randomness``), or logits of the wrong shape on a batch of two zero images of ``image_shape`` (run
+    without gradients, its buffers left as they were)."""
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-            raise ArgumentError("model", f"{name or 'the model'} ({type(module).__name__}) tracks running statistics, which "
-                             f"adaptation would update in place; build it with track_running_stats=False")
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0 and batching != "loop":
-            raise ArgumentError("model", f"{name or 'the model'} ({type(module).__name__}) draws random numbers, which "
-                             f"batching={batching!r} cannot do per task; use batching='loop'")
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0 and batching != "loop" \
+                and randomness == "error":
+            raise ArgumentError("randomness", f"{name or 'the model'} ({type(module).__name__}) draws random numbers, "
+                                              f"which batching={batching!r} with randomness 'error' refuses; use "
+                                              f"randomness 'different' (or 'same'), or batching='loop'")
     reference = next(iter(model.parameters()), None)
     if reference is None:
         raise ArgumentError("model", "has no parameters")
     x = torch.zeros((2, *image_shape), dtype=reference.dtype, device=reference.device)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), frozen_buffers(model):  # the probe must not move running statistics
             out = model(x)
     except Exception as error:  # noqa: BLE001 - reported as the model's, in one line
         first = str(error).splitlines()[0] if str(error) else ""
@@ -185,11 +233,14 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
     if pool not in POOLS:
         raise ArgumentError("pool", f"expected one of {', '.join(POOLS)}, got {pool!r}")
     try:
-        channels, height, width = (int(v) for v in image_shape)
+        image_shape = tuple(int(v) for v in image_shape)
     except (TypeError, ValueError):
-        raise ArgumentError("image_shape", f"expected (C, H, W), got {image_shape!r}") from None
-    if height != width:
-        raise ArgumentError("image_shape", f"expected square images, got {height}x{width}")
+        raise ArgumentError("image_shape", f"expected (C, H, W) or (D,), got {image_shape!r}") from None
+    if not image_shape or min(image_shape) < 1:
+        raise ArgumentError("image_shape", f"expected (C, H, W) or (D,) of positive sizes, got {image_shape!r}")
+    if model is None and len(image_shape) not in (1, 3):
+        raise ArgumentError("model", f"the built-in models take images (C, H, W) (a ConvNet) or feature vectors "
+                                     f"(D,) (an MLP); examples of shape {image_shape} need your own model (model=...)")
     linnet = _validate.integer(linnet, "linnet", minimum=0)
     inner_lr = _validate.finite_number(inner_lr, "inner_lr")
     steps = _validate.integer(steps, "steps", minimum=1)
@@ -197,7 +248,10 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
     if not isinstance(bn_per_step, bool):
         raise ArgumentTypeError("bn_per_step", f"expected True or False, got {bn_per_step!r}")
     if bn_per_step:
-        return _with_per_step_norms(channels, height, ways, algo, transform_module, linnet, layers, hidden, pool,
+        if model is None and len(image_shape) != 3:
+            raise ArgumentError("bn_per_step", "is built into the ConvNet of images; the MLP of feature vectors has no "
+                                               "BatchNorm")
+        return _with_per_step_norms(image_shape, ways, algo, transform_module, linnet, layers, hidden, pool,
                                     inner_lr, steps, model)
     if algo in CLOSED_FORM_ALGOS:
         if model is not None:
@@ -206,14 +260,14 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
         if transform != "none" or linnet:
             raise ArgumentError("transform" if transform != "none" else "linnet",
                                 f"algo {algo!r} has no inner loop: a transform or LinNet layers do not apply")
-        backbone = ConvNet(in_channels=channels, ways=ways, blocks=layers, filters=hidden, image_size=height, pool=pool)
+        backbone = built_in_model(image_shape, ways, layers, hidden, pool)
         return CLOSED_FORM_ALGOS[algo](backbone.features, ways=ways)
     if model is not None:
         return _around_user_model(model, algo, transform_module, linnet, linnet_width, inner_lr, steps, head)
     if head is not None:
         raise ArgumentError("head", "names the adapted submodule of your own model (model=...); the built-in ConvNet's "
                          "head is fixed")
-    backbone = ConvNet(in_channels=channels, ways=ways, blocks=layers, filters=hidden, image_size=height, pool=pool)
+    backbone = built_in_model(image_shape, ways, layers, hidden, pool)
     model: nn.Module = backbone
     if linnet:
         model = meta.LinNet(backbone, layers=linnet, width=linnet_width)
@@ -223,7 +277,18 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
     return meta.MAML(model, lr=inner_lr, steps=steps, transform=transform_module, first_order=(algo == "fomaml"))
 
 
-def _with_per_step_norms(channels, size, ways, algo, transform_module, linnet, layers, hidden, pool, inner_lr,
+def built_in_model(image_shape, ways: int, layers: int, hidden: int, pool: str) -> nn.Module:
+    """The built-in model for examples of ``image_shape``: a :class:`ConvNet` of ``layers`` blocks of
+    ``hidden`` filters for images ``(C, H, W)`` (any height and width), an :class:`MLP` of ``layers``
+    hidden layers of ``hidden`` units for feature vectors ``(D,)`` (``pool`` unused)."""
+    if len(image_shape) == 1:
+        return MLP(image_shape[0], ways=ways, blocks=layers, width=hidden)
+    channels, height, width = image_shape
+    return ConvNet(in_channels=channels, ways=ways, blocks=layers, filters=hidden,
+                   image_size=height if height == width else (height, width), pool=pool)
+
+
+def _with_per_step_norms(image_shape, ways, algo, transform_module, linnet, layers, hidden, pool, inner_lr,
                          steps, model):
     """MAML on a ConvNet with one BatchNorm affine set per inner step (module docstring: BNWB)."""
     if model is not None:
@@ -234,8 +299,9 @@ def _with_per_step_norms(channels, size, ways, algo, transform_module, linnet, l
                                            f"step by step)")
     if linnet:
         raise ArgumentError("bn_per_step", "is not combined with LinNet layers")
-    backbone = ConvNet(in_channels=channels, ways=ways, blocks=layers, filters=hidden, image_size=size, pool=pool,
-                       norm_steps=steps)
+    channels, height, width = image_shape
+    backbone = ConvNet(in_channels=channels, ways=ways, blocks=layers, filters=hidden,
+                       image_size=height if height == width else (height, width), pool=pool, norm_steps=steps)
     adapted = [n for n, _ in backbone.named_parameters() if ".norm." not in n]  # the per-step sets do not adapt
     return meta.MAML(backbone, lr=inner_lr, steps=steps, transform=transform_module, first_order=(algo == "fomaml"),
                      adapted=adapted)
@@ -256,4 +322,4 @@ def _around_user_model(model, algo, transform_module, linnet, linnet_width, inne
         if algo == "anil":  # the LinNet layers belong to the adapted head, as with the ConvNet
             adapt = [f"model.{n}" for n in adapt] + [n for n, _ in wrapped.linear.named_parameters(prefix="linear")]
     return meta.MAML(wrapped, lr=inner_lr, steps=steps, transform=transform_module, first_order=(algo == "fomaml"),
-                     adapted=adapt)
+                     adapted=adapt, buffers=USER_MODEL_BUFFERS)

@@ -147,33 +147,40 @@ def feature_size(image_size: int, blocks: int, pool: str) -> int:
 class ConvNet(nn.Module):
     """``blocks`` conv blocks and a linear head.
 
-    Input (batch, in_channels, image_size, image_size); output logits (batch, ways).
-    ``features`` maps the input to (batch, filters·side²) and ``head`` is the last ``nn.Linear``.
+    Input (batch, in_channels, H, W) with ``image_size = H = W`` (an int) or ``(H, W)`` (any, also
+    non-square); output logits (batch, ways). ``features`` maps the input to (batch, filters·h·w),
+    h and w the sides after the blocks (:func:`feature_size`), and ``head`` is the last ``nn.Linear``.
     """
 
     def __init__(self, in_channels: int = 1, ways: int = 5, blocks: int = 4, filters: int = 64,
-                 image_size: int = 28, pool: str = "max", norm_steps: int = 0):
+                 image_size=28, pool: str = "max", norm_steps: int = 0):
         super().__init__()
         _validate.integer(in_channels, "in_channels", minimum=1)
         _validate.integer(ways, "ways", minimum=2)
         _validate.integer(blocks, "blocks", minimum=1)
         _validate.integer(filters, "filters", minimum=1)
-        _validate.integer(image_size, "image_size", minimum=1)
+        if isinstance(image_size, (tuple, list)):
+            if len(image_size) != 2:
+                raise ArgumentError("image_size", f"expected a side or (height, width), got {image_size!r}")
+            height, width = (_validate.integer(v, "image_size", minimum=1) for v in image_size)
+        else:
+            height = width = _validate.integer(image_size, "image_size", minimum=1)
         if pool not in ("max", "stride"):
             raise ArgumentError("pool", f"expected 'max' or 'stride', got {pool!r}")
         self.norm_steps = _validate.integer(norm_steps, "norm_steps", minimum=0)
-        side = feature_size(image_size, blocks, pool)
-        if side < 1:
-            raise ArgumentError("blocks", f"{blocks} blocks of 2× down-sampling do not fit a {image_size}-pixel image")
+        rows, columns = feature_size(height, blocks, pool), feature_size(width, blocks, pool)
+        if min(rows, columns) < 1:
+            raise ArgumentError("blocks", f"{blocks} blocks of 2× down-sampling do not fit a {height}x{width}-pixel "
+                                          f"image (use fewer blocks, or pool 'stride')")
         self.features = nn.Sequential()
         channels = in_channels
         for i in range(blocks):
             self.features.add_module(f"block{i}", ConvBlock(channels, filters, pool, norm_steps))
             channels = filters
         self.features.add_module("flatten", nn.Flatten())
-        self.head = nn.Linear(filters * side * side, ways)
+        self.head = nn.Linear(filters * rows * columns, ways)
         self.config = dict(in_channels=in_channels, ways=ways, blocks=blocks, filters=filters,
-                           image_size=image_size, pool=pool)
+                           image_size=height if height == width else [height, width], pool=pool)
         if norm_steps:
             self.config["norm_steps"] = norm_steps
 
@@ -185,3 +192,30 @@ class ConvNet(nn.Module):
         for module in self.features:
             x = module(x, step) if isinstance(module, ConvBlock) else module(x)
         return self.head(x)
+
+
+class MLP(nn.Module):
+    """The built-in model for flat feature vectors (your own data of shape ``(D,)`` per example):
+    ``blocks`` hidden layers ``Linear → ReLU`` of ``width`` units, then a linear head.
+
+    Input (batch, in_features); output logits (batch, ways). ``features`` is everything before the
+    head (for ANIL, ProtoNets and R2-D2, as with :class:`ConvNet`), ``head`` the last ``nn.Linear``.
+    No normalisation layer: a pure function of (parameters, input)."""
+
+    def __init__(self, in_features: int, ways: int = 5, blocks: int = 4, width: int = 64):
+        super().__init__()
+        _validate.integer(in_features, "in_features", minimum=1)
+        _validate.integer(ways, "ways", minimum=2)
+        _validate.integer(blocks, "blocks", minimum=1)
+        _validate.integer(width, "width", minimum=1)
+        self.features = nn.Sequential()
+        size = in_features
+        for i in range(blocks):
+            self.features.add_module(f"layer{i}", nn.Sequential(nn.Linear(size, width), nn.ReLU()))
+            size = width
+        self.head = nn.Linear(size, ways)
+        self.config = dict(in_features=in_features, ways=ways, blocks=blocks, width=width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, ways)`` of features ``x (batch, in_features)``."""
+        return self.head(self.features(x))

@@ -36,6 +36,40 @@ def safe_write(stream, text: str) -> bool:
         return False
 
 
+class StatusLine:
+    """One status line on ``stream``, the writer of every progress display (training's
+    :class:`Progress`, the scoring passes' :class:`TaskProgress`): on a terminal rewritten in place,
+    at most 5 times a second; otherwise one line at most every ``every`` seconds. A line written with
+    ``newline`` stays. A stream that fails (closed, a broken pipe, full) switches it off."""
+
+    def __init__(self, stream, enabled: bool, every: float):
+        self.stream, self.enabled, self.every = stream, enabled, every
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.last_print = 0.0
+
+    def due(self, force: bool = False) -> bool:
+        """Whether a line may be written now (always with ``force``); if so, the clock restarts."""
+        if not self.enabled:
+            return False
+        now = time.perf_counter()
+        if not force and now - self.last_print < (0.2 if self.tty else self.every):
+            return False
+        self.last_print = now
+        return True
+
+    def emit(self, text: str, newline: bool = False) -> None:
+        if self.tty and not newline:
+            text = "\r\033[K" + text
+        else:
+            text = ("\r\033[K" if self.tty else "") + text + "\n"
+        if not safe_write(self.stream, text):
+            self.enabled = self.tty = False  # the stream is gone: carry on without progress output
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            safe_write(self.stream, "\n")
+
+
 class Progress:
     """``Progress(iterations, val_every, val_tasks, meta_batch, stream, enabled)``; call
     :meth:`iteration` after each step, :meth:`validation` as validation tasks are scored, and
@@ -44,10 +78,8 @@ class Progress:
     def __init__(self, iterations: int, val_every: int, val_tasks: int, meta_batch: int, stream, enabled: bool,
                  every: float = 30.0):
         self.total, self.val_every, self.val_tasks, self.meta_batch = iterations, val_every, val_tasks, meta_batch
-        self.stream, self.enabled, self.every = stream, enabled, every
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.status = StatusLine(stream, enabled, every)
         self.window = collections.deque(maxlen=100)
-        self.last_print = 0.0
         self.train_seconds, self.train_iterations, self.first_seconds = 0.0, 0, 0.0
         self.val_seconds, self.val_done = 0.0, 0
         self.val_pass: int | None = None  # the iteration whose validation pass is under way
@@ -81,9 +113,9 @@ class Progress:
             self.first_seconds = seconds
         self.train_seconds += seconds
         self.train_iterations += 1
-        if self._due(force):
+        if self.status.due(force):
             per_iteration = self.per_iteration() or self.train_seconds / self.train_iterations
-            self._emit(f"iter {iteration}/{self.total}  loss {loss:.4f}  acc {100 * np.mean(self.window):.1f} % (last "
+            self.status.emit(f"iter {iteration}/{self.total}  loss {loss:.4f}  acc {100 * np.mean(self.window):.1f} % (last "
                        f"{len(self.window)})  {per_iteration:.2f} s/it  {eta_words(self.eta(iteration))}"
                        + (f"  skipped {skipped}" if skipped else ""))
 
@@ -97,7 +129,7 @@ class Progress:
             return
         starting = self.val_pass != iteration  # the first chunk of a pass is always said: never silent
         self.val_pass = iteration
-        if self._due(starting):
+        if self.status.due(starting):
             rate = (self.val_seconds + seconds) / (self.val_done + done) if done else None
             left = total - done
             rest = self.eta(iteration)
@@ -105,33 +137,15 @@ class Progress:
                 eta = None
             else:
                 eta = (rest + left * rate) if rate is not None else self.eta(iteration, left)
-            self._emit(f"iter {iteration}/{self.total}  validation {done}/{total} tasks  {eta_words(eta)}",
-                       newline=starting and not self.tty)
+            self.status.emit(f"iter {iteration}/{self.total}  validation {done}/{total} tasks  {eta_words(eta)}",
+                             newline=starting and not self.status.tty)
 
     def line(self, text: str) -> None:
-        if self.enabled:
-            self._emit(text, newline=True)
-
-    def _due(self, force: bool) -> bool:
-        if not self.enabled:
-            return False
-        now = time.perf_counter()
-        if not force and now - self.last_print < (0.2 if self.tty else self.every):
-            return False
-        self.last_print = now
-        return True
-
-    def _emit(self, text: str, newline: bool = False) -> None:
-        if self.tty and not newline:
-            text = "\r\033[K" + text
-        else:
-            text = ("\r\033[K" if self.tty else "") + text + "\n"
-        if not safe_write(self.stream, text):
-            self.enabled = self.tty = False  # the stream is gone: train on without progress output
+        if self.status.enabled:
+            self.status.emit(text, newline=True)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            safe_write(self.stream, "\n")
+        self.status.close()
 
 
 def _minutes(seconds: float) -> str:
@@ -174,22 +188,16 @@ class TaskProgress:
     :func:`~linmaml.benchmarks.scoring.score_tasks`'s callback."""
 
     def __init__(self, label: str, stream, enabled: bool = True, every: float = 10.0):
-        self.label, self.stream, self.enabled, self.every = label, stream, enabled, every
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-        self.last_print = 0.0
+        self.label = label
+        self.status = StatusLine(stream, enabled, every)
         self.remaining: RemainingTime | None = None
 
     def on_progress(self, done: int, total: int, seconds: float) -> None:
-        if not self.enabled:
+        if not self.status.enabled:
             return
         if self.remaining is None:
             self.remaining = RemainingTime(total)
         eta = self.remaining.update(done, seconds)  # every chunk is measured, printed or not
-        now = time.perf_counter()
-        if done < total and now - self.last_print < (0.2 if self.tty else self.every):
-            return
-        self.last_print = now
-        text = f"{self.label}: {done}/{total} tasks  {seconds:.0f} s" + ("" if done == total else f"  {eta_words(eta)}")
-        if not safe_write(self.stream, ("\r\033[K" + text + ("\n" if done == total else "")) if self.tty
-                          else text + "\n"):
-            self.enabled = False
+        if self.status.due(force=done >= total):
+            self.status.emit(f"{self.label}: {done}/{total} tasks  {seconds:.0f} s"
+                             + ("" if done >= total else f"  {eta_words(eta)}"), newline=done >= total)

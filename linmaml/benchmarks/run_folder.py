@@ -23,10 +23,9 @@ import torch
 
 from linmaml import _io
 from linmaml.benchmarks import checkpoint
-from linmaml.errors import ArgumentError
+from linmaml.benchmarks.run_files import CONFIG, METRICS
+from linmaml.errors import ArgumentError, ArgumentExistsError
 
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
 #: Files a run writes into its folder; ``overwrite`` removes exactly these.
 RUN_FILES = (METRICS, CONFIG, checkpoint.LAST, checkpoint.LAST_PREV, checkpoint.BEST)
 
@@ -67,11 +66,11 @@ def _prepare(out_dir: Path, resume: bool, overwrite: bool, report) -> tuple[dict
         return found
     existing = [name for name in RUN_FILES if (out_dir / name).exists()]
     if existing == [CONFIG] and not overwrite and not _is_run_config(out_dir / CONFIG):
-        raise FileExistsError(f"out: {out_dir} holds a {CONFIG} that linmaml train did not write; refusing to "
-                              f"replace it (choose another --out, or --overwrite to replace it)")
+        raise ArgumentExistsError("out", f"{out_dir} holds a {CONFIG} that linmaml train did not write; "
+                                         f"refusing to replace it (choose another --out, or --overwrite to replace it)")
     if existing and not overwrite:
-        raise FileExistsError(f"out: {out_dir} already holds a run ({', '.join(existing)}); use --resume to continue"
-                              f" it or --overwrite to start afresh")
+        raise ArgumentExistsError("out", f"{out_dir} already holds a run ({', '.join(existing)}); use --resume "
+                                         f"to continue it or --overwrite to start afresh")
     return None, None
 
 
@@ -114,8 +113,8 @@ def check_resume_payload(payload: dict, path: Path) -> None:
     if not isinstance(payload["config"], dict):
         bad("its settings are not a dict")
     shape = payload["image_shape"]
-    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(_whole(v, 1) for v in shape):
-        bad(f"its image shape is {shape!r}, expected three positive whole numbers")
+    if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 8 or not all(_whole(v, 1) for v in shape):
+        bad(f"its image shape is {shape!r}, expected positive whole numbers ((C, H, W), or (D,) for feature vectors)")
     learner = payload["learner"]
     if not isinstance(learner, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in learner.items()):
@@ -176,8 +175,8 @@ def trim_metrics(path: Path, iteration: int, guard=None) -> None:
             continue
         value = record.get("iteration", 0)
         if not _whole(value):
-            raise ValueError(f"resume: {path} line {number}: 'iteration' is {value!r}, not a whole number >= 0; "
-                             f"correct or delete that line to resume")
+            raise ArgumentError("resume", f"{path} line {number}: 'iteration' is {value!r}, not a whole number >= 0; "
+                                          f"correct or delete that line to resume")
         if value <= iteration:
             kept.append(line)
     _io.atomic_write_text(path, "".join(line + "\n" for line in kept), guard=guard)

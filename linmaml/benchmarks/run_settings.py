@@ -19,6 +19,8 @@ import os
 import stat
 from pathlib import Path
 
+from linmaml.benchmarks.run_files import CONFIG, run_folder_of
+
 #: The thread count of every command unless told otherwise or recorded by the run.
 DEFAULT_THREADS = 1
 
@@ -27,9 +29,9 @@ _CONFIG_LIMIT = 1 << 20
 
 
 def config_path(run_or_checkpoint) -> Path:
-    """The ``config.json`` of the run a path names: a run folder, or a checkpoint inside one."""
-    path = Path(run_or_checkpoint).expanduser()
-    return (path if path.is_dir() else path.parent) / "config.json"
+    """The ``config.json`` of the run a path names: a run folder, a checkpoint inside one, or a
+    snapshot in its ``snapshots/`` (:func:`~linmaml.benchmarks.run_files.run_folder_of`)."""
+    return run_folder_of(run_or_checkpoint) / CONFIG
 
 
 def recorded(run_or_checkpoint) -> dict:

@@ -44,14 +44,15 @@ import torch
 
 from linmaml import _io, _validate
 from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder, run_settings
-from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_splits,
-                                       iteration_seed, make_engine, outer_lr_at, resume_config)
-from linmaml.benchmarks.config import data_options, first_order_at, msl_weights
-from linmaml.benchmarks.learners import check_user_model, model_class_name, model_fingerprint, same_model_class
+from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_splits, iteration_seed, make_engine,
+                                       outer_lr_at, resume_config)
+from linmaml.benchmarks.config import OWN_DATA, data_options, first_order_at, msl_weights
+from linmaml.benchmarks.learners import check_model_record, check_user_model
+from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.progress import Progress, safe_write
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
-from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.errors import ArgumentError, ArgumentNotADirectoryError
 
 __all__ = ["train", "Trainer", "TrainResult"]
 
@@ -63,7 +64,8 @@ EXIT_LOST_LOCK = 4
 @dataclasses.dataclass
 class TrainResult:
     """What :func:`train` ended with. ``status``: ``"done"``, ``"interrupted"`` (a signal),
-    ``"nonfinite"`` or ``"lost-lock"``; ``exit_code`` is what the CLI exits with."""
+    ``"nonfinite"`` or ``"lost-lock"``; ``exit_code`` is what the CLI exits with; ``argument``: the
+    argument ``message`` is about (``"out"`` for a lost lock), else ``""``."""
 
     status: str
     iteration: int
@@ -74,6 +76,7 @@ class TrainResult:
     seconds: float = 0.0
     out_dir: str = ""
     writer: bool = True  # False on the ranks > 0 of a distributed run, which print nothing
+    argument: str = ""
 
 
 class _LostFolder(Exception):
@@ -103,7 +106,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir: Path, splits: Mapping, ctx, *, lock=None, payload=None,
                  overwrite: bool = False, stream=None, progress: bool = True, on_iteration=None, model=None,
-                 payload_file=None):
+                 payload_file=None, resumed: Run | None = None):
         for name in ("train", "val"):
             if name not in splits:
                 raise ArgumentError("splits", f"expected a {name!r} split")
@@ -118,17 +121,27 @@ class Trainer:
                                                    count=config.val_tasks, seed=0)
         self.image_shape = tuple(int(v) for v in splits["train"].image_shape)
         if model is not None:
-            check_user_model(model, self.image_shape, config.ways, config.batching)
-        # The built-in ConvNet runs faster on channels-last images; a user's model may reshape with .view().
-        self.channels_last = model is None
+            check_user_model(model, self.image_shape, config.ways, config.batching, config.randomness)
+        # The built-in ConvNet runs faster on channels-last images; a user's model (given, or rebuilt
+        # from its recorded import path) may reshape with .view(), and feature vectors have no channels.
+        self.channels_last = config.model is None and model is None and len(self.image_shape) == 3
         torch.manual_seed(config.seed)
-        self.learner = build_from_config(config, self.image_shape, model).to(device=ctx.device, dtype=config.torch_dtype)
+        self.payload_file = payload_file or (self.out_dir / checkpoint.LAST)
+        if payload is None:
+            self.learner = build_from_config(config, self.image_shape, model)
+        else:
+            # a resumed run's learner is opened as every run is (linmaml.benchmarks.run: model check,
+            # build in the run's dtype, weights), after its images are checked against the data's
+            if tuple(payload["image_shape"]) != self.image_shape:
+                raise ArgumentError("benchmark", f"the checkpoint's images are {tuple(payload['image_shape'])}, the "
+                                                 f"data's {self.image_shape}")
+            self.learner = (resumed or Run.from_payload(payload, self.payload_file, model)).learner
+        self.learner.to(device=ctx.device, dtype=config.torch_dtype)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.outer_lr)
         self.engine = make_engine(self.learner, config)
         self.state = {"iteration": 0, "skipped": 0, "elapsed": 0.0, "best": None}
         self.pending: dict | None = None  # the record of an iteration whose validation was interrupted
         self.saved_iteration: int | None = None  # the iteration last.pt holds, None while there is none
-        self.payload_file = payload_file or (self.out_dir / checkpoint.LAST)
         # --overwrite clears the old run's files when this run starts writing (run()), after its
         # ownership of the folder is checked, not while the data is still being read.
         self.clear_first = payload is None and overwrite
@@ -147,14 +160,11 @@ class Trainer:
         self.environment = {"data_root": None, "threads": torch.get_num_threads()}
 
     def _restore(self, payload: dict) -> None:
-        """Load ``payload`` (checked by :func:`run_folder.check_resume_payload`) into the learner and
-        Adam; a payload that does not fit the run's settings is refused naming its file, before any
-        file of the folder is touched."""
-        if tuple(payload["image_shape"]) != self.image_shape:
-            raise ArgumentError("benchmark", f"the checkpoint's images are {tuple(payload['image_shape'])}, the data's"
-                             f" {self.image_shape}")
+        """Load Adam's state and the counters of ``payload`` (checked by
+        :func:`run_folder.check_resume_payload`; its weights are already in the learner, opened by
+        :class:`~linmaml.benchmarks.run.Run`); a payload that does not fit the run's settings is refused
+        naming its file, before any file of the folder is touched."""
         try:
-            self.learner.load_state_dict(payload["learner"])
             self.optimizer.load_state_dict(payload["optimizer"])
             # Adam's load_state_dict does not compare shapes; a mismatch would fail at the first step
             for group in self.optimizer.param_groups:
@@ -167,9 +177,6 @@ class Trainer:
             raise checkpoint.CorruptCheckpoint(
                 f"checkpoint: {self.payload_file} does not fit the run's settings "
                 f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})") from None
-        if not all(bool(torch.isfinite(p).all()) for p in self.learner.parameters()):
-            raise checkpoint.CorruptCheckpoint(f"checkpoint: {self.payload_file} holds weights that are not finite "
-                                               f"(NaN or infinity); resume from an earlier run or start afresh")
         for key in self.state:
             self.state[key] = payload[key]
         self.pending = payload.get("pending_validation")
@@ -201,8 +208,9 @@ class Trainer:
                         break
                     result = self._iteration(t)
             except _LostFolder:
-                result = TrainResult("lost-lock", self.state["iteration"], EXIT_LOST_LOCK, f"out: another run took "
-                                     f"over {self.out_dir} (--overwrite); stopped without writing into it again")
+                result = TrainResult("lost-lock", self.state["iteration"], EXIT_LOST_LOCK, f"another run took over "
+                                     f"{self.out_dir} (--overwrite); stopped without writing into it again",
+                                     argument="out")
             if result is None:
                 result = TrainResult("done", self.config.iterations, 0, f"finished {self.config.iterations} iterations")
                 if start >= self.config.iterations:
@@ -369,7 +377,7 @@ class Trainer:
             "config": self.config.to_dict(), "image_shape": list(self.image_shape),
             "world_size": self.ctx.world_size, "device": str(self.ctx.device),
             # the process's malloc settings (linmaml train's --allocator): they change the timings logged
-            "allocator": allocator.current(),
+            "allocator": str(allocator.current()),
             # where the data was read and with how many threads: evaluate, analyze, --resume reuse them
             **self.environment}, guard=self._require_folder)
         self._require_folder()
@@ -433,8 +441,10 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
 
     ``model``: your own ``nn.Module`` mapping images ``(n, C, H, W)`` to logits ``(n, ways)``, used
     instead of the built-in ConvNet (``layers``/``hidden``/``pool`` are then unused); the learner of
-    ``algo``/``transform``/``linnet`` is built around it (:mod:`linmaml.benchmarks.learners` states the
-    requirements: BatchNorm with ``track_running_stats=False``, no Dropout unless ``batching="loop"``).
+    ``algo``/``transform``/``linnet`` is built around it (:mod:`linmaml.benchmarks.learners` states how
+    it runs: BatchNorm with running statistics under the buffers policy "frozen" — batch statistics in
+    every pass, running statistics left as they were — and Dropout drawn per task, under the vmapped
+    strategies with ``options["randomness"]``, default "different").
     With ``algo="anil"``, ``options["head"]`` names the submodule that adapts (default: the last module
     with parameters). The model is trained in place (moved to the run's device and dtype). Its class
     name and parameter-shape fingerprint are recorded in ``config.json``; to resume, pass a freshly
@@ -443,15 +453,40 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     layout. ``splits`` may supply ``{"train": FewShotSplit, "val":
     FewShotSplit}`` instead of reading the benchmark from ``data_root``. Under torchrun the
     meta-batch is split across processes (:mod:`linmaml.benchmarks.distributed`); rank 0 writes.
+    ``benchmark="arrays"``/``"folder"`` with ``options["data"]`` trains on your own data
+    (:mod:`linmaml.benchmarks.data.own`; the path is recorded absolute, with ``data_name``); arrays in
+    memory go in as ``splits=array_splits({"train": (x, y), "val": (x, y)}, name=...)`` with
+    ``benchmark="arrays"`` (their name recorded as ``data_name``).
     ``config.json`` records the data root read (None with ``splits``) and the torch threads; a resumed
     run with ``data_root=None`` reads the recorded root (:mod:`linmaml.benchmarks.run_settings`).
     Bad settings raise ``ValueError``/``TypeError``; a folder owned by another run or holding an
-    old run (without ``resume``/``overwrite``) raises ``FileExistsError``. ``on_iteration(record)``,
-    if given, is called on rank 0 with each iteration's metrics record (a dict) after it is logged.
+    old run (without ``resume``/``overwrite``) raises ``FileExistsError``.
+
+    ``on_iteration(record)``, if given, is called once per completed iteration, on rank 0 only (the
+    process that writes; other ranks never call it), right after the record is appended to
+    ``metrics.jsonl`` and before that iteration's checkpoint. ``record`` is that line as a dict:
+    ``iteration``, ``loss`` and ``accuracy`` (the meta-batch's mean query loss and accuracy; None
+    when not finite), ``skipped`` (non-finite steps skipped so far), ``step_skipped``, ``elapsed``
+    (training seconds so far, validation included); ``outer_lr`` under a schedule; at a validation
+    iteration (every ``val_every`` and the last) also ``val_accuracy``, ``val_ci95`` and ``val_loss``;
+    ``msl_weights``/``first_order`` while those recipe options are on. A resumed run calls it from
+    the first iteration it runs (after a validation a signal interrupted, first for that iteration).
+    An exception raised by the hook propagates out of ``train``.
+    :mod:`linmaml.benchmarks.loggers` has ready hooks: a CSV file and TensorBoard.
     """
     stream = sys.stderr if stream is None else stream
     given = options.to_dict() if isinstance(options, TrainConfig) else dict(options)
-    given = _with_model_record(given, model)
+    if model is not None:  # the model's class and fingerprint, checked against any the settings record
+        given = {**given, **check_model_record(given if given.get("model") is not None else None, model,
+                                               where="these settings")}
+    elif given.get("model") is not None:
+        check_model_record(given, None, where="these settings")  # settings of a run on your own model
+    if splits is not None and given.get("benchmark") in OWN_DATA and not given.get("data") \
+            and given.get("data_name") is None and "train" in splits:
+        given["data_name"] = getattr(splits["train"], "benchmark", None)  # arrays in memory: their name
+    for key in ("data", "data_splits"):  # your own data: recorded absolute, so a resume finds it from anywhere
+        if isinstance(given.get(key), (str, Path)) and str(given[key]).strip():
+            given[key] = str(Path(given[key]).expanduser().resolve())
     if not resume:
         TrainConfig.from_dict(given)  # fail on bad settings before touching the folder
     if threads is not None:
@@ -460,7 +495,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
         torch.set_num_threads(_validate.integer(threads, "threads", minimum=1, maximum=THREADS_MAX))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"out: {out_dir} is not a folder")
+        raise ArgumentNotADirectoryError("out", f"{out_dir} is not a folder")
     ctx = distributed.setup(device)
     # A folder this call creates is removed again if the run fails before writing anything into
     # it (bad data root, say), so bad input leaves no trace.
@@ -477,8 +512,10 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
                 error = caught
         distributed.raise_if_any_failed(error, ctx)
         payload = distributed.broadcast_object(payload, ctx)
+        resumed = None
         if payload is not None:
-            check_model_matches(TrainConfig.from_dict(payload["config"]), model, where=f"the run in {out_dir}")
+            # opened as every run is (linmaml.benchmarks.run.Run): settings, model record, learner, weights
+            resumed = Run.from_payload(payload, payload_file or out_dir / checkpoint.LAST, model)
             if model is not None:  # the same class, perhaps imported from another module: keep the recorded name
                 given = {**given, "model": payload["config"]["model"]}
         config = resume_config(payload["config"], given) if payload is not None else TrainConfig.from_dict(given)
@@ -492,10 +529,11 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
             if payload is not None and data_root is None:  # a resumed run reads where it read before
                 data_root = run_settings.data_root_for(None, out_dir)
             splits = load_splits(config.benchmark, ("train", "val"), data_root, **data_options(config))
-            root_read = str(resolve_data_root(data_root).resolve())
+            if config.benchmark not in OWN_DATA:  # your own data is read from config.data, not the data root
+                root_read = str(resolve_data_root(data_root).resolve())
         trainer = Trainer(config, out_dir, splits, ctx, lock=lock, payload=payload, overwrite=overwrite,
                           stream=stream, progress=progress, on_iteration=on_iteration, model=model,
-                          payload_file=payload_file)
+                          payload_file=payload_file, resumed=resumed)
         trainer.environment["data_root"] = root_read
         with StopSignals() as signals:
             return trainer.run(signals)
@@ -594,22 +632,3 @@ def _discard_unstarted(out_dir: Path) -> None:
         (out_dir / run_folder.CONFIG).unlink(missing_ok=True)
     except OSError:
         pass  # best effort: never mask the error that made the run fail
-
-
-def _with_model_record(given: dict, model) -> dict:
-    """``given`` with the user model's class name and fingerprint (checked against any already there,
-    e.g. from a repeated run's config.json)."""
-    if model is None:
-        if given.get("model") is not None:
-            raise ArgumentError("model", f"these settings are of a run on your own model ({given['model']}); pass the same "
-                             f"architecture (model=...)")
-        return given
-    if not isinstance(model, torch.nn.Module):
-        raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    record = {"model": model_class_name(model), "model_fingerprint": model_fingerprint(model)}
-    if given.get("model") is not None and same_model_class(given["model"], model):
-        record["model"] = given["model"]  # the same class imported from another module keeps its recorded name
-    for key, value in record.items():
-        if given.get(key) is not None and given[key] != value:
-            raise ArgumentError("model", f"the settings record {key} {given[key]!r}, the model given has {value!r}")
-    return {**given, **record}

@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from linmaml.errors import ArgumentError
+
 #: The one definition, printed in ``linmaml verify``'s header.
 RELATIVE_ERROR = "relative error = ‖a − b‖_F / ‖b‖_F over all arrays of a row's instance (b the reference)"
 LOSSES = ("squared", "logistic")
@@ -50,7 +52,7 @@ def relative_error(a, b) -> float:
     a = [_as_numpy(x) for x in a]
     b = [_as_numpy(y) for y in b]
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
-        raise ValueError(f"relative_error: shapes differ: {[x.shape for x in a]} vs {[y.shape for y in b]}")
+        raise ArgumentError("relative_error", f"shapes differ: {[x.shape for x in a]} vs {[y.shape for y in b]}")
     num = np.sqrt(sum(float(np.sum((x - y) ** 2)) for x, y in zip(a, b)))
     den = np.sqrt(sum(float(np.sum(y**2)) for y in b))
     return float(num / den) if den > 0 else float(num)
@@ -158,7 +160,7 @@ def central_difference(f: Callable[[list[np.ndarray]], float], params: Sequence[
 def log_grid(low: float, high: float, points: int) -> np.ndarray:
     """``points`` values log-spaced from ``low`` to ``high`` (both > 0), ends included."""
     if not (0 < low < high) or points < 2:
-        raise ValueError(f"log_grid: expected 0 < low < high and points >= 2, got {low}, {high}, {points}")
+        raise ArgumentError("log_grid", f"expected 0 < low < high and points >= 2, got {low}, {high}, {points}")
     return np.geomspace(low, high, points)
 
 

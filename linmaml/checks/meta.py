@@ -29,6 +29,7 @@ from linmaml.checks._common import (  # noqa: F401  (random_widths, random_weigh
     worst_of,
 )
 from linmaml.closedform import deep_linear as dl
+from linmaml.errors import ArgumentError
 from linmaml.verification import CheckResult, identity
 
 DTYPE = torch.float64
@@ -46,7 +47,7 @@ def loss_function(loss: str):
         return lambda F, Y: ((F - Y) ** 2).sum() / (2 * F.shape[0])
     if loss == "logistic":
         return lambda F, Y: nn.functional.binary_cross_entropy_with_logits(F, Y)
-    raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
+    raise ArgumentError("loss", f"expected one of {', '.join(LOSSES)}, got {loss!r}")
 
 
 def output_gradient(loss: str, F: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from linmaml.errors import ArgumentError
+from linmaml.errors import ArgumentError, ModelRequiredError
 
 
 def path_option(value, flag: str) -> Path | None:
@@ -36,12 +36,14 @@ def folder_can_hold(path: Path, flag: str) -> None:
 
 def user_model_error(run, error: BaseException, function: str = "evaluate_checkpoint",
                      module: str = "linmaml.benchmarks.evaluate") -> ArgumentError:
-    """The command line's answer to a run trained on the user's own model class, which only Python can
-    rebuild: an error naming the run that points to the Python route (``function(run, model=...)``)
-    rather than to a ``model=`` option the command does not have."""
+    """The command line's answer to a run trained on the user's own model class that its config.json
+    does not say where to import from (a run of ``train(model=...)``): an error naming the run that
+    names the flag to pass (``--model package.module:Class``) and the Python route
+    (``function(run, model=...)``)."""
     detail = getattr(error, "detail", str(error))
-    if "trained on your own model" in detail:
-        return ArgumentError(str(run), f"{detail.split(';')[0]}, which the command line cannot rebuild; score it "
-                                       f"from Python: from {module} import {function}; "
+    if isinstance(error, ModelRequiredError):
+        return ArgumentError(str(run), f"{detail.split(';')[0]}, and its config.json does not say where to import it "
+                                       f"from: pass --model package.module:Class (and --model-kwargs JSON), or score "
+                                       f"it from Python: from {module} import {function}; "
                                        f"{function}({str(run)!r}, model=YourModel()) (README: Using the library)")
-    return ArgumentError(str(run), f"{detail} (the command line scores the built-in ConvNet only)")
+    return ArgumentError(str(run), f"{detail} (the command line scores the built-in ConvNet, or your own with --model)")

@@ -1,10 +1,12 @@
-"""``linmaml analyze``: where a trained network adapts, layer by layer (:mod:`linmaml.benchmarks.analyze`)."""
+"""``linmaml analyze``: where a trained network adapts, layer by layer (measured by
+:mod:`linmaml.benchmarks.layerwise`, tabulated and drawn by :mod:`linmaml.plots.layerwise`)."""
 from __future__ import annotations
 
 import json
 import sys
 
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
+from linmaml.cli._model import add_model_options, model_from_args
 
 
 def register(subparsers):
@@ -14,7 +16,8 @@ def register(subparsers):
                     "|dθ|/|θ|, each block's linear CKA between query features before and after adaptation, the "
                     "accuracy (95% CI) when only some layers adapt, and the spectrum of the preconditioner the "
                     "network applies to its bottom layer's step.")
-    p.add_argument("run", metavar="RUN", help="a run folder of linmaml train (its best.pt, else last.pt) or a .pt")
+    p.add_argument("run", metavar="RUN", help="a run folder of linmaml train (its best.pt, else its newest last.pt) "
+                                              "or a .pt it wrote (best.pt, last.pt, snapshots/iter-<t>.pt)")
     p.add_argument("--tasks", type=int, default=600, help="number of fixed test tasks (default 600)")
     p.add_argument("--steps", type=int, default=None, help="inner steps (default: the run's --test-steps)")
     p.add_argument("--spectrum-tasks", type=int, default=20, metavar="N",
@@ -26,6 +29,7 @@ def register(subparsers):
                    help="CPU threads for torch (default: the run's own, else 1; several threads on busy cores can "
                         "run many times slower)")
     p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/analyze.{png,json}")
     p.set_defaults(func=run)
@@ -35,7 +39,8 @@ def run(args) -> int:
     import torch
 
     from linmaml import _io, _validate
-    from linmaml.benchmarks import analyze
+    from linmaml.benchmarks import layerwise
+    from linmaml.plots import layerwise as tables
     from linmaml._extras import require
     from linmaml.benchmarks.run_settings import data_root_for, threads_for
     from linmaml.cli._paths import path_option, user_model_error
@@ -61,15 +66,16 @@ def run(args) -> int:
     data_root = data_root_for(path_option(args.data_root, "--data-root"), run_path)
     apply_for_command(args.allocator or default_policy(), "linmaml analyze")
     try:
-        result = analyze.analyze_run(run_path, tasks=args.tasks, steps=args.steps, spectrum_tasks=args.spectrum_tasks,
-                                     data_root=data_root, stream=sys.stderr)
+        result = layerwise.analyze_run(run_path, tasks=args.tasks, steps=args.steps,
+                                       spectrum_tasks=args.spectrum_tasks, data_root=data_root, stream=sys.stderr,
+                                       model=model_from_args(args))
     except ValueError as error:
         if getattr(error, "argument", None) == "model":
-            raise user_model_error(run_path, error, "analyze_run", "linmaml.benchmarks.analyze") from error
+            raise user_model_error(run_path, error, "analyze_run", "linmaml.benchmarks.layerwise") from error
         raise
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        analyze.draw(result, out / "analyze.png")
+        tables.draw(result, out / "analyze.png")
         _io.atomic_write_json(out / "analyze.json", result)
         from linmaml.benchmarks.progress import safe_write
 
@@ -77,5 +83,5 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(analyze.format_table(result))
+        print(tables.format_table(result))
     return 0

@@ -20,6 +20,7 @@ import tempfile
 from linmaml import _validate
 from linmaml.analysis.bench_settings import CASES
 from linmaml.benchmarks.allocator import ALLOCATORS, apply_for_command, default_policy
+from linmaml.errors import ArgumentError, ArgumentNotADirectoryError
 
 
 def register(subparsers):
@@ -51,7 +52,7 @@ def _writable_folder(out: pathlib.Path) -> list[pathlib.Path]:
     write would fail (read-only mounts) and cannot see every filesystem's refusals.
     """
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out: {out} is not a folder")
+        raise ArgumentNotADirectoryError("--out", f"{out} is not a folder")
     created, folder = [], out
     while not folder.exists() and folder != folder.parent:
         created.append(folder)
@@ -84,9 +85,9 @@ def _remove_empty(folders: list[pathlib.Path]) -> None:
 def run(args) -> int:
     for case in args.only or ():
         if case not in CASES:
-            raise ValueError(f"--only: expected one of {', '.join(CASES)}, got {case!r}")
+            raise ArgumentError("--only", f"expected one of {', '.join(CASES)}, got {case!r}")
     if args.device not in ("cpu", "cuda"):
-        raise ValueError(f"--device: expected cpu or cuda, got {args.device!r}")
+        raise ArgumentError("--device", f"expected cpu or cuda, got {args.device!r}")
     threads = args.threads if args.threads is not None else 1  # one policy for every command (run_settings)
     from linmaml.benchmarks.config import THREADS_MAX
 
@@ -95,7 +96,7 @@ def run(args) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("--device: cuda requested, but torch sees no GPU on this machine")
+            raise ArgumentError("--device", "cuda requested, but torch sees no GPU on this machine")
     if args.out is None:
         from linmaml.plots.figure import default_out  # the same default as linmaml reproduce
 

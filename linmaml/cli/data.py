@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 
+from linmaml.benchmarks.data import BENCHMARKS
 from linmaml.cli._paths import path_option
 from linmaml.errors import ArgumentError
 
-BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
 DOWNLOADABLE = ("omniglot",)
 #: Longest network timeout accepted: a day (socket timeouts of ~1e9 s and more overflow C's time type).
 MAX_TIMEOUT = 86400.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from linmaml import _validate
 from linmaml._extras import require
-from linmaml.errors import ArgumentError, argument_of
+from linmaml.errors import ArgumentError
 
 
 def register(subparsers):
@@ -33,28 +33,28 @@ def register(subparsers):
 
 def _options(args) -> dict:
     if args.kind not in ("scalar", "matrix"):
-        raise ValueError(f"--kind: expected scalar or matrix, got {args.kind!r}")
+        raise ArgumentError("--kind", f"expected scalar or matrix, got {args.kind!r}")
     depth = _validate.integer(args.depth, "--depth", minimum=1, maximum=6)
     if args.kind == "matrix":
         if args.steps != 1:
-            raise ValueError(f"--steps: the matrix derivation is for one inner step, got {args.steps}")
+            raise ArgumentError("--steps", f"the matrix derivation is for one inner step, got {args.steps}")
         if args.gradient or args.form != "auto":
-            raise ValueError("--gradient and --form apply to --kind scalar only")
+            raise ArgumentError("--gradient" if args.gradient else "--form", "applies to --kind scalar only")
     else:
         _validate.integer(args.steps, "--steps", minimum=0, maximum=5)
         if args.adapt_layers is not None:
-            raise ValueError("--adapt-layers: applies to --kind matrix only")
+            raise ArgumentError("--adapt-layers", "applies to --kind matrix only")
     if args.form not in ("auto", "expanded", "nested"):
-        raise ValueError(f"--form: expected auto, expanded or nested, got {args.form!r}")
+        raise ArgumentError("--form", f"expected auto, expanded or nested, got {args.form!r}")
     layers = None
     if args.adapt_layers is not None:
         try:
             layers = [int(part) for part in args.adapt_layers.split(",") if part.strip()]
         except ValueError:
-            raise ValueError(f"--adapt-layers: expected comma-separated integers, got {args.adapt_layers!r}") from None
+            raise ArgumentError("--adapt-layers", f"expected comma-separated integers, got {args.adapt_layers!r}") from None
         layers = _validate.layer_indices(layers, depth, "--adapt-layers")
         if not layers:
-            raise ValueError("--adapt-layers: expected at least one layer")
+            raise ArgumentError("--adapt-layers", "expected at least one layer")
     return {"depth": depth, "steps": args.steps, "layers": layers}
 
 

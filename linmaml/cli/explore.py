@@ -74,8 +74,8 @@ def _check_save_format(path: str) -> None:
     suffix = os.path.splitext(path)[1].lstrip(".").lower()
     formats = FigureCanvasBase.get_supported_filetypes()
     if suffix not in formats:
-        raise ValueError(f"--save: expected a file name ending in one of .{', .'.join(sorted(formats))}, "
-                         f"got {path!r}")
+        raise ArgumentError("--save", f"expected a file name ending in one of .{', .'.join(sorted(formats))}, "
+                                      f"got {path!r}")
 
 
 #: The explorer's argument names (as its errors name them) and the flags the user typed.

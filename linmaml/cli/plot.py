@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from linmaml._extras import require
 from linmaml.cli._paths import folder_can_hold, path_option
+from linmaml.errors import ArgumentError
 
 
 def register(subparsers):
@@ -28,17 +29,18 @@ def _formats() -> dict:
 def run(args) -> int:
     from linmaml import _validate
     from linmaml.errors import renamed
-    from linmaml.plots.training import WINDOW_MAX, plot_runs, read_runs
+    from linmaml.benchmarks.run import read_runs
+    from linmaml.plots.training import WINDOW_MAX, plot_runs
 
     require("matplotlib", "drawing training curves")
 
     out = path_option(args.out, "--out")
     formats = _formats()
     if out.is_dir():
-        raise ValueError(f"--out: {out} is a folder; give a file name, e.g. {out / 'curves.png'}")
+        raise ArgumentError("--out", f"{out} is a folder; give a file name, e.g. {out / 'curves.png'}")
     folder_can_hold(out.parent, "--out")
     if out.suffix.lower().lstrip(".") not in formats:
-        raise ValueError(f"--out: expected a file ending in one of .{', .'.join(sorted(formats))}, got {out.name!r}")
+        raise ArgumentError("--out", f"expected a file ending in one of .{', .'.join(sorted(formats))}, got {out.name!r}")
     if args.window is not None:
         _validate.integer(args.window, "--window", minimum=1, maximum=WINDOW_MAX)
     folders = [path_option(folder, "RUN") for folder in args.runs]

@@ -28,6 +28,7 @@ import time
 
 from linmaml import _io
 from linmaml._extras import require
+from linmaml.errors import ArgumentError, ArgumentNotADirectoryError, FileContentError
 
 RESULTS = "results.json"
 #: The package whose ``fig_*`` modules are the figures (a module attribute so tests can point it at
@@ -96,7 +97,7 @@ def select(figures: list[Figure], only: list[str] | None) -> list[Figure]:
     known = {f.name: f for f in figures}
     unknown = [name for name in only if name not in known]
     if unknown:
-        raise ValueError(f"--only: unknown figure {unknown[0]!r} (known: {', '.join(known)})")
+        raise ArgumentError("--only", f"unknown figure {unknown[0]!r} (known: {', '.join(known)})")
     return [f for f in figures if f.name in set(only)]
 
 
@@ -114,7 +115,7 @@ def _output_folder(out: pathlib.Path | None, quick: bool = False) -> pathlib.Pat
         return out
     out = default_out() if out is None else path_option(out, "--out")
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out: {out} exists and is not a folder")
+        raise ArgumentNotADirectoryError("--out", f"{out} exists and is not a folder")
     return out
 
 
@@ -124,9 +125,9 @@ def _read_results(path: pathlib.Path) -> dict:
     try:
         data = _io.load_json(path)  # a regular file of bounded size and depth (never a FIFO that blocks)
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot merge into an unreadable results file ({error}); move it away first") from None
+        raise FileContentError(path, f"cannot merge into an unreadable results file ({error}); move it away first") from None
     if not isinstance(data, dict) or not isinstance(data.get("figures"), dict):
-        raise ValueError(f"{path}: not a results file of linmaml reproduce (no 'figures' object); move it away first")
+        raise FileContentError(path, "not a results file of linmaml reproduce (no 'figures' object); move it away first")
     return data
 
 

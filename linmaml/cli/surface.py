@@ -39,7 +39,7 @@ MAX_GRID = 5000
 def _settings(args) -> dict:
     """The arguments checked, with errors naming the command-line option."""
     if args.depth not in (1, 2):
-        raise ValueError(f"--depth: expected 1 or 2, got {args.depth}")
+        raise ArgumentError("--depth", f"expected 1 or 2, got {args.depth}")
     return {
         "depth": args.depth,
         "lr": _validate.finite_number(args.lr, "--lr", nonnegative=True),

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+from linmaml.errors import ArgumentError
+
 
 def register(subparsers):
     p = subparsers.add_parser("verify", help="check every closed-form identity on random instances")
@@ -20,14 +22,14 @@ def run(args) -> int:
     from linmaml.verification import format_markdown, format_table, run_all
 
     if args.seed < 0:  # checked before any identity runs (numpy would refuse it halfway through)
-        raise ValueError(f"--seed: expected an integer >= 0, got {args.seed}")
+        raise ArgumentError("--seed", f"expected an integer >= 0, got {args.seed}")
     if args.json and args.markdown:
-        raise ValueError("--markdown: cannot be combined with --json")
+        raise ArgumentError("--markdown", "cannot be combined with --json")
     began = time.perf_counter()
     progress = None if args.json else (lambda name: print(f"  checking {name} ...", file=sys.stderr, flush=True))
     report = run_all(seed=args.seed, only=args.only, progress=progress)
     if args.only and not report["identities"]:
-        raise ValueError(f"--only: no identity name contains {args.only!r}")
+        raise ArgumentError("--only", f"no identity name contains {args.only!r}")
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.markdown:

@@ -52,6 +52,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.tasks import TaskBatch
 
 __all__ = [
@@ -74,23 +75,23 @@ __all__ = [
 def check_weights(weights, name: str = "weights") -> list[np.ndarray]:
     """``weights`` as a list of finite float64 matrices with consistent widths (raise otherwise)."""
     if isinstance(weights, np.ndarray) and weights.ndim < 3:
-        raise TypeError(f"{name}: expected a list of weight matrices [W1, ..., WL], got one array of shape {weights.shape}")
+        raise ArgumentTypeError(name, f"expected a list of weight matrices [W1, ..., WL], got one array of shape {weights.shape}")
     if isinstance(weights, (str, bytes)):
-        raise TypeError(f"{name}: expected a list of weight matrices [W1, ..., WL], got {type(weights).__name__}")
+        raise ArgumentTypeError(name, f"expected a list of weight matrices [W1, ..., WL], got {type(weights).__name__}")
     try:
         items = list(weights)
     except TypeError:
-        raise TypeError(f"{name}: expected a list of weight matrices [W1, ..., WL], got {type(weights).__name__}") from None
+        raise ArgumentTypeError(name, f"expected a list of weight matrices [W1, ..., WL], got {type(weights).__name__}") from None
     if not items:
-        raise ValueError(f"{name}: expected at least one weight matrix")
+        raise ArgumentError(name, "expected at least one weight matrix")
     out = []
     for j, W in enumerate(items):
         W = _validate.real_matrix(W, f"{name}[{j}]")
         if min(W.shape) < 1:
-            raise ValueError(f"{name}[{j}]: expected non-empty dimensions, got shape {W.shape}")
+            raise ArgumentError(f"{name}[{j}]", f"expected non-empty dimensions, got shape {W.shape}")
         if out and W.shape[1] != out[-1].shape[0]:
-            raise ValueError(
-                f"{name}[{j}]: expected {out[-1].shape[0]} columns to match the {out[-1].shape[0]} outputs of "
+            raise ArgumentError(
+                f"{name}[{j}]", f"expected {out[-1].shape[0]} columns to match the {out[-1].shape[0]} outputs of "
                 f"{name}[{j - 1}], got shape {W.shape}"
             )
         out.append(W)
@@ -100,7 +101,7 @@ def check_weights(weights, name: str = "weights") -> list[np.ndarray]:
 def _check_loss(loss, weights: list[np.ndarray]) -> str:
     loss = _validate.loss_name(loss)
     if loss == "logistic" and weights[-1].shape[0] != 1:
-        raise ValueError(f"loss: 'logistic' needs one output (d_L = 1), but the weights have d_L = {weights[-1].shape[0]}")
+        raise ArgumentError("loss", f"'logistic' needs one output (d_L = 1), but the weights have d_L = {weights[-1].shape[0]}")
     return loss
 
 
@@ -110,11 +111,11 @@ def _check_data(X, Y, weights: list[np.ndarray], loss: str, xname: str, yname: s
     Y = _validate.real_matrix(Y, yname, ndim=ndim)
     d0, dL = weights[0].shape[1], weights[-1].shape[0]
     if X.shape[-1] != d0 or X.shape[-2] < 1:
-        raise ValueError(f"{xname}: expected shape {X.shape[:-2] + ('n', d0)} with n >= 1 (d_0 = {d0}), got {X.shape}")
+        raise ArgumentError(xname, f"expected shape {X.shape[:-2] + ('n', d0)} with n >= 1 (d_0 = {d0}), got {X.shape}")
     if Y.shape != X.shape[:-1] + (dL,):
-        raise ValueError(f"{yname}: expected shape {X.shape[:-1] + (dL,)} to match {xname} and d_L = {dL}, got {Y.shape}")
+        raise ArgumentError(yname, f"expected shape {X.shape[:-1] + (dL,)} to match {xname} and d_L = {dL}, got {Y.shape}")
     if loss == "logistic" and not np.all((Y == 0) | (Y == 1)):
-        raise ValueError(f"{yname}: logistic labels must be 0 or 1")
+        raise ArgumentError(yname, "logistic labels must be 0 or 1")
     return X, Y
 
 
@@ -125,7 +126,7 @@ def check_rates(lr, steps) -> list[float]:
     for i, rate in enumerate(rates):
         if rate < 0:
             where = "lr" if not isinstance(lr, (Sequence, np.ndarray)) else f"lr[{i}]"
-            raise ValueError(f"{where}: expected a non-negative learning rate, got {rate}")
+            raise ArgumentError(where, f"expected a non-negative learning rate, got {rate}")
     return rates
 
 
@@ -138,10 +139,10 @@ def _tasks_as_batches(tasks, weights: list[np.ndarray], loss: str) -> tuple[list
         Xs, Ys = _check_data(arrays[0], arrays[1], weights, loss, "tasks.Xs", "tasks.Ys", ndim=3)
         Xq, Yq = _check_data(arrays[2], arrays[3], weights, loss, "tasks.Xq", "tasks.Yq", ndim=3)
         if Xq.shape[0] != Xs.shape[0] or Xs.shape[0] < 1:
-            raise ValueError(f"tasks: expected as many query as support sets (at least one), got {Xs.shape[0]} and {Xq.shape[0]}")
+            raise ArgumentError("tasks", f"expected as many query as support sets (at least one), got {Xs.shape[0]} and {Xq.shape[0]}")
         return [(Xs, Ys, Xq, Yq)], Xs.shape[0]
     if isinstance(tasks, (str, bytes, np.ndarray)) or not isinstance(tasks, Iterable):
-        raise TypeError(f"tasks: expected an iterable of (Xs, Ys, Xq, Yq) tuples or a TaskBatch, got {type(tasks).__name__}")
+        raise ArgumentTypeError("tasks", f"expected an iterable of (Xs, Ys, Xq, Yq) tuples or a TaskBatch, got {type(tasks).__name__}")
     groups: dict[tuple, list[tuple[np.ndarray, ...]]] = {}
     count = 0
     for t, task in enumerate(tasks):
@@ -150,13 +151,13 @@ def _tasks_as_batches(tasks, weights: list[np.ndarray], loss: str) -> tuple[list
         except TypeError:
             parts = ()
         if len(parts) != 4:
-            raise ValueError(f"tasks[{t}]: expected a tuple (Xs, Ys, Xq, Yq)")
+            raise ArgumentError(f"tasks[{t}]", "expected a tuple (Xs, Ys, Xq, Yq)")
         Xs, Ys = _check_data(parts[0], parts[1], weights, loss, f"tasks[{t}].Xs", f"tasks[{t}].Ys")
         Xq, Yq = _check_data(parts[2], parts[3], weights, loss, f"tasks[{t}].Xq", f"tasks[{t}].Yq")
         groups.setdefault((Xs.shape, Xq.shape), []).append((Xs, Ys, Xq, Yq))
         count += 1
     if count == 0:
-        raise ValueError("tasks: expected at least one task")
+        raise ArgumentError("tasks", "expected at least one task")
     batches = [tuple(np.stack(column) for column in zip(*group)) for group in groups.values()]
     return batches, count
 
@@ -300,25 +301,32 @@ def _all_finite(*arrays) -> bool:
     return all(bool(np.all(np.isfinite(a))) for a in arrays)
 
 
+def _network_overflows(weights: list[np.ndarray], data, loss: str) -> bool:
+    """Whether the loss or gradients overflow on some (X, Y) of ``data`` at ``weights``."""
+    with np.errstate(all="ignore"):
+        for X, Y in data:
+            hs = _activations(weights, X)
+            grads = _backprop(weights, hs, _output_grad(hs[-1], Y, loss), range(len(weights)))
+            if not _all_finite(_losses(hs[-1], Y, loss), *grads.values()):
+                return True
+    return False
+
+
 def _overflow_error(weights: list[np.ndarray], data, loss: str, rates: Sequence[float] = (),
-                    layers: Sequence[int] = ()) -> ValueError:
+                    layers: Sequence[int] = ()) -> ArgumentError:
     """The error for a non-finite result (module docstring, "Overflow policy").
 
     ``data`` is a list of (X, Y) pairs (any leading task axes); ``rates``/``layers`` describe the
     inner loop that ran. Blames ``weights`` if the network overflows on the data at the initial
     weights, else ``lr`` if the inner loop moved them.
     """
-    with np.errstate(all="ignore"):
-        for X, Y in data:
-            hs = _activations(weights, X)
-            grads = _backprop(weights, hs, _output_grad(hs[-1], Y, loss), range(len(weights)))
-            if not _all_finite(_losses(hs[-1], Y, loss), *grads.values()):
-                return ValueError("weights: the network's loss or gradients overflow float64 on this data at these "
-                                  "weights; expected smaller weights (or inputs)")
+    if _network_overflows(weights, data, loss):
+        return ArgumentError("weights", "the network's loss or gradients overflow float64 on this data at these "
+                                        "weights; expected smaller weights (or inputs)")
     if layers and any(rate != 0 for rate in rates):
-        return ValueError(f"lr: the inner loop diverged: its {len(rates)} steps leave the float64 range; expected a "
-                          f"smaller learning rate or fewer steps")
-    return ValueError("weights: the result overflows float64 at these weights; expected smaller weights (or inputs)")
+        return ArgumentError("lr", f"the inner loop diverged: its {len(rates)} steps leave the float64 range; expected a "
+                                   f"smaller learning rate or fewer steps")
+    return ArgumentError("weights", "the result overflows float64 at these weights; expected smaller weights (or inputs)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,7 +341,7 @@ def end_to_end(weights) -> np.ndarray:
         for W in weights[1:]:
             W_e = W @ W_e
     if not _all_finite(W_e):
-        raise ValueError("weights: the end-to-end product W_L ⋯ W_1 overflows float64; expected smaller weights")
+        raise ArgumentError("weights", "the end-to-end product W_L ⋯ W_1 overflows float64; expected smaller weights")
     return W_e
 
 
@@ -394,25 +402,24 @@ def hessian_vector_product(weights, X, Y, direction, loss: str = "squared") -> l
     loss = _check_loss(loss, weights)
     X, Y = _check_data(X, Y, weights, loss, "X", "Y")
     if isinstance(direction, np.ndarray) or not isinstance(direction, Iterable):
-        raise TypeError("direction: expected a list [V1, ..., VL] of arrays (or None entries)")
+        raise ArgumentTypeError("direction", "expected a list [V1, ..., VL] of arrays (or None entries)")
     direction = list(direction)
     if len(direction) != len(weights):
-        raise ValueError(f"direction: expected {len(weights)} blocks, got {len(direction)}")
+        raise ArgumentError("direction", f"expected {len(weights)} blocks, got {len(direction)}")
     checked = []
     for j, (V, W) in enumerate(zip(direction, weights)):
         if V is not None:
             V = _validate.real_matrix(V, f"direction[{j}]")
             if V.shape != W.shape:
-                raise ValueError(f"direction[{j}]: expected shape {W.shape}, got {V.shape}")
+                raise ArgumentError(f"direction[{j}]", f"expected shape {W.shape}, got {V.shape}")
         checked.append(V)
     with np.errstate(all="ignore"):
         hs = _activations(weights, X)
         out = _hvp(weights, hs, _output_grad(hs[-1], Y, loss), loss, checked)
     if not _all_finite(*out):
-        error = _overflow_error(weights, [(X, Y)], loss)
-        if str(error).startswith("weights: the network"):
-            raise error
-        raise ValueError("direction: the Hessian-vector product overflows float64; expected a smaller direction")
+        if _network_overflows(weights, [(X, Y)], loss):
+            raise _overflow_error(weights, [(X, Y)], loss)
+        raise ArgumentError("direction", "the Hessian-vector product overflows float64; expected a smaller direction")
     return out
 
 
@@ -473,7 +480,7 @@ def _maml(weights, tasks, lr, steps, loss, adapt_layers, first_order, want_grad)
     loss = _check_loss(loss, weights)
     layers = _validate.layer_indices(adapt_layers, len(weights))
     if not isinstance(first_order, (bool, np.bool_)):
-        raise TypeError(f"first_order: expected True or False, got {first_order!r}")
+        raise ArgumentTypeError("first_order", f"expected True or False, got {first_order!r}")
     batches, count = _tasks_as_batches(tasks, weights, loss)
     total = 0.0
     grads = [np.zeros_like(W) for W in weights] if want_grad else None

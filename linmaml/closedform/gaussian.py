@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.tasks import RegressionFamily
 
 
@@ -55,13 +56,13 @@ def wishart_moment(Sigma, A, n) -> np.ndarray:
     n = _validate.integer(n, "n", minimum=1)
     d = Sigma.shape[0]
     if Sigma.shape != (d, d):
-        raise ValueError(f"Sigma: expected a square matrix, got shape {Sigma.shape}")
+        raise ArgumentError("Sigma", f"expected a square matrix, got shape {Sigma.shape}")
     if A.shape != (d, d):
-        raise ValueError(f"A: expected shape {(d, d)} to match Sigma, got {A.shape}")
+        raise ArgumentError("A", f"expected shape {(d, d)} to match Sigma, got {A.shape}")
     with np.errstate(all="ignore"):
         moment = Sigma @ A @ Sigma + (Sigma @ A.T @ Sigma + np.trace(A @ Sigma) * Sigma) / n
     if not np.all(np.isfinite(moment)):
-        raise ValueError("Sigma: E[Σ̂AΣ̂] overflows float64 for this Sigma and A; expected smaller entries")
+        raise ArgumentError("Sigma", "E[Σ̂AΣ̂] overflows float64 for this Sigma and A; expected smaller entries")
     return moment
 
 
@@ -78,22 +79,22 @@ class TaskMixture:
     def __post_init__(self):
         components = tuple(self.components)
         if not components:
-            raise ValueError("components: expected at least one RegressionFamily")
+            raise ArgumentError("components", "expected at least one RegressionFamily")
         for i, family in enumerate(components):
             if not isinstance(family, RegressionFamily):
-                raise TypeError(f"components[{i}]: expected a RegressionFamily, got {type(family).__name__}")
+                raise ArgumentTypeError(f"components[{i}]", f"expected a RegressionFamily, got {type(family).__name__}")
             if (family.d_in, family.d_out) != (components[0].d_in, components[0].d_out):
-                raise ValueError(f"components[{i}]: expected d_in={components[0].d_in}, d_out={components[0].d_out} "
-                                 f"like components[0], got d_in={family.d_in}, d_out={family.d_out}")
+                raise ArgumentError(f"components[{i}]", f"expected d_in={components[0].d_in}, d_out={components[0].d_out} "
+                                                        f"like components[0], got d_in={family.d_in}, d_out={family.d_out}")
         if self.weights is None:
             weights = np.full(len(components), 1.0 / len(components))
         else:
             weights = np.array([_validate.finite_number(w, f"weights[{i}]", nonnegative=True)
                                 for i, w in enumerate(self.weights)])
             if weights.shape != (len(components),):
-                raise ValueError(f"weights: expected {len(components)} probabilities, got {weights.shape[0]}")
+                raise ArgumentError("weights", f"expected {len(components)} probabilities, got {weights.shape[0]}")
             if not weights.sum() > 0:
-                raise ValueError("weights: expected a positive total")
+                raise ArgumentError("weights", "expected a positive total")
             weights = weights / weights.sum()
         object.__setattr__(self, "components", components)
         object.__setattr__(self, "weights", tuple(float(w) for w in weights))
@@ -112,7 +113,7 @@ def _mixture(family) -> TaskMixture:
         return family
     if isinstance(family, RegressionFamily):
         return TaskMixture([family])
-    raise TypeError(f"family: expected a RegressionFamily or a TaskMixture, got {type(family).__name__}")
+    raise ArgumentTypeError("family", f"expected a RegressionFamily or a TaskMixture, got {type(family).__name__}")
 
 
 def _steps_and_level(steps, population) -> tuple[int, bool]:
@@ -120,10 +121,10 @@ def _steps_and_level(steps, population) -> tuple[int, bool]:
     if population is None:
         return steps, steps >= 2
     if not isinstance(population, (bool, np.bool_)):
-        raise TypeError(f"population: expected True, False or None, got {population!r}")
+        raise ArgumentTypeError("population", f"expected True, False or None, got {population!r}")
     if not population and steps >= 2:
-        raise ValueError("population: the finite-sample expectation is exact for steps <= 1 only; "
-                         "pass population=True (or None) for more steps")
+        raise ArgumentError("population", "the finite-sample expectation is exact for steps <= 1 only; "
+                                          "pass population=True (or None) for more steps")
     return steps, bool(population)
 
 
@@ -151,7 +152,7 @@ def _curvature(family: RegressionFamily, lr: float, steps: int, population: bool
 def _check_weights(W, mixture: TaskMixture, name: str = "weights") -> np.ndarray:
     W = _validate.real_matrix(W, name)
     if W.shape != (mixture.d_out, mixture.d_in):
-        raise ValueError(f"{name}: expected shape {(mixture.d_out, mixture.d_in)} (d_out, d_in), got {W.shape}")
+        raise ArgumentError(name, f"expected shape {(mixture.d_out, mixture.d_in)} (d_out, d_in), got {W.shape}")
     return W
 
 
@@ -201,16 +202,16 @@ def expected_post_adaptation_loss_and_grad(weights, family, lr, steps: int = 1, 
         layers = gaussian_deep.check_layers(weights, mixture.d_in, mixture.d_out)
         steps = _validate.integer(steps, "steps", minimum=0)
         if population is not None and not isinstance(population, (bool, np.bool_)):
-            raise TypeError(f"population: expected True, False or None, got {population!r}")
+            raise ArgumentTypeError("population", f"expected True, False or None, got {population!r}")
         if steps > 1:
-            raise ValueError("steps: deep models are covered for 0 or 1 inner step (the adapted map has degree "
-                             "L^k in the task after k steps)")
+            raise ArgumentError("steps", "deep models are covered for 0 or 1 inner step (the adapted map has degree "
+                                         "L^k in the task after k steps)")
         rate = lr if steps == 1 else 0.0
         if population is False and steps == 1:
             if len(layers) != 2:
-                raise ValueError("population: finite-n expectations of deep models are implemented for depth 2 "
-                                 "only (depth L needs Wishart moments of order 2L jointly with the task); pass "
-                                 "population=True")
+                raise ArgumentError("population", "finite-n expectations of deep models are implemented for depth 2 "
+                                                  "only (depth L needs Wishart moments of order 2L jointly with the task); pass "
+                                                  "population=True")
             from linmaml.closedform import gaussian_deep_finite
 
             if not _grad:
@@ -225,10 +226,10 @@ def expected_post_adaptation_loss_and_grad(weights, family, lr, steps: int = 1, 
     total = _expected_loss(W, mixture, lr, steps, population)
     if not np.isfinite(total):
         if steps > 0 and lr != 0 and np.isfinite(_expected_loss(W, mixture, 0.0, 0, population)):
-            raise ValueError(f"lr: the expected loss after {steps} inner step(s) overflows float64; expected a "
-                             f"smaller learning rate")
-        raise ValueError("weights: the expected loss overflows float64 for these weights and family; expected "
-                         "smaller weights (or smaller family scales)")
+            raise ArgumentError("lr", f"the expected loss after {steps} inner step(s) overflows float64; expected a "
+                                      f"smaller learning rate")
+        raise ArgumentError("weights", "the expected loss overflows float64 for these weights and family; expected "
+                                       "smaller weights (or smaller family scales)")
     if not _grad:
         return total, None
     grad = np.zeros_like(W)
@@ -237,7 +238,7 @@ def expected_post_adaptation_loss_and_grad(weights, family, lr, steps: int = 1, 
             B, _ = _curvature(comp, lr, steps, population)
             grad += weight * (W - comp.task_mean) @ (0.5 * (B + B.T))
     if not np.all(np.isfinite(grad)):
-        raise ValueError("weights: the gradient overflows float64; expected smaller weights")
+        raise ArgumentError("weights", "the gradient overflows float64; expected smaller weights")
     return total, [grad] if single else grad
 
 
@@ -271,7 +272,7 @@ def optimal_inner_lr(W, family, steps: int = 1, population: bool | None = None) 
     W = _check_weights(W, mixture, "W")
     steps, population = _steps_and_level(steps, population)
     if steps == 0:
-        raise ValueError("steps: expected at least 1 inner step (with 0 steps the learning rate has no effect)")
+        raise ArgumentError("steps", "expected at least 1 inner step (with 0 steps the learning rate has no effect)")
     scales, coefficients = [], []  # the loss is const + ½ Σ coefficient·(1 − α·scale)^{2k}
     c1 = c2 = 0.0
     for weight, comp in zip(mixture.weights, mixture.components):
@@ -280,7 +281,7 @@ def optimal_inner_lr(W, family, steps: int = 1, population: bool | None = None) 
         with np.errstate(all="ignore"):
             S = D.T @ D + _partial_trace_omega(comp)
         if not np.all(np.isfinite(S)):
-            raise ValueError("W: E[(W − W_τ)ᵀ(W − W_τ)] overflows float64; expected a smaller W")
+            raise ArgumentError("W", "E[(W − W_τ)ᵀ(W − W_τ)] overflows float64; expected a smaller W")
         if steps == 1 and not population:
             Sigma2 = Sigma @ Sigma
             c1 += weight * np.sum(S * Sigma2)
@@ -304,8 +305,8 @@ def optimal_inner_lr(W, family, steps: int = 1, population: bool | None = None) 
         else:
             best = _convex_power_sum_minimiser(np.concatenate(scales), np.concatenate(coefficients), steps)
     if not np.isfinite(best):
-        raise ValueError("family: the expected loss's coefficients overflow float64 for this family and W; expected "
-                         "smaller covariances (or a smaller W)")
+        raise ArgumentError("family", "the expected loss's coefficients overflow float64 for this family and W; expected "
+                                      "smaller covariances (or a smaller W)")
     return best
 
 
@@ -364,15 +365,15 @@ def _quadratic_minimiser(mixture: TaskMixture, lr: float, steps: int, population
             C_total += weight * comp.task_mean @ B
     if not (np.all(np.isfinite(B_total)) and np.all(np.isfinite(C_total))):
         if steps > 0 and lr != 0:
-            raise ValueError(f"lr: the curvature after {steps} inner step(s) overflows float64; expected a smaller "
-                             f"learning rate")
-        raise ValueError("family: the curvature overflows float64; expected smaller covariances or task means")
+            raise ArgumentError("lr", f"the curvature after {steps} inner step(s) overflows float64; expected a smaller "
+                                      f"learning rate")
+        raise ArgumentError("family", "the curvature overflows float64; expected smaller covariances or task means")
     # B is symmetric PSD; pinvh thresholds its negligible eigenvalues (rank-deficient curvature).
     from scipy.linalg import pinvh
 
     with np.errstate(all="ignore"):
         out = C_total @ pinvh(0.5 * B_total + 0.5 * B_total.T)
     if not np.all(np.isfinite(out)):
-        raise ValueError("family: the fixed point overflows float64; expected smaller covariances or task means")
+        raise ArgumentError("family", "the fixed point overflows float64; expected smaller covariances or task means")
     return out
 

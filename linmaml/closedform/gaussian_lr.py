@@ -224,10 +224,10 @@ def meta_test_loss(family, lr_train, lr_test, steps: int = 1, population: bool |
     W = _g.maml_fixed_point(family, lr_train, steps, population)
     try:
         return _g.expected_post_adaptation_loss(W, family, lr_test, steps, population)
-    except ValueError as error:
-        if str(error).startswith("lr:"):
-            raise ArgumentError("lr_test", str(error)[4:]) from None
-        raise
+    except ArgumentError as error:
+        if error.argument != "lr":
+            raise
+        raise ArgumentError("lr_test", error.detail) from None
 
 
 def maml_trained_init(batch, lr_train) -> np.ndarray:

@@ -35,6 +35,7 @@ import numpy as np
 
 from linmaml import _validate
 from linmaml.closedform.deep_linear import check_weights
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 __all__ = [
     "vec",
@@ -54,7 +55,7 @@ def vec(A) -> np.ndarray:
     """Column-major vectorisation: the columns of A stacked, shape (rows·cols,)."""
     A = _real_array(A, "A")
     if A.ndim != 2:
-        raise ValueError(f"A: expected a 2-d matrix, got shape {A.shape}")
+        raise ArgumentError("A", f"expected a 2-d matrix, got shape {A.shape}")
     return A.reshape(-1, order="F")
 
 
@@ -64,18 +65,18 @@ def _real_array(value, name: str) -> np.ndarray:
             raise TypeError
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a real array, got {type(value).__name__}") from None
+        raise ArgumentTypeError(name, f"expected a real array, got {type(value).__name__}") from None
 
 
 def unvec(v, shape) -> np.ndarray:
     """Inverse of :func:`vec`: a vector of length rows·cols back to a (rows, cols) matrix."""
     v = _real_array(v, "v")
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
-        raise TypeError(f"shape: expected (rows, cols), got {shape!r}")
+        raise ArgumentTypeError("shape", f"expected (rows, cols), got {shape!r}")
     shape = tuple(_validate.integer(n, "shape", minimum=0) for n in shape)
     if len(shape) != 2 or v.ndim != 1 or v.size != shape[0] * shape[1]:
-        raise ValueError(f"shape: expected (rows, cols) with rows·cols = {v.size} entries of a 1-d v, got {shape} "
-                         f"for v of shape {v.shape}")
+        raise ArgumentError("shape", f"expected (rows, cols) with rows·cols = {v.size} entries of a 1-d v, got {shape} "
+                                     f"for v of shape {v.shape}")
     return v.reshape(shape, order="F")
 
 
@@ -94,18 +95,18 @@ def _outer_factors(weights: list[np.ndarray]) -> tuple[list[np.ndarray], list[np
     return above, below
 
 
-def _finite_or_raise(result: np.ndarray, message: str) -> np.ndarray:
+def _finite_or_raise(result: np.ndarray, argument: str, detail: str) -> np.ndarray:
     if not np.all(np.isfinite(result)):
-        raise ValueError(message)
+        raise ArgumentError(argument, detail)
     return result
 
 
-_WEIGHTS_OVERFLOW = "weights: the products of layers overflow float64; expected smaller weights"
+_WEIGHTS_OVERFLOW = ("weights", "the products of layers overflow float64; expected smaller weights")
 
 
 def _selected_layers(weights, layer, adapt_layers) -> tuple[int, ...]:
     if layer is not None and adapt_layers is not None:
-        raise ValueError("layer: give either layer (one term) or adapt_layers (a sum of terms), not both")
+        raise ArgumentError("layer", "give either layer (one term) or adapt_layers (a sum of terms), not both")
     if layer is not None:
         return (_validate.integer(layer, "layer", minimum=0, maximum=len(weights) - 1),)
     return _validate.layer_indices(adapt_layers, len(weights))
@@ -126,14 +127,14 @@ def preconditioner(weights, layer=None, adapt_layers=None) -> np.ndarray:
         above, below = _outer_factors(weights)
         for j in layers:
             P += np.kron(below[j].T @ below[j], above[j] @ above[j].T)
-    return _finite_or_raise(P, _WEIGHTS_OVERFLOW)
+    return _finite_or_raise(P, *_WEIGHTS_OVERFLOW)
 
 
 def _check_G(G, weights: list[np.ndarray], name: str = "G") -> np.ndarray:
     G = _validate.real_matrix(G, name)
     expected = (weights[-1].shape[0], weights[0].shape[1])
     if G.shape != expected:
-        raise ValueError(f"{name}: expected shape {expected} (d_L, d_0), got {G.shape}")
+        raise ArgumentError(name, f"expected shape {expected} (d_L, d_0), got {G.shape}")
     return G
 
 
@@ -150,15 +151,15 @@ def apply_preconditioner(weights, G, adapt_layers=None) -> np.ndarray:
     if not np.all(np.isfinite(out)):
         with np.errstate(all="ignore"):
             factors_finite = all(np.all(np.isfinite(m)) for j in layers for m in (above[j] @ above[j].T, below[j].T @ below[j]))
-        raise ValueError(_WEIGHTS_OVERFLOW if not factors_finite else
-                         "G: the preconditioned gradient overflows float64; expected a smaller G")
+        raise ArgumentError(*(_WEIGHTS_OVERFLOW if not factors_finite else
+                              ("G", "the preconditioned gradient overflows float64; expected a smaller G")))
     return out
 
 
 def _depth2(weights, G, lr, adapt_layers):
     weights = check_weights(weights)
     if len(weights) != 2:
-        raise ValueError(f"weights: expected a depth-2 network [W1, W2], got {len(weights)} layers")
+        raise ArgumentError("weights", f"expected a depth-2 network [W1, W2], got {len(weights)} layers")
     G = _check_G(G, weights)
     lr = _validate.finite_number(lr, "lr", nonnegative=True)
     layers = _validate.layer_indices(adapt_layers, 2)
@@ -186,14 +187,14 @@ def depth2_step(weights, G, lr, adapt_layers=None) -> np.ndarray:
     return step
 
 
-def _depth2_overflow(W1, W2, G) -> ValueError:
+def _depth2_overflow(W1, W2, G) -> ArgumentError:
     """Blame G (and the weights) if the α-free terms overflow already, else the learning rate."""
     with np.errstate(all="ignore"):
         terms = (W2 @ (W2.T @ G), (G @ W1.T) @ W1, (G @ W1.T) @ (W2.T @ G))
     if not all(np.all(np.isfinite(t)) for t in terms):
-        return ValueError("G: the terms W_2W_2ᵀG, GW_1ᵀW_1 and GW_1ᵀW_2ᵀG overflow float64 at these weights; "
-                          "expected a smaller G (or smaller weights)")
-    return ValueError("lr: the step overflows float64; expected a smaller learning rate")
+        return ArgumentError("G", "the terms W_2W_2ᵀG, GW_1ᵀW_1 and GW_1ᵀW_2ᵀG overflow float64 at these weights; "
+                                  "expected a smaller G (or smaller weights)")
+    return ArgumentError("lr", "the step overflows float64; expected a smaller learning rate")
 
 
 def second_order_remainder(weights, G, lr, adapt_layers=None) -> np.ndarray:
@@ -228,14 +229,14 @@ def _check_threshold(threshold) -> float | None:
 def _psd_eigh(A: np.ndarray, name: str, threshold: float | None):
     """Eigen-decomposition of a symmetric PSD matrix with the eigenvalues at or below the threshold set to 0."""
     if A.shape[0] != A.shape[1]:
-        raise ValueError(f"{name}: expected a square matrix, got shape {A.shape}")
+        raise ArgumentError(name, f"expected a square matrix, got shape {A.shape}")
     scale = max(1.0, float(np.max(np.abs(A)))) if A.size else 1.0
     if not np.allclose(A, A.T, rtol=0.0, atol=1e-10 * scale):
-        raise ValueError(f"{name}: expected a symmetric matrix")
+        raise ArgumentError(name, "expected a symmetric matrix")
     vals, vecs = np.linalg.eigh(0.5 * A + 0.5 * A.T)  # halves first: A + Aᵀ can overflow
     tol = default_threshold(vals, A.shape[0])
     if vals.size and vals.min() < -max(tol, threshold or 0.0):
-        raise ValueError(f"{name}: expected a positive semi-definite matrix, smallest eigenvalue {vals.min():.3e}")
+        raise ArgumentError(name, f"expected a positive semi-definite matrix, smallest eigenvalue {vals.min():.3e}")
     cut = tol if threshold is None else threshold
     vals = np.where(vals > cut, vals, 0.0)
     return vals, vecs
@@ -266,14 +267,14 @@ def fractional_power(A, p, threshold=None) -> np.ndarray:
         return np.eye(A.shape[0])
     with np.errstate(all="ignore"):
         out = (vecs * _powers(vals, p)) @ vecs.T
-    return _finite_or_raise(out, f"p: [A]^p overflows float64 for p = {p}; expected a smaller |p| (or a better "
+    return _finite_or_raise(out, "p", f"[A]^p overflows float64 for p = {p}; expected a smaller |p| (or a better "
                                  f"conditioned A)")
 
 
 def _check_end_to_end(W_e, depth):
     W_e = _validate.real_matrix(W_e, "W_e")
     if min(W_e.shape) < 1:
-        raise ValueError(f"W_e: expected non-empty dimensions, got shape {W_e.shape}")
+        raise ArgumentError("W_e", f"expected non-empty dimensions, got shape {W_e.shape}")
     depth = _validate.integer(depth, "depth", minimum=1)
     return W_e, depth
 
@@ -295,7 +296,7 @@ def balanced_preconditioner(W_e, depth: int, threshold=None) -> np.ndarray:
         right = (right_vecs * _powers(right_vals, (j - 1) / L)) @ right_vecs.T
         left = (left_vecs * _powers(left_vals, (L - j) / L)) @ left_vecs.T
         P += np.kron(right, left)
-    return _finite_or_raise(P, "W_e: the balanced preconditioner overflows float64; expected a smaller W_e")
+    return _finite_or_raise(P, "W_e", "the balanced preconditioner overflows float64; expected a smaller W_e")
 
 
 def _check_squares(W_e: np.ndarray) -> None:
@@ -304,8 +305,8 @@ def _check_squares(W_e: np.ndarray) -> None:
         top = float(np.linalg.norm(W_e, 2))
         square = top * top
     if not np.isfinite(square):
-        raise ValueError(f"W_e: its largest singular value {top:.3g} overflows float64 when squared; expected a "
-                         f"smaller W_e")
+        raise ArgumentError("W_e", f"its largest singular value {top:.3g} overflows float64 when squared; expected a "
+                                   f"smaller W_e")
 
 
 def balanced_preconditioner_eigenvalues(W_e, depth: int, threshold=None) -> np.ndarray:
@@ -328,7 +329,7 @@ def balanced_preconditioner_eigenvalues(W_e, depth: int, threshold=None) -> np.n
     total = np.zeros((d_in, d_out))
     for j in range(1, L + 1):
         total += np.outer(_powers(mu, (j - 1) / L), _powers(nu, (L - j) / L))
-    return np.sort(_finite_or_raise(total, "W_e: the balanced preconditioner overflows float64; expected a smaller "
+    return np.sort(_finite_or_raise(total, "W_e", "the balanced preconditioner overflows float64; expected a smaller "
                                            "W_e").ravel())
 
 
@@ -343,15 +344,15 @@ def balanced_weights(W_e, hidden_widths, rng=None, threshold=None) -> list[np.nd
     """
     W_e = _validate.real_matrix(W_e, "W_e")
     if min(W_e.shape) < 1:
-        raise ValueError(f"W_e: expected non-empty dimensions, got shape {W_e.shape}")
+        raise ArgumentError("W_e", f"expected non-empty dimensions, got shape {W_e.shape}")
     if isinstance(hidden_widths, (str, bytes)):
-        raise TypeError("hidden_widths: expected a sequence of integers")
+        raise ArgumentTypeError("hidden_widths", "expected a sequence of integers")
     try:
         widths = [_validate.integer(w, "hidden_widths", minimum=1) for w in hidden_widths]
-    except TypeError as error:
-        if str(error).startswith("hidden_widths"):
-            raise
-        raise TypeError("hidden_widths: expected a sequence of integers") from None
+    except ArgumentTypeError:
+        raise  # an entry that is not an integer, named by _validate.integer
+    except TypeError:  # hidden_widths itself is not iterable
+        raise ArgumentTypeError("hidden_widths", "expected a sequence of integers") from None
     threshold = _check_threshold(threshold)
     if not widths:
         return [W_e.copy()]
@@ -361,11 +362,12 @@ def balanced_weights(W_e, hidden_widths, rng=None, threshold=None) -> list[np.nd
     cut = default_threshold(s**2, max(W_e.shape)) if threshold is None else threshold
     r = int(np.sum(s**2 > cut))
     if min(widths) < r:
-        raise ValueError(f"hidden_widths: expected every hidden width >= {r}, the rank of W_e, got {widths}")
+        raise ArgumentError("hidden_widths", f"expected every hidden width >= {r}, the rank of W_e, got {widths}")
     try:
         generator = None if rng is None else np.random.default_rng(rng)
     except (TypeError, ValueError) as error:
-        raise type(error)(f"rng: expected None, a non-negative integer seed or a numpy Generator, got {rng!r}") from None
+        kind = ArgumentTypeError if isinstance(error, TypeError) else ArgumentError
+        raise kind("rng", f"expected None, a non-negative integer seed or a numpy Generator, got {rng!r}") from None
     frames = []
     for d in widths:
         if generator is None:

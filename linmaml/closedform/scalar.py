@@ -52,6 +52,7 @@ from typing import Sequence
 import numpy as np
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 #: Elements per (points × nodes) work array: ~256 KiB, so the handful of arrays fits in L2.
 _CHUNK_ELEMENTS = 32768
@@ -102,8 +103,8 @@ def _task_rule(mean: float, std: float, depth: int, steps: int) -> tuple[np.ndar
         return np.array([mean]), np.array([1.0])
     # log of the node count L(2L − 1)^{k−1} + 1, so that a huge k costs no giant integer
     if steps > 0 and math.log(depth) + (steps - 1) * math.log(2 * depth - 1) > math.log(MAX_NODES - 1):
-        raise ValueError(f"steps: depth {depth} with {steps} inner steps needs more than {MAX_NODES} quadrature nodes "
-                         f"(the integrand has degree 2L(2L − 1)^(k − 1)); expected fewer steps or a shallower chain")
+        raise ArgumentError("steps", f"depth {depth} with {steps} inner steps needs more than {MAX_NODES} quadrature nodes "
+                                     f"(the integrand has degree 2L(2L − 1)^(k − 1)); expected fewer steps or a shallower chain")
     z, w = _standard_normal_rule(quadrature_nodes(depth, steps))
     return mean + std * z, w
 
@@ -121,21 +122,21 @@ def _flat_weights(ws, name: str = "ws") -> tuple[list[np.ndarray], tuple[int, ..
     """Broadcast the L layer weights to one shape; return them flattened (contiguous) and the shape."""
     if (isinstance(ws, np.ndarray) and ws.ndim == 0) or not isinstance(ws, (Sequence, np.ndarray)) \
             or isinstance(ws, (str, bytes)):
-        raise TypeError(f"{name}: expected a sequence of L layer weights (numbers or arrays), got {type(ws).__name__}")
+        raise ArgumentTypeError(name, f"expected a sequence of L layer weights (numbers or arrays), got {type(ws).__name__}")
     if len(ws) == 0:
-        raise ValueError(f"{name}: expected at least one layer weight, got none")
+        raise ArgumentError(name, "expected at least one layer weight, got none")
     arrays = []
     for j, w in enumerate(ws):
         try:
             arrays.append(np.asarray(w, dtype=np.float64))
         except (TypeError, ValueError):
-            raise TypeError(f"{name}[{j}]: expected a real number or array") from None
+            raise ArgumentTypeError(f"{name}[{j}]", "expected a real number or array") from None
         if not np.all(np.isfinite(arrays[-1])):
-            raise ValueError(f"{name}[{j}]: contains non-finite values")
+            raise ArgumentError(f"{name}[{j}]", "contains non-finite values")
     try:
         shape = np.broadcast_shapes(*(a.shape for a in arrays))
     except ValueError:
-        raise ValueError(f"{name}: layer weights of shapes {[a.shape for a in arrays]} do not broadcast") from None
+        raise ArgumentError(name, f"layer weights of shapes {[a.shape for a in arrays]} do not broadcast") from None
     flat = [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in arrays]
     return flat, shape
 
@@ -408,7 +409,7 @@ def scalar_maml_grad(ws, lr, steps, mean, std, x_var):
     return [float(g) for g in out] if shape == () else out
 
 
-def _gradient_overflow(weights, bad, steps, mean, std, x_var) -> ValueError:
+def _gradient_overflow(weights, bad, steps, mean, std, x_var) -> ArgumentError:
     """The error for gradients that overflow at the points ``bad``: ``ws`` if the plain (unadapted)
     gradient V·(p − E a)·∏_{i≠j} w_i overflows there too, else ``lr``."""
     points = [w[bad] for w in weights]
@@ -419,9 +420,9 @@ def _gradient_overflow(weights, bad, steps, mean, std, x_var) -> ValueError:
         plain = [x_var * e * p * q for p, q in zip(pre, suf)]
     count = f"{int(bad.sum())} of {bad.size} point(s), the first at ws = ({first})"
     if steps == 0 or not all(np.all(np.isfinite(g)) for g in plain):
-        return ValueError(f"ws: the gradient overflows float64 at {count}; expected smaller weights")
-    return ValueError(f"lr: the inner loop diverged: the gradient after {steps} inner steps overflows float64 at "
-                      f"{count}; expected a smaller learning rate or fewer steps")
+        return ArgumentError("ws", f"the gradient overflows float64 at {count}; expected smaller weights")
+    return ArgumentError("lr", f"the inner loop diverged: the gradient after {steps} inner steps overflows float64 at "
+                               f"{count}; expected a smaller learning rate or fewer steps")
 
 
 def _product(W):

@@ -54,6 +54,7 @@ import sympy as sp
 from sympy.polys.rings import ring
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 #: Depth and steps that the symbolic scalar derivations accept.
 MAX_DEPTH, MAX_STEPS = 6, 5
@@ -180,7 +181,7 @@ class ScalarObjective:
         the objective at the float inputs: the reference that float computations are judged by.
         """
         if len(ws) != self.depth:
-            raise ValueError(f"ws: expected {self.depth} layer weights, got {len(ws)}")
+            raise ArgumentError("ws", f"expected {self.depth} layer weights, got {len(ws)}")
         values = [sp.Rational(_validate.finite_number(x, name)) for x, name in
                   zip((*ws, alpha, v, m, s), (*(f"ws[{j}]" for j in range(self.depth)), "alpha", "v", "m", "s"))]
         half_v = values[self.depth + 1] / 2
@@ -201,7 +202,7 @@ def _numpy_polynomial(poly, depth: int, scale_by_half_v: bool) -> Callable:
 
     def evaluate(*args):
         if len(args) != depth + 4:
-            raise TypeError(f"expected {depth + 4} arguments (w_1 … w_{depth}, alpha, m, s, v), got {len(args)}")
+            raise ArgumentTypeError("args", f"expected {depth + 4} arguments (w_1 … w_{depth}, alpha, m, s, v), got {len(args)}")
         values = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in args))
         shape = values[0].shape
         ordered = [values[i].reshape(-1) for i in ring_order]
@@ -244,8 +245,8 @@ def scalar_objective(depth: int, steps: int, max_work: int = DEFAULT_MAX_WORK) -
 
     def multiply(x, y):
         if len(x) * len(y) > max_work:
-            raise ValueError(
-                f"depth, steps: expanding the depth-{depth}, {steps}-step objective needs a product of "
+            raise ArgumentError(
+                "depth, steps", f"expanding the depth-{depth}, {steps}-step objective needs a product of "
                 f"{len(x)}×{len(y)} terms (limit max_work={max_work}); use scalar_recursion() for the exact "
                 f"nested form or linmaml.closedform.scalar for exact numbers")
         return x * y
@@ -385,7 +386,7 @@ class MatrixUpdate:
     def evaluate_order(self, r: int, weights: Sequence, G):
         """Numeric coefficient matrix of α^r (``orders[r]``), a (d_L, d_0) array."""
         if r not in self.orders:
-            raise ValueError(f"r: expected one of the powers {sorted(self.orders)}, got {r!r}")
+            raise ArgumentError("r", f"expected one of the powers {sorted(self.orders)}, got {r!r}")
         return _evaluate_matrix(self.orders[r], self._values(weights, G))
 
     def evaluate_preconditioner(self, weights: Sequence):
@@ -396,21 +397,21 @@ class MatrixUpdate:
         import numpy as np
 
         if len(weights) != self.depth:
-            raise ValueError(f"weights: expected {self.depth} matrices, got {len(weights)}")
+            raise ArgumentError("weights", f"expected {self.depth} matrices, got {len(weights)}")
         values = {sym: np.asarray(value, dtype=np.float64) for sym, value in zip(self.weights, weights)}
         for sym, value in values.items():
             if value.ndim != 2:
-                raise ValueError(f"weights: expected 2-d arrays, got shape {value.shape} for {sym}")
+                raise ArgumentError("weights", f"expected 2-d arrays, got shape {value.shape} for {sym}")
         sizes = {}
         for j, sym in enumerate(self.weights):
             for dim, size in zip(sym.shape, values[sym].shape):
                 if sizes.setdefault(dim, size) != size:
-                    raise ValueError(f"weights: width {dim} is {sizes[dim]} in one layer and {size} in another")
+                    raise ArgumentError("weights", f"width {dim} is {sizes[dim]} in one layer and {size} in another")
         values["sizes"] = sizes
         if G is not None:
             values[self.G] = np.asarray(G, dtype=np.float64)
             if values[self.G].shape != tuple(sizes[d] for d in self.G.shape):
-                raise ValueError(f"G: expected shape {tuple(sizes[d] for d in self.G.shape)}, got {values[self.G].shape}")
+                raise ArgumentError("G", f"expected shape {tuple(sizes[d] for d in self.G.shape)}, got {values[self.G].shape}")
         return values
 
 
@@ -438,7 +439,7 @@ def _evaluate_matrix(expr, values):
         for m in matrices[1:]:
             out = out @ _evaluate_matrix(m, values)
         return float(scalar) * out
-    raise TypeError(f"expr: unsupported matrix expression {type(expr).__name__}")
+    raise ArgumentTypeError("expr", f"unsupported matrix expression {type(expr).__name__}")
 
 
 def matrix_update(depth: int, adapt_layers=None) -> MatrixUpdate:

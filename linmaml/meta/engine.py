@@ -70,13 +70,11 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from linmaml import _validate
+from linmaml._strategies import RANDOMNESS, STRATEGIES
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.learners import MAX_STEPS, check_task_inputs, named_input_failures, norm_steps
 
-__all__ = ["Engine", "STRATEGIES", "explicit_normalization"]
-
-#: The ways to compute a meta-batch's tasks (module docstring).
-STRATEGIES = ("loop", "split", "vmap")
+__all__ = ["Engine", "RANDOMNESS", "STRATEGIES", "explicit_normalization"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -222,12 +220,13 @@ class Engine:
     ``randomness`` is ``torch.func.vmap``'s: "error" (default) refuses random operations such as a
     train-mode Dropout under the vmapped strategies (an ``ArgumentError`` naming ``randomness``),
     "different" draws independently per task (as the loop does, though not the same numbers) and
-    "same" shares the draws across the tasks of a chunk.
+    "same" shares the draws across the tasks of a chunk. ``adapted``: adapt only these of the
+    learner's ``adapted_names`` (the others keep their meta-learned values; the learner is unchanged).
     """
 
     def __init__(self, learner, loss_fn: LossFn = F.cross_entropy, *, strategy: str = "loop",
                  tasks_per_chunk: int | None = 4, compile: bool = False,  # noqa: A002
-                 explicit_norms: bool | None = None, randomness: str = "error"):
+                 explicit_norms: bool | None = None, randomness: str = "error", adapted=None):
         if not callable(loss_fn):
             raise ArgumentTypeError("loss_fn", f"expected a callable (output, target) -> scalar, got "
                                     f"{type(loss_fn).__name__}")
@@ -250,9 +249,17 @@ class Engine:
             if explicit_norms is None else explicit_norms
         # vmap's randomness ("error", "different", "same"): a model drawing random numbers (Dropout in
         # training mode) needs "different" (independent per task, as the loop) or "same" under vmap.
-        if randomness not in ("error", "different", "same"):
-            raise ArgumentError("randomness", f"expected 'error', 'different' or 'same', got {randomness!r}")
+        if randomness not in RANDOMNESS:
+            raise ArgumentError("randomness", f"expected one of {', '.join(map(repr, RANDOMNESS))}, got {randomness!r}")
         self.randomness = randomness
+        # adapted: the engine adapts only these of the learner's adapted names (an ablation of which
+        # layers adapt), passed to every adaptation; the learner itself is never changed.
+        if adapted is not None:
+            if not hasattr(learner, "adapted_subset"):
+                raise ArgumentTypeError("adapted", f"choosing what adapts needs a linmaml.meta MAML or ANIL learner, "
+                                                   f"got {type(learner).__name__}")
+            adapted = list(learner.adapted_subset(adapted))
+        self._adapted = adapted  # not .adapted: that is the method
         self._built: dict = {}  # (kind, steps, classification, compiled) -> function
 
     # -- the per-task pieces: written once, composed by every strategy -----------------------------
@@ -261,20 +268,19 @@ class Engine:
         """(x_s, y_s) of one task -> the adapted parameters (only the adapted names); with
         ``trajectory``, every step's, stacked on a leading step axis: ``{name: (S, …)}``."""
         learner, loss_fn = self.learner, self.loss_fn
+        chosen = {} if self._adapted is None else {"adapted": self._adapted}
+        names = self._adapted if self._adapted is not None else getattr(learner, "adapted_names", None)
 
         def adapt_steps(x_s, y_s):
-            visited = learner.adapt_trajectory(x_s, y_s, loss_fn, steps=steps)
-            names = getattr(learner, "adapted_names", None)
-            names = list(visited[-1]) if names is None else names
-            return {n: torch.stack([fast[n] for fast in visited]) for n in names}
+            visited = learner.adapt_trajectory(x_s, y_s, loss_fn, steps=steps, **chosen)
+            return {n: torch.stack([fast[n] for fast in visited]) for n in (list(visited[-1]) if names is None
+                                                                            else names)}
 
         if trajectory:
             return adapt_steps
 
         def adapt(x_s, y_s):
-            fast = learner.adapt(x_s, y_s, loss_fn, steps=steps)
-            # read at each call: the adapted names may change between calls (analyze's ablation)
-            names = getattr(learner, "adapted_names", None)
+            fast = learner.adapt(x_s, y_s, loss_fn, steps=steps, **chosen)
             return fast if names is None else {n: fast[n] for n in names}
 
         return adapt
@@ -469,7 +475,7 @@ class Engine:
 
     def adapted(self, x_support, y_support, *, steps: int | None = None) -> dict[str, torch.Tensor]:
         """The adapted parameters of every task, detached: ``{name: (M, …)}`` for the learner's
-        adapted names (its ``adapted_names``), computed as :meth:`score` computes them (no outer
+        adapted names (its ``adapted_names``, or the engine's ``adapted``), computed as :meth:`score` computes them (no outer
         graph). For looking inside an adaptation (how far each tensor moved, the adapted model's
         features); scores come from :meth:`score`."""
         tasks, steps, _ = self._prepare(x_support, y_support, x_support, y_support, steps)

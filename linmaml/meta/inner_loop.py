@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.transforms import Transform, tree_leaves, tree_map
 
 Params = dict[str, torch.Tensor]
@@ -197,20 +198,20 @@ def check_rates(lrs, name: str = "lrs") -> list[float]:
     costs nothing on the device and ``torch.compile`` sees them as constants.
     """
     if isinstance(lrs, torch.Tensor):
-        raise TypeError(f"{name}: expected a sequence of numbers, got a torch.Tensor (its values would be read "
-                        f"back from the device and detached; learn step sizes with a transform such as MetaSGD)")
+        raise ArgumentTypeError(name, "expected a sequence of numbers, got a torch.Tensor (its values would be read "
+                                      f"back from the device and detached; learn step sizes with a transform such as MetaSGD)")
     if isinstance(lrs, np.ndarray):
         if lrs.ndim != 1:
-            raise ValueError(f"{name}: expected a 1-d sequence of per-step learning rates, got shape {lrs.shape}")
+            raise ArgumentError(name, f"expected a 1-d sequence of per-step learning rates, got shape {lrs.shape}")
     elif isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence):
-        raise TypeError(f"{name}: expected a sequence of per-step learning rates (one number per inner step), "
-                        f"got {type(lrs).__name__}")
+        raise ArgumentTypeError(name, "expected a sequence of per-step learning rates (one number per inner step), "
+                                      f"got {type(lrs).__name__}")
     rates = []
     for k, rate in enumerate(lrs):
         if isinstance(rate, torch.Tensor):
-            raise TypeError(f"{name}[{k}]: expected a number, got a torch.Tensor (learn step sizes with a "
-                            f"transform such as MetaSGD)")
+            raise ArgumentTypeError(f"{name}[{k}]", "expected a number, got a torch.Tensor (learn step sizes with a "
+                                                    f"transform such as MetaSGD)")
         if isinstance(rate, (bool, np.bool_)):  # finite_number would read np.True_ as 1.0
-            raise TypeError(f"{name}[{k}]: expected a number, got {type(rate).__name__} {rate!r}")
+            raise ArgumentTypeError(f"{name}[{k}]", f"expected a number, got {type(rate).__name__} {rate!r}")
         rates.append(_validate.finite_number(rate, f"{name}[{k}]"))
     return rates

@@ -327,7 +327,7 @@ class _Learner(nn.Module):
         for flag, name in ((first_order, "first_order"), (adapt_transform, "adapt_transform"),
                            (check_finite, "check_finite")):
             if not isinstance(flag, bool):
-                raise TypeError(f"{name}: expected True or False, got {flag!r}")
+                raise ArgumentTypeError(name, f"expected True or False, got {flag!r}")
         check_buffers_policy(buffers)
         self.first_order = first_order
         self.adapt_transform = adapt_transform
@@ -349,14 +349,33 @@ class _Learner(nn.Module):
         """The context of every forward with adapted parameters: the buffers policy, enforced."""
         return state_policy(self, self.buffers_policy)
 
-    def _warn_steps(self, steps, tparams):
-        if steps is not None and steps > self.steps and tparams and not self._warned_steps:
+    def _warn_steps(self, steps, tparams, named_params):
+        # A transform still at its initialisation (identity KFO factors, unit Meta-SGD rates) is plain
+        # MAML, which has no trained step count to overshoot: no warning then.
+        if (steps is not None and steps > self.steps and tparams and not self._warned_steps
+                and not self.transform.at_initialisation(named_params)):
             self._warned_steps = True
             warnings.warn(f"steps: adapting for {steps} inner steps with a learned transform "
                           f"({type(self.transform).__name__}) trained for {self.steps}: a learned "
                           f"preconditioner is tuned to the steps it was trained for and may overshoot or "
                           f"diverge beyond them (warned once per learner)", StepsBeyondTrainingWarning,
                           stacklevel=4)
+
+    def adapted_subset(self, adapted=None) -> list[str]:
+        """The names one adaptation adapts: ``adapted_names`` (``adapted=None``), or ``adapted``, a
+        non-empty subset of them (any order; returned in ``adapted_names`` order). The learner is not
+        changed: the others keep their meta-learned values in that adaptation, the transform acts on
+        the chosen ones as it would in a full adaptation (for an ablation: which layers must adapt)."""
+        if adapted is None:
+            return self.adapted_names
+        if isinstance(adapted, str) or not isinstance(adapted, Sequence):
+            raise ArgumentTypeError("adapted", f"expected a list of parameter names, got {type(adapted).__name__}")
+        chosen = set(adapted)
+        unknown = sorted(n for n in chosen if n not in self.adapted_names)
+        if unknown or not chosen:
+            raise ArgumentError("adapted", f"expected a non-empty subset of the adapted parameters "
+                                           f"({', '.join(self.adapted_names)}), got {unknown or list(adapted)}")
+        return [n for n in self.adapted_names if n in chosen]
 
     def step_rates(self, steps: int | None = None) -> list[float]:
         """The inner learning rate of each step. ``steps`` overrides the number of steps (test time);
@@ -400,8 +419,8 @@ class _Learner(nn.Module):
             value = closure(output) if closure is not None else loss_fn(output, target)
             if not isinstance(value, torch.Tensor) or value.ndim != 0:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(f"{'closure' if closure is not None else 'loss_fn'}: expected a scalar tensor "
-                                 f"(e.g. a mean over examples), got {shape}")
+                raise ArgumentError("closure" if closure is not None else "loss_fn",
+                                    f"expected a scalar tensor (e.g. a mean over examples), got {shape}")
             return value
 
         if under_function_transform():
@@ -435,7 +454,7 @@ class _Learner(nn.Module):
             raise ArgumentTypeError("transform", f"parameter {first!r} is {leaves[0].dtype} but the model's parameters "
                                     f"are {dtype} (was the model converted after wrapping? convert the whole "
                                     f"learner, e.g. learner.double(), so the transform follows)")
-        self._warn_steps(steps, leaves)
+        self._warn_steps(steps, leaves, {n: base[n] for n in names})
         if closure is None:
             check_task_inputs(x, y, "x_support", "y_support")
         with named_input_failures(["x_support"], ["y_support"], (x,)):
@@ -491,7 +510,7 @@ class MAML(_Learner):
             adapted, argument = adapt, "adapt"
         super().__init__(lr, steps, transform, first_order, adapt_transform, buffers, check_finite)
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+            raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.adapted_names = adapted_parameter_names(model, adapted, argument)
         params = dict(model.named_parameters())
@@ -499,8 +518,8 @@ class MAML(_Learner):
 
     def adapt(self, x_support: Any = None, y_support: Any = None,
               loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-              steps: int | None = None, *, closure: Callable[[dict], torch.Tensor] | None = None
-              ) -> dict[str, torch.Tensor]:
+              steps: int | None = None, *, closure: Callable[[dict], torch.Tensor] | None = None,
+              adapted=None) -> dict[str, torch.Tensor]:
         """Adapted parameters for one task: a dict with every name of ``model.named_parameters()``
         (the adapted ones replaced, the others the model's own tensors), differentiable with respect
         to the model's and the transform's parameters.
@@ -512,22 +531,23 @@ class MAML(_Learner):
         of every parameter name with the adapted ones at their current inner-loop values; evaluate the
         model inside with ``learner(inputs, params=params)``. Any loss works: NLP batches, a
         policy-gradient (REINFORCE) surrogate, a regulariser on the weights. ``steps`` as before.
+        ``adapted``: adapt only these of ``adapted_names`` this time (:meth:`adapted_subset`).
         """
         _check_adapt_call(x_support, y_support, loss_fn, closure)
         with self._state_policy():
-            return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps,
-                                        closure)
+            return self._run_inner_loop(self.model, self.adapted_subset(adapted), x_support, y_support, loss_fn,
+                                        steps, closure)
 
     def adapt_trajectory(self, x_support: torch.Tensor, y_support: torch.Tensor,
                          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                         steps: int | None = None) -> list[dict[str, torch.Tensor]]:
+                         steps: int | None = None, *, adapted=None) -> list[dict[str, torch.Tensor]]:
         """The adapted parameters after each inner step, ``[θ₁, …, θ_S]`` (each a dict as
         :meth:`adapt` returns; the last is :meth:`adapt`'s): the one inner loop, every step kept, for
         MAML++'s multi-step loss (:meth:`linmaml.meta.Engine.meta_gradient`, ``step_weights``)."""
         _check_adapt_call(x_support, y_support, loss_fn, None)
         with self._state_policy():
-            return self._run_inner_loop(self.model, self.adapted_names, x_support, y_support, loss_fn, steps,
-                                        trajectory=True)
+            return self._run_inner_loop(self.model, self.adapted_subset(adapted), x_support, y_support, loss_fn,
+                                        steps, trajectory=True)
 
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None,
                 step: int | None = None) -> torch.Tensor:
@@ -570,35 +590,38 @@ class ANIL(_Learner):
         super().__init__(lr, steps, transform, first_order, adapt_transform, buffers, check_finite)
         for value, name in ((features, "features"), (head, "head")):
             if not isinstance(value, nn.Module):
-                raise TypeError(f"{name}: expected a torch.nn.Module, got {type(value).__name__}")
+                raise ArgumentTypeError(name, f"expected a torch.nn.Module, got {type(value).__name__}")
         self.features = features
         self.head = head
         params = dict(head.named_parameters())
         self.adapted_names = [n for n, p in params.items() if p.requires_grad]
         if not self.adapted_names:
-            raise ValueError("head: expected a module with parameters that require gradients")
+            raise ArgumentError("head", "expected a module with parameters that require gradients")
         self.transform.build({n: params[n] for n in self.adapted_names}, steps=self.steps)
 
     def adapt(self, x_support: Any = None, y_support: Any = None, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-              steps: int | None = None, *, closure: Callable[[dict], torch.Tensor] | None = None
-              ) -> dict[str, torch.Tensor]:
+              steps: int | None = None, *, closure: Callable[[dict], torch.Tensor] | None = None,
+              adapted=None) -> dict[str, torch.Tensor]:
         """Adapted head parameters for one task (dict keyed by ``head.named_parameters()`` names).
 
         The two forms of :meth:`MAML.adapt`. ``(x_support, y_support, loss_fn)``: the features of
         ``x_support`` (any input ``features`` takes) are computed once and the head adapts on them.
         ``closure=fn``: ``fn(head_params)`` is the support loss; ``learner(inputs, params=head_params)``
         inside it recomputes the features at each inner step (cache them in the closure to avoid that).
+        ``adapted``: adapt only these of ``adapted_names`` this time (:meth:`adapted_subset`).
         """
         _check_adapt_call(x_support, y_support, loss_fn, closure)
         with self._state_policy():
             features = None if closure is not None else self.features(x_support)
-            return self._run_inner_loop(self.head, self.adapted_names, features, y_support, loss_fn, steps, closure)
+            return self._run_inner_loop(self.head, self.adapted_subset(adapted), features, y_support, loss_fn, steps,
+                                        closure)
 
-    def adapt_trajectory(self, x_support, y_support, loss_fn, steps: int | None = None) -> list[dict[str, torch.Tensor]]:
+    def adapt_trajectory(self, x_support, y_support, loss_fn, steps: int | None = None, *,
+                         adapted=None) -> list[dict[str, torch.Tensor]]:
         """The adapted head parameters after each inner step (as :meth:`MAML.adapt_trajectory`)."""
         _check_adapt_call(x_support, y_support, loss_fn, None)
         with self._state_policy():
-            return self._run_inner_loop(self.head, self.adapted_names, self.features(x_support), y_support,
+            return self._run_inner_loop(self.head, self.adapted_subset(adapted), self.features(x_support), y_support,
                                         loss_fn, steps, trajectory=True)
 
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

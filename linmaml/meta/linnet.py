@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["LinNet", "output_size"]
 
@@ -24,8 +25,8 @@ def output_size(model: nn.Module) -> int:
     """The model's output size: ``out_features`` of its last ``nn.Linear`` in registration order."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("model: LinNet reads the output size from the model's last nn.Linear, and this model "
-                         "has none")
+        raise ArgumentError("model", "LinNet reads the output size from the model's last nn.Linear, and this model "
+                                     "has none")
     return linears[-1].out_features
 
 
@@ -37,7 +38,7 @@ class LinNet(nn.Module):
     def __init__(self, model: nn.Module, layers: int = 2, width: int | None = None):
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+            raise ArgumentTypeError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
         layers = _validate.integer(layers, "layers", minimum=1)
         out = output_size(model)
         width = out if width is None else _validate.integer(width, "width", minimum=out)

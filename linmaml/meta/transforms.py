@@ -245,6 +245,16 @@ class Transform(nn.Module):
                                     f"key a dict of tensors")
         setattr(self, self.storage, container)
 
+    def at_initialisation(self, named_params: Mapping[str, torch.Tensor]) -> bool:
+        """Whether the learned parameters still equal what ``init`` gives for ``named_params`` (the
+        identity map for the built-in transforms): then adapting is plain MAML at any number of steps.
+        Exact equality: any learned change, however small, counts as learned."""
+        fresh, _ = self.init(dict(named_params))
+        current, start = tree_leaves(self.params()), tree_leaves(fresh)
+        return len(current) == len(start) and all(
+            a.shape == b.shape and torch.equal(a.detach(), b.to(dtype=a.dtype, device=a.device))
+            for a, b in zip(current, start))
+
     def params(self) -> Tree:
         """The learned parameters as ``init`` shaped them, holding this module's ``nn.Parameter``\\s
         (``{}`` when there are none): what the inner loop passes to ``step``."""

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from linmaml.errors import ArgumentError
+
 
 def ci_bars(ax, labels: Sequence[str], means, half_widths, *, colors=None, baseline: float = 0.0,
             value_format: str = "{mean:.1f} ± {half:.1f}", fontsize: float = 8):
@@ -20,10 +22,10 @@ def ci_bars(ax, labels: Sequence[str], means, half_widths, *, colors=None, basel
     half_widths = np.asarray(half_widths, dtype=np.float64).reshape(-1)
     labels = list(labels)
     if not (len(labels) == means.size == half_widths.size):
-        raise ValueError(f"means: expected one mean and one half-width per label ({len(labels)} labels), got "
-                         f"{means.size} means and {half_widths.size} half-widths")
+        raise ArgumentError("means", f"expected one mean and one half-width per label ({len(labels)} labels), got "
+                                     f"{means.size} means and {half_widths.size} half-widths")
     if not (np.all(np.isfinite(means)) and np.all(np.isfinite(half_widths)) and np.all(half_widths >= 0)):
-        raise ValueError("half_widths: expected finite means and finite, non-negative half-widths")
+        raise ArgumentError("half_widths", "expected finite means and finite, non-negative half-widths")
     positions = np.arange(len(labels))
     colors = colors if colors is not None else [f"C{i}" for i in range(len(labels))]
     bars = ax.bar(positions, means - baseline, bottom=baseline, yerr=half_widths, color=colors, capsize=5,

@@ -24,6 +24,7 @@ import numpy as np
 
 from linmaml import _validate
 from linmaml.closedform import scalar
+from linmaml.errors import ArgumentError
 
 #: The colour scale spans at most this many decades below its top (a log scale over the surface).
 COLOR_DECADES = 8.0
@@ -86,8 +87,8 @@ def objective_grad(ws, setting: TaskSetting) -> list[np.ndarray]:
     try:
         grads = scalar.scalar_maml_grad(list(ws), setting.lr, setting.steps, setting.mean, setting.std,
                                         setting.x_var)
-    except ValueError as error:
-        if not str(error).startswith(("lr:", "ws:")):
+    except ArgumentError as error:
+        if error.argument not in ("lr", "ws"):
             raise
         # Overflow at some points: evaluate point by point and mark the ones that overflow.
         flat = [np.broadcast_to(np.asarray(w, dtype=np.float64), shape).reshape(-1) for w in ws]
@@ -175,7 +176,7 @@ def meta_train(starts, setting: TaskSetting, *, meta_lr: float, meta_steps: int,
     bound = _validate.finite_number(bound, "bound", positive=True)
     n_runs, depth = starts.shape
     if depth < 1:
-        raise ValueError("starts: expected at least one weight per run")
+        raise ArgumentError("starts", "expected at least one weight per run")
     weights = np.full((meta_steps + 1, n_runs, depth), np.nan)
     losses = np.full((meta_steps + 1, n_runs), np.nan)
     stopped = np.zeros(n_runs, dtype=int)

@@ -1,107 +1,24 @@
-"""Training curves of ``linmaml train`` runs, read from their ``metrics.jsonl`` (``linmaml plot``).
+"""Training curves of ``linmaml train`` runs (``linmaml plot``), drawn from their metrics.
 
-A run folder's ``metrics.jsonl`` holds one JSON object per iteration: ``iteration``, ``loss`` and
-``accuracy`` (the meta-batch's mean query loss and accuracy, ``null`` when not finite), ``elapsed``
-(wall seconds since the run began, resumes included) and, at validations, ``val_accuracy`` and
-``val_ci95`` (mean accuracy over the fixed validation tasks and its 95% half-width).
-
-:func:`read_run` loads one folder into a :class:`RunCurves`; :func:`plot_runs` draws three panels
+The runs' ``metrics.jsonl`` are read by :func:`linmaml.benchmarks.run.read_runs` (which knows the run
+folder's files) into ``RunCurves`` records: per iteration ``iteration``, ``elapsed``, ``loss``,
+``accuracy``, per validation ``val_iteration``, ``val_elapsed``, ``val_accuracy``, ``val_ci95``
+(arrays), and the run's ``name``. :func:`plot_runs` draws three panels
 (running mean of the training loss, of the training accuracy, validation accuracy ± 95% CI) against
 iterations or wall time, one colour per run, and returns the numbers it drew. Accuracies are drawn
 in percent. The figure is built without pyplot, so no backend is chosen or needed.
 """
 from __future__ import annotations
 
-import dataclasses
-import io
-import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from linmaml import _io
 from linmaml.errors import ArgumentError
 
-METRICS = "metrics.jsonl"  # the name linmaml.benchmarks.run_folder gives it (plots do not import benchmarks)
 X_AXES = ("iteration", "time")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class RunCurves:
-    """One run's metrics. Training arrays have shape ``(n,)`` (one entry per iteration, sorted;
-    ``loss``/``accuracy`` NaN where not finite), validation arrays ``(m,)`` (one per validation)."""
-
-    name: str
-    folder: Path
-    iteration: np.ndarray
-    elapsed: np.ndarray
-    loss: np.ndarray
-    accuracy: np.ndarray
-    val_iteration: np.ndarray
-    val_elapsed: np.ndarray
-    val_accuracy: np.ndarray
-    val_ci95: np.ndarray
-
-
 #: The longest running mean drawn (a billion iterations: beyond any run).
 WINDOW_MAX = 10 ** 9
-
-
-def _number(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        else math.nan
-
-
-def read_run(folder, name: str | None = None) -> RunCurves:
-    """The metrics of the run in ``folder`` (``name`` defaults to the folder's name).
-
-    Lines that are not JSON objects with an integer ``iteration`` in 0..2**63-1 (a line torn by a
-    kill, one nested absurdly deep) are skipped; the file must be a regular file of at most
-    :data:`linmaml._io.MAX_TEXT_BYTES` (``OSError`` naming it: never a FIFO that would block); an iteration logged twice keeps its last record. ``ArgumentError`` naming ``run`` when
-    ``folder`` is not a folder, holds no ``metrics.jsonl``, or records no iteration.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ArgumentError("run", f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist")
-    path = folder / METRICS
-    if not path.is_file():
-        raise ArgumentError("run", f"{folder} holds no {METRICS} (not a run folder of linmaml train)")
-    records = {}
-    with _io.open_regular(path, _io.MAX_TEXT_BYTES) as raw:
-        for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8", errors="replace"), start=1):
-            try:
-                record = _io.loads_json(line, f"{path} line {number}")
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("iteration"), int) \
-                    and not isinstance(record["iteration"], bool) and 0 <= record["iteration"] < 2 ** 63:
-                records[record["iteration"]] = record
-    if not records:
-        raise ArgumentError("run", f"{path} records no iteration yet")
-    rows = [records[t] for t in sorted(records)]
-    validated = [r for r in rows if "val_accuracy" in r]
-
-    def column(items, key):
-        return np.array([_number(r.get(key)) for r in items], dtype=np.float64)
-
-    return RunCurves(name=name or folder.resolve().name, folder=folder,
-                     iteration=np.array([r["iteration"] for r in rows], dtype=np.int64),
-                     elapsed=column(rows, "elapsed"), loss=column(rows, "loss"), accuracy=column(rows, "accuracy"),
-                     val_iteration=np.array([r["iteration"] for r in validated], dtype=np.int64),
-                     val_elapsed=column(validated, "elapsed"), val_accuracy=column(validated, "val_accuracy"),
-                     val_ci95=column(validated, "val_ci95"))
-
-
-def read_runs(folders: Sequence) -> list[RunCurves]:
-    """:func:`read_run` of each folder, named by the folder; folders of the same name are told
-    apart by their parent (``a/run``, ``b/run``)."""
-    folders = [Path(f) for f in folders]
-    if not folders:
-        raise ArgumentError("run", "expected at least one run folder")
-    names = [f.resolve().name for f in folders]
-    labels = [f"{f.resolve().parent.name}/{n}" if names.count(n) > 1 else n for f, n in zip(folders, names)]
-    return [read_run(f, label) for f, label in zip(folders, labels)]
 
 
 def running_mean(values, window: int) -> np.ndarray:
@@ -118,12 +35,12 @@ def running_mean(values, window: int) -> np.ndarray:
         return np.where(n > 0, (sums[end] - sums[start]) / np.maximum(n, 1), np.nan)
 
 
-def default_window(runs: Sequence[RunCurves]) -> int:
+def default_window(runs: Sequence) -> int:
     """A twentieth of the longest run, between 1 and 100 iterations."""
     return int(min(100, max(1, max(len(r.iteration) for r in runs) // 20)))
 
 
-def _time_unit(runs: Sequence[RunCurves]) -> tuple[str, float]:
+def _time_unit(runs: Sequence) -> tuple[str, float]:
     longest = max((np.nanmax(r.elapsed) if np.any(np.isfinite(r.elapsed)) else 0.0) for r in runs)
     if longest >= 3 * 3600:
         return "h", 3600.0
@@ -132,7 +49,7 @@ def _time_unit(runs: Sequence[RunCurves]) -> tuple[str, float]:
     return "s", 1.0
 
 
-def plot_runs(runs: Sequence[RunCurves], path, *, x: str = "iteration", window: int | None = None,
+def plot_runs(runs: Sequence, path, *, x: str = "iteration", window: int | None = None,
               references: Sequence[dict] = ()) -> dict:
     """Draw the curves of ``runs`` into ``path`` (the format follows the suffix) and return what was
     drawn: ``{"x": x, "x_label", "window", "runs": {name: {"x", "loss", "accuracy", "val_x",

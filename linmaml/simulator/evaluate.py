@@ -28,10 +28,10 @@ def mean_ci(values, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.
     values = np.asarray(values, dtype=np.float64)
     level = _validate.finite_number(level, "level", positive=True)
     if level >= 1:
-        raise ValueError(f"level: expected a probability in (0, 1), got {level}")
+        raise ArgumentError("level", f"expected a probability in (0, 1), got {level}")
     n = values.shape[axis]
     if n < 2:
-        raise ValueError(f"values: expected at least 2 samples along axis {axis}, got {n}")
+        raise ArgumentError("values", f"expected at least 2 samples along axis {axis}, got {n}")
     quantile = stdtrit(n - 1, 0.5 + level / 2)
     return values.mean(axis=axis), quantile * values.std(axis=axis, ddof=1) / np.sqrt(n)
 
@@ -104,10 +104,10 @@ def ratio_of_means_ci(numerator, denominator, level: float = 0.95) -> tuple[floa
     a = np.asarray(numerator, dtype=np.float64)
     b = np.asarray(denominator, dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"numerator, denominator: expected two 1-d arrays of one length, got {a.shape} and {b.shape}")
+        raise ArgumentError("numerator, denominator", f"expected two 1-d arrays of one length, got {a.shape} and {b.shape}")
     n = a.size
     if n < 2:
-        raise ValueError(f"numerator: expected at least 2 samples, got {n}")
+        raise ArgumentError("numerator", f"expected at least 2 samples, got {n}")
     ratio = a.mean() / b.mean()
     cov = np.cov(a, b, ddof=1)
     variance = cov[0, 0] - 2 * ratio * cov[0, 1] + ratio**2 * cov[1, 1]

@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.engine import Engine
 from linmaml.simulator.models import DTYPE, LinearChain, loss_function
 
@@ -34,7 +35,7 @@ def _chain(weights, loss: str, adapt_layers) -> tuple[LinearChain, list[torch.Te
     """The chain the weights describe, the weights as float64 tensors, and the adapted layers
     (possibly none, which the chain itself refuses: it then adapts nothing and is built with all)."""
     if isinstance(weights, (torch.Tensor, str, bytes)) or not isinstance(weights, Sequence) or not weights:
-        raise TypeError(f"weights: expected a non-empty list of weight matrices, got {type(weights).__name__}")
+        raise ArgumentTypeError("weights", f"expected a non-empty list of weight matrices, got {type(weights).__name__}")
     weights = [torch.as_tensor(W, dtype=DTYPE) for W in weights]
     sizes = (weights[0].shape[-1], *(W.shape[-2] for W in weights))
     layers = _validate.layer_indices(adapt_layers, len(weights))
@@ -87,12 +88,12 @@ def adapt(weights, Xs, Ys, lr, steps: int, loss: str = "squared", adapt_layers=N
     chain, weights, layers = _chain(weights, loss, adapt_layers)
     Xs, Ys = torch.as_tensor(Xs, dtype=DTYPE), torch.as_tensor(Ys, dtype=DTYPE)
     if Xs.ndim not in (2, 3) or Ys.ndim != Xs.ndim or Xs.shape[:-1] != Ys.shape[:-1]:
-        raise ValueError(f"Xs, Ys: expected (n, d_0), (n, d_L) or (T, n, d_0), (T, n, d_L), "
-                         f"got {tuple(Xs.shape)} and {tuple(Ys.shape)}")
+        raise ArgumentError("Xs, Ys", "expected (n, d_0), (n, d_L) or (T, n, d_0), (T, n, d_L), "
+                                      f"got {tuple(Xs.shape)} and {tuple(Ys.shape)}")
     single = Xs.ndim == 2
     if single:
         if any(W.ndim == 3 for W in weights):
-            raise ValueError(f"Xs: expected a task axis (T, n, d_0) beside weights with one, got {tuple(Xs.shape)}")
+            raise ArgumentError("Xs", f"expected a task axis (T, n, d_0) beside weights with one, got {tuple(Xs.shape)}")
         Xs, Ys = Xs.unsqueeze(0), Ys.unsqueeze(0)
     names = chain.parameter_names(layers)
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
@@ -120,12 +121,12 @@ def stacked_tasks(tasks) -> tuple[torch.Tensor, ...]:
     else:
         parts = tuple(tasks)
         if len(parts) != 4:
-            raise ValueError(f"tasks: expected a TaskBatch or (Xs, Ys, Xq, Yq), got {len(parts)} items")
+            raise ArgumentError("tasks", f"expected a TaskBatch or (Xs, Ys, Xq, Yq), got {len(parts)} items")
     parts = tuple(torch.as_tensor(p, dtype=DTYPE) for p in parts)
     if parts[0].ndim == 2:  # a single task
         parts = tuple(p.unsqueeze(0) for p in parts)
     if any(p.ndim != 3 for p in parts) or len({p.shape[0] for p in parts}) != 1:
-        raise ValueError("tasks: expected stacked arrays with one leading task axis")
+        raise ArgumentError("tasks", "expected stacked arrays with one leading task axis")
     return parts
 
 

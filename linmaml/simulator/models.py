@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from linmaml import _validate, meta
+from linmaml.errors import ArgumentError, ArgumentTypeError
 
 DTYPE = torch.float64
 
@@ -51,17 +52,17 @@ class LinearChain:
 
     def __post_init__(self):
         if isinstance(self.sizes, (str, bytes)) or not isinstance(self.sizes, Sequence):
-            raise TypeError(f"sizes: expected a sequence of layer sizes, got {self.sizes!r}")
+            raise ArgumentTypeError("sizes", f"expected a sequence of layer sizes, got {self.sizes!r}")
         sizes = tuple(_validate.integer(s, "sizes", minimum=1) for s in self.sizes)
         if len(sizes) < 2:
-            raise ValueError(f"sizes: expected at least (d_in, d_out), got {sizes}")
+            raise ArgumentError("sizes", f"expected at least (d_in, d_out), got {sizes}")
         object.__setattr__(self, "sizes", sizes)
         _validate.loss_name(self.loss)
         if self.loss == "logistic" and sizes[-1] != 1:
-            raise ValueError(f"sizes: the logistic loss needs one output (d_L = 1), got d_L = {sizes[-1]}")
+            raise ArgumentError("sizes", f"the logistic loss needs one output (d_L = 1), got d_L = {sizes[-1]}")
         object.__setattr__(self, "adapt_layers", _validate.layer_indices(self.adapt_layers, len(sizes) - 1))
         if not self.adapt_layers:
-            raise ValueError("adapt_layers: expected at least one adapted layer")
+            raise ArgumentError("adapt_layers", "expected at least one adapted layer")
 
     @property
     def depth(self) -> int:
@@ -100,7 +101,7 @@ class LinearChain:
         layers = []
         for j, W in enumerate(self.check_weights(weights)):
             if W.ndim != 2:
-                raise ValueError(f"weights[{j}]: expected a matrix of shape {tuple(W.shape[-2:])}, got a task axis")
+                raise ArgumentError(f"weights[{j}]", f"expected a matrix of shape {tuple(W.shape[-2:])}, got a task axis")
             # skip_init: the weights are set right below (and torch's global RNG stays untouched).
             linear = nn.utils.skip_init(nn.Linear, W.shape[1], W.shape[0], bias=False, dtype=DTYPE)
             linear.weight = nn.Parameter(W.detach().clone())
@@ -117,14 +118,14 @@ class LinearChain:
     def check_weights(self, weights, name: str = "weights") -> list[torch.Tensor]:
         """``weights`` as a list of float64 tensors of this chain's shapes (a task axis is allowed)."""
         if isinstance(weights, (torch.Tensor, np.ndarray)) or not isinstance(weights, Sequence):
-            raise TypeError(f"{name}: expected a list of {self.depth} weight matrices, got {type(weights).__name__}")
+            raise ArgumentTypeError(name, f"expected a list of {self.depth} weight matrices, got {type(weights).__name__}")
         if len(weights) != self.depth:
-            raise ValueError(f"{name}: expected {self.depth} weight matrices, got {len(weights)}")
+            raise ArgumentError(name, f"expected {self.depth} weight matrices, got {len(weights)}")
         out = []
         for j, (W, shape) in enumerate(zip(weights, self.shapes())):
             W = torch.as_tensor(W, dtype=DTYPE)
             if tuple(W.shape[-2:]) != shape or W.ndim not in (2, 3):
-                raise ValueError(f"{name}[{j}]: expected shape {shape} (or (T, *{shape})), got {tuple(W.shape)}")
+                raise ArgumentError(f"{name}[{j}]", f"expected shape {shape} (or (T, *{shape})), got {tuple(W.shape)}")
             out.append(W)
         return out
 
@@ -138,7 +139,7 @@ def deep(d_in: int, d_out: int = 1, widths: Sequence[int] = (8,), adapt_layers=N
     """``d_in → widths… → d_out`` with the squared loss; ``len(widths) + 1`` layers."""
     widths = _hidden_widths(widths)
     if not widths:
-        raise ValueError("widths: expected at least one hidden width for a deep model")
+        raise ArgumentError("widths", "expected at least one hidden width for a deep model")
     return LinearChain((d_in, *widths, d_out), "squared", adapt_layers, f"Deep (L={len(widths) + 1})")
 
 
@@ -155,16 +156,16 @@ def linnet(base: LinearChain, widths: Sequence[int] = (8,), adapt_layers=None) -
     preconditioner on the output side.
     """
     if not isinstance(base, LinearChain):
-        raise TypeError(f"base: expected a LinearChain, got {type(base).__name__}")
+        raise ArgumentTypeError("base", f"expected a LinearChain, got {type(base).__name__}")
     widths = _hidden_widths(widths)
     if not widths:
-        raise ValueError("widths: expected at least one appended width")
+        raise ArgumentError("widths", "expected at least one appended width")
     return LinearChain((*base.sizes, *widths, base.d_out), base.loss, adapt_layers, f"{base.name}+LinNet")
 
 
 def _hidden_widths(widths) -> tuple[int, ...]:
     if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
-        raise TypeError(f"widths: expected a sequence of layer widths, got {widths!r}")
+        raise ArgumentTypeError("widths", f"expected a sequence of layer widths, got {widths!r}")
     return tuple(_validate.integer(w, "widths", minimum=1) for w in widths)
 
 
@@ -233,7 +234,7 @@ def implicit_preconditioner(weights: Sequence[torch.Tensor], adapt_layers: Seque
     weights = [torch.as_tensor(W, dtype=DTYPE) for W in weights]
     layers = _validate.layer_indices(adapt_layers, len(weights))
     if len({W.ndim for W in weights}) != 1 or weights[0].ndim not in (2, 3):
-        raise ValueError("weights: expected all 2-d matrices, or all stacked 3-d with the same leading axis")
+        raise ArgumentError("weights", "expected all 2-d matrices, or all stacked 3-d with the same leading axis")
     single = weights[0].ndim == 2
     if not layers:  # nothing adapts: one step does not move W_e
         size = weights[0].shape[-1] * weights[-1].shape[-2]

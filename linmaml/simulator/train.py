@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from linmaml import _validate
+from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.simulator.maml import mean_query_loss, stacked_tasks
 from linmaml.simulator.models import DTYPE, LinearChain, implicit_preconditioner, loss_function
 
@@ -83,9 +84,9 @@ def meta_train(model, family, *, lr=None, steps: int | None = None, meta_steps: 
     meta_batch = _validate.integer(meta_batch, "meta_batch", minimum=1)
     meta_lr = _validate.finite_number(meta_lr, "meta_lr", positive=True)
     if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer: expected adam or sgd, got {optimizer!r}")
+        raise ArgumentError("optimizer", f"expected adam or sgd, got {optimizer!r}")
     if schedule not in (None, "cosine"):
-        raise ValueError(f"schedule: expected None or 'cosine', got {schedule!r}")
+        raise ArgumentError("schedule", f"expected None or 'cosine', got {schedule!r}")
     init_seq, task_seq = np.random.SeedSequence(_validate.integer(seed, "seed", minimum=0)).spawn(2)
     if isinstance(model, LinearChain):
         learner, net, settings = _chain_learner(model, family, lr, steps, first_order, init, init_scale, init_seq,
@@ -94,13 +95,13 @@ def meta_train(model, family, *, lr=None, steps: int | None = None, meta_steps: 
     elif isinstance(model, nn.Module) and callable(getattr(model, "adapt", None)):
         for value, name in ((lr, "lr"), (steps, "steps"), (first_order, "first_order"), (init, "init")):
             if value is not None:
-                raise ValueError(f"{name}: a linmaml.meta learner brings its own; leave it unset")
+                raise ArgumentError(name, "a linmaml.meta learner brings its own; leave it unset")
         learner = net = model
         loss = _validate.loss_name("squared" if loss is None else loss)
         settings = dict(learner=type(model).__name__, loss=loss)
         names = [n for n, _ in net.named_parameters()]
     else:
-        raise TypeError(f"model: expected a LinearChain or a linmaml.meta learner, got {type(model).__name__}")
+        raise ArgumentTypeError("model", f"expected a LinearChain or a linmaml.meta learner, got {type(model).__name__}")
     loss_fn = loss_function(settings["loss"])
     params = list(net.parameters())
     opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(params, lr=meta_lr)
@@ -137,15 +138,15 @@ def meta_train(model, family, *, lr=None, steps: int | None = None, meta_steps: 
 def _chain_learner(chain: LinearChain, family, lr, steps, first_order, init, init_scale, init_seq, loss):
     """(learner or None for a 0-step run, the chain's module, the run's settings) for a chain."""
     if lr is None:
-        raise TypeError("lr: meta-training a LinearChain needs the inner learning rate")
+        raise ArgumentTypeError("lr", "meta-training a LinearChain needs the inner learning rate")
     steps = _validate.integer(1 if steps is None else steps, "steps", minimum=0)
     rates = _validate.learning_rates(lr, steps)
     first_order = bool(first_order)
     if loss is not None and loss != chain.loss:
-        raise ValueError(f"loss: the chain's loss is {chain.loss}, got {loss!r}")
+        raise ArgumentError("loss", f"the chain's loss is {chain.loss}, got {loss!r}")
     if family.d_in != chain.d_in or family.d_out != chain.d_out:
-        raise ValueError(f"family: expected d_in={chain.d_in}, d_out={chain.d_out} to match the model, "
-                         f"got d_in={family.d_in}, d_out={family.d_out}")
+        raise ArgumentError("family", f"expected d_in={chain.d_in}, d_out={chain.d_out} to match the model, "
+                                      f"got d_in={family.d_in}, d_out={family.d_out}")
     start = chain.init(np.random.default_rng(init_seq), init_scale) if init is None else chain.check_weights(init, "init")
     learner = chain.learner(start, rates, steps, first_order) if steps else None
     net = learner.model if learner is not None else chain.module(start)

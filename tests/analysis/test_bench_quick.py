@@ -180,7 +180,7 @@ def test_allocator_case_times_both_policies_in_fresh_processes(quick_run):
 
     record, _ = quick_run
     # bench.run() itself leaves the process's malloc alone (the command line applies its policy)
-    assert record["machine"]["allocator"] == allocator.current()
+    assert record["machine"]["allocator"] == str(allocator.current())
     entry = record["cases"]["allocator"]
     assert entry["policies"]["system"].startswith("system")
     glibc = platform.libc_ver()[0] == "glibc"

@@ -28,4 +28,4 @@ def test_quick_layers_figure_and_reuse(tmp_path, capsys, data_root):
     capsys.readouterr()
     assert L.main(["--run", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("fig_layers: error: run:") and len(err.splitlines()) == 1
+    assert err.startswith("fig_layers: error: checkpoint:") and len(err.splitlines()) == 1  # as every opened run

@@ -40,7 +40,7 @@ ctypes.memset(block, 1, size)
 during = libc.mallinfo2()
 libc.free(block)
 after = libc.mallinfo2()
-print(json.dumps({"applied": applied, "mmapped_blocks_added": during.hblks - before.hblks,
+print(json.dumps({"applied": str(applied), "in_effect": applied.in_effect, "mmapped_blocks_added": during.hblks - before.hblks,
                   "heap_after_free": after.arena, "free_heap_after_free": after.fordblks}))
 """
 
@@ -54,7 +54,7 @@ def _probe(policy, mib):
 @pytest.mark.parametrize("mib", [20, 100])  # 100 MiB: above glibc's largest adaptive threshold (32 MiB)
 def test_keep_serves_large_blocks_from_the_heap_and_keeps_them_after_free(mib):
     keep = _probe("keep", mib)
-    assert keep["applied"].startswith("keep")
+    assert keep["in_effect"] == "keep" and keep["applied"].startswith("keep: ")
     assert mib * 2**20 < MMAP_THRESHOLD
     assert keep["mmapped_blocks_added"] == 0               # not fresh kernel pages
     assert keep["free_heap_after_free"] >= mib * 2**20     # freed, and still in the process for reuse
@@ -64,7 +64,7 @@ def test_keep_serves_large_blocks_from_the_heap_and_keeps_them_after_free(mib):
 @pytest.mark.parametrize("mib", [20, 100])
 def test_system_leaves_glibc_alone(mib):
     system = _probe("system", mib)
-    assert system["applied"].startswith("system")
+    assert system["in_effect"] == "system" and system["applied"].startswith("system: ")
     # glibc's own start-up threshold (128 KiB) maps the block from the kernel and unmaps it on free
     assert system["mmapped_blocks_added"] == 1
     assert system["free_heap_after_free"] < mib * 2**20
@@ -86,7 +86,7 @@ def fake_libc(monkeypatch):
     def install(refuse):
         libc = _FakeLibc(refuse)
         monkeypatch.setattr(allocator, "_glibc", lambda: libc)
-        monkeypatch.setattr(allocator, "_state", [None])
+        monkeypatch.setattr(allocator, "_state", None)
         return libc
 
     return install
@@ -95,24 +95,36 @@ def fake_libc(monkeypatch):
 def test_a_refused_mmap_threshold_leaves_the_trim_threshold_alone(fake_libc):
     """Setting only the trim threshold would freeze glibc's mmap threshold at 128 KiB: worse than nothing."""
     libc = fake_libc(refuse={allocator._M_MMAP_THRESHOLD})
-    line = use_allocator("keep")
+    state = use_allocator("keep")
     assert libc.calls == [allocator._M_MMAP_THRESHOLD]
-    assert line.startswith("system:") and "refused an mmap threshold" in line
-    assert allocator.current().startswith("system:")
+    assert state.in_effect == "system" and "refused an mmap threshold" in state.detail
+    assert allocator.current().in_effect == "system"
 
 
 def test_a_refused_trim_threshold_is_reported_as_partly_applied(fake_libc):
     libc = fake_libc(refuse={allocator._M_TRIM_THRESHOLD})
-    line = use_allocator("keep")
+    state = use_allocator("keep")
     assert libc.calls == [allocator._M_MMAP_THRESHOLD, allocator._M_TRIM_THRESHOLD]
-    assert line.startswith("partly:") and allocator.current() == line
+    assert state.in_effect == "partly" and allocator.current() == state
+    assert str(state) == f"partly: {state.detail}"
+
+
+def test_keep_taken_is_recorded_as_a_record_and_one_line(fake_libc):
+    libc = fake_libc(refuse=set())
+    assert allocator.current() == allocator._UNTOUCHED and allocator.current().in_effect == "system"
+    state = use_allocator("keep")
+    assert libc.calls == [allocator._M_MMAP_THRESHOLD, allocator._M_TRIM_THRESHOLD]
+    assert (state.in_effect, allocator.current()) == ("keep", state)
+    assert str(state) == (f"keep: glibc mmap threshold {MMAP_THRESHOLD // 2**20} MiB, trim threshold "
+                          f"{allocator.TRIM_THRESHOLD // 2**20} MiB (freed memory reused by the next step)")
+    assert use_allocator("system") == state  # "system" changes nothing once keep is applied
 
 
 def test_keep_on_a_platform_without_glibc_changes_nothing_and_the_command_says_so(monkeypatch, capsys):
     monkeypatch.setattr(allocator, "_glibc", lambda: None)
-    monkeypatch.setattr(allocator, "_state", [None])
-    line = allocator.apply_for_command("keep", "linmaml train")
-    assert line.startswith("system:")
+    monkeypatch.setattr(allocator, "_state", None)
+    state = allocator.apply_for_command("keep", "linmaml train")
+    assert state.in_effect == "system"
     assert capsys.readouterr().err.startswith("linmaml train: note: --allocator keep not applied: system:")
 
 

@@ -1,4 +1,4 @@
-"""linmaml.benchmarks.analyze against direct computations.
+"""linmaml.benchmarks.layerwise (the measurement of ``linmaml analyze``) against direct computations.
 
 * CKA against the HSIC formula with explicit centring matrices, and its invariances (orthogonal
   transforms, isotropic scaling) as property tests;
@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from linmaml import meta
-from linmaml.benchmarks import analyze as A
+from linmaml.benchmarks import layerwise as A
 from linmaml.benchmarks.learners import ALGOS, CLOSED_FORM_ALGOS, TRANSFORMS, build_learner
 from linmaml.benchmarks.models import ConvNet
 
@@ -194,7 +194,7 @@ def test_bottom_preconditioner_of_a_deep_linear_net_matches_its_closed_form(use_
     np.testing.assert_allclose(out["eigenvalues"], np.sort(np.linalg.eigvalsh(theta))[::-1], atol=1e-10 * theta.max())
     np.testing.assert_allclose(out["eigenvalues_plain"], np.sort(np.linalg.eigvalsh(plain))[::-1],
                                atol=1e-10 * plain.max())
-    summary = A._summarize_spectra(learner, [out])
+    summary = A.summarize_spectra(learner, [out])
     if use_kfo:
         np.testing.assert_allclose(summary["kfo_left"], np.sort(np.linalg.eigvalsh(left))[::-1], rtol=1e-10)
         np.testing.assert_allclose(summary["kfo_right"], np.sort(np.linalg.eigvalsh(right))[::-1], rtol=1e-10)
@@ -239,8 +239,8 @@ def test_every_algo_and_transform_runs(algo, transform):
 def test_the_drawing_keeps_the_tallest_bar_and_says_the_run_in_words(monkeypatch, tmp_path):
     """analyze.png / layers.png: the tallest update bar (the head's, 2.7 in the README's run) is inside
     the axes, rotated labels end under their bars, and the title is words, not "maml none"."""
-    from linmaml.benchmarks import analyze
     from linmaml.plots import figure
+    from linmaml.plots import layerwise as analyze
 
     drawn = {}
     monkeypatch.setattr(figure, "save_figure", lambda fig, path, **kw: drawn.setdefault("fig", fig))
@@ -259,3 +259,97 @@ def test_the_drawing_keeps_the_tallest_bar_and_says_the_run_in_words(monkeypatch
     title = fig._suptitle.get_text()
     assert "maml none" not in title and title.startswith("second-order MAML") and "plain gradient inner step" in title
     assert "3 inner steps" in title and "1 inner steps" not in analyze.describe_run({**result, "steps": 1})
+
+
+def test_a_subset_adapts_as_a_hand_written_loop_and_the_learner_is_unchanged():
+    """``Engine(adapted=...)`` (what the ablation runs): only the named tensors take inner steps,
+    the others stay at θ; checked against a hand-written loop, with per-step rates and a learned
+    per-parameter rate (Meta-SGD, U(g) = a ⊙ g); the learner's own adapted names do not change."""
+    from linmaml.errors import ArgumentError
+    from linmaml.meta.engine import Engine
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    learner = meta.MAML(model, lr=[0.3, 0.1], steps=2, transform=meta.MetaSGD())
+    with torch.no_grad():
+        for p in learner.transform.parameters():
+            p.add_(0.5 * torch.rand_like(p))
+    scale = {n: s.detach() for n, s in learner.transform.params().items()}  # {parameter name: s}
+    assert set(scale) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    x_s, x_q = torch.randn(6, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64)
+    y_s, y_q = torch.randint(0, 2, (6,)), torch.randint(0, 2, (8,))
+    before = list(learner.adapted_names)
+    for chosen in (["0.weight"], ["2.weight", "2.bias"], ["0.bias", "2.weight"]):
+        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for lr in (0.3, 0.1):
+            leaves = {n: params[n].requires_grad_(True) for n in chosen}
+            loss = F.cross_entropy(torch.func.functional_call(model, {**params, **leaves}, (x_s,)), y_s)
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            for n, g in zip(chosen, grads):
+                params[n] = (params[n] - lr * scale[n] * g).detach()
+        with torch.no_grad():
+            expected = F.cross_entropy(torch.func.functional_call(model, params, (x_q,)), y_q)
+        losses, _ = Engine(learner, F.cross_entropy, adapted=chosen).score(x_s[None], y_s[None], x_q[None], y_q[None])
+        assert float(losses[0]) == pytest.approx(float(expected), rel=1e-12)
+        fast = learner.adapt(x_s, y_s, F.cross_entropy, adapted=chosen)
+        for n, p in model.named_parameters():
+            if n not in chosen:
+                assert fast[n] is p  # not adapted: the meta-learned tensor itself
+        assert learner.adapted_names == before
+    with pytest.raises(ArgumentError) as caught:
+        Engine(learner, F.cross_entropy, adapted=["nope"])
+    assert caught.value.argument == "adapted"
+    anil = meta.ANIL(nn.Linear(4, 3).double(), nn.Linear(3, 2).double(), lr=0.1, steps=1)
+    with pytest.raises(ArgumentError):
+        anil.adapt(x_s, y_s, F.cross_entropy, adapted=[])
+
+
+class Stage(nn.Module):
+    """A block by structure (a stage of a sequence), whatever its class is called."""
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+        self.scale = nn.Parameter(torch.ones(d_out))
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x)) * self.scale
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(Stage(4, 5), nn.Sequential(Stage(5, 5), nn.ReLU()), nn.Identity())
+        self.gate = nn.Parameter(torch.ones(5))
+        self.neck = nn.Module()
+        self.neck.proj = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(self.neck.proj(self.trunk(x) * self.gate))
+
+
+def test_blocks_are_found_by_module_structure_or_given():
+    """Written out by hand for a network whose classes have no telling names: the stages of a
+    sequence (a nested sequence walked into), modules holding parameters directly; the root's own
+    parameter (``gate``) belongs to no block."""
+    learner = meta.MAML(Net().double(), lr=0.1, steps=1)
+    assert A.block_names(learner) == ["trunk.0", "trunk.1.0", "neck.proj", "out"]
+    owner = A.parameter_blocks(learner)
+    assert owner["trunk.1.0.lin.weight"] == "trunk.1.0" and owner["trunk.0.scale"] == "trunk.0"
+    assert owner["gate"] is None and owner["out.bias"] == "out"
+    assert A.block_names(learner, ["trunk", "out"]) == ["trunk", "out"]
+    with pytest.raises(ValueError, match="^blocks: "):
+        A.block_names(learner, ["nowhere"])
+    # head: by default the last nn.Linear; given, the rows follow it
+    rows = dict(A.ablation_subsets(learner))
+    assert rows["head"] == ["out.weight", "out.bias"] and "out" not in rows
+    assert list(rows) == ["all", "head", "all but head", "trunk.0", "trunk.1.0", "neck.proj", "none"]
+    rows = dict(A.ablation_subsets(learner, head=["neck.proj.weight", "neck.proj.bias", "out.weight", "out.bias"]))
+    assert list(rows) == ["all", "head", "all but head", "trunk.0", "trunk.1.0", "none"]
+    tasks = [type("T", (), {"to_torch": lambda self, d=None, t=None, s=s: (
+        torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(s)), torch.arange(6) % 2,
+        torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + s)),
+        torch.arange(8) % 2)})() for s in range(3)]
+    result = A.analyze_learner(learner, tasks, steps=1, spectrum_tasks=0, blocks=["trunk", "out"])
+    assert [b["name"] for b in result["blocks"]] == ["trunk", "out"]

@@ -86,7 +86,7 @@ def test_evaluate_bad_input(trained, tmp_path):
         evaluate_checkpoint(out, tasks=1, query=4, splits=splits)
     with pytest.raises(ValueError, match="^query: expected at most 5 "):
         evaluate_checkpoint(out, tasks=5, query=15, splits=splits)
-    with pytest.raises(FileNotFoundError, match="holds no best.pt"):
+    with pytest.raises(FileNotFoundError, match=r"holds no checkpoint \(best.pt, last.pt or last.prev.pt\)"):
         evaluate_checkpoint(tmp_path, splits=splits)
     bad = tmp_path / "bad.pt"
     bad.write_bytes((out / "best.pt").read_bytes()[:-3])

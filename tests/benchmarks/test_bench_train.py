@@ -420,6 +420,9 @@ def test_a_learned_transform_validated_beyond_its_steps_is_noted_once_without_wa
     assert "note:" not in plain.getvalue()  # no learned transform: nothing to say
     learner = build_learner(image_shape=(1, 12, 12), ways=3, layers=1, hidden=4, inner_lr=0.3, steps=1,
                             transform="kfo")
+    with torch.no_grad():  # learned factors (at the identity, KFO is plain MAML and nothing warns)
+        for p in learner.transform.parameters():
+            p.mul_(1.1)
     with pytest.warns(meta.StepsBeyondTrainingWarning):
         learner.adapt(torch.rand(3, 1, 12, 12), torch.arange(3), F.cross_entropy, steps=3)
 

@@ -133,8 +133,9 @@ def test_evaluate_with_zero_steps_scores_the_trained_start(trained, tmp_path):
 
 @pytest.mark.parametrize("command, route", [("evaluate", "evaluate_checkpoint("), ("analyze", "analyze_run(")])
 def test_the_command_line_points_a_user_model_run_to_python(trained, capsys, command, route):
-    """``linmaml evaluate``/``analyze`` cannot rebuild the user's class: one line naming the run and
-    the Python call to make, not a ``model=`` option the command does not have."""
+    """``linmaml evaluate``/``analyze`` cannot rebuild a class that the run's config.json does not say
+    where to import from (a run of ``train(model=...)``): one line naming the run, the flag to pass
+    (``--model``) and the Python call to make."""
     from linmaml.cli import main
 
     _, out = trained
@@ -145,4 +146,5 @@ def test_the_command_line_points_a_user_model_run_to_python(trained, capsys, com
         torch.set_num_threads(threads)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"error: {out}: " in err and route in err and "model=YourModel()" in err, err
+    assert "pass --model package.module:Class" in err, err
     assert "pass the same architecture" not in err

@@ -23,6 +23,11 @@ RECIPES = {
     # Finn et al. 2017's 20-way settings: inner rate 0.1, 5 inner steps in training and at test, meta-batch 16
     "omniglot-20w1s.json": dict(ways=20, shots=1, inner_lr=0.1, steps=5, test_steps=5, meta_batch=16),
     "omniglot-20w5s.json": dict(ways=20, shots=5, inner_lr=0.1, steps=5, test_steps=5, meta_batch=16),
+    # the textbook recipe of the time-to-accuracy comparison (Finn et al. 2017, Omniglot 5-way 1-shot: one
+    # query image per class in training, meta-batch 32, Adam 1e-3 without a schedule), the per-task loop
+    "omniglot-5w1s-textbook.json": dict(ways=5, shots=1, query=1, steps=1, test_steps=3, inner_lr=0.4, outer_lr=0.001,
+                                        outer_lr_schedule="constant", meta_batch=32, batching="loop",
+                                        iterations=60000, val_every=500),
 }
 COMMON = dict(benchmark="omniglot", algo="maml", outer_lr_schedule="cosine", iterations=16000, val_every=1000)
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from linmaml.benchmarks.data import FewShotSplit
+from linmaml.benchmarks.run import read_curves as read_run, read_runs
 from linmaml.benchmarks.train import train
 from linmaml.cli import main
-from linmaml.plots.training import plot_runs, read_run, read_runs
+from linmaml.plots.training import plot_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -125,7 +125,7 @@ def test_evaluate_bad_arguments(tmp_path, capsys, small_run):
     cases = [
         (["evaluate"], "CHECKPOINT"),
         (["evaluate", str(tmp_path / "missing.pt")], "missing.pt does not exist"),
-        (["evaluate", str(empty)], "holds no best.pt"),
+        (["evaluate", str(empty)], "holds no checkpoint (best.pt, last.pt or last.prev.pt)"),
         (["evaluate", str(corrupt)], "corrupt.pt is corrupt (sha256"),
         (["evaluate", str(text)], "notes.txt is not a linmaml checkpoint"),
         (["evaluate", good, "--tasks", "1"], "--tasks: expected an integer >= 2"),

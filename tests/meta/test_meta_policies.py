@@ -189,9 +189,32 @@ def test_check_finite_refuses_nan_support_and_divergence():
 
 def test_steps_warning_is_not_raised_within_the_trained_steps():
     learner = meta.MAML(nn.Linear(4, 3).to(DT), lr=0.1, steps=3, transform=meta.MetaSGD())
+    with torch.no_grad():  # a learned transform: its rates moved away from their start
+        for p in learner.transform.parameters():
+            p.mul_(1.5)
     xs, ys, _, _ = batch(1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learner.adapt(xs[0], ys[0], F.cross_entropy, steps=3)
     with pytest.warns(meta.StepsBeyondTrainingWarning, match="MetaSGD"):
         learner.adapt(xs[0], ys[0], F.cross_entropy, steps=4)
+
+
+@pytest.mark.parametrize("transform", [meta.MetaSGD, meta.KFO, meta.MetaCurvature, meta.LearnedRates])
+def test_a_transform_still_at_its_initialisation_adapts_beyond_the_trained_steps_without_a_warning(transform):
+    """At initialisation every built-in transform is the identity (plain MAML), which has no trained
+    step count to overshoot; the adapted weights equal a hand-written plain SGD loop of 5 steps."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).to(DT)
+    learner = meta.MAML(model, lr=0.1, steps=2, transform=transform())
+    xs, ys, _, _ = batch(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = learner.adapt(xs[0], ys[0], F.cross_entropy, steps=5)
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    for _ in range(5):
+        w.requires_grad_(True), b.requires_grad_(True)
+        gw, gb = torch.autograd.grad(F.cross_entropy(xs[0] @ w.T + b, ys[0]), (w, b))
+        w, b = (w - 0.1 * gw).detach(), (b - 0.1 * gb).detach()
+    assert torch.allclose(fast["weight"], w, rtol=0, atol=1e-13)
+    assert torch.allclose(fast["bias"], b, rtol=0, atol=1e-13)

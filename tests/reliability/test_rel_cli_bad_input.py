@@ -142,10 +142,10 @@ TABLE = [
     (["analyze", "{file}", "--bogus"], "unrecognized arguments: --bogus"),
     (["analyze", "{file}", "--allocator", "mmap"], "--allocator: invalid choice: 'mmap'"),
     # evaluate
-    (["evaluate"], "the following arguments are required: CHECKPOINT"),
+    (["evaluate"], "CHECKPOINT: required (a .pt or a run folder; or --pretrained NAME"),
     (["evaluate", "{missing}/best.pt"], "best.pt does not exist"),
     (["evaluate", "{file}"], "is not a linmaml checkpoint"),
-    (["evaluate", "{sandbox}"], "holds no best.pt or last.pt"),
+    (["evaluate", "{sandbox}"], "holds no checkpoint (best.pt, last.pt or last.prev.pt)"),
     (["evaluate", "{file}", "--tasks", "many"], "--tasks: invalid int value"),
     (["evaluate", "{file}", "--split", "holdout"], "--split: invalid choice"),
     (["evaluate", "{file}", "--allocator", ""], "--allocator: invalid choice: ''"),

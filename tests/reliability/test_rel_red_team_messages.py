@@ -14,13 +14,14 @@ from torch import nn
 
 import linmaml.benchmarks.data as data_package
 from linmaml import meta
-from linmaml.benchmarks import analyze as analyze_module
+from linmaml.benchmarks import layerwise as analyze_module
 from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.train import train
 from linmaml.cli import build_parser, main
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.engine import Engine
+from linmaml.plots import layerwise as layerwise_tables
 from linmaml.tasks import SinusoidFamily
 
 CLASSES, EXAMPLES = 6, 20
@@ -122,7 +123,7 @@ def test_analyze_expands_a_tilde_in_run(finished, tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("HOME", str(finished.parent))
     seen = []
     monkeypatch.setattr(analyze_module, "analyze_run", lambda path, **k: seen.append(path) or {})
-    monkeypatch.setattr(analyze_module, "format_table", lambda result: "table")
+    monkeypatch.setattr(layerwise_tables, "format_table", lambda result: "table")
     assert main(["analyze", "~/run", "--tasks", "2"]) == 0
     assert seen == [finished]
 

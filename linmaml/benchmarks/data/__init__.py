@@ -6,6 +6,10 @@ where known, always counts and shapes; problems raise :class:`DatasetError`, a `
 one-line message naming the file), and handed out as :class:`FewShotSplit` objects — images grouped
 by class, the form :mod:`linmaml.benchmarks.episodes` samples tasks from.
 
+Your own data (:mod:`.own`): :func:`array_splits` (an .npz or numpy arrays, examples of any shape) and
+:func:`folder_splits` (an image folder tree), or ``load_splits("arrays" | "folder", data=PATH)``. The
+preprocessed Omniglot and decoded folders are kept in a cache keyed by the sources' bytes (:mod:`.cache`).
+
 Typical use::
 
     from linmaml.benchmarks.data import load_splits
@@ -30,13 +34,17 @@ from linmaml.benchmarks.data.integrity import DatasetError, file_digest, verify_
 from linmaml.benchmarks.data.mini_imagenet import check_mini_imagenet, load_mini_imagenet
 from linmaml.benchmarks.data import omniglot
 from linmaml.benchmarks.data.omniglot import Omniglot, check_omniglot, load_omniglot
+from linmaml.benchmarks.data.own import array_splits, folder_splits
 from linmaml.benchmarks.data.paths import default_data_root, resolve_data_root, user_cache_dir
 from linmaml.errors import ArgumentError, ArgumentTypeError
 
-#: Benchmark names accepted by :func:`load_splits` and the CLI.
-BENCHMARKS = ("omniglot", "cifar-fs", "mini-imagenet")
+#: Benchmark names accepted by :func:`load_splits` and the CLI: the built-in benchmarks, then your own
+#: data (:mod:`.own`): ``"arrays"`` (an .npz of arrays) and ``"folder"`` (an image folder tree).
+BUILT_IN = ("omniglot", "cifar-fs", "mini-imagenet")
+OWN_DATA = ("arrays", "folder")
+BENCHMARKS = BUILT_IN + OWN_DATA
 
-__all__ = ["BENCHMARKS", "SPLITS", "CifarFS", "DatasetError", "FewShotSplit", "Omniglot", "check_dataset",
+__all__ = ["BENCHMARKS", "BUILT_IN", "OWN_DATA", "array_splits", "folder_splits", "SPLITS", "CifarFS", "DatasetError", "FewShotSplit", "Omniglot", "check_dataset",
            "check_cifar_fs", "check_mini_imagenet", "check_omniglot", "default_data_root", "file_digest",
            "load_cifar_fs", "load_mini_imagenet", "load_omniglot", "load_splits", "resolve_data_root",
            "user_cache_dir", "verify_file"]
@@ -51,6 +59,11 @@ def load_splits(benchmark: str, splits=SPLITS, data_root=None, *, verify: bool =
     (or ``"area"``), ``rotations=(0, 90, 180, 270)`` (degrees; ``(0,)`` for none), ``class_split="standard"``
     (or ``"alphabets"``: :func:`.omniglot.alphabet_split_table`). Returns
     ``{split: FewShotSplit}`` in the order asked.
+
+    Your own data (``benchmark="arrays"`` or ``"folder"``, :mod:`.own`; ``data_root`` unused): options
+    ``data`` (the .npz file or the image folder, required), ``name`` (default: the file's stem or the
+    folder's name), ``split_dir`` (a folder of split files ``train.txt``, ``val.txt``, ``test.txt``)
+    and, for a folder, ``cache`` (default True).
     """
     if benchmark not in BENCHMARKS:
         raise ArgumentError("benchmark", f"expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
@@ -60,15 +73,27 @@ def load_splits(benchmark: str, splits=SPLITS, data_root=None, *, verify: bool =
     for split in splits:
         if split not in SPLITS:
             raise ArgumentError("splits", f"expected names among {', '.join(SPLITS)}, got {split!r}")
-    allowed = {"omniglot": {"size", "resize", "rotations", "class_split"}}.get(benchmark, set())
+    allowed = {"omniglot": {"size", "resize", "rotations", "class_split", "cache"},
+               "arrays": {"data", "name", "split_dir"}, "folder": {"data", "name", "split_dir", "cache"}
+               }.get(benchmark, set())
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ArgumentTypeError(unknown[0], f"not an option of {benchmark} (options: {', '.join(sorted(allowed)) or 'none'})")
+    if benchmark in OWN_DATA:
+        from linmaml.benchmarks.data import own
+
+        if options.get("data") is None:
+            raise ArgumentError("data", f"benchmark {benchmark!r} reads your own data: pass the "
+                                        f"{'.npz file' if benchmark == 'arrays' else 'image folder'} (data=...)")
+        data = options.pop("data")
+        if benchmark == "arrays":
+            return own.array_splits(data, splits=splits, **options)
+        return own.folder_splits(data, splits=splits, **options)
     if benchmark == "omniglot":
         rotations = options.pop("rotations", None)
         class_split = options.pop("class_split", "standard")
         table = omniglot.split_tables(class_split)  # a bad name is refused before the data is read
-        data = Omniglot.load(data_root, verify=verify, **options)
+        data = Omniglot.load(data_root, verify=verify, **options)  # cache=True: the preprocessed-data cache
         kwargs = {"table": table} if rotations is None else {"rotations": rotations, "table": table}
         return {split: data.split(split, **kwargs) for split in splits}
     if benchmark == "cifar-fs":
@@ -79,7 +104,7 @@ def load_splits(benchmark: str, splits=SPLITS, data_root=None, *, verify: bool =
 
 def check_dataset(benchmark: str, data_root=None) -> dict:
     """Verify one benchmark's files and return what was found (counts, checksums); DatasetError if not."""
-    if benchmark not in BENCHMARKS:
-        raise ArgumentError("benchmark", f"expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+    if benchmark not in BUILT_IN:
+        raise ArgumentError("benchmark", f"expected one of {', '.join(BUILT_IN)}, got {benchmark!r}")
     return {"omniglot": check_omniglot, "cifar-fs": check_cifar_fs,
             "mini-imagenet": check_mini_imagenet}[benchmark](data_root)

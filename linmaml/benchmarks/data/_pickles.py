@@ -24,6 +24,7 @@ import zipfile
 from linmaml import _io
 
 from linmaml.benchmarks.data.integrity import DatasetError
+from linmaml.errors import FileContentError
 
 
 #: The only globals a data pickle may name: numpy's array, dtype and scalar rebuilders (under the
@@ -78,8 +79,8 @@ def load_pickle(handle, where: str, size: int | None = None):
                            f"data (or was altered)") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
             IndexError, KeyError, zipfile.BadZipFile, OSError, RecursionError, MemoryError) as error:
-        if isinstance(error, ValueError) and str(error).startswith(f"{where}: "):
-            raise DatasetError(f"{where}: not a readable pickle ({str(error)[len(where) + 2:]})") from None
+        if isinstance(error, FileContentError) and error.where == where:  # refused by _io's checks
+            raise DatasetError(f"{where}: not a readable pickle ({error.detail})") from None
         raise DatasetError(f"{where}: not a readable pickle ({type(error).__name__}: {error}); "
                            f"the file is truncated or altered") from None
 

@@ -33,6 +33,7 @@ from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml import _io
 from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES, DatasetError, verify_file
 from linmaml.benchmarks.data.paths import resolve_data_root
+from linmaml.errors import ArgumentError
 
 FOLDER = "cifar-fs"
 ARCHIVE_DIR = "cifar-100-python"
@@ -70,7 +71,7 @@ SPEC = Cifar100Spec()
 def split_classes(split: str) -> list[str]:
     """The CIFAR-100 fine-label names of a CIFAR-FS split, in the shipped file's order."""
     if split not in SPLITS:
-        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        raise ArgumentError("split", f"expected one of {', '.join(SPLITS)}, got {split!r}")
     text = (SPLIT_DIR / f"cifar_fs_{split}.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -192,7 +193,7 @@ class CifarFS:
 def load_cifar_fs(split: str, data_root=None, *, verify: bool = True) -> FewShotSplit:
     """One CIFAR-FS split (reads CIFAR-100 once; use :class:`CifarFS` for several splits)."""
     if split not in SPLITS:
-        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        raise ArgumentError("split", f"expected one of {', '.join(SPLITS)}, got {split!r}")
     return CifarFS.load(data_root, verify=verify).split(split)
 
 

@@ -37,6 +37,7 @@ from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml import _io
 from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES, DatasetError
 from linmaml.benchmarks.data.paths import benchmark_dir
+from linmaml.errors import ArgumentError
 
 FOLDER = "mini-imagenet"
 SIZE = 84
@@ -185,7 +186,7 @@ def load_mini_imagenet(split: str, data_root=None, *, verify: bool = True) -> Fe
     """One mini-ImageNet split as a :class:`FewShotSplit` (uint8 pixels ``(64|16|20, 600, 3, 84, 84)``;
     classes in sorted name order, examples in the file's order)."""
     if split not in SPLITS:
-        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        raise ArgumentError("split", f"expected one of {', '.join(SPLITS)}, got {split!r}")
     fmt, path = locate(split, data_root)
     reader = _read_pickle if fmt == "pickle" else _read_csv
     images, names = reader(path, split, verify)

@@ -43,7 +43,7 @@ import numpy as np
 from linmaml import _io
 from linmaml._extras import require as require_extra
 from linmaml._validate import integer
-from linmaml.errors import ArgumentError
+from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES, DatasetError, verify_file
 from linmaml.benchmarks.data.paths import benchmark_dir
@@ -184,9 +184,9 @@ def read_set(fmt: str, path, name: str, *, verify: bool = True) -> OmniglotSet:
     :data:`SETS` are checked; without it only the structure is (shapes, drawer numbering).
     """
     if name not in SETS:
-        raise ValueError(f"name: expected one of {', '.join(SETS)}, got {name!r}")
+        raise ArgumentError("name", f"expected one of {', '.join(SETS)}, got {name!r}")
     if fmt not in FORMATS:
-        raise ValueError(f"fmt: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ArgumentError("fmt", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
     spec, path = SETS[name], Path(path)
     checksum = None
     if fmt == "npz":
@@ -234,10 +234,11 @@ MAX_NPZ_ARRAY_BYTES = 1 << 30
 MAX_PNG_BYTES = 1 << 20
 
 
-def _check_npz(handle, path: Path) -> None:
-    """Refuse an npz whose arrays declare (in their .npy headers) more bytes than
-    :data:`MAX_NPZ_ARRAY_BYTES` or than their stored member holds: numpy allocates what the header
-    says before it reads a byte, so a tiny deflated file could otherwise cost any amount of memory."""
+def _check_npz(handle, path: Path, limit: int = MAX_NPZ_ARRAY_BYTES, hint: str = FRESH_COPY) -> None:
+    """Refuse an npz whose arrays declare (in their .npy headers) more bytes than ``limit`` (default
+    :data:`MAX_NPZ_ARRAY_BYTES`) or than their stored member holds: numpy allocates what the header
+    says before it reads a byte, so a tiny deflated file could otherwise cost any amount of memory.
+    ``hint`` ends the message (what to do about it)."""
     from numpy.lib import format as npy
 
     try:
@@ -250,10 +251,10 @@ def _check_npz(handle, path: Path) -> None:
                     read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
                     shape, _, dtype = read_header(member, max_header_size=10_000)
                     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                    if declared > MAX_NPZ_ARRAY_BYTES or declared > info.file_size:
+                    if declared > limit or declared > info.file_size:
                         raise DatasetError(f"{path}: {info.filename} declares {declared:,} bytes of {dtype} "
                                            f"{tuple(shape)} in a member of {info.file_size:,}; the file is "
-                                           f"altered, {FRESH_COPY}")
+                                           f"altered, {hint}")
     finally:
         handle.seek(0)
 
@@ -469,17 +470,17 @@ def rotation_turns(rotations) -> tuple[int, ...]:
     try:
         rotations = tuple(rotations)
     except TypeError:
-        raise TypeError(f"rotations: expected a sequence of angles in degrees, got {rotations!r}") from None
+        raise ArgumentTypeError("rotations", f"expected a sequence of angles in degrees, got {rotations!r}") from None
     if not rotations:
-        raise ValueError("rotations: expected at least one angle (use (0,) for no rotation)")
+        raise ArgumentError("rotations", "expected at least one angle (use (0,) for no rotation)")
     turns = []
     for angle in rotations:
         angle = integer(angle, "rotations")
         if angle % 90 != 0 or not 0 <= angle < 360:
-            raise ValueError(f"rotations: expected angles among 0, 90, 180, 270, got {angle}")
+            raise ArgumentError("rotations", f"expected angles among 0, 90, 180, 270, got {angle}")
         turns.append(angle // 90)
     if len(set(turns)) != len(turns):
-        raise ValueError(f"rotations: expected distinct angles, got {rotations}")
+        raise ArgumentError("rotations", f"expected distinct angles, got {rotations}")
     return tuple(turns)
 
 
@@ -490,14 +491,16 @@ class Omniglot:
         pixels: ``(num_chars, 20, 1, size, size)`` float32, ink = 1.0, in ascending ``char_id`` order.
         char_id: ``(num_chars,)`` int64, ascending (1..1623 for the full data).
         character_names: ``"<Alphabet>/characterNN"`` per character.
-        sets: the :class:`OmniglotSet` each set was read from (format, path, checksum).
+        sets: the :class:`OmniglotSet` each set was read from (format, path, checksum); empty when the
+            arrays came from the cache of preprocessed data (:meth:`load`).
+        cached: whether they did.
         seconds: wall time of reading and of resizing.
     """
 
     def __init__(self, sets: dict[str, OmniglotSet], *, size: int = 28, resize: str = "box"):
         size = integer(size, "size", minimum=1, maximum=IMAGE_SIZE)
         if resize not in METHODS:
-            raise ValueError(f"resize: expected one of {', '.join(METHODS)}, got {resize!r}")
+            raise ArgumentError("resize", f"expected one of {', '.join(METHODS)}, got {resize!r}")
         start = time.perf_counter()
         ordered = sorted(sets.values(), key=lambda s: s.name)
         char_id = np.concatenate([s.char_id for s in ordered])
@@ -518,15 +521,55 @@ class Omniglot:
         self.sets = dict(sets)
         self.size, self.resize = size, resize
         self.seconds = {"resize": time.perf_counter() - start}
+        self.cached = False
 
     @classmethod
-    def load(cls, data_root=None, *, size: int = 28, resize: str = "box", verify: bool = True) -> "Omniglot":
-        """Read (and with ``verify``, check) both sets under ``<data root>/omniglot/`` and preprocess."""
+    def load(cls, data_root=None, *, size: int = 28, resize: str = "box", verify: bool = True,
+             cache: bool = True) -> "Omniglot":
+        """Read (and with ``verify``, check) both sets under ``<data root>/omniglot/`` and preprocess.
+
+        ``cache`` (default True): keep the preprocessed arrays in the cache of preprocessed data and read
+        them back on the next call with the same source bytes and settings
+        (:mod:`linmaml.benchmarks.data.cache`; ``$LINMAML_CACHE=off`` turns it off). A hit skips the
+        decoding and resizing; the sets' raw images are then not kept (``sets`` is empty) and
+        ``cached`` is True.
+        """
+        size = integer(size, "size", minimum=1, maximum=IMAGE_SIZE)
+        if resize not in METHODS:
+            raise ArgumentError("resize", f"expected one of {', '.join(METHODS)}, got {resize!r}")
         start = time.perf_counter()
-        sets = read_omniglot(data_root, verify=verify)
-        read_seconds = time.perf_counter() - start
-        data = cls(sets, size=size, resize=resize)
-        data.seconds["read"] = read_seconds
+        located = locate(data_root)
+        built = {}
+
+        def build():
+            read_start = time.perf_counter()
+            sets = read_omniglot(data_root, verify=verify)
+            read_seconds = time.perf_counter() - read_start
+            built["data"] = data = cls(sets, size=size, resize=resize)
+            data.seconds["read"] = read_seconds
+            return {"pixels": data.pixels, "char_id": data.char_id,
+                    "character_names": np.array(data.character_names, dtype=str)}
+
+        from linmaml.benchmarks.data.cache import load_or_build
+
+        sources = [located[name][1] for name in sorted(located)]
+        settings = {"size": size, "resize": resize, "verify": bool(verify),
+                    "formats": [located[name][0] for name in sorted(located)]}
+        arrays, hit = load_or_build("omniglot", sources, settings, build, ("pixels", "char_id", "character_names"),
+                                    cache=cache)
+        if hit:
+            data = cls.__new__(cls)
+            data.pixels = arrays["pixels"]
+            data.char_id = arrays["char_id"].astype(np.int64)
+            data.character_names = [str(n) for n in arrays["character_names"]]
+            data.sets, data.size, data.resize, data.seconds = {}, size, resize, {}
+            if data.pixels.dtype != np.float32 or data.pixels.shape != (len(data.char_id), DRAWERS, 1, size, size) \
+                    or len(data.character_names) != len(data.char_id):
+                # an intact entry of another layout (a bug, never a user's doing): rebuild without the cache
+                return cls.load(data_root, size=size, resize=resize, verify=verify, cache=False)
+        else:
+            data = built["data"]
+        data.cached = hit
         data.seconds["total"] = time.perf_counter() - start
         return data
 
@@ -538,7 +581,7 @@ class Omniglot:
         ``rotations[r]``. ``table`` overrides the shipped :func:`split_table`.
         """
         if split not in SPLITS:
-            raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+            raise ArgumentError("split", f"expected one of {', '.join(SPLITS)}, got {split!r}")
         turns = rotation_turns(rotations)
         ids = (split_table() if table is None else table)[split]
         position = np.searchsorted(self.char_id, ids)
@@ -560,7 +603,7 @@ def load_omniglot(split: str, data_root=None, *, size: int = 28, resize: str = "
                   rotations=DEFAULT_ROTATIONS, verify: bool = True) -> FewShotSplit:
     """One split of Omniglot (reads and preprocesses both sets; use :class:`Omniglot` for several)."""
     if split not in SPLITS:
-        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        raise ArgumentError("split", f"expected one of {', '.join(SPLITS)}, got {split!r}")
     return Omniglot.load(data_root, size=size, resize=resize, verify=verify).split(split, rotations)
 
 

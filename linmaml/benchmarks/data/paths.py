@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from linmaml.errors import ArgumentNotADirectoryError, ArgumentTypeError
+
 #: Environment variable naming the data root.
 ENV_VAR = "LINMAML_DATA"
 
@@ -45,9 +47,9 @@ def resolve_data_root(data_root=None) -> Path:
     elif isinstance(data_root, (str, os.PathLike)):
         root = Path(data_root).expanduser()
     else:
-        raise TypeError(f"data_root: expected a path, got {type(data_root).__name__}")
+        raise ArgumentTypeError("data_root", f"expected a path, got {type(data_root).__name__}")
     if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"data_root: {root} is not a folder")
+        raise ArgumentNotADirectoryError("data_root", f"{root} is not a folder")
     return root
 
 

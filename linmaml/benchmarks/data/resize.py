@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from linmaml._validate import integer
+from linmaml.errors import ArgumentError
 
 METHODS = ("box", "area")
 
@@ -29,7 +30,7 @@ def resize_matrix(in_size: int, out_size: int, method: str = "box") -> np.ndarra
     in_size = integer(in_size, "in_size", minimum=1)
     out_size = integer(out_size, "out_size", minimum=1, maximum=in_size)
     if method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+        raise ArgumentError("method", f"expected one of {', '.join(METHODS)}, got {method!r}")
     scale = in_size / out_size
     matrix = np.zeros((out_size, in_size))
     for i in range(out_size):
@@ -55,11 +56,11 @@ def resize_stack(images: np.ndarray, size: int, method: str = "box", *, convert=
     """
     images = np.asarray(images)
     if images.ndim < 2:
-        raise ValueError(f"images: expected an array (..., H, W), got shape {images.shape}")
+        raise ArgumentError("images", f"expected an array (..., H, W), got shape {images.shape}")
     size = integer(size, "size", minimum=1)
     height, width = images.shape[-2:]
     if size > min(height, width):
-        raise ValueError(f"size: expected at most {min(height, width)} (only down-scaling), got {size}")
+        raise ArgumentError("size", f"expected at most {min(height, width)} (only down-scaling), got {size}")
     rows = resize_matrix(height, size, method).astype(np.float32)
     cols_t = resize_matrix(width, size, method).astype(np.float32).T
     flat = images.reshape(-1, height, width)

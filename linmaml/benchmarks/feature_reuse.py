@@ -53,11 +53,12 @@ from torch.func import functional_call
 
 from linmaml import meta
 from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.intervals import mean_ci
 from linmaml.meta.inner_loop import check_rates, inner_loop
 
 __all__ = ["linear_cka", "network_of", "Layer", "network_layers", "adapt_parameters", "query_accuracies",
            "freezing_table", "layer_outputs", "penultimate_features", "cka_before_after", "nil_accuracies",
-           "network_similarity", "adapted_names_of", "check_plain_steps", "NORM_TYPES"]
+           "network_similarity", "adapted_names_of", "check_plain_steps", "NORM_TYPES", "feature_reuse_report"]
 
 #: Modules whose multi-dimensional parameters are not weights of a layer of their own (a per-step
 #: BatchNorm holds (steps, channels) affine parameters).
@@ -396,3 +397,25 @@ def network_similarity(first, second, tasks, *, device=None, adapted: bool = Fal
             for name in names[0]:
                 out[name].append(linear_cka(reps[0][name], reps[1][name]))
     return {name: np.asarray(v, dtype=np.float64) for name, v in out.items()}
+
+
+def feature_reuse_report(learner, tasks, lrs: Sequence[float], *, ways: int | None = None, device=None) -> dict:
+    """Raghu et al.'s three measurements of one network on the same ``tasks`` (``linmaml analyze
+    --feature-reuse``): the freezing table (:func:`freezing_table`, accuracies in percent with a 95 %
+    Student-t interval over tasks and the paired difference to the learner's own adaptation), CKA of
+    each layer before vs after the inner loop (:func:`cka_before_after`, mean over tasks) and NIL
+    (:func:`nil_accuracies`, percent, paired against the own adaptation)."""
+    def percent(values):
+        mean, half = mean_ci(100 * np.asarray(values, dtype=np.float64))
+        return {"mean": float(mean), "ci95": float(half)}
+
+    rows = freezing_table(learner, tasks, lrs, device=device)
+    own = rows[0]["accuracies"]
+    freezing = [{"frozen": row["frozen"], "accuracy": percent(row["accuracies"]),
+                 "minus_own": percent(row["accuracies"] - own)} for row in rows]
+    cka = {name: float(np.mean(values)) for name, values in cka_before_after(learner, tasks, lrs,
+                                                                               device=device).items()}
+    nil = {kind: {"accuracy": percent(values), "minus_own": percent(values - own)}
+           for kind, values in nil_accuracies(learner, tasks, ways=ways, device=device).items()}
+    return {"tasks": int(len(own)), "inner_lrs": [float(lr) for lr in lrs], "own": percent(own),
+            "freezing": freezing, "cka_before_after": cka, "nil": nil}

@@ -30,6 +30,11 @@ def register(subparsers):
                         "run many times slower)")
     p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)
     add_model_options(p)
+    p.add_argument("--feature-reuse", action="store_true",
+                   help="instead, Raghu et al. 2020's measurements on the same tasks: accuracy with the first "
+                        "1, 2, ... layers frozen at test time, each layer's CKA before vs after the inner loop, "
+                        "and NIL (no inner loop: nearest class mean of the penultimate features, cosine and "
+                        "Euclidean)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/analyze.{png,json}")
     p.set_defaults(func=run)
@@ -65,6 +70,8 @@ def run(args) -> int:
     torch.set_num_threads(threads_for(args.threads, run_path))
     data_root = data_root_for(path_option(args.data_root, "--data-root"), run_path)
     apply_for_command(args.allocator or default_policy(), "linmaml analyze")
+    if args.feature_reuse:
+        return _feature_reuse(args, run_path, data_root, out)
     try:
         result = layerwise.analyze_run(run_path, tasks=args.tasks, steps=args.steps,
                                        spectrum_tasks=args.spectrum_tasks, data_root=data_root, stream=sys.stderr,
@@ -84,4 +91,41 @@ def run(args) -> int:
         print(json.dumps(result))
     else:
         print(tables.format_table(result))
+    return 0
+
+
+def format_feature_reuse(report: dict) -> str:
+    """The three measurements of :func:`linmaml.benchmarks.feature_reuse.feature_reuse_report` as text."""
+    def cell(value):
+        return f"{value['mean']:6.2f} % ± {value['ci95']:.2f}"
+
+    lines = [f"feature reuse on {report['tasks']} test tasks (Raghu et al. 2020; 95% CI over tasks, "
+             f"differences paired on the same tasks)",
+             f"own adaptation                 {cell(report['own'])}", "", "layers frozen at test time:"]
+    for row in report["freezing"][1:]:
+        lines.append(f"  {', '.join(row['frozen']):<28} {cell(row['accuracy'])}   minus own "
+                     f"{row['minus_own']['mean']:+.2f} ± {row['minus_own']['ci95']:.2f}")
+    lines += ["", "CKA of each layer's output before vs after the inner loop (mean over tasks):"]
+    lines += [f"  {name:<28} {value:.3f}" for name, value in report["cka_before_after"].items()]
+    lines += ["", "NIL (no inner loop; nearest class mean of the penultimate support features):"]
+    for kind, value in report["nil"].items():
+        lines.append(f"  {kind:<28} {cell(value['accuracy'])}   minus own {value['minus_own']['mean']:+.2f} ± "
+                     f"{value['minus_own']['ci95']:.2f}")
+    return "\n".join(lines)
+
+
+def _feature_reuse(args, run_path, data_root, out) -> int:
+    from linmaml import _io
+    from linmaml.benchmarks.feature_reuse import feature_reuse_report
+    from linmaml.benchmarks.run import Run
+
+    run = Run.open(run_path, model=model_from_args(args))
+    tasks = run.tasks("test", count=args.tasks, data_root=data_root)
+    steps = args.steps if args.steps is not None else run.config.test_steps
+    report = feature_reuse_report(run.learner, tasks, run.learner.step_rates(steps), ways=run.config.ways)
+    report.update(run=str(run.file), iteration=run.iteration, steps=steps)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _io.atomic_write_json(out / "feature_reuse.json", report)
+    print(json.dumps(report) if args.json else format_feature_reuse(report))
     return 0

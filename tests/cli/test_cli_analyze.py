@@ -92,3 +92,44 @@ def test_bad_arguments_exit_2_naming_them(run60, capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     _expect_one_line_error(["analyze", str(run), "--out", str(blocker)], capsys, "--out")
+
+
+def test_analyze_feature_reuse_against_evaluate_and_a_nearest_mean_by_hand(run60, capsys):
+    """--feature-reuse: its own-adaptation accuracy is linmaml evaluate's on the same tasks (an
+    independent loop); the all-but-head freezing row equals the analysis's "head" ablation; NIL's
+    cosine accuracy of task 0 equals nearest class means computed here in numpy from the features."""
+    import numpy as np
+    import torch
+
+    from linmaml.benchmarks.evaluate import evaluate_checkpoint
+    from linmaml.benchmarks.feature_reuse import network_of, penultimate_features
+    from linmaml.benchmarks.run import Run
+
+    run, root = run60
+    assert main(["analyze", str(run), "--tasks", "12", "--json", "--feature-reuse", "--threads", "1",
+                 "--data-root", str(root)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    reference = evaluate_checkpoint(run, tasks=12, data_root=root)
+    assert report["own"]["mean"] == pytest.approx(100 * reference["accuracy"], abs=1e-6)
+    assert [row["frozen"] for row in report["freezing"]][:2] == [[], ["features.block0"]]
+    assert set(report["cka_before_after"]) >= {"features.block0", "head"}
+    assert all(0 <= v <= 1 + 1e-9 for v in report["cka_before_after"].values())
+    # NIL by hand on the first task
+    opened = Run.open(run)
+    x_s, y_s, x_q, y_q = opened.tasks("test", count=12, data_root=root)[0].to_torch("cpu", torch.float32)
+    network = network_of(opened.learner)
+    params = {n: p.detach() for n, p in network.named_parameters()}
+    with torch.no_grad():
+        f_s = penultimate_features(network, params, x_s).double().numpy()
+        f_q = penultimate_features(network, params, x_q).double().numpy()
+    means = np.stack([f_s[y_s.numpy() == c].mean(0) for c in range(5)])
+    cos = (f_q / np.linalg.norm(f_q, axis=1, keepdims=True)) @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T
+    by_hand = float(np.mean(cos.argmax(1) == y_q.numpy()))
+    from linmaml.benchmarks.feature_reuse import nil_accuracies
+
+    assert nil_accuracies(opened.learner, [(x_s, y_s, x_q, y_q)], ways=5)["cosine"][0] == by_hand
+    assert 0 <= report["nil"]["cosine"]["accuracy"]["mean"] <= 100
+    from linmaml.cli.analyze import format_feature_reuse
+
+    text = format_feature_reuse(report)
+    assert "layers frozen at test time" in text and "NIL" in text and "features.block0" in text

@@ -2,11 +2,11 @@
 
 Finn et al. (2017) report second-order MAML on Omniglot 5-way 1-shot at 98.7 ± 0.4 % and 5-way 5-shot
 at 99.9 ± 0.1 %. This module does not train (the runs are ordinary ``linmaml train`` runs, an hour
-each at most); it scores each given run folder's ``best.pt`` on the 600 fixed test tasks
-(:func:`linmaml.benchmarks.evaluate.evaluate_checkpoint`), reads its training time and validation
-curve from ``metrics.jsonl``, and writes
+each at most); it scores each given run folder's ``best.pt`` on the 600 fixed test tasks of
+``linmaml evaluate`` (:func:`score_tasks_of_run`: task seed 0, 15 query images per class, the run's
+test steps), reads its training time and validation curve from ``metrics.jsonl``, and writes
 
-- ``omniglot_maml.json``: per run ``accuracy`` and ``ci95`` (percent, 95 % Student-t over tasks),
+- ``omniglot_maml.json``: per run ``accuracy`` and ``ci95`` (percent, 1.96·s/√n over tasks),
   ``train_seconds`` (wall time of training, validation included, from the run's own log),
   ``iterations``, ``best_iteration``, the ``command`` that trained it (rebuilt from the run's
   settings), the published number beside it, and the ``machine``;
@@ -21,7 +21,16 @@ starts a new record), so the table keeps every run ever scored even when its fol
 ``groups`` summarises the runs of one recipe (every setting but the seed): the seeds, the mean test
 accuracy with a 95 % Student-t interval over seeds (the spread of training, not of the test tasks),
 and the mean training time. The figure draws the runs given on the command line (their folders hold
-the training curves); every recorded run's validation curve is in the JSON.
+the training curves; ``--figure`` names the PNG); every recorded run's validation curve is in the JSON.
+
+Each run also records its ``algo``, ``seconds_per_iteration`` (training seconds over iterations,
+validation included) and ``median_step_seconds`` (the median wall time of one iteration that did
+not validate), the published number of its own algorithm (:data:`PUBLISHED_BY_ALGO`), and
+``task_accuracies``: the accuracy on each of the fixed test tasks, in task order. Since every run is
+scored on the same tasks (task seed 0), ``--reference RUN`` adds ``paired``: for every recorded run
+scored on the same tasks, the mean per-task accuracy difference to RUN (points) with its 95 %
+interval (1.96·s/√n over the per-task differences, the convention of the accuracies) and the tasks
+it wins, ties and loses.
 """
 from __future__ import annotations
 
@@ -37,14 +46,30 @@ from linmaml import _io
 from linmaml.analysis.depth_width import machine
 from linmaml.benchmarks.config import TrainConfig
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
-from linmaml.benchmarks.run import read_runs
+from linmaml.benchmarks.run import Run, read_runs
+from linmaml.benchmarks.scoring import score_tasks, summarize
 from linmaml.plots.training import plot_runs
 
 PUBLISHED = {1: (98.7, 0.4), 5: (99.9, 0.1)}  # Finn et al. 2017, Omniglot 5-way, percent ± 95 % CI
+#: Published Omniglot 5-way accuracies (percent; ci95 None where the paper gives none) by (algo, shots),
+#: each measured in its paper's setting and budget, not this module's.
+PUBLISHED_BY_ALGO = {
+    ("maml", 1): {"accuracy": 98.7, "ci95": 0.4, "source": "Finn et al. 2017"},
+    ("maml", 5): {"accuracy": 99.9, "ci95": 0.1, "source": "Finn et al. 2017"},
+    ("fomaml", 1): {"accuracy": 98.3, "ci95": 0.5, "source": "Finn et al. 2017 (first-order approximation)"},
+    ("fomaml", 5): {"accuracy": 99.2, "ci95": 0.2, "source": "Finn et al. 2017 (first-order approximation)"},
+    # BatchNorm here normalises the query set with its own statistics (transductive), as in Nichol et
+    # al.'s transductive row; their non-transductive 1-shot number is 95.39 ± 0.33.
+    ("reptile", 1): {"accuracy": 97.68, "ci95": 0.04, "source": "Nichol et al. 2018 (transductive)"},
+    ("imaml", 1): {"accuracy": 99.16, "ci95": 0.35, "source": "Rajeswaran et al. 2019 (iMAML, Hessian-free)"},
+    ("protonet", 1): {"accuracy": 98.8, "ci95": None, "source": "Snell et al. 2017 (60-way training episodes)"},
+    ("r2d2", 1): {"accuracy": 98.6, "ci95": None, "source": "Bertinetto et al. 2019"},
+}
 #: TrainConfig fields left out of the rebuilt command when they hold their defaults.
 _COMMAND_FIELDS = ("benchmark", "ways", "shots", "algo", "transform", "layers", "hidden", "steps", "test_steps",
                    "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "query", "iterations", "val_every",
-                   "val_tasks", "seed", "batching")
+                   "val_tasks", "seed", "batching", "truncate", "imaml_lambda", "cg_steps", "inner_tolerance",
+                   "es_population", "es_sigma", "fd_delta")
 
 
 def command_of(config: dict, out: str, threads: int | None) -> str:
@@ -60,27 +85,103 @@ def command_of(config: dict, out: str, threads: int | None) -> str:
     return " ".join(words)
 
 
+def published_for(config: dict) -> dict | None:
+    """The published number of ``config``'s algorithm at its ways and shots (a copy), None if none
+    (or when a transform or LinNet makes the run another method)."""
+    if config.get("ways") != 5 or config.get("transform", "none") != "none" or config.get("linnet", 0):
+        return None
+    published = PUBLISHED_BY_ALGO.get((config.get("algo", "maml"), config.get("shots")))
+    return dict(published) if published else None
+
+
+def step_seconds(records: list[dict]) -> list[float]:
+    """Wall seconds of each logged iteration that did not validate: the differences of ``elapsed``
+    between consecutive ``metrics.jsonl`` records (the first record's own ``elapsed``)."""
+    out, previous = [], 0.0
+    for record in records:
+        if "val_accuracy" not in record:
+            out.append(record["elapsed"] - previous)
+        previous = record["elapsed"]
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return None
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def score_tasks_of_run(folder: pathlib.Path, *, tasks: int, data_root=None) -> tuple[dict, list[float]]:
+    """``(summary, accuracies)``: the run's ``best.pt`` adapted and scored on each of the ``tasks``
+    fixed test tasks of ``linmaml evaluate`` (task seed 0, 15 query images per class, the run's
+    ``test_steps``), through the run's own engine, on the CPU; ``summary`` as
+    :func:`linmaml.benchmarks.scoring.summarize` plus ``iteration`` and ``test_steps``;
+    ``accuracies`` per task in task order (fractions)."""
+    run = Run.open(folder)
+    config = run.config
+    task_set = run.tasks("test", count=tasks, query=15, seed=0, data_root=data_root)
+    accuracies, losses = score_tasks(run.engine(), task_set, steps=config.test_steps, dtype=config.torch_dtype,
+                                     channels_last=config.model is None and len(run.image_shape) == 3)
+    summary = summarize(accuracies, losses)
+    summary.update({"iteration": run.iteration, "test_steps": config.test_steps})
+    return summary, [float(a) for a in accuracies]
+
+
 def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int | None = 1) -> dict:
     config = _io.load_json(folder / "config.json")["config"]  # bounded regular file, never a FIFO
-    scored = evaluate_checkpoint(folder, tasks=tasks, data_root=data_root, device="cpu")
-    published = PUBLISHED.get(config["shots"]) if config["ways"] == 5 else None
+    scored, task_accuracies = score_tasks_of_run(folder, tasks=tasks, data_root=data_root)
+    published = published_for(config)
     records = [_io.loads_json(line, f"{folder / 'metrics.jsonl'} line {n}")
                for n, line in enumerate(_io.read_text(folder / "metrics.jsonl").splitlines(), start=1) if line.strip()]
+    reach = None
+    if published:
+        reach = 100 * (scored["accuracy"] + scored["ci95"]) >= published["accuracy"] - (published["ci95"] or 0.0)
     return {
         "run": folder.name,
+        "algo": config.get("algo", "maml"),
         "ways": config["ways"], "shots": config["shots"],
         "accuracy": 100 * scored["accuracy"], "ci95": 100 * scored["ci95"],
-        "tasks": scored["tasks"], "test_steps": scored["settings"]["steps"],
+        "tasks": scored["tasks"], "test_steps": scored["test_steps"], "task_seed": 0, "test_query": 15,
         "train_seconds": records[-1]["elapsed"], "iterations": records[-1]["iteration"],
+        "seconds_per_iteration": records[-1]["elapsed"] / records[-1]["iteration"],
+        "median_step_seconds": _median(step_seconds(records)),
         "best_iteration": scored["iteration"],
-        "published": {"accuracy": published[0], "ci95": published[1], "source": "Finn et al. 2017"} if published
-        else None,
-        "ci_reaches_published_interval": (100 * (scored["accuracy"] + scored["ci95"]) >= published[0] - published[1])
-        if published else None,
+        "published": published,
+        "ci_reaches_published_interval": reach,
         "command": command_of(config, str(folder), threads),
         "machine": machine(),
         "settings": config,
+        "task_accuracies": task_accuracies,
     }
+
+
+def paired_differences(results: list[dict], reference: str) -> dict:
+    """Every run scored on the same fixed tasks as the run named ``reference`` (same ways, shots,
+    task count, task seed and query size, with ``task_accuracies``) against it: ``mean`` per-task
+    accuracy difference (run − reference, points), ``ci95`` (1.96·s/√n over the n differences),
+    ``wins``/``ties``/``losses`` (tasks where the run scores higher/equal/lower)."""
+    from linmaml.errors import ArgumentError
+
+    by_name = {r["run"]: r for r in results}
+    ref = by_name.get(reference)
+    if ref is None or not ref.get("task_accuracies"):
+        raise ArgumentError("reference", f"no recorded run named {reference!r} with per-task accuracies")
+    key = ("ways", "shots", "tasks", "task_seed", "test_query")
+    rows = []
+    for r in results:
+        if r is ref or not r.get("task_accuracies") or any(r.get(k) != ref.get(k) for k in key):
+            continue
+        diff = [100 * (a - b) for a, b in zip(r["task_accuracies"], ref["task_accuracies"], strict=True)]
+        n = len(diff)
+        mean = sum(diff) / n
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diff) / (n - 1))
+        rows.append({"run": r["run"], "algo": r.get("algo"), "mean": mean, "ci95": 1.96 * sd / math.sqrt(n),
+                     "tasks": n, "wins": sum(d > 0 for d in diff), "ties": sum(d == 0 for d in diff),
+                     "losses": sum(d < 0 for d in diff)})
+    return {"reference": reference, "what": "run minus reference, accuracy points per task, same tasks",
+            "runs": rows}
 
 
 def published_references(results: list[dict]) -> list[dict]:
@@ -89,11 +190,12 @@ def published_references(results: list[dict]) -> list[dict]:
     references, seen = [], set()
     for r in results:
         pub = r.get("published")
-        if not pub or (r["ways"], r["shots"]) in seen:
+        if not pub or (r["ways"], r["shots"], pub["source"]) in seen:
             continue
-        seen.add((r["ways"], r["shots"]))
-        references.append({"label": f"published {r['ways']}-way {r['shots']}-shot: {pub['accuracy']} ± {pub['ci95']} % "
-                                    f"({pub['source']})", "accuracy": pub["accuracy"], "ci95": pub["ci95"],
+        seen.add((r["ways"], r["shots"], pub["source"]))
+        spread = f" ± {pub['ci95']}" if pub.get("ci95") is not None else ""
+        references.append({"label": f"published {r['ways']}-way {r['shots']}-shot: {pub['accuracy']}{spread} % "
+                                    f"({pub['source']})", "accuracy": pub["accuracy"], "ci95": pub.get("ci95") or 0.0,
                            "run": r["run"]})
     return references
 
@@ -144,28 +246,47 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-root", default=None, help="datasets folder (default: $LINMAML_DATA)")
     parser.add_argument("--fresh", action="store_true",
                         help="start a new record instead of adding the runs to the one in --out")
+    parser.add_argument("--figure", default="omniglot_maml.png",
+                        help="file name of the drawn figure in --out (default omniglot_maml.png)")
+    parser.add_argument("--reference", default=None,
+                        help="a recorded run: add the paired per-task differences of every run scored on "
+                             "the same tasks to it (default: keep the record's reference, if any)")
     args = parser.parse_args(argv)
+    if pathlib.Path(args.figure).name != args.figure or not args.figure.endswith(".png"):
+        parser.error(f"argument --figure: expected a file name ending in .png, got {args.figure!r}")
+    previous, reference = [], args.reference
+    if not args.fresh and (args.out / "omniglot_maml.json").is_file():
+        old = _io.load_json(args.out / "omniglot_maml.json")
+        previous = old.get("runs", [])
+        reference = reference or (old.get("paired") or {}).get("reference")
+    if args.reference is not None and args.reference not in {f.name for f in args.runs} | {
+            r["run"] for r in previous if r.get("task_accuracies")}:
+        parser.error(f"argument --reference: {args.reference!r} is neither a given run nor a recorded run "
+                     f"with per-task accuracies")
 
     torch.set_num_threads(args.threads)
     results = [score_run(folder, tasks=args.tasks, data_root=args.data_root) for folder in args.runs]
     args.out.mkdir(parents=True, exist_ok=True)
-    drawn = plot_runs(read_runs(args.runs), args.out / "omniglot_maml.png", x="time",
+    drawn = plot_runs(read_runs(args.runs), args.out / args.figure, x="time",
                       references=published_references(results))
     for result in results:
         curve = drawn["runs"].get(result["run"], {})
         result["validation"] = {"wall_time": curve.get("val_x"), "wall_time_axis": drawn["x_label"],
                                 "accuracy": curve.get("val_accuracy"), "ci95": curve.get("val_ci95")}
-    previous = []
-    if not args.fresh and (args.out / "omniglot_maml.json").is_file():
-        previous = json.loads((args.out / "omniglot_maml.json").read_text(encoding="utf-8")).get("runs", [])
     everything = merged(previous, results)
     record = {"figure": "omniglot_maml", "runs": everything, "groups": seed_groups(everything)}
+    if reference is not None:
+        record["paired"] = paired_differences(everything, reference)
     _io.atomic_write_json(args.out / "omniglot_maml.json", record)
     for r in results:
         pub = r["published"]
-        print(f"{r['run']}: {r['ways']}-way {r['shots']}-shot {r['accuracy']:.2f} % ± {r['ci95']:.2f} % "
-              f"({r['tasks']} test tasks) after {r['iterations']} iterations, {r['train_seconds'] / 60:.1f} min"
-              + (f"; published {pub['accuracy']} ± {pub['ci95']}" if pub else ""))
+        print(f"{r['run']}: {r['algo']} {r['ways']}-way {r['shots']}-shot {r['accuracy']:.2f} % ± {r['ci95']:.2f} % "
+              f"({r['tasks']} test tasks) after {r['iterations']} iterations, {r['train_seconds'] / 60:.1f} min "
+              f"({r['seconds_per_iteration']:.3f} s per iteration)"
+              + (f"; published {pub['accuracy']} ± {pub['ci95']} ({pub['source']})" if pub else ""))
+    for row in record.get("paired", {}).get("runs", []):
+        print(f"{row['run']} - {record['paired']['reference']}: {row['mean']:+.2f} ± {row['ci95']:.2f} points "
+              f"over {row['tasks']} paired tasks")
     return record
 
 

@@ -1,0 +1,174 @@
+"""linmaml.analysis.omniglot_maml's rows of several algorithms: each run's algorithm, seconds per
+iteration, published number of its own algorithm, per-task test accuracies and the paired per-task
+differences to a reference run, on two tiny runs (MAML and ProtoNets) trained here on the real
+Omniglot.
+
+Checked against computations that do not go through the module: the per-task accuracies against a
+plain SGD inner loop on the ConvNet written here and against ``evaluate_checkpoint``'s mean; the
+timings against the runs' own ``metrics.jsonl`` read here; the paired differences against numpy on
+the recorded per-task accuracies.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from linmaml.analysis.omniglot_maml import PUBLISHED_BY_ALGO, command_of, main, published_for
+from linmaml.benchmarks.evaluate import evaluate_checkpoint
+from linmaml.benchmarks.train import train
+
+TASKS = 6
+TINY = {"layers": 1, "hidden": 4, "iterations": 4, "val_every": 2, "val_tasks": 4, "meta_batch": 2,
+        "outer_lr_schedule": "cosine"}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, data_root):
+    base = tmp_path_factory.mktemp("omniglot-rows")
+    maml, proto = base / "tiny-maml", base / "tiny-protonet"
+    train(dict(TINY, algo="maml"), maml, data_root=data_root, progress=False, threads=1, device="cpu")
+    train(dict(TINY, algo="protonet"), proto, data_root=data_root, progress=False, threads=1, device="cpu")
+    return maml, proto
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _direct_task_accuracies(run, data_root, count):
+    """A plain SGD inner loop on the run's ConvNet, one task at a time (not the engine)."""
+    from torch.func import functional_call
+
+    from linmaml.benchmarks import checkpoint, episodes
+    from linmaml.benchmarks.data import load_splits
+    from linmaml.benchmarks.models import ConvNet
+
+    payload = checkpoint.load(run / "best.pt")
+    config = payload["config"]
+    net = ConvNet(1, 5, blocks=config["layers"], filters=config["hidden"], image_size=28, pool=config["pool"])
+    net.load_state_dict({k[len("model."):]: v for k, v in payload["learner"].items() if k.startswith("model.")})
+    test = load_splits("omniglot", ("test",), data_root)["test"]
+    out = []
+    for task in episodes.evaluation_tasks(test, 5, 1, 15, count=count, seed=0):
+        xs, ys, xq, yq = task.to_torch("cpu", torch.float32)
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in net.named_parameters()}
+        for _ in range(config["test_steps"]):
+            loss = F.cross_entropy(functional_call(net, params, (xs,)), ys)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            params = {n: (p - config["inner_lr"] * g).detach().requires_grad_(True)
+                      for (n, p), g in zip(params.items(), grads)}
+        with torch.no_grad():
+            out.append(float((functional_call(net, params, (xq,)).argmax(1) == yq).double().mean()))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def recorded(two_runs, tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("omniglot-rows-out")
+    maml, proto = two_runs
+    record = main([str(maml), str(proto), "--out", str(out), "--tasks", str(TASKS), "--data-root", str(data_root),
+                   "--figure", "rows.png", "--reference", maml.name])
+    return out, record
+
+
+def test_rows_carry_algorithm_timings_and_their_own_published_number(two_runs, recorded):
+    out, record = recorded
+    on_disk = json.loads((out / "omniglot_maml.json").read_text())
+    assert on_disk == json.loads(json.dumps(record))
+    assert (out / "rows.png").stat().st_size > 0 and not (out / "omniglot_maml.png").exists()
+    rows = {r["run"]: r for r in on_disk["runs"]}
+    for run, algo, source in ((two_runs[0], "maml", "Finn et al. 2017"),
+                              (two_runs[1], "protonet", "Snell et al. 2017 (60-way training episodes)")):
+        row = rows[run.name]
+        metrics = _metrics(run)
+        assert row["algo"] == algo and row["settings"]["algo"] == algo
+        assert row["iterations"] == 4 and row["train_seconds"] == metrics[-1]["elapsed"]
+        assert row["seconds_per_iteration"] == pytest.approx(metrics[-1]["elapsed"] / 4)
+        # iterations 1 and 3 did not validate (val_every 2): their own wall times, by hand
+        steps = [metrics[0]["elapsed"], metrics[2]["elapsed"] - metrics[1]["elapsed"]]
+        assert row["median_step_seconds"] == pytest.approx(statistics.median(steps))
+        assert row["published"]["source"] == source
+        assert row["published"]["accuracy"] == PUBLISHED_BY_ALGO[(algo, 1)]["accuracy"]
+        assert f"--algo {algo}" in row["command"]
+    assert rows[two_runs[1].name]["published"]["ci95"] is None  # Snell et al. give no interval
+    assert rows[two_runs[1].name]["ci_reaches_published_interval"] == (
+        rows[two_runs[1].name]["accuracy"] + rows[two_runs[1].name]["ci95"] >= 98.8)
+
+
+def test_task_accuracies_are_a_direct_inner_loop_and_evaluates_mean(two_runs, recorded, data_root):
+    _, record = recorded
+    rows = {r["run"]: r for r in record["runs"]}
+    maml, proto = two_runs
+    mine = np.array(rows[maml.name]["task_accuracies"])
+    direct = _direct_task_accuracies(maml, data_root, TASKS)
+    assert mine.shape == (TASKS,)
+    # float32 sums in another order may flip one near-tied prediction of a task's 75 queries
+    assert np.max(np.abs(mine - direct)) <= 1 / 75 + 1e-12
+    for run in two_runs:
+        row = rows[run.name]
+        scored = evaluate_checkpoint(run, tasks=TASKS, data_root=data_root, device="cpu")
+        assert 100 * np.mean(row["task_accuracies"]) == pytest.approx(row["accuracy"])
+        assert row["accuracy"] == pytest.approx(100 * scored["accuracy"])
+        assert row["ci95"] == pytest.approx(100 * scored["ci95"])
+        assert row["tasks"] == TASKS and row["task_seed"] == 0 and row["test_query"] == 15
+
+
+def test_paired_differences_are_the_per_task_differences(two_runs, recorded, data_root):
+    out, record = recorded
+    maml, proto = two_runs
+    rows = {r["run"]: r for r in record["runs"]}
+    diff = 100 * (np.array(rows[proto.name]["task_accuracies"]) - np.array(rows[maml.name]["task_accuracies"]))
+    paired = record["paired"]
+    assert paired["reference"] == maml.name
+    (row,) = paired["runs"]
+    assert row["run"] == proto.name and row["algo"] == "protonet" and row["tasks"] == TASKS
+    assert row["mean"] == pytest.approx(diff.mean(), abs=1e-12)
+    assert row["ci95"] == pytest.approx(1.96 * diff.std(ddof=1) / math.sqrt(TASKS), abs=1e-12)
+    assert (row["wins"], row["ties"], row["losses"]) == (
+        int((diff > 0).sum()), int((diff == 0).sum()), int((diff < 0).sum()))
+
+    # A later call without --reference keeps the reference; an old record without per-task
+    # accuracies stays in the record and out of the pairing.
+    on_disk = json.loads((out / "omniglot_maml.json").read_text())
+    old = dict(on_disk["runs"][1], run="old-run-without-tasks")
+    del old["task_accuracies"]
+    on_disk["runs"].append(old)
+    (out / "omniglot_maml.json").write_text(json.dumps(on_disk))
+    again = main([str(proto), "--out", str(out), "--tasks", str(TASKS), "--data-root", str(data_root),
+                  "--figure", "rows.png"])
+    assert [r["run"] for r in again["runs"]] == [maml.name, proto.name, "old-run-without-tasks"]
+    assert again["paired"]["reference"] == maml.name
+    assert [r["run"] for r in again["paired"]["runs"]] == [proto.name]
+    assert again["paired"]["runs"][0]["mean"] == pytest.approx(row["mean"], abs=1e-12)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--figure", "../x.png"], "argument --figure"),
+    (["--figure", "x.pdf"], "argument --figure"),
+    (["--reference", "no-such-run"], "argument --reference"),
+])
+def test_bad_figure_or_reference_exits_2_before_scoring(two_runs, tmp_path, data_root, capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(two_runs[0]), "--out", str(tmp_path / "out"), "--data-root", str(data_root), *argv])
+    assert exit_.value.code == 2 and expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_published_numbers_and_commands_of_the_estimators():
+    assert published_for({"ways": 5, "shots": 1, "algo": "reptile"})["accuracy"] == 97.68
+    assert published_for({"ways": 5, "shots": 1, "algo": "imaml"})["accuracy"] == 99.16
+    assert published_for({"ways": 5, "shots": 1, "algo": "r2d2"})["accuracy"] == 98.6
+    assert published_for({"ways": 5, "shots": 1, "algo": "maml", "transform": "kfo"}) is None
+    assert published_for({"ways": 20, "shots": 1, "algo": "maml"}) is None
+    from linmaml.benchmarks.config import TrainConfig
+
+    config = dict(TrainConfig().to_dict(), algo="imaml", steps=5, test_steps=5, imaml_lambda=0.5)
+    words = command_of(config, "runs/i", threads=1).split()
+    assert words[words.index("--imaml-lambda") + 1] == "0.5" and "--cg-steps" not in words  # default 5
+    assert words[words.index("--algo") + 1] == "imaml" and words[words.index("--steps") + 1] == "5"

@@ -45,6 +45,7 @@ from scipy import stats
 from linmaml import _io
 from linmaml.analysis.depth_width import machine
 from linmaml.benchmarks.config import TrainConfig
+from linmaml.benchmarks.settings import IDENTITY
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.run import Run, read_runs
 from linmaml.benchmarks.scoring import score_tasks, summarize
@@ -77,6 +78,8 @@ def command_of(config: dict, out: str, threads: int | None) -> str:
     default = TrainConfig().to_dict()
     words = ["linmaml train"]
     for name in _COMMAND_FIELDS:
+        if name not in config:
+            continue  # a run recorded before the setting existed ran with its default
         if name in ("benchmark", "ways", "shots", "algo") or config.get(name) != default.get(name):
             words.append(f"--{name.replace('_', '-')} {config[name]}")
     words.append(f"--out {out}")
@@ -201,9 +204,14 @@ def published_references(results: list[dict]) -> list[dict]:
 
 
 def recipe_key(settings: dict) -> str:
-    """The recipe of a run: its settings without the seed (runs that differ only in the seed are
-    seeds of one recipe), as a canonical JSON string."""
-    return json.dumps({k: v for k, v in settings.items() if k != "seed"}, sort_keys=True)
+    """The recipe of a run, as a canonical JSON string: the settings that change its weights
+    (:data:`~linmaml.benchmarks.settings.IDENTITY`) but the seed, plus its length and how it is scored
+    (``iterations``, ``test_steps``, ``test_query``), so runs that differ only in the seed — or in
+    bookkeeping such as ``val_every`` or ``snapshot_every`` — are seeds of one recipe. A setting a run
+    recorded before it existed counts as its default."""
+    default = TrainConfig().to_dict()
+    names = (set(IDENTITY) - {"seed"}) | {"iterations", "test_steps", "test_query"}
+    return json.dumps({k: settings.get(k, default.get(k)) for k in sorted(names)}, sort_keys=True, default=str)
 
 
 def seed_groups(results: list[dict]) -> list[dict]:

@@ -172,3 +172,14 @@ def test_published_numbers_and_commands_of_the_estimators():
     words = command_of(config, "runs/i", threads=1).split()
     assert words[words.index("--imaml-lambda") + 1] == "0.5" and "--cg-steps" not in words  # default 5
     assert words[words.index("--algo") + 1] == "imaml" and words[words.index("--steps") + 1] == "5"
+
+
+def test_the_command_of_a_run_recorded_before_a_setting_existed_leaves_the_setting_out():
+    from linmaml.analysis.omniglot_maml import command_of
+    from linmaml.benchmarks.settings import TrainConfig
+
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("truncate", "cg_steps")}
+    old["inner_lr"] = 0.3
+    command = command_of(old, "runs/x", 1)
+    assert command.startswith("linmaml train --benchmark omniglot --ways 5 --shots 1 --algo maml")
+    assert "--inner-lr 0.3" in command and "--truncate" not in command and command.endswith("--threads 1")

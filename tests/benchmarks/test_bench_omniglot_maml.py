@@ -88,7 +88,9 @@ def test_seed_groups_interval_is_the_student_t_interval_over_seeds():
         return {"run": name, "ways": 5, "shots": shots, "accuracy": acc, "train_seconds": 60.0 * seed + 60,
                 "settings": {"seed": seed, "shots": shots, "algo": "maml", "iterations": 10}, "published": None}
 
-    groups = seed_groups([run("a", 0, 98.0), run("b", 1, 98.6), run("c", 2, 99.1), run("d", 0, 99.5, shots=5)])
+    kept = run("c", 2, 99.1)
+    kept["settings"].update(snapshot_every=2000, val_every=500)  # bookkeeping: the same recipe
+    groups = seed_groups([run("a", 0, 98.0), run("b", 1, 98.6), kept, run("d", 0, 99.5, shots=5)])
     one, five = groups
     acc = [98.0, 98.6, 99.1]
     mean = sum(acc) / 3
@@ -97,3 +99,6 @@ def test_seed_groups_interval_is_the_student_t_interval_over_seeds():
     assert one["ci95_over_seeds"] == pytest.approx(stats.t.ppf(0.975, 2) * sd / 3 ** 0.5)
     assert one["mean_train_minutes"] == pytest.approx(2.0)
     assert five["runs"] == ["d"] and five["ci95_over_seeds"] is None
+    longer = run("e", 3, 97.0)
+    longer["settings"]["iterations"] = 20  # another length: another recipe
+    assert [g["runs"] for g in seed_groups([run("a", 0, 98.0), longer])] == [["a"], ["e"]]

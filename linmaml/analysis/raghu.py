@@ -24,7 +24,7 @@ iterations and sha256, the command) and ``raghu_omniglot.png`` into ``--out``:
     python analysis/raghu.py --maml RUN_OR_PT --anil RUN_OR_PT --trajectory RUN [--control RUN_OR_PT] \\
         --tasks 200 --trajectory-tasks 100 --out figures --threads 1
 
-The paper's mini-ImageNet findings, as issue 21 quotes them, are stored beside ours
+The paper's mini-ImageNet findings, as its Table 1 and text are commonly quoted (not re-read here), are stored beside ours
 (:data:`PAPER`). Re-run it as more snapshots appear: every number is recomputed from the files.
 """
 from __future__ import annotations
@@ -43,10 +43,10 @@ from linmaml.errors import ArgumentError
 
 NAME = "raghu_omniglot"
 
-#: What we compare with: Raghu et al. 2020 on mini-ImageNet 5-way, as quoted in the issue that asked for
-#: this analysis (linmaml issue 21); the paper's full tables were not re-read here.
+#: What we compare with: Raghu et al. 2020 on mini-ImageNet 5-way, as quoted when this analysis was
+#: planned; the paper's full tables were not re-read here.
 PAPER = {
-    "source": "Raghu, Raghu, Bengio & Vinyals, ICLR 2020, mini-ImageNet 5-way (as quoted in linmaml issue 21)",
+    "source": "Raghu, Raghu, Bengio & Vinyals, ICLR 2020, mini-ImageNet 5-way (quoted, not re-read from the paper)",
     "freezing_1shot": {"none_frozen": 44.5, "conv_1_to_4_frozen": 44.7,
                        "claim": "freezing every conv layer at test time leaves the accuracy unchanged (Table 1)"},
     "cka": {"conv_layers": "> 0.9", "head": "< 0.5",

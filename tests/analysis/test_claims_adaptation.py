@@ -1,4 +1,4 @@
-"""Figure 2 at its DEFAULT settings shows the paper's effect (issue 3): after one inner step on
+"""Figure 2 at its DEFAULT settings shows the paper's effect: after one inner step on
 held-out tasks, Deep's mean query loss ≤ 0.25× Shallow's and LogR+LinNet's accuracy ≥ 10 points
 above LogR's — with the upper end of the 95% interval inside the bound, not just the mean."""
 import matplotlib

@@ -1,4 +1,5 @@
-"""``linmaml train`` / ``linmaml evaluate`` against out-of-range settings (issue 15, items 5, 7, 9, 10, 11).
+"""``linmaml train`` / ``linmaml evaluate`` against out-of-range settings (inner and outer rates, sizes, seeds, steps,
+evaluation tasks).
 
 The same contract as the bad-argument table of ``test_rel_cli_bad_input.py``: every row ends with
 exit status 2 and exactly one line on stderr naming the flag that is out of range, no traceback,

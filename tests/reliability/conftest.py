@@ -1,9 +1,12 @@
-"""What the property tests of the closed forms and of ``linmaml.meta`` share: the check that an error
-names an argument that is actually wrong."""
+"""What the reliability tests share: the check that an error names an argument that is actually wrong
+(the property tests), and pure-noise Omniglot splits in place of the dataset (the command tests)."""
 from __future__ import annotations
 
 import pytest
 from hypothesis import event
+
+import linmaml.benchmarks.data as data_package
+from linmaml.benchmarks.data.fewshot import noise_splits
 
 
 def _assert_names(error, names):
@@ -18,3 +21,11 @@ def _assert_names(error, names):
 @pytest.fixture(scope="session")
 def assert_names():
     return _assert_names
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    """train/evaluate read :func:`~linmaml.benchmarks.data.fewshot.noise_splits` instead of a dataset
+    (they import load_splits when they need it); a module opts in with ``usefixtures("fake_data")``."""
+    monkeypatch.setattr(data_package, "load_splits", lambda benchmark, names, data_root=None, **_: {
+        name: split for name, split in noise_splits().items() if name in tuple(names)})

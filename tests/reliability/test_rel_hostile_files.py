@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-import linmaml.benchmarks.data as data_package
+from linmaml.benchmarks.data.fewshot import noise_splits
 from linmaml import _io
 from linmaml.benchmarks import checkpoint, run_folder
-from linmaml.benchmarks.data import DatasetError, FewShotSplit
+from linmaml.benchmarks.data import DatasetError
 from linmaml.benchmarks.progress import Progress
 from linmaml.benchmarks.train import train
 from linmaml.cli import main
@@ -36,18 +36,11 @@ SETTINGS = dict(ways=3, shots=1, query=2, test_query=2, layers=1, hidden=2, meta
 FLAGS = ["--threads", "1", "--quiet"]
 
 
+pytestmark = pytest.mark.usefixtures("fake_data")  # pure-noise Omniglot (conftest.py)
+
+
 def synthetic_splits(names=("train", "val", "test")) -> dict:
-    rng = np.random.default_rng(0)
-    return {name: FewShotSplit("omniglot", name, rng.random((CLASSES, EXAMPLES, 1, 28, 28)).astype(np.float32),
-                               np.arange(CLASSES), np.zeros(CLASSES, np.int64), 10 * k + np.arange(CLASSES),
-                               tuple(map(str, range(CLASSES))))
-            for k, name in enumerate(names)}
-
-
-@pytest.fixture(autouse=True)
-def fake_data(monkeypatch):
-    monkeypatch.setattr(data_package, "load_splits", lambda benchmark, names, data_root=None, **_: {
-        name: split for name, split in synthetic_splits().items() if name in tuple(names)})
+    return noise_splits(names, classes=CLASSES, examples=EXAMPLES)
 
 
 @pytest.fixture

@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-import linmaml.benchmarks.data as data_package
+from linmaml.benchmarks.data.fewshot import noise_splits
 from linmaml.benchmarks import config as config_module
 from linmaml.benchmarks.config import TrainConfig, check_task_fits, iteration_seed
-from linmaml.benchmarks.data import FewShotSplit
 from linmaml.benchmarks.train import Trainer, train
 from linmaml.cli import main
 
@@ -32,19 +31,11 @@ TINY = ["--ways", "3", "--layers", "1", "--hidden", "2", "--meta-batch", "1", "-
         "--val-tasks", "2", "--iterations", "1", "--threads", "1", "--quiet"]
 
 
+pytestmark = pytest.mark.usefixtures("fake_data")  # pure-noise Omniglot (conftest.py)
+
+
 def synthetic_splits(names=("train", "val", "test")) -> dict:
-    rng = np.random.default_rng(0)
-    return {name: FewShotSplit("omniglot", name, rng.random((CLASSES, EXAMPLES, 1, 28, 28)).astype(np.float32),
-                               np.arange(CLASSES), np.zeros(CLASSES, np.int64), 10 * k + np.arange(CLASSES),
-                               tuple(map(str, range(CLASSES))))
-            for k, name in enumerate(names)}
-
-
-@pytest.fixture(autouse=True)
-def fake_data(monkeypatch):
-    """train/evaluate read these splits instead of a dataset (they import load_splits when needed)."""
-    monkeypatch.setattr(data_package, "load_splits", lambda benchmark, names, data_root=None, **_: {
-        name: split for name, split in synthetic_splits().items() if name in tuple(names)})
+    return noise_splits(names, classes=CLASSES, examples=EXAMPLES)
 
 
 @pytest.fixture(scope="module")

@@ -169,3 +169,15 @@ def synthetic_splits(size: int = 12, classes: tuple[int, int] = (12, 8), example
                                  tuple(f"c{offset + i}" for i in range(count)))
         offset += count
     return out
+
+
+def noise_splits(names=("train", "val", "test"), classes: int = 6, examples: int = 20, size: int = 28,
+                 seed: int = 0) -> dict[str, FewShotSplit]:
+    """Pure-noise ``{name: FewShotSplit}`` posed as Omniglot (``(1, size, size)`` uniform pixels in
+    [0, 1], float32; ``classes`` per split with ``examples`` each — 20 is Omniglot's own count — and
+    distinct source ids per split): nothing to learn, for tests of what a command says and writes."""
+    rng = np.random.default_rng(seed)
+    return {name: FewShotSplit("omniglot", name, rng.random((classes, examples, 1, size, size)).astype(np.float32),
+                               np.arange(classes), np.zeros(classes, np.int64), 10 * k + np.arange(classes),
+                               tuple(map(str, range(classes))))
+            for k, name in enumerate(names)}

@@ -103,7 +103,7 @@ QUICK_COMPARISONS = {
     "maml_width_q": {"a": ("maml", 1, 8), "b": ("maml", 1, 4), "claim": "quick: width at one block"},
 }
 #: Iterations timed per configuration by --measure (the first two are warm-up; the last validates).
-MEASURE_ITERATIONS = 8
+MEASURE_ITERATIONS = 12
 
 
 def run_name(algo: str, blocks: int, filters: int, seed: int) -> str:
@@ -155,32 +155,40 @@ def splits_for(quick: bool, data_root=None) -> dict:
 
 
 def validation_curve(run_dir: pathlib.Path) -> list[dict]:
-    """``[{"iteration", "elapsed", "accuracy"}]`` of every validation in ``metrics.jsonl`` (accuracy
-    in percent, elapsed in seconds of training so far, validation included), in iteration order."""
+    """``[{"iteration", "elapsed", "accuracy", "ci95"}]`` of every validation in ``metrics.jsonl``
+    (accuracy and its 95 % half-width over the validation tasks in percent, elapsed in seconds of
+    training so far, validation included), in iteration order."""
     path = run_dir / "metrics.jsonl"
     curve = {}
     for n, line in enumerate(_io.read_text(path).splitlines(), start=1):
         if line.strip():
             record = _io.loads_json(line, f"{path} line {n}")
             if "val_accuracy" in record:
-                curve[int(record["iteration"])] = (float(record["elapsed"]), 100 * float(record["val_accuracy"]))
-    return [{"iteration": t, "elapsed": e, "accuracy": a} for t, (e, a) in sorted(curve.items())]
+                curve[int(record["iteration"])] = {"iteration": int(record["iteration"]),
+                                                   "elapsed": float(record["elapsed"]),
+                                                   "accuracy": 100 * float(record["val_accuracy"]),
+                                                   "ci95": 100 * float(record.get("val_ci95") or 0.0)}
+    return [curve[t] for t in sorted(curve)]
 
 
 def plateau(curve: list[dict], iterations: int) -> dict:
     """How far a run still was from a plateau, from its validation curve (percent points):
     ``last_quarter_gain`` (the last validation minus the last one at or before 3/4 of the budget),
     ``second_half_gain`` (the best validation after half the budget minus the best up to half), and
-    ``best_iteration`` (of the best validation; ties: the earliest, as ``best.pt`` keeps)."""
+    ``best_iteration`` (of the best validation; ties: the earliest, as ``best.pt`` keeps), and
+    ``plateaued``: the last-quarter gain is below the last validation's 95 % half-width (the run's
+    validation could not tell its last quarter from a flat line)."""
     if not curve:
-        return {"last_quarter_gain": None, "second_half_gain": None, "best_iteration": None}
+        return {"last_quarter_gain": None, "second_half_gain": None, "best_iteration": None, "plateaued": None}
     early = [p for p in curve if p["iteration"] <= 0.75 * iterations]
     first = [p["accuracy"] for p in curve if p["iteration"] <= iterations / 2]
     second = [p["accuracy"] for p in curve if p["iteration"] > iterations / 2]
     best = max(curve, key=lambda p: p["accuracy"])  # max returns the first of equal maxima
-    return {"last_quarter_gain": curve[-1]["accuracy"] - early[-1]["accuracy"] if early else None,
+    gain = curve[-1]["accuracy"] - early[-1]["accuracy"] if early else None
+    return {"last_quarter_gain": gain,
             "second_half_gain": max(second) - max(first) if first and second else None,
-            "best_iteration": best["iteration"]}
+            "best_iteration": best["iteration"],
+            "plateaued": None if gain is None else bool(gain < curve[-1].get("ci95", 0.0))}
 
 
 def score_run(run_dir: pathlib.Path, tasks: int, splits: dict) -> tuple[dict, np.ndarray]:
@@ -418,12 +426,24 @@ def run(out_dir=DEFAULT_OUT, quick: bool = False, *, runs=None, seeds: int | Non
                            "test": "600 fixed tasks, task seed 0, 15 query per class" if not quick else "noise",
                            "selection": "best validation (best.pt), validation split only"},
               "command": command or "", "machine": machine(),
-              "comparisons": analyse(records, chosen, size["seeds"]), "runs": records,
+              "comparisons": analyse(records, chosen, size["seeds"]), "plateau": plateau_summary(records),
+              "runs": records,
               "seconds": round(time.perf_counter() - began, 2)}
     out_dir.mkdir(parents=True, exist_ok=True)
     draw(record, out_dir / f"{NAME}.png")
     _io.atomic_write_json(out_dir / f"{NAME}.json", record)
     return record
+
+
+def plateau_summary(records: list[dict]) -> dict:
+    """Over all runs: how many were plateaued (:func:`plateau`), the largest last-quarter and
+    second-half validation gains (points), and the best iterations."""
+    gains = [r["plateau"]["last_quarter_gain"] for r in records if r["plateau"]["last_quarter_gain"] is not None]
+    halves = [r["plateau"]["second_half_gain"] for r in records if r["plateau"]["second_half_gain"] is not None]
+    return {"runs": len(records), "plateaued": sum(bool(r["plateau"]["plateaued"]) for r in records),
+            "largest_last_quarter_gain": max(gains) if gains else None,
+            "largest_second_half_gain": max(halves) if halves else None,
+            "best_iterations": sorted(r["best_iteration"] for r in records)}
 
 
 def summary_lines(record: dict) -> list[str]:
@@ -435,6 +455,9 @@ def summary_lines(record: dict) -> list[str]:
         lines.append(f"{name}: {cr['mean']:+.2f} points, 95 % [{cr['low']:+.2f}, {cr['high']:+.2f}] (seeds and tasks, "
                      f"{cr['dof']:.1f} dof); over seeds only ± {sd['half_width']:.2f}; per seed pair {seeds}: "
                      f"{c['verdict']}")
+    p = record["plateau"]
+    lines.append(f"plateau: {p['plateaued']} of {p['runs']} runs gained less than their validation interval over the "
+                 f"last quarter (largest gain {p['largest_last_quarter_gain']}); best iterations {p['best_iterations']}")
     return lines
 
 

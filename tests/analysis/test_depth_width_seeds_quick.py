@@ -47,6 +47,9 @@ def test_every_run_and_comparison_is_written(quick):
     for r in saved["runs"]:
         assert r["iterations"] == D.QUICK["train"]["iterations"] and r["train_seconds"] > 0
         assert [p["iteration"] for p in r["validation"]] == [2, 4]  # every val_every = 2
+        lines = [json.loads(x) for x in (runs / r["name"] / "metrics.jsonl").read_text().splitlines()]
+        assert [100 * x["val_accuracy"] for x in lines if "val_accuracy" in x] == pytest.approx(
+            [p["accuracy"] for p in r["validation"]])
         assert r["best_iteration"] in (2, 4) and r["command"].startswith("linmaml train ")
         assert "--outer-lr-schedule cosine" in r["command"]
         assert (f"--seed {r['seed']}" in r["command"]) == (r["seed"] != 0)  # seed 0 is the default, left out
@@ -107,12 +110,14 @@ def test_folder_with_other_settings_is_refused(tmp_path, capsys):
 
 
 def test_plateau_on_a_written_out_curve():
-    curve = [{"iteration": t, "elapsed": t / 10, "accuracy": a}
+    curve = [{"iteration": t, "elapsed": t / 10, "accuracy": a, "ci95": 1.5}
              for t, a in [(200, 50.0), (400, 60.0), (600, 70.0), (800, 69.0), (1000, 72.0)]]
     p = D.plateau(curve, 1000)
     # last quarter: 72 − (the last validation at or before 750: 600, 70); second half (after 500):
     # max(70, 69, 72) − max(50, 60)
-    assert p == {"last_quarter_gain": 2.0, "second_half_gain": 12.0, "best_iteration": 1000}
+    assert p == {"last_quarter_gain": 2.0, "second_half_gain": 12.0, "best_iteration": 1000, "plateaued": False}
+    flat = [dict(c, accuracy=71.0) if c["iteration"] == 1000 else c for c in curve]
+    assert D.plateau(flat, 1000)["plateaued"] is True  # a gain of 1.0 < the half-width 1.5
     tied = [dict(c, accuracy=70.0) for c in curve]
     assert D.plateau(tied, 1000)["best_iteration"] == 200  # ties: the earliest, as best.pt keeps
 

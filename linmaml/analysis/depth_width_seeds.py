@@ -8,7 +8,8 @@ that carry those claims, on Omniglot 5-way 1-shot, with
   other: same initial weights where the shapes agree, same training tasks),
 - **one training criterion for every run**: the sweep's recipe (meta-batch 16, one inner step of 0.4,
   three at test, Adam 1e-3, 5 query images per class) with a half-cosine outer learning rate that
-  reaches 0 at the end of a fixed budget (``FULL["train"]["iterations"]``), validation on 200 fixed
+  reaches 0 at the end of a fixed budget (``FULL["train"]["iterations"]``; a step whose meta-gradient
+  is not finite is skipped, so one diverging step cannot end a run of the plan), validation on 200 fixed
   validation tasks every ``val_every`` iterations, and the best-validation weights (``best.pt``)
   kept: the test split is never looked at until each run's one scoring. How far each run still was
   from a plateau is measured, not assumed (:func:`plateau`: the validation gain over the last
@@ -93,11 +94,13 @@ DEFAULT_COMPARISONS = ("anil_vs_maml_2x32", "anil_vs_maml_4x32", "maml_1block_64
 #: the README section "Depth × width with three seeds" gives the measured cost it was chosen from.
 FULL = {"seeds": 3, "test_tasks": 600, "comparisons": DEFAULT_COMPARISONS,
         "train": {"iterations": 2000, "meta_batch": 16, "steps": 1, "test_steps": 3, "inner_lr": 0.4,
-                  "outer_lr": 1e-3, "outer_lr_schedule": "cosine", "query": 5, "val_every": 200, "val_tasks": 200}}
+                  "outer_lr": 1e-3, "outer_lr_schedule": "cosine", "query": 5, "val_every": 200, "val_tasks": 200,
+                  "on_nonfinite": "skip"}}
 #: Pure-noise data, tiny networks, a few iterations: the pipeline in seconds (the tests').
 QUICK = {"seeds": 2, "test_tasks": 10, "comparisons": ("anil_vs_maml_q", "maml_width_q"),
          "train": {"iterations": 4, "meta_batch": 2, "steps": 1, "test_steps": 2, "inner_lr": 0.4,
-                   "outer_lr": 1e-3, "outer_lr_schedule": "cosine", "query": 2, "val_every": 2, "val_tasks": 3}}
+                   "outer_lr": 1e-3, "outer_lr_schedule": "cosine", "query": 2, "val_every": 2, "val_tasks": 3,
+                   "on_nonfinite": "skip"}}
 QUICK_COMPARISONS = {
     "anil_vs_maml_q": {"a": ("anil", 1, 4), "b": ("maml", 1, 4), "claim": "quick: ANIL against MAML"},
     "maml_width_q": {"a": ("maml", 1, 8), "b": ("maml", 1, 4), "claim": "quick: width at one block"},
@@ -203,6 +206,15 @@ def score_run(run_dir: pathlib.Path, tasks: int, splits: dict) -> tuple[dict, np
     return summary, np.asarray(accuracies, dtype=np.float64)
 
 
+def train_command(config: dict, run_dir: pathlib.Path, threads: int | None) -> str:
+    """The ``linmaml train`` command of a run (:func:`linmaml.analysis.omniglot_maml.command_of`, plus
+    ``--on-nonfinite``, which that leaves out)."""
+    command = command_of(config, str(run_dir), threads)
+    if config.get("on_nonfinite", "stop") != "stop":
+        command = command.replace("linmaml train ", f"linmaml train --on-nonfinite {config['on_nonfinite']} ", 1)
+    return command
+
+
 def run_one(algo: str, blocks: int, filters: int, seed: int, size: dict, runs, quick: bool, data_root=None,
             threads: int | None = 1) -> dict:
     """Train (or reuse, or resume) one run and score it; its record (accuracies in percent)."""
@@ -221,7 +233,7 @@ def run_one(algo: str, blocks: int, filters: int, seed: int, size: dict, runs, q
     curve = validation_curve(run_dir)
     last = checkpoint.load_latest(run_dir)
     return {"name": run_dir.name, "algo": algo, "blocks": blocks, "filters": filters, "seed": seed,
-            "run": str(run_dir), "command": command_of(config, str(run_dir), threads),
+            "run": str(run_dir), "command": train_command(config, run_dir, threads),
             "iterations": int(last["iteration"]), "train_seconds": round(float(last["elapsed"]), 3),
             "best_iteration": int(summary["iteration"]),
             "accuracy": 100 * summary["accuracy"], "ci95_tasks": 100 * summary["ci95"],
@@ -457,7 +469,7 @@ def summary_lines(record: dict) -> list[str]:
                      f"{c['verdict']}")
     p = record["plateau"]
     lines.append(f"plateau: {p['plateaued']} of {p['runs']} runs gained less than their validation interval over the "
-                 f"last quarter (largest gain {p['largest_last_quarter_gain']}); best iterations {p['best_iterations']}")
+                 f"last quarter (largest gain {p['largest_last_quarter_gain'] or 0:.2f} points); best iterations {p['best_iterations']}")
     return lines
 
 

@@ -51,7 +51,7 @@ def test_every_run_and_comparison_is_written(quick):
         assert [100 * x["val_accuracy"] for x in lines if "val_accuracy" in x] == pytest.approx(
             [p["accuracy"] for p in r["validation"]])
         assert r["best_iteration"] in (2, 4) and r["command"].startswith("linmaml train ")
-        assert "--outer-lr-schedule cosine" in r["command"]
+        assert "--outer-lr-schedule cosine" in r["command"] and "--on-nonfinite skip" in r["command"]
         assert (f"--seed {r['seed']}" in r["command"]) == (r["seed"] != 0)  # seed 0 is the default, left out
         counts = np.asarray(r["task_accuracies"]) * 75 / 100  # 5 ways × 15 query images per task
         assert len(counts) == D.QUICK["test_tasks"] and np.allclose(counts, np.round(counts), atol=1e-4)

@@ -131,3 +131,26 @@ def test_measure_times_every_configuration():
         assert len(r["timed_iterations"]) == D.MEASURE_ITERATIONS - 3 and r["seconds_per_iteration"] > 0
     per_iteration = sum(r["seconds_per_iteration"] for r in result["configurations"])
     assert result["training_seconds"] == pytest.approx(D.QUICK["seeds"] * D.QUICK["train"]["iterations"] * per_iteration)
+
+
+def test_recorded_command_parses_to_the_runs_settings(quick):
+    """Each run's recorded ``linmaml train`` command, parsed by the command line's own parser, gives
+    the run's saved settings (config.json) for every setting that changes the weights."""
+    import argparse
+    import shlex
+
+    from linmaml.benchmarks.config import TrainConfig
+    from linmaml.benchmarks.settings import IDENTITY
+    from linmaml.cli import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    record, runs, _, _ = quick
+    for r in record["runs"]:
+        args = parser.parse_args(shlex.split(r["command"])[1:])
+        given = {name: getattr(args, name) for name in TrainConfig().to_dict() if getattr(args, name, None) is not None}
+        rebuilt = TrainConfig.from_dict(given).to_dict()
+        saved = json.loads((runs / r["name"] / "config.json").read_text())["config"]
+        for name in (*IDENTITY, "iterations", "on_nonfinite", "val_every", "val_tasks"):
+            assert rebuilt[name] == saved[name], (r["name"], name)
+        assert args.out == r["run"] and args.threads == 1

@@ -314,9 +314,13 @@ def analyse(records: list[dict], comparisons: dict, seeds: int) -> dict:
 
 
 def measure(size: dict, comparisons: dict, *, data_root=None, quick: bool = False, threads: int = 1) -> dict:
-    """Seconds per iteration of each planned configuration (median of the timed iterations that did
-    not validate; :data:`MEASURE_ITERATIONS` iterations, one thread) and seconds per test task
-    scored; the estimated CPU time of the whole plan from them."""
+    """Seconds per iteration of each planned configuration, :data:`MEASURE_ITERATIONS` iterations
+    with ``threads`` torch threads: the median over the iterations past the first two and before the
+    last (which validates and writes), as process CPU seconds (``time.process_time`` at each
+    iteration's end) and as wall seconds (``elapsed`` in ``metrics.jsonl``: what the machine's load
+    stretches); seconds per test task scored (wall). The estimated time of the whole plan from each:
+    training ``seeds × iterations × sum of the medians`` plus scoring (every validation and the 600
+    test tasks, at the measured seconds per task)."""
     torch.set_num_threads(threads)
     splits = splits_for(quick, data_root)
     rows = []
@@ -326,28 +330,38 @@ def measure(size: dict, comparisons: dict, *, data_root=None, quick: bool = Fals
             run_dir = pathlib.Path(tmp) / run_name(*arm, 0)
             settings = {**options(size, *arm, 0), "iterations": MEASURE_ITERATIONS, "val_every": 10 ** 6,
                         "val_tasks": 2, "checkpoint_every": 10 ** 6}
-            train(settings, run_dir, splits=splits, progress=False, stream=io.StringIO(), threads=threads)
+            cpu = []
+            train(settings, run_dir, splits=splits, progress=False, stream=io.StringIO(), threads=threads,
+                  on_iteration=lambda record: cpu.append(time.process_time()))
             records = [_io.loads_json(line, "metrics.jsonl") for line in
                        _io.read_text(run_dir / "metrics.jsonl").splitlines() if line.strip()]
             elapsed = [r["elapsed"] for r in records]
             # iterations 3..M-1: past the warm-up, before the last one (which validates and writes)
             steps = [elapsed[i] - elapsed[i - 1] for i in range(2, len(elapsed) - 1)]
+            cpu_steps = [cpu[i] - cpu[i - 1] for i in range(2, len(cpu) - 1)]
             run = Run.open(run_dir, latest=True)
             task_set = run.tasks("test", count=20, query=15, seed=0, splits=splits)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             score_tasks(run.engine(), task_set, steps=train_cfg["test_steps"])
             per_task = (time.perf_counter() - start) / len(task_set)
+            per_task_cpu = (time.process_time() - start_cpu) / len(task_set)
             rows.append({"algo": arm[0], "blocks": arm[1], "filters": arm[2],
                          "seconds_per_iteration": statistics.median(steps), "timed_iterations": steps,
-                         "seconds_per_task_scored": per_task})
+                         "cpu_seconds_per_iteration": statistics.median(cpu_steps), "timed_cpu": cpu_steps,
+                         "seconds_per_task_scored": per_task, "cpu_seconds_per_task_scored": per_task_cpu})
     iterations, seeds = train_cfg["iterations"], size["seeds"]
-    validations = iterations // train_cfg["val_every"] + 1
-    train_s = seeds * iterations * sum(r["seconds_per_iteration"] for r in rows)
-    score_s = seeds * sum(r["seconds_per_task_scored"] for r in rows) * (validations * train_cfg["val_tasks"]
-                                                                          + size["test_tasks"])
+    scored = iterations // train_cfg["val_every"] * train_cfg["val_tasks"] + size["test_tasks"]
+
+    def total(step_key, task_key):
+        train_s = seeds * iterations * sum(r[step_key] for r in rows)
+        return train_s, seeds * scored * sum(r[task_key] for r in rows)
+
+    train_s, score_s = total("seconds_per_iteration", "seconds_per_task_scored")
+    train_cpu, score_cpu = total("cpu_seconds_per_iteration", "cpu_seconds_per_task_scored")
     return {"configurations": rows, "iterations": iterations, "seeds": seeds, "runs": seeds * len(rows),
-            "training_seconds": train_s, "validation_and_test_seconds": score_s,
-            "total_cpu_seconds": train_s + score_s, "threads": threads, "machine": machine()}
+            "training_seconds": train_s, "validation_and_test_seconds": score_s, "total_seconds": train_s + score_s,
+            "training_cpu_seconds": train_cpu, "validation_and_test_cpu_seconds": score_cpu,
+            "total_cpu_seconds": train_cpu + score_cpu, "threads": threads, "machine": machine()}
 
 
 def draw(record: dict, path) -> None:
@@ -508,11 +522,14 @@ def main(argv=None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             _io.atomic_write_json(args.out / f"{NAME}_measure.json", result)
             for r in result["configurations"]:
-                print(f"{r['algo']} {r['blocks']}×{r['filters']}: {r['seconds_per_iteration']:.3f} s/iteration, "
-                      f"{1000 * r['seconds_per_task_scored']:.1f} ms per test task")
+                print(f"{r['algo']} {r['blocks']}×{r['filters']}: {r['cpu_seconds_per_iteration']:.3f} CPU s "
+                      f"({r['seconds_per_iteration']:.3f} wall s) per iteration, "
+                      f"{1000 * r['cpu_seconds_per_task_scored']:.1f} CPU ms per test task")
             print(f"{result['runs']} runs × {result['iterations']} iterations: {result['total_cpu_seconds'] / 3600:.2f} "
-                  f"CPU hours ({result['training_seconds']:.0f} s training, "
-                  f"{result['validation_and_test_seconds']:.0f} s validation and test)")
+                  f"CPU hours ({result['training_cpu_seconds']:.0f} s training, "
+                  f"{result['validation_and_test_cpu_seconds']:.0f} s validation and test); "
+                  f"{result['total_seconds'] / 3600:.2f} hours of wall time at this load "
+                  f"(load average {result['machine']['load_average_at_end']})")
             return 0
         record = run(args.out, args.quick, runs=args.runs, seeds=args.seeds, iterations=args.iterations,
                      comparisons=args.comparisons, jobs=args.jobs, threads=args.threads, data_root=args.data_root,

@@ -129,8 +129,12 @@ def test_measure_times_every_configuration():
         ("anil", 1, 4), ("maml", 1, 4), ("maml", 1, 8)]
     for r in result["configurations"]:
         assert len(r["timed_iterations"]) == D.MEASURE_ITERATIONS - 3 and r["seconds_per_iteration"] > 0
+        assert len(r["timed_cpu"]) == D.MEASURE_ITERATIONS - 3 and r["cpu_seconds_per_iteration"] > 0
     per_iteration = sum(r["seconds_per_iteration"] for r in result["configurations"])
     assert result["training_seconds"] == pytest.approx(D.QUICK["seeds"] * D.QUICK["train"]["iterations"] * per_iteration)
+    # scoring: 2 validations of 3 tasks and 10 test tasks per run, at each configuration's seconds per task
+    per_task = sum(r["cpu_seconds_per_task_scored"] for r in result["configurations"])
+    assert result["validation_and_test_cpu_seconds"] == pytest.approx(D.QUICK["seeds"] * (2 * 3 + 10) * per_task)
 
 
 def test_recorded_command_parses_to_the_runs_settings(quick):

@@ -24,14 +24,21 @@ that carry those claims, on Omniglot 5-way 1-shot, with
 The compared cells (``COMPARISONS``): ANIL − MAML at 2 blocks × 32 filters and 4 × 32 (two depths,
 one width), and MAML 64 − 8 filters at one block (the width claim, whose 64-filter cell peaked at
 iteration 200 of 800 in the sweep). 4 × 64 (``anil_vs_maml_4x64``) is available with
-``--comparisons`` but not in the default set: its MAML run costs as much as the two 4 × 32 runs
-together (``--measure`` times every planned run), and the budget buys more iterations for the cells
-that test the claims.
+``--comparisons`` but not in the default set: its two runs cost 0.37 CPU seconds per iteration, 79 %
+of the three default comparisons' six runs together (0.47; ``--measure``), and the budget buys more
+iterations for the cells that test the claims.
 
-Budget: ``--measure`` trains each planned configuration for a few iterations (one thread) and writes
-the seconds per iteration and the estimated CPU time of the whole plan into ``<out>/depth_width_seeds
-_measure.json``; the module's README section states the measured numbers and how the default budget
-was chosen from them.
+Budget: ``--measure`` trains each planned configuration for 12 iterations (one thread) and writes
+the CPU seconds (and wall seconds) per iteration and the estimated time of the whole plan into
+``<out>/depth_width_seeds_measure.json``. Measured so (``figures/depth_width_seeds_measure.json``), the
+six default configurations cost 0.47 CPU seconds per iteration together, so 3 seeds × 2,000
+iterations are 0.86 CPU hours (validation and test scoring included); on this 2-core machine,
+shared with two training runs and other work (load average 5), a single-thread run got about half a
+core: 1.8 hours of wall time, as the one-seed sweep's own records show for the same cells (0.91 wall
+seconds per iteration beside another run, against 0.47 CPU seconds now). 2,000 iterations (2.5×
+the sweep's 800) is the budget that fits a 2–2.5 hour lane at that load with a margin; with a core
+to itself the same plan takes about an hour. The cosine schedule fixes the budget when a run starts
+(a resumed run cannot be extended), so choose ``--iterations`` before the first run.
 
 Runs live in ``<runs>/<algo>-b<blocks>-f<filters>-s<seed>/`` (``linmaml train`` folders); a complete
 run is not retrained, an interrupted one resumes exactly, a folder with other settings or more

@@ -9,17 +9,17 @@ training seeds and new tasks. Two sources of variation enter it, and neither may
 - the tasks (the same ``T`` tasks serve every seed, so their draw is shared by all seeds: averaging
   over seeds does not average it away).
 
-The model is the two-way crossed random-effects model without replication,
+The model is the two-way crossed random-effects model without replication::
 
     x[s, t] = mu + a_s + b_t + e[s, t],   a ~ (0, sa2), b ~ (0, sb2), e ~ (0, se2), all independent,
 
-whose grand mean has variance ``sa2/S + sb2/T + se2/(S T)``. With the mean squares
+whose grand mean has variance ``sa2/S + sb2/T + se2/(S T)``. With the mean squares::
 
     MS_seed = T · sum_s (xbar_s. − xbar)² / (S − 1)              E = se2 + T·sa2
     MS_task = S · sum_t (xbar_.t − xbar)² / (T − 1)              E = se2 + S·sb2
     MS_res  = sum_st (x − xbar_s. − xbar_.t + xbar)² / ((S−1)(T−1))   E = se2
 
-the variance of the grand mean is estimated (without bias, but for the clip) by
+the variance of the grand mean is estimated (without bias, but for the clip) by::
 
     V = MS_seed / (S T) + max(MS_task − MS_res, 0) / (S T)
 

@@ -420,8 +420,8 @@ def draw(record: dict, path) -> None:
     ax.set_yticks(range(len(names)), [f"{comps[n]['a'][0]} {comps[n]['a'][1]}×{comps[n]['a'][2]} − "
                                       f"{comps[n]['b'][0]} {comps[n]['b'][1]}×{comps[n]['b'][2]}" for n in names],
                   fontsize=8)
-    ax.set_xlabel(f"test accuracy difference, points ({record['settings']['test_tasks']} paired tasks, "
-                  f"{record['settings']['seeds']} seeds, 95 %)")
+    ax.set_xlabel(f"test accuracy a − b, points\n({record['settings']['test_tasks']} paired tasks, "
+                  f"{record['settings']['seeds']} seeds, 95 % intervals)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.suptitle(f"{record['settings']['benchmark']}, {record['settings']['train']['iterations']} iterations, cosine schedule, "
@@ -486,8 +486,8 @@ def summary_lines(record: dict) -> list[str]:
         cr, sd = c["crossed"], c["over_seeds"]
         seeds = ", ".join(f"{p['mean']:+.2f}" for p in c["per_seed"])
         lines.append(f"{name}: {cr['mean']:+.2f} points, 95 % [{cr['low']:+.2f}, {cr['high']:+.2f}] (seeds and tasks, "
-                     f"{cr['dof']:.1f} dof); over seeds only ± {sd['half_width']:.2f}; per seed pair {seeds}: "
-                     f"{c['verdict']}")
+                     f"t with {cr['dof']} dof; Satterthwaite ± {cr['satterthwaite']['half_width']:.2f}); over seeds "
+                     f"only ± {sd['half_width']:.2f}; per seed pair {seeds}: {c['verdict']}")
     p = record["plateau"]
     lines.append(f"plateau: {p['plateaued']} of {p['runs']} runs gained less than their validation interval over the "
                  f"last quarter (largest gain {p['largest_last_quarter_gain'] or 0:.2f} points); best iterations {p['best_iterations']}")

@@ -111,9 +111,9 @@ def test_bad_input_names_its_argument():
 
 
 def test_satterthwaite_interval_under_covers_where_the_conservative_one_does_not():
-    """Why the interval uses t_{S-1} and only reports the Welch–Satterthwaite one: in a setting shaped
-    like the Omniglot comparisons (3 seeds × 600 tasks, per-task differences as fractions: seed sd 0.007,
-    task sd 0.03, residual sd 0.08) the Satterthwaite interval covers clearly less than 95 %."""
+    """Why the verdicts use t_{S-1} and the textbook Satterthwaite interval is only reported: with 3 seeds
+    × 600 tasks where the seeds weigh (per-task differences as fractions: seed sd 0.007, task sd 0.03,
+    residual sd 0.08) the Satterthwaite interval covers clearly less than 95 % (92.4 % with this seed)."""
     samples = _crossed(np.random.default_rng(21), 6000, 3, 600, 0.007, 0.03, 0.08)
     err = math.sqrt(0.95 * 0.05 / len(samples))
 

@@ -302,9 +302,14 @@ def mean_curve(records: list[dict], arm: tuple) -> dict:
             "elapsed": [statistics.fmean(points[r["name"]][t]["elapsed"] for r in runs) for t in iterations]}
 
 
+def _verdict(mean: float, half_width: float) -> str:
+    return "a above b" if mean - half_width > 0 else "a below b" if mean + half_width < 0 else "not distinguishable"
+
+
 def analyse(records: list[dict], comparisons: dict, seeds: int) -> dict:
     """Each comparison's paired statistics (points; :func:`depth_width_stats.paired_comparison`), each
-    arm's mean accuracy with its crossed interval, and whether the claim's sign holds."""
+    arm's mean accuracy with its crossed interval, and the sign the interval shows (``verdict``: the
+    t_{S−1} interval; ``verdict_satterthwaite``: the textbook one, slightly liberal)."""
     out = {}
     for name, comparison in comparisons.items():
         a, b = _matrix(records, comparison["a"], seeds), _matrix(records, comparison["b"], seeds)
@@ -315,8 +320,8 @@ def analyse(records: list[dict], comparisons: dict, seeds: int) -> dict:
                      "arms": {"a": crossed_mean_ci(a), "b": crossed_mean_ci(b)},
                      "curves": {"a": mean_curve(records, comparison["a"]), "b": mean_curve(records, comparison["b"])},
                      **paired,
-                     "verdict": ("a above b" if crossed["low"] > 0 else "a below b" if crossed["high"] < 0
-                                 else "not distinguishable")}
+                     "verdict": _verdict(crossed["mean"], crossed["half_width"]),
+                     "verdict_satterthwaite": _verdict(crossed["mean"], crossed["satterthwaite"]["half_width"])}
     return out
 
 
@@ -487,7 +492,8 @@ def summary_lines(record: dict) -> list[str]:
         seeds = ", ".join(f"{p['mean']:+.2f}" for p in c["per_seed"])
         lines.append(f"{name}: {cr['mean']:+.2f} points, 95 % [{cr['low']:+.2f}, {cr['high']:+.2f}] (seeds and tasks, "
                      f"t with {cr['dof']} dof; Satterthwaite ± {cr['satterthwaite']['half_width']:.2f}); over seeds "
-                     f"only ± {sd['half_width']:.2f}; per seed pair {seeds}: {c['verdict']}")
+                     f"only ± {sd['half_width']:.2f}; per seed pair {seeds}: {c['verdict']} "
+                     f"(Satterthwaite: {c['verdict_satterthwaite']})")
     p = record["plateau"]
     lines.append(f"plateau: {p['plateaued']} of {p['runs']} runs gained less than their validation interval over the "
                  f"last quarter (largest gain {p['largest_last_quarter_gain'] or 0:.2f} points); best iterations {p['best_iterations']}")

@@ -21,9 +21,11 @@ whose grand mean has variance ``sa2/S + sb2/T + se2/(S T)``. With the mean squar
 
 the variance of the grand mean is estimated (without bias, but for the clip) by::
 
-    V = MS_seed / (S T) + max(MS_task − MS_res, 0) / (S T)
+    V = max(MS_seed, MS_res) / (S T) + max(MS_task − MS_res, 0) / (S T)
 
-(the first part estimates ``sa2/S + se2/(S T)``, the second ``sb2/T``; the clip at 0 can only widen), and
+(the first part estimates ``sa2/S + se2/(S T)``, the second ``sb2/T``; since E MS_seed ≥ se2, which
+MS_res estimates with (S−1)(T−1) degrees of freedom, an MS_seed below MS_res is a draw too low and is
+replaced; the clips can only widen), and
 the interval is ``mean ± t_{S−1} · √V`` (:func:`crossed_mean_ci`). The Student-t quantile with S − 1
 degrees of freedom is conservative: it is exact when the seed part dominates, and
 wider than needed when the tasks' part or the residual dominates (both are known with hundreds of
@@ -32,13 +34,13 @@ beside it (``satterthwaite``): ``V' = (MS_seed + MS_task − MS_res)/(S T)`` (fl
 with Satterthwaite's degrees of freedom, narrow where the residual dominates, but too short where the
 seeds weigh (3 seeds × 600 tasks with seed, task and residual standard deviations 0.7, 3 and 8
 points: it covered 92.4 % in 6,000 Monte Carlo replicates, standard error 0.3 %, where the S − 1
-interval covered 97.6 %; ``tests/analysis/test_depth_width_stats.py``). The verdicts use the S − 1
+interval covered 98.8 %; ``tests/analysis/test_depth_width_stats.py``). The verdicts use the S − 1
 interval.
 With three seeds the quantile is 4.30: that is what three seeds can say.
 
 Why not the alternatives:
 
-- a t-interval over the per-seed means (:func:`seed_mean_ci`: the first part of ``V`` alone, same
+- a t-interval over the per-seed means (:func:`seed_mean_ci`: ``MS_seed/(S T)`` alone, same
   quantile) leaves out the tasks' shared draw ``sb2/T`` (it is an interval for "these 600 tasks"), so it is
   reported beside the crossed one, not instead of it;
 - a two-level bootstrap (seeds, then tasks, with replacement) with three seeds has 10 distinct seed
@@ -89,7 +91,9 @@ def crossed_mean_ci(values, level: float = 0.95) -> dict:
     x = _matrix(values)
     s, t = x.shape
     ms = mean_squares(x)
-    seed_part = ms["seed"] / (s * t)  # estimates sa2/S + se2/(S T)
+    # estimates sa2/S + se2/(S T); E MS_seed = se2 + T·sa2 >= se2, which MS_res knows far better, so an
+    # MS_seed below MS_res is a draw too low (with 2 dof it often is) and MS_res replaces it
+    seed_part = max(ms["seed"], ms["residual"]) / (s * t)
     task_part = max(ms["task"] - ms["residual"], 0.0) / (s * t)  # estimates sb2/T
     variance = seed_part + task_part
     se = float(np.sqrt(variance))

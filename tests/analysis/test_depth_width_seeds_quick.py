@@ -78,7 +78,10 @@ def test_comparisons_from_the_stored_per_task_accuracies(quick):
         assert c["mean"] == pytest.approx(a.mean() - b.mean(), abs=1e-9)
         assert [p["mean"] for p in c["per_seed"]] == pytest.approx(list(a.mean(1) - b.mean(1)), abs=1e-9)
         assert c["crossed"]["low"] <= c["mean"] <= c["crossed"]["high"]
-        assert c["verdict"] in ("a above b", "a below b", "not distinguishable")
+        for key, half in (("verdict", c["crossed"]["half_width"]),
+                          ("verdict_satterthwaite", c["crossed"]["satterthwaite"]["half_width"])):
+            low, high = c["mean"] - half, c["mean"] + half
+            assert c[key] == ("a above b" if low > 0 else "a below b" if high < 0 else "not distinguishable")
         # the seed-averaged curve at each validation is the mean of the seeds' own curves
         runs_a = [r for r in record["runs"] if [r["algo"], r["blocks"], r["filters"]] == list(c["a"])]
         assert c["curves"]["a"]["accuracy"][-1] == pytest.approx(np.mean([r["validation"][-1]["accuracy"]

@@ -30,7 +30,7 @@ def test_mean_squares_match_a_direct_loop():
     total = sum((x[i][j] - grand) ** 2 for i in range(s) for j in range(t))
     assert seed * (s - 1) + task * (t - 1) + res * (s - 1) * (t - 1) == pytest.approx(total, rel=1e-12)
     ci = crossed_mean_ci(x)
-    variance = seed / (s * t) + max(task - res, 0) / (s * t)
+    variance = max(seed, res) / (s * t) + max(task - res, 0) / (s * t)
     assert ci["mean"] == pytest.approx(grand, rel=1e-12)
     assert ci["half_width"] == pytest.approx(stats.t.ppf(0.975, s - 1) * math.sqrt(variance), rel=1e-10)
     # the per-seed interval: a t-interval over the three row means, written out
@@ -97,6 +97,12 @@ def test_paired_comparison_against_direct_counts():
         assert p["ci95_tasks"] == pytest.approx(1.959963984540054 * sd / math.sqrt(len(row)), rel=1e-10)
     assert out["crossed"]["mean"] == pytest.approx(d.mean(), rel=1e-12)
     assert out["crossed"]["half_width"] >= out["over_seeds"]["half_width"]
+    # an MS_seed below MS_res (seed means closer than the residual allows) is replaced by MS_res
+    x = np.array([[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0]])  # equal seed means, residual 1/3 per cell
+    ms = mean_squares(x)
+    assert ms["seed"] == 0.0 and ms["residual"] > 0
+    assert crossed_mean_ci(x)["se"] == pytest.approx(math.sqrt((ms["residual"] + max(ms["task"] - ms["residual"], 0))
+                                                               / 8), rel=1e-12)
 
 
 def test_bad_input_names_its_argument():

@@ -302,6 +302,21 @@ def mean_curve(records: list[dict], arm: tuple) -> dict:
             "elapsed": [statistics.fmean(points[r["name"]][t]["elapsed"] for r in runs) for t in iterations]}
 
 
+def validation_gap(records: list[dict], a: tuple, b: tuple, seeds: int) -> dict:
+    """``a − b`` validation accuracy (points) at every validated iteration, per seed pair and their mean:
+    whether the gap closes as training goes on (a cosine run's last quarter is flat by its schedule, so
+    the trend of the gap over the budget says more about "at convergence" than the last quarter)."""
+    def curve(arm, seed):
+        run = next(r for r in records if (r["algo"], r["blocks"], r["filters"], r["seed"]) == (*arm, seed))
+        return {p["iteration"]: p["accuracy"] for p in run["validation"]}
+
+    pairs = [(curve(a, s), curve(b, s)) for s in range(seeds)]
+    iterations = sorted(set.intersection(*(set(x) & set(y) for x, y in pairs)))
+    per_seed = [[x[t] - y[t] for t in iterations] for x, y in pairs]
+    return {"iteration": iterations, "per_seed": per_seed,
+            "mean": [statistics.fmean(g[i] for g in per_seed) for i in range(len(iterations))]}
+
+
 def _verdict(mean: float, half_width: float) -> str:
     return "a above b" if mean - half_width > 0 else "a below b" if mean + half_width < 0 else "not distinguishable"
 
@@ -319,6 +334,7 @@ def analyse(records: list[dict], comparisons: dict, seeds: int) -> dict:
                      "what": "a − b, test accuracy points per task, seed s of a paired with seed s of b",
                      "arms": {"a": crossed_mean_ci(a), "b": crossed_mean_ci(b)},
                      "curves": {"a": mean_curve(records, comparison["a"]), "b": mean_curve(records, comparison["b"])},
+                     "validation_gap": validation_gap(records, comparison["a"], comparison["b"], seeds),
                      **paired,
                      "verdict": _verdict(crossed["mean"], crossed["half_width"]),
                      "verdict_satterthwaite": _verdict(crossed["mean"], crossed["satterthwaite"]["half_width"])}
@@ -378,8 +394,9 @@ def measure(size: dict, comparisons: dict, *, data_root=None, quick: bool = Fals
 
 def draw(record: dict, path) -> None:
     """Validation accuracy (mean over seeds; each seed thin) against iterations and against elapsed
-    training seconds, per comparison; and each comparison's mean paired difference with the crossed
-    interval, the interval over seeds only, and each seed pair's mean."""
+    training seconds, per comparison; the validation gap a − b against iterations; and each
+    comparison's mean paired test difference with the crossed interval, the interval over seeds only,
+    and each seed pair's mean."""
     import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
@@ -388,7 +405,8 @@ def draw(record: dict, path) -> None:
     from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap it)
 
     comps = record["comparisons"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, grid = plt.subplots(2, 2, figsize=(13, 9.5))
+    axes = [grid[0][0], grid[0][1], grid[1][1], grid[1][0]]  # curves on top; gap, then test differences below
     styles = {"a": "-", "b": "--"}
     for i, (name, c) in enumerate(comps.items()):
         for side in ("a", "b"):
@@ -410,6 +428,18 @@ def draw(record: dict, path) -> None:
         ax.set_ylabel(f"validation accuracy % ({record['settings']['train']['val_tasks']} tasks; mean of seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    ax = axes[3]
+    for i, (name, c) in enumerate(comps.items()):
+        gap = c["validation_gap"]
+        for per_seed in gap["per_seed"]:
+            ax.plot(gap["iteration"], per_seed, color=f"C{i}", lw=0.5, alpha=0.4)
+        ax.plot(gap["iteration"], gap["mean"], color=f"C{i}", lw=1.8,
+                label=f"{c['a'][0]} {c['a'][1]}×{c['a'][2]} − {c['b'][0]} {c['b'][1]}×{c['b'][2]}")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation accuracy a − b, points (mean of seed pairs; each thin)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     ax = axes[2]
     names = list(comps)
     for y, name in enumerate(names):

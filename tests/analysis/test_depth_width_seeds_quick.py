@@ -82,6 +82,11 @@ def test_comparisons_from_the_stored_per_task_accuracies(quick):
                           ("verdict_satterthwaite", c["crossed"]["satterthwaite"]["half_width"])):
             low, high = c["mean"] - half, c["mean"] + half
             assert c[key] == ("a above b" if low > 0 else "a below b" if high < 0 else "not distinguishable")
+        # the validation gap: seed s of a minus seed s of b at each validation, written out
+        runs_b = {r["seed"]: r for r in record["runs"] if [r["algo"], r["blocks"], r["filters"]] == list(c["b"])}
+        for r in (r for r in record["runs"] if [r["algo"], r["blocks"], r["filters"]] == list(c["a"])):
+            direct = [p["accuracy"] - q["accuracy"] for p, q in zip(r["validation"], runs_b[r["seed"]]["validation"])]
+            assert c["validation_gap"]["per_seed"][r["seed"]] == pytest.approx(direct)
         # the seed-averaged curve at each validation is the mean of the seeds' own curves
         runs_a = [r for r in record["runs"] if [r["algo"], r["blocks"], r["filters"]] == list(c["a"])]
         assert c["curves"]["a"]["accuracy"][-1] == pytest.approx(np.mean([r["validation"][-1]["accuracy"]

@@ -103,6 +103,15 @@ def test_interrupted_run_resumed_and_complete_runs_not_retrained(quick, tmp_path
     assert again["runs"] == record["runs"] and again["comparisons"] == record["comparisons"]
 
 
+@pytest.mark.slow  # two spawned processes each import torch: about 20 s on a loaded 2-core machine
+def test_jobs_path_gives_the_same_record(quick, tmp_path):
+    record, runs, _, _ = quick
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/last.pt")}
+    parallel = D.run(tmp_path, quick=True, runs=runs, jobs=2)
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/last.pt")} == stamps
+    assert parallel["runs"] == record["runs"] and parallel["comparisons"] == record["comparisons"]
+
+
 def test_folder_with_other_settings_is_refused(tmp_path, capsys):
     from linmaml.benchmarks.train import train
 

@@ -73,7 +73,8 @@ class TrainResult:
     message: str = ""
     best: dict | None = None
     skipped: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of this call (a resumed run: since it resumed)
+    elapsed: float = 0.0  # the run's training seconds since iteration 0, pauses between resumes excluded
     out_dir: str = ""
     writer: bool = True  # False on the ranks > 0 of a distributed run, which print nothing
     argument: str = ""
@@ -221,6 +222,7 @@ class Trainer:
                 self.metrics.close()
         result.best, result.skipped = self.state["best"], self.state["skipped"]
         result.seconds, result.out_dir, result.writer = time.perf_counter() - self.started, str(self.out_dir), self.writer
+        result.elapsed = self.state["elapsed"]
         return result
 
     def _iteration(self, t: int) -> TrainResult | None:

@@ -142,6 +142,8 @@ def run(args) -> int:
     if result.status == "done":
         best = result.best
         summary = f"linmaml train: {result.message} in {result.seconds:.1f} s"
+        if result.elapsed > result.seconds + 1:  # resumed: this process's time alone would understate the run
+            summary += f" ({result.elapsed:.1f} s since iteration 0, pauses excluded)"
         if best:
             summary += (f"; best validation accuracy {100 * best['val_accuracy']:.2f} % ± {100 * best['val_ci95']:.2f} %"
                         f" at iteration {best['iteration']}")

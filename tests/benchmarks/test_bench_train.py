@@ -164,6 +164,20 @@ def test_resume_reproduces_an_uninterrupted_run_bitwise(tmp_path):
     assert strip(tmp_path / "full" / "metrics.jsonl") == strip(tmp_path / "part" / "metrics.jsonl")
 
 
+def test_a_resumed_run_reports_its_whole_training_time_beside_this_processes(tmp_path):
+    """result.seconds is this call's wall time; result.elapsed the run's since iteration 0 — the
+    ``elapsed`` of metrics.jsonl's last record, which the first part's records already exceed."""
+    first = run(tmp_path, options={"iterations": 3})
+    records = lambda: [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    before = records()[-1]["elapsed"]
+    assert first.elapsed == before > 0
+    resumed = train({"iterations": 6}, tmp_path, resume=True, splits=synthetic_splits(), progress=False, device="cpu")
+    last = records()[-1]
+    assert last["iteration"] == 6 and resumed.elapsed == last["elapsed"]
+    # The second part's training time lies inside its call (elapsed is rounded to 1 ms).
+    assert 0 < resumed.elapsed - before <= resumed.seconds + 1e-3
+
+
 def test_resume_refuses_changed_settings_and_resuming_nothing(tmp_path):
     run(tmp_path, options={"iterations": 2})
     with pytest.raises(ValueError, match=r"^inner_lr: the run being resumed used 0.4"):

@@ -73,8 +73,9 @@ def learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bool = 
     ``loss_fn(output, target)`` a scalar per task. The parameters after k ≥ 1 steps are the engine's
     (:meth:`linmaml.meta.engine.Engine.adapted`, the same adaptation :meth:`~linmaml.meta.engine.Engine.score`
     scores); step 0 is the learner's own parameters. Each is scored on the query sets by
-    ``output(params, x)`` with ``params`` the model's full parameter dict (by its own names), by
-    default ``learner(x, params=params)`` (no per-step normalisation sets). Steps beyond the
+    ``output(fast, x)`` with ``fast`` the adapted parameters by the model's own names (``{}`` at step
+    0), by default ``learner(x, params=fast)`` as the engine scores (no per-step normalisation
+    sets). Steps beyond the
     learner's own are taken without its once-per-learner warning: a curve goes past the trained steps
     on purpose (it shows where a learned transform overshoots)."""
     max_steps = _validate.integer(max_steps, "max_steps", minimum=0)
@@ -82,13 +83,12 @@ def learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bool = 
     if accuracy and not (T.Yq.shape[-1] == 1 and bool(((T.Yq == 0) | (T.Yq == 1)).all())):
         raise ArgumentError("tasks", "accuracy needs float 0/1 labels of one logit (a classification family)")
     if output is None:
-        def output(params, x):
-            return learner(x, params=params)
+        def output(fast, x):
+            return learner(x, params=fast)
     engine = Engine(learner, loss_fn, strategy="vmap", tasks_per_chunk=None)
-    base = {n: p.detach() for n, p in learner.model.named_parameters()}  # the names adapt() uses
 
-    def score(params, x, y):
-        out = output(params, x)
+    def score(fast, x, y):
+        out = output(fast, x)
         return loss_fn(out, y), (binary_accuracy(out, y) if accuracy else torch.zeros((), dtype=torch.float64))
 
     rows = []
@@ -99,10 +99,8 @@ def learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bool = 
                 fast = engine.adapted(T.Xs, T.Ys, steps=k)
         else:
             fast = {}
-        params = {**base, **fast}
         with torch.no_grad():
-            rows.append(torch.func.vmap(score, in_dims=({n: 0 if n in fast else None for n in params}, 0, 0))(
-                params, T.Xq, T.Yq))
+            rows.append(torch.func.vmap(score)(fast, T.Xq, T.Yq))
     out = {"loss": np.stack([loss.numpy() for loss, _ in rows])}
     if accuracy:
         out["accuracy"] = np.stack([acc.numpy() for _, acc in rows])
@@ -119,10 +117,11 @@ def per_task_curves(chain: LinearChain, weights: Sequence[torch.Tensor], tasks, 
     ``{"loss": (K+1, T)}`` plus ``"accuracy": (K+1, T)`` for the logistic loss.
     """
     max_steps = _validate.integer(max_steps, "max_steps", minimum=0)
-    names = chain.parameter_names()
-    learner = chain.learner(chain.check_weights(weights), lr, max(max_steps, 1))
+    weights = chain.check_weights(weights)
+    named = dict(zip(chain.parameter_names(), weights))
+    learner = chain.learner(weights, lr, max(max_steps, 1))
     return learner_curves(learner, tasks, loss_function(chain.loss), max_steps, accuracy=chain.loss == "logistic",
-                          output=lambda params, x: logits([params[n] for n in names], x))
+                          output=lambda fast, x: logits([fast.get(n, W) for n, W in named.items()], x))
 
 
 def adaptation_curve(chain: LinearChain, weights: Sequence[torch.Tensor], family, *, lr, max_steps: int = 10,

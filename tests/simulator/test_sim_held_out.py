@@ -141,3 +141,24 @@ def test_learner_curves_refuse_accuracy_without_binary_labels():
     with pytest.raises(ArgumentError) as info:
         learner_curves(learner, tasks, squared_loss, 1, accuracy=True)
     assert info.value.argument == "tasks"
+
+
+def test_learner_curves_of_anil_match_the_closed_form_head_only_loop():
+    # ANIL has no .model (features and head): the curve route needs only what the engine needs.
+    import torch
+
+    from linmaml import meta
+    from linmaml.meta.losses import squared_loss
+    from linmaml.simulator import learner_curves
+
+    chain = deep(3, 2, (4,), adapt_layers=(1,))  # the closed forms adapt the head (layer 1) only
+    weights = chain.init(5)
+    features = torch.nn.Linear(3, 4, bias=False).double()
+    head = torch.nn.Linear(4, 2, bias=False).double()
+    with torch.no_grad():
+        features.weight.copy_(weights[0])
+        head.weight.copy_(weights[1])
+    tasks = RegressionFamily(3, 2, task_mean=0.5, noise_std=0.1, n_support=6, n_query=5).sample(9, seed=6)
+    got = learner_curves(meta.ANIL(features, head, lr=0.2, steps=3), tasks, squared_loss, 3)
+    loss, _ = _closed_form_curve(chain, weights, tasks, 0.2, 3)
+    np.testing.assert_allclose(got["loss"], loss, rtol=1e-11)

@@ -2,8 +2,9 @@
 :mod:`linmaml.meta` learners on them.
 
 Meta-training of a ``linmaml.meta`` learner or a deep linear chain is ``simulator.meta_train`` (one
-engine, :class:`linmaml.meta.engine.Engine`); evaluation scores the query sets through
-:meth:`Engine.score`. Nothing here re-implements the inner loop.
+engine, :class:`linmaml.meta.engine.Engine`); held-out adaptation curves are
+``simulator.held_out.learner_curves`` (through :meth:`Engine.score`). Nothing here re-implements the
+inner loop.
 
 Losses follow DESIGN.md and are :mod:`linmaml.meta.losses`' (squared ``1/(2n)·‖output − target‖²_F``
 per task, logistic the mean binary cross-entropy on the logits).
@@ -11,17 +12,13 @@ per task, logistic the mean binary cross-entropy on the logits).
 from __future__ import annotations
 
 import sys
-import warnings
 
 import numpy as np
 import torch
 
-from linmaml.meta import StepsBeyondTrainingWarning
-from linmaml.meta.engine import Engine
-from linmaml.meta.losses import binary_accuracy
 from linmaml.tasks import ClassificationFamily, RegressionFamily, TaskBatch
 
-from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.errors import ArgumentTypeError
 
 
 def report_error(prog: str, error: BaseException) -> int:
@@ -119,30 +116,3 @@ def load_trajectory_step(module, run, step: int) -> None:
     with torch.no_grad():
         for name, p in module.named_parameters():
             p.copy_(torch.as_tensor(values[name][step]))
-
-
-def meta_learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bool = False) -> dict:
-    """Per-task query loss after 0…``max_steps`` inner steps (the learner's own steps), shape (K+1, T);
-    with ``accuracy`` (one logit, labels in {0, 1}) also the per-task query accuracy of the logit's
-    sign. After k ≥ 1 steps both come from :meth:`Engine.score` (binary accuracy for a single logit
-    with float 0/1 labels); step 0 is the unadapted learner."""
-    engine = Engine(learner, loss_fn, strategy="vmap", tasks_per_chunk=None)
-    T = tasks.torch()
-
-    out = {"loss": [], "accuracy": []}
-    with torch.no_grad():
-        out["loss"].append(torch.func.vmap(lambda x, y: loss_fn(learner(x), y))(T.Xq, T.Yq))
-        if accuracy:
-            out["accuracy"].append(torch.func.vmap(lambda x, y: binary_accuracy(learner(x), y))(T.Xq, T.Yq))
-    for k in range(1, max_steps + 1):
-        with warnings.catch_warnings():
-            # The curves go beyond the trained steps on purpose (they show where a learned transform
-            # overshoots), so the library's once-per-learner warning would only repeat the figure.
-            warnings.simplefilter("ignore", StepsBeyondTrainingWarning)
-            losses, accuracies = engine.score(T.Xs, T.Ys, T.Xq, T.Yq, steps=k)
-        out["loss"].append(losses)
-        if accuracy:
-            if accuracies is None:
-                raise ArgumentError("tasks", "accuracy needs float 0/1 labels of one logit (a classification family)")
-            out["accuracy"].append(accuracies)
-    return {key: torch.stack(rows).numpy() for key, rows in out.items() if rows}

@@ -35,8 +35,8 @@ from linmaml.closedform import gaussian_lr as glr
 from linmaml.plots.curves import adaptation_panel
 from linmaml.plots.figure import figure_module
 from linmaml.simulator import deep, linnet, logr, mean_ci, meta_train, per_task_curves, ratio_of_means_ci, shallow
-from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
-                                        seed_ratio_summary)
+from linmaml.simulator.held_out import (AdaptationCurve, adapted_end_to_end, paired_exact_losses,
+                                        seed_gain_summary, seed_ratio_summary)
 
 
 NAME = "adaptation"
@@ -115,11 +115,7 @@ def compute(quick: bool = False) -> dict:
             run = runs[cfg["seeds"].index(cfg["seed"])]
             values = per_task_curves(chain, run.weights_at(), test_tasks, cfg["inner_lr"], cfg["eval_inner_steps"])
             per_task[chain.name] = values
-            curve = {"name": chain.name, "steps": list(range(cfg["eval_inner_steps"] + 1))}
-            for key, table in values.items():
-                mean, half = mean_ci(table, level, axis=1)
-                curve[f"{key}_mean"], curve[f"{key}_ci"] = mean.tolist(), half.tolist()
-            curves.append(curve)
+            curves.append(AdaptationCurve.from_per_task(chain.name, values, level).to_dict(sizes=False))
             finals[chain.name] = {
                 "sizes": list(chain.sizes),
                 "weights": [W.tolist() for W in run.weights_at()],

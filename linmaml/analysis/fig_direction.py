@@ -463,19 +463,15 @@ def summary(record: dict) -> list[str]:
     return lines
 
 
-run, _figure_main = figure_module(NAME, __doc__, compute, draw, summary=summary,
-                                  quick_help="two families, a few meta-steps, 2,000 tasks (seconds)")
+def _retrain() -> None:
+    data = retrain()
+    print(f"stored {STORED} ({data['seconds']} s of training)")
 
 
-def main(argv=None) -> None:
-    """The figure's command line; ``--retrain`` first retrains the stored models (``STORED``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--retrain" in argv:
-        argv.remove("--retrain")
-        data = retrain()
-        print(f"stored {STORED} ({data['seconds']} s of training)")
-    _figure_main(argv)
-
+run, main = figure_module(NAME, __doc__, compute, draw, summary=summary,
+                          quick_help="two families, a few meta-steps, 2,000 tasks (seconds)",
+                          flags={"--retrain": ("retrain the stored models first (their file's 'seconds' say how long "
+                                               "it took), then draw", _retrain)})
 
 if __name__ == "__main__":
     main()

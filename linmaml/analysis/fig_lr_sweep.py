@@ -48,13 +48,13 @@ from torch import nn
 
 from linmaml import meta
 from linmaml.analysis._common import (ExactQuery, classification_family, convergence, load_trajectory_step,
-                                      meta_learner_curves, regression_family)
+                                      regression_family)
 from linmaml.closedform import depth_step, gaussian, gaussian_lr as glr
 from linmaml.meta.losses import logistic_loss
 from linmaml.plots.figure import figure_module
 from linmaml.simulator import deep, linnet, logr, meta_train, shallow
-from linmaml.simulator.held_out import (adapted_end_to_end, mean_ci, paired_exact_losses, seed_gain_summary,
-                                        seed_ratio_summary)
+from linmaml.simulator.held_out import (adapted_end_to_end, learner_curves, mean_ci, paired_exact_losses,
+                                        seed_gain_summary, seed_ratio_summary)
 
 NAME = "lr_sweep"
 
@@ -222,7 +222,7 @@ def _classification_alpha(cfg: dict, runs: dict, tasks) -> dict:
     for label, seeds in runs.items():
         values = {"loss": [], "accuracy": []}
         for r in seeds:
-            out = meta_learner_curves(r["learner"], tasks, logistic_loss, 1, accuracy=True)
+            out = learner_curves(r["learner"], tasks, logistic_loss, 1, accuracy=True)
             for key in values:
                 values[key].append(out[key][1])
         row = {"seconds": round(sum(r["seconds"] for r in seeds), 3),

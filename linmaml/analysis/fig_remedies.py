@@ -33,16 +33,15 @@ import torch
 from torch import nn
 
 from linmaml import meta
-from linmaml.analysis._common import (ExactQuery, convergence, load_trajectory_step, meta_learner_curves,
-                                      regression_family)
+from linmaml.analysis._common import ExactQuery, convergence, load_trajectory_step, regression_family
 from linmaml.closedform import gaussian, gaussian_lr as glr
 from linmaml.intervals import t_quantile
 from linmaml.meta.losses import squared_loss
 from linmaml.plots.curves import adaptation_panel, running_mean
 from linmaml.plots.figure import figure_module
-from linmaml.simulator import deep, implicit_preconditioner, mean_ci, meta_train, per_task_curves, shallow
-from linmaml.simulator.held_out import (adapted_end_to_end, paired_exact_losses, seed_gain_summary,
-                                        seed_ratio_summary)
+from linmaml.simulator import deep, implicit_preconditioner, meta_train, per_task_curves, shallow
+from linmaml.simulator.held_out import (AdaptationCurve, adapted_end_to_end, learner_curves, paired_exact_losses,
+                                        seed_gain_summary, seed_ratio_summary)
 
 from linmaml.errors import ArgumentError
 
@@ -192,7 +191,7 @@ def compute(quick: bool = False) -> dict:
             learners[kind].append((learner, early))
             if seed == cfg["seed"]:
                 meta_losses[kind] = run.meta_loss
-                per_task[kind] = meta_learner_curves(learner, tasks, squared_loss, cfg["eval_inner_steps"])["loss"]
+                per_task[kind] = learner_curves(learner, tasks, squared_loss, cfg["eval_inner_steps"])["loss"]
                 steps_eig[kind] = _effective_step(kind, learner, alpha)
                 params[kind] = _parameters(kind, learner)
                 seconds[kind] = round(time.perf_counter() - began, 3)
@@ -212,10 +211,9 @@ def compute(quick: bool = False) -> dict:
     level = cfg["ci_level"]
     curves, one_step, ratios = [], {}, {}
     for kind in ("plain", "kfo", "linnet", "deep"):
-        mean, half = mean_ci(per_task[kind], level, axis=1)
-        curves.append({"name": LABELS[kind], "steps": list(range(cfg["eval_inner_steps"] + 1)),
-                       "loss_mean": mean.tolist(), "loss_ci": half.tolist()})
-        one_step[kind] = {"mean": float(mean[1]), "ci95": float(half[1])}
+        curve = AdaptationCurve.from_per_task(LABELS[kind], {"loss": per_task[kind]}, level)
+        curves.append(curve.to_dict(sizes=False))
+        one_step[kind] = {"mean": float(curve.loss_mean[1]), "ci95": float(curve.loss_ci[1])}
         ratios[kind] = {"ratio": exact["models"][kind]["over_deep"]["ratio"] if kind != "deep" else 1.0,
                         "ci95": exact["models"][kind]["over_deep"]["ci95"] if kind != "deep" else 0.0}
 

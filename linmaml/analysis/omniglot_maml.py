@@ -48,6 +48,7 @@ from linmaml.benchmarks.config import TrainConfig
 from linmaml.benchmarks.settings import IDENTITY
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.run import Run, read_runs
+from linmaml.benchmarks.run_files import CONFIG, METRICS
 from linmaml.benchmarks.scoring import score_tasks, summarize
 from linmaml.plots.training import plot_runs
 
@@ -133,11 +134,11 @@ def score_tasks_of_run(folder: pathlib.Path, *, tasks: int, data_root=None) -> t
 
 
 def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int | None = 1) -> dict:
-    config = _io.load_json(folder / "config.json")["config"]  # bounded regular file, never a FIFO
+    config = _io.load_json(folder / CONFIG)["config"]  # bounded regular file, never a FIFO
     scored, task_accuracies = score_tasks_of_run(folder, tasks=tasks, data_root=data_root)
     published = published_for(config)
-    records = [_io.loads_json(line, f"{folder / 'metrics.jsonl'} line {n}")
-               for n, line in enumerate(_io.read_text(folder / "metrics.jsonl").splitlines(), start=1) if line.strip()]
+    records = [_io.loads_json(line, f"{folder / METRICS} line {n}")
+               for n, line in enumerate(_io.read_text(folder / METRICS).splitlines(), start=1) if line.strip()]
     reach = None
     if published:
         reach = 100 * (scored["accuracy"] + scored["ci95"]) >= published["accuracy"] - (published["ci95"] or 0.0)

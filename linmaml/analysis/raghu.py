@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from linmaml.benchmarks.run_files import CONFIG
 from linmaml.errors import ArgumentError
 
 NAME = "raghu_omniglot"
@@ -85,7 +86,7 @@ def config_threads(folder) -> int | None:
     from linmaml import _io
 
     try:
-        return _io.load_json(pathlib.Path(folder) / "config.json").get("threads")
+        return _io.load_json(pathlib.Path(folder) / CONFIG).get("threads")
     except (OSError, ValueError):
         return None
 

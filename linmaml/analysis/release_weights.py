@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from linmaml.benchmarks.run_files import CONFIG
 from linmaml.errors import ArgumentError
 
 
@@ -65,7 +66,7 @@ def add(name: str, run_dir, *, folder=None, commit: str | None = None, tasks: in
     scored = evaluate_checkpoint(target, tasks=tasks, query=query, data_root=data_root, splits=splits, device="cpu")
     stream.write(f"test accuracy {100 * scored['accuracy']:.2f} % ± {100 * scored['ci95']:.2f} % on {scored['tasks']}"
                  f" tasks ({time.perf_counter() - start:.0f} s)\n")
-    recorded = _io.load_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
+    recorded = _io.load_json(Path(run_dir) / CONFIG) if (Path(run_dir) / CONFIG).exists() else {}
     entry = {
         "file": target.name,
         "bytes": len(data),

@@ -29,15 +29,16 @@ import json
 import pathlib
 
 from linmaml import _io
+from linmaml.benchmarks.run_files import CONFIG, METRICS
 from linmaml.errors import ArgumentError
 
 
 def validation_curve(folder) -> list[tuple[int, float, float]]:
     """``(iteration, elapsed seconds, validation accuracy)`` of every validation in a run folder's
     ``metrics.jsonl``, in iteration order (a resumed run's log holds each iteration once)."""
-    path = pathlib.Path(folder) / "metrics.jsonl"
+    path = pathlib.Path(folder) / METRICS
     if not path.is_file():
-        raise ArgumentError("run", f"{folder} holds no metrics.jsonl (is it a linmaml train run folder?)")
+        raise ArgumentError("run", f"{folder} holds no {METRICS} (is it a linmaml train run folder?)")
     curve = {}
     for line in _io.read_text(path).splitlines():
         if not line.strip():
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
     except ArgumentError as error:
         parser.exit(2, f"time_to_accuracy: error: {error}\n")
     for name in ("textbook", "recipe"):
-        config = pathlib.Path(result["runs"][name]) / "config.json"
+        config = pathlib.Path(result["runs"][name]) / CONFIG
         result.setdefault("configs", {})[name] = _io.load_json(config) if config.is_file() else None
     args.out.mkdir(parents=True, exist_ok=True)
     _io.atomic_write_json(args.out / "time_to_accuracy.json", result)

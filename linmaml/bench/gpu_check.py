@@ -49,6 +49,7 @@ from linmaml.benchmarks import episodes
 from linmaml.benchmarks.config import TrainConfig, build_from_config, make_engine
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.scoring import model_layout
+from linmaml.benchmarks.run_files import METRICS
 from linmaml.benchmarks.train import train
 from linmaml.meta.engine import Engine
 
@@ -146,7 +147,7 @@ def training(splits, test_split, device: str, iterations: int, workdir: Path) ->
     result = train({"iterations": iterations, "val_every": max(1, iterations // 2), "val_tasks": 100},
                    workdir / "run", splits=splits, device=device, progress=True)
     seconds = time.perf_counter() - start
-    lines = [json.loads(x) for x in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (workdir / "run" / METRICS).read_text().splitlines()]
     steps = [b["elapsed"] - a["elapsed"] for a, b in zip(lines, lines[1:]) if "val_accuracy" not in b]
     # Very short runs validate at every iteration: then time them all (validation included).
     per_iteration = statistics.median(steps or [b["elapsed"] - a["elapsed"] for a, b in zip(lines, lines[1:])]

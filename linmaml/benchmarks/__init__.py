@@ -10,11 +10,11 @@ __all__ = ["load_learner", "Run"]
 
 def __getattr__(name):
     if name == "load_learner":
-        from linmaml.benchmarks.loading import load_learner
+        from linmaml.benchmarks.loading import load_learner  # lazy: keeps `linmaml --help` torch-free
 
         return load_learner
     if name == "Run":
-        from linmaml.benchmarks.run import Run
+        from linmaml.benchmarks.run import Run  # lazy: as load_learner, torch only on first use
 
         return Run
     raise AttributeError(f"module 'linmaml.benchmarks' has no attribute {name!r}")

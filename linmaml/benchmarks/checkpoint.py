@@ -38,6 +38,7 @@ import json
 import os
 import re
 import socket
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -82,8 +83,6 @@ def _check_archive(data: bytes, name: str) -> None:
     size: every member must be stored uncompressed (``torch.save`` never compresses; a deflated
     member could unpack to gigabytes), the members' sizes must fit in the file, and ``data.pkl`` must
     pass :func:`linmaml._io.check_pickle` (bounded nesting: a 2,000,000-deep tuple crashes CPython)."""
-    import zipfile
-
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = archive.infolist()
@@ -272,7 +271,7 @@ class RunLock:
         self._handle = None
 
     def acquire(self, overwrite: bool = False) -> "RunLock":
-        import fcntl
+        import fcntl  # lazy: POSIX-only, needed only for the lock; reading checkpoints works without it
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):

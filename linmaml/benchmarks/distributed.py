@@ -21,6 +21,7 @@ import os
 import pickle
 
 import torch
+import torch.distributed as dist
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError
@@ -66,8 +67,6 @@ def setup(device: str = "auto") -> Context:
     rank = _validate.integer(int(os.environ["RANK"]), "RANK", minimum=0, maximum=world_size - 1)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
-    import torch.distributed as dist
-
     owns = False
     if not dist.is_initialized():
         if dev.type == "cuda":
@@ -90,8 +89,6 @@ def teardown(ctx: Context, synchronize: bool = True) -> None:
     """
     if not ctx.owns_group:
         return
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         return
     if synchronize and ctx.world_size > 1:
@@ -124,8 +121,6 @@ def all_reduce_gradients(parameters, ctx: Context) -> None:
     """
     if not ctx.distributed:
         return
-    import torch.distributed as dist
-
     params = [p for p in parameters if p.requires_grad]
     for p in params:
         if p.grad is None:
@@ -144,8 +139,6 @@ def all_reduce_sum(values, ctx: Context) -> torch.Tensor:
     tensor = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     if not ctx.distributed:
         return tensor
-    import torch.distributed as dist
-
     # NCCL only reduces device tensors.
     work = tensor.to(ctx.device) if ctx.device.type == "cuda" else tensor.clone()
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
@@ -156,8 +149,6 @@ def broadcast_object(obj, ctx: Context):
     """Rank 0's ``obj`` on every process (pickled; for set-up data such as a checkpoint payload)."""
     if not ctx.distributed:
         return obj
-    import torch.distributed as dist
-
     holder = [obj if ctx.rank == 0 else None]
     dist.broadcast_object_list(holder, src=0, device=ctx.device if ctx.device.type == "cuda" else None)
     return holder[0]

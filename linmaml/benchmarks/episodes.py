@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 
 from linmaml._validate import integer
 from linmaml.benchmarks.data.fewshot import FewShotSplit
@@ -80,8 +81,6 @@ class EpisodeBatch:
 
 
 def _to_torch(arrays, device, dtype):
-    import torch
-
     xs, ys, xq, yq = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
     if dtype is not None:
         xs, xq = xs.to(dtype), xq.to(dtype)

@@ -56,6 +56,7 @@ from torch import nn
 
 from linmaml import _validate, meta
 from linmaml.benchmarks.progress import TaskProgress
+from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.scoring import mean_ci95, model_layout
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.engine import Engine
@@ -432,8 +433,6 @@ def analyze_run(path, *, tasks: int = 600, steps: int | None = None, spectrum_ta
     (task seed 0, the run's ``test_query`` per class). ``steps`` defaults to the run's ``test_steps``;
     ``model`` as for :func:`~linmaml.benchmarks.loading.load_learner`. Adds ``checkpoint``, the run's
     ``settings`` (:data:`RUN_SETTINGS`) and ``seconds``."""
-    from linmaml.benchmarks.run import Run
-
     tasks = _validate.integer(tasks, "tasks", minimum=2)
     if steps is not None:
         steps = _validate.integer(steps, "steps", minimum=1)

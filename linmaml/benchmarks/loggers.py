@@ -33,6 +33,8 @@ import json
 import os
 from pathlib import Path
 
+from linmaml import _io
+from linmaml._extras import require
 from linmaml.errors import ArgumentError
 
 __all__ = ["CSVLogger", "TensorBoardLogger", "combine", "from_spec", "cell", "scalars"]
@@ -76,8 +78,6 @@ class CSVLogger:
         self.file = None
 
     def _open(self, first_iteration) -> None:
-        from linmaml import _io
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows: list[dict] = []
         if self.append and self.path.exists():
@@ -97,8 +97,6 @@ class CSVLogger:
             with open(self.path, newline="", encoding="utf-8") as file:
                 rows = list(csv.DictReader(file)) if self.columns else []
             self.columns += new
-            from linmaml import _io
-
             _io.atomic_write_text(self.path, _table(self.columns, rows))
             self.file = _io.open_nofollow(self.path, "a")
         self.file.write(_table(None, [{key: cell(value) for key, value in record.items()}], self.columns))
@@ -146,8 +144,7 @@ class TensorBoardLogger:
 
     def __init__(self, log_dir, writer=None):
         if writer is None:
-            from linmaml._extras import require
-
+            # tensorboard is an optional extra: require() imports it only here, when no writer is given
             self._summary_writer = require("torch.utils.tensorboard", "the TensorBoard logger").SummaryWriter
         if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
             raise ArgumentError("log_dir", f"expected a folder path, got {log_dir!r}")

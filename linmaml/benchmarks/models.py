@@ -45,7 +45,7 @@ itself (batch statistics) is unchanged. Only this ConvNet has it (``linmaml.meta
 any model whose ``norm_steps`` is positive).
 
 Parameter names are stable and say what they are: ``features.block{i}.conv.weight``,
-``features.block{i}.norm.weight``, ``head.weight`` … so ``adapt="head"`` and ANIL find the head.
+``features.block{i}.norm.weight``, ``head.weight`` … so ``adapted="head"`` and ANIL find the head.
 """
 from __future__ import annotations
 

@@ -45,11 +45,13 @@ import torch
 
 from linmaml import _io
 from linmaml.benchmarks import checkpoint, episodes
+from linmaml.benchmarks import data as datasets  # datasets.load_splits looked up at call time: tests swap it
 from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_model_matches, check_task_fits,
                                        data_options, make_engine)
 from linmaml.benchmarks.learners import check_user_model
 from linmaml.benchmarks.run_files import BEST, LAST, LAST_PREV, METRICS, run_folder_of
 from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.meta.engine import Engine
 
 __all__ = ["Run", "checkpoint_file", "check_run_payload", "RunCurves", "read_curves", "read_runs"]
 
@@ -169,17 +171,13 @@ class Run:
         config = dataclasses.replace(self.config, **overrides) if overrides else self.config
         if adapted is None:
             return make_engine(self.learner, config)
-        from linmaml.meta.engine import Engine
-
         return Engine(self.learner, torch.nn.functional.cross_entropy, strategy=config.batching,
                       tasks_per_chunk=config.tasks_per_chunk, adapted=adapted)
 
     def splits(self, names: Sequence[str] = ("test",), data_root=None) -> dict:
         """``{name: FewShotSplit}`` of the run's benchmark and class split, read from ``data_root``
         (default: ``$LINMAML_DATA``, then the per-user cache)."""
-        from linmaml.benchmarks.data import load_splits  # the data package is loaded only when needed
-
-        return load_splits(self.config.benchmark, tuple(names), data_root, **data_options(self.config))
+        return datasets.load_splits(self.config.benchmark, tuple(names), data_root, **data_options(self.config))
 
     def tasks(self, split: str = "test", *, count: int = 600, query: int | None = None, seed: int = 0,
               data_root=None, splits=None, query_name: str = "query"):

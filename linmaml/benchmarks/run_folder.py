@@ -23,6 +23,7 @@ import torch
 
 from linmaml import _io
 from linmaml.benchmarks import checkpoint
+from linmaml.benchmarks.config import TrainConfig
 from linmaml.benchmarks.run_files import CONFIG, METRICS
 from linmaml.errors import ArgumentError, ArgumentExistsError
 
@@ -138,8 +139,6 @@ def check_resume_payload(payload: dict, path: Path) -> None:
                                     and all(isinstance(k, str) and _plain(v) for k, v in pending.items())):
         bad(f"its pending validation record {pending!r} is not that of iteration {iteration}")
     try:
-        from linmaml.benchmarks.config import TrainConfig
-
         TrainConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as error:
         bad(f"its settings are unusable ({str(error).splitlines()[0]})")

@@ -20,6 +20,7 @@ import stat
 from pathlib import Path
 
 from linmaml.benchmarks.run_files import CONFIG, run_folder_of
+from linmaml.benchmarks.settings import THREADS_MAX
 
 #: The thread count of every command unless told otherwise or recorded by the run.
 DEFAULT_THREADS = 1
@@ -59,13 +60,7 @@ def recorded(run_or_checkpoint) -> dict:
     return {"data_root": root if isinstance(root, str) and root else None,
             # a recorded count beyond what --threads accepts (a crafted file) is not reused
             "threads": threads if isinstance(threads, int) and not isinstance(threads, bool)
-            and 1 <= threads <= _threads_max() else None}
-
-
-def _threads_max() -> int:
-    from linmaml.benchmarks.config import THREADS_MAX
-
-    return THREADS_MAX
+            and 1 <= threads <= THREADS_MAX else None}
 
 
 def threads_for(given: int | None, run=None) -> int:

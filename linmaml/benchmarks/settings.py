@@ -44,6 +44,7 @@ from typing import Mapping
 from linmaml import _validate
 from linmaml._strategies import RANDOMNESS, STRATEGIES
 from linmaml.benchmarks.data import BENCHMARKS, OWN_DATA
+from linmaml.benchmarks.data.own import check_name, default_name
 from linmaml.errors import ArgumentError, ArgumentTypeError
 
 # --- the choices: one tuple each, checked here and by the code that acts on them -----------------
@@ -374,8 +375,6 @@ class TrainConfig:
         if not self.data and self.data_name is None:  # (data_name alone: arrays handed to train(splits=...))
             raise ArgumentError("data", f"benchmark {self.benchmark!r} reads your own data: give the "
                                         f"{'.npz file' if self.benchmark == 'arrays' else 'image folder'}")
-        from linmaml.benchmarks.data.own import check_name, default_name  # numpy only; keeps this module light
-
         if self.data_name is None:
             object.__setattr__(self, "data_name", default_name(self.data, self.benchmark))
         check_name(self.data_name, "data_name")

@@ -44,9 +44,11 @@ import torch
 
 from linmaml import _io, _validate
 from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder, run_settings
+from linmaml.benchmarks import data as datasets  # datasets.load_splits looked up at call time: tests swap it
 from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_splits, iteration_seed, make_engine,
                                        outer_lr_at, resume_config)
-from linmaml.benchmarks.config import OWN_DATA, data_options, first_order_at, msl_weights
+from linmaml.benchmarks.config import OWN_DATA, THREADS_MAX, data_options, first_order_at, msl_weights
+from linmaml.benchmarks.data.paths import resolve_data_root
 from linmaml.benchmarks.learners import check_model_record, check_user_model
 from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.progress import Progress, safe_write
@@ -492,8 +494,6 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     if not resume:
         TrainConfig.from_dict(given)  # fail on bad settings before touching the folder
     if threads is not None:
-        from linmaml.benchmarks.config import THREADS_MAX
-
         torch.set_num_threads(_validate.integer(threads, "threads", minimum=1, maximum=THREADS_MAX))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -525,12 +525,9 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
             raise ArgumentError("meta_batch", f"{config.meta_batch} tasks cannot be shared by {ctx.world_size} processes")
         root_read = None
         if splits is None:
-            from linmaml.benchmarks.data import load_splits  # the data package is loaded only when needed
-            from linmaml.benchmarks.data.paths import resolve_data_root
-
             if payload is not None and data_root is None:  # a resumed run reads where it read before
                 data_root = run_settings.data_root_for(None, out_dir)
-            splits = load_splits(config.benchmark, ("train", "val"), data_root, **data_options(config))
+            splits = datasets.load_splits(config.benchmark, ("train", "val"), data_root, **data_options(config))
             if config.benchmark not in OWN_DATA:  # your own data is read from config.data, not the data root
                 root_read = str(resolve_data_root(data_root).resolve())
         trainer = Trainer(config, out_dir, splits, ctx, lock=lock, payload=payload, overwrite=overwrite,

@@ -331,7 +331,7 @@ def anil_vs_head_maml(rng: np.random.Generator, steps: int, loss: str) -> float:
     return relative_error(results[1], results[0])
 
 
-@identity("smoke: meta ANIL = MAML with adapt='head' (adapted head, meta-gradients)", 1e-12)
+@identity("smoke: meta ANIL = MAML with adapted='head' (adapted head, meta-gradients)", 1e-12)
 def check_anil(rng):
     """ANIL on (features, head) (linmaml.meta.ANIL) equals MAML adapting the last nn.Linear of
     features→head (linmaml.meta.MAML). Smoke: both run the same inner loop; the identity row for ANIL

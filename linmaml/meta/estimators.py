@@ -61,6 +61,7 @@ from torch import nn
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta.engine import Engine, _accuracy_kind, check_batch
+from linmaml.meta.losses import binary_accuracy
 
 __all__ = ["Estimate", "FirstOrderMAML", "Reptile", "TruncatedMAML", "iMAML", "HessianFreeMAML",
            "EvolutionStrategies", "EstimatorEngine", "ESTIMATORS"]
@@ -123,7 +124,7 @@ def _score(output: torch.Tensor, y: torch.Tensor, kind: str | None) -> float:
     if kind == "labels":
         return float((output.detach().argmax(dim=-1) == y).to(torch.float64).mean())
     if kind == "binary":
-        return float(((output.detach() > 0).to(y.dtype) == y).to(torch.float64).mean())
+        return float(binary_accuracy(output.detach(), y))
     return 0.0
 
 

@@ -17,7 +17,7 @@ import argparse
 import pathlib
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from linmaml._io import atomic_path, atomic_write_json
 
@@ -84,14 +84,22 @@ def run_figure(name: str, compute: Callable[[bool], dict], draw: Callable[[dict,
     return record
 
 
-def figure_main(name: str, doc: str, run: Callable, argv=None, quick_help: str = "a fast, small version") -> dict:
-    """The command line of a figure module: ``--out DIR`` and ``--quick``; returns the record."""
+def figure_main(name: str, doc: str, run: Callable, argv=None, quick_help: str = "a fast, small version",
+                flags: Mapping[str, tuple[str, Callable[[], None]]] | None = None) -> dict:
+    """The command line of a figure module: ``--out DIR`` and ``--quick``; returns the record.
+    ``flags``: a figure's own switches, ``{"--name": (help, action)}``; each one given runs its
+    ``action()`` (in the order declared) before the figure is computed."""
     parser = argparse.ArgumentParser(description=(doc or name).strip().splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="output folder (default: figures/ of the source checkout, else ./figures; with "
                              "--quick ./figures-quick)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
+    for flag, (text, _) in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=text)
     args = parser.parse_args(argv)
+    for flag, (_, action) in (flags or {}).items():
+        if getattr(args, flag.lstrip("-").replace("-", "_")):
+            action()
     if args.out is None:
         args.out = default_out(args.quick)
         if args.quick:
@@ -110,16 +118,17 @@ def _current(function: Callable) -> Callable:
 
 
 def figure_module(name: str, doc: str, compute: Callable[[bool], dict], draw: Callable[[dict, pathlib.Path], None], *,
-                  quick_help: str, summary: Callable[[dict], Sequence[str]] | None = None):
+                  quick_help: str, summary: Callable[[dict], Sequence[str]] | None = None,
+                  flags: Mapping[str, tuple[str, Callable[[], None]]] | None = None):
     """``(run, main)`` of a figure module (module docstring): ``run(out_dir, quick=False) -> dict`` by
-    :func:`run_figure`, and ``main(argv=None)`` by :func:`figure_main`, then each line of
-    ``summary(record)`` (if given) printed indented by two spaces."""
+    :func:`run_figure`, and ``main(argv=None)`` by :func:`figure_main` (with the figure's own
+    ``flags``, if any), then each line of ``summary(record)`` (if given) printed indented by two spaces."""
 
     def run(out_dir, quick: bool = False) -> dict:
         return run_figure(name, _current(compute), _current(draw), out_dir, quick)
 
     def main(argv=None) -> None:
-        record = figure_main(name, doc, run, argv, quick_help=quick_help)
+        record = figure_main(name, doc, run, argv, quick_help=quick_help, flags=flags)
         for line in summary(record) if summary is not None else ():
             print("  " + line)
 

@@ -12,7 +12,8 @@ It shares no code with :mod:`linmaml.closedform`: autograd through the engine's 
 side, hand-derived recursions on the other, which is what lets the two cross-check each other
 (``linmaml verify --only simulator``).
 """
-from linmaml.simulator.held_out import AdaptationCurve, adaptation_curve, mean_ci, per_task_curves, ratio_of_means_ci
+from linmaml.simulator.held_out import (AdaptationCurve, adaptation_curve, learner_curves, mean_ci, per_task_curves,
+                                       ratio_of_means_ci)
 from linmaml.simulator.maml import adapt, maml_grad, maml_loss, maml_value_and_grad
 from linmaml.simulator.chains import (
     LinearChain,
@@ -35,5 +36,5 @@ __all__ = [
     "LinearChain", "shallow", "deep", "logr", "linnet", "end_to_end", "logits", "task_loss", "accuracy",
     "squared_loss", "logistic_loss", "loss_function", "implicit_preconditioner",
     "adapt", "maml_loss", "maml_grad", "maml_value_and_grad", "meta_train", "Trajectory",
-    "mean_ci", "ratio_of_means_ci", "per_task_curves", "adaptation_curve", "AdaptationCurve",
+    "mean_ci", "ratio_of_means_ci", "learner_curves", "per_task_curves", "adaptation_curve", "AdaptationCurve",
 ]

@@ -7,6 +7,7 @@ The confidence interval of a mean over n independent tasks is the Student-t inte
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -15,9 +16,10 @@ import torch
 from linmaml import _validate
 from linmaml.errors import ArgumentError
 from linmaml.intervals import mean_ci, t_quantile  # noqa: F401 (mean_ci: the simulator's API)
-from linmaml.simulator.chains import LinearChain, accuracy, squared_loss, task_loss
-from linmaml.simulator.maml import adapt
+from linmaml.meta import StepsBeyondTrainingWarning
 from linmaml.meta.engine import Engine
+from linmaml.meta.losses import binary_accuracy
+from linmaml.simulator.chains import LinearChain, logits, loss_function, squared_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +39,22 @@ class AdaptationCurve:
     n_tasks: int
     level: float
 
-    def to_dict(self) -> dict:
-        out = {"name": self.name, "n_tasks": self.n_tasks, "level": self.level,
+    @classmethod
+    def from_per_task(cls, name: str, per_task: dict, level: float = 0.95) -> "AdaptationCurve":
+        """The curve of per-task values ``{"loss": (K+1, T)}`` (plus ``"accuracy"`` (K+1, T)), as
+        :func:`learner_curves` and :func:`per_task_curves` give them: the mean over the T tasks and
+        its Student-t half-width (:func:`linmaml.intervals.mean_ci`) at every step."""
+        loss_mean, loss_ci = mean_ci(per_task["loss"], level, axis=1)
+        acc_mean = acc_ci = None
+        if "accuracy" in per_task:
+            acc_mean, acc_ci = mean_ci(per_task["accuracy"], level, axis=1)
+        return cls(name, np.arange(loss_mean.shape[0]), loss_mean, loss_ci, acc_mean, acc_ci,
+                   int(np.shape(per_task["loss"])[1]), level)
+
+    def to_dict(self, sizes: bool = True) -> dict:
+        """The curve as JSON-ready lists (what :func:`linmaml.plots.curves.adaptation_panel` draws);
+        ``sizes=False`` leaves out ``n_tasks`` and ``level`` (a figure records them once, in its settings)."""
+        out = {"name": self.name, **({"n_tasks": self.n_tasks, "level": self.level} if sizes else {}),
                "steps": self.steps.tolist(), "loss_mean": self.loss_mean.tolist(), "loss_ci": self.loss_ci.tolist()}
         if self.accuracy_mean is not None:
             out["accuracy_mean"] = self.accuracy_mean.tolist()
@@ -46,21 +62,66 @@ class AdaptationCurve:
         return out
 
 
+def learner_curves(learner, tasks, loss_fn, max_steps: int, *, accuracy: bool = False, output=None) -> dict:
+    """Per-task query loss after 0…``max_steps`` inner steps of ``learner`` (a :mod:`linmaml.meta`
+    learner; its own inner loop and rates), shape (K+1, T); with ``accuracy`` (one logit, float 0/1
+    labels) also the per-task query accuracy of the logit's sign (:func:`linmaml.meta.losses.binary_accuracy`).
+    The one route of every held-out adaptation curve: the chains' :func:`per_task_curves` and the
+    figures' meta-learners.
+
+    ``tasks`` is a stacked :class:`linmaml.tasks.TaskBatch` (numpy or torch; scored in float64),
+    ``loss_fn(output, target)`` a scalar per task. The parameters after k ≥ 1 steps are the engine's
+    (:meth:`linmaml.meta.engine.Engine.adapted`, the same adaptation :meth:`~linmaml.meta.engine.Engine.score`
+    scores); step 0 is the learner's own parameters. Each is scored on the query sets by
+    ``output(fast, x)`` with ``fast`` the adapted parameters by the model's own names (``{}`` at step
+    0), by default ``learner(x, params=fast)`` as the engine scores (no per-step normalisation
+    sets). Steps beyond the
+    learner's own are taken without its once-per-learner warning: a curve goes past the trained steps
+    on purpose (it shows where a learned transform overshoots)."""
+    max_steps = _validate.integer(max_steps, "max_steps", minimum=0)
+    T = tasks.torch()
+    if accuracy and not (T.Yq.shape[-1] == 1 and bool(((T.Yq == 0) | (T.Yq == 1)).all())):
+        raise ArgumentError("tasks", "accuracy needs float 0/1 labels of one logit (a classification family)")
+    if output is None:
+        def output(fast, x):
+            return learner(x, params=fast)
+    engine = Engine(learner, loss_fn, strategy="vmap", tasks_per_chunk=None)
+
+    def score(fast, x, y):
+        out = output(fast, x)
+        return loss_fn(out, y), (binary_accuracy(out, y) if accuracy else torch.zeros((), dtype=torch.float64))
+
+    rows = []
+    for k in range(max_steps + 1):
+        if k:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StepsBeyondTrainingWarning)
+                fast = engine.adapted(T.Xs, T.Ys, steps=k)
+        else:
+            fast = {}
+        with torch.no_grad():
+            rows.append(torch.func.vmap(score)(fast, T.Xq, T.Yq))
+    out = {"loss": np.stack([loss.numpy() for loss, _ in rows])}
+    if accuracy:
+        out["accuracy"] = np.stack([acc.numpy() for _, acc in rows])
+    return out
+
+
 def per_task_curves(chain: LinearChain, weights: Sequence[torch.Tensor], tasks, lr, max_steps: int = 10) -> dict:
-    """Per-task query loss (and accuracy) after 0…``max_steps`` inner steps of size ``lr``.
+    """Per-task query loss (and accuracy) of a chain after 0…``max_steps`` plain gradient steps of
+    size ``lr`` on the layers ``chain.adapt_layers``: :func:`learner_curves` of the chain's learner
+    (:meth:`LinearChain.learner`) with the chain's loss, scored by the end-to-end map as
+    :func:`~linmaml.simulator.chains.task_loss` scores (logits X W_eᵀ, the product W_e formed first).
 
     ``tasks`` is a stacked :class:`linmaml.tasks.TaskBatch` (numpy or torch). Returns
     ``{"loss": (K+1, T)}`` plus ``"accuracy": (K+1, T)`` for the logistic loss.
     """
     max_steps = _validate.integer(max_steps, "max_steps", minimum=0)
     weights = chain.check_weights(weights)
-    Xs, Ys, Xq, Yq = (torch.as_tensor(a, dtype=torch.float64) for a in (tasks.Xs, tasks.Ys, tasks.Xq, tasks.Yq))
-    path = adapt(weights, Xs, Ys, lr, max_steps, chain.loss, chain.adapt_layers, create_graph=False, return_path=True)
-    T = Xq.shape[0]
-    out = {"loss": np.stack([task_loss(w, Xq, Yq, chain.loss).expand(T).numpy() for w in path])}
-    if chain.loss == "logistic":
-        out["accuracy"] = np.stack([accuracy(w, Xq, Yq).expand(T).numpy() for w in path])
-    return out
+    named = dict(zip(chain.parameter_names(), weights))
+    learner = chain.learner(weights, lr, max(max_steps, 1))
+    return learner_curves(learner, tasks, loss_function(chain.loss), max_steps, accuracy=chain.loss == "logistic",
+                          output=lambda fast, x: logits([fast.get(n, W) for n, W in named.items()], x))
 
 
 def adaptation_curve(chain: LinearChain, weights: Sequence[torch.Tensor], family, *, lr, max_steps: int = 10,
@@ -72,11 +133,7 @@ def adaptation_curve(chain: LinearChain, weights: Sequence[torch.Tensor], family
     """
     n_tasks = _validate.integer(n_tasks, "n_tasks", minimum=2)
     per_task = per_task_curves(chain, weights, family.sample(n_tasks, seed), lr, max_steps)
-    loss_mean, loss_ci = mean_ci(per_task["loss"], level, axis=1)
-    acc_mean = acc_ci = None
-    if "accuracy" in per_task:
-        acc_mean, acc_ci = mean_ci(per_task["accuracy"], level, axis=1)
-    return AdaptationCurve(chain.name, np.arange(max_steps + 1), loss_mean, loss_ci, acc_mean, acc_ci, n_tasks, level)
+    return AdaptationCurve.from_per_task(chain.name, per_task, level)
 
 
 def ratio_of_means_ci(numerator, denominator, level: float = 0.95) -> tuple[float, float]:

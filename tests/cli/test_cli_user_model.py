@@ -67,7 +67,7 @@ def synthetic_splits():
 @pytest.fixture(autouse=True)
 def user_module(tmp_path_factory, monkeypatch):
     """The model module in a folder of its own on the import path (as PYTHONPATH would put it), and
-    the data package reading synthetic splits (train/evaluate import load_splits when needed)."""
+    the data package reading synthetic splits (train/evaluate look datasets.load_splits up when they call it)."""
     folder = tmp_path_factory.getbasetemp() / "user_module"
     folder.mkdir(exist_ok=True)
     (folder / f"{MODULE}.py").write_text(SOURCE)

@@ -26,6 +26,6 @@ def assert_names():
 @pytest.fixture
 def fake_data(monkeypatch):
     """train/evaluate read :func:`~linmaml.benchmarks.data.fewshot.noise_splits` instead of a dataset
-    (they import load_splits when they need it); a module opts in with ``usefixtures("fake_data")``."""
+    (they look datasets.load_splits up when they call it); a module opts in with ``usefixtures("fake_data")``."""
     monkeypatch.setattr(data_package, "load_splits", lambda benchmark, names, data_root=None, **_: {
         name: split for name, split in noise_splits().items() if name in tuple(names)})

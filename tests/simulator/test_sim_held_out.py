@@ -98,3 +98,67 @@ def test_bad_level_and_sizes():
         mean_ci([1.0])
     with pytest.raises(ValueError, match="^numerator"):
         ratio_of_means_ci([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_learner_curves_of_a_meta_learner_match_closed_form_loop():
+    # The route every figure's meta-learner takes (default scoring: the learner's own forward), on a
+    # plain meta.MAML around a Sequential of Linears (LogR+LinNet's sizes), against the numpy closed forms task by task; three
+    # steps from a learner trained for two (scored without the once-per-learner warning).
+    import warnings
+
+    import torch
+
+    from linmaml import meta
+    from linmaml.meta.losses import logistic_loss
+    from linmaml.simulator import learner_curves
+
+    chain = linnet(logr(3), (4,))
+    weights = chain.init(2)
+    model = torch.nn.Sequential(*(torch.nn.Linear(W.shape[1], W.shape[0], bias=False) for W in weights)).double()
+    with torch.no_grad():
+        for layer, W in zip(model, weights):
+            layer.weight.copy_(W)
+    fam = ClassificationFamily(3, task_mean=[1.0, 0, 0], n_support=6, n_query=9)
+    tasks = fam.sample(11, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = learner_curves(meta.MAML(model, lr=0.3, steps=2), tasks, logistic_loss, 3, accuracy=True)
+    loss, acc = _closed_form_curve(chain, weights, tasks, 0.3, 3)
+    np.testing.assert_allclose(got["loss"], loss, rtol=1e-11)
+    np.testing.assert_array_equal(got["accuracy"], acc)
+
+
+def test_learner_curves_refuse_accuracy_without_binary_labels():
+    import torch
+
+    from linmaml import meta
+    from linmaml.errors import ArgumentError
+    from linmaml.meta.losses import squared_loss
+    from linmaml.simulator import learner_curves
+
+    tasks = RegressionFamily(3, 1, task_mean=0.5, n_support=4, n_query=4).sample(3, seed=0)
+    learner = meta.MAML(torch.nn.Linear(3, 1, bias=False).double(), lr=0.1, steps=1)
+    with pytest.raises(ArgumentError) as info:
+        learner_curves(learner, tasks, squared_loss, 1, accuracy=True)
+    assert info.value.argument == "tasks"
+
+
+def test_learner_curves_of_anil_match_the_closed_form_head_only_loop():
+    # ANIL has no .model (features and head): the curve route needs only what the engine needs.
+    import torch
+
+    from linmaml import meta
+    from linmaml.meta.losses import squared_loss
+    from linmaml.simulator import learner_curves
+
+    chain = deep(3, 2, (4,), adapt_layers=(1,))  # the closed forms adapt the head (layer 1) only
+    weights = chain.init(5)
+    features = torch.nn.Linear(3, 4, bias=False).double()
+    head = torch.nn.Linear(4, 2, bias=False).double()
+    with torch.no_grad():
+        features.weight.copy_(weights[0])
+        head.weight.copy_(weights[1])
+    tasks = RegressionFamily(3, 2, task_mean=0.5, noise_std=0.1, n_support=6, n_query=5).sample(9, seed=6)
+    got = learner_curves(meta.ANIL(features, head, lr=0.2, steps=3), tasks, squared_loss, 3)
+    loss, _ = _closed_form_curve(chain, weights, tasks, 0.2, 3)
+    np.testing.assert_allclose(got["loss"], loss, rtol=1e-11)

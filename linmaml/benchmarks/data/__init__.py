@@ -32,7 +32,7 @@ from linmaml.benchmarks.data.cifar_fs import CifarFS, check_cifar_fs, load_cifar
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml.benchmarks.data.integrity import DatasetError, file_digest, verify_file
 from linmaml.benchmarks.data.mini_imagenet import check_mini_imagenet, load_mini_imagenet
-from linmaml.benchmarks.data import omniglot
+from linmaml.benchmarks.data import omniglot, own
 from linmaml.benchmarks.data.omniglot import Omniglot, check_omniglot, load_omniglot
 from linmaml.benchmarks.data.own import array_splits, folder_splits
 from linmaml.benchmarks.data.paths import default_data_root, resolve_data_root, user_cache_dir
@@ -80,8 +80,6 @@ def load_splits(benchmark: str, splits=SPLITS, data_root=None, *, verify: bool =
     if unknown:
         raise ArgumentTypeError(unknown[0], f"not an option of {benchmark} (options: {', '.join(sorted(allowed)) or 'none'})")
     if benchmark in OWN_DATA:
-        from linmaml.benchmarks.data import own
-
         if options.get("data") is None:
             raise ArgumentError("data", f"benchmark {benchmark!r} reads your own data: pass the "
                                         f"{'.npz file' if benchmark == 'arrays' else 'image folder'} (data=...)")

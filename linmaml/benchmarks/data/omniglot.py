@@ -39,11 +39,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy
 
 from linmaml import _io
 from linmaml._extras import require as require_extra
 from linmaml._validate import integer
 from linmaml.errors import ArgumentError, ArgumentTypeError
+from linmaml.benchmarks.data.cache import load_or_build
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES, DatasetError, verify_file
 from linmaml.benchmarks.data.paths import benchmark_dir
@@ -239,8 +241,6 @@ def _check_npz(handle, path: Path, limit: int = MAX_NPZ_ARRAY_BYTES, hint: str =
     :data:`MAX_NPZ_ARRAY_BYTES`) or than their stored member holds: numpy allocates what the header
     says before it reads a byte, so a tiny deflated file could otherwise cost any amount of memory.
     ``hint`` ends the message (what to do about it)."""
-    from numpy.lib import format as npy
-
     try:
         with zipfile.ZipFile(handle) as archive:
             for info in archive.infolist():
@@ -549,8 +549,6 @@ class Omniglot:
             data.seconds["read"] = read_seconds
             return {"pixels": data.pixels, "char_id": data.char_id,
                     "character_names": np.array(data.character_names, dtype=str)}
-
-        from linmaml.benchmarks.data.cache import load_or_build
 
         sources = [located[name][1] for name in sorted(located)]
         settings = {"size": size, "resize": resize, "verify": bool(verify),

@@ -51,8 +51,10 @@ import numpy as np
 
 from linmaml import _io
 from linmaml._extras import require as require_extra
+from linmaml.benchmarks.data.cache import load_or_build
 from linmaml.benchmarks.data.fewshot import SPLITS, FewShotSplit
 from linmaml.benchmarks.data.integrity import MAX_DATA_BYTES
+from linmaml.benchmarks.data.omniglot import _check_npz
 from linmaml.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["IMAGE_SUFFIXES", "array_splits", "check_name", "default_name", "folder_splits", "read_split_files", "splits_from_arrays"]
@@ -195,8 +197,6 @@ def splits_from_arrays(per_split: Mapping, name: str, argument: str = "data") ->
 
 
 def _load_npz(path: Path, argument: str) -> dict[str, np.ndarray]:
-    from linmaml.benchmarks.data.omniglot import _check_npz
-
     try:
         with _io.open_regular(path, MAX_DATA_BYTES) as handle:
             _check_npz(handle, path, MAX_NPZ_ARRAY_BYTES, "write it again")
@@ -402,8 +402,6 @@ def folder_splits(root, *, name: str | None = None, split_dir=None, splits=None,
             arrays[f"{s}_x"] = np.stack(examples)
             arrays[f"{s}_y"] = np.array(labels, dtype=str)
         return arrays
-
-    from linmaml.benchmarks.data.cache import load_or_build
 
     ordered = [(s, c, p) for s, classes in files.items() for c, paths in classes.items() for p in paths]
     # the key covers every file's bytes and its place (split, class); a changed layout is a new key

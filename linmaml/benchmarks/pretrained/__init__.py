@@ -28,7 +28,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from linmaml import _io
 from linmaml.benchmarks.checkpoint import CorruptCheckpoint
+from linmaml.benchmarks.loading import load_learner
 from linmaml.errors import ArgumentError, ArgumentTypeError, FileContentError
 
 __all__ = ["FOLDER", "MANIFEST", "names", "info", "path", "load", "sha256_of"]
@@ -40,8 +42,6 @@ MANIFEST = FOLDER / "manifest.json"
 
 
 def _manifest(folder: Path | None = None) -> dict:
-    from linmaml import _io
-
     file = (FOLDER if folder is None else Path(folder)) / MANIFEST.name
     if not file.exists():
         return {}
@@ -103,6 +103,4 @@ def load(name: str, map_location=None):
     training mode — BatchNorm on each batch's own statistics, as trained; ``map_location`` as there).
     Adapt it with the run's inner rate and test steps: ``info(name)["test"]["steps"]`` steps (the
     learner's own ``lr`` is the run's inner rate)."""
-    from linmaml.benchmarks.loading import load_learner
-
     return load_learner(path(name), map_location=map_location)

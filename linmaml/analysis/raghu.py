@@ -51,6 +51,7 @@ from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.run_files import CONFIG
 from linmaml.benchmarks.scoring import mean_ci95, score_tasks
 from linmaml.errors import ArgumentError
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 
 NAME = "raghu_omniglot"
 
@@ -299,8 +300,6 @@ def draw(result: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     layers = result["settings"]["layers"]
     short = [f"conv{i + 1}" for i in range(len(layers) - 1)] + ["head"]
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
@@ -366,7 +365,7 @@ def draw(result: dict, path) -> None:
     fig.suptitle(f"Raghu et al. 2020 on Omniglot {result['settings']['ways']}-way {result['settings']['shots']}-shot "
                  f"({result['settings']['tasks']} test tasks; 95 % intervals over tasks)")
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def main(argv=None) -> dict:

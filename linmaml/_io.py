@@ -16,8 +16,10 @@ import contextlib
 import errno
 import json
 import os
+import pickletools
 import stat
 import tempfile
+import warnings
 from pathlib import Path
 
 from linmaml.errors import ArgumentError, FileContentError
@@ -287,8 +289,6 @@ def check_pickle(handle, size: int, where: str, max_depth: int = MAX_DEPTH) -> N
     entries share the item's cell), so a 2,000,000-deep tuple that would crash CPython's ``hash`` is
     refused after ``max_depth`` opcodes.
     """
-    import pickletools
-
     start = handle.tell()
     reader = BoundedReader(handle, size, where)
     stack: list = []  # cells [depth]; None marks a MARK
@@ -390,9 +390,7 @@ def _elements(item):
 def bounded_image(handle, max_pixels: int, where: str):
     """``PIL.Image.open(handle)``, refusing a picture of more than ``max_pixels`` pixels before it is
     decoded (Pillow's decompression-bomb warning and error become one ``ValueError`` naming ``where``)."""
-    import warnings
-
-    from PIL import Image
+    from PIL import Image  # lazy: an optional extra (linmaml/_extras.py)
 
     try:
         with warnings.catch_warnings():

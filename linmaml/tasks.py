@@ -114,7 +114,7 @@ class TaskBatch:
 
     def torch(self, dtype=None, device=None) -> "TaskBatch":
         """The same numbers as torch tensors (float64 unless ``dtype`` says otherwise)."""
-        import torch
+        import torch  # lazy: the closed forms import this module and stay torch-free (`linmaml derive`, `surface`)
 
         dtype = torch.float64 if dtype is None else dtype
         convert = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
@@ -200,8 +200,6 @@ class RegressionFamily(_GaussianFamily):
 def orthonormal_basis(d: int, k: int, seed=0) -> np.ndarray:
     """A (d, k) matrix with orthonormal columns, uniformly distributed (Haar) given ``seed`` (an int
     or a ``numpy.random.Generator``): the Q factor of a Gaussian matrix with its signs fixed."""
-    from linmaml.errors import ArgumentError
-
     d = _validate.integer(d, "d", minimum=1)
     k = _validate.integer(k, "k", minimum=1)
     if k > d:
@@ -218,8 +216,6 @@ def principal_angle_distance(A, B) -> float:
     distance dist(B̂, B*) = ‖B̂_⊥ᵀ B*‖₂ of Collins et al. 2022 with A = B̂ the learned representation
     (columns: the d-dimensional feature directions, i.e. the transpose of a first layer W1 (k, d)).
     Columns of A or B that are numerically zero are dropped (rank by the SVD, relative 1e-12)."""
-    from linmaml.errors import ArgumentError
-
     A = _validate.real_matrix(A, "A")
     B = _validate.real_matrix(B, "B")
     if A.shape[0] != B.shape[0]:
@@ -259,8 +255,6 @@ class LowRankRegressionFamily(RegressionFamily):
     basis_seed: int = 0
 
     def __post_init__(self):
-        from linmaml.errors import ArgumentError, ArgumentTypeError
-
         _validate.integer(self.d_in, "d_in", minimum=1)
         _validate.integer(self.d_out, "d_out", minimum=1)
         k = _validate.integer(self.rank, "rank", minimum=1)

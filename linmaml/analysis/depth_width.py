@@ -64,11 +64,14 @@ import torch
 from linmaml import _io, _validate
 from linmaml.analysis._common import report_error
 from linmaml.benchmarks import checkpoint, episodes, layerwise
+from linmaml.benchmarks.data import load_splits
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.run import Run
+from linmaml.benchmarks.run_files import CONFIG, METRICS
 from linmaml.benchmarks.scoring import mean_ci95
 from linmaml.benchmarks.train import train
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import default_out, default_runs
 
 NAME = "depth_width"
@@ -127,8 +130,6 @@ def _splits(data_root):
     """Omniglot's three splits, loaded once per process."""
     key = str(data_root)
     if key not in _SPLITS:
-        from linmaml.benchmarks.data import load_splits  # lazy: the data package only when data is read
-
         _SPLITS[key] = load_splits("omniglot", ("train", "val", "test"), data_root)
     return _SPLITS[key]
 
@@ -142,8 +143,8 @@ def check_folder(run_dir: pathlib.Path, settings: dict) -> int:
         return 0
     payload = checkpoint.load_latest(run_dir)
     saved = payload["config"] if payload is not None else None
-    if saved is None and (run_dir / "config.json").exists():
-        saved = _io.load_json(run_dir / "config.json").get("config")  # bounded regular file, never a FIFO
+    if saved is None and (run_dir / CONFIG).exists():
+        saved = _io.load_json(run_dir / CONFIG).get("config")  # bounded regular file, never a FIFO
     for key, value in settings.items():
         if saved is not None and key != "iterations" and saved.get(key) != value:
             raise ArgumentError(key, f"{run_dir} was trained with {saved.get(key)!r}, the sweep uses {value!r}; use"
@@ -188,7 +189,7 @@ def _log(text: str) -> None:
 
 def _iterations_done(run_dir: pathlib.Path) -> int:
     try:
-        with open(run_dir / "metrics.jsonl", "rb") as handle:
+        with open(run_dir / METRICS, "rb") as handle:
             return sum(1 for _ in handle)
     except OSError:
         return 0
@@ -270,8 +271,6 @@ def draw(record: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     algos = list(dict.fromkeys(c["algo"] for c in record["cells"]))
     fig, axes = plt.subplots(1, len(algos), figsize=(6.2 * len(algos), 4.6), sharey=True, squeeze=False)
     for ax, algo in zip(axes[0], algos):
@@ -293,7 +292,7 @@ def draw(record: dict, path) -> None:
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(f"test accuracy % ({record['settings']['test_tasks']} tasks, 95% CI)")
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def run(out_dir=DEFAULT_OUT, quick: bool = False, *, runs=None, jobs: int = 1, threads: int | None = 1,

@@ -77,10 +77,14 @@ from linmaml.analysis.depth_width import check_folder, machine
 from linmaml.analysis.depth_width_stats import crossed_mean_ci, paired_comparison
 from linmaml.analysis.omniglot_maml import command_of
 from linmaml.benchmarks import checkpoint
+from linmaml.benchmarks.data import load_splits
+from linmaml.benchmarks.data.fewshot import noise_splits
 from linmaml.benchmarks.run import Run
+from linmaml.benchmarks.run_files import CONFIG, METRICS
 from linmaml.benchmarks.scoring import score_tasks, summarize
 from linmaml.benchmarks.train import train
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import default_out, default_runs
 
 NAME = "depth_width_seeds"
@@ -154,12 +158,8 @@ def splits_for(quick: bool, data_root=None) -> dict:
     key = ("noise",) if quick else ("omniglot", str(data_root))
     if key not in _SPLITS:
         if quick:
-            from linmaml.benchmarks.data.fewshot import noise_splits  # lazy: the data package only when data is read
-
             _SPLITS[key] = noise_splits()
         else:
-            from linmaml.benchmarks.data import load_splits  # lazy: the data package only when data is read
-
             _SPLITS[key] = load_splits("omniglot", ("train", "val", "test"), data_root)
     return _SPLITS[key]
 
@@ -168,7 +168,7 @@ def validation_curve(run_dir: pathlib.Path) -> list[dict]:
     """``[{"iteration", "elapsed", "accuracy", "ci95"}]`` of every validation in ``metrics.jsonl``
     (accuracy and its 95 % half-width over the validation tasks in percent, elapsed in seconds of
     training so far, validation included), in iteration order."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     curve = {}
     for n, line in enumerate(_io.read_text(path).splitlines(), start=1):
         if line.strip():
@@ -236,7 +236,7 @@ def run_one(algo: str, blocks: int, filters: int, seed: int, size: dict, runs, q
     if result.status != "done":
         raise RuntimeError(f"{run_dir.name}: training ended with {result.status}: {result.message}")
     summary, accuracies = score_run(run_dir, size["test_tasks"], splits)
-    config = _io.load_json(run_dir / "config.json")["config"]  # bounded regular file, never a FIFO
+    config = _io.load_json(run_dir / CONFIG)["config"]  # bounded regular file, never a FIFO
     curve = validation_curve(run_dir)
     last = checkpoint.load_latest(run_dir)
     return {"name": run_dir.name, "algo": algo, "blocks": blocks, "filters": filters, "seed": seed,
@@ -361,8 +361,8 @@ def measure(size: dict, comparisons: dict, *, data_root=None, quick: bool = Fals
             cpu = []
             train(settings, run_dir, splits=splits, progress=False, stream=io.StringIO(), threads=threads,
                   on_iteration=lambda record: cpu.append(time.process_time()))
-            records = [_io.loads_json(line, "metrics.jsonl") for line in
-                       _io.read_text(run_dir / "metrics.jsonl").splitlines() if line.strip()]
+            records = [_io.loads_json(line, METRICS) for line in
+                       _io.read_text(run_dir / METRICS).splitlines() if line.strip()]
             elapsed = [r["elapsed"] for r in records]
             # iterations 3..M-1: past the warm-up, before the last one (which validates and writes)
             steps = [elapsed[i] - elapsed[i - 1] for i in range(2, len(elapsed) - 1)]
@@ -401,8 +401,6 @@ def draw(record: dict, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
-
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap it)
 
     comps = record["comparisons"]
     fig, grid = plt.subplots(2, 2, figsize=(13, 9.5))
@@ -462,7 +460,7 @@ def draw(record: dict, path) -> None:
     fig.suptitle(f"{record['settings']['benchmark']}, {record['settings']['train']['iterations']} iterations, cosine schedule, "
                  f"best validation", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def run(out_dir=DEFAULT_OUT, quick: bool = False, *, runs=None, seeds: int | None = None,

@@ -32,6 +32,7 @@ import numpy as np
 
 from linmaml.analysis._common import classification_family, convergence, regression_family
 from linmaml.closedform import gaussian_lr as glr
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.curves import adaptation_panel
 from linmaml.plots.figure import figure_module
 from linmaml.simulator import deep, linnet, logr, mean_ci, meta_train, per_task_curves, ratio_of_means_ci, shallow
@@ -255,8 +256,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     num, cfg = result["numbers"], result["settings"]
     fig, (ax_reg, ax_loss, ax_acc) = plt.subplots(1, 3, figsize=(15, 4.6))
     colors = ["tab:blue", "tab:red"]
@@ -284,7 +283,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
                  f"meta-iterations; curves: seed 0, mean and {int(100 * cfg['ci_level'])}% CI over {cfg['test_tasks']} "
                  f"held-out tasks; titles: {len(cfg['seeds'])} seeds, paired (regression exact)", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def summary(record: dict) -> list[str]:

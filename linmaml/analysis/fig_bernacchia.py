@@ -28,6 +28,7 @@ import pathlib
 import numpy as np
 
 from linmaml.closedform import bernacchia as b
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import figure_module
 
 NAME = "bernacchia"
@@ -173,8 +174,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     n, s = result["numbers"], result["settings"]
     fig, axes = plt.subplots(1, 3, figsize=(14.5, 4.4))
 
@@ -218,7 +217,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
                  "E‖w − w0‖² = ν²): "
                  "best test rate > 0, best training rate < 0", fontsize=10.5)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 run, main = figure_module(NAME, __doc__, compute, draw,

@@ -24,6 +24,7 @@ import pathlib
 import numpy as np
 
 from linmaml.closedform import bernacchia as b
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import figure_module
 
 NAME = "bernacchia_phase"
@@ -118,8 +119,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
     from matplotlib.colors import LogNorm, TwoSlopeNorm  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     n, s = result["numbers"], result["settings"]
     low = s["lr_train_grid"][0]
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.0), gridspec_kw={"width_ratios": [1.15, 1.15, 1]})
@@ -181,7 +180,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     fig.suptitle(f"Bernacchia 2021: the best training rate (exact given the inputs, {s['draws']} input draws per cell; "
                  f"n_v = {s['n_v']}, n_r = {s['n_r']})", fontsize=10.5)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 run, main = figure_module(NAME, __doc__, compute, draw,

@@ -53,6 +53,7 @@ from linmaml._io import atomic_write_json
 from linmaml.analysis._common import ExactQuery, convergence
 from linmaml.closedform import gaussian_lr as glr
 from linmaml.closedform.preconditioner import preconditioner
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import figure_module
 from linmaml.simulator import deep, linnet, meta_train, shallow
 from linmaml.simulator.held_out import (adapted_end_to_end, gain_captured, mean_ci, paired_exact_losses,
@@ -383,8 +384,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     num, cfg = result["numbers"], result["settings"]
     per = num["per_kappa"]
     kappas = [per[k]["kappa"] for k in per]
@@ -448,7 +447,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
                  f"rotated Σ, Ω = Σ⁻¹; trained at α* with Adam + cosine over {cfg['meta_steps']} meta-steps, "
                  f"{len(cfg['seeds'])} seeds; {cfg['test_tasks']:,} paired tasks, exact conditional loss", fontsize=11)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def summary(record: dict) -> list[str]:

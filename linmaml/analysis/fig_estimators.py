@@ -47,6 +47,7 @@ from linmaml.closedform.gaussian import expected_post_adaptation_loss
 from linmaml.meta import estimators
 from linmaml.meta.engine import Engine
 from linmaml.meta.losses import squared_loss
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import figure_module
 
 from linmaml.errors import ArgumentError
@@ -379,8 +380,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     num, cfg = result["numbers"], result["settings"]
     fig, axes = plt.subplots(2, 4, figsize=(19, 8.6))
     titles = {"inner_lr": "inner learning rate α", "steps": "inner steps k", "depth": "depth L"}
@@ -473,7 +472,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     fig.suptitle(f"Meta-gradient estimators vs the exact (closed-form) MAML meta-gradient: deep linear nets, "
                  f"{cfg['batches']} paired meta-batches of {cfg['meta_batch']} tasks", fontsize=11)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def summary(record: dict) -> list[str]:

@@ -51,6 +51,7 @@ from linmaml.analysis._common import (ExactQuery, classification_family, converg
                                       regression_family)
 from linmaml.closedform import depth_step, gaussian, gaussian_lr as glr
 from linmaml.meta.losses import logistic_loss
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import figure_module
 from linmaml.simulator import deep, linnet, logr, meta_train, shallow
 from linmaml.simulator.held_out import (adapted_end_to_end, learner_curves, mean_ci, paired_exact_losses,
@@ -314,8 +315,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     num, cfg = result["numbers"], result["settings"]
     fig, (ax_reg, ax_acc, ax_cls) = plt.subplots(1, 3, figsize=(16, 6.6))
     reg = num["regression"]
@@ -358,7 +357,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
                  f"regression: exact loss on {cfg['exact_tasks']:,} paired tasks; classification: {cfg['test_tasks']} "
                  f"tasks × {cfg['classification_eval_query']} query points; 95% CI over tasks and seeds)", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def _trained(ax, models: dict, key: str, scale: float = 1.0) -> None:

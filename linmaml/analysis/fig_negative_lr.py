@@ -21,6 +21,7 @@ from __future__ import annotations
 import pathlib
 
 from linmaml.closedform.gaussian_lr import negative_lr_table
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import figure_module
 from linmaml.tasks import RegressionFamily
 
@@ -65,8 +66,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     n = result["numbers"]
     s = result["settings"]
     # Every rate is scored on the same draws of training tasks, so the claim (the best training rate
@@ -99,7 +98,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 run, main = figure_module(NAME, __doc__, compute, draw, quick_help="40 draws instead of 400 (a second)")

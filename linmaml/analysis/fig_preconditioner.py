@@ -60,6 +60,7 @@ from linmaml.analysis._common import PopulationSupport
 from linmaml.closedform import gaussian, gaussian_lr
 from linmaml.closedform.gaussian import expected_post_adaptation_loss_and_grad
 from linmaml.closedform.preconditioner import preconditioner
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.curves import running_mean
 from linmaml.plots.figure import figure_module
 from linmaml.simulator import deep, mean_ci, meta_train, per_task_curves
@@ -408,8 +409,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     num, cfg, arr = result["numbers"], result["settings"], result["_arrays"]
     alpha, labels = cfg["inner_lr"], [label for label in arr if label != "finite_n"]
     fig, axes = plt.subplots(3, 3, figsize=(17, 13.5))
@@ -494,7 +493,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
                  f"n = {num['finite_n']['n_support']} noisy support points, Deep {cfg['finite_n']['model']}",
                  fontsize=11)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def _draw_finite_n(axes, fn: dict, a: dict, alpha: float, dir_colors) -> None:

@@ -37,6 +37,7 @@ from linmaml.analysis._common import ExactQuery, convergence, load_trajectory_st
 from linmaml.closedform import gaussian, gaussian_lr as glr
 from linmaml.intervals import t_quantile
 from linmaml.meta.losses import squared_loss
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.curves import adaptation_panel, running_mean
 from linmaml.plots.figure import figure_module
 from linmaml.simulator import deep, implicit_preconditioner, meta_train, per_task_curves, shallow
@@ -261,8 +262,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     num, cfg = result["numbers"], result["settings"]
     colors = ["tab:blue", "tab:green", "tab:orange", "tab:red"]
     fig, (ax_curve, ax_bar, ax_meta) = plt.subplots(1, 3, figsize=(15, 4.6))
@@ -303,7 +302,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
                  f"{cfg['meta_iterations']} meta-iterations, {len(cfg['seeds'])} seeds; curves: seed 0, "
                  f"{cfg['test_tasks']} held-out tasks)", fontsize=11)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def summary(record: dict) -> list[str]:

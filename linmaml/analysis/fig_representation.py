@@ -44,6 +44,7 @@ import torch
 from linmaml.analysis._common import PopulationSupport
 from linmaml.closedform.lowrank import anil_expected_loss_and_grad
 from linmaml.intervals import t_quantile
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import figure_module
 from linmaml.simulator import LinearChain, meta_train
 from linmaml.tasks import LowRankRegressionFamily, orthonormal_basis, principal_angle_distance
@@ -208,8 +209,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     n = result["numbers"]
     s = result["settings"]
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), sharey=True)
@@ -240,7 +239,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
                  f"μ² = {s['mu'] ** 2:g})), α = {s['inner_lr']:g}, SGD {s['meta_lr']:g}, {s['meta_batch']} tasks/step)"
                  f" — after Collins et al. 2022, Fig. 1", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 run, main = figure_module(NAME, __doc__, compute, draw, quick_help="30 iterations, 2 seeds (seconds)")

@@ -42,6 +42,7 @@ from scipy import stats
 from linmaml.closedform import lowrank
 from linmaml.closedform.gaussian import optimal_inner_lr
 from linmaml.meta.engine import Engine
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import figure_module
 from linmaml.simulator import LinearChain, meta_train, squared_loss
 from linmaml.tasks import LowRankRegressionFamily, orthonormal_basis, principal_angle_distance
@@ -177,8 +178,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     n = result["numbers"]
     s = result["settings"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.5, 4.4))
@@ -230,7 +229,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     bx.legend(fontsize=8)
     fig.suptitle("Convex vs non-convex meta-learning on a hidden subspace — after Saunshi et al. 2020", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 run, main = figure_module(NAME, __doc__, compute, draw,

@@ -22,6 +22,7 @@ import pathlib
 
 import numpy as np
 
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots import surface as S
 from linmaml.plots.figure import figure_module
 
@@ -121,8 +122,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     arr, num, cfg = result["_arrays"], result["numbers"], result["settings"]
     setting = arr["setting"]
     fig, (ax_deep, ax_shallow, ax_curve) = plt.subplots(1, 3, figsize=(15.5, 4.8),
@@ -178,7 +177,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     fig.suptitle(f"MAML with a small inner learning rate: α={cfg['inner_lr']}, k={cfg['inner_steps']}, "
                  f"V={cfg['x_var']}, a ~ N({cfg['task_mean']}, {cfg['task_std']}²)", fontsize=11)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 run, main = figure_module(NAME, __doc__, compute, draw, quick_help="small grids and short runs (a few seconds)")

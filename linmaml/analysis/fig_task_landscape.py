@@ -28,6 +28,7 @@ import pathlib
 import numpy as np
 
 from linmaml.closedform.mixture import easy_hard_mixture, maml_gain, simulate
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import figure_module
 
 NAME = "task_landscape"
@@ -128,8 +129,6 @@ def draw(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
-
     n, s = result["numbers"], result["settings"]
     spreads, distances = np.array(n["spread_hard"]), np.array(n["distance"])
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.0))
@@ -176,7 +175,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
                  f"{f['spread_easy']}) and hard (ρ_H = {f['rho_hard']}) tasks, d = {f['d']}, σ = {f['noise_std']}, "
                  f"π_H = {f['weight_hard']} (exact; Monte Carlo {s['tasks']} tasks per check)", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 run, main = figure_module(NAME, __doc__, compute, draw,

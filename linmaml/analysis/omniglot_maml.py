@@ -50,6 +50,7 @@ from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.run import Run, read_runs
 from linmaml.benchmarks.run_files import CONFIG, METRICS
 from linmaml.benchmarks.scoring import score_tasks, summarize
+from linmaml.errors import ArgumentError
 from linmaml.plots.training import plot_runs
 
 PUBLISHED = {1: (98.7, 0.4), 5: (99.9, 0.1)}  # Finn et al. 2017, Omniglot 5-way, percent ± 95 % CI
@@ -166,8 +167,6 @@ def paired_differences(results: list[dict], reference: str) -> dict:
     task count, task seed and query size, with ``task_accuracies``) against it: ``mean`` per-task
     accuracy difference (run − reference, points), ``ci95`` (1.96·s/√n over the n differences),
     ``wins``/``ties``/``losses`` (tasks where the run scores higher/equal/lower)."""
-    from linmaml.errors import ArgumentError
-
     by_name = {r["run"]: r for r in results}
     ref = by_name.get(reference)
     if ref is None or not ref.get("task_accuracies"):

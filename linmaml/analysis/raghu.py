@@ -38,9 +38,20 @@ import sys
 import time
 
 import numpy as np
+import torch
 
+from linmaml import _io
+from linmaml.analysis.depth_width import machine
+from linmaml.analysis.omniglot_maml import command_of
+from linmaml.benchmarks import episodes
+from linmaml.benchmarks import feature_reuse as fr
+from linmaml.benchmarks.config import build_from_config, data_options, make_engine
+from linmaml.benchmarks.data import load_splits
+from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.run_files import CONFIG
+from linmaml.benchmarks.scoring import mean_ci95, score_tasks
 from linmaml.errors import ArgumentError
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 
 NAME = "raghu_omniglot"
 
@@ -59,8 +70,6 @@ PAPER = {
 
 
 def sha256(path) -> str:
-    from linmaml import _io
-
     return hashlib.sha256(_io.read_bytes(path, 1 << 31)).hexdigest()
 
 
@@ -68,9 +77,6 @@ def load(path):
     """``(learner, config, record, payload)`` of a run folder (its best.pt) or a checkpoint file
     (:meth:`linmaml.benchmarks.run.Run.open`); record: path, iteration, sha256, algo, seed, the run's
     ``linmaml train`` command."""
-    from linmaml.analysis.omniglot_maml import command_of
-    from linmaml.benchmarks.run import Run
-
     run = Run.open(path)  # the one way to open a trained run: its rule for folders, checked weights
     file, payload, config, learner = pathlib.Path(run.file).resolve(), run.payload, run.config, run.learner
     folder = pathlib.Path(run.folder).resolve()
@@ -83,8 +89,6 @@ def load(path):
 
 def config_threads(folder) -> int | None:
     """The torch threads a run folder's training used (its config.json), None if unknown."""
-    from linmaml import _io
-
     try:
         return _io.load_json(pathlib.Path(folder) / CONFIG).get("threads")
     except (OSError, ValueError):
@@ -94,18 +98,12 @@ def config_threads(folder) -> int | None:
 def initial_learner(config, image_shape):
     """The weights a run of ``config`` starts from: the trainer seeds torch with the run's seed and
     builds the learner (:class:`linmaml.benchmarks.train.Trainer`), nothing else drawing in between."""
-    import torch
-
-    from linmaml.benchmarks.config import build_from_config
-
     torch.manual_seed(config.seed)
     return build_from_config(config, tuple(image_shape)).to(dtype=config.torch_dtype).train()
 
 
 def summary(values) -> dict:
     """Mean and 95 % interval in percent of per-task fractions (or CKA values, then not scaled)."""
-    from linmaml.benchmarks.scoring import mean_ci95
-
     mean, ci = mean_ci95(values)
     return {"mean": mean, "ci95": ci}
 
@@ -134,16 +132,11 @@ def snapshot_files(folder) -> dict[int, pathlib.Path]:
 def engine_accuracies(learner, config, tasks, steps) -> np.ndarray:
     """The per-task accuracies ``linmaml evaluate`` computes (the learner's own adaptation through the
     engine): a cross-check of the library's own adaptation."""
-    from linmaml.benchmarks.config import make_engine
-    from linmaml.benchmarks.scoring import score_tasks
-
     accuracies, _ = score_tasks(make_engine(learner, config), tasks, steps=steps, dtype=config.torch_dtype)
     return np.asarray(accuracies, dtype=np.float64)
 
 
 def own_accuracies(learner, tasks, lrs) -> np.ndarray:
-    from linmaml.benchmarks import feature_reuse as fr
-
     fr.check_plain_steps(learner)
     network = fr.network_of(learner)
     return fr.query_accuracies(network, tasks, fr.adapted_names_of(learner, network), lrs)
@@ -154,12 +147,6 @@ FIXED_PARTS = ("freezing", "nil", "similarity")
 
 
 def compute(args, previous: dict | None = None) -> dict:
-    from linmaml.analysis.depth_width import machine
-    from linmaml.benchmarks import episodes
-    from linmaml.benchmarks import feature_reuse as fr
-    from linmaml.benchmarks.config import data_options
-    from linmaml.benchmarks.data import load_splits
-
     started = time.perf_counter()
     maml, config, maml_record, payload = load(args.maml)
     anil, anil_config, anil_record, _ = load(args.anil)
@@ -213,8 +200,6 @@ def compute(args, previous: dict | None = None) -> dict:
 
 def compute_fixed_parts(result, maml, anil, control, config, anil_config, tasks, lrs, anil_lrs, payload, layers, say):
     """(a), (c) and (d) of the module docstring into ``result``."""
-    from linmaml.benchmarks import feature_reuse as fr
-
     network = fr.network_of(maml)
     maml_record, anil_record = result["checkpoints"]["maml"], result["checkpoints"]["anil"]
     # (a) layer freezing
@@ -263,8 +248,6 @@ def compute_fixed_parts(result, maml, anil, control, config, anil_config, tasks,
 def compute_trajectory(result, args, few, previous, say):
     """(b) of the module docstring into ``result["trajectory"]``; a snapshot already in ``previous``
     (same file by sha256, same number of tasks) is taken from there."""
-    from linmaml.benchmarks import feature_reuse as fr
-
     trajectory = []
     done = {}
     if previous is not None and previous.get("settings", {}).get("trajectory_tasks") == args.trajectory_tasks:
@@ -312,12 +295,10 @@ def point_key(record: dict) -> str | None:
 
 
 def draw(result: dict, path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from linmaml.plots.figure import save_figure
+    import matplotlib.pyplot as plt  # lazy: an optional extra (linmaml/_extras.py)
 
     layers = result["settings"]["layers"]
     short = [f"conv{i + 1}" for i in range(len(layers) - 1)] + ["head"]
@@ -384,12 +365,10 @@ def draw(result: dict, path) -> None:
     fig.suptitle(f"Raghu et al. 2020 on Omniglot {result['settings']['ways']}-way {result['settings']['shots']}-shot "
                  f"({result['settings']['tasks']} test tasks; 95 % intervals over tasks)")
     fig.tight_layout()
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
-    from linmaml import _io
-
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--maml", required=True, type=pathlib.Path, help="MAML run folder (best.pt) or checkpoint")
     parser.add_argument("--anil", required=True, type=pathlib.Path, help="ANIL run folder (best.pt) or checkpoint")
@@ -413,8 +392,6 @@ def main(argv=None) -> dict:
     for name in ("tasks", "trajectory_tasks", "threads"):
         if getattr(args, name) < (2 if name != "threads" else 1):
             parser.error(f"--{name.replace('_', '-')}: expected at least {2 if name != 'threads' else 1}")
-    import torch
-
     torch.set_num_threads(args.threads)
     previous = None
     if not args.fresh and (args.out / f"{NAME}.json").is_file():

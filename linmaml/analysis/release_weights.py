@@ -22,6 +22,12 @@ from pathlib import Path
 
 import torch
 
+from linmaml import _io
+from linmaml.analysis.omniglot_maml import command_of
+from linmaml.benchmarks import checkpoint, pretrained
+from linmaml.benchmarks.evaluate import evaluate_checkpoint
+from linmaml.benchmarks.loading import load_learner
+from linmaml.benchmarks.run import check_run_payload, checkpoint_file
 from linmaml.benchmarks.run_files import CONFIG
 from linmaml.errors import ArgumentError
 
@@ -36,13 +42,6 @@ def add(name: str, run_dir, *, folder=None, commit: str | None = None, tasks: in
         data_root=None, splits=None, stream=sys.stdout) -> dict:
     """Release the best network of ``run_dir`` as ``name`` into ``folder`` (default: the package's
     pretrained folder); returns the manifest entry written."""
-    from linmaml import _io
-    from linmaml.analysis.omniglot_maml import command_of
-    from linmaml.benchmarks import checkpoint, pretrained
-    from linmaml.benchmarks.evaluate import evaluate_checkpoint
-    from linmaml.benchmarks.loading import load_learner
-    from linmaml.benchmarks.run import check_run_payload, checkpoint_file
-
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", name):
         raise ArgumentError("--add", f"the name {name!r} must be lower-case letters, digits, '-' and '.'")
     folder = pretrained.FOLDER if folder is None else Path(folder)
@@ -105,9 +104,6 @@ def table_rows(name: str, entry: dict) -> tuple[str, str]:
 
 
 def remove(name: str, *, folder=None) -> None:
-    from linmaml import _io
-    from linmaml.benchmarks import pretrained
-
     folder = pretrained.FOLDER if folder is None else Path(folder)
     networks = pretrained._manifest(folder)
     if name not in networks:

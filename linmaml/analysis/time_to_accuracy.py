@@ -29,24 +29,19 @@ import json
 import pathlib
 
 from linmaml import _io
-from linmaml.benchmarks.run_files import CONFIG, METRICS
+from linmaml.benchmarks.run import read_curves
+from linmaml.benchmarks.run_files import CONFIG
 from linmaml.errors import ArgumentError
 
 
 def validation_curve(folder) -> list[tuple[int, float, float]]:
     """``(iteration, elapsed seconds, validation accuracy)`` of every validation in a run folder's
-    ``metrics.jsonl``, in iteration order (a resumed run's log holds each iteration once)."""
-    path = pathlib.Path(folder) / METRICS
-    if not path.is_file():
-        raise ArgumentError("run", f"{folder} holds no {METRICS} (is it a linmaml train run folder?)")
-    curve = {}
-    for line in _io.read_text(path).splitlines():
-        if not line.strip():
-            continue
-        record = _io.loads_json(line, str(path))
-        if "val_accuracy" in record:
-            curve[int(record["iteration"])] = (float(record["elapsed"]), float(record["val_accuracy"]))
-    return [(t, elapsed, accuracy) for t, (elapsed, accuracy) in sorted(curve.items())]
+    ``metrics.jsonl``, in iteration order, as :func:`linmaml.benchmarks.run.read_curves` reads it (the
+    one reader of a run's log: an iteration logged twice by a resumed run counts once, a torn line is
+    skipped, a missing or empty log is an ``ArgumentError`` naming ``run``)."""
+    curves = read_curves(folder)
+    return [(int(t), float(elapsed), float(accuracy))
+            for t, elapsed, accuracy in zip(curves.val_iteration, curves.val_elapsed, curves.val_accuracy)]
 
 
 def time_bracket(curve, threshold: float) -> tuple[float, float] | None:

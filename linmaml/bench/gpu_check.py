@@ -47,6 +47,7 @@ from linmaml import _io
 from linmaml.bench import case_meta, sizes
 from linmaml.benchmarks import episodes
 from linmaml.benchmarks.config import TrainConfig, build_from_config, make_engine
+from linmaml.benchmarks.data import load_splits
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.scoring import model_layout
 from linmaml.benchmarks.run_files import METRICS
@@ -190,8 +191,6 @@ def main(argv=None, data_roots=()) -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-
-    from linmaml.benchmarks.data import load_splits  # lazy: the data package only when data is read
 
     started = time.perf_counter()
     splits = load_splits("omniglot", ("train", "val", "test"), root)

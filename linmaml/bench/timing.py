@@ -3,6 +3,7 @@ ratios, memory peaks (tracemalloc, a fresh process's resident high-water mark, C
 error for gradients, and the machine record. Nothing here knows the cases."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import json
@@ -178,9 +179,7 @@ def probe_subprocess(kind: str, spec: dict) -> dict:
 def release_free_memory() -> None:
     """Hand memory freed after the warm-up back to the system (glibc ``malloc_trim``), so that the
     resident size before the measured iteration is live memory, not the allocator's free lists."""
-    try:
-        import ctypes  # inside the try: only where glibc's libc.so.6 is there to load
-
+    try:  # only where glibc's libc.so.6 is there to load
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass

@@ -11,6 +11,7 @@ symbols is compared with ``deep_linear.adapt`` and ``preconditioner``. Errors ar
 from __future__ import annotations
 
 import numpy as np
+import sympy as sp
 from scipy import integrate
 
 from linmaml.checks._common import random_layers, random_weights, random_widths, relative_error, worst_of
@@ -113,8 +114,6 @@ def _product(polys, one):
 
 def _hermite(n: int, z):
     """The probabilists' Hermite polynomial He_n (monic, orthogonal for N(0, 1)) by its recurrence."""
-    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
-
     previous, current = sp.Poly(1, z, domain=sp.QQ), sp.Poly(z, z, domain=sp.QQ)
     if n == 0:
         return previous
@@ -125,8 +124,6 @@ def _hermite(n: int, z):
 
 def _gaussian_mean(poly):
     """E[poly(z)], z ~ N(0, 1), exactly: E[z^k] = (k − 1)!! for even k, 0 for odd k."""
-    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
-
     return sum((c * sp.factorial2(k - 1) for (k,), c in poly.terms() if k % 2 == 0), sp.Rational(0))
 
 
@@ -144,8 +141,6 @@ def _node_count_minimal(rng):
     far below float resolution. The error is the float rule's relative error against the exact
     expectation, and infinite if N − 1 nodes were already exact or N were not.
     """
-    import sympy as sp  # lazy: an optional extra (linmaml/_extras.py)
-
     z = sp.Symbol("z")
     cases = [(1, 0), (1, 3), (2, 1), (2, 2), (2, 3), (2, 4), (3, 1), (3, 2), (4, 1), (4, 2)]
     worst, smallest_gap = 0.0, np.inf

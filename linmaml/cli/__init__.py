@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 
+from linmaml import __version__
 from linmaml._extras import missing_extra
 
 #: Subcommand modules, in the order ``linmaml --help`` lists them.
@@ -43,9 +44,7 @@ def package_version() -> str:
     try:
         return metadata.version("linmaml")
     except metadata.PackageNotFoundError:
-        from linmaml import __version__  # only without installed metadata (a source checkout)
-
-        return __version__
+        return __version__  # a source checkout, without installed metadata
 
 
 #: A negative number in any spelling float() reads (``-1e3``, ``-.5``, ``-inf``): argparse's own pattern

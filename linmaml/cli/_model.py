@@ -10,6 +10,7 @@ import argparse
 import json
 
 from linmaml.benchmarks.settings import check_model_kwargs, declared, flag
+from linmaml.errors import ArgumentError, renamed
 
 
 def model_kwargs_option(text: str) -> dict:
@@ -37,13 +38,11 @@ def add_model_options(parser) -> None:
 
 def model_from_args(args):
     """The module ``--model``/``--model-kwargs`` name (None without ``--model``); errors name the flag."""
-    from linmaml.errors import ArgumentError, renamed
-
     if args.model_import is None:
         if args.model_kwargs is not None:
             raise ArgumentError("--model-kwargs", "needs --model (the class they are the keyword arguments of)")
         return None
-    from linmaml.benchmarks.config import import_model
+    from linmaml.benchmarks.config import import_model  # lazy: imports torch (not at `linmaml --help`)
 
     try:
         return import_model(args.model_import, args.model_kwargs)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
+from linmaml import _io, _validate
+from linmaml._extras import require
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
+from linmaml.benchmarks.progress import safe_write
+from linmaml.benchmarks.run_settings import data_root_for, threads_for
 from linmaml.cli._model import add_model_options, model_from_args
+from linmaml.cli._paths import folder_can_hold, path_option, user_model_error
+from linmaml.plots import layerwise as tables
 
 
 def register(subparsers):
@@ -41,17 +47,12 @@ def register(subparsers):
 
 
 def run(args) -> int:
+    # lazy: torch and the measuring library load when the command runs, not at `linmaml --help`
+    # (build_parser imports every command module)
     import torch
 
-    from linmaml import _io, _validate
     from linmaml.benchmarks import layerwise
-    from linmaml.plots import layerwise as tables
-    from linmaml._extras import require
-    from linmaml.benchmarks.run_settings import data_root_for, threads_for
-    from linmaml.cli._paths import path_option, user_model_error
-
     from linmaml.benchmarks.config import EVAL_TASKS_MAX, STEPS_MAX, THREADS_MAX
-    from linmaml.cli._paths import folder_can_hold
 
     # maxima as for evaluate (explained in linmaml.benchmarks.config): checked before anything is read
     if args.threads is not None:
@@ -84,8 +85,6 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         tables.draw(result, out / "analyze.png")
         _io.atomic_write_json(out / "analyze.json", result)
-        from linmaml.benchmarks.progress import safe_write
-
         safe_write(sys.stderr, f"linmaml analyze: wrote {out / 'analyze.png'} and {out / 'analyze.json'}\n")
     if args.json:
         print(json.dumps(result))
@@ -115,7 +114,7 @@ def format_feature_reuse(report: dict) -> str:
 
 
 def _feature_reuse(args, run_path, data_root, out) -> int:
-    from linmaml import _io
+    # lazy: torch loads when the command runs, not at `linmaml --help`
     from linmaml.benchmarks.feature_reuse import feature_reuse_report
     from linmaml.benchmarks.run import Run
 

@@ -22,6 +22,7 @@ from linmaml.cli._paths import path_option
 from linmaml.bench.sizes import CASES
 from linmaml.benchmarks.allocator import ALLOCATORS, apply_for_command, default_policy
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.default_out
 
 
 def register(subparsers):
@@ -99,9 +100,8 @@ def run(args) -> int:
         if not torch.cuda.is_available():
             raise ArgumentError("--device", "cuda requested, but torch sees no GPU on this machine")
     if args.out is None:
-        from linmaml.plots.figure import default_out  # the same default as linmaml reproduce
-
-        out = default_out(args.quick)  # a quick run never replaces the committed figures/bench.json
+        # the same default as linmaml reproduce: a quick run never replaces the committed figures/bench.json
+        out = plots_figure.default_out(args.quick)
         if args.quick:
             print(f"linmaml bench: --quick without --out writes to {out} (smoke-test numbers; --out figures to "
                   f"replace the committed figures/bench.json)", file=sys.stderr, flush=True)

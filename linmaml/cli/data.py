@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from linmaml.benchmarks.data import BENCHMARKS
+from linmaml.benchmarks.data import BENCHMARKS, check_dataset
 from linmaml.cli._paths import path_option
 from linmaml.errors import ArgumentError
 
@@ -59,8 +59,6 @@ def run(args) -> int:
 
 def run_check(args) -> int:
     """Verify one benchmark and print the report (text or JSON)."""
-    from linmaml.benchmarks.data import check_dataset  # lazy: the data package only when data is read
-
     report = check_dataset(args.benchmark, path_option(args.data_root, "--data-root"))
     if args.json:
         print(json.dumps(report, indent=2))

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import sys
 
+from linmaml import _validate
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
+from linmaml.benchmarks.progress import safe_write
 from linmaml.benchmarks.run_settings import data_root_for, threads_for
 from linmaml.cli._model import add_model_options, model_from_args
 from linmaml.cli._paths import path_option, user_model_error
+from linmaml.errors import ArgumentError, renamed
 
 
 def register(subparsers):
@@ -39,12 +42,12 @@ def register(subparsers):
 
 
 def run(args) -> int:
+    # lazy: torch and the scoring library load when the command runs, not at `linmaml --help`
+    # (build_parser imports every command module)
     import torch
 
-    from linmaml import _validate
     from linmaml.benchmarks.config import EVAL_TASKS_MAX, SEED_MAX, STEPS_MAX, THREADS_MAX
     from linmaml.benchmarks.evaluate import evaluate_checkpoint
-    from linmaml.errors import ArgumentError, renamed
 
     # Ranges checked before any data is read (maxima explained in linmaml.benchmarks.config); --query's
     # bound is the split's examples per class, known once the data is loaded.
@@ -72,8 +75,6 @@ def run(args) -> int:
             raise
         raise flag from error
     if result.get("nonfinite_tasks"):
-        from linmaml.benchmarks.progress import safe_write
-
         safe_write(sys.stderr, f"linmaml evaluate: warning: the adapted query loss is not finite on "
                                f"{result['nonfinite_tasks']} of {result['tasks']} tasks (the inner loop diverged); "
                                f"try fewer --steps\n")
@@ -89,15 +90,13 @@ def run(args) -> int:
 
 def _checkpoint_of(args):
     """CHECKPOINT, or the released network ``--pretrained NAME`` (checked against its sha256); one of the two."""
-    from linmaml.errors import ArgumentError
-
     if args.checkpoint is None and args.pretrained is None:
         raise ArgumentError("CHECKPOINT", "required (a .pt or a run folder; or --pretrained NAME for a released network)")
     if args.checkpoint is not None and args.pretrained is not None:
         raise ArgumentError("--pretrained", "give a CHECKPOINT or --pretrained NAME, not both")
     if args.pretrained is None:
         return path_option(args.checkpoint, "CHECKPOINT")
-    from linmaml.benchmarks import pretrained
+    from linmaml.benchmarks import pretrained  # lazy: imports torch (not at `linmaml --help`)
 
     try:
         return pretrained.path(args.pretrained)

@@ -1,9 +1,11 @@
 """``linmaml plot``: training and validation curves of ``linmaml train`` runs, from their metrics.jsonl."""
 from __future__ import annotations
 
+from linmaml import _validate
 from linmaml._extras import require
 from linmaml.cli._paths import folder_can_hold, path_option
-from linmaml.errors import ArgumentError
+from linmaml.errors import ArgumentError, renamed
+from linmaml.plots.training import WINDOW_MAX, plot_runs
 
 
 def register(subparsers):
@@ -21,16 +23,13 @@ def register(subparsers):
 
 
 def _formats() -> dict:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: an optional extra (linmaml/_extras.py)
 
     return Figure().canvas.get_supported_filetypes()
 
 
 def run(args) -> int:
-    from linmaml import _validate
-    from linmaml.errors import renamed
-    from linmaml.benchmarks.run import read_runs
-    from linmaml.plots.training import WINDOW_MAX, plot_runs
+    from linmaml.benchmarks.run import read_runs  # lazy: imports torch (not at `linmaml --help`)
 
     require("matplotlib", "drawing training curves")
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from linmaml import _io
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
+from linmaml.benchmarks.loggers import combine, from_spec
+from linmaml.benchmarks.progress import safe_write
 from linmaml.benchmarks.run_settings import DEFAULT_THREADS, threads_for  # noqa: F401 (re-exported)
 from linmaml.benchmarks.settings import SEED_MAX, TrainConfig, declared, flag
 from linmaml.cli._model import model_kwargs_option
 from linmaml.cli._paths import path_option
-from linmaml.errors import ArgumentError
+from linmaml.errors import ArgumentError, ArgumentTypeError, renamed
 
 #: Default CPU threads (run_settings.DEFAULT_THREADS, 1). torch's own default (one per core) collapses
 #: when the cores are busy: its worker threads wait for each other at every operation, so on a small
@@ -79,9 +82,7 @@ def add_setting_options(parser) -> None:
 
 
 def run(args) -> int:
-    from linmaml.benchmarks.loggers import combine, from_spec
-    from linmaml.benchmarks.train import train
-    from linmaml.errors import ArgumentError, ArgumentTypeError, renamed
+    from linmaml.benchmarks.train import train  # lazy: torch loads when the command runs, not at `linmaml --help`
 
     if args.resume and args.overwrite:
         raise ArgumentError("--resume", "cannot be combined with --overwrite (continue the run, or start afresh)")
@@ -151,8 +152,6 @@ def run(args) -> int:
             summary += f"; {result.skipped} non-finite steps skipped"
         print(summary + f"; run in {result.out_dir}")
         return 0
-    from linmaml.benchmarks.progress import safe_write
-
     message = f"{_flag(result.argument)}: {result.message}" if result.argument else result.message
     # stderr may be closed or full; the exit status (3, 4, 130, 143) still says how the run ended
     safe_write(sys.stderr, f"linmaml train: {'error: ' if result.status in ('nonfinite', 'lost-lock') else ''}"
@@ -165,6 +164,7 @@ def _build_model(options: dict):
     seed (``--seed``, default 0), so its initial weights are a function of the settings; torch's
     generator is left as it was. From Python, ``torch.manual_seed(seed); Net(**kwargs)`` builds the
     same module for ``train(model=...)``."""
+    # lazy: torch loads when the command runs, not at `linmaml --help` (build_parser imports every command module)
     import torch
 
     from linmaml.benchmarks.config import import_model
@@ -185,9 +185,6 @@ def read_config(path, fields) -> dict:
     """The settings in the JSON file ``path``: an object of training settings (exactly
     :class:`TrainConfig`'s fields), or a run's config.json (``{"config": {...}, ...}``). Unknown keys and
     a file that is not such an object raise ``ArgumentError`` naming ``--config``."""
-    from linmaml import _io
-    from linmaml.errors import ArgumentError
-
     file = Path(path).expanduser()
     try:
         # a regular file of at most 1 MiB (never a FIFO that would block), nesting bounded

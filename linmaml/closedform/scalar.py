@@ -50,6 +50,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from scipy.special import roots_hermitenorm
 
 from linmaml import _validate
 from linmaml.errors import ArgumentError, ArgumentTypeError
@@ -87,9 +88,7 @@ def _standard_normal_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
         if not np.all(np.isfinite(w)):
             z = w = None
     if z is None:
-        from scipy.special import roots_hermitenorm  # O(n) asymptotic rule for large n
-
-        z, w = roots_hermitenorm(n)
+        z, w = roots_hermitenorm(n)  # O(n) asymptotic rule for large n
     keep = w > 0  # weights that underflow carry nothing representable
     z, w = z[keep], w[keep] / w[keep].sum()
     z.setflags(write=False)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from linmaml.plots import figure  # by module: tests swap plots.figure.save_figure
+
 __all__ = ["format_table", "describe_run", "draw", "ALGO_WORDS", "TRANSFORM_WORDS"]
 
 
@@ -58,12 +60,10 @@ def describe_run(result: dict) -> str:
 
 def draw(result: dict, path) -> None:
     """The analysis as a PNG: relative updates, block CKA, ablation with CIs, preconditioner spectrum."""
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (linmaml/_extras.py)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from linmaml.plots import figure
 
     fig, axes = plt.subplots(1, 4, figsize=(19, 5.2), gridspec_kw={"width_ratios": [1.6, 1, 1.2, 1]})
 

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from linmaml.errors import ArgumentError
+from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.curves import band
 
 X_AXES = ("iteration", "time")
@@ -61,8 +62,6 @@ def plot_runs(runs: Sequence, path, *, x: str = "iteration", window: int | None 
     percent and optionally ``"run"`` (a run's name: drawn in that run's colour); each is a dashed
     line with its ± CI band on the validation panel, returned as drawn."""
     from matplotlib.figure import Figure  # lazy: an optional extra (linmaml/_extras.py)
-
-    from linmaml.plots.figure import save_figure  # lazy: looked up when drawing (tests swap plots.figure.save_figure)
 
     if x not in X_AXES:
         raise ArgumentError("x", f"expected one of {', '.join(X_AXES)}, got {x!r}")
@@ -111,5 +110,5 @@ def plot_runs(runs: Sequence, path, *, x: str = "iteration", window: int | None 
     # one legend, on the validation panel unless no run has validated yet
     (ax_val if any(len(r.val_iteration) for r in runs) or drawn_references else ax_loss).legend(
         fontsize="small", loc="best")
-    save_figure(fig, path)
+    plots_figure.save_figure(fig, path)
     return {"x": x, "x_label": x_label, "window": window, "runs": drawn, "references": drawn_references}

@@ -4,6 +4,8 @@ import json
 import pytest
 
 from linmaml.analysis import time_to_accuracy as tta
+from linmaml.benchmarks.data.fewshot import noise_splits
+from linmaml.benchmarks.train import train
 from linmaml.errors import ArgumentError
 
 
@@ -62,3 +64,15 @@ def test_the_command_writes_the_json_and_prints_the_ratio(tmp_path, capsys):
     saved = json.loads((tmp_path / "out" / "time_to_accuracy.json").read_text())
     assert saved["thresholds"][0]["ratio_textbook_over_recipe"]["ratio"] == pytest.approx(4.0)
     assert "textbook / recipe 4.00x" in capsys.readouterr().out
+
+
+def test_the_curve_of_a_real_tiny_run_is_its_logged_validations(tmp_path):
+    # validation_curve reads the log through linmaml.benchmarks.run.read_curves; the numbers must be the
+    # validations the trainer wrote, read here line by line with json
+    out = tmp_path / "run"
+    train(dict(ways=3, shots=1, query=2, test_query=2, layers=1, hidden=2, meta_batch=1, iterations=5, val_every=2,
+               val_tasks=2), out, splits=noise_splits(("train", "val")), progress=False, threads=1)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    expected = [(r["iteration"], r["elapsed"], r["val_accuracy"]) for r in logged if "val_accuracy" in r]
+    assert [t for t, _, _ in expected] == [2, 4, 5]  # every val_every iterations and at the end
+    assert tta.validation_curve(out) == expected

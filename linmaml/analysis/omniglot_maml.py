@@ -30,7 +30,9 @@ not validate), the published number of its own algorithm (:data:`PUBLISHED_BY_AL
 scored on the same tasks (task seed 0), ``--reference RUN`` adds ``paired``: for every recorded run
 scored on the same tasks, the mean per-task accuracy difference to RUN (points) with its 95 %
 interval (1.96·s/√n over the per-task differences, the convention of the accuracies) and the tasks
-it wins, ties and loses.
+it wins, ties and loses. ``--pair RUN REFERENCE`` (repeatable) adds one such comparison to ``pairs``,
+kept in the record and recomputed from it on every call; with no run folders given, the record is
+only re-paired (nothing is scored or drawn).
 """
 from __future__ import annotations
 
@@ -187,6 +189,21 @@ def paired_differences(results: list[dict], reference: str) -> dict:
             "runs": rows}
 
 
+def recorded_pairs(results: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """``pairs`` of (run, reference) names, each compared as :func:`paired_differences` does:
+    one row each, with ``reference`` added; duplicates once, in first-given order."""
+    rows, seen = [], set()
+    for run, reference in pairs:
+        if (run, reference) in seen:
+            continue
+        seen.add((run, reference))
+        found = [r for r in paired_differences(results, reference)["runs"] if r["run"] == run]
+        if not found:
+            raise ArgumentError("pair", f"{run!r} is not a recorded run scored on the same tasks as {reference!r}")
+        rows.append({**found[0], "reference": reference})
+    return rows
+
+
 def published_references(results: list[dict]) -> list[dict]:
     """The published numbers to draw beside the runs' validation curves: one dashed line (± its CI)
     per published setting, in the colour of the first run of that setting."""
@@ -247,7 +264,8 @@ def merged(previous: list[dict], new: list[dict]) -> list[dict]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run folders of linmaml train")
+    parser.add_argument("runs", nargs="*", type=pathlib.Path,
+                        help="run folders of linmaml train (none: only re-pair the record, see --pair)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("figures"), help="output folder")
     parser.add_argument("--tasks", type=int, default=600, help="fixed test tasks (default 600)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -259,14 +277,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--reference", default=None,
                         help="a recorded run: add the paired per-task differences of every run scored on "
                              "the same tasks to it (default: keep the record's reference, if any)")
+    parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("RUN", "REFERENCE"),
+                        help="also record RUN's paired per-task differences to REFERENCE (repeatable; "
+                             "kept in the record's pairs)")
     args = parser.parse_args(argv)
+    if not args.runs and not args.pair:
+        parser.error("the following arguments are required: runs (or --pair to re-pair the record)")
     if pathlib.Path(args.figure).name != args.figure or not args.figure.endswith(".png"):
         parser.error(f"argument --figure: expected a file name ending in .png, got {args.figure!r}")
-    previous, reference = [], args.reference
+    previous, reference, old_pairs = [], args.reference, []
     if not args.fresh and (args.out / "omniglot_maml.json").is_file():
         old = _io.load_json(args.out / "omniglot_maml.json")
         previous = old.get("runs", [])
         reference = reference or (old.get("paired") or {}).get("reference")
+        old_pairs = [(p["run"], p["reference"]) for p in old.get("pairs", [])]
+    if not args.runs and not previous:
+        parser.error(f"argument --pair: no record in {args.out} to pair runs of")
+    known = {f.name for f in args.runs} | {r["run"] for r in previous if r.get("task_accuracies")}
+    for name in (n for pair in args.pair for n in pair):
+        if name not in known:
+            parser.error(f"argument --pair: {name!r} is neither a given run nor a recorded run with per-task "
+                         f"accuracies")
     if args.reference is not None and args.reference not in {f.name for f in args.runs} | {
             r["run"] for r in previous if r.get("task_accuracies")}:
         parser.error(f"argument --reference: {args.reference!r} is neither a given run nor a recorded run "
@@ -274,9 +305,16 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     results = [score_run(folder, tasks=args.tasks, data_root=args.data_root) for folder in args.runs]
+    pairs = None
+    if old_pairs or args.pair:  # before anything is drawn or written: a bad pair leaves both untouched
+        try:
+            pairs = recorded_pairs(merged(previous, results), old_pairs + [tuple(p) for p in args.pair])
+        except ArgumentError as error:
+            parser.error(f"argument --pair: {error.detail}")
     args.out.mkdir(parents=True, exist_ok=True)
+    # Re-pairing alone keeps the drawn figure: it is of the runs last given.
     drawn = plot_runs(read_runs(args.runs), args.out / args.figure, x="time",
-                      references=published_references(results))
+                      references=published_references(results)) if args.runs else {"runs": {}}
     for result in results:
         curve = drawn["runs"].get(result["run"], {})
         result["validation"] = {"wall_time": curve.get("val_x"), "wall_time_axis": drawn["x_label"],
@@ -285,6 +323,8 @@ def main(argv=None) -> dict:
     record = {"figure": "omniglot_maml", "runs": everything, "groups": seed_groups(everything)}
     if reference is not None:
         record["paired"] = paired_differences(everything, reference)
+    if pairs is not None:
+        record["pairs"] = pairs
     _io.atomic_write_json(args.out / "omniglot_maml.json", record)
     for r in results:
         pub = r["published"]
@@ -295,6 +335,9 @@ def main(argv=None) -> dict:
     for row in record.get("paired", {}).get("runs", []):
         print(f"{row['run']} - {record['paired']['reference']}: {row['mean']:+.2f} ± {row['ci95']:.2f} points "
               f"over {row['tasks']} paired tasks")
+    for row in record.get("pairs", []):
+        print(f"{row['run']} - {row['reference']}: {row['mean']:+.2f} ± {row['ci95']:.2f} points over {row['tasks']} "
+              f"paired tasks (wins {row['wins']}, ties {row['ties']}, losses {row['losses']})")
     return record
 
 

@@ -148,6 +148,38 @@ def test_paired_differences_are_the_per_task_differences(two_runs, recorded, dat
     assert again["paired"]["runs"][0]["mean"] == pytest.approx(row["mean"], abs=1e-12)
 
 
+def test_pair_records_one_comparison_and_re_pairing_alone_scores_and_draws_nothing(two_runs, tmp_path,
+                                                                                   data_root, capsys):
+    maml, proto = two_runs
+    out = tmp_path / "out"
+    main([str(maml), str(proto), "--out", str(out), "--tasks", str(TASKS), "--data-root", str(data_root),
+          "--figure", "rows.png"])
+    figure = (out / "rows.png").read_bytes()
+    # Re-pairing the record alone: no run folder, nothing scored, the figure untouched.
+    record = main(["--pair", maml.name, proto.name, "--out", str(out), "--figure", "rows.png"])
+    rows = {r["run"]: r for r in record["runs"]}
+    diff = 100 * (np.array(rows[maml.name]["task_accuracies"]) - np.array(rows[proto.name]["task_accuracies"]))
+    (pair,) = record["pairs"]
+    assert (pair["run"], pair["reference"], pair["tasks"]) == (maml.name, proto.name, TASKS)
+    assert pair["mean"] == pytest.approx(diff.mean(), abs=1e-12)
+    assert pair["ci95"] == pytest.approx(1.96 * diff.std(ddof=1) / math.sqrt(TASKS), abs=1e-12)
+    assert (pair["wins"], pair["ties"], pair["losses"]) == (
+        int((diff > 0).sum()), int((diff == 0).sum()), int((diff < 0).sum()))
+    assert (out / "rows.png").read_bytes() == figure
+    assert json.loads((out / "omniglot_maml.json").read_text())["pairs"] == record["pairs"]
+    # A later call keeps the pair (recomputed from the record), and a pair naming no recorded run
+    # exits 2 with the record unchanged.
+    again = main([str(proto), "--out", str(out), "--tasks", str(TASKS), "--data-root", str(data_root),
+                  "--figure", "rows.png"])
+    assert again["pairs"][0]["mean"] == pytest.approx(pair["mean"], abs=1e-12)
+    before = (out / "omniglot_maml.json").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--pair", "no-such-run", maml.name, "--out", str(out)])
+    assert exit_.value.code == 2 and "argument --pair" in capsys.readouterr().err
+    assert (out / "omniglot_maml.json").read_bytes() == before
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--figure", "../x.png"], "argument --figure"),
     (["--figure", "x.pdf"], "argument --figure"),

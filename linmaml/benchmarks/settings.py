@@ -23,6 +23,15 @@ ICLR), each off by default: ``msl_iterations`` (the multi-step loss) and ``first
 built-in ConvNet only). ``class_split`` chooses the classes: ``"standard"`` (the shipped split) or, for
 Omniglot, ``"alphabets"`` (Lake et al.'s background/evaluation alphabets).
 
+The published Reptile and iMAML recipes (``configs/omniglot-5w1s-reptile.json``, ``-imaml.json``;
+docs/guide/benchmarks.md) need ``train_shots`` (support examples per class of training tasks; None:
+``shots``), ``inner_batch`` (training inner steps on consecutive minibatches of a support set shuffled
+once per task; None: the full batch), ``transform="adam"`` with ``adam_beta1``/``adam_beta2``/
+``adam_eps``, ``outer_optimizer`` (``"adam"`` with ``outer_eps``, or plain ``"sgd"``), the ``"linear"``
+schedule, ``reptile_scale`` (``"none"``: Reptile's direction θ − φ unscaled, so that outer SGD of rate
+ε is θ ← θ + ε·mean(φ − θ)) and iMAML's ``imaml_solver``, ``cg_damping`` and ``cg_lambda_damping``
+(:class:`linmaml.meta.estimators.iMAML`). Each default is the behaviour before they existed.
+
 ``batching`` is the engine's strategy (:mod:`linmaml.meta.engine`): "split" (default; inner loops of
 ``tasks_per_chunk`` tasks vmapped, queries one task at a time: the fastest on a small CPU), "loop"
 (one task at a time: least memory) or "vmap" (whole chunks: a GPU's choice). Every choice gives the

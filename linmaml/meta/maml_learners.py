@@ -339,7 +339,9 @@ class _Learner(nn.Module):
         self._warned_steps = False
         #: Inner steps on minibatches of this many support examples (None: all of them at every step;
         #: :func:`linmaml.meta.inner_loop.run_steps`'s ``batch``). ``linmaml train --inner-batch`` sets it
-        #: while computing meta-gradients only, so validation adapts on the whole support set.
+        #: while computing meta-gradients only, so validation adapts on the whole support set. The
+        #: ``adapt(x, y, loss_fn)`` form only: a closure computes its own loss. ANIL batches the
+        #: features, which it computes once on the whole support set.
         self.inner_batch = None
 
     def __setstate__(self, state):

@@ -80,6 +80,10 @@ def test_a_shuffled_support_set_is_a_permutation_drawn_after_the_task():
         assert np.array_equal(b.x_support, a.x_support[order]) and np.array_equal(b.y_support, a.y_support[order])
         assert np.array_equal(b.x_query, a.x_query) and np.array_equal(b.y_query, a.y_query)
         assert sorted(order) == list(range(6))
+    # support and query stay disjoint with more training shots (6 + 2 of a class's 8 examples)
+    task = episodes.EpisodeSampler(split, 3, 6, 2, seed=4, shuffle_support=True).task(3)
+    for support, query in zip(task.support_examples, task.query_examples):
+        assert not set(support) & set(query) and len(set(support)) == 6
 
 
 def _reference_reptile(options, splits):
@@ -164,15 +168,16 @@ def test_an_interrupted_reptile_run_resumes_bitwise(tmp_path):
 
 
 def test_validation_adapts_on_the_whole_support_set(tmp_path):
-    """After training with minibatches the learner adapts full-batch again (validation's adaptation): the
-    learner's inner_batch is None outside the meta-gradient."""
+    """Training adapts on minibatches of the training tasks' train_shots; validation (after it) on the
+    whole support set of its tasks, which keep --shots: the learner's inner_batch is None outside the
+    meta-gradient."""
     torch.set_num_threads(1)
     seen = []
     original = meta.MAML._run_inner_loop
 
-    def spy(self, *args, **kwargs):
-        seen.append(self.inner_batch)
-        return original(self, *args, **kwargs)
+    def spy(self, module, names, x, *args, **kwargs):
+        seen.append((self.inner_batch, x.shape[0]))
+        return original(self, module, names, x, *args, **kwargs)
 
     meta.MAML._run_inner_loop = spy
     try:
@@ -180,8 +185,9 @@ def test_validation_adapts_on_the_whole_support_set(tmp_path):
               progress=False, device="cpu")
     finally:
         meta.MAML._run_inner_loop = original
-    assert 4 in seen and None in seen
-    assert seen[-1] is None  # the validation pass came last
+    # training: minibatches of 4 of the 3 x 2 training shots; validation (last): all 3 x 1 support images
+    assert seen[0] == (4, 6) and seen[-1] == (None, 3)
+    assert set(seen) == {(4, 6), (None, 3)}
 
 
 def _mlp():

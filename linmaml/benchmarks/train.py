@@ -45,11 +45,12 @@ import torch
 from linmaml import _io, _validate
 from linmaml.benchmarks import allocator, checkpoint, distributed, episodes, run_folder, run_settings
 from linmaml.benchmarks.config import (TrainConfig, build_from_config, check_splits, iteration_seed, make_engine,
-                                       make_optimizer, outer_lr_at, resume_config, train_shots)
+                                       outer_lr_at, resume_config)
 from linmaml.benchmarks.config import OWN_DATA, data_options, first_order_at, msl_weights
 from linmaml.benchmarks.learners import check_model_record, check_user_model
 from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.progress import Progress, safe_write
+from linmaml.benchmarks.config import make_optimizer, train_shots  # the outer optimiser; training tasks' shots
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from linmaml.benchmarks.learners import ESTIMATOR_ALGOS, build_learner, check_model_record
 from linmaml.benchmarks.settings import (  # noqa: F401 (re-exported: the settings' one declaration)
     ALGOS, CLASS_SPLITS, DEFAULT_FILTERS, OWN_DATA, RANDOMNESS, DEFAULT_POOL, DEPTH_MAX, DTYPES, EVAL_TASKS_MAX, IDENTITY, META_BATCH_MAX,
-    ON_NONFINITE, OUTER_LR_MAX, POOLS, SCHEDULES, SEED_MAX, STEPS_MAX, THREADS_MAX, TRANSFORMS, WIDTH_MAX, Setting,
+    ON_NONFINITE, OUTER_LR_MAX, OUTER_OPTIMIZERS, POOLS, SCHEDULES, SEED_MAX, STEPS_MAX, THREADS_MAX, TRANSFORMS, WIDTH_MAX, Setting,
     TrainConfig, check_model_kwargs, declared, resume_config)
 from linmaml.errors import ArgumentError, ArgumentTypeError
 from linmaml.meta import estimators
@@ -34,11 +34,29 @@ MSL_FLOOR = 0.03
 
 def outer_lr_at(config: TrainConfig, iteration: int) -> float:
     """The outer learning rate of ``iteration`` (1-based): ``outer_lr``, or with the cosine schedule
-    ``outer_lr · ½(1 + cos(π (t − 1)/T))`` over ``T = iterations`` (a pure function of the
-    iteration, so a resumed run takes the uninterrupted run's steps)."""
+    ``outer_lr · ½(1 + cos(π (t − 1)/T))``, with the linear one ``outer_lr · (1 − (t − 1)/T)``, over
+    ``T = iterations`` (a pure function of the iteration, so a resumed run takes the uninterrupted
+    run's steps). Both start at ``outer_lr`` and would reach 0 at t = T + 1: the linear one ends at
+    ``outer_lr/T``, which is Nichol et al.'s Reptile annealing (ε·(1 − i/T) at their 0-based
+    iteration i = t − 1)."""
     if config.outer_lr_schedule == "constant":
         return config.outer_lr
+    if config.outer_lr_schedule == "linear":
+        return float(config.outer_lr * (1.0 - (iteration - 1) / config.iterations))
     return float(config.outer_lr * 0.5 * (1.0 + np.cos(np.pi * (iteration - 1) / config.iterations)))
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """The outer optimiser of a run: ``torch.optim.Adam(params, lr=outer_lr, eps=outer_eps)`` or plain
+    ``torch.optim.SGD(params, lr=outer_lr)`` (no momentum, no weight decay: θ ← θ − lr·g)."""
+    if config.outer_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.outer_lr)
+    return torch.optim.Adam(params, lr=config.outer_lr, eps=config.outer_eps)
+
+
+def train_shots(config: TrainConfig) -> int:
+    """Support examples per class of a training task: ``train_shots``, else ``shots``."""
+    return config.shots if config.train_shots is None else config.train_shots
 
 
 def msl_weights(config: TrainConfig, iteration: int) -> list[float] | None:
@@ -77,7 +95,8 @@ def data_options(config: TrainConfig) -> dict:
     return {} if config.class_split == "standard" else {"class_split": config.class_split}
 
 
-def check_task_fits(split, ways: int, shots: int, query: int, query_name: str = "query") -> None:
+def check_task_fits(split, ways: int, shots: int, query: int, query_name: str = "query",
+                    shots_name: str = "shots") -> None:
     """``ArgumentError`` naming the setting out of range when ``split`` cannot supply ``ways``-way
     tasks of ``shots`` support and ``query`` query examples per class: ``ways`` beyond its classes,
     ``shots`` leaving no example for a query, else the query count (called ``query_name``: training
@@ -86,7 +105,7 @@ def check_task_fits(split, ways: int, shots: int, query: int, query_name: str = 
     if ways > split.num_classes:
         raise ArgumentError("ways", f"expected at most {split.num_classes} (the classes of {where}), got {ways}")
     if shots >= examples:
-        raise ArgumentError("shots", f"expected at most {examples - 1} (each class of {where} holds {examples} "
+        raise ArgumentError(shots_name, f"expected at most {examples - 1} (each class of {where} holds {examples} "
                                      f"examples, and at least one must be left for the query set), got {shots}")
     if shots + query > examples:
         raise ArgumentError(query_name, f"expected at most {examples - shots} (each class of {where} holds {examples}"
@@ -94,9 +113,10 @@ def check_task_fits(split, ways: int, shots: int, query: int, query_name: str = 
 
 
 def check_splits(config: TrainConfig, splits: Mapping) -> None:
-    """The settings of ``config`` against the data: training tasks (``query``) from
-    ``splits["train"]``, validation tasks (``test_query``) from ``splits["val"]``."""
-    check_task_fits(splits["train"], config.ways, config.shots, config.query, "query")
+    """The settings of ``config`` against the data: training tasks (``train_shots``, ``query``) from
+    ``splits["train"]``, validation tasks (``shots``, ``test_query``) from ``splits["val"]``."""
+    check_task_fits(splits["train"], config.ways, train_shots(config), config.query, "query",
+                    "shots" if config.train_shots is None else "train_shots")
     check_task_fits(splits["val"], config.ways, config.shots, config.test_query, "test_query")
 
 
@@ -119,6 +139,8 @@ def build_from_config(config: TrainConfig, image_shape, model: torch.nn.Module |
     return build_learner(image_shape=image_shape, ways=config.ways, algo=config.algo, transform=config.transform,
                          linnet=config.linnet, linnet_width=config.linnet_width, inner_lr=config.inner_lr,
                          steps=config.steps, model=model, head=config.head, **convnet,
+                         **({"transform_options": {"beta1": config.adam_beta1, "beta2": config.adam_beta2,
+                                                   "eps": config.adam_eps}} if config.transform == "adam" else {}),
                          **({"bn_per_step": True} if config.bn_per_step else {}))
 
 
@@ -185,10 +207,11 @@ def make_estimator(config: TrainConfig):
     """The :mod:`linmaml.meta.estimators` estimator of ``config.algo`` with the run's settings. ES draws
     from torch's global generator, which the trainer seeds per iteration (resumed runs stay exact)."""
     if config.algo == "reptile":
-        return estimators.Reptile()
+        return estimators.Reptile(normalize=config.reptile_scale == "rates")
     if config.algo == "imaml":
         return estimators.iMAML(lam=config.imaml_lambda, cg_steps=config.cg_steps, tolerance=config.inner_tolerance,
-                                max_inner_steps=config.steps, inner_lr=config.inner_lr)
+                                max_inner_steps=config.steps, inner_lr=config.inner_lr, solver=config.imaml_solver,
+                                cg_damping=config.cg_damping, cg_lambda_damping=config.cg_lambda_damping)
     if config.algo == "truncated":
         return estimators.TruncatedMAML(config.truncate)
     if config.algo == "es":

@@ -19,6 +19,12 @@ Output layout (numpy; :meth:`Episode.to_torch` converts):
 
 grouped by class (rows ``i·K .. i·K+K-1`` have label ``i``). :class:`EpisodeBatch` stacks ``M``
 tasks along a new leading axis: ``(M, N·K, C, H, W)`` and so on.
+
+``shuffle_support=True`` (a sampler's option; training with inner minibatches, ``linmaml train
+--inner-batch``): the support rows are then put in a random order, ``x_support[j]`` being row
+``support_order[j]`` of the class-grouped layout, drawn by the task's own generator after the
+examples (so the task's examples, its query set and every other task are those of the unshuffled
+sampler). Inner step k then takes the next consecutive rows of it.
 """
 from __future__ import annotations
 
@@ -44,7 +50,9 @@ class Episode:
     """One N-way K-shot task with Q queries per class (shapes in the module docstring).
 
     ``classes`` ``(N,)``: the split's class index behind each label; ``support_examples`` ``(N, K)``
-    and ``query_examples`` ``(N, Q)``: the example indices within each class (for audits and tests).
+    and ``query_examples`` ``(N, Q)``: the example indices within each class (for audits and tests);
+    ``support_order`` ``(N·K,)``: the permutation of the class-grouped support rows when the sampler
+    shuffles them (module docstring), else None.
     """
 
     x_support: np.ndarray
@@ -54,6 +62,7 @@ class Episode:
     classes: np.ndarray
     support_examples: np.ndarray
     query_examples: np.ndarray
+    support_order: np.ndarray | None = None
 
     def to_torch(self, device=None, dtype=None):
         """``(x_support, y_support, x_query, y_query)`` as torch tensors (the task convention)."""
@@ -108,8 +117,10 @@ def check_task_shape(split: FewShotSplit, ways, shots, query) -> tuple[int, int,
     return ways, shots, query
 
 
-def draw_task(split: FewShotSplit, ways: int, shots: int, query: int, rng: np.random.Generator) -> Episode:
-    """Draw one task from ``split`` with generator ``rng`` (arguments already validated)."""
+def draw_task(split: FewShotSplit, ways: int, shots: int, query: int, rng: np.random.Generator,
+              shuffle_support: bool = False) -> Episode:
+    """Draw one task from ``split`` with generator ``rng`` (arguments already validated);
+    ``shuffle_support``: the support rows in an order drawn last (module docstring)."""
     classes = rng.choice(split.num_classes, size=ways, replace=False)
     # a random ordering of each class's examples; its first shots + query are the task's
     if split.counts is None:
@@ -121,9 +132,13 @@ def draw_task(split: FewShotSplit, ways: int, shots: int, query: int, rng: np.ra
     images = split.images(classes, picks)
     rest = images.shape[2:]
     labels = np.arange(ways, dtype=np.int64)
-    return Episode(images[:, :shots].reshape((ways * shots,) + rest), np.repeat(labels, shots),
+    x_support, y_support, order = images[:, :shots].reshape((ways * shots,) + rest), np.repeat(labels, shots), None
+    if shuffle_support:  # drawn after everything else, so the task's examples are the unshuffled ones
+        order = rng.permutation(ways * shots)
+        x_support, y_support = x_support[order], y_support[order]
+    return Episode(x_support, y_support,
                    images[:, shots:].reshape((ways * query,) + rest), np.repeat(labels, query),
-                   classes.astype(np.int64), picks[:, :shots].copy(), picks[:, shots:].copy())
+                   classes.astype(np.int64), picks[:, :shots].copy(), picks[:, shots:].copy(), order)
 
 
 def stack(episodes, indices) -> EpisodeBatch:
@@ -141,12 +156,16 @@ class EpisodeSampler:
 
     ``EpisodeSampler(split, ways, shots, query=15, seed=0)``; :meth:`task` gives one task,
     :meth:`tasks` any list of them stacked, :meth:`meta_batch` the ``M`` tasks of a training
-    iteration. Raises ``ValueError`` (naming the argument) for impossible shapes.
+    iteration. ``shuffle_support``: each task's support rows in a random order (module docstring).
+    Raises ``ValueError`` (naming the argument) for impossible shapes.
     """
 
     def __init__(self, split: FewShotSplit, ways: int, shots: int, query: int = DEFAULT_QUERY, *,
-                 seed: int = 0, stream: int = TRAIN_STREAM):
+                 seed: int = 0, stream: int = TRAIN_STREAM, shuffle_support: bool = False):
         self.ways, self.shots, self.query = check_task_shape(split, ways, shots, query)
+        if not isinstance(shuffle_support, bool):
+            raise ArgumentTypeError("shuffle_support", f"expected True or False, got {shuffle_support!r}")
+        self.shuffle_support = shuffle_support
         self.split = split
         self.seed = integer(seed, "seed", minimum=0)
         self.stream = integer(stream, "stream", minimum=0)
@@ -155,7 +174,7 @@ class EpisodeSampler:
         """Task number ``index`` (>= 0)."""
         index = integer(index, "index", minimum=0)
         rng = np.random.default_rng([self.seed, self.stream, index])
-        return draw_task(self.split, self.ways, self.shots, self.query, rng)
+        return draw_task(self.split, self.ways, self.shots, self.query, rng, self.shuffle_support)
 
     def tasks(self, indices) -> EpisodeBatch:
         """The tasks with the given numbers, stacked."""

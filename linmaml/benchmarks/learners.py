@@ -27,7 +27,10 @@ is refused), nor does your own model (use ``meta.ProtoNet`` / ``meta.R2D2`` in P
 other parameter adapts). Built-in ConvNet and algo ``maml``/``fomaml`` only, without LinNet.
 
 ``transform``: ``none`` (plain gradient steps), ``kfo`` (Kronecker-factored, psd), ``metasgd``
-(a learned per-parameter rate), ``metacurvature``. ``linnet K > 0`` appends K bias-free linear layers
+(a learned per-parameter rate), ``metacurvature``, ``rates`` (learned per-step rates), ``adam`` (the
+inner loop is Adam, :class:`linmaml.meta.Adam`, with ``inner_lr`` as its learning rate and the run's
+``adam_beta1``/``adam_beta2``/``adam_eps``; nothing learned, its moments start at zero for every
+task). ``linnet K > 0`` appends K bias-free linear layers
 of width ``linnet_width`` (default: the number of ways) after the backbone's head, initialised to the
 identity (:class:`linmaml.meta.LinNet`); with ANIL those layers belong to the adapted head.
 
@@ -85,14 +88,16 @@ ESTIMATOR_ALGOS = ("reptile", "imaml", "truncated", "es", "hfmaml")
 CLOSED_FORM_ALGOS = {"protonet": meta.ProtoNet, "r2d2": meta.R2D2}
 
 
-def make_transform(name: str) -> meta.Transform:
-    """The meta-optimizer called ``name`` (one of :data:`TRANSFORMS`), freshly initialised."""
+def make_transform(name: str, options=None) -> meta.Transform:
+    """The meta-optimizer called ``name`` (one of :data:`TRANSFORMS`), freshly initialised.
+    ``options``: keyword arguments of its constructor (``adam``: ``beta1``, ``beta2``, ``eps``)."""
     factories = {"none": meta.Identity, "kfo": meta.KFO, "metasgd": meta.MetaSGD,
                  "metacurvature": meta.MetaCurvature,
-                 "rates": meta.LearnedRates}  # per tensor and inner step; built with the learner's steps
+                 "rates": meta.LearnedRates,  # per tensor and inner step; built with the learner's steps
+                 "adam": meta.Adam}  # inner Adam, nothing learned, its moments fresh for every task
     if name not in factories:
         raise ArgumentError("transform", f"expected one of {', '.join(TRANSFORMS)}, got {name!r}")
-    return factories[name]()
+    return factories[name](**dict(options or {}))
 
 
 def model_class_name(model: nn.Module) -> str:
@@ -220,7 +225,7 @@ def check_user_model(model: nn.Module, image_shape, ways: int, batching: str = "
 def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str = "none", linnet: int = 0,
                   linnet_width: int | None = None, layers: int = 4, hidden: int = 64, pool: str = "max",
                   inner_lr: float = 0.4, steps: int = 1, model: nn.Module | None = None,
-                  head: str | None = None, bn_per_step: bool = False) -> nn.Module:
+                  head: str | None = None, bn_per_step: bool = False, transform_options=None) -> nn.Module:
     """A fresh meta-learner (an ``nn.Module``) for images of shape ``image_shape = (C, H, W)``.
 
     Its ``adapt(x_support, y_support, loss_fn, steps=None)`` returns adapted parameters and
@@ -244,7 +249,7 @@ def build_learner(*, image_shape, ways: int, algo: str = "maml", transform: str 
     linnet = _validate.integer(linnet, "linnet", minimum=0)
     inner_lr = _validate.finite_number(inner_lr, "inner_lr")
     steps = _validate.integer(steps, "steps", minimum=1)
-    transform_module = make_transform(transform)
+    transform_module = make_transform(transform, transform_options)
     if not isinstance(bn_per_step, bool):
         raise ArgumentTypeError("bn_per_step", f"expected True or False, got {bn_per_step!r}")
     if bn_per_step:

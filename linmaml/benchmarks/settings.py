@@ -23,6 +23,15 @@ ICLR), each off by default: ``msl_iterations`` (the multi-step loss) and ``first
 built-in ConvNet only). ``class_split`` chooses the classes: ``"standard"`` (the shipped split) or, for
 Omniglot, ``"alphabets"`` (Lake et al.'s background/evaluation alphabets).
 
+The published Reptile and iMAML recipes (``configs/omniglot-5w1s-reptile.json``, ``-imaml.json``;
+docs/guide/benchmarks.md) need ``train_shots`` (support examples per class of training tasks; None:
+``shots``), ``inner_batch`` (training inner steps on consecutive minibatches of a support set shuffled
+once per task; None: the full batch), ``transform="adam"`` with ``adam_beta1``/``adam_beta2``/
+``adam_eps``, ``outer_optimizer`` (``"adam"`` with ``outer_eps``, or plain ``"sgd"``), the ``"linear"``
+schedule, ``reptile_scale`` (``"none"``: Reptile's direction θ − φ unscaled, so that outer SGD of rate
+ε is θ ← θ + ε·mean(φ − θ)) and iMAML's ``imaml_solver``, ``cg_damping`` and ``cg_lambda_damping``
+(:class:`linmaml.meta.estimators.iMAML`). Each default is the behaviour before they existed.
+
 ``batching`` is the engine's strategy (:mod:`linmaml.meta.engine`): "split" (default; inner loops of
 ``tasks_per_chunk`` tasks vmapped, queries one task at a time: the fastest on a small CPU), "loop"
 (one task at a time: least memory) or "vmap" (whole chunks: a GPU's choice). Every choice gives the
@@ -52,14 +61,22 @@ from linmaml.errors import ArgumentError, ArgumentTypeError
 #: Meta-learning algorithms (:func:`linmaml.benchmarks.learners.build_learner`).
 ALGOS = ("maml", "fomaml", "anil", "reptile", "imaml", "truncated", "es", "hfmaml", "protonet", "r2d2")
 #: Inner-loop meta-optimizers (:func:`linmaml.benchmarks.learners.make_transform`).
-TRANSFORMS = ("none", "kfo", "metasgd", "metacurvature", "rates")
+TRANSFORMS = ("none", "kfo", "metasgd", "metacurvature", "rates", "adam")
 #: Down-sampling of each ConvNet block (:class:`linmaml.benchmarks.models.ConvNet`).
 POOLS = ("max", "stride")
 DTYPES = ("float32", "float64")
 ON_NONFINITE = ("stop", "skip")
-#: The outer (Adam) learning rate over iterations: fixed, or a half cosine from ``outer_lr`` at
-#: iteration 1 down to nearly 0 at the last (:func:`linmaml.benchmarks.config.outer_lr_at`).
-SCHEDULES = ("constant", "cosine")
+#: The outer learning rate over iterations: fixed, a half cosine from ``outer_lr`` at iteration 1 down
+#: to nearly 0 at the last, or linear from ``outer_lr`` down to ``outer_lr/T`` at the last (0 one
+#: step after: Nichol et al.'s annealing) (:func:`linmaml.benchmarks.config.outer_lr_at`).
+SCHEDULES = ("constant", "cosine", "linear")
+#: The outer optimiser: Adam (default) or plain SGD (Reptile's outer step θ ← θ − ε·direction).
+OUTER_OPTIMIZERS = ("adam", "sgd")
+#: How Reptile's direction θ − φ is scaled: divided by the sum of the inner rates (default) or not.
+REPTILE_SCALES = ("rates", "none")
+#: iMAML's inner solver: gradient descent on the proximal objective, or (the authors' code) plain
+#: gradient steps on the support loss followed by one pull-back step towards θ.
+IMAML_SOLVERS = ("proximal", "pullback")
 #: Which classes make the splits: the shipped split, or (Omniglot) Lake et al.'s alphabet split.
 CLASS_SPLITS = ("standard", "alphabets")
 
@@ -162,6 +179,10 @@ class TrainConfig:
                              choices=BENCHMARKS)
     ways: int = setting(5, int, "classes per task (N-way; default 5)", identity=True, minimum=2)
     shots: int = setting(1, int, "support examples per class (K-shot; default 1)", identity=True, minimum=1)
+    #: None: ``shots``. Nichol et al.'s Reptile trains 1-shot Omniglot on tasks of 10 per class.
+    train_shots: int | None = setting(None, int, "support examples per class in training tasks (default: --shots; "
+                                      "validation and test tasks keep --shots)", identity=True, minimum=1,
+                                      metavar="S")
     query: int = setting(5, int, "query examples per class in training tasks (default 5; validation and test use 15)",
                          identity=True, minimum=1)
     test_query: int = setting(15, int, "query examples per class in validation tasks (default 15)", identity=False,
@@ -191,11 +212,29 @@ class TrainConfig:
                                      "--transform, the training --steps, which it is tuned to)", identity=False,
                                      minimum=1, maximum=STEPS_MAX, metavar="T")
     inner_lr: float = setting(0.4, float, "inner learning rate (default 0.4)", identity=True)
-    outer_lr: float = setting(1e-3, float, "Adam learning rate of the outer loop (default 1e-3)", identity=True,
+    #: None: every support example at every inner step (the full batch).
+    inner_batch: int | None = setting(None, int, "training inner steps on minibatches of B support examples: the "
+                                      "support set shuffled once per task, step k on the next B of it (wrapping "
+                                      "around); default: all of them at every step. Validation and test adapt on the "
+                                      "whole support set", identity=True, minimum=1, metavar="B")
+    #: The inner Adam transform's settings (``--transform adam``; Nichol et al. use beta1 = 0).
+    adam_beta1: float = setting(0.9, float, "--transform adam: beta1 of the inner Adam (default 0.9; Reptile's "
+                                "recipe uses 0)", identity=True, sign="nonnegative")
+    adam_beta2: float = setting(0.999, float, "--transform adam: beta2 of the inner Adam (default 0.999)",
+                                identity=True, sign="nonnegative")
+    adam_eps: float = setting(1e-8, float, "--transform adam: epsilon of the inner Adam (default 1e-8)", identity=True,
+                              sign="nonnegative")
+    outer_optimizer: str = setting("adam", str, "the outer optimiser: adam (default) or sgd (plain steps of "
+                                   "--outer-lr, no momentum: Reptile's outer update)", identity=True,
+                                   choices=OUTER_OPTIMIZERS)
+    outer_lr: float = setting(1e-3, float, "learning rate of the outer loop (default 1e-3)", identity=True,
                               sign="positive", maximum=OUTER_LR_MAX,
                               note=" (Adam moves each weight by about this much per step)")
-    outer_lr_schedule: str = setting("constant", str, "outer learning rate over the run: constant (default) or a half "
-                                     "cosine from --outer-lr down to 0 at the last iteration", identity=True,
+    outer_eps: float = setting(1e-8, float, "--outer-optimizer adam: Adam's epsilon (default 1e-8, torch's; iMAML's "
+                               "code uses 1e-3)", identity=True, sign="positive")
+    outer_lr_schedule: str = setting("constant", str, "outer learning rate over the run: constant (default), a half "
+                                     "cosine from --outer-lr down to 0 at the last iteration, or linear from --outer-lr "
+                                     "to --outer-lr/I at the last of I iterations (Reptile's annealing)", identity=True,
                                      choices=SCHEDULES)
     #: MAML++'s training recipe (module docstring): multi-step loss for the first ``msl_iterations``
     #: iterations, first order for the first ``first_order_iterations`` (0: off).
@@ -289,6 +328,18 @@ class TrainConfig:
                                  minimum=1, maximum=META_BATCH_MAX)
     es_sigma: float = setting(1e-2, float, "--algo es: Gaussian smoothing scale sigma (default 0.01)", identity=True,
                               sign="positive")
+    reptile_scale: str = setting("rates", str, "--algo reptile: divide the direction theta - phi by the sum of the "
+                                 "inner rates (rates; default) or not (none: with --outer-optimizer sgd --outer-lr E "
+                                 "the step is Nichol et al.'s theta <- theta + E * mean(phi - theta))", identity=True,
+                                 choices=REPTILE_SCALES)
+    imaml_solver: str = setting("proximal", str, "--algo imaml: inner solver, gradient descent on the proximal "
+                                "objective (proximal; default) or --steps plain gradient steps on the support loss "
+                                "then one step of --inner-lr on the proximal term alone (pullback: the authors' code)",
+                                identity=True, choices=IMAML_SOLVERS)
+    cg_damping: float = setting(0.0, float, "--algo imaml: conjugate gradients solve ((1 + D) I + H/(lambda + L)) x = "
+                                "g; D (default 0; the authors' Omniglot run: 1)", identity=True, sign="nonnegative")
+    cg_lambda_damping: float = setting(0.0, float, "--algo imaml: L of --cg-damping's operator (default 0; the "
+                                       "authors' code: 10)", identity=True, sign="nonnegative")
     fd_delta: float = setting(1e-3, float, "--algo hfmaml: finite-difference step of the Hessian-vector products "
                               "(default 0.001; a step across ReLU kinks is wrong)", identity=True, sign="positive")
 
@@ -404,6 +455,29 @@ class TrainConfig:
         if self.algo in ("imaml", "truncated", "hfmaml") and self.transform != "none":
             raise ArgumentError("transform", f"algo {self.algo!r} runs its own plain gradient-descent inner loop; "
                                              f"use transform 'none' (reptile and es accept every transform)")
+        imaml_only = ("imaml_solver", "proximal"), ("cg_damping", 0.0), ("cg_lambda_damping", 0.0)
+        for name, default in imaml_only:
+            if self.algo != "imaml" and getattr(self, name) != default:
+                raise ArgumentError(name, f"is a setting of --algo imaml, not {self.algo!r}")
+        if self.algo != "reptile" and self.reptile_scale != "rates":
+            raise ArgumentError("reptile_scale", f"is a setting of --algo reptile, not {self.algo!r}")
+        if self.transform != "adam" and (self.adam_beta1, self.adam_beta2, self.adam_eps) != (0.9, 0.999, 1e-8):
+            name = next(n for n, d in (("adam_beta1", 0.9), ("adam_beta2", 0.999), ("adam_eps", 1e-8))
+                        if getattr(self, n) != d)
+            raise ArgumentError(name, f"sets the inner Adam (--transform adam), not transform {self.transform!r}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if getattr(self, name) >= 1:
+                raise ArgumentError(name, f"expected a number in [0, 1), got {getattr(self, name):g}")
+        if self.outer_optimizer != "adam" and self.outer_eps != 1e-8:
+            raise ArgumentError("outer_eps", "is Adam's epsilon; --outer-optimizer sgd has none")
+        if self.inner_batch is not None:
+            if self.algo in ("imaml", "truncated", "hfmaml") or self.algo in ("protonet", "r2d2"):
+                raise ArgumentError("inner_batch", f"algo {self.algo!r} has no inner loop of the learner's to take "
+                                                   f"minibatches in (maml, fomaml, anil, reptile and es have)")
+            support = self.ways * (self.train_shots if self.train_shots is not None else self.shots)
+            if self.inner_batch > support:
+                raise ArgumentError("inner_batch", f"expected at most the {support} support examples of a training "
+                                                   f"task (ways x train shots), got {self.inner_batch}")
         if self.algo == "imaml" and self.inner_lr <= 0:
             raise ArgumentError("inner_lr", f"iMAML's inner solver descends with it: expected a positive rate, got "
                                             f"{self.inner_lr:g}")

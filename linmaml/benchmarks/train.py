@@ -10,7 +10,7 @@
    (:meth:`linmaml.meta.engine.Engine.meta_gradient`, strategy ``batching``), summed over processes
    when distributed;
 3. checks the meta-loss and every gradient for non-finite values (stop, or skip the step with
-   ``on_nonfinite="skip"``) and takes one Adam step;
+   ``on_nonfinite="skip"``) and takes one outer step (Adam; plain SGD with ``outer_optimizer="sgd"``);
 4. every ``val_every`` iterations (and at the end) scores the fixed validation tasks and keeps the
    best weights in ``best.pt``; appends one JSON line to ``metrics.jsonl``; every
    ``checkpoint_every`` iterations (and at the end, at a validation, on SIGINT/SIGTERM, and before
@@ -52,6 +52,7 @@ from linmaml.benchmarks.data.paths import resolve_data_root
 from linmaml.benchmarks.learners import check_model_record, check_user_model
 from linmaml.benchmarks.run import Run
 from linmaml.benchmarks.progress import Progress, safe_write
+from linmaml.benchmarks.config import make_optimizer, train_shots  # the outer optimiser; training tasks' shots
 from linmaml.benchmarks.scoring import mean_ci95, model_layout, score_tasks, steps_note
 from linmaml.benchmarks.signals import StopSignals
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError
@@ -118,8 +119,10 @@ class Trainer:
         check_splits(config, splits)  # names query / test_query / shots / ways when the data cannot supply them
         self.config, self.out_dir, self.ctx, self.lock = config, Path(out_dir), ctx, lock
         self.writer = ctx.is_writer
-        self.sampler = episodes.EpisodeSampler(splits["train"], config.ways, config.shots, config.query,
-                                               seed=config.seed)
+        # Inner minibatches take consecutive rows of a support set shuffled once per task (by the
+        # task's own generator, after its images are drawn: the tasks themselves are unchanged).
+        self.sampler = episodes.EpisodeSampler(splits["train"], config.ways, train_shots(config), config.query,
+                                               seed=config.seed, shuffle_support=config.inner_batch is not None)
         self.val_tasks = episodes.evaluation_tasks(splits["val"], config.ways, config.shots, config.test_query,
                                                    count=config.val_tasks, seed=0)
         self.image_shape = tuple(int(v) for v in splits["train"].image_shape)
@@ -140,7 +143,7 @@ class Trainer:
                                                  f"data's {self.image_shape}")
             self.learner = (resumed or Run.from_payload(payload, self.payload_file, model)).learner
         self.learner.to(device=ctx.device, dtype=config.torch_dtype)
-        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.outer_lr)
+        self.optimizer = make_optimizer(self.learner.parameters(), config)
         self.engine = make_engine(self.learner, config)
         self.state = {"iteration": 0, "skipped": 0, "elapsed": 0.0, "best": None}
         self.pending: dict | None = None  # the record of an iteration whose validation was interrupted
@@ -285,7 +288,7 @@ class Trainer:
             recipe = {} if weights is None else {"step_weights": weights}  # (the estimator engines take none)
             # only while annealing: every other run keeps its learner's own order (fomaml, the estimators)
             order = first_order_at(self.config, t) if self.config.first_order_iterations else None
-            with _derivative_order(self.learner, order):
+            with _derivative_order(self.learner, order), _inner_batches(self.learner, self.config.inner_batch):
                 loss_sum, accuracy_sum = self.engine.meta_gradient(*batch, scale=1.0 / M, **recipe)
         distributed.all_reduce_gradients(self.learner.parameters(), ctx)
         loss_sum, accuracy_sum = (float(v) for v in distributed.all_reduce_sum([loss_sum, accuracy_sum], ctx))
@@ -578,6 +581,23 @@ class _derivative_order:
     def __exit__(self, *exc):
         if self.saved is not None:
             self.learner.first_order = self.saved
+
+
+class _inner_batches:
+    """Within: the learner's training inner steps take minibatches of ``batch`` support examples
+    (``learner.inner_batch``, read at every adaptation); None: no change. Validation runs outside,
+    on the whole support set."""
+
+    def __init__(self, learner, batch: int | None):
+        self.learner, self.batch = learner, batch
+
+    def __enter__(self):
+        if self.batch is not None:
+            self.learner.inner_batch = self.batch
+
+    def __exit__(self, *exc):
+        if self.batch is not None:
+            self.learner.inner_batch = None
 
 
 #: What a run out of memory is told when it ran out before its settings were known.

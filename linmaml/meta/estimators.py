@@ -236,8 +236,10 @@ class Reptile(_Estimator):
     Returned divided by Σᵢ αᵢ (``normalize=True``, default), so that it is on the scale of a gradient:
     with one step it is exactly ∇ℓ_s(θ), and in general the average of the support gradients along
     the inner path, (1/Σαᵢ) Σᵢ αᵢ ∇ℓ_s(φᵢ). ``normalize=False`` gives θ − φ_k itself (Reptile's
-    update with outer step ε is θ ← θ − ε·(θ − φ_k)). φ_k comes from :meth:`Engine.adapted` (every
-    strategy and transform); parameters that do not adapt get zero. The query set is used only for
+    update with outer step ε is θ ← θ − ε·(θ − φ_k): over a meta-batch, plain SGD of rate ε on the mean
+    is Nichol et al.'s θ ← θ + ε·mean_i(φ_k,i − θ), the right choice with an inner Adam, whose step
+    is not a scalar rate times the gradient). φ_k comes from :meth:`Engine.adapted` (every
+    strategy and transform, inner minibatches included: ``learner.inner_batch``); parameters that do not adapt get zero. The query set is used only for
     the reported loss and accuracy (one forward per task). Cost per task: k support gradients, no
     outer graph (first-order memory at any k)."""
 
@@ -311,7 +313,11 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
     Inner problem: φ* = argmin_φ ℓ_s(φ) + (λ/2)‖φ − θ‖², solved by gradient descent from θ with rate
     ``inner_lr`` (default the learner's first inner rate) until the proximal gradient's norm is at
     most ``tolerance`` or ``max_inner_steps`` steps were taken; a step that raises that norm is
-    undone and the rate halved (a rate too large for λ + the curvature would otherwise diverge). At the optimum dφ*/dθ = λ(H + λI)⁻¹
+    undone and the rate halved (a rate too large for λ + the curvature would otherwise diverge).
+    ``solver="pullback"`` is the authors' code instead (imaml_dev, ``omniglot_implicit_maml.py``):
+    ``max_inner_steps`` plain gradient steps of ``inner_lr`` on ℓ_s alone (no tolerance, no halving),
+    then one step of ``inner_lr`` on the proximal term alone, φ ← φ − αλ(φ − θ), and φ* is taken
+    to be the result. At the optimum dφ*/dθ = λ(H + λI)⁻¹
     with H = H_s(φ*), so the meta-gradient is (I + H/λ)⁻¹ ∇ℓ_q(φ*), solved by ``cg_steps``
     iterations of conjugate gradients on Hessian-vector products of ℓ_s at φ* (stopped early when the
     residual norm falls below ``cg_tolerance`` times the right-hand side's). Parameters w that do not
@@ -319,18 +325,36 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
     optimum and with enough CG iterations (the dimension of φ at most). Cost per task: T support
     gradients (T ≤ max_inner_steps), one query gradient, C ≤ cg_steps HVPs; memory: one support
     graph, independent of T. ``info`` reports the inner steps, the final proximal-gradient norm and
-    the CG iterations and relative residual per task."""
+    the CG iterations and relative residual per task.
+
+    Damping (``cg_damping`` = d, ``cg_lambda_damping`` = d_λ, both 0 by default): conjugate gradients
+    solve ((1 + d) I + H/(λ + d_λ)) x = ∇ℓ_q(φ*) instead, the operator of the authors' code
+    (``Learner.matrix_evaluator``: ``(1 + regu_coef)·v + H v/(λ + lam_damping)``, whose Omniglot
+    script passes its ``--cg_damping 1.0`` as ``regu_coef`` and keeps ``lam_damping`` at 10). With
+    d > 0 or d_λ > 0 the answer is no longer the implicit gradient: ≈ (1 + d)⁻¹ of it for small H, a
+    better-conditioned system for CG, and an operator positive definite whenever H ≻ −(1 + d)(λ + d_λ)."""
 
     name = "imaml"
 
     def __init__(self, lam: float = 1.0, cg_steps: int = 10, tolerance: float = 1e-6, max_inner_steps: int = 100,
-                 inner_lr: float | None = None, cg_tolerance: float = 1e-10):
+                 inner_lr: float | None = None, cg_tolerance: float = 1e-10, *, solver: str = "proximal",
+                 cg_damping: float = 0.0, cg_lambda_damping: float = 0.0):
         self.lam = _validate.finite_number(lam, "lam", positive=True)
         self.cg_steps = _validate.integer(cg_steps, "cg_steps", minimum=1)
         self.tolerance = _validate.finite_number(tolerance, "tolerance", nonnegative=True)
         self.max_inner_steps = _validate.integer(max_inner_steps, "max_inner_steps", minimum=0)
         self.inner_lr = None if inner_lr is None else _validate.finite_number(inner_lr, "inner_lr", positive=True)
         self.cg_tolerance = _validate.finite_number(cg_tolerance, "cg_tolerance", nonnegative=True)
+        if solver not in ("proximal", "pullback"):
+            raise ArgumentError("solver", f"expected proximal or pullback, got {solver!r}")
+        self.solver = solver
+        self.cg_damping = _validate.finite_number(cg_damping, "cg_damping", nonnegative=True)
+        self.cg_lambda_damping = _validate.finite_number(cg_lambda_damping, "cg_lambda_damping", nonnegative=True)
+
+    def _pullback(self, learner, loss_fn, theta, x_s, y_s, rate, names):
+        """The authors' inner solver (class docstring): plain steps on ℓ_s, then one on the proximal term."""
+        phi = _descend(learner, loss_fn, theta, x_s, y_s, [rate] * self.max_inner_steps, names)
+        return {n: phi[n] - (rate * self.lam) * (phi[n] - theta[n]) for n in names}
 
     def _task(self, learner, loss_fn, x_s, y_s, x_q, y_q, steps, kind, total):
         _require_identity(learner, "iMAML")
@@ -343,21 +367,24 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
         theta = {n: params[name_map[n]].detach() for n in names}
         phi = dict(theta)
         used, norm, last, halvings = 0, math.inf, None, 0
-        for used in range(self.max_inner_steps + 1):
-            leaves = {n: v.detach().requires_grad_() for n, v in phi.items()}
-            _, _, grads = _loss_grads(learner, loss_fn, leaves, x_s, y_s, list(leaves.values()))
-            prox = {n: (g if g is not None else 0) + self.lam * (leaves[n].detach() - theta[n])
-                    for n, g in zip(names, grads)}
-            norm = math.sqrt(float(_dot(prox, prox)))
-            if last is not None and not norm <= last[1]:
-                # the step overshot (or left the finite range): go back and halve the rate
-                rate, halvings = rate / 2, halvings + 1
-                phi, norm, prox = last[0], last[1], last[2]
-            else:
-                last = (phi, norm, prox)
-            if norm <= self.tolerance or used == self.max_inner_steps:
-                break
-            phi = {n: phi[n].detach() - rate * prox[n] for n in names}
+        if self.solver == "pullback":
+            phi, used = self._pullback(learner, loss_fn, theta, x_s, y_s, rate, names), self.max_inner_steps
+        else:
+            for used in range(self.max_inner_steps + 1):
+                leaves = {n: v.detach().requires_grad_() for n, v in phi.items()}
+                _, _, grads = _loss_grads(learner, loss_fn, leaves, x_s, y_s, list(leaves.values()))
+                prox = {n: (g if g is not None else 0) + self.lam * (leaves[n].detach() - theta[n])
+                        for n, g in zip(names, grads)}
+                norm = math.sqrt(float(_dot(prox, prox)))
+                if last is not None and not norm <= last[1]:
+                    # the step overshot (or left the finite range): go back and halve the rate
+                    rate, halvings = rate / 2, halvings + 1
+                    phi, norm, prox = last[0], last[1], last[2]
+                else:
+                    last = (phi, norm, prox)
+                if norm <= self.tolerance or used == self.max_inner_steps:
+                    break
+                phi = {n: phi[n].detach() - rate * prox[n] for n in names}
         phi = {n: v.detach() for n, v in phi.items()}
         g_q, loss, accuracy = _query_terms(learner, loss_fn, phi, x_q, y_q, kind, total, name_map)
 
@@ -367,9 +394,13 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
         _, _, gs = _loss_grads(learner, loss_fn, leaves, x_s, y_s, list(leaves.values()), create_graph=True)
         gs = {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, gs)}
 
-        def operator(v):  # (I + H/λ) v
+        identity, denominator = 1.0 + self.cg_damping, self.lam + self.cg_lambda_damping
+
+        def operator(v):  # ((1 + d) I + H/(λ + d_λ)) v; (I + H/λ) v undamped, computed as before
             hv = torch.autograd.grad(_dot(gs, v), list(leaves.values()), retain_graph=True, allow_unused=True)
-            return {n: v[n] + (h.detach() if h is not None else 0) / self.lam for n, h in zip(names, hv)}
+            if identity == 1.0:
+                return {n: v[n] + (h.detach() if h is not None else 0) / denominator for n, h in zip(names, hv)}
+            return {n: identity * v[n] + (h.detach() if h is not None else 0) / denominator for n, h in zip(names, hv)}
 
         v, iterations, residual = _conjugate_gradients(operator, g_q, self.cg_steps, self.cg_tolerance)
         for n in names:

@@ -94,7 +94,7 @@ def under_function_transform() -> bool:
 
 def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: list[float], *,
               first_order: bool, adapt_transform: bool, buffers=None, state=None,
-              trajectory: bool = False, step_forward: bool = False) -> tuple[Params, object]:
+              trajectory: bool = False, step_forward: bool = False, batch: int | None = None) -> tuple[Params, object]:
     """:func:`inner_loop` with ``lrs`` already checked (a list of floats) and ``transform_params`` a
     params tree: what the learners call.
 
@@ -113,6 +113,13 @@ def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: 
     multi-step loss scores, :meth:`linmaml.meta.Engine.meta_gradient` with ``step_weights``).
     ``step_forward=True`` calls ``forward(params, buffers, x, step=k)`` at step k = 0, 1, … (a model
     with per-step normalisation, MAML++'s BNWB: :func:`linmaml.meta.maml_learners.norm_steps`).
+
+    ``batch=B`` (None: every example at every step): step k's gradient is taken on the minibatch
+    :func:`minibatch` ``(x, y, B, k)``, rows ``kB, kB + 1, …, kB + B − 1`` of the support set taken
+    modulo its size n (consecutive batches, wrapping around after the last row: one pass over the
+    data every n/B steps when B divides n). Shuffle the rows first for random batches (the training
+    sampler's ``shuffle_support``). ``x`` and ``y`` must then be tensors with the examples on their
+    first axis; B = n is the full batch (the same rows, in the same order).
     """
     buffers = {} if buffers is None else buffers
     visited = []
@@ -120,16 +127,21 @@ def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: 
     tparams = transform_params
     state = transform.initial_state if state is None else state
     adapt_transform = adapt_transform and bool(tree_leaves(tparams))
-    def gradients_of(forward):
+    batch = _check_batch(batch, x, y)
+
+    def gradients_of(forward, x=x, y=y):
         if under_function_transform():
             return _functorch_gradients(forward, loss_fn, x, y, buffers, first_order)
         return _autograd_gradients(forward, loss_fn, x, y, buffers, graph=torch.is_grad_enabled() and not first_order)
 
-    grad_fn = None if step_forward else gradients_of(forward)
+    grad_fn = None if step_forward or batch is not None else gradients_of(forward)
     pullback, previous_lr = None, None
     for k, lr in enumerate(lrs):
+        data = (x, y) if batch is None else minibatch(x, y, batch, k)
         if step_forward:  # the step's own forward (its normalisation set k)
-            grads = gradients_of(lambda p, b, inputs, k=k: forward(p, b, inputs, step=k))(params)
+            grads = gradients_of(lambda p, b, inputs, k=k: forward(p, b, inputs, step=k), *data)(params)
+        elif batch is not None:
+            grads = gradients_of(forward, *data)(params)
         else:
             grads = grad_fn(params)
         if pullback is not None:
@@ -147,6 +159,38 @@ def run_steps(forward, loss_fn, params, transform, transform_params, x, y, lrs: 
         if trajectory:
             visited.append(params)
     return (visited if trajectory else params), tparams
+
+
+def minibatch_rows(n: int, batch: int, k: int) -> list[int]:
+    """The support rows of inner step ``k`` (0-based) with minibatches of ``batch`` of ``n`` examples:
+    ``(kB + j) mod n`` for j = 0 … B − 1."""
+    return [(k * batch + j) % n for j in range(batch)]
+
+
+def minibatch(x: torch.Tensor, y: torch.Tensor, batch: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x[rows], y[rows])`` for the rows of :func:`minibatch_rows` (slices where they are one
+    consecutive run, the usual case; a concatenation of two where they wrap around)."""
+    n = x.shape[0]
+    start = (k * batch) % n
+    if start + batch <= n:
+        return x[start:start + batch], y[start:start + batch]
+    rows = minibatch_rows(n, batch, k)
+    index = torch.tensor(rows, device=x.device)
+    return x.index_select(0, index), y.index_select(0, index)
+
+
+def _check_batch(batch, x, y) -> int | None:
+    """``batch`` checked against the support set: None, or an int in 1 … n for tensors x, y of n rows."""
+    if batch is None:
+        return None
+    batch = _validate.integer(batch, "inner_batch", minimum=1)
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ArgumentTypeError("inner_batch", "minibatches need the support inputs and targets as tensors (examples "
+                                               "on the first axis)")
+    if x.shape[0] != y.shape[0] or batch > x.shape[0]:
+        raise ArgumentError("inner_batch", f"expected at most the {x.shape[0]} support examples (and as many targets, "
+                                           f"got {y.shape[0]}), got {batch}")
+    return batch
 
 
 def _functorch_gradients(forward, loss_fn, x, y, buffers, first_order):

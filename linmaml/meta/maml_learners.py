@@ -337,6 +337,12 @@ class _Learner(nn.Module):
         self.check_finite = check_finite
         self.transform = as_transform(transform)
         self._warned_steps = False
+        #: Inner steps on minibatches of this many support examples (None: all of them at every step;
+        #: :func:`linmaml.meta.inner_loop.run_steps`'s ``batch``). ``linmaml train --inner-batch`` sets it
+        #: while computing meta-gradients only, so validation adapts on the whole support set. The
+        #: ``adapt(x, y, loss_fn)`` form only: a closure computes its own loss. ANIL batches the
+        #: features, which it computes once on the whole support set.
+        self.inner_batch = None
 
     def __setstate__(self, state):
         # A learner pickled before the policy was renamed kept it as ``buffers``, hiding the method.
@@ -460,7 +466,8 @@ class _Learner(nn.Module):
         with named_input_failures(["x_support"], ["y_support"], (x,)):
             fast, _ = run_steps(forward, scalar_loss, {n: base[n] for n in names}, self.transform, tparams, x, y,
                                 rates, first_order=self.first_order, adapt_transform=self.adapt_transform,
-                                buffers=buffers, trajectory=trajectory, step_forward=norm_steps(module) > 0)
+                                buffers=buffers, trajectory=trajectory, step_forward=norm_steps(module) > 0,
+                                batch=None if closure is not None else getattr(self, "inner_batch", None))
         if trajectory:  # every step's parameters (MAML++'s multi-step loss); the last one checked below
             visited, fast = fast, fast[-1]
         if checking:

@@ -27,6 +27,9 @@ EXPECTED_IDENTITY = {
     "class_split", "meta_batch", "seed", "dtype", "batching", "tasks_per_chunk", "compile", "model",
     "model_fingerprint", "model_import", "model_kwargs", "head", "truncate", "imaml_lambda", "cg_steps",
     "inner_tolerance", "es_population", "es_sigma", "fd_delta",
+    # the published Reptile and iMAML recipes (configs/omniglot-5w1s-reptile.json, -imaml.json)
+    "train_shots", "inner_batch", "adam_beta1", "adam_beta2", "adam_eps", "outer_optimizer", "outer_eps",
+    "reptile_scale", "imaml_solver", "cg_damping", "cg_lambda_damping",
     # your own data: its name and the randomness of random layers (the data's paths may move)
     "data_name", "randomness"}
 #: Fields the library records from the model given, which no option sets.
@@ -88,7 +91,8 @@ def test_the_defaults_the_help_states_are_the_defaults():
             continue
         found = re.search(r"default (\d[\d.e+-]*)", declared.help)
         if found is None:
-            assert field.name == "linnet_width", field.name  # "default: the number of ways"
+            # "default: the number of ways", "default: --shots", "default: all of them at every step"
+            assert field.name in ("linnet_width", "train_shots", "inner_batch"), field.name
             continue
         assert float(found.group(1).rstrip(".")) == getattr(default, field.name), field.name
         checked += 1
@@ -108,7 +112,7 @@ def test_config_files_take_exactly_the_fields(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(train_module, "train", fake_train)
     values = {name: value for name, value in TrainConfig().to_dict().items() if value is not None}
-    assert set(values) == set(field_names()) - {"linnet_width", "model", "model_fingerprint", "model_import",
+    assert set(values) == set(field_names()) - {"linnet_width", "train_shots", "inner_batch", "model", "model_fingerprint", "model_import",
                                                 "model_kwargs", "head", "data", "data_name", "data_splits"}
     file = tmp_path / "all.json"
     file.write_text(json.dumps(values))
@@ -150,7 +154,8 @@ def test_each_choice_is_one_tuple_shared_with_the_code_that_acts_on_it():
                        "pool": learners.POOLS, "outer_lr_schedule": settings.SCHEDULES,
                        "class_split": settings.CLASS_SPLITS, "dtype": settings.DTYPES,
                        "on_nonfinite": settings.ON_NONFINITE, "batching": engine.STRATEGIES,
-                       "randomness": engine.RANDOMNESS}
+                       "randomness": engine.RANDOMNESS, "outer_optimizer": settings.OUTER_OPTIMIZERS,
+                       "reptile_scale": settings.REPTILE_SCALES, "imaml_solver": settings.IMAML_SOLVERS}
     assert choices["batching"] is engine.STRATEGIES and choices["algo"] is learners.ALGOS
     assert choices["benchmark"] is data_package.BENCHMARKS is cli_data.BENCHMARKS
     assert not hasattr(config_module, "BATCHING") and not hasattr(settings, "BATCHING")

@@ -28,6 +28,22 @@ RECIPES = {
     "omniglot-5w1s-textbook.json": dict(ways=5, shots=1, query=1, steps=1, test_steps=3, inner_lr=0.4, outer_lr=0.001,
                                         outer_lr_schedule="constant", meta_batch=32, batching="loop",
                                         iterations=60000, val_every=500),
+    # Nichol et al. 2018's transductive Omniglot 5-way 1-shot Reptile (supervised-reptile): 10 training
+    # shots per class, 5 inner Adam steps (beta1 0, rate 0.001) on minibatches of 10, meta-batch 5, outer
+    # SGD of 1 annealed linearly, 100,000 iterations; 50 inner steps at test
+    "omniglot-5w1s-reptile.json": dict(ways=5, shots=1, train_shots=10, algo="reptile", transform="adam",
+                                       adam_beta1=0.0, adam_beta2=0.999, adam_eps=1e-8, inner_lr=0.001, steps=5,
+                                       inner_batch=10, test_steps=50, reptile_scale="none", outer_optimizer="sgd",
+                                       outer_lr=1.0, outer_lr_schedule="linear", meta_batch=5, iterations=100000,
+                                       val_every=5000),
+    # Rajeswaran et al. 2019's Omniglot 5-way 1-shot iMAML (imaml_dev's example command and code): one query
+    # per class, 16 inner steps of 0.1 then a pull-back with lambda 2, 5 CG steps on the damped operator
+    # 2I + H/12, meta-batch 32, Adam 1e-3 with eps 1e-3, 20,000 meta-steps; 16 steps of 0.1 at test
+    "omniglot-5w1s-imaml.json": dict(ways=5, shots=1, query=1, algo="imaml", inner_lr=0.1, steps=16, test_steps=16,
+                                     imaml_solver="pullback", imaml_lambda=2.0, cg_steps=5, cg_damping=1.0,
+                                     cg_lambda_damping=10.0, meta_batch=32, outer_optimizer="adam", outer_lr=0.001,
+                                     outer_eps=0.001, outer_lr_schedule="constant", iterations=20000,
+                                     val_every=1000),
 }
 COMMON = dict(benchmark="omniglot", algo="maml", outer_lr_schedule="cosine", iterations=16000, val_every=1000)
 

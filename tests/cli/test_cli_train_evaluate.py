@@ -70,7 +70,7 @@ def test_train_bad_arguments(tmp_path, capsys, small_run):
         (["train", "--out", out, "--ways", "1"], "--ways: expected an integer >= 2"),
         (["train", "--out", out, "--shots", "0"], "--shots: "),
         (["train", "--out", out, "--algo", "sgd"], "--algo: invalid choice"),
-        (["train", "--out", out, "--transform", "adam"], "--transform: invalid choice"),
+        (["train", "--out", out, "--transform", "lbfgs"], "--transform: invalid choice"),
         (["train", "--out", out, "--benchmark", "mnist"], "--benchmark: invalid choice"),
         (["train", "--out", out, "--bogus", "1"], "unrecognized arguments: --bogus"),
         (["train", "--out", out, "--meta-batch", "0"], "--meta-batch: expected an integer >= 1"),

@@ -376,3 +376,31 @@ def test_inner_minibatches_give_the_same_meta_gradient_under_every_strategy(algo
         other = gradient(strategy, 4)
         assert float((other - loop).norm()) <= 1e-10 * float(loop.norm()), strategy
     assert float((gradient("loop", None) - loop).norm()) > 1e-6 * float(loop.norm())
+
+
+def test_a_resumed_recipe_run_keeps_every_recipe_setting_and_its_linear_horizon():
+    """Every setting of the recipes changes the weights, so a resumed run refuses a new value of each,
+    naming it; a linear schedule's length is its horizon (as the cosine's), so a new length is refused
+    too, while the settings that do not change the weights stay overridable."""
+    from linmaml.benchmarks.settings import resume_config
+
+    saved = TrainConfig.from_dict(REPTILE).to_dict()
+    changes = {"train_shots": 3, "inner_batch": 5, "adam_beta1": 0.5, "adam_beta2": 0.99, "adam_eps": 1e-6,
+               "outer_optimizer": "adam", "outer_lr": 0.5, "outer_lr_schedule": "cosine", "reptile_scale": "rates"}
+    for name, value in changes.items():
+        assert saved[name] != value, name
+        with pytest.raises(ArgumentError) as caught:
+            resume_config(saved, {name: value})
+        assert caught.value.argument == name, (name, caught.value)
+    imaml = TrainConfig(algo="imaml", imaml_solver="pullback", cg_damping=1.0, cg_lambda_damping=10.0,
+                        outer_eps=1e-3).to_dict()
+    for name, value in {"imaml_solver": "proximal", "cg_damping": 0.5, "cg_lambda_damping": 1.0,
+                        "outer_eps": 1e-4}.items():
+        with pytest.raises(ArgumentError) as caught:
+            resume_config(imaml, {name: value})
+        assert caught.value.argument == name, (name, caught.value)
+    with pytest.raises(ArgumentError) as caught:
+        resume_config(saved, {"iterations": REPTILE["iterations"] + 1})
+    assert caught.value.argument == "iterations"
+    resumed = resume_config(saved, {"iterations": REPTILE["iterations"], "test_steps": 7, "val_every": 1})
+    assert (resumed.test_steps, resumed.val_every, resumed.inner_batch, resumed.train_shots) == (7, 1, 4, 2)

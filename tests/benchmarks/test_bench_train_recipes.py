@@ -299,6 +299,7 @@ def test_the_new_settings_default_to_the_old_behaviour():
     (dict(train_shots=0), "train_shots"),
     (dict(transform="adam", adam_beta1=1.0), "adam_beta1"),
     (dict(transform="adam", adam_beta2=-0.1), "adam_beta2"),
+    (dict(transform="adam", adam_eps=0.0), "adam_eps"),  # 0/0 where a gradient entry is exactly 0
     (dict(adam_beta1=0.0), "adam_beta1"),  # without --transform adam
     (dict(outer_optimizer="rmsprop"), "outer_optimizer"),
     (dict(outer_optimizer="sgd", outer_eps=1e-3), "outer_eps"),

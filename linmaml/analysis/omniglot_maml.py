@@ -197,6 +197,8 @@ def recorded_pairs(results: list[dict], pairs: list[tuple[str, str]]) -> list[di
         if (run, reference) in seen:
             continue
         seen.add((run, reference))
+        if run == reference:
+            raise ArgumentError("pair", f"{run!r} is paired with itself; name two different runs")
         found = [r for r in paired_differences(results, reference)["runs"] if r["run"] == run]
         if not found:
             raise ArgumentError("pair", f"{run!r} is not a recorded run scored on the same tasks as {reference!r}")

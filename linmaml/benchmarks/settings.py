@@ -222,8 +222,10 @@ class TrainConfig:
                                 "recipe uses 0)", identity=True, sign="nonnegative")
     adam_beta2: float = setting(0.999, float, "--transform adam: beta2 of the inner Adam (default 0.999)",
                                 identity=True, sign="nonnegative")
-    adam_eps: float = setting(1e-8, float, "--transform adam: epsilon of the inner Adam (default 1e-8)", identity=True,
-                              sign="nonnegative")
+    #: Positive: with 0, a gradient entry that is exactly 0 (an unused parameter, a bias before BatchNorm
+    #: to rounding) makes Adam's update 0/0.
+    adam_eps: float = setting(1e-8, float, "--transform adam: epsilon of the inner Adam (default 1e-8; positive)",
+                              identity=True, sign="positive")
     outer_optimizer: str = setting("adam", str, "the outer optimiser: adam (default) or sgd (plain steps of "
                                    "--outer-lr, no momentum: Reptile's outer update)", identity=True,
                                    choices=OUTER_OPTIMIZERS)

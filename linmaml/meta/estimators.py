@@ -324,8 +324,8 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
     adapt get ∂_w ℓ_q − ∂_w(∇_φ ℓ_s · u) with u = (H + λI)⁻¹ ∇ℓ_q(φ*). Exact only at the exact inner
     optimum and with enough CG iterations (the dimension of φ at most). Cost per task: T support
     gradients (T ≤ max_inner_steps), one query gradient, C ≤ cg_steps HVPs; memory: one support
-    graph, independent of T. ``info`` reports the inner steps, the final proximal-gradient norm and
-    the CG iterations and relative residual per task.
+    graph, independent of T. ``info`` reports the inner steps, the final proximal-gradient norm (None
+    with ``solver="pullback"``, which computes none) and the CG iterations and relative residual per task.
 
     Damping (``cg_damping`` = d, ``cg_lambda_damping`` = d_λ, both 0 by default): conjugate gradients
     solve ((1 + d) I + H/(λ + d_λ)) x = ∇ℓ_q(φ*) instead, the operator of the authors' code
@@ -367,8 +367,9 @@ class iMAML(_Estimator):  # noqa: N801 - the method's published name
         theta = {n: params[name_map[n]].detach() for n in names}
         phi = dict(theta)
         used, norm, last, halvings = 0, math.inf, None, 0
-        if self.solver == "pullback":
+        if self.solver == "pullback":  # computes no proximal gradient: its norm is reported as None, not inf
             phi, used = self._pullback(learner, loss_fn, theta, x_s, y_s, rate, names), self.max_inner_steps
+            norm = None
         else:
             for used in range(self.max_inner_steps + 1):
                 leaves = {n: v.detach().requires_grad_() for n, v in phi.items()}

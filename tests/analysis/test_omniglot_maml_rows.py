@@ -19,7 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from linmaml.analysis.omniglot_maml import PUBLISHED_BY_ALGO, command_of, main, published_for
+from linmaml.analysis.omniglot_maml import PUBLISHED_BY_ALGO, command_of, main, published_for, recorded_pairs
+from linmaml.errors import ArgumentError
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.train import train
 
@@ -215,3 +216,26 @@ def test_the_command_of_a_run_recorded_before_a_setting_existed_leaves_the_setti
     command = command_of(old, "runs/x", 1)
     assert command.startswith("linmaml train --benchmark omniglot --ways 5 --shots 1 --algo maml")
     assert "--inner-lr 0.3" in command and "--truncate" not in command and command.endswith("--threads 1")
+
+
+def test_recorded_pairs_against_a_direct_loop_and_a_run_paired_with_itself_refused():
+    """recorded_pairs on hand-made records: the mean difference, its 1.96·s/√n and the counts written
+    out here; a pair repeated is kept once; a run paired with itself, or with a run scored on other
+    tasks, is refused naming --pair."""
+    common = {"ways": 5, "shots": 1, "tasks": 4, "task_seed": 0, "test_query": 15}
+    runs = [{**common, "run": "a", "task_accuracies": [0.9, 0.8, 1.0, 0.7]},
+            {**common, "run": "b", "task_accuracies": [0.8, 0.8, 0.9, 0.9]},
+            {**common, "run": "c", "task_seed": 1, "task_accuracies": [0.5, 0.5, 0.5, 0.5]}]
+    (row,) = recorded_pairs(runs, [("a", "b"), ("a", "b")])
+    diff = [10.0, 0.0, 10.0, -20.0]  # points, a − b per task
+    mean = sum(diff) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diff) / 3)
+    assert (row["run"], row["reference"], row["tasks"]) == ("a", "b", 4)
+    assert row["mean"] == pytest.approx(mean, abs=1e-12) and row["ci95"] == pytest.approx(1.96 * sd / 2, abs=1e-12)
+    assert (row["wins"], row["ties"], row["losses"]) == (2, 1, 1)
+    for pair in (("a", "a"), ("c", "a")):
+        with pytest.raises(ArgumentError) as caught:
+            recorded_pairs(runs, [pair])
+        assert caught.value.argument == "pair"
+    with pytest.raises(ArgumentError, match="itself"):
+        recorded_pairs(runs, [("a", "a")])

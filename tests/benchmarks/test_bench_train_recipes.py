@@ -237,7 +237,10 @@ def test_imaml_pullback_and_damped_cg_equal_the_explicit_solution(damping, lambd
     lam, alpha = 2.0, 0.3
     est = estimators.iMAML(lam=lam, cg_steps=size, max_inner_steps=3, inner_lr=alpha, cg_tolerance=0.0,
                            solver="pullback", cg_damping=damping, cg_lambda_damping=lambda_damping)
-    got = est.estimate(engine, xs, ys, xq, yq).grads
+    estimate = est.estimate(engine, xs, ys, xq, yq)
+    got = estimate.grads
+    # the pull-back solver takes its 3 steps and computes no proximal gradient (its norm None, not inf)
+    assert estimate.info["inner_steps"] == [3] and estimate.info["inner_gradient_norm"] == [None]
 
     def unflat(v):
         out, at = {}, 0
@@ -296,6 +299,7 @@ def test_the_new_settings_default_to_the_old_behaviour():
     (dict(train_shots=0), "train_shots"),
     (dict(transform="adam", adam_beta1=1.0), "adam_beta1"),
     (dict(transform="adam", adam_beta2=-0.1), "adam_beta2"),
+    (dict(transform="adam", adam_eps=0.0), "adam_eps"),  # 0/0 where a gradient entry is exactly 0
     (dict(adam_beta1=0.0), "adam_beta1"),  # without --transform adam
     (dict(outer_optimizer="rmsprop"), "outer_optimizer"),
     (dict(outer_optimizer="sgd", outer_eps=1e-3), "outer_eps"),
@@ -373,3 +377,31 @@ def test_inner_minibatches_give_the_same_meta_gradient_under_every_strategy(algo
         other = gradient(strategy, 4)
         assert float((other - loop).norm()) <= 1e-10 * float(loop.norm()), strategy
     assert float((gradient("loop", None) - loop).norm()) > 1e-6 * float(loop.norm())
+
+
+def test_a_resumed_recipe_run_keeps_every_recipe_setting_and_its_linear_horizon():
+    """Every setting of the recipes changes the weights, so a resumed run refuses a new value of each,
+    naming it; a linear schedule's length is its horizon (as the cosine's), so a new length is refused
+    too, while the settings that do not change the weights stay overridable."""
+    from linmaml.benchmarks.settings import resume_config
+
+    saved = TrainConfig.from_dict(REPTILE).to_dict()
+    changes = {"train_shots": 3, "inner_batch": 5, "adam_beta1": 0.5, "adam_beta2": 0.99, "adam_eps": 1e-6,
+               "outer_optimizer": "adam", "outer_lr": 0.5, "outer_lr_schedule": "cosine", "reptile_scale": "rates"}
+    for name, value in changes.items():
+        assert saved[name] != value, name
+        with pytest.raises(ArgumentError) as caught:
+            resume_config(saved, {name: value})
+        assert caught.value.argument == name, (name, caught.value)
+    imaml = TrainConfig(algo="imaml", imaml_solver="pullback", cg_damping=1.0, cg_lambda_damping=10.0,
+                        outer_eps=1e-3).to_dict()
+    for name, value in {"imaml_solver": "proximal", "cg_damping": 0.5, "cg_lambda_damping": 1.0,
+                        "outer_eps": 1e-4}.items():
+        with pytest.raises(ArgumentError) as caught:
+            resume_config(imaml, {name: value})
+        assert caught.value.argument == name, (name, caught.value)
+    with pytest.raises(ArgumentError) as caught:
+        resume_config(saved, {"iterations": REPTILE["iterations"] + 1})
+    assert caught.value.argument == "iterations"
+    resumed = resume_config(saved, {"iterations": REPTILE["iterations"], "test_steps": 7, "val_every": 1})
+    assert (resumed.test_steps, resumed.val_every, resumed.inner_batch, resumed.train_shots) == (7, 1, 4, 2)

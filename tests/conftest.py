@@ -13,6 +13,7 @@ Makefile exports the latter). When neither holds ``omniglot/``, the tests that n
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,16 @@ def _preprocessed_data_cache(tmp_path_factory):
         yield
     finally:
         os.environ.pop("LINMAML_CACHE", None)
+
+
+@pytest.fixture(scope="session")
+def sigterm_after():
+    """``sigterm_after(n)``: an ``on_iteration`` callback for ``train`` that sends this process SIGTERM
+    when iteration ``n`` is logged — a run stopped the way a user or a scheduler stops it (train's own
+    handler ends it after that iteration, its checkpoint written), for the resume tests."""
+    def make(n: int):
+        def callback(record):
+            if record["iteration"] == n:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return callback
+    return make

@@ -5,8 +5,6 @@ refusal of a folder with other settings, the plateau measures on a written-out c
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -16,20 +14,17 @@ from linmaml.benchmarks.data.fewshot import noise_splits
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def quick(tmp_path_factory, sigterm_after):
     base = tmp_path_factory.mktemp("depth_width_seeds")
     runs, out = base / "runs", base / "out"
     from linmaml.benchmarks.train import train
 
     # one run interrupted (SIGTERM, as a stopped lane) after 2 of its 4 iterations: the plan must resume
     # it, not restart it (a cosine run cannot be extended, so it is stopped, not shortened)
-    def stop_after_two(record):
-        if record["iteration"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
 
     partial = runs / D.run_name("maml", 1, 4, 1)
     part = train(D.options(D.QUICK, "maml", 1, 4, 1), partial, splits=noise_splits(), progress=False,
-                 on_iteration=stop_after_two)
+                 on_iteration=sigterm_after(2))
     assert part.status == "interrupted" and part.iteration == 2
     first_two = (partial / "metrics.jsonl").read_text().splitlines()
     record = D.run(out, quick=True, runs=runs, command="test")

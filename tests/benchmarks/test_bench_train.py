@@ -376,13 +376,11 @@ def test_a_write_error_without_a_filename_names_metrics_jsonl(tmp_path):
         assert str(info.value) == f"[Errno {errno.EFBIG}] File too large: '{tmp_path / 'metrics.jsonl'}'"
 
 
-def test_cosine_outer_lr_follows_the_formula_and_resumes_bitwise(tmp_path):
+def test_cosine_outer_lr_follows_the_formula_and_resumes_bitwise(tmp_path, sigterm_after):
     """outer_lr_schedule="cosine": iteration t steps with outer_lr·½(1 + cos(π(t−1)/T)) (written out
     here), recorded in metrics.jsonl and in Adam's state; a run stopped by SIGTERM after iteration 3
     and resumed ends bit for bit where the uninterrupted run does; a new length is refused."""
     import math
-    import os
-    import signal
 
     torch.set_num_threads(1)
     options = {"outer_lr_schedule": "cosine", "outer_lr": 2e-3}
@@ -392,11 +390,8 @@ def test_cosine_outer_lr_follows_the_formula_and_resumes_bitwise(tmp_path):
     assert [r["outer_lr"] for r in records] == pytest.approx(expected, rel=1e-12)
     assert weights(tmp_path / "full" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected[-1])
 
-    def stop_after_three(record):
-        if record["iteration"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
 
-    part = run(tmp_path / "part", options=options, on_iteration=stop_after_three)
+    part = run(tmp_path / "part", options=options, on_iteration=sigterm_after(3))
     assert part.status == "interrupted" and part.iteration == 3
     with pytest.raises(ValueError, match="^iterations: the run being resumed decays"):
         train({"iterations": 9}, tmp_path / "part", resume=True, splits=synthetic_splits(), progress=False)

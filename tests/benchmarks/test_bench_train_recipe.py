@@ -4,8 +4,6 @@ loss and derivative-order annealing against a training loop written out here (fu
 torch.autograd.grad, torch.optim.Adam; not the engine), exact resume across both switches, and the
 settings' checks. Tiny synthetic data, float64."""
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -103,19 +101,16 @@ def test_a_run_with_msl_and_first_order_annealing_equals_the_written_out_loop(tm
     assert records[0]["msl_weights"] == pytest.approx([0.5, 0.5])
 
 
-def test_an_interrupted_run_resumes_across_both_switches_bitwise(tmp_path):
+def test_an_interrupted_run_resumes_across_both_switches_bitwise(tmp_path, sigterm_after):
     """Stopped by SIGTERM after iteration 1 (first order, multi-step loss on) and resumed: the weights
     and Adam's state equal the uninterrupted run's bit for bit; a changed option is refused."""
     torch.set_num_threads(1)
     options = {**RECIPE, "dtype": "float32"}
     train(options, tmp_path / "full", splits=synthetic_splits(), progress=False, device="cpu")
 
-    def stop_after_one(record):
-        if record["iteration"] == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
 
     part = train(options, tmp_path / "part", splits=synthetic_splits(), progress=False, device="cpu",
-                 on_iteration=stop_after_one)
+                 on_iteration=sigterm_after(1))
     assert part.status == "interrupted" and part.iteration == 1
     for name, value in (("msl_iterations", 5), ("first_order_iterations", 3)):
         with pytest.raises(ValueError, match=f"^{name}: the run being resumed used"):

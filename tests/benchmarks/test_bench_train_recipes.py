@@ -8,8 +8,6 @@ in float64, the minibatch order against a direct loop, the inner Adam against to
 schedule's values, iMAML's estimate against the exact solution of its damped system. Tiny synthetic
 data (tests/benchmarks/test_bench_train_recipe.py's), one thread."""
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -147,18 +145,15 @@ def test_a_reptile_run_with_the_published_recipe_equals_the_written_out_loop(tmp
     assert [r["outer_lr"] for r in records] == pytest.approx([0.7, 0.7 * 2 / 3, 0.7 / 3], abs=1e-15)
 
 
-def test_an_interrupted_reptile_run_resumes_bitwise(tmp_path):
+def test_an_interrupted_reptile_run_resumes_bitwise(tmp_path, sigterm_after):
     """Stopped by SIGTERM after iteration 2 of 4 and resumed: the weights equal the uninterrupted run's."""
     torch.set_num_threads(1)
     options = {**REPTILE, "dtype": "float32", "iterations": 4, "checkpoint_every": 1, "val_every": 2}
     train(options, tmp_path / "full", splits=synthetic_splits(), progress=False, device="cpu")
 
-    def stop_after_two(record):
-        if record["iteration"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
 
     part = train(options, tmp_path / "part", splits=synthetic_splits(), progress=False, device="cpu",
-                 on_iteration=stop_after_two)
+                 on_iteration=sigterm_after(2))
     assert part.status == "interrupted" and part.iteration == 2
     resumed = train({}, tmp_path / "part", resume=True, splits=synthetic_splits(), progress=False, device="cpu")
     assert resumed.status == "done" and resumed.iteration == 4

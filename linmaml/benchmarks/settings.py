@@ -96,6 +96,7 @@ DEFAULT_LAYERS = 4
 # name no setting, or a pass runs for days. Each is far beyond what the few-shot literature uses.
 #: Adam moves every weight by about ``outer_lr`` per step, so beyond a few units a run only
 #: diverges (stopped with exit 3); near 3e37 Adam's own step ``lr / (1 - beta1)`` overflows float32.
+#: Plain SGD (``--outer-optimizer sgd``, Reptile's meta-step of 1) stays far below this bound.
 OUTER_LR_MAX = 1e3
 #: Filters per conv block and LinNet width: a block holds 9·hidden² weights, a LinNet layer
 #: width², each kept four times (weights, gradient, Adam's two moments); 4096 is already 600 MB per
@@ -231,7 +232,8 @@ class TrainConfig:
                                    choices=OUTER_OPTIMIZERS)
     outer_lr: float = setting(1e-3, float, "learning rate of the outer loop (default 1e-3)", identity=True,
                               sign="positive", maximum=OUTER_LR_MAX,
-                              note=" (Adam moves each weight by about this much per step)")
+                              note=" (Adam moves each weight by about this much per step; plain SGD by this "
+                                   "times its meta-gradient)")
     outer_eps: float = setting(1e-8, float, "--outer-optimizer adam: Adam's epsilon (default 1e-8, torch's; iMAML's "
                                "code uses 1e-3)", identity=True, sign="positive")
     outer_lr_schedule: str = setting("constant", str, "outer learning rate over the run: constant (default), a half "

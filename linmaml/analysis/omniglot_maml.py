@@ -31,8 +31,9 @@ scored on the same tasks (task seed 0), ``--reference RUN`` adds ``paired``: for
 scored on the same tasks, the mean per-task accuracy difference to RUN (points) with its 95 %
 interval (1.96·s/√n over the per-task differences, the convention of the accuracies) and the tasks
 it wins, ties and loses. ``--pair RUN REFERENCE`` (repeatable) adds one such comparison to ``pairs``,
-kept in the record and recomputed from it on every call; with no run folders given, the record is
-only re-paired (nothing is scored or drawn).
+kept in the record and recomputed from it on every call (a recorded pair whose runs were since scored
+on other tasks is dropped, with a line saying so); with no run folders given, the record is only
+re-paired (nothing is scored or drawn).
 """
 from __future__ import annotations
 
@@ -307,10 +308,17 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     results = [score_run(folder, tasks=args.tasks, data_root=args.data_root) for folder in args.runs]
-    pairs = None
+    pairs, everything_now = None, merged(previous, results)
     if old_pairs or args.pair:  # before anything is drawn or written: a bad pair leaves both untouched
+        kept = []
+        for pair in old_pairs:  # a recorded pair whose runs were re-scored on other tasks is dropped, said
+            try:
+                recorded_pairs(everything_now, [pair])
+                kept.append(pair)
+            except ArgumentError as error:
+                print(f"omniglot_maml: dropped the recorded pair {pair[0]} - {pair[1]}: {error.detail}")
         try:
-            pairs = recorded_pairs(merged(previous, results), old_pairs + [tuple(p) for p in args.pair])
+            pairs = recorded_pairs(everything_now, kept + [tuple(p) for p in args.pair])
         except ArgumentError as error:
             parser.error(f"argument --pair: {error.detail}")
     args.out.mkdir(parents=True, exist_ok=True)

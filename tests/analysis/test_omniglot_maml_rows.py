@@ -179,6 +179,18 @@ def test_pair_records_one_comparison_and_re_pairing_alone_scores_and_draws_nothi
         main(["--pair", "no-such-run", maml.name, "--out", str(out)])
     assert exit_.value.code == 2 and "argument --pair" in capsys.readouterr().err
     assert (out / "omniglot_maml.json").read_bytes() == before
+    # A recorded pair whose reference was since scored on other tasks (here: another query size) is
+    # dropped with a line saying so, not a reason to refuse every later call.
+    on_disk = json.loads(before)
+    for run in on_disk["runs"]:
+        if run["run"] == proto.name:
+            run["test_query"] = 5
+    (out / "omniglot_maml.json").write_text(json.dumps(on_disk))
+    capsys.readouterr()
+    record = main([str(maml), "--out", str(out), "--tasks", str(TASKS), "--data-root", str(data_root),
+                   "--figure", "rows.png"])
+    assert record["pairs"] == []
+    assert f"dropped the recorded pair {maml.name} - {proto.name}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -10,22 +10,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from linmaml.benchmarks import checkpoint, episodes
-from linmaml.benchmarks.data import FewShotSplit
+from linmaml.benchmarks.data.fewshot import synthetic_splits
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.scoring import mean_ci95
 from linmaml.benchmarks.learners import build_learner
 from linmaml.benchmarks.train import train
-
-
-def _splits(size=10):
-    rng = np.random.default_rng(1)
-    out = {}
-    for k, name in enumerate(("train", "val", "test")):
-        proto = rng.random((9, 1, 1, size, size)).astype(np.float32)
-        px = np.clip(proto + 0.4 * rng.standard_normal((9, 7, 1, size, size)), 0, 1).astype(np.float32)
-        out[name] = FewShotSplit("omniglot", name, px, np.arange(9), np.zeros(9, np.int64), 100 * k + np.arange(9),
-                                 tuple(map(str, range(9))))
-    return out
 
 
 def test_mean_ci95_is_the_normal_interval_of_the_sample_mean():
@@ -42,7 +31,7 @@ def test_mean_ci95_is_the_normal_interval_of_the_sample_mean():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    splits = _splits()
+    splits = synthetic_splits(size=10, classes=(9, 9, 9), examples=7, seed=1)
     train(dict(ways=3, shots=2, query=3, test_query=4, layers=1, hidden=3, meta_batch=2, iterations=3, val_every=3,
                val_tasks=3, inner_lr=0.2, test_steps=2, seed=1), out, splits=splits, progress=False)
     return out, splits

@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 from linmaml.benchmarks import checkpoint, episodes
-from linmaml.benchmarks.data import FewShotSplit
+from linmaml.benchmarks.data.fewshot import synthetic_splits
 from linmaml.benchmarks.learners import check_model_record, model_fingerprint
 from linmaml.benchmarks.models import ConvNet
 from linmaml.benchmarks.run import Run
@@ -33,23 +33,12 @@ SETTINGS = dict(ways=3, shots=2, query=3, test_query=4, layers=1, hidden=3, meta
                 snapshot_every=1)
 
 
-def _splits(size=10):
-    rng = np.random.default_rng(1)
-    out = {}
-    for k, name in enumerate(("train", "val", "test")):
-        proto = rng.random((9, 1, 1, size, size)).astype(np.float32)
-        px = np.clip(proto + 0.4 * rng.standard_normal((9, 7, 1, size, size)), 0, 1).astype(np.float32)
-        out[name] = FewShotSplit("omniglot", name, px, np.arange(9), np.zeros(9, np.int64), 100 * k + np.arange(9),
-                                 tuple(map(str, range(9))))
-    return out
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """3 iterations, a checkpoint after each (last.pt: 3, last.prev.pt: 2), validated at 2 and 3, a
     snapshot at 0..3; float64."""
     out = tmp_path_factory.mktemp("run") / "run"
-    splits = _splits()
+    splits = synthetic_splits(size=10, classes=(9, 9, 9), examples=7, seed=1)
     result = train(SETTINGS, out, splits=splits, progress=False, device="cpu", threads=1)
     assert result.status == "done"
     return out, splits

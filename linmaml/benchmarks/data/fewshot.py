@@ -158,10 +158,11 @@ def synthetic_splits(size: int = 12, classes: tuple[int, int] = (12, 8), example
     """Tiny learnable ``{"train", "val"}`` splits for smoke runs and tests (``train(..., splits=...)``):
     each class a fixed random ``(1, size, size)`` pattern in [0, 1] plus per-example Gaussian noise of
     standard deviation 0.3 (clipped to [0, 1]), float32; ``classes`` per split, ``examples`` per class,
-    seeded. Posed as Omniglot classes (one channel, no rotation), with distinct source ids."""
+    seeded (three counts in ``classes`` add a ``"test"`` split). Posed as Omniglot classes (one
+    channel, no rotation), with distinct source ids."""
     rng = np.random.default_rng(seed)
     out, offset = {}, 0
-    for name, count in zip(("train", "val"), classes):
+    for name, count in zip(("train", "val", "test"), classes):
         prototypes = rng.random((count, 1, 1, size, size)).astype(np.float32)
         pixels = np.clip(prototypes + 0.3 * rng.standard_normal((count, examples, 1, size, size)), 0, 1)
         out[name] = FewShotSplit("omniglot", name, pixels.astype(np.float32), np.arange(count),

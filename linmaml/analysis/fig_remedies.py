@@ -305,13 +305,7 @@ def draw(result: dict, path: pathlib.Path) -> None:
     plots_figure.save_figure(fig, path)
 
 
-def summary(record: dict) -> list[str]:
-    """The criteria, one line each (printed by ``main``)."""
-    return [f"{key}: {value['value']:.3f} ± {value['ci95']:.3f} (required {value['required']}: "
-            f"{'met' if value['met'] else 'NOT met'})" for key, value in record["numbers"]["criteria"].items()]
-
-
-run, main = figure_module(NAME, __doc__, compute, draw, summary=summary,
+run, main = figure_module(NAME, __doc__, compute, draw, summary=plots_figure.criteria_summary,
                           quick_help="short meta-training, fewer test tasks (a few seconds)")
 
 if __name__ == "__main__":

@@ -117,6 +117,13 @@ def _current(function: Callable) -> Callable:
     return getattr(sys.modules.get(function.__module__), function.__name__, function)
 
 
+def criteria_summary(record: dict) -> list[str]:
+    """A figure's ``numbers["criteria"]`` (``{key: {value, ci95, required, met}}``), one line each: the
+    ``summary`` of the figures whose claims are pass/fail criteria."""
+    return [f"{key}: {value['value']:.3f} ± {value['ci95']:.3f} (required {value['required']}: "
+            f"{'met' if value['met'] else 'NOT met'})" for key, value in record["numbers"]["criteria"].items()]
+
+
 def figure_module(name: str, doc: str, compute: Callable[[bool], dict], draw: Callable[[dict, pathlib.Path], None], *,
                   quick_help: str, summary: Callable[[dict], Sequence[str]] | None = None,
                   flags: Mapping[str, tuple[str, Callable[[], None]]] | None = None):

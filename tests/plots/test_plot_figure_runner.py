@@ -41,3 +41,13 @@ def test_a_figures_own_flag_is_in_its_help(capsys):
         main(["--help"])
     assert info.value.code == 0
     assert "--prepare-first" in capsys.readouterr().out
+
+
+def test_criteria_summary_writes_one_line_per_criterion():
+    from linmaml.plots.figure import criteria_summary
+
+    record = {"numbers": {"criteria": {
+        "ratio": {"value": 1.23456, "ci95": 0.01, "required": "<= 1.3", "met": True},
+        "gap": {"value": -0.5, "ci95": 0.25, "required": ">= 2", "met": False}}}}
+    assert criteria_summary(record) == ["ratio: 1.235 ± 0.010 (required <= 1.3: met)",
+                                        "gap: -0.500 ± 0.250 (required >= 2: NOT met)"]

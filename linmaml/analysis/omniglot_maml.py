@@ -41,6 +41,7 @@ import argparse
 import json
 import math
 import pathlib
+import shlex
 
 import torch
 from scipy import stats
@@ -48,7 +49,7 @@ from scipy import stats
 from linmaml import _io
 from linmaml.analysis.depth_width import machine
 from linmaml.benchmarks.config import TrainConfig
-from linmaml.benchmarks.settings import IDENTITY
+from linmaml.benchmarks.settings import IDENTITY, declared, flag
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.run import Run, read_runs
 from linmaml.benchmarks.run_files import CONFIG, METRICS
@@ -62,35 +63,45 @@ PUBLISHED = {1: (98.7, 0.4), 5: (99.9, 0.1)}  # Finn et al. 2017, Omniglot 5-way
 PUBLISHED_BY_ALGO = {
     ("maml", 1): {"accuracy": 98.7, "ci95": 0.4, "source": "Finn et al. 2017"},
     ("maml", 5): {"accuracy": 99.9, "ci95": 0.1, "source": "Finn et al. 2017"},
-    ("fomaml", 1): {"accuracy": 98.3, "ci95": 0.5, "source": "Finn et al. 2017 (first-order approximation)"},
-    ("fomaml", 5): {"accuracy": 99.2, "ci95": 0.2, "source": "Finn et al. 2017 (first-order approximation)"},
+    # Finn et al. 2017 report first-order MAML on mini-ImageNet only; on Omniglot it is Nichol et al.'s
+    # "1st-order MAML + transduction" row.
+    ("fomaml", 1): {"accuracy": 98.3, "ci95": 0.5, "source": "Nichol et al. 2018 (first-order MAML, transductive)"},
+    ("fomaml", 5): {"accuracy": 99.2, "ci95": 0.2, "source": "Nichol et al. 2018 (first-order MAML, transductive)"},
     # BatchNorm here normalises the query set with its own statistics (transductive), as in Nichol et
-    # al.'s transductive row; their non-transductive 1-shot number is 95.39 ± 0.33.
+    # al.'s transductive row; their non-transductive 1-shot number is 95.39 ± 0.09.
     ("reptile", 1): {"accuracy": 97.68, "ci95": 0.04, "source": "Nichol et al. 2018 (transductive)"},
     ("imaml", 1): {"accuracy": 99.16, "ci95": 0.35, "source": "Rajeswaran et al. 2019 (iMAML, Hessian-free)"},
     ("protonet", 1): {"accuracy": 98.8, "ci95": None, "source": "Snell et al. 2017 (60-way training episodes)"},
     ("r2d2", 1): {"accuracy": 98.6, "ci95": None, "source": "Bertinetto et al. 2019"},
 }
-#: TrainConfig fields left out of the rebuilt command when they hold their defaults.
-_COMMAND_FIELDS = ("benchmark", "ways", "shots", "algo", "transform", "layers", "hidden", "steps", "test_steps",
-                   "inner_lr", "outer_lr", "outer_lr_schedule", "meta_batch", "query", "iterations", "val_every",
-                   "val_tasks", "seed", "batching", "truncate", "imaml_lambda", "cg_steps", "inner_tolerance",
-                   "es_population", "es_sigma", "fd_delta")
+#: Settings always written into a rebuilt command, even at their defaults (they name the task).
+_ALWAYS = ("benchmark", "ways", "shots", "algo")
 
 
 def command_of(config: dict, out: str, threads: int | None) -> str:
-    """The ``linmaml train`` command that gives a run with ``config`` (non-default settings only)."""
+    """The ``linmaml train`` command that gives a run with ``config``: every setting that has a
+    command-line option and differs from TrainConfig's default (a flag alone for a true boolean,
+    a JSON object quoted), in declaration order. A setting missing from ``config`` (a run recorded
+    before it existed) ran with its default and is left out."""
     default = TrainConfig().to_dict()
-    words = ["linmaml train"]
-    for name in _COMMAND_FIELDS:
-        if name not in config:
-            continue  # a run recorded before the setting existed ran with its default
-        if name in ("benchmark", "ways", "shots", "algo") or config.get(name) != default.get(name):
-            words.append(f"--{name.replace('_', '-')} {config[name]}")
-    words.append(f"--out {out}")
+    words = ["linmaml", "train"]
+    for name, setting in declared().items():
+        if setting.flag is None or name not in config:
+            continue  # recorded by the library from the model given, or older than the setting
+        value = config[name]
+        if name not in _ALWAYS and value == default.get(name):
+            continue
+        if value is None:
+            continue  # "not given": the default's own meaning
+        if setting.kind is bool:
+            if value:
+                words.append(flag(name))
+            continue
+        words += [flag(name), json.dumps(value, separators=(",", ":")) if setting.kind is dict else str(value)]
+    words += ["--out", out]
     if threads:
-        words.append(f"--threads {threads}")
-    return " ".join(words)
+        words += ["--threads", str(threads)]
+    return shlex.join(words)
 
 
 def published_for(config: dict) -> dict | None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
+import shlex
 import statistics
 
 import numpy as np
@@ -20,6 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from linmaml.analysis.omniglot_maml import PUBLISHED_BY_ALGO, command_of, main, published_for, recorded_pairs
+from linmaml.benchmarks.config import TrainConfig
+from linmaml.benchmarks.settings import declared
+from linmaml.cli import build_parser
+from linmaml.cli.train import read_config
 from linmaml.errors import ArgumentError
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.train import train
@@ -251,3 +257,32 @@ def test_recorded_pairs_against_a_direct_loop_and_a_run_paired_with_itself_refus
         assert caught.value.argument == "pair"
     with pytest.raises(ArgumentError, match="itself"):
         recorded_pairs(runs, [("a", "a")])
+
+
+@pytest.mark.parametrize("file", sorted((pathlib.Path(__file__).resolve().parents[2] / "configs").glob("*.json")),
+                         ids=lambda f: f.name)
+def test_the_command_of_every_shipped_recipe_gives_back_its_settings_through_the_train_parser(file):
+    """A recorded command is what a user reruns: parsed by ``linmaml train``'s own parser, it must give
+    every setting of the run, the recipe options (train shots, inner batches, outer SGD, the iMAML
+    solver, the class split, MAML++'s options) included — not only a list of common ones."""
+    settings = read_config(str(file), set(declared()))
+    settings["class_split"] = "alphabets"
+    if settings.get("algo", "maml") == "maml":  # MAML++'s options apply to MAML's inner loop
+        settings.update(msl_iterations=7, first_order_iterations=3, bn_per_step=True,
+                        steps=max(2, settings.get("steps", 1)))
+    config = TrainConfig.from_dict(settings).to_dict()
+    words = shlex.split(command_of(config, "runs/x y", threads=1))
+    assert words[:2] == ["linmaml", "train"]
+    args = build_parser().parse_args(words[1:])
+    given = {name: getattr(args, name) for name in declared() if getattr(args, name, None) is not None}
+    rebuilt = TrainConfig.from_dict(given).to_dict()
+    assert rebuilt == config
+    assert args.out == "runs/x y" and args.threads == 1
+
+
+def test_a_false_boolean_and_an_unset_optional_are_left_out_of_the_command():
+    config = TrainConfig().to_dict()
+    words = command_of(config, "runs/x", threads=None).split()
+    assert "--bn-per-step" not in words and "--train-shots" not in words and "--threads" not in words
+    assert words == ["linmaml", "train", "--benchmark", "omniglot", "--ways", "5", "--shots", "1", "--algo", "maml",
+                     "--out", "runs/x"]

@@ -147,10 +147,13 @@ def read_base(path) -> dict:
 
 
 def options(base: dict, study: dict, variant: str) -> dict:
-    """The ``train`` settings of one variant: the base recipe, the study's budget and seed, the variant's fields."""
+    """The ``train`` settings of one variant: the base recipe, the study's budget and seed, the variant's
+    fields, and every other setting at its default, so that a folder trained with any other setting is
+    not taken for the variant's run (:func:`check_folder` compares the settings given)."""
     fields = variant_settings(study["iterations"])[variant]
-    return {**base, "iterations": study["iterations"], "val_every": study["val_every"], "seed": study["seed"],
-            **fields}
+    given = {**base, "iterations": study["iterations"], "val_every": study["val_every"], "seed": study["seed"],
+             **fields}
+    return TrainConfig.from_dict(given).to_dict()
 
 
 def command(study: dict, variant: str, run_dir, threads: int) -> str:
@@ -194,7 +197,6 @@ def train_variants(base: dict, study: dict, names, runs: pathlib.Path, *, thread
     Every folder is checked (:func:`check_folder`: same settings, not more iterations) before any training."""
     settings = {name: options(base, study, name) for name in names}
     for name in names:
-        TrainConfig.from_dict(settings[name])  # bad settings fail before any folder is touched
         check_folder(runs / name, settings[name])
     for name in names:
         run_dir = runs / name
@@ -282,7 +284,7 @@ def run(out_dir=None, *, runs=None, config=None, only=None, iterations=DEFAULTS[
         raise ArgumentError("only", "name at least one variant")
     base = read_base(config_file)
     for name in names:
-        TrainConfig.from_dict(options(base, study, name))  # every variant's settings valid, before any work
+        options(base, study, name)  # every variant's settings valid (TrainConfig's checks), before any work
     runs = pathlib.Path(runs) if runs is not None else DEFAULT_RUNS
     out_dir = pathlib.Path(out_dir) if out_dir is not None else default_out()
     if out_dir.exists() and not out_dir.is_dir():
@@ -294,11 +296,12 @@ def run(out_dir=None, *, runs=None, config=None, only=None, iterations=DEFAULTS[
         train_variants(base, study, names, runs, threads=threads, splits=splits, data_root=data_root)
     fresh = {name: score_variant(name, base, study, runs, threads=threads, splits=splits, data_root=data_root)
              for name in names}
-    settings = {**study, "base": base, "runs": str(runs), "threads": threads, "split": "val",
+    val_tasks = options(base, study, REFERENCE)["val_tasks"]  # the same in every variant
+    settings = {**study, "base": base, "runs": str(runs), "threads": threads, "split": "val", "val_tasks": val_tasks,
                 "test_query": SCORE_QUERY, "reference": REFERENCE,
                 "msl_fraction": "10/150 (MAML++: 10 of 150 epochs)",
                 "first_order_fraction": "50/150 (MAML++: 50 of 150 epochs)",
-                "selection": "each run's best validation (best.pt, 200 validation tasks, task seed 0), scored on "
+                "selection": f"each run's best validation (best.pt, {val_tasks} validation tasks, task seed 0), scored on "
                              f"{study['tasks']} other validation tasks (task seed {study['task_seed']})"}
     kept = _kept(out_dir / f"{NAME}.json", settings, names)
     variants = [fresh.get(name) or kept.get(name) or _unscored(name, study, runs, threads) for name in VARIANTS]
@@ -341,7 +344,7 @@ def _kept(path: pathlib.Path, settings: dict, names) -> dict:
 
 
 def draw(record: dict, path) -> None:
-    """Validation accuracy (percent, the run's 200 validation tasks) against training wall seconds
+    """Validation accuracy (percent, the runs' own validation tasks) against training wall seconds
     (validation included), one line per variant with a run."""
     plt = require("matplotlib.pyplot", "figures")
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -351,7 +354,7 @@ def draw(record: dict, path) -> None:
             ax.plot([p["elapsed"] for p in curve], [p["accuracy"] for p in curve], "o-", ms=3, color=f"C{i}",
                     label=f"{v['variant']} ({v['status']})")
     ax.set_xlabel("training wall seconds (one thread, validation included)")
-    ax.set_ylabel("validation accuracy % (200 validation tasks, task seed 0)")
+    ax.set_ylabel(f"validation accuracy % ({record['settings']['val_tasks']} validation tasks, task seed 0)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     s = record["settings"]

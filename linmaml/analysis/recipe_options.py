@@ -4,16 +4,14 @@ Each option of MAML++ (Antoniou, Edwards & Storkey 2019, "How to train your MAML
 train`` has is one named variant, trained as ``linmaml train --config configs/omniglot-5w1s.json
 --iterations ITER --val-every VE --seed S`` plus the variant's flags (:func:`variant_settings`):
 
-============== =================================================================================
-``recipe``     nothing added: linmaml's recipe, one inner step of 0.4 (the reference)
-``query15``    ``--query 15``: 15 query images per class in training, as the published recipes
-``steps5``     ``--steps 5 --inner-lr 0.1 --test-steps 5``: MAML++'s inner loop
-``steps5-msl`` steps5 + ``--msl-iterations M``: the multi-step loss, annealed over M iterations
-``steps5-bnws`` steps5 + ``--bn-per-step``: per-step BatchNorm weights and biases
-``steps5-lslr`` steps5 + ``--transform rates``: learned per-layer per-step inner rates
-``steps5-da``  steps5 + ``--first-order-iterations F``: derivative-order annealing
-``mamlpp``     steps5 + all four (msl, bnws, lslr, da): MAML++'s recipe on linmaml's
-============== =================================================================================
+- ``recipe``: nothing added, linmaml's recipe (one inner step of 0.4): the reference;
+- ``query15``: ``--query 15``, 15 query images per class in training, as the published recipes;
+- ``steps5``: ``--steps 5 --inner-lr 0.1 --test-steps 5``, MAML++'s inner loop;
+- ``steps5-msl``: steps5 and ``--msl-iterations M``, the multi-step loss annealed over M iterations;
+- ``steps5-bnws``: steps5 and ``--bn-per-step``, per-step BatchNorm weights and biases;
+- ``steps5-lslr``: steps5 and ``--transform rates``, learned per-layer per-step inner rates;
+- ``steps5-da``: steps5 and ``--first-order-iterations F``, derivative-order annealing;
+- ``mamlpp``: steps5 and all four (msl, bnws, lslr, da), MAML++'s recipe on linmaml's.
 
 M and F are the fractions of the budget MAML++ gave them: its training ran 150 epochs; the
 multi-step loss was annealed over the first 10 (``multi_step_loss_num_epochs`` 10 in its experiment
@@ -88,12 +86,15 @@ NAME = "recipe_options"
 BASE_CONFIG = "configs/omniglot-5w1s.json"
 DEFAULT_RUNS = default_runs("recipe-options")
 DEFAULTS = {"iterations": 2000, "val_every": 250, "seed": 0, "tasks": 600, "task_seed": 1, "threads": 1}
-#: MAML++ annealed the multi-step loss over 10 of its 150 epochs and took first-order steps for 50.
+#: The fraction of the budget with the multi-step loss: MAML++ annealed it over 10 of its 150 epochs.
 MSL_FRACTION = 10 / 150
+#: The fraction of the budget with first-order steps: MAML++ took them for 50 of its 150 epochs.
 FIRST_ORDER_FRACTION = 50 / 150
 #: Query images per class of the scored validation tasks (the protocol's 15, as the test tasks).
 SCORE_QUERY = 15
+#: The variant every other is paired with.
 REFERENCE = "recipe"
+#: The variants, in the order they are trained and reported.
 VARIANTS = ("recipe", "query15", "steps5", "steps5-msl", "steps5-bnws", "steps5-lslr", "steps5-da", "mamlpp")
 
 
@@ -149,7 +150,8 @@ def read_base(path) -> dict:
 def options(base: dict, study: dict, variant: str) -> dict:
     """The ``train`` settings of one variant: the base recipe, the study's budget and seed, the variant's
     fields, and every other setting at its default, so that a folder trained with any other setting is
-    not taken for the variant's run (:func:`check_folder` compares the settings given)."""
+    not taken for the variant's run (:func:`linmaml.analysis.depth_width.check_folder` compares the
+    settings given)."""
     fields = variant_settings(study["iterations"])[variant]
     given = {**base, "iterations": study["iterations"], "val_every": study["val_every"], "seed": study["seed"],
              **fields}
@@ -194,7 +196,8 @@ def _log(text: str) -> None:
 def train_variants(base: dict, study: dict, names, runs: pathlib.Path, *, threads: int, splits=None,
                    data_root=None) -> None:
     """Train each of ``names`` that is not done, one after another, resuming one that has a checkpoint.
-    Every folder is checked (:func:`check_folder`: same settings, not more iterations) before any training."""
+    Every folder is checked (:func:`linmaml.analysis.depth_width.check_folder`: same settings, not more
+    iterations) before any training."""
     settings = {name: options(base, study, name) for name in names}
     for name in names:
         check_folder(runs / name, settings[name])

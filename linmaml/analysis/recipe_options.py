@@ -375,7 +375,7 @@ def table(record: dict) -> list[str]:
              f"{'s/iter':>7} {'train min':>9}"]
     for v in record["variants"]:
         if "accuracy" not in v:
-            lines.append(f"{v['variant']:<12} {v['status']:<24}")
+            lines.append(f"{v['variant']:<12} {v['status']}")
             continue
         pair = v.get("paired")
         diff = "reference" if v["run"] == REFERENCE else (f"{pair['mean']:+.2f} ± {pair['ci95']:.2f}" if pair else "-")

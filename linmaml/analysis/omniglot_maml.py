@@ -132,15 +132,19 @@ def _median(values: list[float]) -> float | None:
     return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
-def score_tasks_of_run(folder: pathlib.Path, *, tasks: int, data_root=None) -> tuple[dict, list[float]]:
+def score_tasks_of_run(folder: pathlib.Path, *, tasks: int, data_root=None, split: str = "test", task_seed: int = 0,
+                       splits=None) -> tuple[dict, list[float]]:
     """``(summary, accuracies)``: the run's ``best.pt`` adapted and scored on each of the ``tasks``
     fixed test tasks of ``linmaml evaluate`` (task seed 0, 15 query images per class, the run's
     ``test_steps``), through the run's own engine, on the CPU; ``summary`` as
     :func:`linmaml.benchmarks.scoring.summarize` plus ``iteration`` and ``test_steps``;
-    ``accuracies`` per task in task order (fractions)."""
+    ``accuracies`` per task in task order (fractions). ``split``/``task_seed`` score other fixed
+    tasks instead (e.g. ``"val"`` with a seed other than training's validation seed 0: the
+    validation-split study of :mod:`linmaml.analysis.recipe_options`); ``splits`` may supply
+    ``{split: FewShotSplit}`` instead of reading ``data_root``."""
     run = Run.open(folder)
     config = run.config
-    task_set = run.tasks("test", count=tasks, query=15, seed=0, data_root=data_root)
+    task_set = run.tasks(split, count=tasks, query=15, seed=task_seed, data_root=data_root, splits=splits)
     accuracies, losses = score_tasks(run.engine(), task_set, steps=config.test_steps, dtype=config.torch_dtype,
                                      channels_last=config.model is None and len(run.image_shape) == 3)
     summary = summarize(accuracies, losses)

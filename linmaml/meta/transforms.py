@@ -349,6 +349,14 @@ def _matrix_sizes(name: str, shape: tuple[int, ...], what: str) -> tuple[int, in
     return shape[1], math.prod(shape[2:]), shape[0]
 
 
+def _gram_pays(n: int, columns: int) -> bool:
+    """Whether applying FᵀF (F n×n) to ``columns`` vectors of length n is cheaper through the Gram
+    matrix — n³ to form it, n² per column — than as two thin products, 2n² per column:
+    n³ + n²·columns < 2n²·columns, i.e. n < columns. (The Gram matrix is formed once per call,
+    which covers every task of a vmapped chunk, so the rule errs towards the thin products.)"""
+    return n < columns
+
+
 def _matrix_view(g: torch.Tensor) -> torch.Tensor:
     """A parameter-shaped tensor as its matrix (or stack of matrices) view."""
     if g.ndim == 1:
@@ -415,12 +423,32 @@ class KFO(Transform):
         return params, ()
 
     def _kron(self, z: torch.Tensor, L: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        # Broadcasts over the output channels of a conv weight. With psd, (LᵀL) z (RᵀR) is computed
-        # as Lᵀ((L z Rᵀ) R) without forming the Gram matrices: for a wide head (R is in×in with
-        # in in the thousands) forming RᵀR costs in³ per inner step, the thin products 2·out·in².
-        if self.psd:
-            return L.T @ (L @ z @ R.T) @ R
-        return L @ z @ R
+        """(LᵀL) z (RᵀR) with psd, else L z R; ``z`` is (…, rows, cols), broadcast over its leading
+        axes (a conv weight's output channels).
+
+        With psd each side is applied either through its Gram matrix (one product with z, after
+        forming LᵀL once: rows³) or as two thin products (L then Lᵀ: twice the products with z),
+        whichever multiplies fewer numbers (:func:`_gram_pays`). A conv weight's c_in×c_in L
+        multiplies c_out·k columns, so its Gram matrix halves the work; a wide head's in×in R (in
+        in the thousands) multiplies only ``out`` rows, so forming RᵀR (in³) would cost far more
+        than the thin products (2·out·in²). A 1×1 factor is a scalar: an elementwise product.
+        Same map either way; only the rounding differs (float64: ~1e-16 relative).
+        """
+        if not self.psd:
+            return L @ z @ R
+        rows, cols = z.shape[-2], z.shape[-1]
+        stack = math.prod(z.shape[:-2])
+        if cols == 1:
+            z = z * (R * R)
+        elif _gram_pays(cols, stack * rows):
+            z = z @ (R.T @ R)
+        else:
+            z = (z @ R.T) @ R
+        if rows == 1:
+            return (L * L) * z
+        if _gram_pays(rows, stack * cols):
+            return (L.T @ L) @ z
+        return L.T @ (L @ z)
 
     def _map(self, g: torch.Tensor, p: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """U(G) for one parameter's gradient ``g`` with its factors ``p``."""

@@ -423,39 +423,78 @@ class KFO(Transform):
         return params, ()
 
     def _kron(self, z: torch.Tensor, L: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        """(LᵀL) z (RᵀR) with psd, else L z R; ``z`` is (…, rows, cols), broadcast over its leading
-        axes (a conv weight's output channels).
+        """(LᵀL) z (RᵀR) with psd, else L z R, for one matrix ``z`` (rows, cols).
 
         With psd each side is applied either through its Gram matrix (one product with z, after
-        forming LᵀL once: rows³) or as two thin products (L then Lᵀ: twice the products with z),
-        whichever multiplies fewer numbers (:func:`_gram_pays`). A conv weight's c_in×c_in L
-        multiplies c_out·k columns, so its Gram matrix halves the work; a wide head's in×in R (in
-        in the thousands) multiplies only ``out`` rows, so forming RᵀR (in³) would cost far more
-        than the thin products (2·out·in²). A 1×1 factor is a scalar: an elementwise product.
-        Same map either way; only the rounding differs (float64: ~1e-16 relative).
+        forming LᵀL: rows³) or as two thin products (L, then Lᵀ: twice the products with z),
+        whichever multiplies fewer numbers (:func:`_gram_pays`): a wide head's in×in R (in in the
+        thousands) multiplies only ``out`` rows, so forming RᵀR would cost far more than the thin
+        products (2·out·in²). A 1×1 factor is a scalar: an elementwise product. The same map either
+        way; only the rounding differs (float64: ~1e-16 relative).
         """
         if not self.psd:
             return L @ z @ R
-        rows, cols = z.shape[-2], z.shape[-1]
-        stack = math.prod(z.shape[:-2])
+        rows, cols = z.shape
         if cols == 1:
             z = z * (R * R)
-        elif _gram_pays(cols, stack * rows):
+        elif _gram_pays(cols, rows):
             z = z @ (R.T @ R)
         else:
             z = (z @ R.T) @ R
         if rows == 1:
             return (L * L) * z
-        if _gram_pays(rows, stack * cols):
+        if _gram_pays(rows, cols):
             return (L.T @ L) @ z
         return L.T @ (L @ z)
 
+    def _kron_stacked(self, y: torch.Tensor, L: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        """:meth:`_kron` of every matrix z_s (rows, cols) of a stack (a conv weight's c_out matrices),
+        held transposed and side by side: ``y`` of shape (1, cols, stack·rows), y[0, c, s·rows + i] =
+        z_s[i, c]; the result in the same layout.
+
+        Why this layout: the right factor (k×k, k the kernel's positions, e.g. 9) then multiplies
+        one wide (k, stack·rows) matrix, a product BLAS does at full speed, where z @ RᵀR on the
+        natural layout is a (stack·rows·tasks, k) × (k, k) product, very slow at k = 9 (and under
+        vmap a 2-d factor that requires grad is always folded into that shape, so the product is
+        written 3-d: one batched product per task). The left factor then multiplies (k·stack, rows)
+        rows, a plain wide product. In this layout z ↦ M z N is y ↦ Nᵀ y then y ↦ y Mᵀ per row.
+        Gram matrix or thin products per side as in :meth:`_kron`, the same map.
+        """
+        rows, cols = L.shape[0], R.shape[0]
+        columns = y.shape[-1]  # stack · rows
+        if not self.psd:
+            y = R.T.unsqueeze(0) @ y
+            return (y.reshape(-1, rows) @ L.T).reshape(y.shape)
+        if cols == 1:
+            y = y * (R * R)
+        elif _gram_pays(cols, columns):
+            y = (R.T @ R).mT.unsqueeze(0) @ y
+        else:
+            y = R.T.unsqueeze(0) @ (R.unsqueeze(0) @ y)
+        shape = y.shape
+        y = y.reshape(-1, rows)  # (cols · stack, rows): row (c, s) is z_s[:, c]
+        if rows == 1:
+            y = y * (L * L)
+        elif _gram_pays(rows, columns // rows * cols):
+            y = y @ (L.T @ L).mT
+        else:
+            y = (y @ L.T) @ L
+        return y.reshape(shape)
+
     def _map(self, g: torch.Tensor, p: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """U(G) for one parameter's gradient ``g`` with its factors ``p``."""
-        z = self._kron(_matrix_view(g), p["L0"], p["R0"])
+        if g.ndim >= 3:  # a stack of matrices, mapped in :meth:`_kron_stacked`'s layout (one copy in)
+            stack, rows, cols = g.shape[0], g.shape[1], math.prod(g.shape[2:])
+            kron = self._kron_stacked
+            z = g.reshape(stack, rows, cols).permute(2, 0, 1).reshape(1, cols, stack * rows)
+        else:
+            kron, z = self._kron, _matrix_view(g)
+        z = kron(z, p["L0"], p["R0"])
         for i in range(1, self.hidden_layers + 1):
-            z = (self._kron(torch.relu(z), p[f"Lpos{i}"], p[f"Rpos{i}"])
-                 - self._kron(torch.relu(-z), p[f"Lneg{i}"], p[f"Rneg{i}"]))
+            z = (kron(torch.relu(z), p[f"Lpos{i}"], p[f"Rpos{i}"])
+                 - kron(torch.relu(-z), p[f"Lneg{i}"], p[f"Rneg{i}"]))
+        if g.ndim >= 3:  # back to (c_out, c_in, k…): a view
+            return z.reshape(cols, stack, rows).permute(1, 2, 0).reshape(g.shape)
         return z.reshape(g.shape)
 
     @stateless

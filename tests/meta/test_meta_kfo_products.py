@@ -25,6 +25,8 @@ SHAPES = {
     "conv": (4, 3, 2, 2),          # R 4×4 on 4·3 rows: Gram;        L 3×3 on 4·4 columns: Gram
     "conv_one_input": (3, 1, 2, 3),  # R 6×6 on 3·1 rows: thin;      L 1×1: scalar
     "conv_wide_kernel": (1, 2, 3, 3),  # R 9×9 on 1·2 rows: thin;    L 2×2 on 9 columns: Gram
+    "conv_many_inputs": (1, 5, 2, 1),  # R 2×2 on 1·5 rows: Gram;    L 5×5 on 1·2 columns: thin
+    "conv_1x1": (2, 3, 1, 1),      # R 1×1: scalar;                  L 3×3 on 2·1 columns: thin
 }
 
 
@@ -94,10 +96,11 @@ def test_every_product_order_under_vmap_is_the_kronecker_map_task_by_task():
 
 def small_cnn() -> nn.Module:
     """1×4×4 images -> conv (3, 1, 2, 2): L 1×1 scalar, R thin; tanh; conv (2, 3, 2, 2): both Gram;
-    tanh; a head (2, 8): L Gram, R thin; biases: R scalar, L thin. Smooth (tanh), for finite differences."""
+    tanh; conv (2, 2, 1, 1): R 1×1 scalar, L thin; a head (2, 8): L Gram, R thin; biases: R scalar,
+    L thin. Smooth (tanh), for finite differences."""
     torch.manual_seed(5)
-    return nn.Sequential(nn.Conv2d(1, 3, 2), nn.Tanh(), nn.Conv2d(3, 2, 2), nn.Tanh(), nn.Flatten(),
-                         nn.Linear(8, 2)).double()
+    return nn.Sequential(nn.Conv2d(1, 3, 2), nn.Tanh(), nn.Conv2d(3, 2, 2), nn.Tanh(), nn.Conv2d(2, 2, 1),
+                         nn.Flatten(), nn.Linear(8, 2)).double()
 
 
 def episodes(seed, tasks=3, n_s=4, n_q=6):

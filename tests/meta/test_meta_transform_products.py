@@ -1,8 +1,9 @@
-"""The psd KFO's product orders (Gram matrix or two thin products per side, a scalar for a 1×1
-factor: ``KFO._kron``) against the Kronecker map written out, vec U = (RᵀR ⊗ LᵀL) vec G on the
-column-major vec, alone, under ``vmap``, through the engine's meta-gradient (against a per-task loop
-with the explicit ``torch.kron`` and against central finite differences), and over a few outer Adam
-steps."""
+"""The product orders of KFO (Gram matrix or two thin products per side, a scalar for a 1×1 factor,
+conv weights in a kernel-major layout: ``KFO._kron``, ``KFO._kron_stacked``) and Meta-Curvature's
+mode products against the maps written out with explicit Kronecker matrices on the column-major vec
+(vec U = (RᵀR ⊗ LᵀL) vec G; (M_kᵀ ⊗ M_inᵀ ⊗ M_out) vec G): alone, under ``vmap``, through the
+engine's meta-gradient (against a per-task loop written here and against central finite
+differences), and over a few outer Adam steps."""
 import numpy as np
 import pytest
 import torch
@@ -112,9 +113,11 @@ def episodes(seed, tasks=3, n_s=4, n_q=6):
     return xs, ys, xq, yq
 
 
-def torch_kronecker_update(g, L, R):
-    """:func:`kronecker_update` in torch (differentiable), the explicit (RᵀR)ᵀ ⊗ LᵀL on column-major vec."""
-    K = torch.kron((R.T @ R).T.contiguous(), L.T @ L)  # torch.kron refuses a transposed view
+def torch_kronecker_update(g, L, R, psd=True):
+    """:func:`kronecker_update` in torch (differentiable): the explicit Kronecker matrix on the
+    column-major vec of each matrix view, (RᵀR)ᵀ ⊗ LᵀL with psd, Rᵀ ⊗ L without."""
+    left, right = (L.T @ L, R.T @ R) if psd else (L, R)
+    K = torch.kron(right.T.contiguous(), left)  # torch.kron refuses a transposed view
     if g.ndim == 1:
         views = [g.reshape(-1, 1)]
     elif g.ndim == 2:
@@ -125,8 +128,33 @@ def torch_kronecker_update(g, L, R):
     return torch.stack(out).reshape(g.shape)
 
 
-def written_out_meta_loss(model, kfo, lr, batch):
-    """Mean over tasks of the query cross-entropy after one second-order KFO step, task by task."""
+def torch_mode_product_update(g, m):
+    """Meta-Curvature written out: M_out g (bias); vec U = (M_inᵀ ⊗ M_out) vec G (linear); for a conv
+    weight viewed (o, i, k), vec U = (M_kᵀ ⊗ M_inᵀ ⊗ M_out) vec G, vec column-major over all three axes."""
+    if g.ndim == 1:
+        return m["out"] @ g
+    if g.ndim == 2:
+        K = torch.kron(m["in"].T.contiguous(), m["out"])
+        return (K @ g.T.reshape(-1)).reshape(g.shape[1], g.shape[0]).T
+    o, i = g.shape[0], g.shape[1]
+    k = g.numel() // (o * i)
+    K = torch.kron(torch.kron(m["kernel"].T.contiguous(), m["in"].T.contiguous()), m["out"])
+    u = (K @ g.reshape(o, i, k).permute(2, 1, 0).reshape(-1)).reshape(k, i, o).permute(2, 1, 0)
+    return u.reshape(g.shape)
+
+
+KINDS = {"kfo": meta.KFO, "kfo_not_psd": lambda: meta.KFO(psd=False), "metacurvature": meta.MetaCurvature}
+
+
+def written_out_update(transform, name, g):
+    if isinstance(transform, meta.MetaCurvature):
+        return torch_mode_product_update(g, transform.mats[meta.parameter_key(name)])
+    f = transform.factors[meta.parameter_key(name)]
+    return torch_kronecker_update(g, f["L0"], f["R0"], psd=transform.psd)
+
+
+def written_out_meta_loss(model, transform, lr, batch):
+    """Mean over tasks of the query cross-entropy after one second-order transformed step, task by task."""
     names = [n for n, _ in model.named_parameters()]
     base = dict(model.named_parameters())
     xs, ys, xq, yq = batch
@@ -134,38 +162,38 @@ def written_out_meta_loss(model, kfo, lr, batch):
     for t in range(xs.shape[0]):
         loss = F.cross_entropy(functional_call(model, base, (xs[t],)), ys[t])
         grads = torch.autograd.grad(loss, [base[n] for n in names], create_graph=True)
-        fast = {}
-        for n, g in zip(names, grads):
-            f = kfo.factors[meta.parameter_key(n)]
-            fast[n] = base[n] - lr * torch_kronecker_update(g, f["L0"], f["R0"])
+        fast = {n: base[n] - lr * written_out_update(transform, n, g) for n, g in zip(names, grads)}
         total = total + F.cross_entropy(functional_call(model, fast, (xq[t],)), yq[t])
     return total / xs.shape[0]
 
 
-def kfo_learner(seed=6):
-    kfo = meta.KFO()
-    learner = meta.MAML(small_cnn(), lr=0.4, steps=1, transform=kfo)
+def learner_with(kind, seed=6):
+    transform = KINDS[kind]()
+    learner = meta.MAML(small_cnn(), lr=0.4, steps=1, transform=transform)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in kfo.parameters():
+        for p in transform.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=DT))
-    return learner, kfo
+    return learner, transform
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("strategy", ["split", "loop", "vmap"])
-def test_engine_meta_gradient_equals_the_written_out_loop(strategy):
-    learner, kfo = kfo_learner()
+def test_engine_meta_gradient_equals_the_written_out_loop(strategy, kind):
+    learner, transform = learner_with(kind)
     batch = episodes(7)
     engine = meta.Engine(learner, F.cross_entropy, strategy=strategy, tasks_per_chunk=2)
     engine.meta_gradient(*batch, scale=1 / batch[0].shape[0])
     ours = [p.grad.clone() for p in learner.parameters()]
-    reference = torch.autograd.grad(written_out_meta_loss(learner.model, kfo, 0.4, batch), list(learner.parameters()))
+    loss = written_out_meta_loss(learner.model, transform, 0.4, batch)
+    reference = torch.autograd.grad(loss, list(learner.parameters()))
     assert relative_error(ours, list(reference)) < 1e-12
     assert min(float(g.abs().sum()) for g in ours) > 0  # every factor and weight receives a gradient
 
 
-def test_engine_meta_gradient_equals_central_finite_differences():
-    learner, kfo = kfo_learner(seed=8)
+@pytest.mark.parametrize("kind", ["kfo", "metacurvature"])
+def test_engine_meta_gradient_equals_central_finite_differences(kind):
+    learner, transform = learner_with(kind, seed=8)
     batch = episodes(9, tasks=2)
     engine = meta.Engine(learner, F.cross_entropy, strategy="split", tasks_per_chunk=2)
     engine.meta_gradient(*batch, scale=1 / batch[0].shape[0])
@@ -180,18 +208,19 @@ def test_engine_meta_gradient_equals_central_finite_differences():
                 for shifted in (old + h, old - h):
                     p[idx] = shifted
                     with torch.enable_grad():
-                        values.append(float(written_out_meta_loss(learner.model, kfo, 0.4, batch)))
+                        values.append(float(written_out_meta_loss(learner.model, transform, 0.4, batch)))
                 p[idx] = old
                 g[idx] = (values[0] - values[1]) / (2 * h)
             numeric.append(g)
     assert relative_error(ours, numeric) < 1e-7
 
 
-def test_a_few_outer_adam_steps_equal_the_written_out_loop():
-    """Three meta-iterations (Adam on the CNN and the factors) through the engine against the same
+@pytest.mark.parametrize("kind", ["kfo", "metacurvature"])
+def test_a_few_outer_adam_steps_equal_the_written_out_loop(kind):
+    """Three meta-iterations (Adam on the CNN and the transform) through the engine against the same
     iterations with the written-out loop's gradients: the trained weights agree to float64 rounding."""
-    learner, kfo = kfo_learner(seed=10)
-    twin_learner, twin_kfo = kfo_learner(seed=10)
+    learner, _ = learner_with(kind, seed=10)
+    twin_learner, twin_transform = learner_with(kind, seed=10)
     engine = meta.Engine(learner, F.cross_entropy, strategy="split", tasks_per_chunk=2)
     ours = torch.optim.Adam(learner.parameters(), lr=1e-2)
     theirs = torch.optim.Adam(twin_learner.parameters(), lr=1e-2)
@@ -201,9 +230,9 @@ def test_a_few_outer_adam_steps_equal_the_written_out_loop():
         engine.meta_gradient(*batch, scale=1 / batch[0].shape[0])
         ours.step()
         theirs.zero_grad()
-        written_out_meta_loss(twin_learner.model, twin_kfo, 0.4, batch).backward()
+        written_out_meta_loss(twin_learner.model, twin_transform, 0.4, batch).backward()
         theirs.step()
     trained, reference = list(learner.parameters()), list(twin_learner.parameters())
     assert relative_error([p.detach() for p in trained], [p.detach() for p in reference]) < 1e-12
-    start, _ = kfo_learner(seed=10)
+    start, _ = learner_with(kind, seed=10)
     assert relative_error([p.detach() for p in trained], [p.detach() for p in start.parameters()]) > 1e-4  # it moved

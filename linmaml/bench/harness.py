@@ -20,6 +20,12 @@ Cases
 ``allocator``    the ``maml`` case's ``linmaml train`` step and reference in fresh processes under
                  glibc's own malloc settings and under ``--allocator keep`` (memory freed by a step
                  kept for the next), alternated (:mod:`linmaml.bench.case_allocator`).
+``transforms``   ``linmaml train``'s step with each learned transform (``--transform kfo``,
+                 ``metacurvature``, ``metasgd``, ``rates``) against plain MAML's, interleaved, at the
+                 sizes of ``configs/omniglot-5w1s.json`` (5-way 1-shot, 5 queries per class,
+                 meta-batch 16, 1 inner step, strided 4-block 64-filter CNN): ``over_maml``, the
+                 median per-round time ratio transform/MAML, is what a transform costs
+                 (:mod:`linmaml.bench.case_transforms`).
 ``sinusoid``     the per-task MAML loop (``learner.adapt`` per task) on Finn et al.'s sinusoid MLP
                  against learn2learn-style and higher-style loops written in the benchmark, and the
                  vmapped engine, at 1 step second/first order and 5 steps (see
@@ -92,6 +98,7 @@ from linmaml.bench.case_allocator import allocator_probe, bench_allocator
 from linmaml.bench.case_closedform import bench_deep_linear, bench_surface, deep_linear_functions
 from linmaml.bench.case_meta import bench_meta, meta_setup, meta_variants, run_variant
 from linmaml.bench.case_sinusoid import bench_sinusoid
+from linmaml.bench.case_transforms import bench_transforms
 from linmaml.bench.sizes import CASES, FULL, NAME, QUICK, TARGETS  # noqa: F401
 from linmaml.bench.timing import (PROBES, interleaved, machine, memory_probe_subprocess,  # noqa: F401
                                             proc_status_kib, ratios, relative_error, release_free_memory,
@@ -205,6 +212,8 @@ def run(out_dir: pathlib.Path, quick: bool = False, only=None, device: str = "cp
                 continue  # the host allocator: a CPU question
             record["cases"]["allocator"] = bench_allocator(settings["meta"], settings["allocator"]["rounds"],
                                                            settings["allocator"]["reps"], log)
+        elif case == "transforms":
+            record["cases"]["transforms"] = bench_transforms(settings["transforms"], device, log)
         else:
             record["cases"][case] = bench_meta(case, settings["meta"], settings["reps"], device,
                                                settings["meta"]["memory"], log)
@@ -289,6 +298,10 @@ def summary_numbers(record: dict) -> dict:
         elif case == "allocator":
             for name, v in entry["speedup"].items():
                 numbers[f"allocator_keep_{name}_speedup"] = v
+        elif case == "transforms":
+            for name, v in entry["variants"].items():
+                numbers[f"transforms_{name}_seconds"] = v["median"]
+                numbers[f"transforms_{name}_over_maml"] = v["over_maml"]
         else:
             for name, v in entry["variants"].items():
                 numbers[f"{case}_{name}_seconds"] = v["median"]
@@ -333,6 +346,12 @@ def table(record: dict) -> str:
                 rows.append(("allocator" if i == 0 else "", f"{name}: system → keep",
                              fmt(statistics.median(r["keep"][name] for r in keep), ".3f"), "",
                              f"{entry['speedup'][name]:.2f}×", "—", "—", ""))
+        elif case == "transforms":  # the ratio column: the step's time over plain MAML's (1.00× costs nothing)
+            for i, (name, t) in enumerate(entry["variants"].items()):
+                agree = entry["agreement_float64_max_relative"].get(name)
+                rows.append(("transforms" if i == 0 else "", name if name == "maml" else f"{name} (time / MAML)",
+                             fmt(t["median"], ".3f"), f"{t['q1']:.3f}–{t['q3']:.3f}", f"{t['over_maml']:.2f}×",
+                             f"{t['cpu_over_maml']:.2f}×", "—", f"{agree:.0e}" if agree is not None else ""))
         else:
             mem = entry.get("memory", {})
             for i, (name, t) in enumerate(entry["variants"].items()):

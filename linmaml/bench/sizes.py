@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 NAME = "bench"
-CASES = ("surface", "deep_linear", "sinusoid", "maml", "kfo", "anil", "allocator")
+CASES = ("surface", "deep_linear", "sinusoid", "maml", "kfo", "anil", "allocator", "transforms")
 META_CASES = {"maml": dict(algo="maml", transform="none"), "kfo": dict(algo="maml", transform="kfo"),
               "anil": dict(algo="anil", transform="none")}
 
@@ -21,6 +21,12 @@ FULL = {
     "sinusoid": dict(tasks=25, n_support=10, n_query=10, hidden=40, lr=0.01, reps=31),
     # the maml case in fresh processes per allocator policy (bench_allocator): rounds × 2 processes
     "allocator": dict(rounds=4, reps=3),
+    # linmaml train's step with each learned transform beside plain MAML's, at the sizes of
+    # configs/omniglot-5w1s.json (bench_transforms); more rounds than the other cases: the ratios
+    # are a few tens of per cent, and the load of a shared machine drifts.
+    "transforms": dict(image=28, ways=5, shots=1, query=5, meta_batch=16, steps=1, inner_lr=0.4, layers=4,
+                       hidden=64, pool="stride", transforms=["kfo", "metacurvature", "metasgd", "rates"],
+                       perturb=0.1, reps=15, agreement_tasks=2),
 }
 QUICK = {
     "reps": 5,
@@ -33,6 +39,9 @@ QUICK = {
                  memory=False),
     "sinusoid": dict(tasks=4, n_support=5, n_query=5, hidden=8, lr=0.01, reps=3),
     "allocator": dict(rounds=1, reps=1),
+    "transforms": dict(image=8, ways=3, shots=1, query=2, meta_batch=4, steps=1, inner_lr=0.4, layers=2,
+                       hidden=4, pool="stride", transforms=["kfo", "metacurvature", "metasgd", "rates"],
+                       perturb=0.1, reps=3, agreement_tasks=2),
 }
 TARGETS = {"surface_ratio": 100.0, "surface_seconds_5_steps": 0.2, "meta_ratio": 1.5,
            "deep_linear_agreement": 1e-10, "meta_agreement_float64": 1e-10,

@@ -131,6 +131,25 @@ def test_meta_iteration_variants_agree(quick_run, case):
     assert entry["targets"]["met_agreement"]
 
 
+def test_transforms_case_times_each_transform_beside_maml(quick_run):
+    """Every learned transform's train step is timed beside plain MAML's in the same rounds;
+    ``over_maml`` is the median of the per-round time ratios (recomputed here from the samples), and
+    every step's float64 meta-gradient equals the benchmark's plain loop with that transform."""
+    record, _ = quick_run
+    entry = record["cases"]["transforms"]
+    reps = record["settings"]["transforms"]["reps"]
+    assert list(entry["variants"]) == ["maml", "kfo", "metacurvature", "metasgd", "rates"]
+    maml = entry["variants"]["maml"]["samples"]
+    for name, t in entry["variants"].items():
+        _timing_ok(t, reps)
+        assert t["over_maml"] == pytest.approx(float(np.median(np.asarray(t["samples"]) / np.asarray(maml))),
+                                               rel=1e-4)  # the samples are stored rounded to 1 µs
+        assert record["numbers"][f"transforms_{name}_over_maml"] == t["over_maml"]
+    assert entry["variants"]["maml"]["over_maml"] == 1.0
+    assert set(entry["agreement_float64_max_relative"]) == set(entry["variants"])
+    assert all(v <= 1e-10 for v in entry["agreement_float64_max_relative"].values())
+
+
 def test_ratios_are_medians_of_per_round_ratios(bench):
     timings = {"ref": {"samples": [2.0, 4.0, 9.0]}, "fast": {"samples": [1.0, 1.0, 3.0]}}
     bench.ratios(timings, "ref")

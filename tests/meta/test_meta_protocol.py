@@ -225,5 +225,10 @@ def test_checkpoints_of_the_code_before_the_protocol_load_and_adapt_the_same(cas
     x = torch.randn(4, 1, 3, 3, generator=gen, dtype=DT)
     y = torch.randn(4, 3, generator=gen, dtype=DT)
     fast = learner.adapt(x, y, SQUARED)
+    # Bit for bit, except with KFO and Meta-Curvature: their products were reordered since (Gram
+    # matrices where they save work, conv weights in a kernel-major layout: KFO._kron_stacked), the
+    # same maps with float64 rounding (~1e-16 relative) of their own.
+    reordered = ("kfo_nonlinear", "chain", "metacurvature")
+    tolerance = dict(rtol=1e-13, atol=1e-15) if case in reordered else dict(rtol=0, atol=0)
     for name, value in saved["adapted"].items():
-        torch.testing.assert_close(fast[name].detach(), value, rtol=0, atol=0)  # bit for bit
+        torch.testing.assert_close(fast[name].detach(), value, **tolerance)

@@ -101,7 +101,7 @@ def test_rows_carry_algorithm_timings_and_their_own_published_number(two_runs, r
         steps = [metrics[0]["elapsed"], metrics[2]["elapsed"] - metrics[1]["elapsed"]]
         assert row["median_step_seconds"] == pytest.approx(statistics.median(steps))
         assert row["published"]["source"] == source
-        assert row["published"]["accuracy"] == PUBLISHED_BY_ALGO[(algo, 1)]["accuracy"]
+        assert row["published"]["accuracy"] == PUBLISHED_BY_ALGO[(algo, 5, 1)]["accuracy"]
         assert f"--algo {algo}" in row["command"]
     assert rows[two_runs[1].name]["published"]["ci95"] is None  # Snell et al. give no interval
     assert rows[two_runs[1].name]["ci_reaches_published_interval"] == (
@@ -216,7 +216,11 @@ def test_published_numbers_and_commands_of_the_estimators():
     assert published_for({"ways": 5, "shots": 1, "algo": "imaml"})["accuracy"] == 99.16
     assert published_for({"ways": 5, "shots": 1, "algo": "r2d2"})["accuracy"] == 98.6
     assert published_for({"ways": 5, "shots": 1, "algo": "maml", "transform": "kfo"}) is None
-    assert published_for({"ways": 20, "shots": 1, "algo": "maml"}) is None
+    assert published_for({"ways": 20, "shots": 1, "algo": "maml"})["accuracy"] == 95.8  # Finn et al.'s Table 1
+    assert published_for({"ways": 20, "shots": 5, "algo": "maml"})["accuracy"] == 98.9
+    assert published_for({"ways": 20, "shots": 1, "algo": "anil"}) is None
+    # the published numbers are on the random character split, not Lake et al.'s alphabet split
+    assert published_for({"ways": 5, "shots": 1, "algo": "maml", "class_split": "alphabets"}) is None
     from linmaml.benchmarks.config import TrainConfig
 
     config = dict(TrainConfig().to_dict(), algo="imaml", steps=5, test_steps=5, imaml_lambda=0.5)

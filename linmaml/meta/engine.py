@@ -541,8 +541,9 @@ class Engine:
             # Contiguous leaves: a vmapped update can come out strided (Meta-Curvature's M_out·g of
             # a bias or BatchNorm scale is stored (n, tasks), so task i's slice has stride `tasks`),
             # and torch 2.13's CPU batch_norm backward returns a wrong input gradient for a
-            # non-contiguous weight when the incoming gradient is channels-last (linmaml train's
-            # layout): meta-gradients were ~10 % off. A copy only where a slice is not contiguous.
+            # non-contiguous weight when the input and incoming gradient are channels-last (linmaml
+            # train's layout): meta-gradients were a few per cent off (docs/guide/performance.md).
+            # A copy only where a slice is not contiguous.
             leaves = {n: v[i].detach().contiguous().requires_grad_() for n, v in stacked.items()}
             loss, accuracy = query(leaves, x_q[i], y_q[i], *extra)
             # Direct terms (parameters used outside the inner loop) accumulate into .grad here; the

@@ -243,7 +243,7 @@ def test_split_strategy_on_channels_last_episodes_with_batchnorm_equals_the_writ
     """``linmaml train``'s set-up: the ConvNet (BatchNorm), channels-last episodes, ``split``. Meta-
     Curvature's bias and norm-scale updates come out of vmap strided, and torch's CPU batch_norm
     backward is wrong for a strided weight with a channels-last incoming gradient: the engine's
-    query leaves must be contiguous (they were 3–10 % off before)."""
+    query leaves must be contiguous (they were a few per cent off before)."""
     from linmaml.benchmarks.models import ConvNet, to_channels_last
 
     torch.manual_seed(11)

@@ -121,9 +121,11 @@ def command_of(config: dict, out: str, threads: int | None) -> str:
 
 def published_for(config: dict) -> dict | None:
     """The published number of ``config``'s algorithm at its ways and shots (a copy), None if none
-    (or when a transform or LinNet makes the run another method, or the run trained on Lake et al.'s
-    alphabet split: the published numbers are on the random character split)."""
+    (or when a transform or LinNet makes the run another method, the run is not on Omniglot — the
+    table holds Omniglot's numbers only — or it trained on Lake et al.'s alphabet split: the published
+    numbers are on the random character split)."""
     if (config.get("transform", "none") != "none" or config.get("linnet", 0)
+            or config.get("benchmark", "omniglot") != "omniglot"
             or config.get("class_split", "standard") != "standard"):
         return None
     published = PUBLISHED_BY_ALGO.get((config.get("algo", "maml"), config.get("ways"), config.get("shots")))

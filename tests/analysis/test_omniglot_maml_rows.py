@@ -221,6 +221,10 @@ def test_published_numbers_and_commands_of_the_estimators():
     assert published_for({"ways": 20, "shots": 1, "algo": "anil"}) is None
     # the published numbers are on the random character split, not Lake et al.'s alphabet split
     assert published_for({"ways": 5, "shots": 1, "algo": "maml", "class_split": "alphabets"}) is None
+    # Omniglot's numbers only: a CIFAR-FS or mini-ImageNet run of the same shape has none here
+    assert published_for({"ways": 5, "shots": 1, "algo": "maml", "benchmark": "omniglot"})["accuracy"] == 98.7
+    for benchmark in ("cifar-fs", "mini-imagenet", "folder"):
+        assert published_for({"ways": 5, "shots": 1, "algo": "maml", "benchmark": benchmark}) is None
     from linmaml.benchmarks.config import TrainConfig
 
     config = dict(TrainConfig().to_dict(), algo="imaml", steps=5, test_steps=5, imaml_lambda=0.5)

@@ -20,7 +20,8 @@ steps for the first 50 (its section 4: F = ITER/3); the multi-step loss's 10 epo
 10 of the paper's 150). Those later Omniglot configurations run 100 epochs (10/100 would be ITER/10)
 and turn derivative-order annealing off (``first_order_to_second_order_epoch`` −1); an earlier
 Omniglot 5-way 1-shot configuration runs 150 epochs with first-order steps through epoch 80 (81 of
-150, not 50). M and F are rounded, at least 1 (:data:`MSL_FRACTION`, :data:`FIRST_ORDER_FRACTION`):
+150, not 50; AntreasAntoniou/HowToTrainYourMAMLPytorch, ``experiment_config/omniglot_maml++-omniglot_*.json``
+and ``omniglot_maml++_5_way_1_shot_*_seed_0.json``). M and F are rounded, at least 1 (:data:`MSL_FRACTION`, :data:`FIRST_ORDER_FRACTION`):
 133 and 667 of the default 2,000 iterations.
 ``linmaml train`` accepts every combination (``--bn-per-step`` beside ``--transform rates``
 included), so no variant is dropped.

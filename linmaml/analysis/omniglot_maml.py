@@ -49,7 +49,7 @@ from scipy import stats
 from linmaml import _io
 from linmaml.analysis.depth_width import machine
 from linmaml.benchmarks.config import TrainConfig
-from linmaml.benchmarks.settings import IDENTITY, declared, flag
+from linmaml.benchmarks.settings import DEFAULT_FILTERS, DEFAULT_POOL, IDENTITY, declared, flag
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
 from linmaml.benchmarks.run import Run, read_runs
 from linmaml.benchmarks.run_files import CONFIG, METRICS
@@ -81,12 +81,24 @@ PUBLISHED_BY_ALGO = {
 _ALWAYS = ("benchmark", "ways", "shots", "algo")
 
 
+def _defaults_for(config: dict) -> dict:
+    """TrainConfig's defaults as this run would resolve them: the ConvNet's filters and down-sampling
+    follow the benchmark (Omniglot's 64 and strided convolutions are not CIFAR-FS's 32 and
+    max-pooling), and the test steps of a run with a learned transform are its training steps."""
+    default = TrainConfig().to_dict()
+    benchmark = config.get("benchmark", default["benchmark"])
+    default.update(hidden=DEFAULT_FILTERS.get(benchmark, 32), pool=DEFAULT_POOL.get(benchmark, "max"))
+    if config.get("transform", default["transform"]) != "none":
+        default["test_steps"] = config.get("steps", default["steps"])
+    return default
+
+
 def command_of(config: dict, out: str, threads: int | None) -> str:
     """The ``linmaml train`` command that gives a run with ``config``: every setting that has a
-    command-line option and differs from TrainConfig's default (a flag alone for a true boolean,
-    a JSON object quoted), in declaration order. A setting missing from ``config`` (a run recorded
-    before it existed) ran with its default and is left out."""
-    default = TrainConfig().to_dict()
+    command-line option and differs from the default it would take in this run (a flag alone for a
+    true boolean, a JSON object quoted), in declaration order. A setting missing from ``config`` (a
+    run recorded before it existed) ran with its default and is left out."""
+    default = _defaults_for(config)
     words = ["linmaml", "train"]
     for name, setting in declared().items():
         if setting.flag is None or name not in config:
@@ -109,9 +121,11 @@ def command_of(config: dict, out: str, threads: int | None) -> str:
 
 def published_for(config: dict) -> dict | None:
     """The published number of ``config``'s algorithm at its ways and shots (a copy), None if none
-    (or when a transform or LinNet makes the run another method, or the run trained on Lake et al.'s
-    alphabet split: the published numbers are on the random character split)."""
+    (or when a transform or LinNet makes the run another method, the run is not on Omniglot — the
+    table holds Omniglot's numbers only — or it trained on Lake et al.'s alphabet split: the published
+    numbers are on the random character split)."""
     if (config.get("transform", "none") != "none" or config.get("linnet", 0)
+            or config.get("benchmark", "omniglot") != "omniglot"
             or config.get("class_split", "standard") != "standard"):
         return None
     published = PUBLISHED_BY_ALGO.get((config.get("algo", "maml"), config.get("ways"), config.get("shots")))

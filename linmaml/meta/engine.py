@@ -380,7 +380,10 @@ class Engine:
             return self._function("vmap", steps, classification, compiled, msl)(x_s, y_s, x_q, y_q, *extra)
         stacked = self._function("adapt_chunk", steps, classification, compiled, msl)(x_s, y_s)
         query = self._function("query", steps, classification, compiled, msl)
-        out = [query({n: v[i] for n, v in stacked.items()}, x_q[i], y_q[i], *extra) for i in range(x_s.shape[0])]
+        # Contiguous slices, as in :meth:`_split_backward` (torch's CPU batch_norm backward and a
+        # strided weight): a copy only where vmap left a task's slice strided.
+        out = [query({n: v[i].contiguous() for n, v in stacked.items()}, x_q[i], y_q[i], *extra)
+               for i in range(x_s.shape[0])]
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
     def _prepare(self, x_support, y_support, x_query, y_query, steps, minimum_steps: int = 1):
@@ -538,8 +541,9 @@ class Engine:
             # Contiguous leaves: a vmapped update can come out strided (Meta-Curvature's M_out·g of
             # a bias or BatchNorm scale is stored (n, tasks), so task i's slice has stride `tasks`),
             # and torch 2.13's CPU batch_norm backward returns a wrong input gradient for a
-            # non-contiguous weight when the incoming gradient is channels-last (linmaml train's
-            # layout): meta-gradients were ~10 % off. A copy only where a slice is not contiguous.
+            # non-contiguous weight when the input and incoming gradient are channels-last (linmaml
+            # train's layout): meta-gradients were a few per cent off (docs/guide/performance.md).
+            # A copy only where a slice is not contiguous.
             leaves = {n: v[i].detach().contiguous().requires_grad_() for n, v in stacked.items()}
             loss, accuracy = query(leaves, x_q[i], y_q[i], *extra)
             # Direct terms (parameters used outside the inner loop) accumulate into .grad here; the

@@ -552,8 +552,8 @@ class MetaCurvature(Transform):
         # The three mode products in the kernel-major layout of KFO._kron_stacked (and for its
         # reason: the k×k product on one wide (k, c_out·c_in) matrix), then c_in, then c_out per
         # kernel position (a batched product of c_out×c_out by c_out×c_in). U[o, i, f] =
-        # Σ M_out[o, a] G[a, b, c] M_in[b, i] M_k[c, f]; 1.2–1.3× faster than torch.einsum's
-        # order on Omniglot's 64-channel convs (fwd+bwd, vmapped), the same up to rounding.
+        # Σ M_out[o, a] G[a, b, c] M_in[b, i] M_k[c, f]; faster than torch.einsum's order (linmaml
+        # train's whole step: docs/guide/performance.md), the same up to rounding.
         out, inputs, kernel = g.shape[0], g.shape[1], math.prod(g.shape[2:])
         y = g.reshape(out, inputs, kernel).permute(2, 0, 1).reshape(1, kernel, out * inputs)
         y = m["kernel"].T.unsqueeze(0) @ y                                     # [f, (a, b)]

@@ -221,6 +221,10 @@ def test_published_numbers_and_commands_of_the_estimators():
     assert published_for({"ways": 20, "shots": 1, "algo": "anil"}) is None
     # the published numbers are on the random character split, not Lake et al.'s alphabet split
     assert published_for({"ways": 5, "shots": 1, "algo": "maml", "class_split": "alphabets"}) is None
+    # Omniglot's numbers only: a CIFAR-FS or mini-ImageNet run of the same shape has none here
+    assert published_for({"ways": 5, "shots": 1, "algo": "maml", "benchmark": "omniglot"})["accuracy"] == 98.7
+    for benchmark in ("cifar-fs", "mini-imagenet", "folder"):
+        assert published_for({"ways": 5, "shots": 1, "algo": "maml", "benchmark": benchmark}) is None
     from linmaml.benchmarks.config import TrainConfig
 
     config = dict(TrainConfig().to_dict(), algo="imaml", steps=5, test_steps=5, imaml_lambda=0.5)
@@ -290,3 +294,22 @@ def test_a_false_boolean_and_an_unset_optional_are_left_out_of_the_command():
     assert "--bn-per-step" not in words and "--train-shots" not in words and "--threads" not in words
     assert words == ["linmaml", "train", "--benchmark", "omniglot", "--ways", "5", "--shots", "1", "--algo", "maml",
                      "--out", "runs/x"]
+
+
+@pytest.mark.parametrize("given", [
+    dict(benchmark="cifar-fs", hidden=64, pool="stride"),      # Omniglot's ConvNet on CIFAR-FS
+    dict(benchmark="mini-imagenet", layers=4, hidden=64),       # 64 filters, max-pooling (mini-ImageNet's own)
+    dict(benchmark="cifar-fs"),                                 # CIFAR-FS's own 32 filters and max-pooling
+    dict(transform="kfo", steps=1, test_steps=3),               # 3 test steps, not a transform run's default of 1
+    dict(transform="rates", steps=5, inner_lr=0.1, test_steps=5),
+])
+def test_the_command_gives_back_settings_whose_default_depends_on_the_run(given):
+    """Leaving out a setting equal to Omniglot's plain-MAML default is wrong where the run's own default
+    differs (the ConvNet's width and down-sampling follow the benchmark; a learned transform's test steps
+    are its training steps): the command, parsed by ``linmaml train``'s parser, gives back every setting."""
+    config = TrainConfig.from_dict(given).to_dict()
+    words = shlex.split(command_of(config, "runs/x", threads=None))
+    args = build_parser().parse_args(words[1:])
+    rebuilt = TrainConfig.from_dict({name: getattr(args, name) for name in declared()
+                                     if getattr(args, name, None) is not None}).to_dict()
+    assert rebuilt == config

@@ -199,19 +199,30 @@ def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int 
     }
 
 
+def task_set(result: dict) -> tuple:
+    """What fixes the test tasks a recorded run was scored on: the benchmark and its class split (the
+    alphabet split tests on other characters than the standard one), ways, shots, task count, task
+    seed and query size. Two runs are paired task by task only when these agree. A run recorded
+    before ``settings`` named the benchmark or split ran on Omniglot's standard split."""
+    settings = result.get("settings") or {}
+    return (settings.get("benchmark", "omniglot"), settings.get("class_split", "standard"), settings.get("data"),
+            result.get("ways"), result.get("shots"), result.get("tasks"), result.get("task_seed"),
+            result.get("test_query"))
+
+
 def paired_differences(results: list[dict], reference: str) -> dict:
-    """Every run scored on the same fixed tasks as the run named ``reference`` (same ways, shots,
-    task count, task seed and query size, with ``task_accuracies``) against it: ``mean`` per-task
+    """Every run scored on the same fixed tasks as the run named ``reference`` (the same
+    :func:`task_set`, with ``task_accuracies``) against it: ``mean`` per-task
     accuracy difference (run − reference, points), ``ci95`` (1.96·s/√n over the n differences),
     ``wins``/``ties``/``losses`` (tasks where the run scores higher/equal/lower)."""
     by_name = {r["run"]: r for r in results}
     ref = by_name.get(reference)
     if ref is None or not ref.get("task_accuracies"):
         raise ArgumentError("reference", f"no recorded run named {reference!r} with per-task accuracies")
-    key = ("ways", "shots", "tasks", "task_seed", "test_query")
+    tasks = task_set(ref)
     rows = []
     for r in results:
-        if r is ref or not r.get("task_accuracies") or any(r.get(k) != ref.get(k) for k in key):
+        if r is ref or not r.get("task_accuracies") or task_set(r) != tasks:
             continue
         diff = [100 * (a - b) for a, b in zip(r["task_accuracies"], ref["task_accuracies"], strict=True)]
         n = len(diff)

@@ -21,7 +21,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from linmaml.analysis.omniglot_maml import PUBLISHED_BY_ALGO, command_of, main, published_for, recorded_pairs
+from linmaml.analysis.omniglot_maml import (PUBLISHED_BY_ALGO, command_of, main, paired_differences, published_for,
+                                            recorded_pairs)
 from linmaml.benchmarks.config import TrainConfig
 from linmaml.benchmarks.settings import declared
 from linmaml.cli import build_parser
@@ -265,6 +266,26 @@ def test_recorded_pairs_against_a_direct_loop_and_a_run_paired_with_itself_refus
         assert caught.value.argument == "pair"
     with pytest.raises(ArgumentError, match="itself"):
         recorded_pairs(runs, [("a", "a")])
+
+
+def test_runs_on_other_test_characters_are_not_paired():
+    """Runs trained on Lake et al.'s alphabet split are scored on the evaluation alphabets' characters,
+    other tasks than the standard split's even with the same task seed and count; a CIFAR-FS run is
+    scored on other images. Neither is paired with a standard Omniglot run; two alphabet-split runs
+    are, and a record without ``settings`` (older than the split) counts as the standard split."""
+    common = {"ways": 5, "shots": 1, "tasks": 3, "task_seed": 0, "test_query": 15}
+    runs = [{**common, "run": "standard", "task_accuracies": [0.9, 0.8, 1.0]},
+            {**common, "run": "old", "task_accuracies": [0.8, 0.8, 1.0]},
+            {**common, "run": "alpha", "settings": {"class_split": "alphabets"}, "task_accuracies": [0.7, 0.6, 0.8]},
+            {**common, "run": "alpha2", "settings": {"benchmark": "omniglot", "class_split": "alphabets"},
+             "task_accuracies": [0.6, 0.6, 0.8]},
+            {**common, "run": "cifar", "settings": {"benchmark": "cifar-fs"}, "task_accuracies": [0.5, 0.5, 0.5]}]
+    runs[0]["settings"] = {"benchmark": "omniglot", "class_split": "standard"}
+    assert [r["run"] for r in paired_differences(runs, "standard")["runs"]] == ["old"]
+    assert [r["run"] for r in paired_differences(runs, "alpha")["runs"]] == ["alpha2"]
+    assert paired_differences(runs, "cifar")["runs"] == []
+    with pytest.raises(ArgumentError, match="same tasks"):
+        recorded_pairs(runs, [("alpha", "standard")])
 
 
 @pytest.mark.parametrize("file", sorted((pathlib.Path(__file__).resolve().parents[2] / "configs").glob("*.json")),

@@ -26,7 +26,7 @@ and ``omniglot_maml++_5_way_1_shot_*_seed_0.json``). M and F are rounded, at lea
 ``linmaml train`` accepts every combination (``--bn-per-step`` beside ``--transform rates``
 included), so no variant is dropped.
 
-**Validation split only** (issue 21: every recipe choice is made there; the 600 test tasks are
+**Validation split only** (every recipe choice is made there, as the published-numbers work requires; the 600 test tasks are
 scored once per final run, not here). Each run keeps its best-validation weights (``best.pt``,
 chosen on its 200 fixed validation tasks, task seed 0); that checkpoint is then scored on
 ``--tasks`` (default 600) *other* fixed validation tasks (task seed ``--task-seed``, default 1; seed 0

@@ -31,15 +31,20 @@ def meta_setup(s: dict, case: str, dtype_name: str = "float32", device: str = "c
     learner = build_learner(image_shape=(1, s["image"], s["image"]), ways=s["ways"], inner_lr=s["inner_lr"],
                             steps=s["steps"], layers=s["layers"], hidden=s["hidden"], **META_CASES[case])
     learner = learner.to(device=device, dtype=dtype).train()
-    M = s["meta_batch"] if tasks is None else tasks
+    return learner, synthetic_meta_batch(s, s["meta_batch"] if tasks is None else tasks, device, dtype)
+
+
+def synthetic_meta_batch(s: dict, tasks: int, device: str, dtype: torch.dtype) -> tuple:
+    """``tasks`` synthetic Omniglot-sized episodes of sizes ``s`` (ways, shots, query, image), seeded
+    (the same for every caller): pixels in [0, 1) drawn in float64, then cast; labels grouped by class.
+    Returns (x_support (tasks, ways·shots, 1, image, image), y_support, x_query, y_query)."""
     g = torch.Generator().manual_seed(1)
     n_s, n_q = s["ways"] * s["shots"], s["ways"] * s["query"]
-    xs = torch.rand(M, n_s, 1, s["image"], s["image"], generator=g, dtype=torch.float64)
-    xq = torch.rand(M, n_q, 1, s["image"], s["image"], generator=g, dtype=torch.float64)
-    ys = torch.arange(s["ways"]).repeat_interleave(s["shots"]).repeat(M, 1)
-    yq = torch.arange(s["ways"]).repeat_interleave(s["query"]).repeat(M, 1)
-    batch = (xs.to(device, dtype), ys.to(device), xq.to(device, dtype), yq.to(device))
-    return learner, batch
+    xs = torch.rand(tasks, n_s, 1, s["image"], s["image"], generator=g, dtype=torch.float64)
+    xq = torch.rand(tasks, n_q, 1, s["image"], s["image"], generator=g, dtype=torch.float64)
+    ys = torch.arange(s["ways"]).repeat_interleave(s["shots"]).repeat(tasks, 1)
+    yq = torch.arange(s["ways"]).repeat_interleave(s["query"]).repeat(tasks, 1)
+    return xs.to(device, dtype), ys.to(device), xq.to(device, dtype), yq.to(device)
 
 
 def textbook_twin(learner, s: dict):

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from linmaml.bench.case_meta import _grads, reference_meta_gradient, run_variant
+from linmaml.bench.case_meta import _grads, reference_meta_gradient, run_variant, synthetic_meta_batch
 from linmaml.bench.timing import interleaved, ratios, relative_error
 from linmaml.benchmarks.config import TrainConfig, make_engine
 from linmaml.benchmarks.learners import build_learner
@@ -44,14 +44,7 @@ def transform_setup(s: dict, transform: str, dtype_name: str = "float32", device
     with torch.no_grad():
         for p in learner.transform.parameters():
             p.add_(s["perturb"] * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p))
-    M = s["meta_batch"] if tasks is None else tasks
-    g = torch.Generator().manual_seed(1)
-    n_s, n_q = s["ways"] * s["shots"], s["ways"] * s["query"]
-    xs = torch.rand(M, n_s, 1, s["image"], s["image"], generator=g, dtype=torch.float64)
-    xq = torch.rand(M, n_q, 1, s["image"], s["image"], generator=g, dtype=torch.float64)
-    ys = torch.arange(s["ways"]).repeat_interleave(s["shots"]).repeat(M, 1)
-    yq = torch.arange(s["ways"]).repeat_interleave(s["query"]).repeat(M, 1)
-    return learner, (xs.to(device, dtype), ys.to(device), xq.to(device, dtype), yq.to(device))
+    return learner, synthetic_meta_batch(s, s["meta_batch"] if tasks is None else tasks, device, dtype)
 
 
 def train_step(learner):

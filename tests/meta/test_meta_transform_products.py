@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from linmaml import meta
+from linmaml.benchmarks.models import ConvNet, to_channels_last
 from linmaml.checks.meta import relative_error
 
 DT = torch.float64
@@ -238,25 +239,30 @@ def test_a_few_outer_adam_steps_equal_the_written_out_loop(kind):
     assert relative_error([p.detach() for p in trained], [p.detach() for p in start.parameters()]) > 1e-4  # it moved
 
 
+def _batchnorm_setup(transform, tasks: int, pool: str):
+    """A 2-block BatchNorm ConvNet (float64, seeded) under MAML with ``transform`` moved off the
+    identity, and ``tasks`` 3-way episodes (1 support, 2 queries per class) in the default layout."""
+    torch.manual_seed(11)
+    model = ConvNet(in_channels=1, ways=3, blocks=2, filters=4, image_size=8, pool=pool).double()
+    learner = meta.MAML(model, lr=0.4, steps=1, transform=transform)
+    gen = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        for p in transform.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=DT))
+    xs = torch.rand(tasks, 3, 1, 8, 8, generator=gen, dtype=DT)
+    xq = torch.rand(tasks, 6, 1, 8, 8, generator=gen, dtype=DT)
+    ys, yq = torch.arange(3).repeat(tasks, 1), torch.arange(3).repeat_interleave(2).repeat(tasks, 1)
+    return model, learner, (xs, ys, xq, yq)
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_split_strategy_on_channels_last_episodes_with_batchnorm_equals_the_written_out_loop(kind):
     """``linmaml train``'s set-up: the ConvNet (BatchNorm), channels-last episodes, ``split``. Meta-
     Curvature's bias and norm-scale updates come out of vmap strided, and torch's CPU batch_norm
     backward is wrong for a strided weight with a channels-last incoming gradient: the engine's
     query leaves must be contiguous (they were a few per cent off before)."""
-    from linmaml.benchmarks.models import ConvNet, to_channels_last
-
-    torch.manual_seed(11)
-    model = ConvNet(in_channels=1, ways=3, blocks=2, filters=4, image_size=8, pool="stride").double()
     transform = KINDS[kind]()
-    learner = meta.MAML(model, lr=0.4, steps=1, transform=transform)
-    gen = torch.Generator().manual_seed(12)
-    with torch.no_grad():
-        for p in transform.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=DT))
-    xs = torch.rand(4, 3, 1, 8, 8, generator=gen, dtype=DT)
-    xq = torch.rand(4, 6, 1, 8, 8, generator=gen, dtype=DT)
-    ys, yq = torch.arange(3).repeat(4, 1), torch.arange(3).repeat_interleave(2).repeat(4, 1)
+    model, learner, (xs, ys, xq, yq) = _batchnorm_setup(transform, tasks=4, pool="stride")
     engine = meta.Engine(learner, F.cross_entropy, strategy="split", tasks_per_chunk=4)
     engine.meta_gradient(to_channels_last(xs), ys, to_channels_last(xq), yq, scale=1 / 4)
     ours = [p.grad.clone() for p in learner.parameters()]
@@ -275,19 +281,8 @@ def test_task_losses_on_channels_last_episodes_with_batchnorm_differentiate_as_t
     ``meta_gradient``) on the set-up above: under ``split`` its query sets took the adapted
     parameters as vmap left them, Meta-Curvature's bias and norm-scale updates strided, and torch's
     CPU batch_norm backward made the gradient of their sum 2-6 % wrong (two inner steps: 6 %)."""
-    from linmaml.benchmarks.models import ConvNet, to_channels_last
-
-    torch.manual_seed(11)
-    model = ConvNet(in_channels=1, ways=3, blocks=2, filters=4, image_size=8, pool="max").double()
     transform = meta.MetaCurvature()
-    learner = meta.MAML(model, lr=0.4, steps=1, transform=transform)
-    gen = torch.Generator().manual_seed(12)
-    with torch.no_grad():
-        for p in transform.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=DT))
-    xs = torch.rand(5, 3, 1, 8, 8, generator=gen, dtype=DT)
-    xq = torch.rand(5, 6, 1, 8, 8, generator=gen, dtype=DT)
-    ys, yq = torch.arange(3).repeat(5, 1), torch.arange(3).repeat_interleave(2).repeat(5, 1)
+    model, learner, (xs, ys, xq, yq) = _batchnorm_setup(transform, tasks=5, pool="max")
     engine = meta.Engine(learner, F.cross_entropy, strategy=strategy, tasks_per_chunk=3)  # chunks of 3 and 2
     losses, _ = engine.task_losses(to_channels_last(xs), ys, to_channels_last(xq), yq)
     ours = torch.autograd.grad(losses.mean(), list(learner.parameters()))

@@ -10,9 +10,11 @@ test steps), reads its training time and validation curve from ``metrics.jsonl``
   ``train_seconds`` (wall time of training, validation included, from the run's own log),
   ``iterations``, ``best_iteration``, the ``command`` that trained it (rebuilt from the run's
   settings), the published number beside it, and the ``machine``;
-- ``omniglot_maml.png``: validation accuracy (± 95 % CI) against wall time, with the published
-  numbers as dashed lines (± their CI), and the training accuracy, for every run
-  (:func:`linmaml.plots.training.plot_runs`).
+- with ``--figure NAME.png`` only, ``NAME.png`` in ``--out``: the given runs' validation accuracy
+  (± 95 % CI) against wall time, with the published numbers as dashed lines (± their CI), and their
+  training loss and accuracy (:func:`linmaml.plots.training.plot_runs`). Without it nothing is drawn,
+  so scoring one new run never redraws another figure (the README's table figure is drawn by naming
+  its seven runs and ``--figure omniglot_maml.png``).
 
     python analysis/omniglot_maml.py runs/omniglot-maml-1shot runs/omniglot-maml-5shot --out figures
 
@@ -20,8 +22,10 @@ Runs are *added* to the record already in ``--out`` (a run of the same name is r
 starts a new record), so the table keeps every run ever scored even when its folder is gone, and
 ``groups`` summarises the runs of one recipe (every setting but the seed): the seeds, the mean test
 accuracy with a 95 % Student-t interval over seeds (the spread of training, not of the test tasks),
-and the mean training time. The figure draws the runs given on the command line (their folders hold
-the training curves; ``--figure`` names the PNG); every recorded run's validation curve is in the JSON.
+and the mean training time. Every recorded run's ``validation`` curve is in the JSON, read from its
+``metrics.jsonl`` (:func:`validation_curve`: iterations, wall seconds since the run began, accuracy
+and 95 % CI in percent), and ``machine`` says where it was scored (``load_average_when_scored`` is
+the load while scoring, not while training).
 
 Each run also records its ``algo``, ``seconds_per_iteration`` (training seconds over iterations,
 validation included) and ``median_step_seconds`` (the median wall time of one iteration that did
@@ -51,7 +55,7 @@ from linmaml.analysis.depth_width import machine
 from linmaml.benchmarks.config import TrainConfig
 from linmaml.benchmarks.settings import DEFAULT_FILTERS, DEFAULT_POOL, IDENTITY, declared, flag
 from linmaml.benchmarks.evaluate import evaluate_checkpoint
-from linmaml.benchmarks.run import Run, read_runs
+from linmaml.benchmarks.run import Run, read_curves, read_runs
 from linmaml.benchmarks.run_files import CONFIG, METRICS
 from linmaml.benchmarks.scoring import score_tasks, summarize
 from linmaml.errors import ArgumentError
@@ -171,6 +175,25 @@ def score_tasks_of_run(folder: pathlib.Path, *, tasks: int, data_root=None, spli
     return summary, [float(a) for a in accuracies]
 
 
+def validation_curve(folder: pathlib.Path) -> dict:
+    """The run's validations from its ``metrics.jsonl``: ``{"iteration", "seconds", "accuracy",
+    "ci95"}``, lists of equal length in the order of training (``seconds``: wall time since the run
+    began, resumes included, validation included; accuracy and its 95 % CI over the validation tasks
+    in percent)."""
+    curves = read_curves(folder)
+    return {"iteration": [int(i) for i in curves.val_iteration], "seconds": [float(t) for t in curves.val_elapsed],
+            "accuracy": [100 * float(a) for a in curves.val_accuracy],
+            "ci95": [100 * float(c) for c in curves.val_ci95]}
+
+
+def scoring_machine() -> dict:
+    """:func:`linmaml.analysis.depth_width.machine`, its load average named for when it was read:
+    a run is scored after training, often under another load than it trained at."""
+    described = machine()
+    described["load_average_when_scored"] = described.pop("load_average_at_end")
+    return described
+
+
 def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int | None = 1) -> dict:
     config = _io.load_json(folder / CONFIG)["config"]  # bounded regular file, never a FIFO
     scored, task_accuracies = score_tasks_of_run(folder, tasks=tasks, data_root=data_root)
@@ -193,9 +216,10 @@ def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int 
         "published": published,
         "ci_reaches_published_interval": reach,
         "command": command_of(config, str(folder), threads),
-        "machine": machine(),
+        "machine": scoring_machine(),
         "settings": config,
         "task_accuracies": task_accuracies,
+        "validation": validation_curve(folder),
     }
 
 
@@ -320,8 +344,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-root", default=None, help="datasets folder (default: $LINMAML_DATA)")
     parser.add_argument("--fresh", action="store_true",
                         help="start a new record instead of adding the runs to the one in --out")
-    parser.add_argument("--figure", default="omniglot_maml.png",
-                        help="file name of the drawn figure in --out (default omniglot_maml.png)")
+    parser.add_argument("--figure", default=None,
+                        help="also draw the given runs' curves into this PNG in --out (a file name; "
+                             "default: draw nothing)")
     parser.add_argument("--reference", default=None,
                         help="a recorded run: add the paired per-task differences of every run scored on "
                              "the same tasks to it (default: keep the record's reference, if any)")
@@ -331,8 +356,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if not args.runs and not args.pair:
         parser.error("the following arguments are required: runs (or --pair to re-pair the record)")
-    if pathlib.Path(args.figure).name != args.figure or not args.figure.endswith(".png"):
+    if args.figure is not None and (pathlib.Path(args.figure).name != args.figure
+                                    or not args.figure.endswith(".png")):
         parser.error(f"argument --figure: expected a file name ending in .png, got {args.figure!r}")
+    if args.figure is not None and not args.runs:
+        parser.error("argument --figure: draws the run folders given, and none was given")
     previous, reference, old_pairs = [], args.reference, []
     if not args.fresh and (args.out / "omniglot_maml.json").is_file():
         old = _io.load_json(args.out / "omniglot_maml.json")
@@ -367,13 +395,8 @@ def main(argv=None) -> dict:
         except ArgumentError as error:
             parser.error(f"argument --pair: {error.detail}")
     args.out.mkdir(parents=True, exist_ok=True)
-    # Re-pairing alone keeps the drawn figure: it is of the runs last given.
-    drawn = plot_runs(read_runs(args.runs), args.out / args.figure, x="time",
-                      references=published_references(results)) if args.runs else {"runs": {}}
-    for result in results:
-        curve = drawn["runs"].get(result["run"], {})
-        result["validation"] = {"wall_time": curve.get("val_x"), "wall_time_axis": drawn["x_label"],
-                                "accuracy": curve.get("val_accuracy"), "ci95": curve.get("val_ci95")}
+    if args.figure is not None and args.runs:
+        plot_runs(read_runs(args.runs), args.out / args.figure, x="time", references=published_references(results))
     everything = merged(previous, results)
     record = {"figure": "omniglot_maml", "runs": everything, "groups": seed_groups(everything)}
     if reference is not None:

@@ -164,7 +164,7 @@ def test_pair_records_one_comparison_and_re_pairing_alone_scores_and_draws_nothi
           "--figure", "rows.png"])
     figure = (out / "rows.png").read_bytes()
     # Re-pairing the record alone: no run folder, nothing scored, the figure untouched.
-    record = main(["--pair", maml.name, proto.name, "--out", str(out), "--figure", "rows.png"])
+    record = main(["--pair", maml.name, proto.name, "--out", str(out)])
     rows = {r["run"]: r for r in record["runs"]}
     diff = 100 * (np.array(rows[maml.name]["task_accuracies"]) - np.array(rows[proto.name]["task_accuracies"]))
     (pair,) = record["pairs"]

@@ -27,15 +27,32 @@ def tiny_run(tmp_path_factory, data_root):
 def test_record_scores_the_run_as_evaluate_does(tiny_run, tmp_path, data_root):
     record = main([str(tiny_run), "--out", str(tmp_path), "--tasks", "6", "--data-root", str(data_root)])
     on_disk = json.loads((tmp_path / "omniglot_maml.json").read_text())
-    assert on_disk == json.loads(json.dumps(record)) and (tmp_path / "omniglot_maml.png").stat().st_size > 0
+    assert on_disk == json.loads(json.dumps(record))
+    assert not list(tmp_path.glob("*.png"))  # nothing drawn unless --figure names a file
     (run,) = on_disk["runs"]
     direct = evaluate_checkpoint(tiny_run, tasks=6, data_root=data_root, device="cpu")
     assert run["accuracy"] == pytest.approx(100 * direct["accuracy"]) and run["ci95"] == pytest.approx(100 * direct["ci95"])
     metrics = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert run["train_seconds"] == metrics[-1]["elapsed"] and run["iterations"] == 4
     assert run["published"] == {"accuracy": 98.7, "ci95": 0.4, "source": "Finn et al. 2017"}
-    assert len(run["validation"]["accuracy"]) == 2  # validated at iterations 2 and 4
-    assert {"platform", "cpus", "torch"} <= set(run["machine"])
+    validated = [m for m in metrics if "val_accuracy" in m]  # the log read directly
+    assert run["validation"] == {"iteration": [2, 4], "seconds": [m["elapsed"] for m in validated],
+                                 "accuracy": [pytest.approx(100 * m["val_accuracy"]) for m in validated],
+                                 "ci95": [pytest.approx(100 * m["val_ci95"]) for m in validated]}
+    assert {"platform", "cpus", "torch", "load_average_when_scored"} <= set(run["machine"])
+    assert "load_average_at_end" not in run["machine"]
+
+
+def test_figure_is_drawn_only_when_named(tiny_run, tmp_path, data_root, capsys):
+    main([str(tiny_run), "--out", str(tmp_path), "--tasks", "2", "--data-root", str(data_root),
+          "--figure", "tiny.png"])
+    assert [p.name for p in tmp_path.glob("*.png")] == ["tiny.png"] and (tmp_path / "tiny.png").stat().st_size > 0
+    for bad in (["--figure", "sub/tiny.png", str(tiny_run)], ["--figure", "tiny.svg", str(tiny_run)],
+                ["--figure", "again.png", "--pair", "tiny-1shot", "tiny-1shot"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(bad + ["--out", str(tmp_path), "--tasks", "2", "--data-root", str(data_root)])
+        assert stopped.value.code == 2 and "argument --figure" in capsys.readouterr().err
+    assert not (tmp_path / "again.png").exists()
 
 
 def test_command_rebuilds_the_settings(tiny_run):

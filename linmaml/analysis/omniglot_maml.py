@@ -28,8 +28,8 @@ and 95 % CI in percent), and ``machine`` says where it was scored (``load_averag
 the load while scoring, not while training).
 
 Each run also records its ``algo``, ``seconds_per_iteration`` (training seconds over iterations,
-validation included) and ``median_step_seconds`` (the median wall time of one iteration that did
-not validate), the published number of its own algorithm (:data:`PUBLISHED_BY_ALGO`), and
+validation included), ``median_step_seconds`` (the median wall time of one iteration that did
+not validate), ``load_average_while_training`` (:func:`training_load`), the published number of its own algorithm (:data:`PUBLISHED_BY_ALGO`), and
 ``task_accuracies``: the accuracy on each of the fixed test tasks, in task order. Since every run is
 scored on the same tasks (task seed 0), ``--reference RUN`` adds ``paired``: for every recorded run
 scored on the same tasks, the mean per-task accuracy difference to RUN (points) with its 95 %
@@ -186,6 +186,16 @@ def validation_curve(folder: pathlib.Path) -> dict:
             "ci95": [100 * float(c) for c in curves.val_ci95]}
 
 
+def training_load(records: list[dict]) -> dict | None:
+    """The machine's one-minute load average at the run's validations (``linmaml train`` logs it with
+    each since this field exists): ``{"median", "max", "validations"}``, None for a run that logged
+    none. Seconds per iteration are read beside it: one thread each, two runs on two cores is load 2."""
+    loads = [r["load_average"] for r in records if isinstance(r.get("load_average"), (int, float))]
+    if not loads:
+        return None
+    return {"median": _median(loads), "max": max(loads), "validations": len(loads)}
+
+
 def scoring_machine() -> dict:
     """:func:`linmaml.analysis.depth_width.machine`, its load average named for when it was read:
     a run is scored after training, often under another load than it trained at."""
@@ -212,6 +222,7 @@ def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int 
         "train_seconds": records[-1]["elapsed"], "iterations": records[-1]["iteration"],
         "seconds_per_iteration": records[-1]["elapsed"] / records[-1]["iteration"],
         "median_step_seconds": _median(step_seconds(records)),
+        "load_average_while_training": training_load(records),
         "best_iteration": scored["iteration"],
         "published": published,
         "ci_reaches_published_interval": reach,

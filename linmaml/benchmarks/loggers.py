@@ -11,7 +11,7 @@ The record (one per iteration, the dict written as one line of ``metrics.jsonl``
 ``loss`` and ``accuracy`` (the meta-batch's mean query loss and accuracy, None when not finite),
 ``skipped`` (non-finite steps skipped so far), ``step_skipped``, ``elapsed`` (training seconds,
 validation included); ``outer_lr`` under a schedule; after a validation ``val_accuracy``,
-``val_ci95``, ``val_loss`` (and the other validation fields); ``msl_weights``/``first_order``
+``val_ci95``, ``val_loss``, ``load_average`` (the one-minute load then); ``msl_weights``/``first_order``
 while MAML++'s recipe options are on. ``train`` calls the hook on rank 0 only, after the line is
 written to ``metrics.jsonl`` and before the checkpoint of that iteration.
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -350,7 +351,8 @@ class Trainer:
         if int(reduced[-1]) < n:
             return None
         accuracy, ci95 = mean_ci95(reduced[:n])
-        record = {"val_accuracy": accuracy, "val_ci95": ci95, "val_loss": float(np.mean(reduced[n:2 * n]))}
+        record = {"val_accuracy": accuracy, "val_ci95": ci95, "val_loss": float(np.mean(reduced[n:2 * n])),
+                  "load_average": _load_average()}
         best = self.state["best"]
         improved = best is None or accuracy > best["val_accuracy"]
         if improved:
@@ -438,6 +440,19 @@ class Trainer:
         return round(self.elapsed_before + time.perf_counter() - self.started, 3)
 
 
+#: The fields of a ``metrics.jsonl`` record that follow the clock and the machine's load rather than
+#: the computation: two runs of the same settings (one resumed, one not) agree on every other field.
+CLOCK_FIELDS = ("elapsed", "load_average")
+
+def _load_average() -> float | None:
+    """The one-minute system load average (processes running or waiting for a core), None where the
+    platform has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | None = None, resume: bool = False,
           overwrite: bool = False, device: str = "auto", data_root=None, splits: Mapping | None = None,
           progress: bool = True, stream=None, threads: int | None = None, on_iteration=None) -> TrainResult:
@@ -475,7 +490,9 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
     ``iteration``, ``loss`` and ``accuracy`` (the meta-batch's mean query loss and accuracy; None
     when not finite), ``skipped`` (non-finite steps skipped so far), ``step_skipped``, ``elapsed``
     (training seconds so far, validation included); ``outer_lr`` under a schedule; at a validation
-    iteration (every ``val_every`` and the last) also ``val_accuracy``, ``val_ci95`` and ``val_loss``;
+    iteration (every ``val_every`` and the last) also ``val_accuracy``, ``val_ci95``, ``val_loss`` and
+    ``load_average`` (the machine's one-minute load average then, None where the system has none: the
+    seconds of a run are read beside it);
     ``msl_weights``/``first_order`` while those recipe options are on. A resumed run calls it from
     the first iteration it runs (after a validation a signal interrupted, first for that iteration).
     An exception raised by the hook propagates out of ``train``.

@@ -14,6 +14,7 @@ import pytest
 
 from linmaml.analysis import recipe_options as R
 from linmaml.benchmarks.data.fewshot import synthetic_splits
+from linmaml.benchmarks.train import CLOCK_FIELDS
 
 ITERATIONS, VAL_EVERY, TASKS = 30, 10, 12
 #: A tiny base recipe in place of configs/omniglot-5w1s.json: the same settings but the network and sizes.
@@ -180,7 +181,7 @@ def test_stopped_run_resumed_exactly(study, tmp_path):
     # the uninterrupted run of the same settings takes the same steps
     config = json.loads((run_dir / "config.json").read_text())["config"]
     train(config, tmp_path / "whole", splits=study["splits"], progress=False)
-    drop = ("elapsed",)
+    drop = CLOCK_FIELDS
     resumed = [{k: r[k] for k in r if k not in drop} for r in _metrics(run_dir)]
     whole = [{k: r[k] for k in r if k not in drop} for r in _metrics(tmp_path / "whole")]
     assert resumed == whole

@@ -39,6 +39,10 @@ def test_record_scores_the_run_as_evaluate_does(tiny_run, tmp_path, data_root):
     assert run["validation"] == {"iteration": [2, 4], "seconds": [m["elapsed"] for m in validated],
                                  "accuracy": [pytest.approx(100 * m["val_accuracy"]) for m in validated],
                                  "ci95": [pytest.approx(100 * m["val_ci95"]) for m in validated]}
+    loads = [m["load_average"] for m in validated]  # logged by training at each validation
+    assert all(isinstance(x, float) and x >= 0 for x in loads) and run["load_average_while_training"] == {
+        "median": sorted(loads)[0] if len(loads) == 1 else (loads[0] + loads[1]) / 2, "max": max(loads),
+        "validations": 2}
     assert {"platform", "cpus", "torch", "load_average_when_scored"} <= set(run["machine"])
     assert "load_average_at_end" not in run["machine"]
 

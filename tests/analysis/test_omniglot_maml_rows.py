@@ -220,6 +220,18 @@ def test_published_numbers_and_commands_of_the_estimators():
     assert published_for({"ways": 20, "shots": 1, "algo": "maml"})["accuracy"] == 95.8  # Finn et al.'s Table 1
     assert published_for({"ways": 20, "shots": 5, "algo": "maml"})["accuracy"] == 98.9
     assert published_for({"ways": 20, "shots": 1, "algo": "anil"}) is None
+    # the cells found later: Nichol et al.'s first-order MAML at 20-way, Reptile at 5-way 5-shot, iMAML's
+    # gradient-descent row (Rajeswaran et al.'s Table 2) and ProtoNets (no ± printed) at every setting
+    assert published_for({"ways": 20, "shots": 1, "algo": "fomaml"})["accuracy"] == 89.4
+    assert published_for({"ways": 20, "shots": 5, "algo": "fomaml"})["ci95"] == 0.1
+    assert published_for({"ways": 5, "shots": 5, "algo": "reptile"})["accuracy"] == 99.48
+    for shape, accuracy in {(5, 1): 99.16, (5, 5): 99.67, (20, 1): 94.46, (20, 5): 98.69}.items():
+        imaml = published_for({"ways": shape[0], "shots": shape[1], "algo": "imaml"})
+        assert imaml["accuracy"] == accuracy and "GD" in imaml["source"]  # not the Hessian-free row
+    protonet = published_for({"ways": 20, "shots": 1, "algo": "protonet"})
+    assert protonet["accuracy"] == 96.0 and protonet["ci95"] is None
+    assert published_for({"ways": 20, "shots": 5, "algo": "protonet"})["accuracy"] == 98.9
+    assert published_for({"ways": 5, "shots": 5, "algo": "r2d2"}) is None  # not confirmed from a source
     # the published numbers are on the random character split, not Lake et al.'s alphabet split
     assert published_for({"ways": 5, "shots": 1, "algo": "maml", "class_split": "alphabets"}) is None
     # Omniglot's numbers only: a CIFAR-FS or mini-ImageNet run of the same shape has none here

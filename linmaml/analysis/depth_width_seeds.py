@@ -79,7 +79,7 @@ from linmaml.analysis.omniglot_maml import command_of
 from linmaml.benchmarks import checkpoint
 from linmaml.benchmarks.data import load_splits
 from linmaml.benchmarks.data.fewshot import noise_splits
-from linmaml.benchmarks.run import Run
+from linmaml.benchmarks.run import Run, read_curves
 from linmaml.benchmarks.run_files import CONFIG, METRICS
 from linmaml.benchmarks.scoring import score_tasks, summarize
 from linmaml.benchmarks.train import train
@@ -167,18 +167,9 @@ def splits_for(quick: bool, data_root=None) -> dict:
 def validation_curve(run_dir: pathlib.Path) -> list[dict]:
     """``[{"iteration", "elapsed", "accuracy", "ci95"}]`` of every validation in ``metrics.jsonl``
     (accuracy and its 95 % half-width over the validation tasks in percent, elapsed in seconds of
-    training so far, validation included), in iteration order."""
-    path = run_dir / METRICS
-    curve = {}
-    for n, line in enumerate(_io.read_text(path).splitlines(), start=1):
-        if line.strip():
-            record = _io.loads_json(line, f"{path} line {n}")
-            if "val_accuracy" in record:
-                curve[int(record["iteration"])] = {"iteration": int(record["iteration"]),
-                                                   "elapsed": float(record["elapsed"]),
-                                                   "accuracy": 100 * float(record["val_accuracy"]),
-                                                   "ci95": 100 * float(record.get("val_ci95") or 0.0)}
-    return [curve[t] for t in sorted(curve)]
+    training so far, validation included), in iteration order
+    (:meth:`linmaml.benchmarks.run.RunCurves.validations`)."""
+    return read_curves(run_dir).validations()
 
 
 def plateau(curve: list[dict], iterations: int) -> dict:

@@ -23,8 +23,9 @@ starts a new record), so the table keeps every run ever scored even when its fol
 ``groups`` summarises the runs of one recipe (every setting but the seed): the seeds, the mean test
 accuracy with a 95 % Student-t interval over seeds (the spread of training, not of the test tasks),
 and the mean training time. Every recorded run's ``validation`` curve is in the JSON, read from its
-``metrics.jsonl`` (:func:`validation_curve`: iterations, wall seconds since the run began, accuracy
-and 95 % CI in percent), and ``machine`` says where it was scored (``load_average_when_scored`` is
+``metrics.jsonl`` (:meth:`linmaml.benchmarks.run.RunCurves.validations`: one
+``{"iteration", "elapsed", "accuracy", "ci95"}`` per validation, wall seconds since the run began,
+percent), and ``machine`` says where it was scored (``load_average_when_scored`` is
 the load while scoring, not while training).
 
 Each run also records its ``algo``, ``seconds_per_iteration`` (training seconds over iterations,
@@ -203,17 +204,6 @@ def score_tasks_of_run(folder: pathlib.Path, *, tasks: int, data_root=None, spli
     return summary, [float(a) for a in accuracies]
 
 
-def validation_curve(folder: pathlib.Path) -> dict:
-    """The run's validations from its ``metrics.jsonl``: ``{"iteration", "seconds", "accuracy",
-    "ci95"}``, lists of equal length in the order of training (``seconds``: wall time since the run
-    began, resumes included, validation included; accuracy and its 95 % CI over the validation tasks
-    in percent)."""
-    curves = read_curves(folder)
-    return {"iteration": [int(i) for i in curves.val_iteration], "seconds": [float(t) for t in curves.val_elapsed],
-            "accuracy": [100 * float(a) for a in curves.val_accuracy],
-            "ci95": [100 * float(c) for c in curves.val_ci95]}
-
-
 def training_load(records: list[dict]) -> dict | None:
     """The machine's one-minute load average at the run's validations (``linmaml train`` logs it with
     each since this field exists): ``{"median", "max", "validations"}``, None for a run that logged
@@ -258,7 +248,7 @@ def score_run(folder: pathlib.Path, *, tasks: int, data_root=None, threads: int 
         "machine": scoring_machine(),
         "settings": config,
         "task_accuracies": task_accuracies,
-        "validation": validation_curve(folder),
+        "validation": read_curves(folder).validations(),
     }
 
 

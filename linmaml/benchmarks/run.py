@@ -221,6 +221,17 @@ class RunCurves:
     val_accuracy: np.ndarray
     val_ci95: np.ndarray
 
+    def validations(self) -> list[dict]:
+        """One ``{"iteration", "elapsed", "accuracy", "ci95"}`` per validation, in iteration order:
+        the iteration, the wall seconds of training so far (validation included, resumes added), the
+        accuracy over the validation tasks and its 95 % half-width in percent (None where the log has
+        no finite value): the form the analyses record curves in."""
+        def number(value, scale=1.0):
+            return float(scale * value) if np.isfinite(value) else None
+
+        return [{"iteration": int(t), "elapsed": number(e), "accuracy": number(a, 100.0), "ci95": number(c, 100.0)}
+                for t, e, a, c in zip(self.val_iteration, self.val_elapsed, self.val_accuracy, self.val_ci95)]
+
 
 def _number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \

@@ -36,9 +36,10 @@ def test_record_scores_the_run_as_evaluate_does(tiny_run, tmp_path, data_root):
     assert run["train_seconds"] == metrics[-1]["elapsed"] and run["iterations"] == 4
     assert run["published"] == {"accuracy": 98.7, "ci95": 0.4, "source": "Finn et al. 2017"}
     validated = [m for m in metrics if "val_accuracy" in m]  # the log read directly
-    assert run["validation"] == {"iteration": [2, 4], "seconds": [m["elapsed"] for m in validated],
-                                 "accuracy": [pytest.approx(100 * m["val_accuracy"]) for m in validated],
-                                 "ci95": [pytest.approx(100 * m["val_ci95"]) for m in validated]}
+    assert run["validation"] == [{"iteration": m["iteration"], "elapsed": m["elapsed"],
+                                  "accuracy": pytest.approx(100 * m["val_accuracy"]),
+                                  "ci95": pytest.approx(100 * m["val_ci95"])} for m in validated]
+    assert [p["iteration"] for p in run["validation"]] == [2, 4]
     loads = [m["load_average"] for m in validated]  # logged by training at each validation
     assert all(isinstance(x, float) and x >= 0 for x in loads) and run["load_average_while_training"] == {
         "median": sorted(loads)[0] if len(loads) == 1 else (loads[0] + loads[1]) / 2, "max": max(loads),

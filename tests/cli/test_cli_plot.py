@@ -105,6 +105,11 @@ def test_skipped_steps_torn_lines_and_repeated_iterations(tmp_path):
     assert_close(got["val_x"], [3.0])
     assert_close(got["val_accuracy"], [50.0])
     assert_close(got["val_ci95"], [10.0])
+    # the validations as the analyses record them: the later record of iteration 3, percent
+    assert curves.validations() == [{"iteration": 3, "elapsed": 10800.0, "accuracy": 50.0, "ci95": 10.0}]
+    (run / "metrics.jsonl").write_text(json.dumps({"iteration": 5, "loss": 1.0, "accuracy": 0.5, "elapsed": 1.5,
+                                                   "val_accuracy": 0.25, "val_ci95": None}) + "\n")
+    assert read_run(run).validations() == [{"iteration": 5, "elapsed": 1.5, "accuracy": 25.0, "ci95": None}]
 
 
 def test_cli_writes_the_image_and_names_what_it_drew(two_runs, tmp_path, capsys):

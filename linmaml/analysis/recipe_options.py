@@ -40,7 +40,8 @@ interval is over tasks, not over training seeds.
 
 The cost of each variant comes from its own ``metrics.jsonl``: the training wall seconds
 (validation included), seconds per iteration, the median wall time of an iteration that did not
-validate (:func:`linmaml.analysis.omniglot_maml.step_seconds`), and the validation curve against
+validate (:func:`linmaml.analysis.omniglot_maml.step_seconds`; with derivative-order annealing also
+split into first- and second-order iterations, :func:`steps_by_order`), and the validation curve against
 wall time (:func:`linmaml.analysis.depth_width_seeds.validation_curve`). Times are comparable only
 between runs trained on the same machine at a similar load, one thread each.
 
@@ -251,8 +252,23 @@ def score_variant(name: str, base: dict, study: dict, runs: pathlib.Path, *, thr
         "iterations": int(lines[-1]["iteration"]), "train_seconds": float(lines[-1]["elapsed"]),
         "seconds_per_iteration": float(lines[-1]["elapsed"]) / int(lines[-1]["iteration"]),
         "median_step_seconds": statistics.median(steps) if steps else None,
+        "median_step_seconds_by_order": steps_by_order(lines),
         "validation": validation_curve(run_dir), "settings": config, "task_accuracies": accuracies})
     return record
+
+
+def steps_by_order(lines: list[dict]) -> dict | None:
+    """``{"first", "second"}``: the median wall seconds of the iterations that did not validate, split
+    by the derivative order ``metrics.jsonl`` logs for each (``first_order``, logged while derivative-order
+    annealing is on); None for a run that took no first-order step. Both halves ran in the one run,
+    so their ratio is what annealing saves per step at that run's load."""
+    steps = step_seconds(lines)
+    orders = [bool(r.get("first_order")) for r in lines if "val_accuracy" not in r]  # step_seconds' records
+    first = [t for t, o in zip(steps, orders) if o]
+    second = [t for t, o in zip(steps, orders) if not o]
+    if not first:
+        return None
+    return {"first": statistics.median(first), "second": statistics.median(second) if second else None}
 
 
 def _study(config_arg: str, iterations, val_every, seed, tasks, task_seed) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from linmaml.analysis import recipe_options as R
@@ -161,6 +162,17 @@ def test_costs_from_the_runs_own_logs(study):
                                                          if len(steps) % 2 == 0 else steps[len(steps) // 2])
         assert [(p["iteration"], p["elapsed"]) for p in v["validation"]] == [
             (r["iteration"], r["elapsed"]) for r in lines if "val_accuracy" in r]
+        # with derivative-order annealing, the steps split by the order each record logs
+        first, second, previous = [], [], 0.0
+        for r in lines:
+            if "val_accuracy" not in r:
+                (first if r.get("first_order") else second).append(r["elapsed"] - previous)
+            previous = r["elapsed"]
+        if v["variant"] in ("steps5-da", "mamlpp"):
+            assert len(first) == 10 - 1 and v["median_step_seconds_by_order"] == {  # iteration 10 validates
+                "first": pytest.approx(float(np.median(first))), "second": pytest.approx(float(np.median(second)))}
+        else:
+            assert not first and v["median_step_seconds_by_order"] is None
 
 
 def test_written_record_and_figure(study):

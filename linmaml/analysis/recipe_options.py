@@ -35,7 +35,8 @@ steps, with the accuracy of every task kept
 (:func:`linmaml.analysis.omniglot_maml.score_tasks_of_run`). Every variant is scored on the same
 tasks, so each is compared with ``recipe`` task by task: the mean per-task difference (points) with
 its 95 % interval 1.96·s/√n over the tasks, and the tasks won, tied and lost
-(:func:`linmaml.analysis.omniglot_maml.paired_differences`). One training seed per variant: the
+(:func:`linmaml.analysis.omniglot_maml.paired_differences`); each MAML++ option (``steps5-*``,
+``mamlpp``) is also paired with ``steps5``, the inner loop it is added to (``paired_to_steps5``). One training seed per variant: the
 interval is over tasks, not over training seeds.
 
 The cost of each variant comes from its own ``metrics.jsonl``: the training wall seconds
@@ -102,6 +103,9 @@ FIRST_ORDER_FRACTION = 50 / 150
 SCORE_QUERY = 15
 #: The variant every other is paired with.
 REFERENCE = "recipe"
+#: The variant each MAML++ option is added to: ``steps5-*`` and ``mamlpp`` are also paired with it
+#: (``paired_to_steps5``), which isolates the option from the change of inner loop.
+OPTION_BASE = "steps5"
 #: The variants, in the order they are trained and reported.
 VARIANTS = ("recipe", "query15", "steps5", "steps5-msl", "steps5-bnws", "steps5-lslr", "steps5-da", "mamlpp")
 
@@ -338,6 +342,11 @@ def run(out_dir=None, *, runs=None, config=None, only=None, iterations=DEFAULTS[
         paired = paired_differences(scored, REFERENCE)
         for row in paired["runs"]:
             next(v for v in variants if v["run"] == row["run"])["paired"] = row
+    if any(v["run"] == OPTION_BASE for v in scored):
+        on_base = [v for v in scored if v["run"] == OPTION_BASE or v["run"].startswith(f"{OPTION_BASE}-")
+                   or v["run"] == "mamlpp"]
+        for row in paired_differences(on_base, OPTION_BASE)["runs"]:
+            next(v for v in variants if v["run"] == row["run"])[f"paired_to_{OPTION_BASE}"] = row
     record = {"figure": NAME, "settings": settings, "command": command_line or "", "machine": machine(),
               "variants": variants, "paired": paired, "seconds": round(time.perf_counter() - began, 2)}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -366,7 +375,7 @@ def _kept(path: pathlib.Path, settings: dict, names) -> dict:
     same = ("config", "base", "iterations", "val_every", "seed", "tasks", "task_seed", "runs")
     if not isinstance(old, dict) or any((old.get("settings") or {}).get(k) != settings[k] for k in same):
         return {}
-    return {v["run"]: {key: value for key, value in v.items() if key != "paired"}
+    return {v["run"]: {key: value for key, value in v.items() if key not in ("paired", f"paired_to_{OPTION_BASE}")}
             for v in old.get("variants", []) if v.get("run") not in names and v.get("run") in VARIANTS}
 
 
@@ -394,18 +403,21 @@ def table(record: dict) -> list[str]:
     """The compact text table: one line per variant."""
     s = record["settings"]
     lines = [f"validation split only: best.pt of each run on {s['tasks']} validation tasks (task seed "
-             f"{s['task_seed']}); paired difference to {REFERENCE} over the same tasks, 95 % interval",
+             f"{s['task_seed']}); paired difference to {REFERENCE} (and each option's to {OPTION_BASE}) over the same "
+             f"tasks, 95 % interval",
              f"{'variant':<12} {'status':<24} {'iters':>6} {'best':>6} {'val acc %':>15} {'- recipe (points)':>18} "
-             f"{'s/iter':>7} {'train min':>9}"]
+             f"{'- steps5':>14} {'s/iter':>7} {'train min':>9}"]
     for v in record["variants"]:
         if "accuracy" not in v:
             lines.append(f"{v['variant']:<12} {v['status']}")
             continue
         pair = v.get("paired")
         diff = "reference" if v["run"] == REFERENCE else (f"{pair['mean']:+.2f} ± {pair['ci95']:.2f}" if pair else "-")
+        on_base = v.get(f"paired_to_{OPTION_BASE}")
+        base_diff = f"{on_base['mean']:+.2f} ± {on_base['ci95']:.2f}" if on_base else ""
         step = v.get("median_step_seconds")
         lines.append(f"{v['variant']:<12} {v['status']:<24} {v['iterations']:>6} {v['best_iteration']:>6} "
-                     f"{v['accuracy']:>7.2f} ± {v['ci95']:.2f} {diff:>18} "
+                     f"{v['accuracy']:>7.2f} ± {v['ci95']:.2f} {diff:>18} {base_diff:>14} "
                      f"{(f'{step:.3f}' if step is not None else '-'):>7} {v['train_seconds'] / 60:>9.1f}")
     return lines
 

@@ -129,23 +129,30 @@ def test_scores_are_on_validation_tasks_of_another_seed(study):
         assert v["best_iteration"] == max(curve, key=lambda p: p[1])[0]
 
 
+def _check_pair(pair, accuracies, reference):
+    diffs = [100 * (a - b) for a, b in zip(accuracies, reference)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    assert n == TASKS and pair["tasks"] == n
+    assert pair["mean"] == pytest.approx(mean, abs=1e-9)
+    assert pair["ci95"] == pytest.approx(1.96 * sd / math.sqrt(n), abs=1e-9)
+    assert (pair["wins"], pair["ties"], pair["losses"]) == (sum(d > 0 for d in diffs), sum(d == 0 for d in diffs),
+                                                            sum(d < 0 for d in diffs))
+
+
 def test_paired_differences_against_a_direct_loop(study):
+    """Every variant against recipe; each MAML++ option (steps5-*, mamlpp) also against steps5."""
     variants = {v["variant"]: v for v in study["record"]["variants"]}
-    reference = variants["recipe"]["task_accuracies"]
     for name, v in variants.items():
         if name == "recipe":
             assert "paired" not in v
-            continue
-        diffs = [100 * (a - b) for a, b in zip(v["task_accuracies"], reference)]
-        n = len(diffs)
-        mean = sum(diffs) / n
-        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-        pair = v["paired"]
-        assert n == TASKS and pair["tasks"] == n
-        assert pair["mean"] == pytest.approx(mean, abs=1e-9)
-        assert pair["ci95"] == pytest.approx(1.96 * sd / math.sqrt(n), abs=1e-9)
-        assert (pair["wins"], pair["ties"], pair["losses"]) == (sum(d > 0 for d in diffs), sum(d == 0 for d in diffs),
-                                                                sum(d < 0 for d in diffs))
+        else:
+            _check_pair(v["paired"], v["task_accuracies"], variants["recipe"]["task_accuracies"])
+        if name.startswith("steps5-") or name == "mamlpp":
+            _check_pair(v["paired_to_steps5"], v["task_accuracies"], variants["steps5"]["task_accuracies"])
+        else:
+            assert "paired_to_steps5" not in v
 
 
 def test_costs_from_the_runs_own_logs(study):

@@ -80,13 +80,14 @@ IMAML_SOLVERS = ("proximal", "pullback")
 #: Which classes make the splits: the shipped split, or (Omniglot) Lake et al.'s alphabet split.
 CLASS_SPLITS = ("standard", "alphabets")
 
-DEFAULT_FILTERS = {"omniglot": 64, "cifar-fs": 32, "mini-imagenet": 32, "arrays": 64, "folder": 64}
+DEFAULT_FILTERS = {"omniglot": 64, "cifar-fs": 32, "mini-imagenet": 32, "arrays": 64, "folder": 64, "synthetic": 32}
 #: Omniglot's usual MAML backbone down-samples with stride-2 convolutions (Finn et al. 2017), the
 #: others with 2x2 max-pooling; the stride version costs about a quarter of the arithmetic. Your own
 #: data (``OWN_DATA``: :mod:`linmaml.benchmarks.data.own`) gets stride-2 convolutions too: they never
-#: shrink a side below one pixel, whatever the size.
+#: shrink a side below one pixel, whatever the size, and so does the 12x12 ``synthetic`` set (four 2x2
+#: max-pools would leave no pixel of it).
 DEFAULT_POOL = {"omniglot": "stride", "cifar-fs": "max", "mini-imagenet": "max", "arrays": "stride",
-                "folder": "stride"}
+                "folder": "stride", "synthetic": "stride"}
 
 #: The built-in ConvNet's blocks when not given.
 DEFAULT_LAYERS = 4
@@ -176,7 +177,8 @@ class TrainConfig:
     """
 
     benchmark: str = setting("omniglot", str, "the few-shot benchmark (default omniglot), or your own data given by "
-                             "--data: arrays (an .npz of arrays) or folder (an image folder tree)", identity=True,
+                             "--data: arrays (an .npz of arrays) or folder (an image folder tree), or synthetic: "
+                             "a tiny set made in memory (no files; seconds, to try the commands)", identity=True,
                              choices=BENCHMARKS)
     ways: int = setting(5, int, "classes per task (N-way; default 5)", identity=True, minimum=2)
     shots: int = setting(1, int, "support examples per class (K-shot; default 1)", identity=True, minimum=1)

@@ -80,13 +80,14 @@ IMAML_SOLVERS = ("proximal", "pullback")
 #: Which classes make the splits: the shipped split, or (Omniglot) Lake et al.'s alphabet split.
 CLASS_SPLITS = ("standard", "alphabets")
 
-DEFAULT_FILTERS = {"omniglot": 64, "cifar-fs": 32, "mini-imagenet": 32, "arrays": 64, "folder": 64}
+DEFAULT_FILTERS = {"omniglot": 64, "cifar-fs": 32, "mini-imagenet": 32, "arrays": 64, "folder": 64, "synthetic": 32}
 #: Omniglot's usual MAML backbone down-samples with stride-2 convolutions (Finn et al. 2017), the
 #: others with 2x2 max-pooling; the stride version costs about a quarter of the arithmetic. Your own
 #: data (``OWN_DATA``: :mod:`linmaml.benchmarks.data.own`) gets stride-2 convolutions too: they never
-#: shrink a side below one pixel, whatever the size.
+#: shrink a side below one pixel, whatever the size, and so does the 12x12 ``synthetic`` set (four 2x2
+#: max-pools would leave no pixel of it).
 DEFAULT_POOL = {"omniglot": "stride", "cifar-fs": "max", "mini-imagenet": "max", "arrays": "stride",
-                "folder": "stride"}
+                "folder": "stride", "synthetic": "stride"}
 
 #: The built-in ConvNet's blocks when not given.
 DEFAULT_LAYERS = 4
@@ -176,14 +177,14 @@ class TrainConfig:
     """
 
     benchmark: str = setting("omniglot", str, "the few-shot benchmark (default omniglot), or your own data given by "
-                             "--data: arrays (an .npz of arrays) or folder (an image folder tree)", identity=True,
+                             "--data: arrays (an .npz of arrays) or folder (an image folder tree), or synthetic: "
+                             "a tiny set made in memory (no files; seconds, to try the commands)", identity=True,
                              choices=BENCHMARKS)
     ways: int = setting(5, int, "classes per task (N-way; default 5)", identity=True, minimum=2)
     shots: int = setting(1, int, "support examples per class (K-shot; default 1)", identity=True, minimum=1)
     #: None: ``shots``. Nichol et al.'s Reptile trains 1-shot Omniglot on tasks of 10 per class.
     train_shots: int | None = setting(None, int, "support examples per class in training tasks (default: --shots; "
-                                      "validation and test tasks keep --shots)", identity=True, minimum=1,
-                                      metavar="S")
+                                      "validation and test tasks keep --shots)", identity=True, minimum=1)
     query: int = setting(5, int, "query examples per class in training tasks (default 5; validation and test use 15)",
                          identity=True, minimum=1)
     test_query: int = setting(15, int, "query examples per class in validation tasks (default 15)", identity=False,
@@ -200,13 +201,12 @@ class TrainConfig:
     linnet_width: int | None = setting(None, int, "width of the LinNet layers (default: the number of ways)",
                                        identity=True, minimum="ways", maximum=WIDTH_MAX)
     layers: int | None = setting(None, int, "conv blocks of the CNN (default 4)", identity=True, minimum=1,
-                                 maximum=DEPTH_MAX, metavar="B", convnet_only=True)
+                                 maximum=DEPTH_MAX, metavar="BLOCKS", convnet_only=True)
     hidden: int | None = setting(None, int, "filters per conv block (default 64 for omniglot, 32 otherwise)",
                                  identity=True, minimum=1, maximum=WIDTH_MAX, metavar="H", convnet_only=True)
     pool: str | None = setting(None, str, "down-sampling of each conv block (default: stride for omniglot, max "
                                "otherwise)", identity=True, choices=POOLS, convnet_only=True)
-    steps: int = setting(1, int, "inner steps in training (default 1)", identity=True, minimum=1, maximum=STEPS_MAX,
-                         metavar="S")
+    steps: int = setting(1, int, "inner steps in training (default 1)", identity=True, minimum=1, maximum=STEPS_MAX)
     #: None: 3 for plain MAML/ANIL (transform "none"); with a learned transform, ``steps`` (it is tuned
     #: to the steps it was trained with; more would start with the "beyond training" note).
     test_steps: int | None = setting(None, int, "inner steps at validation/test time (default 3; with a learned "
@@ -246,8 +246,8 @@ class TrainConfig:
                                   "the first A iterations, the weights annealed from uniform towards the last step "
                                   "(needs --steps >= 2; default 0: off)", identity=True, minimum=0, metavar="A")
     first_order_iterations: int = setting(0, int, "derivative-order annealing (MAML++): first-order meta-gradients for "
-                                          "the first N iterations, second order after (default 0: off)", identity=True,
-                                          minimum=0, metavar="N")
+                                          "the first F iterations, second order after (default 0: off)", identity=True,
+                                          minimum=0, metavar="F")
     #: MAML++'s per-step BatchNorm weights and biases (BNWB; the built-in ConvNet only).
     bn_per_step: bool = setting(False, bool, "per-step BatchNorm weights and biases (MAML++'s BNWB): one affine set "
                                 "per inner step, meta-learned, not adapted (built-in ConvNet, --algo maml or fomaml; "
@@ -263,7 +263,7 @@ class TrainConfig:
     val_every: int = setting(250, int, "validate every V iterations (default 250)", identity=False, minimum=1,
                              metavar="V")
     val_tasks: int = setting(200, int, "fixed validation tasks (default 200)", identity=False, minimum=2,
-                             maximum=EVAL_TASKS_MAX, metavar="N")
+                             maximum=EVAL_TASKS_MAX, metavar="TASKS")
     checkpoint_every: int = setting(50, int, "write last.pt every C iterations (default 50)", identity=False,
                                     minimum=1, metavar="C")
     #: Keep the weights of every S-th iteration (and of iteration 0) as ``snapshots/iter-<t>.pt``
@@ -275,9 +275,10 @@ class TrainConfig:
     dtype: str = setting("float32", str, "parameter dtype (default float32)", identity=True, choices=DTYPES)
     on_nonfinite: str = setting("stop", str, "on a non-finite meta-loss or gradient: stop (exit 3) or skip the step "
                                 "(default stop)", identity=False, choices=ON_NONFINITE)
-    batching: str = setting("split", str, "how a meta-batch is computed: one task at a time (least memory); inner "
-                            "loops vmapped in chunks, queries one at a time (default: fastest on a CPU); whole chunks "
-                            "vmapped (try on a GPU). The same gradients up to rounding", identity=True,
+    batching: str = setting("split", str, "how a meta-batch is computed: loop, one task at a time (least memory); "
+                            "split (default), the inner loops of --tasks-per-chunk tasks vmapped together and their "
+                            "queries one at a time (fastest on a CPU); vmap, whole chunks vmapped (try on a GPU). The "
+                            "same gradients up to rounding", identity=True,
                             choices=STRATEGIES)
     tasks_per_chunk: int = setting(4, int, "tasks computed together with --batching split or vmap (default 4)",
                                    identity=True, minimum=1, maximum=META_BATCH_MAX)

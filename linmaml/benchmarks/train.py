@@ -548,7 +548,7 @@ def train(options: Mapping | TrainConfig, out_dir, *, model: torch.nn.Module | N
             if payload is not None and data_root is None:  # a resumed run reads where it read before
                 data_root = run_settings.data_root_for(None, out_dir)
             splits = datasets.load_splits(config.benchmark, ("train", "val"), data_root, **data_options(config))
-            if config.benchmark not in OWN_DATA:  # your own data is read from config.data, not the data root
+            if config.benchmark not in OWN_DATA + datasets.GENERATED:  # own data: read from config.data; synthetic: made
                 root_read = str(resolve_data_root(data_root).resolve())
         trainer = Trainer(config, out_dir, splits, ctx, lock=lock, payload=payload, overwrite=overwrite,
                           stream=stream, progress=progress, on_iteration=on_iteration, model=model,

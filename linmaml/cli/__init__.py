@@ -22,6 +22,11 @@ import sys
 from linmaml import __version__
 from linmaml._extras import missing_extra
 
+#: What ``linmaml --help`` says first: plain text (the module docstring above is reST, for the API pages).
+DESCRIPTION = ("The linmaml command line: check the closed forms of MAML on linear networks, regenerate the figures, "
+               "and meta-train and evaluate on few-shot benchmarks. 'linmaml COMMAND --help' lists a command's "
+               "options.")
+
 #: Subcommand modules, in the order ``linmaml --help`` lists them.
 COMMANDS = ("verify", "derive", "surface", "reproduce", "explore", "data", "train", "evaluate", "analyze", "plot",
             "bench")
@@ -65,7 +70,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="linmaml", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="linmaml", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--version", action="version", version=f"linmaml {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)

@@ -26,12 +26,12 @@ def register(subparsers):
                                               "or a .pt it wrote (best.pt, last.pt, snapshots/iter-<t>.pt)")
     p.add_argument("--tasks", type=int, default=600, help="number of fixed test tasks (default 600)")
     p.add_argument("--steps", type=int, default=None, help="inner steps (default: the run's --test-steps)")
-    p.add_argument("--spectrum-tasks", type=int, default=20, metavar="N",
+    p.add_argument("--spectrum-tasks", type=int, default=20,
                    help="tasks whose support sets give the preconditioner spectrum (default 20; 0 skips it)")
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="datasets folder (default: the one the run was trained on, else $LINMAML_DATA, else the "
                         "per-user cache)")
-    p.add_argument("--threads", type=int, default=None, metavar="T",
+    p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch (default: the run's own, else 1; several threads on busy cores can "
                         "run many times slower)")
     p.add_argument("--allocator", choices=ALLOCATORS, default=None, help=ALLOCATOR_HELP)

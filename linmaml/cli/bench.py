@@ -36,8 +36,10 @@ def register(subparsers):
                         "bench.json of the same mode are kept, and the file says so")
     p.add_argument("--out", metavar="DIR", help="output folder (default: figures/ of the source tree, else ./figures; "
                                                 "with --quick ./figures-quick)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the meta-training cases on the GPU")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu (default) or cuda: the meta-training cases on the GPU (no auto: the device names the "
+                        "file written, bench.json or bench_cuda.json)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads (default 1, as every linmaml command; the committed figures/bench.json CNN "
                         "cases were measured with --threads 2, as make bench runs it)")
     p.add_argument("--allocator", choices=ALLOCATORS, default=None,

@@ -23,24 +23,29 @@ MAX_TIMEOUT = 86400.0
 def register(subparsers):
     """Add ``data check`` (alias ``data info``) and ``data download``."""
     p = subparsers.add_parser("data", help="verify or download the few-shot datasets",
-                              description=__doc__.split("\n")[0])
+                              description="Verify the few-shot datasets (check) and fetch Omniglot (download).")
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
     actions.required = True
 
-    check = actions.add_parser("check", aliases=["info"], help="verify a dataset and print what was found")
+    check = actions.add_parser("check", aliases=["info"], help="verify a dataset and print what was found",
+                               description="Verify a dataset under the data root (its counts, and its checksums "
+                                           "where the format has them) and print what was found; exit status 2 if it is missing, "
+                                           "incomplete or corrupt.")
     check.add_argument("benchmark", choices=BENCHMARKS)
     _data_root_option(check)
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=run_check)
 
-    download = actions.add_parser("download", help="fetch the official files and verify their md5")
+    download = actions.add_parser("download", help="fetch the official files and verify their md5",
+                                  description="Fetch Omniglot's official zips into the data root's omniglot/ "
+                                              "folder and verify their md5.")
     download.add_argument("benchmark", choices=DOWNLOADABLE,
                           help="only omniglot can be fetched; CIFAR-100 and mini-ImageNet are placed by hand")
     _data_root_option(download)
     download.add_argument("--url-base", metavar="URL",
                           help="where the zips are (default: the official brendenlake/omniglot repository)")
     download.add_argument("--force", action="store_true", help="download even if a verified copy is present")
-    download.add_argument("--timeout", type=float, default=600.0, metavar="S",
+    download.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                           help=f"seconds each file's download may take in all (a deadline, not per read), at most "
                                f"{MAX_TIMEOUT:g} (default 600)")
     download.set_defaults(func=run_download)

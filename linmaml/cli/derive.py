@@ -18,7 +18,10 @@ from linmaml.errors import ArgumentError
 
 
 def register(subparsers):
-    p = subparsers.add_parser("derive", help="print the symbolic MAML derivations (scalar objective or matrix update)")
+    p = subparsers.add_parser("derive", help="print the symbolic MAML derivations (scalar objective or matrix update)",
+                              description="Print the exact population MAML objective of the scalar chain w_L⋯w_1·x after k inner "
+                                          "steps (--kind scalar), or the one-step update of a depth-L linear network "
+                                          "with non-commuting matrix weights (--kind matrix); needs sympy.")
     p.add_argument("--kind", default="scalar", help="scalar (population objective of w_L⋯w_1·x, default) or "
                                                     "matrix (one-step update with non-commuting weights)")
     p.add_argument("--depth", type=int, default=2, help="number of layers L, 1–6 (default 2)")

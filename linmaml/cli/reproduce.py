@@ -277,8 +277,9 @@ def _check_record(figure: Figure, record, stage: pathlib.Path) -> None:
 def run(args) -> int:
     figures = discover(FIGURE_PACKAGE)
     if args.list:
+        width = max((len(f.name) for f in figures), default=0)  # the longest name sets the column
         for f in figures:
-            print(f"{f.name:<16} {f.module_name}")
+            print(f"{f.name:<{width}}  {f.module_name}")
         return 0
     chosen = select(figures, args.only)
     require("matplotlib", "drawing figures")  # before minutes of computing, not at the first drawing

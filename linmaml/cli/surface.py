@@ -16,7 +16,10 @@ from linmaml.errors import ArgumentError, renamed
 
 
 def register(subparsers):
-    p = subparsers.add_parser("surface", help="exact population MAML objective of the scalar model on a grid")
+    p = subparsers.add_parser("surface", help="exact population MAML objective of the scalar model on a grid",
+                              description="Evaluate the exact population MAML objective of f(x) = w2·w1·x (--depth 2, "
+                                          "a surface) or f(x) = w·x (--depth 1, a curve) on a grid; print its "
+                                          "minimum and maximum, or every value with --json.")
     p.add_argument("--depth", type=int, default=2, help="1 (f = w·x, a curve) or 2 (f = w2·w1·x, a surface); default 2")
     p.add_argument("--lr", type=float, default=0.1, help="inner learning rate α ≥ 0 (default 0.1)")
     p.add_argument("--steps", type=int, default=1, help="inner gradient steps k ≥ 0 (default 1)")

@@ -9,7 +9,10 @@ from linmaml.errors import ArgumentError
 
 
 def register(subparsers):
-    p = subparsers.add_parser("verify", help="check every closed-form identity on random instances")
+    p = subparsers.add_parser("verify", help="check every closed-form identity on random instances",
+                              description="Check every row of the verification table (each closed-form identity "
+                                          "against an independent computation) on random instances; print the table. "
+                                          "Exit status 1 if a row fails.")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--markdown", action="store_true", help="print the table as the README shows it (Markdown)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random instances (default 0)")

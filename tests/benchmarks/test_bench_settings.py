@@ -161,7 +161,7 @@ def test_each_choice_is_one_tuple_shared_with_the_code_that_acts_on_it():
     assert not hasattr(config_module, "BATCHING") and not hasattr(settings, "BATCHING")
     # the values themselves, written out: the engine's strategies and the algorithms the CLI offered
     assert engine.STRATEGIES == ("loop", "split", "vmap")
-    assert data_package.BENCHMARKS == ("omniglot", "cifar-fs", "mini-imagenet", "arrays", "folder")
+    assert data_package.BENCHMARKS == ("omniglot", "cifar-fs", "mini-imagenet", "arrays", "folder", "synthetic")
     assert choices["randomness"] is engine.RANDOMNESS == ("different", "same", "error")
     with pytest.raises(ValueError, match=r"^batching: expected one of loop, split, vmap, got 'x'"):
         TrainConfig(batching="x")

@@ -177,6 +177,22 @@ def test_list_names_the_figures(analysis, capsys):
     assert names == ["alpha", "beta"]
 
 
+def test_list_aligns_the_module_column_past_the_longest_name(analysis, capsys):
+    # a name longer than any fixed column (the real sample_complexity has 17 characters) must not push
+    # its module out of line: every row's second column starts at one offset, past the longest name
+    _script(analysis, "a_name_longer_than_sixteen_characters", 3)
+    assert main(["reproduce", "--list"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 3
+    starts = {row.index("standin_figures_") for row in rows}
+    assert len(starts) == 1, rows
+    longest = max(len(row.split()[0]) for row in rows)
+    assert starts.pop() > longest
+    for row in rows:  # each row is its name, then spaces, then its own module
+        name, module = row.split()
+        assert module.endswith(f".fig_{name}")
+
+
 def test_real_figure_in_quick_mode(tmp_path, monkeypatch):
     """A real figure module of linmaml.analysis runs through the command, from another folder."""
     monkeypatch.chdir(tmp_path)

@@ -42,15 +42,23 @@ def path(name: str) -> Path:
 
 def resolve(config, argument: str = "config") -> Path:
     """The settings file that ``config`` means: the path itself when a file (or anything else) exists
-    there, so an existing path always wins over a recipe of the same name; else the shipped recipe
+    there or cannot be looked at, so an existing path always wins over a recipe of the same name; else the shipped recipe
     called ``config`` (a trailing ``.json`` is allowed: ``omniglot-5w1s.json`` from any folder). Neither:
     ``ArgumentError`` naming ``argument``, listing the recipes."""
     given = Path(config).expanduser()
-    if given.exists():
+    try:
+        given.stat()
+        return given
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # nothing there: perhaps a recipe's name
+    except OSError:
+        # something is there but cannot be looked at (no permission, a link loop, a name too long): the
+        # reader says why, rather than this calling it missing
         return given
     name = str(config)
     if name.endswith(SUFFIX):
         name = name[: -len(SUFFIX)]
     if name in names():
         return FOLDER / (name + SUFFIX)
-    raise ArgumentError(argument, f"{config} is neither a file nor a recipe's name (recipes: {', '.join(names())})")
+    raise ArgumentError(argument, f"cannot read {config} (no such file, nor a recipe of that name; recipes: "
+                                  f"{', '.join(names())})")

@@ -151,6 +151,17 @@ def test_a_name_that_is_neither_a_file_nor_a_recipe_is_one_line_and_exit_status_
     assert not out.exists()  # nothing half-written
 
 
+def test_recipes_path_refuses_what_is_no_recipe():
+    from linmaml.errors import ArgumentError, ArgumentTypeError
+
+    for bad in ("no-such-recipe", "omniglot-5w1s.json", "../recipes/omniglot-5w1s", "README"):
+        with pytest.raises(ArgumentError) as caught:
+            recipes.path(bad)
+        assert caught.value.argument == "name" and "omniglot-5w1s-textbook" in str(caught.value)
+    with pytest.raises(ArgumentTypeError):
+        recipes.path(Path("omniglot-5w1s"))
+
+
 def test_train_help_names_the_recipes(capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["train", "--help"])

@@ -70,6 +70,10 @@ def test_the_wheel_is_imported_from_the_environment(installed):
                    "print(len(list((pathlib.Path(linmaml.__file__).parent / 'benchmarks' / 'splits').iterdir())))"],
                   cwd=work, env=env).stdout.strip()
     assert int(splits) > 0
+    # and the training recipes (linmaml train --config NAME): every file of the source tree's folder
+    shipped = _run([str(python), "-c", "from linmaml.benchmarks import recipes; print(*recipes.names())"],
+                   cwd=work, env=env).stdout.split()
+    assert shipped == sorted(f.stem for f in (ROOT / "linmaml" / "benchmarks" / "recipes").glob("*.json")), shipped
     # the analyses of trained runs train into and write to the current folder, never site-packages
     elsewhere = work / "elsewhere"
     elsewhere.mkdir(exist_ok=True)

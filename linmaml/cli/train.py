@@ -3,8 +3,9 @@
 
 Thin: parses the options and calls :func:`linmaml.benchmarks.train.train`. ``--config FILE`` reads
 the settings from a JSON file (bare fields, or a run's ``config.json`` with its ``{"config": {...}}``
-wrapper, so ``--config runs/x/config.json`` repeats run x); options given on the command line
-override the file. The options are the training settings, one per field of
+wrapper, so ``--config runs/x/config.json`` repeats run x); ``--config NAME`` reads a recipe shipped
+with the package (:mod:`linmaml.benchmarks.recipes`, e.g. ``omniglot-5w1s``; an existing file of that
+name wins); options given on the command line override the file. The options are the training settings, one per field of
 :class:`~linmaml.benchmarks.settings.TrainConfig` (its field metadata says each one's help, choices and
 flag). ``--model package.module:Class --model-kwargs '{"hidden": 32}'`` trains your own network
 (imported from ``PYTHONPATH``) instead of the built-in ConvNet; the run's ``config.json`` records both,
@@ -16,9 +17,9 @@ written first; ``--resume`` continues).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from linmaml import _io
+from linmaml.benchmarks import recipes
 from linmaml.benchmarks.allocator import ALLOCATOR_HELP, ALLOCATORS, apply_for_command, default_policy
 from linmaml.benchmarks.loggers import combine, from_spec
 from linmaml.benchmarks.progress import safe_write
@@ -42,10 +43,11 @@ def register(subparsers):
                               description="Meta-train on a few-shot benchmark. Writes metrics.jsonl, last.pt and"
                                           " best.pt into --out; --resume continues a run exactly.")
     add_setting_options(p)
-    p.add_argument("--config", metavar="FILE", default=None,
+    p.add_argument("--config", metavar="FILE|NAME", default=None,
                    help="read the settings from a JSON file: the fields of a run's config.json, bare or as that "
-                        "file's {\"config\": {...}} (so --config runs/x/config.json repeats run x); options on the "
-                        "command line override it")
+                        "file's {\"config\": {...}} (so --config runs/x/config.json repeats run x), or a shipped "
+                        f"recipe by name ({', '.join(recipes.names())}; an existing file of that name wins); "
+                        "options on the command line override it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder of the run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -183,9 +185,11 @@ def declared_default(name: str):
 
 def read_config(path, fields) -> dict:
     """The settings in the JSON file ``path``: an object of training settings (exactly
-    :class:`TrainConfig`'s fields), or a run's config.json (``{"config": {...}, ...}``). Unknown keys and
-    a file that is not such an object raise ``ArgumentError`` naming ``--config``."""
-    file = Path(path).expanduser()
+    :class:`TrainConfig`'s fields), or a run's config.json (``{"config": {...}, ...}``). ``path`` may
+    also be a shipped recipe's name (:func:`linmaml.benchmarks.recipes.resolve`: an existing path wins).
+    Unknown keys, a file that is not such an object, and a name that is neither a file nor a recipe
+    raise ``ArgumentError`` naming ``--config``."""
+    file = recipes.resolve(path, "--config")
     try:
         # a regular file of at most 1 MiB (never a FIFO that would block), nesting bounded
         text = _io.read_text(file, max_bytes=1 << 20)

@@ -1,19 +1,29 @@
-"""Every ``linmaml train --config`` file shipped in ``configs/``: read by the train command's own
-parser and config reader, accepted by TrainConfig's validation, and sized for the real Omniglot
-splits — without training. The recipes' settings are written out here, so a changed file fails."""
+"""Every ``linmaml train --config`` recipe shipped in ``linmaml/benchmarks/recipes/`` (``configs/`` in a
+checkout, a symbolic link to that folder): read by the train command's own parser and config reader,
+accepted by TrainConfig's validation, and sized for the real Omniglot splits — without training. The
+recipes' settings are written out here, so a changed file fails. Then the recipes by name
+(``--config omniglot-5w1s``): the same settings as the file, an existing path winning over a name, one
+line and exit status 2 for a name that is neither, and every recipe in the wheel's package data."""
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import json
+import os
+import tomllib
 import types
 from pathlib import Path
 
 import pytest
 
+from linmaml.benchmarks import recipes
 from linmaml.benchmarks.config import TrainConfig, check_splits
-from linmaml.cli import build_parser
+from linmaml.cli import build_parser, main
 from linmaml.cli.train import read_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+REPO = Path(__file__).resolve().parents[2]
+
+CONFIGS = REPO / "configs"
 FILES = sorted(CONFIGS.glob("*.json"))
 
 #: What each file must say: every other setting is TrainConfig's default.
@@ -71,3 +81,102 @@ def test_a_config_file_is_accepted_by_the_train_command(file, tmp_path):
     splits = {name: types.SimpleNamespace(name=name, num_classes=classes, examples_per_class=20)
               for name, classes in (("train", 4400), ("val", 400))}
     check_splits(config, splits)
+
+
+# --- the recipes by name -------------------------------------------------------------------------------
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_configs_is_a_relative_link_to_the_package_folder_of_recipes():
+    # one copy of each file: configs/ in a checkout is the package's folder itself, and the link is
+    # relative, so a clone anywhere keeps it
+    assert CONFIGS.is_symlink() and not os.path.isabs(os.readlink(CONFIGS))
+    assert CONFIGS.resolve() == (REPO / "linmaml" / "benchmarks" / "recipes").resolve() == recipes.FOLDER
+    # the names are the files' names without .json, as listed by the operating system
+    assert recipes.names() == sorted(n[:-5] for n in os.listdir(CONFIGS) if n.endswith(".json"))
+    assert recipes.names() == sorted(n[:-5] for n in RECIPES)
+
+
+@pytest.mark.parametrize("file", FILES, ids=lambda f: f.name)
+def test_a_recipe_by_name_reads_the_settings_of_its_file(file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty folder: no file of the name's to find instead
+    name = file.name[:-5]
+    settings = read_config(name, FIELDS)
+    assert settings == json.loads(file.read_text(encoding="utf-8")) == read_config(str(file), FIELDS)
+    assert read_config(file.name, FIELDS) == settings  # the file's name from any folder: the recipe too
+    assert recipes.path(name).samefile(file)
+
+
+def test_a_recipe_by_name_trains_with_the_settings_of_its_file(tmp_path, monkeypatch, capsys):
+    """Through the command: a run started with ``--config NAME`` records the settings of a run started
+    with ``--config PATH`` (on the in-memory synthetic set, one iteration), and those are the file's."""
+    monkeypatch.chdir(tmp_path)
+    file = CONFIGS / "omniglot-5w1s-textbook.json"
+    recorded = {}
+    for how, config in (("name", "omniglot-5w1s-textbook"), ("path", str(file))):
+        out = tmp_path / how
+        assert main(["train", "--config", config, "--benchmark", "synthetic", "--iterations", "1", "--val-tasks", "2",
+                     "--out", str(out), "--threads", "1", "--quiet"]) == 0
+        recorded[how] = json.loads((out / "config.json").read_text())["config"]
+    capsys.readouterr()
+    assert recorded["name"] == recorded["path"]
+    overridden = {"benchmark": "synthetic", "iterations": 1, "val_tasks": 2}
+    for key, value in json.loads(file.read_text(encoding="utf-8")).items():
+        assert recorded["name"][key] == overridden.get(key, value), key
+    assert recorded["name"]["batching"] == "loop" != TrainConfig().batching  # the file was read: not the default
+
+
+def test_an_existing_path_wins_over_a_recipe_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "omniglot-5w1s").write_text('{"ways": 3}', encoding="utf-8")
+    (tmp_path / "omniglot-5w5s.json").write_text('{"ways": 4}', encoding="utf-8")
+    assert read_config("omniglot-5w1s", FIELDS) == {"ways": 3}
+    assert read_config("omniglot-5w5s.json", FIELDS) == {"ways": 4}
+    assert read_config("omniglot-5w5s", FIELDS)["shots"] == 5  # the recipe: no file of that name here
+
+
+@pytest.mark.parametrize("config", ["no-such-recipe", "omniglot-5w1s.jsn", "../recipes/omniglot-5w1s",
+                                    "./nothing", "configs/omniglot-5w1s.json"])
+def test_a_name_that_is_neither_a_file_nor_a_recipe_is_one_line_and_exit_status_2(config, tmp_path, monkeypatch,
+                                                                                   capsys):
+    monkeypatch.chdir(tmp_path)  # configs/ is not here: a checkout's path means nothing in another folder
+    out = tmp_path / "run"
+    assert main(["train", "--config", config, "--out", str(out), "--threads", "1", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert "--config" in captured.err and config in captured.err
+    for name in sorted(n[:-5] for n in RECIPES):
+        assert name in captured.err, name
+    assert not out.exists()  # nothing half-written
+
+
+def test_recipes_path_refuses_what_is_no_recipe():
+    from linmaml.errors import ArgumentError, ArgumentTypeError
+
+    for bad in ("no-such-recipe", "omniglot-5w1s.json", "../recipes/omniglot-5w1s", "README"):
+        with pytest.raises(ArgumentError) as caught:
+            recipes.path(bad)
+        assert caught.value.argument == "name" and "omniglot-5w1s-textbook" in str(caught.value)
+    with pytest.raises(ArgumentTypeError):
+        recipes.path(Path("omniglot-5w1s"))
+
+
+def test_train_help_names_the_recipes(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--help"])
+    assert stopped.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--config FILE|NAME" in text and "an existing file of that name wins" in text
+    for name in sorted(n[:-5] for n in RECIPES):
+        assert name in text, name
+
+
+def test_the_package_data_holds_every_recipe():
+    # pip install linmaml ships exactly what pyproject.toml's package-data patterns match (the wheel test,
+    # tests/test_wheel_install.py, reads the names from an installed wheel)
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["linmaml"]
+    for file in FILES:
+        relative = file.resolve().relative_to((REPO / "linmaml").resolve()).as_posix()
+        assert relative.startswith("benchmarks/recipes/")
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative

@@ -80,7 +80,7 @@ from linmaml.analysis._common import report_error
 from linmaml.analysis.depth_width import check_folder, machine
 from linmaml.analysis.depth_width_seeds import validation_curve
 from linmaml.analysis.omniglot_maml import paired_differences, score_tasks_of_run, step_seconds
-from linmaml.benchmarks import checkpoint
+from linmaml.benchmarks import checkpoint, recipes
 from linmaml.benchmarks.run_files import BEST, CONFIG, METRICS
 from linmaml.benchmarks.settings import TrainConfig, declared, flag
 from linmaml.benchmarks.train import train
@@ -91,6 +91,8 @@ from linmaml.plots.figure import default_out, default_runs, source_checkout
 NAME = "recipe_options"
 #: The base recipe every variant adds its flags to, as the recorded commands name it (from the checkout's root).
 BASE_CONFIG = "configs/omniglot-5w1s.json"
+#: The same recipe by name, outside a source checkout (:mod:`linmaml.benchmarks.recipes`).
+BASE_RECIPE = "omniglot-5w1s"
 DEFAULT_RUNS = default_runs("recipe-options")
 DEFAULTS = {"iterations": 2000, "val_every": 250, "seed": 0, "tasks": 600, "task_seed": 1, "threads": 1}
 #: The fraction of the budget with the multi-step loss: 10 epochs (MAML++'s later configurations) of the
@@ -289,11 +291,14 @@ def _study(config_arg: str, iterations, val_every, seed, tasks, task_seed) -> di
 
 
 def _config_path(config) -> tuple[str, pathlib.Path]:
-    """``(as the commands name it, where it is read)``: the default is read from the source checkout
-    (or the current folder), a given path as given."""
+    """``(as the commands name it, where it is read)``: the default is read from the source checkout,
+    else (an installed package) it is the shipped recipe of that name (``linmaml train --config
+    omniglot-5w1s`` reads the same file); a given path as given."""
     if config is None:
         root = source_checkout()
-        return BASE_CONFIG, (root if root is not None else pathlib.Path.cwd()) / BASE_CONFIG
+        if root is not None:
+            return BASE_CONFIG, root / BASE_CONFIG
+        return BASE_RECIPE, recipes.path(BASE_RECIPE)
     return str(config), pathlib.Path(config)
 
 

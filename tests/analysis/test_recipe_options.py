@@ -263,3 +263,14 @@ def test_the_fractions_of_the_budget():
     # MAML++: 10 of 150 epochs of multi-step loss, 50 of 150 first order; at least one iteration each
     assert [R.msl_iterations(t) for t in (2000, 16000, 1)] == [133, 1067, 1]
     assert [R.first_order_iterations(t) for t in (2000, 16000, 1)] == [667, 5333, 1]
+
+
+def test_the_default_base_recipe_outside_a_checkout_is_the_shipped_one(monkeypatch):
+    """In a source checkout the default is configs/omniglot-5w1s.json; from an installed package (no
+    checkout) the shipped recipe of that name, which holds the same settings."""
+    named, where = R._config_path(None)
+    assert named == "configs/omniglot-5w1s.json" and where.is_file()
+    monkeypatch.setattr(R, "source_checkout", lambda: None)
+    named, installed = R._config_path(None)
+    assert named == "omniglot-5w1s" and installed.is_file()
+    assert json.loads(installed.read_text()) == json.loads(where.read_text())

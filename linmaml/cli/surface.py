@@ -23,11 +23,13 @@ def register(subparsers):
     p.add_argument("--depth", type=int, default=2, help="1 (f = w·x, a curve) or 2 (f = w2·w1·x, a surface); default 2")
     p.add_argument("--lr", type=float, default=0.1, help="inner learning rate α ≥ 0 (default 0.1)")
     p.add_argument("--steps", type=int, default=1, help="inner gradient steps k ≥ 0 (default 1)")
-    p.add_argument("--task-mean", type=float, default=1.0, help="mean M of the task weight a (default 1)")
-    p.add_argument("--task-std", type=float, default=0.5, help="standard deviation S ≥ 0 of a (default 0.5)")
+    # the task setting's defaults are figure 1's (linmaml.analysis.fig_surface.SETTINGS) and explore's,
+    # so a bare `linmaml surface` prints the surface of the README's first figure
+    p.add_argument("--task-mean", type=float, default=0.5, help="mean M of the task weight a (default 0.5)")
+    p.add_argument("--task-std", type=float, default=1.0, help="standard deviation S ≥ 0 of a (default 1)")
     p.add_argument("--x-var", type=float, default=1.0, help="input variance V ≥ 0 (default 1)")
     p.add_argument("--grid", type=int, default=101, help="grid points per axis, ≥ 2 (default 101)")
-    p.add_argument("--range", type=float, default=2.0, help="the grid covers [−R, R] per axis, R > 0 (default 2)")
+    p.add_argument("--range", type=float, default=4.0, help="the grid covers [−R, R] per axis, R > 0 (default 4)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object: depth 2 {"w1", "w2", "loss"} with loss[i][j] at (w1[i], w2[j]); '
                         'depth 1 {"w", "loss"}')

@@ -179,3 +179,20 @@ def test_python_dash_m_runs_the_commands():
     result = subprocess.run([sys.executable, "-m", "linmaml", "derive", "--steps", "-1"],
                             capture_output=True, text=True, timeout=600)  # hang guard only
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--steps" in result.stderr
+
+
+def test_surface_defaults_are_figure_1s_task_setting(capsys):
+    """A bare `linmaml surface` evaluates figure 1's setting (fig_surface.SETTINGS, explore's defaults
+    too): the same grid as the one given every value of that setting explicitly."""
+    from linmaml.analysis.fig_surface import SETTINGS
+    from linmaml.cli.explore import _DEFAULTS
+
+    assert {k: _DEFAULTS[k] for k in ("task_mean", "task_std", "x_var", "range", "lr", "steps")} == {
+        "task_mean": SETTINGS["task_mean"], "task_std": SETTINGS["task_std"], "x_var": SETTINGS["x_var"],
+        "range": SETTINGS["range"], "lr": SETTINGS["inner_lr"], "steps": SETTINGS["inner_steps"]}
+    bare = json.loads(run_cli(capsys, "surface", "--grid", "7", "--json")[1])
+    given = json.loads(run_cli(capsys, "surface", "--grid", "7", "--json", "--lr", str(SETTINGS["inner_lr"]),
+                               "--steps", str(SETTINGS["inner_steps"]), "--task-mean", str(SETTINGS["task_mean"]),
+                               "--task-std", str(SETTINGS["task_std"]), "--x-var", str(SETTINGS["x_var"]),
+                               "--range", str(SETTINGS["range"]))[1])
+    assert bare == given

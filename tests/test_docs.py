@@ -3,6 +3,7 @@ errors, and a broken reference to a linmaml name fails the build."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,13 @@ def test_every_relative_link_of_the_readme_and_the_guide_pages_names_a_file():
         assert local or page.name != "README.md", "the README links nowhere"
         missing = [t for t in local if not (page.parent / t).exists()]
         assert not missing, f"{page.relative_to(REPO)}: links to missing files {missing}"
+
+
+def test_the_readme_command_block_is_the_cli_guides():
+    """The README's command-line synopsis is a copy of docs/guide/cli.md's (the guide explains it): the
+    two blocks must not drift apart."""
+    block = re.compile(r"```sh\n(.*?)```", re.DOTALL)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    in_readme = block.search(readme, readme.index("\n## Command line")).group(1)
+    in_guide = block.search((REPO / "docs" / "guide" / "cli.md").read_text(encoding="utf-8")).group(1)
+    assert in_readme == in_guide

@@ -30,7 +30,8 @@ the load while scoring, not while training).
 
 Each run also records its ``algo``, ``seconds_per_iteration`` (training seconds over iterations,
 validation included), ``median_step_seconds`` (the median wall time of one iteration that did
-not validate), ``load_average_while_training`` (:func:`training_load`), the published number of its own algorithm (:data:`PUBLISHED_BY_ALGO`), and
+not validate), ``load_average_while_training`` (:func:`training_load`), the published number of
+its own algorithm (:data:`PUBLISHED_BY_ALGO`), and
 ``task_accuracies``: the accuracy on each of the fixed test tasks, in task order. Since every run is
 scored on the same tasks (task seed 0), ``--reference RUN`` adds ``paired``: for every recorded run
 scored on the same tasks, the mean per-task accuracy difference to RUN (points) with its 95 %
@@ -424,7 +425,7 @@ def main(argv=None) -> dict:
         except ArgumentError as error:
             parser.error(f"argument --pair: {error.detail}")
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.figure is not None and args.runs:
+    if args.figure is not None:  # (checked above: run folders were given)
         plot_runs(read_runs(args.runs), args.out / args.figure, x="time", references=published_references(results))
     everything = merged(previous, results)
     record = {"figure": "omniglot_maml", "runs": everything, "groups": seed_groups(everything)}

@@ -348,8 +348,9 @@ def run(out_dir=None, *, runs=None, config=None, only=None, iterations=DEFAULTS[
         for row in paired["runs"]:
             next(v for v in variants if v["run"] == row["run"])["paired"] = row
     if any(v["run"] == OPTION_BASE for v in scored):
-        on_base = [v for v in scored if v["run"] == OPTION_BASE or v["run"].startswith(f"{OPTION_BASE}-")
-                   or v["run"] == "mamlpp"]
+        added = variant_settings(study["iterations"])
+        base_fields = added[OPTION_BASE].items()  # the variants that add options to it: steps5-*, mamlpp
+        on_base = [v for v in scored if base_fields <= added[v["run"]].items()]
         for row in paired_differences(on_base, OPTION_BASE)["runs"]:
             next(v for v in variants if v["run"] == row["run"])[f"paired_to_{OPTION_BASE}"] = row
     record = {"figure": NAME, "settings": settings, "command": command_line or "", "machine": machine(),

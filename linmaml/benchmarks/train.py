@@ -303,7 +303,7 @@ class Trainer:
             received = self._stop_requested() or 15
             return self._interrupted(f"stopped by {StopSignals.name(received)} during the validation after "
                                      f"iteration {t} (--resume runs that validation first)", received)
-        record.update(scores)
+        record.update(scores, load_average=_load_average())  # logged, not part of the best checkpoint's scores
         return self._log_and_checkpoint(t, record)
 
     def _finish_pending(self) -> TrainResult | None:
@@ -351,8 +351,7 @@ class Trainer:
         if int(reduced[-1]) < n:
             return None
         accuracy, ci95 = mean_ci95(reduced[:n])
-        record = {"val_accuracy": accuracy, "val_ci95": ci95, "val_loss": float(np.mean(reduced[n:2 * n])),
-                  "load_average": _load_average()}
+        record = {"val_accuracy": accuracy, "val_ci95": ci95, "val_loss": float(np.mean(reduced[n:2 * n]))}
         best = self.state["best"]
         improved = best is None or accuracy > best["val_accuracy"]
         if improved:
@@ -443,6 +442,7 @@ class Trainer:
 #: The fields of a ``metrics.jsonl`` record that follow the clock and the machine's load rather than
 #: the computation: two runs of the same settings (one resumed, one not) agree on every other field.
 CLOCK_FIELDS = ("elapsed", "load_average")
+
 
 def _load_average() -> float | None:
     """The one-minute system load average (processes running or waiting for a core), None where the

@@ -56,6 +56,7 @@ from linmaml.analysis.omniglot_maml import (command_of, scoring_machine, score_t
                                             training_load)
 from linmaml.benchmarks.run import read_curves
 from linmaml.benchmarks.run_files import BEST, CONFIG, METRICS
+from linmaml.benchmarks.settings import TrainConfig
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError, renamed
 from linmaml.intervals import mean_ci
 from linmaml.plots.figure import default_out
@@ -76,6 +77,13 @@ def _config(folder: pathlib.Path, group: str) -> dict:
     if not (folder / CONFIG).is_file() or not (folder / BEST).is_file():
         raise ArgumentError(group, f"{folder} holds no {CONFIG} and {BEST} (a run that has validated)")
     return _io.load_json(folder / CONFIG)["config"]
+
+
+def _task_fields(config: dict) -> dict:
+    """The settings that fix the scored tasks (:data:`SAME_TASKS`); one a run recorded before the
+    setting existed ran with its default (e.g. Omniglot's standard class split)."""
+    default = TrainConfig().to_dict()
+    return {k: config.get(k, default[k]) for k in SAME_TASKS}
 
 
 def _fingerprint(folder: pathlib.Path) -> list[int]:
@@ -210,12 +218,13 @@ def run(out_dir=None, *, baseline, candidate, name: str = NAME, tasks: int = DEF
             raise ArgumentError(group, f"two runs of the same training seed ({sorted(seeds)}): one run per seed")
     if set(folders["baseline"]) & set(folders["candidate"]):
         raise ArgumentError("candidate", "a run folder is in both groups")
-    first = configs[folders["baseline"][0]]
-    for folder, config in configs.items():
-        differs = [k for k in SAME_TASKS if config.get(k, first.get(k)) != first.get(k)]
-        if differs:
-            raise ArgumentError("candidate", f"{folder} differs from {folders['baseline'][0]} in {', '.join(differs)}: "
-                                             "not scored on the same tasks")
+    first = _task_fields(configs[folders["baseline"][0]])
+    for group, paths in folders.items():
+        for folder in paths:
+            differs = [k for k, v in _task_fields(configs[folder]).items() if v != first[k]]
+            if differs:
+                raise ArgumentError(group, f"{folder} differs from {folders['baseline'][0]} in {', '.join(differs)}: "
+                                           "not scored on the same tasks")
     out_dir = pathlib.Path(out_dir) if out_dir is not None else default_out()
     if out_dir.exists() and not out_dir.is_dir():
         raise ArgumentNotADirectoryError("out", f"{out_dir} is not a folder")

@@ -171,6 +171,23 @@ def test_written_record_and_recorded_scores_reused(check, monkeypatch):
               tasks=TASKS, task_seed=2, splits={"val": check["splits"]["val"]})
 
 
+def test_a_run_recorded_before_the_class_split_existed_is_on_the_standard_split(check, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(check["folders"]["baseline"][0], old)
+    recorded = json.loads((old / "config.json").read_text())
+    assert recorded["config"].pop("class_split") == "standard"
+    (old / "config.json").write_text(json.dumps(recorded))
+    record = C.run(tmp_path / "out", baseline=[old], candidate=check["folders"]["candidate"][:1], tasks=TASKS,
+                   splits={"val": check["splits"]["val"]})
+    assert record["comparison"]["paired"]["seeds"] == [0]
+    recorded["config"]["class_split"] = "alphabets"
+    (old / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match="class_split"):
+        C.run(tmp_path / "out2", baseline=check["folders"]["baseline"][:1], candidate=[old], tasks=TASKS)
+
+
 def test_runs_on_other_tasks_or_twice_a_seed_are_refused(check, tmp_path):
     from linmaml.benchmarks.train import train
 

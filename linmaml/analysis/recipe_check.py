@@ -25,9 +25,10 @@ The comparison (percent points, candidate − baseline):
   the candidate had finished, so that a candidate which is slower per iteration is judged at equal
   wall time. Wall times are comparable only between runs trained on the same machine at a similar load,
   one thread each (each run's load average at its validations is recorded beside it);
-- ``verdict``: ``"candidate"`` when the paired crossed interval lies above 0 and the candidate trained
-  no longer than the baseline (median over seeds), ``"baseline"`` when the interval lies below 0,
-  ``"undecided"`` otherwise (with ``"candidate (slower)"`` when it is better but took longer).
+- ``verdict``: ``"unfinished"`` while a run has not trained all its iterations (no verdict on a run
+  cut short); else ``"candidate"`` when the paired crossed interval lies above 0 and the candidate
+  trained no longer than the baseline (median over seeds), ``"baseline"`` when the interval lies
+  below 0, ``"undecided"`` otherwise (``"candidate (slower)"`` when it is better but took longer).
 
 A run already scored in the ``--out`` record with the same ``best.pt`` (size and modification time),
 tasks and task seed is not scored again.
@@ -172,6 +173,12 @@ def compare(baseline: list[dict], candidate: list[dict]) -> dict:
             "same_validation_tasks": c["val_tasks"] == r["val_tasks"],
             "candidate": best_by(c["validation"], seconds), "baseline": best_by(r["validation"], seconds)})
     low, high = paired["interval"]["low"], paired["interval"]["high"]
+    unfinished = [f"{r['group']} seed {r['seed']} ({r['iterations']} of {r['planned_iterations']})"
+                  for r in (*baseline, *candidate) if r["iterations"] < r["planned_iterations"]]
+    if unfinished:  # a run cut short is not the recipe: no verdict on it
+        result["verdict"] = "unfinished"
+        result["why"] = f"not every run has trained its iterations: {', '.join(unfinished)}"
+        return result
     faster = groups["candidate"]["median_train_seconds"] <= groups["baseline"]["median_train_seconds"]
     if low > 0:
         result["verdict"] = "candidate" if faster else "candidate (slower)"
@@ -264,11 +271,12 @@ def table(record: dict) -> list[str]:
     """The compact text table: one line per run, then the comparison."""
     s, c = record["settings"], record["comparison"]
     lines = [f"validation split only: best.pt of each run on {s['tasks']} validation tasks (task seed {s['task_seed']})",
-             f"{'group':<10} {'seed':>4} {'iters':>6} {'best':>6} {'val acc %':>15} {'train min':>9} {'s/iter':>7}  folder"]
+             f"{'group':<10} {'seed':>4} {'iters':>12} {'best':>6} {'val acc %':>15} {'train min':>9} {'s/iter':>7}  folder"]
     for group in ("baseline", "candidate"):
         for r in record[group]:
             step = r["median_step_seconds"]
-            lines.append(f"{group:<10} {r['seed']:>4} {r['iterations']:>6} {r['best_iteration']:>6} "
+            iters = f"{r['iterations']}/{r['planned_iterations']}"
+            lines.append(f"{group:<10} {r['seed']:>4} {iters:>12} {r['best_iteration']:>6} "
                          f"{r['accuracy']:>7.2f} ± {r['ci95']:.2f} {r['train_seconds'] / 60:>9.1f} "
                          f"{(f'{step:.3f}' if step is not None else '-'):>7}  {r['folder']}")
     for group in ("baseline", "candidate"):

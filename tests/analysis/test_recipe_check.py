@@ -126,12 +126,15 @@ def test_equal_time_reading_from_the_runs_own_logs(check):
 def test_the_verdicts_rule(low, high, faster, verdict, monkeypatch):
     def run(seed, seconds):
         return {"seed": seed, "task_accuracies": [0.5, 0.7, 0.9], "train_seconds": seconds, "val_tasks": 3,
-                "validation": []}
+                "validation": [], "iterations": 20, "planned_iterations": 20, "group": "g"}
 
     monkeypatch.setattr(C, "paired_comparison", lambda a, b: {"crossed": {"low": low, "high": high,
                                                                           "half_width": (high - low) / 2, "dof": 1}})
     result = C.compare([run(0, 10.0), run(1, 10.0)], [run(0, 5.0 if faster else 20.0), run(1, 5.0 if faster else 20.0)])
     assert result["verdict"] == verdict
+    cut_short = {**run(1, 10.0), "iterations": 19}  # whatever the interval: no verdict on a run cut short
+    result = C.compare([run(0, 10.0), cut_short], [run(0, 5.0), run(1, 5.0)])
+    assert result["verdict"] == "unfinished" and "g seed 1 (19 of 20)" in result["why"]
 
 
 def test_no_common_seed_is_undecided_with_a_reason(check):

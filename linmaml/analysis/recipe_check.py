@@ -40,7 +40,6 @@ writes ``<out>/<name>.json`` (default ``recipe_check.json``) and prints a table.
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import shlex
 import statistics
@@ -52,6 +51,7 @@ import torch
 
 from linmaml import _io, _validate
 from linmaml.analysis._common import report_error
+from linmaml.cli import ArgumentParser  # one-line errors, exit status 2
 from linmaml.analysis.depth_width_stats import crossed_mean_ci, paired_comparison
 from linmaml.analysis.omniglot_maml import (command_of, scoring_machine, score_tasks_of_run, step_seconds,
                                             training_load)
@@ -301,16 +301,9 @@ _FLAGS = {name: "--" + name.replace("_", "-") for name in
           ("baseline", "candidate", "name", "tasks", "task_seed", "threads", "out")}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's own errors (a bad number, an unknown flag) as one line and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{NAME}: error: {message}\n")
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _Parser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(prog=NAME, description=__doc__.strip().splitlines()[0])
     parser.add_argument("--baseline", nargs="+", required=True, type=pathlib.Path, metavar="RUN",
                         help="run folders of the current recipe (one per training seed)")
     parser.add_argument("--candidate", nargs="+", required=True, type=pathlib.Path, metavar="RUN",

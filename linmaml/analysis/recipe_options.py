@@ -64,7 +64,6 @@ variant), and prints a table.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import pathlib
 import shlex
@@ -77,6 +76,7 @@ import torch
 from linmaml import _io, _validate
 from linmaml._extras import require
 from linmaml.analysis._common import report_error
+from linmaml.cli import ArgumentParser  # one-line errors, exit status 2
 from linmaml.analysis.depth_width import check_folder, machine
 from linmaml.analysis.depth_width_seeds import validation_curve
 from linmaml.analysis.omniglot_maml import paired_differences, score_tasks_of_run, step_seconds
@@ -433,16 +433,9 @@ _FLAGS = {name: "--" + name.replace("_", "-") for name in
           ("iterations", "val_every", "seed", "tasks", "task_seed", "threads", "only", "config", "out")}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's own errors (a bad number, an unknown flag) as one line and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{NAME}: error: {message}\n")
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _Parser(description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(prog=NAME, description=__doc__.strip().splitlines()[0])
     parser.add_argument("--train", action="store_true",
                         help="train the variants not done yet (resuming unfinished runs), then score")
     parser.add_argument("--runs", type=pathlib.Path, default=None,

@@ -1,5 +1,7 @@
-"""Should a recipe change become the default? Full-length runs of a candidate recipe against the
-current one, decided on the validation split only.
+"""Should a recipe change become the default? Full-length runs of both, on the validation split.
+
+Full-length runs of a candidate recipe are compared with the current recipe's on the validation
+split only.
 
 :mod:`linmaml.analysis.recipe_options` screens options with short runs of one seed; a default changes
 only when full-length runs say so. This check takes finished ``linmaml train`` folders of both recipes
@@ -51,21 +53,19 @@ import torch
 
 from linmaml import _io, _validate
 from linmaml.analysis._common import report_error
-from linmaml.cli import ArgumentParser  # one-line errors, exit status 2
 from linmaml.analysis.depth_width_stats import crossed_mean_ci, paired_comparison
-from linmaml.analysis.omniglot_maml import (command_of, scoring_machine, score_tasks_of_run, step_seconds,
+from linmaml.analysis.omniglot_maml import (command_of, score_tasks_of_run, scoring_machine, step_seconds,
                                             training_load)
+from linmaml.analysis.recipe_options import DEFAULTS, SCORE_QUERY, scoring_arguments
 from linmaml.benchmarks.run import read_curves
 from linmaml.benchmarks.run_files import BEST, CONFIG, METRICS
 from linmaml.benchmarks.settings import TrainConfig
+from linmaml.cli import ArgumentParser  # one-line errors, exit status 2
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError, renamed
 from linmaml.intervals import mean_ci
 from linmaml.plots.figure import default_out
 
 NAME = "recipe_check"
-DEFAULTS = {"tasks": 600, "task_seed": 1, "threads": 1}
-#: Query images per class of the scored validation tasks (the protocol's 15, as the test tasks).
-SCORE_QUERY = 15
 #: What must agree between the two recipes for their runs to be scored on the same tasks.
 SAME_TASKS = ("benchmark", "ways", "shots", "class_split")
 
@@ -310,12 +310,7 @@ def main(argv=None) -> int:
                         help="run folders of the proposed recipe (one per training seed)")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default: figures/)")
     parser.add_argument("--name", default=NAME, help=f"the record's file name, without .json (default {NAME})")
-    parser.add_argument("--tasks", type=int, default=DEFAULTS["tasks"],
-                        help="fixed validation tasks scored per run (default 600)")
-    parser.add_argument("--task-seed", type=int, default=DEFAULTS["task_seed"],
-                        help="seed of the scored validation tasks (default 1; 0, training's own, is refused)")
-    parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="torch threads (default 1)")
-    parser.add_argument("--data-root", default=None, help="datasets folder (default: $LINMAML_DATA)")
+    scoring_arguments(parser, "run")
     args = parser.parse_args(argv)
     command_line = shlex.join(["python", "analysis/recipe_check.py", *argv])
     try:

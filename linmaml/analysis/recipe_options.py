@@ -76,7 +76,6 @@ import torch
 from linmaml import _io, _validate
 from linmaml._extras import require
 from linmaml.analysis._common import report_error
-from linmaml.cli import ArgumentParser  # one-line errors, exit status 2
 from linmaml.analysis.depth_width import check_folder, machine
 from linmaml.analysis.depth_width_seeds import validation_curve
 from linmaml.analysis.omniglot_maml import paired_differences, score_tasks_of_run, step_seconds
@@ -84,6 +83,7 @@ from linmaml.benchmarks import checkpoint, recipes
 from linmaml.benchmarks.run_files import BEST, CONFIG, METRICS
 from linmaml.benchmarks.settings import TrainConfig, declared, flag
 from linmaml.benchmarks.train import train
+from linmaml.cli import ArgumentParser  # one-line errors, exit status 2
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError, renamed
 from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import default_out, default_runs, source_checkout
@@ -433,6 +433,18 @@ _FLAGS = {name: "--" + name.replace("_", "-") for name in
           ("iterations", "val_every", "seed", "tasks", "task_seed", "threads", "only", "config", "out")}
 
 
+def scoring_arguments(parser, per: str) -> None:
+    """The options of scoring on fixed validation tasks, shared with :mod:`linmaml.analysis.recipe_check`:
+    ``--tasks``, ``--task-seed``, ``--threads``, ``--data-root``."""
+    parser.add_argument("--tasks", type=int, default=DEFAULTS["tasks"],
+                        help=f"fixed validation tasks scored per {per} (default {DEFAULTS['tasks']})")
+    parser.add_argument("--task-seed", type=int, default=DEFAULTS["task_seed"],
+                        help=f"seed of the scored validation tasks (default {DEFAULTS['task_seed']}; 0, training's "
+                             "own, is refused)")
+    parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="torch threads (default 1)")
+    parser.add_argument("--data-root", default=None, help="datasets folder (default: $LINMAML_DATA)")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = ArgumentParser(prog=NAME, description=__doc__.strip().splitlines()[0])
@@ -449,12 +461,7 @@ def main(argv=None) -> int:
     parser.add_argument("--val-every", type=int, default=DEFAULTS["val_every"],
                         help="validate every V iterations (default 250)")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="training seed of every run (default 0)")
-    parser.add_argument("--tasks", type=int, default=DEFAULTS["tasks"],
-                        help="fixed validation tasks scored per variant (default 600)")
-    parser.add_argument("--task-seed", type=int, default=DEFAULTS["task_seed"],
-                        help="seed of the scored validation tasks (default 1; 0, training's own, is refused)")
-    parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="torch threads (default 1)")
-    parser.add_argument("--data-root", default=None, help="datasets folder (default: $LINMAML_DATA)")
+    scoring_arguments(parser, "variant")
     args = parser.parse_args(argv)
     command_line = shlex.join(["python", "analysis/recipe_options.py", *argv])
     try:

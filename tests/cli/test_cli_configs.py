@@ -36,6 +36,10 @@ RECIPES = {
                                 iterations=5000, val_every=250),
     "omniglot-20w5s.json": dict(ways=20, shots=5, inner_lr=0.1, steps=5, test_steps=5, meta_batch=16,
                                 iterations=1500, val_every=100),
+    # MAML++'s inner loop (5 steps of 0.1, 5 at test) with its per-step BatchNorm weights and biases, on
+    # linmaml's recipe; 10,000 iterations (about 90 minutes on one core beside one other run)
+    "omniglot-5w1s-bn.json": dict(ways=5, shots=1, steps=5, inner_lr=0.1, test_steps=5, bn_per_step=True,
+                                  iterations=10000),
     # the textbook recipe of the time-to-accuracy comparison (Finn et al. 2017, Omniglot 5-way 1-shot: one
     # query image per class in training, meta-batch 32, Adam 1e-3 without a schedule), the per-task loop
     "omniglot-5w1s-textbook.json": dict(ways=5, shots=1, query=1, steps=1, test_steps=3, inner_lr=0.4, outer_lr=0.001,

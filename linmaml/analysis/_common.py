@@ -1,5 +1,5 @@
 """What several figure modules share: task families from their settings, and meta-training of
-:mod:`linmaml.meta` learners on them.
+:mod:`linmaml.meta` learners on them; the analysis scripts' one-line errors.
 
 Meta-training of a ``linmaml.meta`` learner or a deep linear chain is ``simulator.meta_train`` (one
 engine, :class:`linmaml.meta.engine.Engine`); held-out adaptation curves are
@@ -11,6 +11,7 @@ per task, logistic the mean binary cross-entropy on the logits).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 import numpy as np
@@ -19,6 +20,14 @@ import torch
 from linmaml.tasks import ClassificationFamily, RegressionFamily, TaskBatch
 
 from linmaml.errors import ArgumentTypeError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose own errors (a bad number, an unknown flag) are one line, ``<prog>: error: ...``,
+    and exit status 2, as the CLI's (the analysis layer does not import :mod:`linmaml.cli`)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def report_error(prog: str, error: BaseException) -> int:

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from linmaml import _io, _validate
-from linmaml.analysis._common import report_error
+from linmaml.analysis._common import ArgumentParser, report_error
 from linmaml.analysis.depth_width_stats import crossed_mean_ci, paired_comparison
 from linmaml.analysis.omniglot_maml import (command_of, score_tasks_of_run, scoring_machine, step_seconds,
                                             training_load)
@@ -60,7 +60,6 @@ from linmaml.analysis.recipe_options import DEFAULTS, SCORE_QUERY, scoring_argum
 from linmaml.benchmarks.run import read_curves
 from linmaml.benchmarks.run_files import BEST, CONFIG, METRICS
 from linmaml.benchmarks.settings import TrainConfig
-from linmaml.cli import ArgumentParser  # one-line errors, exit status 2
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError, renamed
 from linmaml.intervals import mean_ci
 from linmaml.plots.figure import default_out

@@ -75,7 +75,7 @@ import torch
 
 from linmaml import _io, _validate
 from linmaml._extras import require
-from linmaml.analysis._common import report_error
+from linmaml.analysis._common import ArgumentParser, report_error
 from linmaml.analysis.depth_width import check_folder, machine
 from linmaml.analysis.depth_width_seeds import validation_curve
 from linmaml.analysis.omniglot_maml import paired_differences, score_tasks_of_run, step_seconds
@@ -83,7 +83,6 @@ from linmaml.benchmarks import checkpoint, recipes
 from linmaml.benchmarks.run_files import BEST, CONFIG, METRICS
 from linmaml.benchmarks.settings import TrainConfig, declared, flag
 from linmaml.benchmarks.train import train
-from linmaml.cli import ArgumentParser  # one-line errors, exit status 2
 from linmaml.errors import ArgumentError, ArgumentNotADirectoryError, renamed
 from linmaml.plots import figure as plots_figure  # by module: tests swap plots.figure.save_figure
 from linmaml.plots.figure import default_out, default_runs, source_checkout

@@ -36,7 +36,9 @@ steps, with the accuracy of every task kept
 tasks, so each is compared with ``recipe`` task by task: the mean per-task difference (points) with
 its 95 % interval 1.96·s/√n over the tasks, and the tasks won, tied and lost
 (:func:`linmaml.analysis.omniglot_maml.paired_differences`); each MAML++ option (``steps5-*``,
-``mamlpp``) is also paired with ``steps5``, the inner loop it is added to (``paired_to_steps5``). One training seed per variant: the
+``mamlpp``) is also paired with ``steps5``, the inner loop it is added to (``paired_to_steps5``), and
+``mamlpp`` with each one-option variant (``paired_to_options``: what the other three options do to
+that one). One training seed per variant: the
 interval is over tasks, not over training seeds.
 
 The cost of each variant comes from its own ``metrics.jsonl``: the training wall seconds
@@ -352,6 +354,14 @@ def run(out_dir=None, *, runs=None, config=None, only=None, iterations=DEFAULTS[
         on_base = [v for v in scored if base_fields <= added[v["run"]].items()]
         for row in paired_differences(on_base, OPTION_BASE)["runs"]:
             next(v for v in variants if v["run"] == row["run"])[f"paired_to_{OPTION_BASE}"] = row
+        # a variant holding several options (mamlpp) against each one-option variant it contains: what the
+        # other options add to that one, or take from it
+        for v in scored:
+            singles = [u for u in scored if u["run"] not in (v["run"], OPTION_BASE, REFERENCE)
+                       and base_fields <= added[u["run"]].items() < added[v["run"]].items()]
+            if singles:
+                v["paired_to_options"] = [next(row for row in paired_differences([u, v], u["run"])["runs"])
+                                          | {"reference": u["run"]} for u in singles]
     record = {"figure": NAME, "settings": settings, "command": command_line or "", "machine": machine(),
               "variants": variants, "paired": paired, "seconds": round(time.perf_counter() - began, 2)}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -380,7 +390,8 @@ def _kept(path: pathlib.Path, settings: dict, names) -> dict:
     same = ("config", "base", "iterations", "val_every", "seed", "tasks", "task_seed", "runs")
     if not isinstance(old, dict) or any((old.get("settings") or {}).get(k) != settings[k] for k in same):
         return {}
-    return {v["run"]: {key: value for key, value in v.items() if key not in ("paired", f"paired_to_{OPTION_BASE}")}
+    return {v["run"]: {key: value for key, value in v.items()
+                       if key not in ("paired", f"paired_to_{OPTION_BASE}", "paired_to_options")}
             for v in old.get("variants", []) if v.get("run") not in names and v.get("run") in VARIANTS}
 
 
@@ -424,6 +435,10 @@ def table(record: dict) -> list[str]:
         lines.append(f"{v['variant']:<12} {v['status']:<24} {v['iterations']:>6} {v['best_iteration']:>6} "
                      f"{v['accuracy']:>7.2f} ± {v['ci95']:.2f} {diff:>18} {base_diff:>14} "
                      f"{(f'{step:.3f}' if step is not None else '-'):>7} {v['train_seconds'] / 60:>9.1f}")
+    for v in record["variants"]:
+        for row in v.get("paired_to_options", []):
+            lines.append(f"{v['variant']} - {row['reference']}: {row['mean']:+.2f} ± {row['ci95']:.2f} points "
+                         f"(tasks won {row['wins']}, tied {row['ties']}, lost {row['losses']})")
     return lines
 
 

@@ -153,6 +153,13 @@ def test_paired_differences_against_a_direct_loop(study):
             _check_pair(v["paired_to_steps5"], v["task_accuracies"], variants["steps5"]["task_accuracies"])
         else:
             assert "paired_to_steps5" not in v
+    # mamlpp against each one-option variant it contains; no other variant contains another's options
+    singles = ["steps5-msl", "steps5-bnws", "steps5-lslr", "steps5-da"]
+    rows = variants["mamlpp"]["paired_to_options"]
+    assert [row["reference"] for row in rows] == singles
+    for row, single in zip(rows, singles):
+        _check_pair(row, variants["mamlpp"]["task_accuracies"], variants[single]["task_accuracies"])
+    assert all("paired_to_options" not in v for n, v in variants.items() if n != "mamlpp")
 
 
 def test_costs_from_the_runs_own_logs(study):

@@ -28,9 +28,10 @@ The comparison (percent points, candidate − baseline):
   wall time. Wall times are comparable only between runs trained on the same machine at a similar load,
   one thread each (each run's load average at its validations is recorded beside it);
 - ``verdict``: ``"unfinished"`` while a run has not trained all its iterations (no verdict on a run
-  cut short); else ``"candidate"`` when the paired crossed interval lies above 0 and the candidate
-  trained no longer than the baseline (median over seeds), ``"baseline"`` when the interval lies
-  below 0, ``"undecided"`` otherwise (``"candidate (slower)"`` when it is better but took longer).
+  cut short); else ``"candidate"`` when the paired crossed interval lies above 0, ``"baseline"`` when it
+  lies below 0, ``"undecided"`` otherwise. Accuracy alone: the cost is reported beside it (training
+  seconds, median steps, loads), not folded in, since runs trained at different loads cannot be
+  compared by their wall times.
 
 A run already scored in the ``--out`` record with the same ``best.pt`` (size and modification time),
 tasks and task seed is not scored again.
@@ -178,11 +179,8 @@ def compare(baseline: list[dict], candidate: list[dict]) -> dict:
         result["verdict"] = "unfinished"
         result["why"] = f"not every run has trained its iterations: {', '.join(unfinished)}"
         return result
-    faster = groups["candidate"]["median_train_seconds"] <= groups["baseline"]["median_train_seconds"]
     if low > 0:
-        result["verdict"] = "candidate" if faster else "candidate (slower)"
-        result["why"] = (f"the paired interval lies above 0 ({low:+.2f} to {high:+.2f} points)"
-                         + ("" if faster else ", but the candidate trained longer (median over seeds)"))
+        result["verdict"], result["why"] = "candidate", f"the paired interval lies above 0 ({low:+.2f} to {high:+.2f} points)"
     elif high < 0:
         result["verdict"], result["why"] = "baseline", f"the paired interval lies below 0 ({low:+.2f} to {high:+.2f} points)"
     else:

@@ -28,10 +28,11 @@ The comparison (percent points, candidate − baseline):
   wall time. Wall times are comparable only between runs trained on the same machine at a similar load,
   one thread each (each run's load average at its validations is recorded beside it);
 - ``verdict``: ``"unfinished"`` while a run has not trained all its iterations (no verdict on a run
-  cut short); else ``"candidate"`` when the paired crossed interval lies above 0, ``"baseline"`` when it
-  lies below 0, ``"undecided"`` otherwise. Accuracy alone: the cost is reported beside it (training
-  seconds, median steps, loads), not folded in, since runs trained at different loads cannot be
-  compared by their wall times.
+  cut short), ``"undecided"`` with one seed pair (its interval is over the tasks alone); else
+  ``"candidate"`` when the paired crossed interval lies above 0, ``"baseline"`` when it lies below 0,
+  ``"undecided"`` otherwise. Accuracy alone: the cost is reported beside it (training seconds, median
+  steps, loads), not folded in, since runs trained at different loads cannot be compared by their
+  wall times.
 
 A run already scored in the ``--out`` record with the same ``best.pt`` (size and modification time),
 tasks and task seed is not scored again.
@@ -178,6 +179,10 @@ def compare(baseline: list[dict], candidate: list[dict]) -> dict:
     if unfinished:  # a run cut short is not the recipe: no verdict on it
         result["verdict"] = "unfinished"
         result["why"] = f"not every run has trained its iterations: {', '.join(unfinished)}"
+        return result
+    if len(pairs) < 2:  # an interval over the tasks alone says nothing of a new training seed
+        result["why"] = (f"one seed pair ({low:+.2f} to {high:+.2f} points over the tasks): no training seed's "
+                         "variation in it; two pairs or more decide")
         return result
     if low > 0:
         result["verdict"], result["why"] = "candidate", f"the paired interval lies above 0 ({low:+.2f} to {high:+.2f} points)"

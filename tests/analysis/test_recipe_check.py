@@ -152,6 +152,7 @@ def test_one_seed_pair_has_an_interval_over_tasks_only(check):
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
     interval = result["paired"]["interval"]
     assert interval["over"].startswith("tasks only")
+    assert result["verdict"] == "undecided" and "one seed pair" in result["why"]  # whatever the interval
     assert interval["high"] - mean == pytest.approx(1.96 * sd / math.sqrt(len(d)), rel=1e-3)
 
 

@@ -1,8 +1,5 @@
 """Should a recipe change become the default? Full-length runs of both, on the validation split.
 
-Full-length runs of a candidate recipe are compared with the current recipe's on the validation
-split only.
-
 :mod:`linmaml.analysis.recipe_options` screens options with short runs of one seed; a default changes
 only when full-length runs say so. This check takes finished ``linmaml train`` folders of both recipes
 (``--baseline``: the current recipe's runs, ``--candidate``: the proposed one's, any number of
@@ -24,9 +21,9 @@ The comparison (percent points, candidate − baseline):
 - ``at_candidates_time``: the cost side. For every seed pair, each run's best accuracy on its own
   in-training validation tasks (the same 200 tasks in both when both validated on the same count)
   among the validations logged by the candidate's whole training time: the baseline as it stood when
-  the candidate had finished, so that a candidate which is slower per iteration is judged at equal
-  wall time. Wall times are comparable only between runs trained on the same machine at a similar load,
-  one thread each (each run's load average at its validations is recorded beside it);
+  the candidate had finished. It reads equal *wall* time, which is equal cost only for runs trained on
+  the same machine at a similar load, one thread each (each run's load average at its validations is
+  recorded beside it, when its log has one); otherwise compare the median steps;
 - ``verdict``: ``"unfinished"`` while a run has not trained all its iterations (no verdict on a run
   cut short), ``"undecided"`` with one seed pair (its interval is over the tasks alone); else
   ``"candidate"`` when the paired crossed interval lies above 0, ``"baseline"`` when it lies below 0,
@@ -37,8 +34,8 @@ The comparison (percent points, candidate − baseline):
 A run already scored in the ``--out`` record with the same ``best.pt`` (size and modification time),
 tasks and task seed is not scored again.
 
-    python analysis/recipe_check.py --baseline runs/o5w1s-s0 runs/o5w1s-s1 \\
-        --candidate runs/o5w1s-bnws-s0 runs/o5w1s-bnws-s1 --name bn_per_step_check --out figures
+    python analysis/recipe_check.py --baseline runs/o5w1s-s0 runs/o5w1s-s1 runs/o5w1s-s2 \\
+        --candidate runs/o5w1s-bnws-s0 runs/o5w1s-bnws-s1 runs/o5w1s-bnws-s2 --name bn_per_step_check --out figures
 
 writes ``<out>/<name>.json`` (default ``recipe_check.json``) and prints a table.
 """

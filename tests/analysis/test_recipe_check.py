@@ -121,7 +121,7 @@ def test_equal_time_reading_from_the_runs_own_logs(check):
 
 
 @pytest.mark.parametrize("low, high, faster, verdict", [
-    (0.2, 1.0, True, "candidate"), (0.2, 1.0, False, "candidate"),  # accuracy alone: time is not in it
+    (0.2, 1.0, True, "candidate"), (0.2, 1.0, False, "candidate"),  # accuracy alone: a slower candidate too
     (-1.0, -0.1, True, "baseline"), (-0.5, 0.5, True, "undecided")])
 def test_the_verdicts_rule(low, high, faster, verdict, monkeypatch):
     def run(seed, seconds):
